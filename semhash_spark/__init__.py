@@ -1,0 +1,1 @@
+"""semhash_spark: semantic hashing on Spark."""

@@ -1,0 +1,128 @@
+"""Self-describing model checkpoints: ``model.safetensors`` (weights, no pickle) + ``model.json`` (everything else).
+
+``model.json`` holds the format, kind, layer sizes, bit count, the whole config, the vocabulary and its
+fingerprint (documents), the idf statistics, training metrics and a model version (hash of the weights).
+:func:`load_model` rebuilds a :class:`Hasher` from the two files alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import codes as codes_mod
+from . import store
+from .config import Config, config_from_dict
+from .models.autoencoder import DeepAutoencoder
+
+FORMAT = "semhash-model/1"
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+
+class CheckpointError(ValueError):
+    """A model location is missing, unreadable or of another format."""
+
+
+def weights_version(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_tensors(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Writes weights then metadata (each write atomic); readers look at the metadata, written last."""
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    store.write_bytes(store.join(uri, WEIGHTS), st_save(cpu))
+    store.write_bytes(store.join(uri, META), json.dumps(meta, indent=1).encode())
+
+
+def load_tensors(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    meta_uri = store.join(uri, META)
+    if not store.exists(meta_uri):
+        raise CheckpointError(f"no model at {uri!r}: {META} not found")
+    meta = json.loads(store.read_bytes(meta_uri))
+    tensors = st_load(store.read_bytes(store.join(uri, WEIGHTS)))
+    return tensors, meta
+
+
+@dataclass
+class Hasher:
+    """A trained model ready to turn inputs into packed codes."""
+
+    model: DeepAutoencoder
+    meta: dict[str, Any]
+    config: Config
+
+    @property
+    def bits(self) -> int:
+        return self.model.bits
+
+    @property
+    def version(self) -> str:
+        return self.meta["model_version"]
+
+    @property
+    def vocab(self) -> list[str]:
+        return self.meta.get("vocab", {}).get("words", [])
+
+    @torch.no_grad()
+    def code_probabilities(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+        """Dense inputs ``[n, n_input]`` -> code-unit probabilities ``float32[n, bits]``."""
+        self.model.eval()
+        x = torch.as_tensor(x, dtype=torch.float32)
+        out = [self.model.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.bits), np.float32)
+
+    def codes(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Dense inputs -> packed codes ``uint8[n, ceil(bits/8)]`` (threshold 0.5, MSB first)."""
+        return codes_mod.pack_bits(self.code_probabilities(x) > self.meta.get("threshold", 0.5))
+
+    def codes_from_csr(self, counts, batch_size: int = 2048) -> np.ndarray:
+        """Sparse word counts (scipy CSR ``[n, V]``) -> packed codes, densifying one batch at a time."""
+        parts = [self.codes(counts[i : i + batch_size].toarray()) for i in range(0, counts.shape[0], batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, codes_mod.code_bytes(self.bits)), np.uint8)
+
+
+def save_model(uri: str, model: DeepAutoencoder, config: Config, extra: dict[str, Any]) -> dict[str, Any]:
+    tensors = {f"ae.{k}": v for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "kind": config.model.kind,
+        "sizes": model.sizes,
+        "output": model.output,
+        "code_mode": model.code_mode,
+        "bits": model.bits,
+        "threshold": 0.5,
+        "config": config.to_dict(),
+        "model_version": weights_version(tensors),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+    save_tensors(uri, tensors, meta)
+    return meta
+
+
+def load_model(uri: str) -> Hasher:
+    tensors, meta = load_tensors(uri)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{uri!r} holds format {meta.get('format')!r}, expected {FORMAT!r}")
+    model = DeepAutoencoder(meta["sizes"], output=meta["output"], code_mode=meta["code_mode"])
+    state = {k[len("ae.") :]: v for k, v in tensors.items() if k.startswith("ae.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {uri!r} do not fit the model described in {META}: {e}") from None
+    if weights_version(tensors) != meta["model_version"]:
+        raise CheckpointError(f"weights in {uri!r} do not match model_version {meta['model_version']}")
+    model.eval()
+    return Hasher(model=model, meta=meta, config=config_from_dict(meta["config"]))

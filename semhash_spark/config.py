@@ -1,0 +1,213 @@
+"""Typed, frozen configuration: ``conf/*.yaml`` -> dataclasses, with ``--set section.key=value`` overrides.
+
+The library never reads YAML or the environment itself: jobs and the CLI call :func:`load_config` and hand the
+resulting objects down. Unknown keys and wrong types are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    vocab_size: int = 2000          # the papers' 2000-word vocabulary
+    min_token_len: int = 2
+    max_token_len: int = 30
+    min_doc_words: int = 1          # documents with fewer in-vocabulary words are quarantined
+    strip_headers: bool = False     # 20ng: keep headers (as in the quality notes' baselines)
+    test_fraction: float = 0.2      # jsonl without a split field: deterministic split by id hash
+    files_per_split: int = 8        # Parquet files per split (row groups feed Petastorm shards)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "documents"
+    hidden: tuple[int, ...] = (500, 500)   # 2000-500-500-{bits}
+    bits: int = 64
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 0.01               # binary RBMs; the Poisson layer uses lr * poisson_lr_scale
+    poisson_lr_scale: float = 0.1
+    momentum_start: float = 0.5    # Hinton's recipe: 0.5 for the first epochs, then 0.9
+    momentum_final: float = 0.9
+    momentum_switch_epoch: int = 5
+    weight_decay: float = 2e-4
+    init_std: float = 0.01
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 1e-4
+    noise_std: float = 4.0         # deterministic Gaussian noise of variance 16 on the code inputs
+    val_fraction: float = 0.1      # carved from train to choose the epoch by retrieval precision
+    patience: int = 4
+    val_queries: int = 1000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1234
+    lr_scaling: str = "linear"     # how learning rates scale with the Horovod world size: linear | none
+    device: str = "auto"           # auto | cpu | cuda
+    threads: int = 0               # torch intra-op threads per process; 0 = leave torch's default
+    checkpoint_every: int = 1      # epochs between resumable checkpoints
+    reader_pool: str = "dummy"     # petastorm reader pool: dummy | process (the thread pool can lose rows)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    address_bits: int = 20         # the papers' 20-bit memory addresses
+    partition_bits: int = 8        # leading bits that name a shard folder
+    store_counts: bool = True      # keep word counts in shards for TF-IDF re-ranking
+    rerank_candidates: int = 100   # shortlist size before TF-IDF re-ranking
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    batch_size: int = 2048         # Arrow batch size for the encode UDF
+    shuffle_partitions: int = 0    # 0: one Spark partition per two cores
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    max_queries: int = 0           # 0: every test document is a query
+    tie_seed: int = 0
+    plot: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+    def with_bits(self, bits: int) -> "Config":
+        if bits <= 0:
+            raise ConfigError(f"model.bits must be positive, got {bits}")
+        return self.replace(model=dataclasses.replace(self.model, bits=bits))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; known keys under {prefix or 'the top level'}: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {key!r} must be section.key (e.g. pretrain.epochs)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    tree.setdefault(parts[0], {})
+    if not isinstance(tree[parts[0]], dict):
+        raise ConfigError(f"{parts[0]!r} is not a config section")
+    tree[parts[0]][parts[1]] = raw if value is None else value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML config (or the built-in defaults when ``path`` is None) and applies overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        tree = loaded
+    for assignment in overrides:
+        _set_override(tree, assignment)
+    return _build(Config, tree, "")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuilds a Config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
+    return _build(Config, data, "")

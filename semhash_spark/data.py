@@ -1,0 +1,158 @@
+"""The sharded mini-batch loader: the only module that imports petastorm.
+
+Each Horovod rank reads its own shard of a prepared split (``docs/split=<split>/``) with Petastorm's batch
+reader. Petastorm assigns whole Parquet row groups to shards, so a split needs at least ``shard_count`` row
+groups (prepare writes ``prepare.files_per_split`` files of one row group each). Row-group batches are re-cut
+into mini-batches of exactly ``batch_size`` rows (the last one may be smaller) through a shuffle buffer, and
+sparse rows stay sparse: a batch is a ``scipy.sparse.csr_matrix``, never a dense array.
+
+:func:`count_rows` says, from Parquet metadata alone, how many rows a shard will deliver, using Petastorm's own
+row-group listing and shard assignment; :func:`iter_batches` checks what it delivered against it and raises if a
+row went missing (Petastorm's thread pool is known to lose rows silently, so the default pool is ``dummy``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from petastorm import make_batch_reader
+from petastorm.etl import dataset_metadata
+from petastorm.fs_utils import get_filesystem_and_path_or_paths
+
+from . import dataset as ds
+
+log = logging.getLogger(__name__)
+
+READER_POOLS = ("dummy", "process", "thread")
+
+
+@dataclass(frozen=True)
+class DocBatch:
+    ids: np.ndarray            # object[B] of str
+    counts: sp.csr_matrix      # float32 [B, V]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _split_url(data_dir: str | os.PathLike, split: str) -> str:
+    d = ds.split_dir(data_dir, split)
+    if not d.is_dir():
+        raise ValueError(f"{str(d)!r} not found: {str(data_dir)!r} has no {split} split (run semhash prepare)")
+    return "file://" + str(d.absolute())
+
+
+def _row_groups(data_dir: str | os.PathLike, split: str) -> list[int]:
+    """Rows per row group, in the order Petastorm's Reader lists them (same ParquetDataset, same loader)."""
+    if not ds.split_files(data_dir, split):
+        return []
+    fs, path = get_filesystem_and_path_or_paths(_split_url(data_dir, split))
+    dataset = pq.ParquetDataset(path, filesystem=fs, validate_schema=False, metadata_nthreads=10)
+    pieces = dataset_metadata.load_row_groups(dataset)
+    rows, footers = [], {}
+    for piece in pieces:
+        if piece.path not in footers:
+            with fs.open(piece.path, "rb") as f:
+                footers[piece.path] = pq.ParquetFile(f).metadata
+        rows.append(footers[piece.path].row_group(piece.row_group).num_rows)
+    return rows
+
+
+def _shard_indexes(n_row_groups: int, cur_shard: int, shard_count: int, seed: int | None) -> list[int]:
+    """Petastorm 0.13.1's Reader._partition_row_groups: shuffle indexes with Random(seed), keep i % count == shard."""
+    indexes = list(range(n_row_groups))
+    if seed is not None:
+        random.Random(seed).shuffle(indexes)
+    return [i for i in indexes if i % shard_count == cur_shard]
+
+
+def _check_shard(cur_shard: int, shard_count: int, n_row_groups: int, split: str) -> None:
+    if not (isinstance(shard_count, int) and isinstance(cur_shard, int) and 0 <= cur_shard < shard_count):
+        raise ValueError(f"need integers 0 <= cur_shard < shard_count, got cur_shard={cur_shard}, "
+                         f"shard_count={shard_count}")
+    if 0 < n_row_groups < shard_count:
+        raise ValueError(f"the {split} split has {n_row_groups} row groups, fewer than shard_count={shard_count}; "
+                         f"re-run prepare with prepare.files_per_split >= {shard_count}")
+
+
+def count_rows(data_dir: str | os.PathLike, split: str, cur_shard: int = 0, shard_count: int = 1, *,
+               seed: int | None = 0) -> int:
+    """How many rows shard ``cur_shard`` of ``shard_count`` delivers per epoch (pass the seed given to iter_batches)."""
+    rows = _row_groups(data_dir, split)
+    _check_shard(cur_shard, shard_count, len(rows), split)
+    return int(sum(rows[i] for i in _shard_indexes(len(rows), cur_shard, shard_count, seed)))
+
+
+def _to_batch(ids: np.ndarray, word_ids: np.ndarray, word_counts: np.ndarray, vocab_size: int) -> DocBatch:
+    return DocBatch(np.asarray(ids, dtype=object), ds.csr_from_binary(word_ids, word_counts, vocab_size))
+
+
+def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cur_shard: int = 0,
+                 shard_count: int = 1, num_epochs: int | None = 1, shuffle: bool = True, seed: int | None = 0,
+                 reader_pool: str = "dummy", workers_count: int = 2, shuffle_buffer: int = 10_000,
+                 vocab_size: int | None = None) -> Iterator[DocBatch]:
+    """Yields DocBatch(ids, counts csr float32 [B, V]) for one shard; B == batch_size except for the last batch.
+
+    ``seed`` fixes Petastorm's shard assignment and row-group order and the shuffle buffer; every rank must pass
+    the same seed (change it per epoch for a new order). Epochs follow one another without a break, so with
+    ``num_epochs > 1`` only the final batch can be short. Raises RuntimeError if the shard delivered a different
+    number of rows than :func:`count_rows` promised.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if reader_pool not in READER_POOLS:
+        raise ValueError(f"unknown reader_pool {reader_pool!r}; expected one of {READER_POOLS}")
+    if vocab_size is None:
+        vocab_size = ds.read_metadata(data_dir)["vocab_size"]
+    expected = count_rows(data_dir, split, cur_shard, shard_count, seed=seed)
+    if expected == 0:
+        log.warning("shard %d/%d of the %s split of %s is empty", cur_shard, shard_count, split, data_dir)
+        return
+    rng = np.random.default_rng(seed)
+    buffer_rows = max(batch_size, shuffle_buffer) if shuffle else batch_size
+    pending: list[DocBatch] = []
+    n_pending = delivered = 0
+
+    def drain(keep: int, final: bool = False) -> Iterator[DocBatch]:
+        """Shuffles the pending rows and emits full batches while at least ``keep`` rows would remain."""
+        nonlocal pending, n_pending, delivered
+        ids = np.concatenate([b.ids for b in pending])
+        counts = sp.vstack([b.counts for b in pending], format="csr", dtype=np.float32)
+        if shuffle:
+            order = rng.permutation(len(ids))
+            ids, counts = ids[order], counts[order]
+        start = 0
+        while len(ids) - start - batch_size >= keep:
+            yield DocBatch(ids[start:start + batch_size], counts[start:start + batch_size])
+            start += batch_size
+        if final and start < len(ids):
+            yield DocBatch(ids[start:], counts[start:])
+            start = len(ids)
+        delivered += start
+        pending = [DocBatch(ids[start:], counts[start:])] if start < len(ids) else []
+        n_pending = len(ids) - start
+
+    # Without shuffling, batches go out as soon as they are full; with it, rows wait in a buffer of
+    # ``shuffle_buffer`` rows and half the buffer stays behind to mix with the next row groups.
+    trigger, keep = (buffer_rows + batch_size, buffer_rows // 2) if shuffle else (batch_size, 0)
+    with make_batch_reader(_split_url(data_dir, split), schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
+                           reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
+                           shuffle_row_groups=shuffle, num_epochs=num_epochs,
+                           cur_shard=cur_shard, shard_count=shard_count) as reader:
+        for rg in reader:
+            pending.append(_to_batch(rg.id, rg.word_ids, rg.word_counts, vocab_size))
+            n_pending += len(rg.id)
+            if n_pending >= trigger:
+                yield from drain(keep)
+    if n_pending:
+        yield from drain(0, final=True)
+    if num_epochs is not None and delivered != expected * num_epochs:
+        raise RuntimeError(f"shard {cur_shard}/{shard_count} of {split} delivered {delivered} rows, expected "
+                           f"{expected * num_epochs} ({num_epochs} epochs); petastorm's {reader_pool!r} pool lost "
+                           "rows (use reader_pool='dummy' or 'process')")

@@ -1,0 +1,220 @@
+"""The prepared-dataset format ``semhash-docs/1`` (see docs/architecture.md, "Prepared dataset").
+
+::
+
+    data_dir/dataset.json   {"format", "name", "vocab_size", "counts": {"train", "test", "quarantined"},
+                             "vocab_fingerprint", "source", "created_at", ...}
+    data_dir/vocab.json     {"words": [...], "doc_freq": [...], "num_train_docs": n}      (index = word id)
+    data_dir/docs/split=<split>/*.parquet
+        id string, labels list<string>, word_ids binary (int32 LE, ascending), word_counts binary (float32 LE),
+        length int32 (in-vocabulary word count), content_hash string (sha1 of the raw text)
+    data_dir/quarantine/*.parquet   id string (nullable), source string, reason string, excerpt string
+
+Sparse count vectors are two binary columns because Petastorm's batch reader needs columns of equal-length
+values; :func:`encode_sparse` / :func:`decode_sparse` convert, :func:`csr_from_binary` decodes a whole column
+into a ``scipy.sparse.csr_matrix`` without densifying. Local directories only (``store`` stages URIs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from .config import PrepareConfig
+from .corpora import tokenize
+
+FORMAT = "semhash-docs/1"
+SPLITS = ("train", "test")
+DATASET_FILE = "dataset.json"
+VOCAB_FILE = "vocab.json"
+DOCS_DIR = "docs"
+QUARANTINE_DIR = "quarantine"
+
+ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH = "id", "labels", "word_ids", "word_counts", "length", \
+    "content_hash"
+DOC_COLUMNS = (ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH)
+DOC_SCHEMA = pa.schema([
+    (ID, pa.string()), (LABELS, pa.list_(pa.string())), (WORD_IDS, pa.binary()), (WORD_COUNTS, pa.binary()),
+    (LENGTH, pa.int32()), (CONTENT_HASH, pa.string()),
+])
+QUARANTINE_COLUMNS = ("id", "source", "reason", "excerpt")
+QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in QUARANTINE_COLUMNS])
+
+_IDS_DTYPE = np.dtype("<i4")
+_COUNTS_DTYPE = np.dtype("<f4")
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+def split_dir(data_dir: str | os.PathLike, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return Path(data_dir) / DOCS_DIR / f"split={split}"
+
+
+def vocab_fingerprint(words: Sequence[str]) -> str:
+    """sha256 of the words joined by newlines, in word-id order."""
+    return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_vocab(data_dir: str | os.PathLike, words: Sequence[str], doc_freq: Sequence[int], num_train_docs: int) -> str:
+    """Writes vocab.json and returns the vocabulary fingerprint."""
+    if len(words) != len(doc_freq):
+        raise ValueError(f"{len(words)} words but {len(doc_freq)} document frequencies")
+    _write_json(Path(data_dir) / VOCAB_FILE, {"words": list(words), "doc_freq": [int(x) for x in doc_freq],
+                                              "num_train_docs": int(num_train_docs)})
+    return vocab_fingerprint(words)
+
+
+def write_metadata(data_dir: str | os.PathLike, *, name: str, vocab_size: int, counts: Mapping[str, int],
+                   vocab_fingerprint: str, source: str, **extra: Any) -> dict:
+    """Writes dataset.json (last, once docs/ and vocab.json are in place) and returns it."""
+    meta = {"format": FORMAT, "name": name, "vocab_size": int(vocab_size),
+            "counts": {k: int(v) for k, v in counts.items()}, "vocab_fingerprint": vocab_fingerprint,
+            "source": source, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    _write_json(Path(data_dir) / DATASET_FILE, meta)
+    return meta
+
+
+def read_metadata(data_dir: str | os.PathLike) -> dict:
+    """Reads and checks dataset.json."""
+    path = Path(data_dir) / DATASET_FILE
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset (run semhash prepare)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}; this version reads {FORMAT!r}")
+    return meta
+
+
+def read_vocab(data_dir: str | os.PathLike) -> tuple[list[str], np.ndarray, int]:
+    """Returns (words, doc_freq int64[V], num_train_docs) from vocab.json."""
+    path = Path(data_dir) / VOCAB_FILE
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset")
+    v = json.loads(path.read_text())
+    words, doc_freq = v["words"], np.asarray(v["doc_freq"], dtype=np.int64)
+    if len(words) != len(doc_freq):
+        raise ValueError(f"{str(path)!r}: {len(words)} words but {len(doc_freq)} document frequencies")
+    return words, doc_freq, int(v["num_train_docs"])
+
+
+def idf(doc_freq: np.ndarray, n: int) -> np.ndarray:
+    """Smooth inverse document frequency, log((1 + n) / (1 + df)) + 1 (as scikit-learn's smooth_idf)."""
+    df = np.asarray(doc_freq, dtype=np.float64)
+    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- sparse rows
+def encode_sparse(ids: np.ndarray, counts: np.ndarray) -> tuple[bytes, bytes]:
+    """(word ids, counts) -> (int32 LE bytes, float32 LE bytes). Ids must be ascending and unique."""
+    ids = np.asarray(ids, dtype=_IDS_DTYPE)
+    counts = np.asarray(counts, dtype=_COUNTS_DTYPE)
+    if ids.shape != counts.shape or ids.ndim != 1:
+        raise ValueError(f"ids {ids.shape} and counts {counts.shape} must be 1-D and of equal length")
+    if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):
+        raise ValueError("word ids must be strictly ascending")
+    return ids.tobytes(), counts.tobytes()
+
+
+def decode_sparse(ids_bytes: bytes, counts_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`encode_sparse`: (int32[k], float32[k]), read-only views of the bytes."""
+    ids = np.frombuffer(ids_bytes, dtype=_IDS_DTYPE)
+    counts = np.frombuffer(counts_bytes, dtype=_COUNTS_DTYPE)
+    if ids.shape != counts.shape:
+        raise ValueError(f"{ids.size} word ids but {counts.size} counts")
+    return ids, counts
+
+
+def csr_from_binary(word_ids: Sequence[bytes], word_counts: Sequence[bytes], vocab_size: int) -> sp.csr_matrix:
+    """Rows of encoded sparse vectors -> csr_matrix float32 [n, vocab_size] (one copy of the values, no densify)."""
+    n = len(word_ids)
+    if len(word_counts) != n:
+        raise ValueError(f"{n} word_ids rows but {len(word_counts)} word_counts rows")
+    nbytes = np.fromiter((len(b) for b in word_ids), dtype=np.int64, count=n)
+    if np.any(nbytes % 4) or not np.array_equal(nbytes, np.fromiter((len(b) for b in word_counts), np.int64, n)):
+        raise ValueError("word_ids and word_counts rows must hold the same number of 4-byte values")
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(nbytes // 4, out=indptr[1:])
+    indices = np.frombuffer(b"".join(word_ids), dtype=_IDS_DTYPE).astype(np.int32)
+    data = np.frombuffer(b"".join(word_counts), dtype=_COUNTS_DTYPE).astype(np.float32)
+    if indices.size and (indices.min() < 0 or indices.max() >= vocab_size):
+        raise ValueError(f"word id out of range [0, {vocab_size}): {indices.min()}..{indices.max()}")
+    return sp.csr_matrix((data, indices, indptr), shape=(n, vocab_size))
+
+
+def vectorize(text: str, vocab_index: Mapping[str, int], cfg: PrepareConfig = PrepareConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Text -> (ascending word ids int32, counts float32) over the vocabulary, tokenised as prepare does."""
+    counts = Counter(i for i in (vocab_index.get(w) for w in tokenize(text, cfg.min_token_len, cfg.max_token_len))
+                     if i is not None)
+    ids = np.array(sorted(counts), dtype=np.int32)
+    return ids, np.array([counts[i] for i in ids], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- reading a split
+@dataclass
+class SplitData:
+    """One split in memory: ``counts`` is csr float32 [n, V]; fields not asked for are None."""
+    ids: np.ndarray | None                 # object[n] of str
+    labels: list[list[str]] | None
+    counts: sp.csr_matrix | None
+    content_hash: np.ndarray | None        # object[n] of str
+
+    def __len__(self) -> int:
+        for x in (self.ids, self.labels, self.content_hash):
+            if x is not None:
+                return len(x)
+        return 0 if self.counts is None else self.counts.shape[0]
+
+
+def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The Parquet files of a split in name order (the order :func:`read_split` returns rows in)."""
+    d = split_dir(data_dir, split)
+    if not d.is_dir():
+        raise ValueError(f"{str(d)!r} not found: {str(data_dir)!r} has no {split} split")
+    return sorted(p for p in d.iterdir() if p.name.endswith(".parquet") and not p.name.startswith((".", "_")))
+
+
+def read_split(data_dir: str | os.PathLike, split: str,
+               columns: Sequence[str] = (ID, LABELS, "counts", CONTENT_HASH)) -> SplitData:
+    """Reads a whole split (files in name order). ``columns`` picks among id, labels, counts, content_hash."""
+    unknown = set(columns) - {ID, LABELS, "counts", CONTENT_HASH}
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}; choose among id, labels, counts, content_hash")
+    vocab_size = read_metadata(data_dir)["vocab_size"]
+    cols = [c for c in (ID, LABELS, CONTENT_HASH) if c in columns] + ([WORD_IDS, WORD_COUNTS] if "counts" in columns else [])
+    ids, labels, hashes, mats = [], [], [], []
+    for f in split_files(data_dir, split):
+        t = pq.read_table(f, columns=cols)
+        if ID in columns:
+            ids.extend(t.column(ID).to_pylist())
+        if LABELS in columns:
+            labels.extend([x or [] for x in t.column(LABELS).to_pylist()])
+        if CONTENT_HASH in columns:
+            hashes.extend(t.column(CONTENT_HASH).to_pylist())
+        if "counts" in columns:
+            mats.append(csr_from_binary(t.column(WORD_IDS).to_pylist(), t.column(WORD_COUNTS).to_pylist(), vocab_size))
+    counts = None
+    if "counts" in columns:
+        counts = sp.vstack(mats, format="csr", dtype=np.float32) if mats else sp.csr_matrix((0, vocab_size), dtype=np.float32)
+    return SplitData(
+        ids=np.array(ids, dtype=object) if ID in columns else None,
+        labels=labels if LABELS in columns else None,
+        counts=counts,
+        content_hash=np.array(hashes, dtype=object) if CONTENT_HASH in columns else None,
+    )

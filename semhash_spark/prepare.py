@@ -1,0 +1,324 @@
+"""The Spark prepare job: raw corpus -> prepared dataset (``semhash-docs/1``, see :mod:`semhash_spark.dataset`).
+
+Stages (all under ``out_dir``; ``_staging/`` is removed at the end)::
+
+    read       corpus records -> _staging/records/   (executors read when the source has several files; a single
+                                                      archive is streamed by the driver in chunks of STAGE_ROWS)
+    classify   tokenise (pandas), flag reader errors, duplicate ids (every copy after the first in reading
+               order), documents empty after tokenising; skip records outside the split -> _staging/tokens/
+    vocab      the vocab_size words with the highest total count in the train candidates (ties: alphabetical)
+    vectorise  sparse counts over the vocabulary; fewer than min_doc_words in-vocabulary words -> quarantine
+                                                   -> _staging/final/
+    write      docs/split=<split>/ (files_per_split files each), quarantine/, vocab.json, dataset.json (last)
+
+Nothing is dropped silently: every record read is kept, quarantined (with a reason) or skipped, and the job
+checks that the three add up. ``doc_freq`` and ``num_train_docs`` in vocab.json describe the train split as
+written, so IDF weights computed from vocab.json match ``read_split(data_dir, "train")``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from . import corpora
+from . import dataset as ds
+from .config import PrepareConfig
+
+log = logging.getLogger(__name__)
+
+STAGE_ROWS = 5000              # records per staged file when the driver streams a single archive
+_UNIT_SHIFT = 40               # seq = unit index << 40 | record index, when executors read the units
+
+KEPT, QUARANTINED, SKIPPED, CANDIDATE = "kept", "quarantined", "skipped", "candidate"
+DUPLICATE_ID = "duplicate id"
+EMPTY = "empty after tokenising"
+TOO_FEW_WORDS = "too few vocabulary words"
+NOT_IN_SPLIT = "not in split"
+
+_RECORD_ARROW = pa.schema([
+    ("seq", pa.int64()), ("id", pa.string()), ("text", pa.string()), ("labels", pa.list_(pa.string())),
+    ("split", pa.string()), ("source", pa.string()), ("error", pa.string()),
+])
+_RECORD_SPARK = T.StructType([
+    T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()), T.StructField("text", T.StringType()),
+    T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
+    T.StructField("source", T.StringType()), T.StructField("error", T.StringType()),
+])
+_TOKENS_SPARK = T.StructType([
+    T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()),
+    T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
+    T.StructField("source", T.StringType()), T.StructField("reason", T.StringType()),
+    T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
+    T.StructField("tokens", T.ArrayType(T.StringType())),
+])
+_FINAL_SPARK = T.StructType([
+    T.StructField("id", T.StringType()), T.StructField("labels", T.ArrayType(T.StringType())),
+    T.StructField("split", T.StringType()), T.StructField("source", T.StringType()),
+    T.StructField("status", T.StringType()), T.StructField("reason", T.StringType()),
+    T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
+    T.StructField("word_ids", T.BinaryType()), T.StructField("word_counts", T.BinaryType()),
+    T.StructField("length", T.IntegerType()),
+])
+_DOCFREQ_SPARK = T.StructType([T.StructField("doc_freq", T.BinaryType()), T.StructField("n", T.LongType())])
+
+
+# ---------------------------------------------------------------------------------------------------- read
+def _stage_on_driver(units: list[str], dataset: str, cfg: PrepareConfig, staging: Path) -> int:
+    """Streams the records into Parquet files of STAGE_ROWS rows; returns how many records were read."""
+    staging.mkdir(parents=True)
+    cols: dict[str, list] = {f.name: [] for f in _RECORD_ARROW}
+    seq, part = 0, 0
+
+    def flush() -> None:
+        nonlocal part, cols
+        pq.write_table(pa.Table.from_pydict(cols, schema=_RECORD_ARROW), staging / f"part-{part:05d}.parquet")
+        part += 1
+        cols = {f.name: [] for f in _RECORD_ARROW}
+
+    for unit in units:
+        for rec in corpora.read_unit(dataset, unit, strip_headers=cfg.strip_headers, test_fraction=cfg.test_fraction):
+            cols["seq"].append(seq)
+            for k in ("id", "text", "labels", "split", "source", "error"):
+                cols[k].append(rec[k])
+            seq += 1
+            if len(cols["seq"]) >= STAGE_ROWS:
+                flush()
+    if cols["seq"]:
+        flush()
+    return seq
+
+
+def _read_units(indexed_units: Iterator[tuple[int, str]], dataset: str, strip_headers: bool,
+                test_fraction: float) -> Iterator[tuple]:
+    for k, unit in indexed_units:
+        for i, rec in enumerate(corpora.read_unit(dataset, unit, strip_headers=strip_headers,
+                                                  test_fraction=test_fraction)):
+            yield ((k << _UNIT_SHIFT) | i, rec["id"], rec["text"], rec["labels"], rec["split"], rec["source"],
+                   rec["error"])
+
+
+def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg: PrepareConfig, staging: Path) -> int:
+    rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
+        functools.partial(_read_units, dataset=dataset, strip_headers=cfg.strip_headers,
+                          test_fraction=cfg.test_fraction))
+    spark.createDataFrame(rdd, _RECORD_SPARK).write.mode("overwrite").parquet(str(staging))
+    return spark.read.schema(_RECORD_SPARK).parquet(str(staging)).count()
+
+
+# ---------------------------------------------------------------------------------------------------- classify
+def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: int) -> Iterator[pd.DataFrame]:
+    """Per record: reader-error kind, excerpt, sha1 of the text and its tokens (none for errors and skips)."""
+    import hashlib
+
+    for pdf in batches:
+        texts, errors, splits = pdf["text"].tolist(), pdf["error"].tolist(), pdf["split"].tolist()
+        reason, excerpt, chash, tokens = [], [], [], []
+        for text, err, split in zip(texts, errors, splits):
+            usable = err is None and split is not None and text is not None
+            reason.append(corpora.error_kind(err) if err is not None else None)
+            excerpt.append(text[:corpora.EXCERPT_CHARS] if text is not None else None)
+            chash.append(hashlib.sha1(text.encode("utf-8")).hexdigest() if usable else None)
+            tokens.append(corpora.tokenize(text, min_len, max_len) if usable else [])
+        yield pd.DataFrame({
+            "seq": pdf["seq"], "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"],
+            "source": pdf["source"], "reason": reason, "excerpt": excerpt, "content_hash": chash, "tokens": tokens,
+        })
+
+
+def _classify(records: DataFrame, cfg: PrepareConfig) -> DataFrame:
+    tok = records.mapInPandas(
+        functools.partial(_tokenize_batches, min_len=cfg.min_token_len, max_len=cfg.max_token_len), _TOKENS_SPARK)
+    candidate = F.col("reason").isNull() & F.col("split").isNotNull()
+    # First copy of an id in reading order wins; rows that are not candidates share one null key.
+    rank = F.row_number().over(Window.partitionBy(F.when(candidate, F.col("id"))).orderBy("seq"))
+    return (tok.withColumn("_rank", rank)
+            .withColumn("status", F.when(F.col("reason").isNotNull(), QUARANTINED)
+                        .when(F.col("split").isNull(), SKIPPED)
+                        .when((F.col("_rank") > 1) | (F.size("tokens") == 0), QUARANTINED)
+                        .otherwise(CANDIDATE))
+            .withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
+                        .when(F.col("split").isNull(), NOT_IN_SPLIT)
+                        .when(F.col("_rank") > 1, DUPLICATE_ID)
+                        .when(F.size("tokens") == 0, EMPTY))
+            .drop("_rank"))
+
+
+# ---------------------------------------------------------------------------------------------------- vocab
+def _build_vocab(classified: DataFrame, vocab_size: int) -> list[tuple[str, int]]:
+    """The vocab_size most frequent words of the train candidates: [(word, total count)], by count desc, word."""
+    rows = (classified.where((F.col("status") == CANDIDATE) & (F.col("split") == "train"))
+            .select(F.explode("tokens").alias("word")).groupBy("word").count()
+            .orderBy(F.desc("count"), F.asc("word")).limit(vocab_size).collect())
+    return [(r["word"], r["count"]) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------------- vectorise
+def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words: int) -> Iterator[pd.DataFrame]:
+    index = {w: i for i, w in enumerate(vocab_bc.value)}
+    for pdf in batches:
+        status, reason = pdf["status"].tolist(), pdf["reason"].tolist()
+        word_ids, word_counts, length = [], [], []
+        for j, tokens in enumerate(pdf["tokens"]):
+            if status[j] != CANDIDATE:
+                word_ids.append(None), word_counts.append(None), length.append(None)
+                continue
+            ids = np.fromiter((i for i in (index.get(w) for w in tokens) if i is not None), dtype=np.int32)
+            uniq, cnt = np.unique(ids, return_counts=True)
+            b_ids, b_counts = ds.encode_sparse(uniq, cnt)
+            word_ids.append(b_ids), word_counts.append(b_counts), length.append(int(ids.size))
+            if ids.size < min_doc_words:
+                status[j], reason[j] = QUARANTINED, TOO_FEW_WORDS
+            else:
+                status[j] = KEPT
+        yield pd.DataFrame({
+            "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"], "source": pdf["source"],
+            "status": status, "reason": reason, "excerpt": pdf["excerpt"], "content_hash": pdf["content_hash"],
+            "word_ids": word_ids, "word_counts": word_counts, "length": pd.array(length, dtype="Int32"),
+        })
+
+
+def _doc_freq_partials(batches: Iterator[pd.DataFrame], vocab_size: int) -> Iterator[pd.DataFrame]:
+    """One row per partition: int64 LE document frequencies (word ids are unique within a row) and row count."""
+    df, n = np.zeros(vocab_size, dtype=np.int64), 0
+    for pdf in batches:
+        ids = np.frombuffer(b"".join(pdf["word_ids"]), dtype="<i4")
+        df += np.bincount(ids, minlength=vocab_size)
+        n += len(pdf)
+    yield pd.DataFrame({"doc_freq": [df.astype("<i8").tobytes()], "n": [n]})
+
+
+# ---------------------------------------------------------------------------------------------------- job
+def _remove_checksums(out: Path) -> None:
+    """Drops the ``.*.crc`` side files Hadoop's local file system writes beside each output file."""
+    for d in (out / ds.DOCS_DIR, out / ds.QUARANTINE_DIR):
+        for crc in d.rglob(".*.crc"):
+            crc.unlink()
+
+
+def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
+    if cfg.vocab_size < 1:
+        raise ValueError(f"prepare.vocab_size must be at least 1, got {cfg.vocab_size}")
+    if not 1 <= cfg.min_token_len <= cfg.max_token_len:
+        raise ValueError(f"need 1 <= prepare.min_token_len <= prepare.max_token_len, got "
+                         f"{cfg.min_token_len}, {cfg.max_token_len}")
+    if not 0.0 <= cfg.test_fraction < 1.0:
+        raise ValueError(f"prepare.test_fraction must be in [0, 1), got {cfg.test_fraction}")
+    if cfg.files_per_split < 1:
+        raise ValueError(f"prepare.files_per_split must be at least 1, got {cfg.files_per_split}")
+    units = corpora.input_units(dataset, source)  # raises for an unknown dataset or a missing source
+    if not units:
+        raise ValueError(f"source {source!r} holds no {dataset} input files")
+    return units
+
+
+def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str,
+                    cfg: PrepareConfig = PrepareConfig(), *, name: str | None = None) -> dict:
+    """Reads corpus ``dataset`` from ``source`` and writes a prepared dataset to the local ``out_dir``.
+
+    Returns the report ``{"name", "records_read", "kept": {split: n}, "quarantined": {reason: n},
+    "skipped": {reason: n}, "vocab_size", "vocab_fingerprint", "out_dir"}``. Raises ValueError for an unknown
+    dataset, a missing source, a source without records, or an empty train split.
+    """
+    units = _validate(dataset, source, cfg)
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ds.DATASET_FILE).unlink(missing_ok=True)      # a failed run must not look like a finished dataset
+    staging = out / "_staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        return _run(spark, dataset, source, units, out, staging, cfg, name or dataset)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: Path, staging: Path,
+         cfg: PrepareConfig, name: str) -> dict:
+    records_dir = staging / "records"
+    if len(units) == 1:
+        log.info("prepare %s: streaming %s on the driver", dataset, units[0])
+        n_read = _stage_on_driver(units, dataset, cfg, records_dir)
+    else:
+        log.info("prepare %s: reading %d input files on executors", dataset, len(units))
+        n_read = _stage_on_executors(spark, units, dataset, cfg, records_dir)
+    if n_read == 0:
+        raise ValueError(f"source {source!r} holds no {dataset} records")
+    log.info("prepare %s: %d records read", dataset, n_read)
+
+    _classify(spark.read.schema(_RECORD_SPARK).parquet(str(records_dir)), cfg) \
+        .write.mode("overwrite").parquet(str(staging / "tokens"))
+    classified = spark.read.parquet(str(staging / "tokens"))
+    vocab = _build_vocab(classified, cfg.vocab_size)
+    if not vocab:
+        raise ValueError(f"the train split of {source!r} is empty: no train document survived reading, "
+                         "de-duplication and tokenising (check the source and prepare.test_fraction)")
+    words = [w for w, _ in vocab]
+    if len(words) < cfg.vocab_size:
+        log.warning("prepare %s: only %d distinct train words, fewer than vocab_size=%d",
+                    dataset, len(words), cfg.vocab_size)
+
+    vocab_bc = spark.sparkContext.broadcast(words)
+    try:
+        classified.mapInPandas(functools.partial(_vectorize_batches, vocab_bc=vocab_bc,
+                                                 min_doc_words=cfg.min_doc_words), _FINAL_SPARK) \
+            .write.mode("overwrite").parquet(str(staging / "final"))
+    finally:
+        vocab_bc.unpersist()
+    final = spark.read.parquet(str(staging / "final"))
+
+    tally = final.groupBy("status", "split", "reason").count().collect()
+    kept = {s: 0 for s in ds.SPLITS}
+    quarantined: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for r in tally:
+        if r["status"] == KEPT:
+            kept[r["split"]] += r["count"]
+        elif r["status"] == QUARANTINED:
+            quarantined[r["reason"]] = quarantined.get(r["reason"], 0) + r["count"]
+        else:
+            skipped[r["reason"]] = skipped.get(r["reason"], 0) + r["count"]
+    total = sum(kept.values()) + sum(quarantined.values()) + sum(skipped.values())
+    if total != n_read:
+        raise RuntimeError(f"prepare lost records: read {n_read}, kept+quarantined+skipped = {total}")
+    if kept["train"] == 0:
+        raise ValueError(f"the train split of {source!r} is empty after quarantine "
+                         f"(min_doc_words={cfg.min_doc_words}); quarantined: {quarantined}")
+
+    for split in ds.SPLITS:
+        rows = final.where((F.col("status") == KEPT) & (F.col("split") == split)).select(*ds.DOC_COLUMNS)
+        if 0 < kept[split] < cfg.files_per_split:
+            log.warning("prepare %s: %s split has %d documents, fewer than files_per_split=%d",
+                        dataset, split, kept[split], cfg.files_per_split)
+        rows.repartition(cfg.files_per_split).write.mode("overwrite").parquet(str(ds.split_dir(out, split)))
+    final.where(F.col("status") == QUARANTINED).select(*ds.QUARANTINE_COLUMNS).coalesce(1) \
+        .write.mode("overwrite").parquet(str(out / ds.QUARANTINE_DIR))
+
+    partials = final.where((F.col("status") == KEPT) & (F.col("split") == "train")).select("word_ids") \
+        .mapInPandas(functools.partial(_doc_freq_partials, vocab_size=len(words)), _DOCFREQ_SPARK).collect()
+    doc_freq = np.sum([np.frombuffer(p["doc_freq"], dtype="<i8") for p in partials], axis=0)
+    num_train = int(sum(p["n"] for p in partials))
+    assert num_train == kept["train"], (num_train, kept["train"])
+
+    _remove_checksums(out)
+    fingerprint = ds.write_vocab(out, words, doc_freq, num_train)
+    n_quarantined = sum(quarantined.values())
+    ds.write_metadata(out, name=name, vocab_size=len(words),
+                      counts={"train": kept["train"], "test": kept["test"], "quarantined": n_quarantined},
+                      vocab_fingerprint=fingerprint, source=str(source), dataset=dataset,
+                      records_read=n_read, quarantine_reasons=quarantined, skipped=skipped, prepare=asdict(cfg))
+    report = {"name": name, "records_read": n_read, "kept": kept, "quarantined": quarantined, "skipped": skipped,
+              "vocab_size": len(words), "vocab_fingerprint": fingerprint, "out_dir": str(out)}
+    log.info("prepare %s: %s", dataset, report)
+    return report

@@ -1,0 +1,353 @@
+"""Greedy layer-wise RBM pretraining and autoencoder fine-tuning: one update step, several loops.
+
+The same :func:`pretrain_step` / :func:`finetune_step` serve one process and Horovod ranks; the loops take a
+``BatchSource`` (``epoch -> iterable of (ids, CSR counts)``) so they never see Petastorm or the whole corpus,
+and a :class:`~semhash_spark.distributed.Dist` so they never import Horovod. Rank 0 alone writes checkpoints;
+a run resumes from the last one (stage, layer, epoch, weights and optimiser state).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import codes as codes_mod
+from . import store
+from .config import Config
+from .distributed import Dist
+from .models.autoencoder import DeepAutoencoder, deterministic_noise, id_keys
+from .models.rbm import RBM_KINDS, BinaryRBM, CDStats, MomentumSGD
+
+log = logging.getLogger(__name__)
+
+BatchSource = Callable[[int], Iterable[tuple[np.ndarray, Any]]]
+STATE_DIR = "_train_state"
+
+
+class TrainingDiverged(RuntimeError):
+    """Reconstruction error became NaN/inf or exploded; the message names the layer and epoch."""
+
+
+def densify(counts, device: torch.device) -> torch.Tensor:
+    """One mini-batch of sparse counts (scipy CSR) -> dense float32 on the device."""
+    if isinstance(counts, torch.Tensor):
+        return counts.to(device=device, dtype=torch.float32)
+    if hasattr(counts, "toarray"):
+        coo = counts.tocoo()
+        idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        vals = torch.from_numpy(coo.data.astype(np.float32))
+        return torch.sparse_coo_tensor(idx, vals, coo.shape).to(device).to_dense()
+    return torch.as_tensor(np.asarray(counts), dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One update step each
+# ---------------------------------------------------------------------------------------------------------------
+def pretrain_step(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: float, momentum: float, dist: Dist,
+                  generator: torch.Generator | None = None) -> CDStats:
+    dW, db_v, db_h, stats = rbm.cd_gradients(v, generator)
+    dist.allreduce_mean_([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
+    opt.step({"W": dW, "b_v": db_v, "b_h": db_h}, lr=lr, momentum=momentum)
+    return stats
+
+
+def finetune_step(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  noise: torch.Tensor | None, dist: Dist) -> float:
+    model.train()
+    optimizer.zero_grad(set_to_none=False)
+    loss = model.loss(x, model(x, noise))
+    loss.backward()
+    dist.allreduce_mean_([p.grad for p in model.parameters()], name="ae.grad")  # distributed
+    optimizer.step()
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation: retrieval precision of binary codes on a split carved from train
+# ---------------------------------------------------------------------------------------------------------------
+def is_validation_id(ids: Iterable[Any], fraction: float) -> np.ndarray:
+    """Deterministic membership of the validation split (by id hash), the same on every rank."""
+    if fraction <= 0:
+        return np.zeros(len(list(ids)) if not hasattr(ids, "__len__") else len(ids), dtype=bool)
+    keys = id_keys(ids)
+    return (keys % np.uint64(10_000)).astype(np.int64) < int(round(fraction * 10_000))
+
+
+@dataclass
+class Validator:
+    """Precision at ``k`` of Hamming ranking: validation queries against a database of training documents."""
+
+    query_x: Any            # CSR or dense
+    query_labels: list[list[str]]
+    db_x: Any
+    db_labels: list[list[str]]
+    k: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        vocab = sorted({l for ls in self.query_labels + self.db_labels for l in ls})
+        index = {l: i for i, l in enumerate(vocab)}
+
+        def indicator(labels):
+            m = np.zeros((len(labels), max(1, len(vocab))), dtype=np.float32)
+            for r, ls in enumerate(labels):
+                for l in ls:
+                    m[r, index[l]] = 1
+            return m
+
+        self._lq, self._ldb = indicator(self.query_labels), indicator(self.db_labels)
+        self._keep = self._lq.sum(1) > 0
+        # One fixed random order breaks Hamming ties.
+        self._tie = np.random.default_rng(self.seed).permutation(len(self.db_labels))
+
+    @property
+    def usable(self) -> bool:
+        return bool(self._keep.sum() >= 10 and len(self.db_labels) > self.k)
+
+    def precision(self, code_fn: Callable[[Any], np.ndarray]) -> float:
+        qc = code_fn(self.query_x)[self._keep]
+        dbc = code_fn(self.db_x)
+        lq = self._lq[self._keep]
+        n = len(self.db_labels)
+        total = 0.0
+        for s in range(0, len(qc), 256):
+            d = codes_mod.hamming(qc[s : s + 256], dbc).astype(np.int64)
+            key = d * n + self._tie[None, :]
+            top = np.argpartition(key, self.k - 1, axis=1)[:, : self.k]
+            rel = (lq[s : s + 256] @ self._ldb.T) > 0
+            total += np.take_along_axis(rel, top, axis=1).sum()
+        return float(total / (len(qc) * self.k))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resumable state (rank 0 writes; every rank reads the same file on restart)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    stage: str = "pretrain"      # pretrain | finetune | done
+    layer: int = 0               # the RBM being trained (pretrain)
+    epoch: int = 0               # the next epoch to run in this stage/layer
+    best_val: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+def _save_state(out_uri: str, progress: Progress, tensors: dict[str, torch.Tensor], fingerprint: str) -> None:
+    blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    store.write_bytes(store.join(out_uri, STATE_DIR, "state.safetensors"), blob)
+    meta = {"progress": asdict(progress), "fingerprint": fingerprint, "saved_at": time.time()}
+    store.write_bytes(store.join(out_uri, STATE_DIR, "state.json"), json.dumps(meta).encode())
+
+
+def _load_state(out_uri: str, fingerprint: str) -> tuple[Progress, dict[str, torch.Tensor]] | None:
+    meta_uri = store.join(out_uri, STATE_DIR, "state.json")
+    if not store.exists(meta_uri):
+        return None
+    meta = json.loads(store.read_bytes(meta_uri))
+    if meta.get("fingerprint") != fingerprint:
+        log.warning("ignoring the training state in %s: it belongs to another config or dataset", out_uri)
+        return None
+    tensors = st_load(store.read_bytes(store.join(out_uri, STATE_DIR, "state.safetensors")))
+    # The weights file is written first: if it is newer than the JSON, the JSON still describes an older
+    # consistent pair only when both were written; a torn pair fails the key check below and restarts the stage.
+    return Progress(**meta["progress"]), tensors
+
+
+def _check_finite(value: float, what: str, first: float | None) -> None:
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{what}: reconstruction error is {value}; lower the learning rate")
+    if first is not None and first > 0 and value > 1e3 * first:
+        raise TrainingDiverged(f"{what}: reconstruction error exploded from {first:.4g} to {value:.4g}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loops
+# ---------------------------------------------------------------------------------------------------------------
+def build_rbms(sizes: list[int], first_kind: str, cfg: Config, seed: int) -> list[BinaryRBM]:
+    g = torch.Generator().manual_seed(seed)
+    rbms = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        cls = RBM_KINDS[first_kind] if i == 0 else BinaryRBM
+        rbms.append(cls(a, b, init_std=cfg.pretrain.init_std, generator=g))
+    return rbms
+
+
+def _rbm_tensors(rbms: list[BinaryRBM], opt: MomentumSGD | None) -> dict[str, torch.Tensor]:
+    out = {f"rbm.{i}.{k}": v for i, r in enumerate(rbms) for k, v in r.parameters_dict().items()}
+    if opt is not None:
+        out.update({f"opt.{k}": v for k, v in opt.state_dict().items()})
+    return out
+
+
+def _ae_tensors(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor]):
+    out = {f"ae.{k}": v for k, v in model.state_dict().items()}
+    out.update({f"best.{k}": v for k, v in best.items()})
+    for i, p in enumerate(model.parameters()):
+        st = optimizer.state.get(p)
+        if st:
+            out[f"adam.{i}.exp_avg"] = st["exp_avg"]
+            out[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"]
+            out[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
+    return out
+
+
+def _restore_adam(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]):
+    for i, p in enumerate(model.parameters()):
+        if f"adam.{i}.exp_avg" in tensors:
+            optimizer.state[p] = {
+                "exp_avg": tensors[f"adam.{i}.exp_avg"].clone(),
+                "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].clone(),
+                "step": torch.tensor(float(tensors[f"adam.{i}.step"][0])),
+            }
+
+
+def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kind: str, output: str,
+                code_mode: str, dist: Dist, out_uri: str, fingerprint: str,
+                validator: Validator | None = None, device: torch.device = torch.device("cpu"),
+                progress_bar: bool = True) -> tuple[DeepAutoencoder, dict[str, Any]]:
+    """Pretrains the RBM stack greedily, unrolls it and fine-tunes it; returns the model and its metrics."""
+    from tqdm.auto import tqdm
+
+    seed = cfg.train.seed
+    torch.manual_seed(seed + dist.rank)
+    scale = dist.size if cfg.train.lr_scaling == "linear" else 1
+    rbms = build_rbms(sizes, first_kind, cfg, seed)
+    resumed = _load_state(out_uri, fingerprint)
+    prog, tensors = resumed if resumed else (Progress(), {})
+    if resumed and dist.is_chief:
+        log.info("resuming from %s: stage %s, layer %d, epoch %d", out_uri, prog.stage, prog.layer, prog.epoch)
+    for i, r in enumerate(rbms):
+        for k, p in r.parameters_dict().items():
+            if f"rbm.{i}.{k}" in tensors:
+                p.copy_(tensors[f"rbm.{i}.{k}"])
+    for r in rbms:
+        r.to(device)
+        dist.broadcast_({k: v for k, v in r.parameters_dict().items()}, name=f"init{r.n_visible}")  # distributed
+    show = progress_bar and dist.is_chief
+    gen = torch.Generator(device=device).manual_seed(seed * 1000 + dist.rank)
+    metrics: dict[str, Any] = {"pretrain": [], "finetune": []}
+
+    # --- greedy layer-wise pretraining with CD-1 (Hinton & Salakhutdinov 2006) ---------------------------------
+    while prog.stage == "pretrain":
+        i = prog.layer
+        rbm = rbms[i]
+        opt = MomentumSGD(rbm, cfg.pretrain.weight_decay)
+        if prog.epoch > 0 and f"opt.velocity.W" in tensors:
+            opt.load_state_dict({k[len("opt."):]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")})
+        lr = cfg.pretrain.lr * (cfg.pretrain.poisson_lr_scale if i == 0 and first_kind != "binary" else 1.0) * scale
+        first_err = None
+        bar = tqdm(range(prog.epoch, cfg.pretrain.epochs), desc=f"pretrain layer {i + 1}/{len(rbms)}",
+                   disable=not show, leave=False, initial=prog.epoch, total=cfg.pretrain.epochs)
+        for epoch in bar:
+            momentum = cfg.pretrain.momentum_start if epoch < cfg.pretrain.momentum_switch_epoch else cfg.pretrain.momentum_final
+            t0, sums, n = time.time(), np.zeros(3), 0
+            for _, counts in source(epoch):
+                v = densify(counts, device)
+                with torch.no_grad():
+                    for lower in rbms[:i]:
+                        v = lower.mean_hidden(v)
+                    st = pretrain_step(rbm, opt, v, lr, momentum, dist, gen)
+                sums += (st.recon_error * v.shape[0], st.saturated * v.shape[0], st.hidden_mean * v.shape[0])
+                n += v.shape[0]
+            err, sat, hmean, rows = dist.allreduce_scalars([*(sums / max(n, 1)), n], name=f"pt{i}.{epoch}")
+            what = f"pretraining layer {i + 1} ({rbm.n_visible}x{rbm.n_hidden}), epoch {epoch + 1}"
+            _check_finite(err, what, first_err)
+            first_err = first_err if first_err is not None else err
+            rec = {"layer": i + 1, "epoch": epoch + 1, "recon_error": err, "saturated": sat, "hidden_mean": hmean,
+                   "seconds": time.time() - t0, "rows_per_rank": rows}
+            metrics["pretrain"].append(rec)
+            bar.set_postfix(recon=f"{err:.4f}", sat=f"{sat:.2f}")
+            if dist.is_chief:
+                log.info("layer %d/%d epoch %d/%d recon %.4f saturated %.3f (%.1fs)", i + 1, len(rbms), epoch + 1,
+                         cfg.pretrain.epochs, err, sat, rec["seconds"])
+            prog.epoch = epoch + 1
+            if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0):
+                _save_state(out_uri, prog, _rbm_tensors(rbms, opt), fingerprint)
+        bar.close()
+        prog.layer, prog.epoch = i + 1, 0
+        tensors = {}
+        if prog.layer == len(rbms):
+            prog.stage = "finetune"
+        if dist.is_chief:
+            _save_state(out_uri, prog, _rbm_tensors(rbms, None), fingerprint)
+
+    # --- unroll and fine-tune (Semantic Hashing sec. 3) ----------------------------------------------------------
+    model = DeepAutoencoder.from_rbms([r.cpu() for r in rbms], output=output, code_mode=code_mode).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.finetune.lr * scale)
+    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if prog.stage == "finetune" and prog.epoch > 0 and tensors:
+        model.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
+        best = {k[5:]: v.clone() for k, v in tensors.items() if k.startswith("best.")}
+        _restore_adam(model, optimizer, tensors)
+    dist.broadcast_(dict(model.state_dict()), name="ae.init")  # distributed
+
+    def val_codes(x):
+        return codes_mod.pack_bits(_probabilities(model, x, device) > 0.5)
+
+    if prog.stage == "finetune" and prog.epoch == 0 and validator is not None and dist.is_chief:
+        prog.best_val, prog.best_epoch = validator.precision(val_codes), 0
+        log.info("validation precision@%d after pretraining: %.4f", validator.k, prog.best_val)
+        metrics["val_precision_pretrained"] = prog.best_val
+    noise_std = cfg.finetune.noise_std if code_mode == "noise" else 0.0
+    bar = tqdm(range(prog.epoch, cfg.finetune.epochs), desc="fine-tune", disable=not show, leave=False,
+               initial=prog.epoch, total=cfg.finetune.epochs)
+    first_loss = None
+    for epoch in bar if prog.stage == "finetune" else []:
+        t0, total, n = time.time(), 0.0, 0
+        for ids, counts in source(10_000 + epoch):
+            x = densify(counts, device)
+            noise = deterministic_noise(id_keys(ids), model.bits, noise_std, seed).to(device) if noise_std > 0 else None
+            total += finetune_step(model, optimizer, x, noise, dist) * x.shape[0]
+            n += x.shape[0]
+        loss, rows = dist.allreduce_scalars([total / max(n, 1), n], name=f"ft.{epoch}")
+        _check_finite(loss, f"fine-tuning, epoch {epoch + 1}", first_loss)
+        first_loss = first_loss if first_loss is not None else loss
+        rec = {"epoch": epoch + 1, "loss": loss, "seconds": time.time() - t0, "rows_per_rank": rows}
+        stop = False
+        if validator is not None:
+            if dist.is_chief:
+                score = validator.precision(val_codes)
+                rec["val_precision"] = score
+                if score > prog.best_val:
+                    prog.best_val, prog.best_epoch, prog.bad_epochs = score, epoch + 1, 0
+                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    prog.bad_epochs += 1
+                stop = prog.bad_epochs >= cfg.finetune.patience
+            stop = dist.broadcast_object(stop, name=f"stop.{epoch}")  # distributed
+        else:
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        metrics["finetune"].append(rec)
+        bar.set_postfix(loss=f"{loss:.4f}", val=f"{rec.get('val_precision', float('nan')):.3f}")
+        if dist.is_chief:
+            log.info("fine-tune epoch %d/%d loss %.4f val %s (%.1fs)", epoch + 1, cfg.finetune.epochs, loss,
+                     rec.get("val_precision"), rec["seconds"])
+        prog.epoch = epoch + 1
+        if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0 or stop):
+            _save_state(out_uri, prog, _ae_tensors(model, optimizer, best), fingerprint)
+        if stop:
+            log.info("early stop: no validation gain for %d epochs", cfg.finetune.patience)
+            break
+    bar.close()
+    model.load_state_dict(best)
+    dist.broadcast_(dict(model.state_dict()), name="ae.best")  # distributed
+    metrics.update(best_val_precision=prog.best_val, best_epoch=prog.best_epoch)
+    return model.cpu().eval(), metrics
+
+
+@torch.no_grad()
+def _probabilities(model: DeepAutoencoder, x, device: torch.device, batch: int = 2048) -> np.ndarray:
+    model.eval()
+    out = []
+    for s in range(0, x.shape[0], batch):
+        out.append(model.encode(densify(x[s : s + batch], device)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.bits), np.float32)
