@@ -114,6 +114,11 @@ def save_model(uri: str, model: DeepAutoencoder, config: Config, extra: dict[str
 
 def load_model(uri: str) -> Hasher:
     tensors, meta = load_tensors(uri)
+    return hasher_from_parts(tensors, meta, uri)
+
+
+def hasher_from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], uri: str = "model") -> Hasher:
+    """Rebuilds the model from its weights and ``model.json`` contents (checks format and weights version)."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{uri!r} holds format {meta.get('format')!r}, expected {FORMAT!r}")
     model = DeepAutoencoder(meta["sizes"], output=meta["output"], code_mode=meta["code_mode"])

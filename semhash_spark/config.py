@@ -41,7 +41,7 @@ class ModelConfig:
 class PretrainConfig:
     epochs: int = 30
     batch_size: int = 100
-    lr: float = 0.01               # binary RBMs; the Poisson layer uses lr * poisson_lr_scale
+    lr: float = 0.1                # binary RBMs; the Poisson layer uses lr * poisson_lr_scale
     poisson_lr_scale: float = 0.1
     momentum_start: float = 0.5    # Hinton's recipe: 0.5 for the first epochs, then 0.9
     momentum_final: float = 0.9

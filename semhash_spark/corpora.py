@@ -157,6 +157,10 @@ def parse_reuters_sgml(content: str, source: str) -> Iterator[dict]:
     ModApte split: LEWISSPLIT="TRAIN"/"TEST" with TOPICS="YES" -> train/test; every other document is yielded with
     ``split=None`` and no text (skipped). Labels are the ``<TOPICS>`` entries (possibly none); text is TITLE and
     BODY, or for unprocessed stories without either the whole ``<TEXT>`` with tags removed.
+
+    ModApte documents without any topic (1,828 train, 280 test) are kept with ``labels=[]``: they train the
+    models and fill the index, and retrieval evaluation ignores label-less queries (no document is relevant to
+    them).
     """
     for m in _REUTERS_DOC.finditer(content):
         attrs = {k.upper(): v for k, v in _ATTR.findall(m.group(1))}

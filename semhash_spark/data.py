@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -53,8 +54,10 @@ def _row_groups(data_dir: str | os.PathLike, split: str) -> list[int]:
     if not ds.split_files(data_dir, split):
         return []
     fs, path = get_filesystem_and_path_or_paths(_split_url(data_dir, split))
-    dataset = pq.ParquetDataset(path, filesystem=fs, validate_schema=False, metadata_nthreads=10)
-    pieces = dataset_metadata.load_row_groups(dataset)
+    with warnings.catch_warnings():   # petastorm 0.13.1 drives pyarrow's deprecated legacy dataset API
+        warnings.simplefilter("ignore", FutureWarning)
+        dataset = pq.ParquetDataset(path, filesystem=fs, validate_schema=False, metadata_nthreads=10)
+        pieces = dataset_metadata.load_row_groups(dataset)
     rows, footers = [], {}
     for piece in pieces:
         if piece.path not in footers:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -158,12 +157,17 @@ def csr_from_binary(word_ids: Sequence[bytes], word_counts: Sequence[bytes], voc
     return sp.csr_matrix((data, indices, indptr), shape=(n, vocab_size))
 
 
-def vectorize(text: str, vocab_index: Mapping[str, int], cfg: PrepareConfig = PrepareConfig()) -> tuple[np.ndarray, np.ndarray]:
+def vectorize(text: str, vocab_index: Mapping[str, int],
+              cfg: PrepareConfig = PrepareConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Text -> (ascending word ids int32, counts float32) over the vocabulary, tokenised as prepare does."""
-    counts = Counter(i for i in (vocab_index.get(w) for w in tokenize(text, cfg.min_token_len, cfg.max_token_len))
-                     if i is not None)
-    ids = np.array(sorted(counts), dtype=np.int32)
-    return ids, np.array([counts[i] for i in ids], dtype=np.float32)
+    return count_vector(tokenize(text, cfg.min_token_len, cfg.max_token_len), vocab_index)
+
+
+def count_vector(tokens: Sequence[str], vocab_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens -> (ascending word ids int32, counts float32); out-of-vocabulary tokens are ignored."""
+    ids = np.fromiter((i for i in (vocab_index.get(w) for w in tokens) if i is not None), dtype=np.int32)
+    uniq, counts = np.unique(ids, return_counts=True)
+    return uniq.astype(np.int32), counts.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------- reading a split
@@ -197,7 +201,9 @@ def read_split(data_dir: str | os.PathLike, split: str,
     if unknown:
         raise ValueError(f"unknown columns {sorted(unknown)}; choose among id, labels, counts, content_hash")
     vocab_size = read_metadata(data_dir)["vocab_size"]
-    cols = [c for c in (ID, LABELS, CONTENT_HASH) if c in columns] + ([WORD_IDS, WORD_COUNTS] if "counts" in columns else [])
+    cols = [c for c in (ID, LABELS, CONTENT_HASH) if c in columns]
+    if "counts" in columns:
+        cols += [WORD_IDS, WORD_COUNTS]
     ids, labels, hashes, mats = [], [], [], []
     for f in split_files(data_dir, split):
         t = pq.read_table(f, columns=cols)
@@ -211,7 +217,8 @@ def read_split(data_dir: str | os.PathLike, split: str,
             mats.append(csr_from_binary(t.column(WORD_IDS).to_pylist(), t.column(WORD_COUNTS).to_pylist(), vocab_size))
     counts = None
     if "counts" in columns:
-        counts = sp.vstack(mats, format="csr", dtype=np.float32) if mats else sp.csr_matrix((0, vocab_size), dtype=np.float32)
+        counts = sp.vstack(mats, format="csr", dtype=np.float32) if mats else \
+            sp.csr_matrix((0, vocab_size), dtype=np.float32)
     return SplitData(
         ids=np.array(ids, dtype=object) if ID in columns else None,
         labels=labels if LABELS in columns else None,

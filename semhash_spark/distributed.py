@@ -76,7 +76,7 @@ class HorovodDist(Dist):
         return self._hvd.broadcast_object(obj, root_rank=root, name=name or None)
 
     def barrier(self) -> None:
-        self._hvd.join()
+        self._hvd.barrier()
 
     def shutdown(self) -> None:
         self._hvd.shutdown()

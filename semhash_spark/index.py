@@ -41,6 +41,7 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 BASE_COLUMNS = ("id", "code", "address")
 WORD_COLUMNS = ("word_ids", "word_counts")
+HASH_COLUMN = "content_hash"                  # optional: the document's content hash, for incremental re-indexing
 _FILE_KEYS = ("path", "rows", "bytes", "sha256")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LOAD_THREADS = 8
@@ -90,7 +91,7 @@ def _check_version(version: str) -> None:
         raise ValueError(f"bad index version id {version!r}: letters, digits, '.', '_' and '-' only")
 
 
-def shard_schema(code_bytes: int, with_words: bool = False):
+def shard_schema(code_bytes: int, with_words: bool = False, with_hash: bool = False):
     import pyarrow as pa
 
     fields = [pa.field("id", pa.string(), nullable=False),
@@ -98,6 +99,8 @@ def shard_schema(code_bytes: int, with_words: bool = False):
               pa.field("address", pa.uint64(), nullable=False)]
     if with_words:
         fields += [pa.field("word_ids", pa.binary()), pa.field("word_counts", pa.binary())]
+    if with_hash:
+        fields.append(pa.field(HASH_COLUMN, pa.string()))
     return pa.schema(fields)
 
 
@@ -117,7 +120,7 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf) -> 
     """Writes one Spark task's rows as one Parquet file per partition present; returns the files' metadata.
 
     Runs inside executors (e.g. from ``mapInPandas``). ``pdf`` has columns ``id``, ``code`` (bytes),
-    ``address`` (uint64) and optionally ``word_ids``/``word_counts`` (bytes). Returns
+    ``address`` (uint64) and optionally ``word_ids``/``word_counts`` (bytes) and ``content_hash`` (str). Returns
     ``[{partition, path (relative to version_uri), rows, bytes, sha256, columns}]``.
     """
     import pyarrow as pa
@@ -127,6 +130,7 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf) -> 
     if missing:
         raise ValueError(f"write_shard needs columns {list(BASE_COLUMNS)}; missing {missing}")
     with_words = all(c in pdf.columns for c in WORD_COLUMNS)
+    with_hash = HASH_COLUMN in pdf.columns
     n = len(pdf)
     if n == 0:
         return []
@@ -139,8 +143,9 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf) -> 
     order = np.lexsort((ids, address, part))                     # by partition, then address, then id
     codes, ids, address, part = codes[order], ids[order], address[order], part[order]
     words = [pdf[c].to_numpy(dtype=object)[order] for c in WORD_COLUMNS] if with_words else None
+    hashes = pdf[HASH_COLUMN].to_numpy(dtype=object)[order] if with_hash else None
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(part)) + 1, [n]])
-    schema = shard_schema(code_bytes, with_words)
+    schema = shard_schema(code_bytes, with_words, with_hash)
     metas = []
     for s, e in zip(bounds[:-1], bounds[1:]):
         cols = [pa.array(ids[s:e], pa.string()),
@@ -149,6 +154,8 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf) -> 
                 pa.array(address[s:e], pa.uint64())]
         if words is not None:
             cols += [pa.array([bytes(v) for v in w[s:e]], pa.binary()) for w in words]
+        if hashes is not None:
+            cols.append(pa.array(hashes[s:e], pa.string()))
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_arrays(cols, schema=schema), buf, compression="zstd")
         data = buf.getvalue()

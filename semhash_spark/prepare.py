@@ -18,8 +18,8 @@ written, so IDF weights computed from vocab.json match ``read_split(data_dir, "t
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -121,8 +121,6 @@ def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg
 # ---------------------------------------------------------------------------------------------------- classify
 def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: int) -> Iterator[pd.DataFrame]:
     """Per record: reader-error kind, excerpt, sha1 of the text and its tokens (none for errors and skips)."""
-    import hashlib
-
     for pdf in batches:
         texts, errors, splits = pdf["text"].tolist(), pdf["error"].tolist(), pdf["split"].tolist()
         reason, excerpt, chash, tokens = [], [], [], []
@@ -142,8 +140,10 @@ def _classify(records: DataFrame, cfg: PrepareConfig) -> DataFrame:
     tok = records.mapInPandas(
         functools.partial(_tokenize_batches, min_len=cfg.min_token_len, max_len=cfg.max_token_len), _TOKENS_SPARK)
     candidate = F.col("reason").isNull() & F.col("split").isNotNull()
-    # First copy of an id in reading order wins; rows that are not candidates share one null key.
-    rank = F.row_number().over(Window.partitionBy(F.when(candidate, F.col("id"))).orderBy("seq"))
+    # First copy of an id in reading order wins. Rows that are not candidates are keyed by their own seq, so
+    # they form groups of one instead of one huge group.
+    key = F.when(candidate, F.col("id")).otherwise(F.col("seq").cast("string"))
+    rank = F.row_number().over(Window.partitionBy(candidate, key).orderBy("seq"))
     return (tok.withColumn("_rank", rank)
             .withColumn("status", F.when(F.col("reason").isNotNull(), QUARANTINED)
                         .when(F.col("split").isNull(), SKIPPED)
@@ -175,11 +175,11 @@ def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words:
             if status[j] != CANDIDATE:
                 word_ids.append(None), word_counts.append(None), length.append(None)
                 continue
-            ids = np.fromiter((i for i in (index.get(w) for w in tokens) if i is not None), dtype=np.int32)
-            uniq, cnt = np.unique(ids, return_counts=True)
-            b_ids, b_counts = ds.encode_sparse(uniq, cnt)
-            word_ids.append(b_ids), word_counts.append(b_counts), length.append(int(ids.size))
-            if ids.size < min_doc_words:
+            ids, counts = ds.count_vector(tokens, index)     # the same function encodes queries
+            b_ids, b_counts = ds.encode_sparse(ids, counts)
+            n_words = int(counts.sum())
+            word_ids.append(b_ids), word_counts.append(b_counts), length.append(n_words)
+            if n_words < min_doc_words:
                 status[j], reason[j] = QUARANTINED, TOO_FEW_WORDS
             else:
                 status[j] = KEPT

@@ -430,6 +430,37 @@ def download_prefix(uri: str, local_dir: str | os.PathLike) -> int:
     return len(entries)
 
 
+def copy_object(src: str, dest: str) -> None:
+    """Copies one object without moving its bytes through this process where the store allows it.
+
+    S3 to S3: a server-side copy (multipart for large objects). Local to local: a hard link (the files are
+    immutable once written, and ``write_bytes`` replaces rather than rewrites), or a byte copy across file
+    systems. Either way ``dest`` appears atomically. Mixed schemes are an error: use upload/download.
+    """
+    if is_s3(src) != is_s3(dest):
+        raise ValueError(f"copy_object needs two S3 URIs or two local paths, got {src!r} and {dest!r}")
+    with _errors(src, "copy"):
+        if is_s3(src):
+            sb, sk = split_s3(src)
+            db, dk = split_s3(dest)
+            client().copy({"Bucket": sb, "Key": sk}, db, dk, Config=_transfer_config())
+            return
+        s, d = local_path(src), local_path(dest)
+        os.makedirs(os.path.dirname(os.path.abspath(d)), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(d)), _TMP_PREFIX + os.urandom(8).hex())
+        try:
+            os.link(s, tmp)
+        except OSError:                 # another file system, or links not allowed: copy the bytes
+            _copy_local(s, d)
+            return
+        try:
+            os.replace(tmp, d)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
 def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
     """A local path holding ``uri``: local URIs as they are; an S3 prefix (or single object) is downloaded once.
 

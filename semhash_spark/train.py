@@ -1,7 +1,7 @@
 """Greedy layer-wise RBM pretraining and autoencoder fine-tuning: one update step, several loops.
 
 The same :func:`pretrain_step` / :func:`finetune_step` serve one process and Horovod ranks; the loops take a
-``BatchSource`` (``epoch -> iterable of (ids, CSR counts)``) so they never see Petastorm or the whole corpus,
+``BatchSource`` (``(epoch, batch_size) -> iterable of (ids, CSR counts)``) so they never see Petastorm or the whole corpus,
 and a :class:`~semhash_spark.distributed.Dist` so they never import Horovod. Rank 0 alone writes checkpoints;
 a run resumes from the last one (stage, layer, epoch, weights and optimiser state).
 """
@@ -28,7 +28,7 @@ from .models.rbm import RBM_KINDS, BinaryRBM, CDStats, MomentumSGD
 
 log = logging.getLogger(__name__)
 
-BatchSource = Callable[[int], Iterable[tuple[np.ndarray, Any]]]
+BatchSource = Callable[[int, int], Iterable[tuple[np.ndarray, Any]]]   # (epoch, batch_size) -> (ids, counts)
 STATE_DIR = "_train_state"
 
 
@@ -37,14 +37,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def densify(counts, device: torch.device) -> torch.Tensor:
-    """One mini-batch of sparse counts (scipy CSR) -> dense float32 on the device."""
+    """One mini-batch of sparse counts (scipy CSR) -> dense float32 on the device.
+
+    On a GPU the batch travels sparse and is densified there; on the CPU scipy's ``toarray`` is fastest.
+    """
     if isinstance(counts, torch.Tensor):
         return counts.to(device=device, dtype=torch.float32)
     if hasattr(counts, "toarray"):
-        coo = counts.tocoo()
-        idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-        vals = torch.from_numpy(coo.data.astype(np.float32))
-        return torch.sparse_coo_tensor(idx, vals, coo.shape).to(device).to_dense()
+        if device.type == "cpu":
+            return torch.from_numpy(counts.toarray().astype(np.float32, copy=False))
+        csr = counts.tocsr()
+        t = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                    torch.from_numpy(csr.indices.astype(np.int64)),
+                                    torch.from_numpy(csr.data.astype(np.float32)), size=csr.shape)
+        return t.to(device).to_dense()
     return torch.as_tensor(np.asarray(counts), dtype=torch.float32, device=device)
 
 
@@ -75,9 +81,9 @@ def finetune_step(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: t
 # ---------------------------------------------------------------------------------------------------------------
 def is_validation_id(ids: Iterable[Any], fraction: float) -> np.ndarray:
     """Deterministic membership of the validation split (by id hash), the same on every rank."""
-    if fraction <= 0:
-        return np.zeros(len(list(ids)) if not hasattr(ids, "__len__") else len(ids), dtype=bool)
     keys = id_keys(ids)
+    if fraction <= 0:
+        return np.zeros(len(keys), dtype=bool)
     return (keys % np.uint64(10_000)).astype(np.int64) < int(round(fraction * 10_000))
 
 
@@ -250,7 +256,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         for epoch in bar:
             momentum = cfg.pretrain.momentum_start if epoch < cfg.pretrain.momentum_switch_epoch else cfg.pretrain.momentum_final
             t0, sums, n = time.time(), np.zeros(3), 0
-            for _, counts in source(epoch):
+            for _, counts in source(epoch, cfg.pretrain.batch_size):
                 v = densify(counts, device)
                 with torch.no_grad():
                     for lower in rbms[:i]:
@@ -297,13 +303,14 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         prog.best_val, prog.best_epoch = validator.precision(val_codes), 0
         log.info("validation precision@%d after pretraining: %.4f", validator.k, prog.best_val)
         metrics["val_precision_pretrained"] = prog.best_val
+    has_val = dist.broadcast_object(validator is not None, name="has_val")  # distributed: only rank 0 validates
     noise_std = cfg.finetune.noise_std if code_mode == "noise" else 0.0
     bar = tqdm(range(prog.epoch, cfg.finetune.epochs), desc="fine-tune", disable=not show, leave=False,
                initial=prog.epoch, total=cfg.finetune.epochs)
     first_loss = None
     for epoch in bar if prog.stage == "finetune" else []:
         t0, total, n = time.time(), 0.0, 0
-        for ids, counts in source(10_000 + epoch):
+        for ids, counts in source(10_000 + epoch, cfg.finetune.batch_size):
             x = densify(counts, device)
             noise = deterministic_noise(id_keys(ids), model.bits, noise_std, seed).to(device) if noise_std > 0 else None
             total += finetune_step(model, optimizer, x, noise, dist) * x.shape[0]
@@ -313,7 +320,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         first_loss = first_loss if first_loss is not None else loss
         rec = {"epoch": epoch + 1, "loss": loss, "seconds": time.time() - t0, "rows_per_rank": rows}
         stop = False
-        if validator is not None:
+        if has_val:
             if dist.is_chief:
                 score = validator.precision(val_codes)
                 rec["val_precision"] = score

@@ -1,7 +1,9 @@
 """Shared fixtures: a session-scoped local Spark, the real data directory, a real S3 server on loopback."""
 from __future__ import annotations
 
+import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,43 @@ def s3_server(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+GROUPS = ("rec.sport.hockey", "sci.space", "comp.graphics", "talk.politics.guns")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(shared_data, tmp_path_factory):
+    """400 train / 160 test real 20 Newsgroups posts of four groups, as JSONL, plus three bad lines."""
+    archive = shared_data / "20newsgroups" / "20news-bydate.tar.gz"
+    if not archive.is_file():
+        pytest.skip("no 20 Newsgroups archive")
+    want = {("train", g): 100 for g in GROUPS} | {("test", g): 40 for g in GROUPS}
+    out = tmp_path_factory.mktemp("corpus") / "small.jsonl"
+    with tarfile.open(archive) as tar, out.open("w") as f:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 3:
+                continue
+            split = "train" if parts[0].endswith("train") else "test"
+            key = (split, parts[1])
+            if want.get(key, 0) <= 0:
+                continue
+            want[key] -= 1
+            text = tar.extractfile(m).read().decode("latin-1")
+            f.write(json.dumps({"id": f"{parts[1]}/{parts[2]}", "text": text, "labels": [parts[1]], "split": split}) + "\n")
+        f.write('{"id": "broken", "text": \n')                     # invalid JSON
+        f.write(json.dumps({"id": "nothing", "text": "the of and", "labels": ["x"], "split": "train"}) + "\n")
+        f.write(json.dumps({"text": "no id here", "labels": []}) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_dataset(spark, small_corpus, tmp_path_factory):
+    """The small corpus prepared (500-word vocabulary) into a local dataset folder."""
+    from semhash_spark.config import PrepareConfig
+    from semhash_spark.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("small-dataset")
+    prepare_dataset(spark, "jsonl", str(small_corpus), str(out), PrepareConfig(vocab_size=500, files_per_split=4))
+    return out

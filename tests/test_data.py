@@ -46,7 +46,8 @@ def data_dir(shared_data, tmp_path_factory):
     ds.split_dir(out, "test").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([], schema=ds.DOC_SCHEMA), ds.split_dir(out, "test") / "part-00000.parquet")
     ds.write_vocab(out, words, np.zeros(len(words), dtype=np.int64), N_DOCS)
-    ds.write_metadata(out, name="test-20ng", vocab_size=len(words), counts={"train": N_DOCS, "test": 0, "quarantined": 0},
+    ds.write_metadata(out, name="test-20ng", vocab_size=len(words),
+                      counts={"train": N_DOCS, "test": 0, "quarantined": 0},
                       vocab_fingerprint=ds.vocab_fingerprint(words), source="20ng subset")
     return out
 

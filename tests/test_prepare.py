@@ -175,6 +175,12 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
                               for f in ds.split_files(out, "train")])
     assert np.array_equal(lengths, np.asarray(train.counts.sum(axis=1)).ravel().astype(np.int32))
     assert lengths.min() >= CFG.min_doc_words
+    # Spark's output feeds the Petastorm loader: two shards deliver every train row once
+    from semhash_spark import data
+    shards = [[i for b in data.iter_batches(out, "train", 32, cur_shard=s, shard_count=2) for i in b.ids]
+              for s in range(2)]
+    assert [len(x) for x in shards] == [data.count_rows(out, "train", s, 2) for s in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(train.ids)
     for row, doc_id in itertools.islice(enumerate(train.ids), 0, None, 17):
         d = by_id[doc_id]
         ids, counts = ds.vectorize(d["text"], vocab_index, CFG)       # query-time encoding == prepare's
@@ -241,7 +247,8 @@ def test_20ng_full(spark, shared_data, tmp_path):
     train = ds.read_split(out, "train", columns=("id", "labels", "counts"))
     assert train.counts.shape == (n_train, 2000)
     assert np.array_equal(np.asarray((train.counts > 0).sum(axis=0)).ravel(), doc_freq)
-    assert len({l[0] for l in train.labels}) == 20 and all(i.split("/")[0] == l[0] for i, l in zip(train.ids, train.labels))
+    assert len({lab[0] for lab in train.labels}) == 20
+    assert all(i.split("/")[0] == lab[0] for i, lab in zip(train.ids, train.labels))
     # the vocabulary is ordered by total train count
     totals = np.asarray(train.counts.sum(axis=0)).ravel()
     assert np.all(np.diff(totals) <= 0)
@@ -264,3 +271,19 @@ def test_reuters_modapte(spark, shared_data, tmp_path):
     train = ds.read_split(out, "train", columns=("id", "labels"))
     by_id = dict(zip(train.ids, train.labels))
     assert by_id["5"] == ["grain", "wheat", "corn", "barley", "oat", "sorghum"] and by_id["8"] == []
+
+
+def test_empty_test_split_is_written_and_readable(spark, tmp_path):
+    from semhash_spark import data
+
+    src = tmp_path / "train_only.jsonl"
+    words = ["orbit", "launch", "rocket", "engine", "brake", "wheel"]
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(words[i % 3 + k] for k in range(3)),
+                                       "split": "train"}) + "\n" for i in range(40)))
+    report = prepare_dataset(spark, "jsonl", str(src), str(tmp_path / "out"),
+                             dataclasses.replace(CFG, files_per_split=4))
+    assert report["kept"] == {"train": 40, "test": 0} and report["quarantined"] == {}
+    assert len(ds.read_split(tmp_path / "out", "test")) == 0
+    assert data.count_rows(tmp_path / "out", "test") == 0 and list(data.iter_batches(tmp_path / "out", "test", 8)) == []
+    assert sum(len(b) for b in data.iter_batches(tmp_path / "out", "train", 8, cur_shard=1, shard_count=4)) == \
+        data.count_rows(tmp_path / "out", "train", 1, 4)

@@ -1,0 +1,40 @@
+"""``semhash evaluate``: a trained model's codes against the classic baselines on the same split."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import dataset as ds
+from . import store
+from .checkpoint import load_model
+from .evaluate import evaluate_codes
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = None, max_queries: int = 0,
+                   tie_seed: int = 0, baselines: tuple[str, ...] = ("tfidf", "lsa", "lsh")) -> dict[str, Any]:
+    """Test documents are the queries, train documents the database; relevant = shares a label."""
+    t0 = time.time()
+    hasher = load_model(model_uri)
+    data_dir = store.local_copy(data_uri)
+    meta = ds.read_metadata(data_dir)
+    model_fp = hasher.meta.get("vocab", {}).get("fingerprint")
+    if model_fp and meta.get("vocab_fingerprint") and model_fp != meta["vocab_fingerprint"]:
+        raise ValueError(f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r}")
+    words, doc_freq, n_train = ds.read_vocab(data_dir)
+    train = ds.read_split(data_dir, "train", columns=(ds.ID, ds.LABELS, "counts"))
+    test = ds.read_split(data_dir, "test", columns=(ds.ID, ds.LABELS, "counts"))
+    if len(test) == 0:
+        raise ValueError(f"{data_uri!r} has no test documents to use as queries")
+    train_codes = hasher.codes_from_csr(train.counts)
+    test_codes = hasher.codes_from_csr(test.counts)
+    result = evaluate_codes(train_codes, test_codes, hasher.bits, train, test, ds.idf(doc_freq, n_train),
+                            max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path)
+    result["model_version"] = hasher.version
+    result["dataset"] = meta.get("name")
+    if plot_path:
+        result["plot"] = str(plot_path)
+    result["seconds"] = round(time.time() - t0, 1)
+    return result

@@ -1,0 +1,227 @@
+"""The ``semhash`` command. Every subcommand calls one library function; ``jobs/*.py`` call the same ones.
+
+Each command exits 0 on success, printing a JSON summary line last, and non-zero with a one-line reason on error
+(``SEMHASH_DEBUG=1`` adds the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("semhash")
+
+
+def _config(args) -> Any:
+    from .config import load_config
+
+    cfg = load_config(getattr(args, "conf", None), getattr(args, "set", None) or ())
+    if getattr(args, "bits", None):
+        cfg = cfg.with_bits(args.bits)
+    return cfg
+
+
+def _print(result: dict, as_json: bool = True) -> None:
+    print(json.dumps(result, default=str))
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def cmd_prepare(args) -> dict:
+    import tempfile
+
+    from . import store
+    from .prepare import prepare_dataset
+    from .spark import get_spark
+
+    cfg = _config(args)
+    spark = get_spark("semhash-prepare", master=args.master)
+    if store.is_s3(args.out):
+        with tempfile.TemporaryDirectory(prefix="semhash-prepare-") as tmp:
+            report = prepare_dataset(spark, args.dataset, args.source, tmp, cfg.prepare)
+            store.upload_dir(tmp, args.out)
+    else:
+        report = prepare_dataset(spark, args.dataset, args.source, store.local_path(args.out), cfg.prepare)
+    report["out"] = args.out
+    report.pop("out_dir", None)
+    return report
+
+
+def cmd_train(args) -> dict:
+    from .fit import train_model
+
+    cfg = _config(args)
+    if args.launcher != "local":
+        raise ValueError(f"launcher {args.launcher!r} is not available yet; use --launcher local (--np N)")
+    return train_model(args.data, args.out, cfg, np=args.np, progress=not args.no_progress)
+
+
+def cmd_encode(args) -> dict:
+    from .encode import encode_to_index
+    from .spark import get_spark
+
+    cfg = _config(args)
+    spark = get_spark("semhash-encode", master=args.master)
+    return encode_to_index(spark, args.model, args.data, args.index, cfg)
+
+
+def cmd_query(args) -> dict:
+    from .codes import from_hex
+    from .lookup import Searcher
+
+    if args.server:
+        from .client import Client  # the HTTP client of `semhash serve`
+
+        client = Client(args.server, token=os.environ.get("SEMHASH_TOKEN"))
+        payload = client.search(texts=[args.text] if args.text else None,
+                                codes=[args.code] if args.code else None,
+                                ids=[args.id] if args.id else None, radius=args.radius, k=args.k,
+                                rerank=args.rerank)
+        return _show_results(args, payload["results"][0], payload.get("version"))
+    if not (args.text or args.code):
+        raise ValueError("give --text or --code (or --server URL with --id)")
+    searcher = Searcher.open(args.index)
+    k = args.k if args.k is not None else (None if args.radius is not None else 10)
+    if args.text:
+        results = searcher.search_texts([args.text], radius=args.radius, k=k, rerank=args.rerank)
+    else:
+        results = searcher.search_codes(from_hex(args.code, searcher.index.bits), radius=args.radius, k=k)
+    return _show_results(args, results[0], searcher.index.version)
+
+
+def _show_results(args, hits: list[dict], version: str | None) -> dict:
+    if not args.json:
+        print(f"index version {version}: {len(hits)} result(s)")
+        for rank, h in enumerate(hits, 1):
+            extra = f"  tfidf={h['score']:.3f}" if "score" in h else ""
+            print(f"{rank:4d}. {h['id']}  hamming={h['distance']}{extra}")
+    return {"version": version, "results": hits}
+
+
+def cmd_evaluate(args) -> dict:
+    from .assess import evaluate_model
+
+    plot = args.plot
+    if plot is None:
+        plot = "semhash-pr.png"
+    return evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries)
+
+
+def cmd_demo(args) -> dict:
+    from .demo import run_demo
+
+    return run_demo(data_dir=args.data_dir, workdir=args.workdir, bits=args.bits, quick=args.quick)
+
+
+def cmd_serve(args) -> dict:
+    from .service.main import serve_main  # the HTTP lookup service
+
+    serve_main(args)
+    return {"served": args.index}
+
+
+# --------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semhash", description="Semantic hashing on Spark: prepare, train, encode, "
+                                "query, evaluate and serve binary-code indexes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def conf_args(sp):
+        sp.add_argument("--conf", help="YAML config (default: the built-in document configuration, conf/documents.yaml)")
+        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
+
+    sp = add("prepare", cmd_prepare, "turn a raw corpus into a Petastorm-readable Parquet dataset (Spark job)")
+    sp.add_argument("--dataset", required=True, choices=["20ng", "reuters21578", "jsonl"])
+    sp.add_argument("--source", required=True, help="archive, folder or file of the raw corpus")
+    sp.add_argument("--out", required=True, help="DATA_URI: local path or s3://bucket/prefix")
+    sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
+    conf_args(sp)
+
+    sp = add("train", cmd_train, "pretrain the RBM stack and fine-tune the autoencoder (Horovod)")
+    sp.add_argument("--data", required=True, help="DATA_URI from semhash prepare")
+    sp.add_argument("--bits", type=int, required=True, help="code length (20, 32, 64, 128, ...)")
+    sp.add_argument("--out", required=True, help="MODEL_URI: local path or s3://bucket/prefix")
+    sp.add_argument("--np", type=int, default=1, help="Horovod processes (gloo on CPU, NCCL on GPU)")
+    sp.add_argument("--launcher", default="local", choices=["local"], help="how ranks are started")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    conf_args(sp)
+
+    sp = add("encode", cmd_encode, "encode a corpus and publish address-partitioned code shards (Spark job)")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--index", required=True, help="INDEX_URI: local path or s3://bucket/prefix")
+    sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
+    conf_args(sp)
+
+    sp = add("query", cmd_query, "print the nearest documents of a query")
+    sp.add_argument("--index", help="INDEX_URI (library lookup)")
+    sp.add_argument("--server", help="URL of a `semhash serve` service instead of --index")
+    sp.add_argument("--text")
+    sp.add_argument("--code", help="a hex code")
+    sp.add_argument("--id", help="a document id (with --server)")
+    sp.add_argument("--radius", type=int, help="Hamming radius around the query's address")
+    sp.add_argument("--k", type=int, help="number of nearest documents (default 10 without --radius)")
+    sp.add_argument("--rerank", choices=["tfidf"], help="re-rank the Hamming shortlist by TF-IDF cosine")
+    sp.add_argument("--json", action="store_true", help="print only the JSON result")
+
+    sp = add("evaluate", cmd_evaluate, "precision/recall of a model's codes against TF-IDF, LSA and LSH")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--json", action="store_true", help="print one JSON object (always the last line)")
+    sp.add_argument("--plot", help="PNG of the precision-recall curves (default semhash-pr.png; '' for none)")
+    sp.add_argument("--max-queries", type=int, default=0, help="subsample the test queries (0: all)")
+
+    sp = add("demo", cmd_demo, "prepare -> train -> encode -> publish -> query -> evaluate on 20 Newsgroups, "
+             "against a local Spark and a local S3 server")
+    sp.add_argument("--data-dir", help="data sets folder (default $SEMHASH_DATA_DIR or ../shared/data)")
+    sp.add_argument("--workdir", default="semhash-demo", help="where the demo keeps its S3 data and outputs")
+    sp.add_argument("--bits", type=int, default=64)
+    sp.add_argument("--quick", action="store_true", help="few epochs, for smoke tests")
+
+    sp = add("serve", cmd_serve, "HTTP lookup service over the current version of an index")
+    sp.add_argument("--index", required=True)
+    sp.add_argument("--port", type=int, default=8080)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--cache-bytes", type=int, default=1 << 30)
+    sp.add_argument("--token", default=os.environ.get("SEMHASH_TOKEN"), help="bearer token for query endpoints")
+    sp.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for a new version")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "botocore", "urllib3", "petastorm", "matplotlib", "s3transfer", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    t0 = time.time()
+    try:
+        result = args.fn(args)
+    except KeyboardInterrupt:
+        print(f"semhash {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback on demand
+        if os.environ.get("SEMHASH_DEBUG"):
+            log.exception("semhash %s failed", args.command)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"semhash {args.command}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
+    if isinstance(result, dict):
+        result.setdefault("command", args.command)
+        result.setdefault("elapsed_seconds", round(time.time() - t0, 1))
+        _print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The Spark encode job: a whole prepared corpus -> address-partitioned code shards under a new index version.
+
+Plan (nothing but file metadata reaches the driver):
+
+1. ``mapInPandas(encode)``: each Python worker loads the model once (from a broadcast of the checkpoint's bytes,
+   cached per worker and model version) and turns Arrow batches of sparse word counts into packed codes,
+   addresses and partition keys.
+2. ``repartition(partition key)``: every address partition lands in one task.
+3. ``mapInPandas(write)``: each task writes one Parquet shard per partition it holds straight to the store
+   (``index.write_shard``) and returns the files' metadata.
+4. The driver builds the manifest, copies the model next to the shards, verifies every file and only then
+   writes ``CURRENT`` (``index.publish``). A job that fails before that publishes nothing and removes what it
+   wrote.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import codes as C
+from . import dataset as ds
+from . import index as ix
+from . import store
+from .checkpoint import WEIGHTS, META, Hasher, load_tensors
+
+log = logging.getLogger(__name__)
+
+ENCODED_SCHEMA = ("id string, code binary, address long, part string, word_ids binary, word_counts binary, "
+                  "content_hash string")
+FILES_SCHEMA = "partition string, path string, rows long, bytes long, sha256 string, columns array<string>"
+
+_WORKER_MODELS: dict[str, Hasher] = {}
+
+
+def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
+    """The model for this Python worker, built once per model version (``spark.python.worker.reuse``)."""
+    hasher = _WORKER_MODELS.get(version)
+    if hasher is None:
+        import json
+
+        import torch
+        from safetensors.torch import load as st_load
+
+        from .checkpoint import hasher_from_parts
+
+        torch.set_num_threads(int(os.environ.get("SEMHASH_ENCODE_THREADS", "1")))
+        hasher = hasher_from_parts(st_load(blobs[WEIGHTS]), json.loads(blobs[META]))
+        _WORKER_MODELS.clear()
+        _WORKER_MODELS[version] = hasher
+    return hasher
+
+
+def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: int, address_bits: int,
+                  partition_bits: int, keep_words: bool) -> Iterator[pd.DataFrame]:
+    """Arrow batches of documents -> id, packed code, address (as signed int64), partition key (hex).
+
+    The documents' ``content_hash`` passes through when the batch has it (re-indexing compares it), else null.
+    """
+    for pdf in frames:
+        if len(pdf) == 0:
+            continue
+        counts = ds.csr_from_binary(pdf[ds.WORD_IDS].tolist(), pdf[ds.WORD_COUNTS].tolist(), vocab_size)
+        packed = hasher.codes(counts.toarray())
+        address = C.prefix(packed, address_bits)
+        part = C.prefix(packed, partition_bits)
+        out = pd.DataFrame({
+            "id": pdf[ds.ID].astype(str).to_numpy(),
+            "code": [row.tobytes() for row in packed],
+            "address": address.view(np.int64),
+            "part": [C.partition_name(int(p), partition_bits) for p in part],
+        })
+        if keep_words:
+            out["word_ids"] = pdf[ds.WORD_IDS].to_numpy()
+            out["word_counts"] = pdf[ds.WORD_COUNTS].to_numpy()
+        else:
+            out["word_ids"] = None
+            out["word_counts"] = None
+        out["content_hash"] = pdf[ds.CONTENT_HASH].to_numpy() if ds.CONTENT_HASH in pdf.columns else None
+        yield out
+
+
+def spark_readable(data_uri: str, local_mode: bool) -> str:
+    """Where Spark reads the dataset: a local copy in local mode, ``s3a://`` on a cluster (needs hadoop-aws)."""
+    if store.is_s3(data_uri):
+        return store.local_copy(data_uri) if local_mode else "s3a://" + data_uri[len("s3://"):]
+    return store.local_path(data_uri)
+
+
+def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *, version: str | None = None,
+                    splits: tuple[str, ...] = ds.SPLITS) -> dict[str, Any]:
+    """Encodes every document of ``data_uri`` with the model and publishes a new index version.
+
+    Returns a report: version, counts, partitions, files, seconds, documents per second.
+    """
+    t0 = time.time()
+    tensors_blob = store.read_bytes(store.join(model_uri, WEIGHTS)) if store.exists(store.join(model_uri, META)) else None
+    if tensors_blob is None:
+        raise ValueError(f"no model at {model_uri!r} (model.json not found); run semhash train first")
+    meta_blob = store.read_bytes(store.join(model_uri, META))
+    _, meta = load_tensors(model_uri)
+    bits = int(meta["bits"])
+    address_bits = min(cfg.index.address_bits, bits)
+    partition_bits = min(cfg.index.partition_bits, address_bits)
+    local_mode = spark.sparkContext.master.startswith("local")
+    data_dir = spark_readable(data_uri, local_mode)
+    if local_mode or not store.is_s3(data_uri):
+        dmeta = ds.read_metadata(data_dir)
+        fp = dmeta.get("vocab_fingerprint")
+        if fp and meta.get("vocab", {}).get("fingerprint") and fp != meta["vocab"]["fingerprint"]:
+            raise ValueError(
+                f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r} "
+                f"(fingerprints {meta['vocab']['fingerprint'][:12]} vs {fp[:12]}); re-prepare or retrain")
+        vocab_size = int(dmeta["vocab_size"])
+    else:
+        vocab_size = len(meta["vocab"]["words"])
+    version = version or ix.new_version_id()
+    version_uri = ix.version_prefix(index_uri, version)
+    model_version = meta["model_version"]
+    blobs = spark.sparkContext.broadcast({WEIGHTS: tensors_blob, META: meta_blob})
+    keep_words = cfg.index.store_counts and meta.get("kind", "documents") == "documents"
+    code_bytes = C.code_bytes(bits)
+
+    def encode(frames):
+        hasher = _hasher_from_bytes(model_version, blobs.value)
+        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words)
+
+    def write(frames):
+        for pdf in frames:
+            cols = ["id", "code", "address"] + (["word_ids", "word_counts"] if keep_words else []) + \
+                ([ds.CONTENT_HASH] if keep_hash else [])
+            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[cols])
+            if metas:
+                yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
+                                    for m in metas])
+
+    paths = [os.path.join(data_dir, ds.DOCS_DIR, f"split={s}") for s in splits
+             if not local_mode or os.path.isdir(os.path.join(data_dir, ds.DOCS_DIR, f"split={s}"))]
+    if not paths:
+        raise ValueError(f"{data_uri!r} has no documents (no docs/split=* folders); run semhash prepare")
+    docs = spark.read.parquet(*paths)
+    keep_hash = ds.CONTENT_HASH in docs.columns              # shards keep it so `semhash reindex` can diff
+    docs = docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if keep_hash else []))
+    n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
+    n_tasks = min(n_tasks, 1 << partition_bits)
+    try:
+        encoded = docs.mapInPandas(encode, ENCODED_SCHEMA)
+        # One shard task per group of address partitions; a partition lives in exactly one task, sorted inside.
+        files_df = encoded.repartition(n_tasks, "part").sortWithinPartitions("part", "address", "id") \
+            .mapInPandas(write, FILES_SCHEMA)
+        files = [r.asDict() for r in files_df.collect()]     # file metadata only: O(partitions), never codes
+        manifest = ix.build_manifest(
+            version, bits, address_bits, partition_bits, files,
+            model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
+            data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
+            has_words=keep_words,
+        )
+        # The index carries the model that made its codes, so a reader can encode queries with it.
+        store.write_bytes(store.join(version_uri, "model", WEIGHTS), tensors_blob)
+        store.write_bytes(store.join(version_uri, "model", META), meta_blob)
+        ix.publish(index_uri, version, manifest, verify_checksums=False)
+    except BaseException:
+        log.error("encode failed; removing the unpublished version %s", version)
+        try:
+            store.delete_prefix(version_uri)
+        except Exception as cleanup:  # the version was never published: readers cannot see it either way
+            log.warning("could not remove %s: %s", version_uri, cleanup)
+        raise
+    finally:
+        blobs.unpersist()
+    seconds = time.time() - t0
+    count = int(manifest["count"])
+    return {
+        "version": version, "index": index_uri, "bits": bits, "address_bits": address_bits,
+        "partition_bits": partition_bits, "count": count, "partitions": len(manifest["partitions"]),
+        "files": len(files), "seconds": round(seconds, 2), "docs_per_second": round(count / max(seconds, 1e-9), 1),
+        "model_version": model_version,
+    }

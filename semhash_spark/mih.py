@@ -1,0 +1,419 @@
+"""Exact in-memory Hamming search by multi-index hashing, shaped like faiss's binary indexes.
+
+Norouzi, Punjani & Fleet, "Fast search in Hamming space with multi-index hashing" (CVPR 2012): the compared bits
+are cut into ``m`` disjoint substrings, each with its own table from substring value to the rows holding it. If
+``radius = m*s + a`` (``0 <= a < m``), a code within ``radius`` of the query is, by the pigeonhole principle, within
+``s`` bits of it on one of the first ``a + 1`` substrings or within ``s - 1`` bits on one of the others. So a range
+search probes small Hamming balls around the query's substrings, never the ball of ``radius`` in the whole code,
+and checks each row found with a full popcount. Substrings of about ``log2(n)`` bits keep O(1) rows per bucket.
+
+k-NN search probes shells (substring distance exactly ``s``) table by table: once shell ``s`` of tables ``0..j``
+and shell ``s - 1`` of the others are probed, every code within ``m*s + j`` has been seen, and a query whose k-th
+distance is at most that is done. A row seen in several tables is counted once: it is new only in the first
+(shell, table) in probe order that reaches it.
+
+Tables are direct-address (``offsets[v]:offsets[v+1]`` into a row permutation) when the substring is short enough,
+else sorted keys probed with ``searchsorted``. Rows are compared on bits ``[start_bit, end_bit)`` of the canonical
+packed code (MSB first, see :mod:`semhash_spark.codes`); the service uses ``start_bit = partition_bits`` inside a
+partition, whose rows share their first bits. When probing would cost more than reading every row, a query falls
+back to a linear popcount scan (:func:`scan_within`, :func:`scan_topk`), so results are exact either way.
+Results are ordered by (distance, row), identical to brute force; ``search`` pads with -1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from semhash_spark import codes as C
+
+_SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
+_DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
+_SCAN_BELOW = 512              # fewer rows than this: no tables, always scan
+_PROBE_COST = 8.0              # one bucket probe costs about this many scanned rows (measured on numpy 1.26)
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+
+def popcount_inplace(x: np.ndarray) -> np.ndarray:
+    """Bit counts of ``uint64[n]`` or ``uint64[n, w]`` (summed over words) -> ``int32[n]``; ``x`` is clobbered."""
+    y = x >> _S1
+    y &= _M1
+    x -= y
+    y = x >> _S2
+    y &= _M2
+    x &= _M2
+    x += y
+    y = x >> _S4
+    x += y
+    x &= _M4
+    x *= _H01
+    x >>= _S56
+    if x.ndim == 1:
+        return x.astype(np.int32)
+    return x.sum(axis=1, dtype=np.int32) if x.shape[1] > 1 else x[:, 0].astype(np.int32)
+
+
+def _xor_dist(db: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    x = np.bitwise_xor(db, q)
+    if mask is not None:
+        x &= mask
+    return popcount_inplace(x)
+
+
+def scan_distances(words: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Distances ``int32[n]`` from one word-code ``q`` to every row of ``words`` (blocked SWAR popcount)."""
+    n = words.shape[0]
+    out = np.empty(n, dtype=np.int32)
+    for s in range(0, n, _SCAN_CHUNK):
+        out[s:s + _SCAN_CHUNK] = _xor_dist(words[s:s + _SCAN_CHUNK], q, mask)
+    return out
+
+
+def scan_within(words: np.ndarray, q: np.ndarray, radius: int, mask: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Linear range search of one query: ``(D int32, rows int64)`` within ``radius``, by (distance, row)."""
+    ds, rs = [], []
+    for s in range(0, words.shape[0], _SCAN_CHUNK):
+        d = _xor_dist(words[s:s + _SCAN_CHUNK], q, mask)
+        hit = np.flatnonzero(d <= radius)
+        if hit.size:
+            ds.append(d[hit])
+            rs.append(hit + s)
+    if not ds:
+        return np.empty(0, np.int32), np.empty(0, np.int64)
+    d, r = np.concatenate(ds), np.concatenate(rs).astype(np.int64)
+    o = np.lexsort((r, d))
+    return d[o], r[o]
+
+
+def scan_topk(words: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Linear k-NN of one query: the ``min(k, n)`` nearest ``(D int32, rows int64)`` by (distance, row)."""
+    d = scan_distances(words, q, mask)
+    return top_k(d, np.arange(d.shape[0], dtype=np.int64), k)
+
+
+def top_k(d: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest by (distance, row), sorted."""
+    if d.shape[0] > k:
+        kth = np.partition(d, k - 1)[k - 1]
+        keep = np.flatnonzero(d <= kth)
+        d, rows = d[keep], rows[keep]
+    o = np.lexsort((rows, d))[:k]
+    return d[o].astype(np.int32, copy=False), rows[o].astype(np.int64, copy=False)
+
+
+# ------------------------------------------------------------------------------------------------ bit ranges
+
+def substring_values(codes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Integer value ``uint64[n]`` of bits ``[start, stop)`` of packed MSB-first codes (``stop - start <= 56``)."""
+    if not 0 <= start < stop <= 8 * codes.shape[1] or stop - start > 56:
+        raise ValueError(f"bit range [{start}, {stop}) out of range for {8 * codes.shape[1]}-bit codes")
+    b0, b1 = start // 8, (stop + 7) // 8
+    out = np.zeros(codes.shape[0], dtype=np.uint64)
+    for j in range(b0, b1):
+        out <<= np.uint64(8)
+        out |= codes[:, j]
+    out >>= np.uint64(8 * b1 - stop)
+    return out & np.uint64((1 << (stop - start)) - 1)
+
+
+def range_mask(nbytes: int, start: int, stop: int) -> np.ndarray:
+    """``uint64[w]``: ones on bits ``[start, stop)`` in the word view (:func:`codes.to_words`) of a packed code."""
+    bits = np.zeros((1, 8 * nbytes), dtype=np.uint8)
+    bits[0, start:stop] = 1
+    return C.to_words(C.pack_bits(bits))[0].copy()
+
+
+def split_bits(start: int, stop: int, m: int) -> list[tuple[int, int]]:
+    """``m`` contiguous substrings covering ``[start, stop)``, the first ones one bit longer when uneven."""
+    n = stop - start
+    q, r = divmod(n, m)
+    out, a = [], start
+    for j in range(m):
+        b = a + q + (1 if j < r else 0)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def default_substrings(nrows: int, nbits: int) -> int:
+    """Norouzi et al.'s choice: substrings of about ``log2(n)`` bits (at most 32 bits each)."""
+    if nrows < _SCAN_BELOW or nbits <= 0:
+        return 0
+    m = max(1, round(nbits / max(1.0, math.log2(nrows))))
+    return min(nbits, max(m, math.ceil(nbits / 32)))
+
+
+@lru_cache(maxsize=512)
+def shell(nbits: int, s: int) -> np.ndarray:
+    """Every ``nbits``-bit value with exactly ``s`` bits set (``uint64``, read-only)."""
+    if s == 0:
+        out = np.zeros(1, dtype=np.uint64)
+    elif s > nbits:
+        out = np.zeros(0, dtype=np.uint64)
+    else:  # the highest set bit h, then s - 1 bits below it
+        out = np.concatenate([shell(h, s - 1) | np.uint64(1 << h) for h in range(s - 1, nbits)])
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=256)
+def ball(nbits: int, radius: int) -> np.ndarray:
+    """Every ``nbits``-bit value within ``radius`` of 0, nearest first (``uint64``, read-only)."""
+    out = np.concatenate([shell(nbits, s) for s in range(0, min(radius, nbits) + 1)])
+    out.setflags(write=False)
+    return out
+
+
+def _expand(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket ranges -> (positions into the permutation, index of the range each came from)."""
+    lens = (stops - starts).astype(np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    owner = np.repeat(np.arange(lens.shape[0]), lens)
+    ends = np.cumsum(lens)
+    pos = np.arange(total, dtype=np.int64) + (starts.astype(np.int64) - (ends - lens))[owner]
+    return pos, owner
+
+
+# ------------------------------------------------------------------------------------------------ index
+
+@dataclass(frozen=True)
+class _Table:
+    start: int
+    stop: int
+    perm: np.ndarray                  # rows ordered by substring value
+    offsets: np.ndarray | None        # direct address: value v -> perm[offsets[v]:offsets[v + 1]]
+    keys: np.ndarray | None           # otherwise: sorted substring values
+
+    @property
+    def nbits(self) -> int:
+        return self.stop - self.start
+
+    def ranges(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.offsets is not None:
+            return self.offsets[values], self.offsets[values + np.uint64(1)]
+        return np.searchsorted(self.keys, values, "left"), np.searchsorted(self.keys, values, "right")
+
+    @property
+    def nbytes(self) -> int:
+        return self.perm.nbytes + sum(a.nbytes for a in (self.offsets, self.keys) if a is not None)
+
+
+class MultiIndexHash:
+    """Exact Hamming k-NN and range search over packed codes ``uint8[n, ceil(bits/8)]``.
+
+    ``search(q, k) -> (D int32[nq, k], I int64[nq, k])`` and ``range_search(q, radius) -> (lims, D, I)`` as in
+    faiss; ``I`` are row numbers of ``codes``. Distances count bits ``[start_bit, end_bit)`` only (default: all).
+    ``m`` substrings (default ``default_substrings``); ``m = 0`` keeps no tables and always scans.
+    """
+
+    def __init__(self, codes: np.ndarray, bits: int, *, start_bit: int = 0, end_bit: int | None = None,
+                 m: int | None = None):
+        codes = C.as_codes(codes, bits)
+        end_bit = bits if end_bit is None else end_bit
+        if not 0 <= start_bit < end_bit <= bits:
+            raise ValueError(f"need 0 <= start_bit ({start_bit}) < end_bit ({end_bit}) <= bits ({bits})")
+        self.bits, self.start_bit, self.end_bit = bits, start_bit, end_bit
+        self.ntotal = n = codes.shape[0]
+        words = C.to_words(codes)
+        self._w = words.shape[1]
+        self._words = np.ascontiguousarray(words[:, 0] if self._w == 1 else words)
+        full = start_bit == 0 and end_bit == bits
+        mask = range_mask(codes.shape[1], start_bit, end_bit)
+        self._mask = None if full else (mask[0] if self._w == 1 else mask)
+        nbits = end_bit - start_bit
+        self.m = default_substrings(n, nbits) if m is None else int(m)
+        if not 0 <= self.m <= nbits:
+            raise ValueError(f"m={self.m} substrings for {nbits} bits")
+        self._tables = [self._build(codes, a, b) for a, b in (split_bits(start_bit, end_bit, self.m) if self.m
+                                                                else [])]
+        masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
+        self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
+
+    def _build(self, codes: np.ndarray, a: int, b: int) -> _Table:
+        vals = substring_values(codes, a, b)
+        n, nb = codes.shape[0], b - a
+        idx_t = np.int32 if n < 2 ** 31 - 1 else np.int64
+        perm = np.argsort(vals, kind="stable").astype(idx_t)
+        if nb <= _DIRECT_MAX_BITS and (1 << nb) <= max(4 * n, 1 << 16):
+            offsets = np.zeros((1 << nb) + 1, dtype=idx_t)
+            np.cumsum(np.bincount(vals.astype(np.int64), minlength=1 << nb), out=offsets[1:])
+            return _Table(a, b, perm, offsets, None)
+        return _Table(a, b, perm, None, vals[perm])
+
+    # ---------------------------------------------------------------- properties
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the codes (as 64-bit words) plus every table."""
+        return self._words.nbytes + sum(t.nbytes for t in self._tables)
+
+    def __repr__(self) -> str:
+        return (f"MultiIndexHash(ntotal={self.ntotal}, bits={self.bits}, compared=[{self.start_bit}, "
+                f"{self.end_bit}), m={self.m}, substrings={[t.nbits for t in self._tables]})")
+
+    def distances(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Distances ``int32[len(rows)]`` (over the compared bits) from one code ``q`` to the given rows."""
+        qw, _ = self._prepare(q)
+        return self._dist(np.asarray(rows, dtype=np.int64), qw[0])
+
+    def codes_of(self, rows: np.ndarray) -> np.ndarray:
+        """The packed codes ``uint8[len(rows), ceil(bits/8)]`` of the given rows."""
+        w = self._words[np.asarray(rows, dtype=np.int64)]
+        return np.ascontiguousarray(w).view(np.uint8).reshape(w.shape[0], -1)[:, :C.code_bytes(self.bits)].copy()
+
+    # ---------------------------------------------------------------- queries
+    def _prepare(self, q: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        q = C.as_codes(q, self.bits)
+        qw = C.to_words(q)
+        qw = np.ascontiguousarray(qw[:, 0] if self._w == 1 else qw)
+        return qw, [substring_values(q, t.start, t.stop) for t in self._tables]
+
+    def _dist(self, rows: np.ndarray, qrow) -> np.ndarray:
+        return _xor_dist(self._words[rows], qrow, self._mask)
+
+    def _radii(self, radius: int) -> list[int]:
+        s, a = divmod(radius, self.m)
+        return [s if j <= a else s - 1 for j in range(self.m)]
+
+    def _probe_cost(self, radius: int) -> float:
+        """Estimated work of one range query in scanned-row units (probes plus expected candidates)."""
+        cost = 0.0
+        for t, r in zip(self._tables, self._radii(radius)):
+            if r >= 0:
+                nb = C.ball_size(t.nbits, r)
+                cost += nb * (_PROBE_COST + self.ntotal / float(1 << t.nbits))
+        return cost
+
+    def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row within ``radius``: CSR ``(lims int64[nq+1], D int32, I int64)``, per query by (distance, row)."""
+        qw, qsub = self._prepare(q)
+        nq = qw.shape[0]
+        if radius < 0 or self.ntotal == 0:
+            return np.zeros(nq + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
+        if self.m == 0 or self._probe_cost(radius) > self.ntotal:
+            return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
+        qids, rows = [], []
+        for t, r, sub in zip(self._tables, self._radii(radius), qsub):
+            if r < 0:
+                continue
+            probes = (sub[:, None] ^ ball(t.nbits, r)[None, :]).ravel()
+            st, en = t.ranges(probes)
+            pos, owner = _expand(st, en)
+            rows.append(t.perm[pos])
+            qids.append(owner // ball(t.nbits, r).shape[0])
+        qid = np.concatenate(qids)
+        row = np.concatenate(rows).astype(np.int64)
+        d = self._dist(row, qw[qid])
+        keep = np.flatnonzero(d <= radius)
+        qid, row, d = qid[keep], row[keep], d[keep]
+        o = np.lexsort((row, d, qid))
+        qid, row, d = qid[o], row[o], d[o]
+        if qid.shape[0] > 1:  # a row reached through several tables: duplicates are adjacent after the sort
+            first = np.ones(qid.shape[0], dtype=bool)
+            first[1:] = (qid[1:] != qid[:-1]) | (row[1:] != row[:-1])
+            qid, row, d = qid[first], row[first], d[first]
+        lims = np.zeros(nq + 1, dtype=np.int64)
+        np.cumsum(np.bincount(qid, minlength=nq), out=lims[1:])
+        return lims, d.astype(np.int32), row
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest rows: ``D int32[nq, k]``, ``I int64[nq, k]`` by (distance, row), padded with -1."""
+        qw, qsub = self._prepare(q)
+        nq = qw.shape[0]
+        D = np.full((nq, max(k, 0)), -1, dtype=np.int32)
+        I = np.full((nq, max(k, 0)), -1, dtype=np.int64)
+        if k <= 0 or self.ntotal == 0:
+            return D, I
+        kk = min(k, self.ntotal)
+        if self.m == 0:
+            for i in range(nq):
+                D[i, :kk], I[i, :kk] = scan_topk(self._words, qw[i], kk, self._mask)
+            return D, I
+        big = np.iinfo(np.int32).max
+        best_d = np.full((nq, kk), big, dtype=np.int32)
+        best_i = np.full((nq, kk), -1, dtype=np.int64)
+        active = np.arange(nq)
+        probed = 0.0                                    # probes per query so far, in scanned-row units
+        smax = max(t.nbits for t in self._tables)
+        for s in range(smax + 1):
+            for j, t in enumerate(self._tables):
+                if active.size == 0:
+                    break
+                sh = shell(t.nbits, s)
+                probed += sh.shape[0] * _PROBE_COST
+                if probed > self.ntotal:                # the ball got too big: read every row instead
+                    for i in active:
+                        best_d[i], best_i[i] = scan_topk(self._words, qw[i], kk, self._mask)
+                    active = active[:0]
+                    break
+                if sh.shape[0]:
+                    self._probe_shell(j, s, sh, active, qw, qsub, best_d, best_i)
+                guaranteed = self.m * s + j             # every row within this distance has been seen
+                active = active[best_d[active, kk - 1] > guaranteed]
+            if active.size == 0:
+                break
+        D[:, :kk], I[:, :kk] = best_d, best_i
+        D[I < 0] = -1
+        return D, I
+
+    def _probe_shell(self, j, s, sh, active, qw, qsub, best_d, best_i) -> None:
+        """Probes shell ``s`` of table ``j`` for the active queries and merges new rows into their top k."""
+        t = self._tables[j]
+        probes = (qsub[j][active][:, None] ^ sh[None, :]).ravel()
+        st, en = t.ranges(probes)
+        pos, owner = _expand(st, en)
+        if pos.size == 0:
+            return
+        qa = owner // sh.shape[0]                       # index into active
+        row = t.perm[pos].astype(np.int64)
+        x = np.bitwise_xor(self._words[row], qw[active[qa]])
+        if self.m > 1:  # keep a row only where this (shell, table) is the first in probe order to reach it
+            new = np.ones(row.shape[0], dtype=bool)
+            for j2, mk in enumerate(self._sub_masks):
+                if j2 != j:
+                    cd = popcount_inplace(x & mk)
+                    new &= cd > s if j2 < j else cd >= s
+            keep = np.flatnonzero(new)
+            qa, row, x = qa[keep], row[keep], x[keep]
+            if row.size == 0:
+                return
+        if self._mask is not None:
+            x &= self._mask
+        d = popcount_inplace(x)
+        kk = best_d.shape[1]
+        na = active.shape[0]
+        cq = np.concatenate([np.repeat(np.arange(na), kk), qa])
+        cd = np.concatenate([best_d[active].ravel(), d])
+        ci = np.concatenate([best_i[active].ravel(), row])
+        o = np.lexsort((ci, cd, cq))
+        cq, cd, ci = cq[o], cd[o], ci[o]
+        starts = np.searchsorted(cq, np.arange(na))
+        rank = np.arange(cq.shape[0]) - starts[cq]
+        keep = rank < kk
+        best_d[active[cq[keep]], rank[keep]] = cd[keep]
+        best_i[active[cq[keep]], rank[keep]] = ci[keep]
+
+
+def _collect(per_query: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lims = np.zeros(len(per_query) + 1, dtype=np.int64)
+    for i, (d, _) in enumerate(per_query):
+        lims[i + 1] = lims[i] + d.shape[0]
+    if not per_query:
+        return lims, np.empty(0, np.int32), np.empty(0, np.int64)
+    return (lims, np.concatenate([d for d, _ in per_query]).astype(np.int32),
+            np.concatenate([r for _, r in per_query]).astype(np.int64))

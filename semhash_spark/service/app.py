@@ -1,0 +1,148 @@
+"""The FastAPI application and the ``semhash serve`` entry point.
+
+``build_app(settings)`` returns an app whose lifespan starts the :class:`~.runtime.Service` (and its follower of
+CURRENT) and stops it; :func:`serve_main` is what the CLI calls; :func:`running_server` runs an app on a real
+uvicorn server in a background thread (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Iterator, Sequence
+
+from fastapi import FastAPI, Request
+
+from .routes import health, search
+from .runtime import Service
+from .settings import Settings
+
+log = logging.getLogger("semhash_spark.service")
+
+
+def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
+    """The HTTP API over one index URI. The service starts with the app (lifespan) unless one is passed in."""
+    svc = service or Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc.start()
+        log.info("semhash service starting", extra={"settings": settings.public()})
+        try:
+            yield
+        finally:
+            svc.stop()
+
+    app = FastAPI(title="semhash lookup service", version="1", lifespan=lifespan,
+                  description="Semantic hashing lookup over a published index: exact Hamming k-NN and range "
+                              "search, the papers' address lookup, TF-IDF re-ranking.")
+    app.state.service = svc
+    app.include_router(search.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            dt = time.perf_counter() - t0
+            route = request.scope.get("route")
+            path = getattr(route, "path", "other")
+            svc.metrics.request_seconds.labels(path, str(status)).observe(dt)
+            if settings.log_requests and path != "/metrics":
+                v = svc.current
+                log.info("request", extra={"method": request.method, "path": path, "status": status,
+                                           "ms": round(1000 * dt, 3), "version": v.version if v else None})
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``semhash serve``."""
+    p.add_argument("--index", required=True, help="index URI holding CURRENT, e.g. s3://bucket/index")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--cache-bytes", type=_size, default=1 << 30, help="partition cache budget, e.g. 2G, 512M")
+    p.add_argument("--token", default=None,
+                   help="bearer token required on /search (default: $SEMHASH_TOKEN; none: open)")
+    p.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
+    p.add_argument("--fetch-timeout", type=float, default=5.0,
+                   help="seconds a request waits for partitions before answering partial")
+    p.add_argument("--no-preload", action="store_true", help="read partitions only when a query needs them")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(index_uri=args.index, host=args.host, port=args.port, cache_bytes=args.cache_bytes,
+                    token=args.token or os.environ.get("SEMHASH_TOKEN") or None, poll_seconds=args.poll_seconds,
+                    fetch_timeout_s=args.fetch_timeout, preload=not args.no_preload, max_batch=args.max_batch)
+
+
+def serve_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
+    """``semhash serve``: runs the service until interrupted. ``args`` from :func:`add_serve_arguments` (or argv)."""
+    if args is None or not isinstance(args, argparse.Namespace):
+        parser = add_serve_arguments(argparse.ArgumentParser(prog="semhash serve"))
+        args = parser.parse_args(None if args is None else list(args))
+    import uvicorn
+
+    from .logs import configure
+
+    configure(args.log_level)
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")   # fail fast to partial answers; the follower retries
+    settings = settings_from_args(args)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None,
+                log_level=args.log_level.lower(), access_log=False)
+    return 0
+
+
+@contextlib.contextmanager
+def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, ready_timeout: float = 30.0
+                   ) -> Iterator[str]:
+    """Runs ``app`` on a real uvicorn server in a thread; yields its base URL; stops it on exit."""
+    import uvicorn
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="semhash-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 2G)") from None

@@ -1,0 +1,70 @@
+"""Request and response bodies of the HTTP API (pydantic); kept apart from the search engine's own types."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+QUERY_FIELDS = ("ids", "texts", "codes", "word_counts")
+
+
+class SearchRequest(BaseModel):
+    """Exactly one of ``ids``, ``texts``, ``codes``, ``word_counts``; ``k`` and/or ``radius``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"codes": ["a3f09c1d22e4b801"], "k": 10},
+        {"texts": ["gpu drivers crash on resume"], "radius": 2, "k": 20, "rerank": "tfidf"},
+        {"ids": ["doc-17"], "k": 5}]})
+
+    ids: list[str] | None = Field(None, description="Document ids of this index: find their neighbours")
+    texts: list[str] | None = Field(None, description="Raw texts, tokenised with the index's vocabulary and "
+                                                      "encoded with its model")
+    codes: list[str] | None = Field(None, description="Hex codes, 2*ceil(bits/8) digits, most significant bit first")
+    word_counts: list[dict[str, float]] | None = Field(None, description="Bags of words: word -> count")
+    k: int | None = Field(None, description="Nearest neighbours to return (exact, full-code Hamming distance)")
+    radius: int | None = Field(None, description="Hamming radius: of the full code, or of the address with "
+                                                 "rerank='code'")
+    rerank: Literal["tfidf", "code"] | None = Field(
+        None, description="'tfidf': re-rank a shortlist by TF-IDF cosine of the documents' words; 'code': the "
+                          "papers' lookup, a Hamming ball around the query's address ordered by the full code")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchRequest":
+        given = [f for f in QUERY_FIELDS if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError(f"send exactly one of {list(QUERY_FIELDS)}; got {given or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(f for f in QUERY_FIELDS if getattr(self, f) is not None)
+
+
+class HitOut(BaseModel):
+    id: str
+    distance: int
+    score: float | None = Field(None, description="TF-IDF cosine (rerank='tfidf' only)")
+
+
+class SearchResponse(BaseModel):
+    version: str = Field(description="The index version that answered every query of this request")
+    results: list[list[HitOut]] = Field(description="One list per query, nearest (or best scored) first")
+    codes: list[str] = Field(description="Each query's code, hex")
+    partial: bool = Field(False, description="Some partitions could not be read; see missing_partitions")
+    missing_partitions: list[str] = []
+    truncated: bool = Field(False, description="A radius-only query had more results than the service returns")
+    took_ms: float
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str | None = None
+    codes: int | None = None
+    partitions: int | None = None
+    cache_bytes: int | None = None
+    cache_partitions: int | None = None
+    last_poll_error: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

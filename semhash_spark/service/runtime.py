@@ -1,0 +1,161 @@
+"""The running service without HTTP: the version served, the partition cache, and the thread that follows CURRENT.
+
+The follower reads ``CURRENT`` every ``poll_seconds``. A new version is opened (manifest checked, every shard
+listed with its size, model loaded), its hot partitions are read into the cache, and only then does ``current``
+point at it -- one reference assignment, so each request, which takes ``current`` once, sees one version from start
+to end. A version that does not verify is never served: the old one stays, and the failure is logged and counted.
+A warm-up that the store interrupts is tried again at the next poll; a shard that is corrupt does not hold the
+switch back (queries that need it answer ``partial``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import wait
+
+from semhash_spark import index as X
+from semhash_spark import store
+
+from .cache import PartitionCache
+from .metrics import Metrics
+from .searcher import Outcome, Query, Searcher
+from .settings import Settings
+from .version import LoadedVersion
+
+log = logging.getLogger(__name__)
+
+_WARM_TIMEOUT_S = 120.0
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.cache = PartitionCache(settings.cache_bytes, threads=settings.load_threads,
+                                    failure_backoff_s=settings.failure_backoff_s, on_event=self.metrics.cache_event)
+        self.searcher = Searcher(self.cache, settings)
+        self.current: LoadedVersion | None = None
+        self.ready = False                      # the first version is loaded and warmed
+        self.last_poll_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bad_versions: dict[str, str] = {}  # version -> why it was refused (logged once)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Service":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="semhash-follow", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.cache.close()
+
+    def search(self, q: Query) -> Outcome:
+        v = self.current                         # taken once: the whole request sees this version
+        if v is None:
+            raise NotReady("no index version is loaded yet")
+        out = self.searcher.run(v, q)
+        self.metrics.cache_bytes.set(self.cache.bytes)
+        self.metrics.queries.labels(q.kind).inc(len(q.values))
+        if out.partial:
+            self.metrics.partial.inc()
+        return out
+
+    # ------------------------------------------------------------------ following CURRENT
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the follower must outlive any single failure
+                log.exception("unexpected error while following %s", self.settings.index_uri)
+            self._stop.wait(self.settings.poll_seconds)
+
+    def poll(self) -> bool:
+        """Reads CURRENT once; loads and switches to a new version. True if it switched."""
+        uri = self.settings.index_uri
+        if self.current is not None:  # partitions of a replaced version that late requests read again
+            self.cache.drop(lambda key, v=self.current.version: key[0] == v)
+        try:
+            version = X.read_current(uri)["version"]
+        except (X.IndexStoreError, store.StoreError, ValueError) as e:
+            self.metrics.poll_errors.inc()
+            if self.last_poll_error != str(e):
+                log.warning("cannot read CURRENT of %s: %s", uri, e, extra={"index": uri})
+            self.last_poll_error = str(e)
+            return False
+        self.last_poll_error = None
+        if self.current is not None and self.current.version == version:
+            return False
+        try:
+            new = LoadedVersion.open(uri, version)
+        except (X.IndexStoreError, store.StoreError, ValueError) as e:
+            self.metrics.version_failures.inc()
+            transient = isinstance(e, store.StoreError) and not isinstance(e, store.NotFound)
+            if not transient and self._bad_versions.get(version) != str(e):
+                log.error("refusing version %s of %s: %s", version, uri, e, extra={"version": version})
+            elif transient:
+                log.warning("cannot load version %s yet: %s", version, e, extra={"version": version})
+            if not transient:
+                self._bad_versions[version] = str(e)
+            return False
+        if new.model_error:
+            log.warning("%s", new.model_error, extra={"version": version})
+        if not self._warm(new):
+            self.metrics.version_failures.inc()
+            return False
+        self._switch(new)
+        return True
+
+    def _warm(self, new: LoadedVersion) -> bool:
+        """Reads the new version's likely partitions into the cache; False if the store failed underneath."""
+        old = self.current
+        if old is None:
+            if not self.settings.preload:
+                return True
+            wanted, budget = list(range(new.npartitions)), self.cache.capacity
+        else:  # the partitions hot in the old version, most recently used first, within half the budget
+            names = [old.part_names[p] for ver, p in self.cache.keys() if ver == old.version]
+            index_of = {n: i for i, n in enumerate(new.part_names)}
+            wanted, budget = [index_of[n] for n in names if n in index_of], self.cache.capacity // 2
+        t0, loaded, transient = time.monotonic(), 0, False
+        step = max(1, self.settings.load_threads)
+        for s in range(0, len(wanted), step):
+            futures = [self.cache.get((new.version, p), lambda p=p: new.read_partition(p)) for p in wanted[s:s + step]]
+            wait(futures, timeout=_WARM_TIMEOUT_S)
+            for f in futures:
+                e = f.exception() if f.done() else TimeoutError("partition read timed out")
+                if e is None:
+                    loaded += f.result().nbytes
+                elif isinstance(e, (store.StoreError, TimeoutError)) and not isinstance(e, store.NotFound):
+                    transient = True
+                else:
+                    log.error("version %s: %s", new.version, e, extra={"version": new.version})
+            if transient:
+                log.warning("warming version %s stopped: the store is failing; will retry", new.version)
+                return False
+            if loaded >= budget:
+                break
+        log.info("warmed version %s: %d bytes in %.2fs", new.version, loaded, time.monotonic() - t0,
+                 extra={"version": new.version})
+        return True
+
+    def _switch(self, new: LoadedVersion) -> None:
+        old, self.current = self.current, new
+        self.ready = True
+        self.metrics.set_version(new.version, new.count)
+        if old is not None:
+            self.metrics.version_switches.inc()
+            self.cache.drop(lambda key: key[0] == new.version)
+        self.metrics.cache_bytes.set(self.cache.bytes)
+        log.info("serving version %s (%d codes, %d partitions)%s", new.version, new.count, new.npartitions,
+                 f", was {old.version}" if old else "", extra={"version": new.version})
+
+
+class NotReady(RuntimeError):
+    """No version has been loaded yet."""

@@ -1,0 +1,58 @@
+"""The service's one typed, frozen configuration; built by ``semhash serve`` (or a test) and checked on creation."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A setting is out of range; the message names it and says what would be accepted."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    index_uri: str                     # s3://bucket/prefix (or a local path) holding CURRENT and versions/
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cache_bytes: int = 1 << 30         # partition cache budget (least recently used out)
+    token: str | None = None           # bearer token guarding /search; None: open
+    poll_seconds: float = 10.0         # how often CURRENT is read to follow new versions
+    fetch_timeout_s: float = 5.0       # how long a request waits for partitions before answering partial
+    failure_backoff_s: float = 2.0     # a partition that failed to load is not tried again for this long
+    preload: bool = True               # read partitions into the cache before serving a version (up to the budget)
+    max_batch: int = 256               # queries per request
+    max_k: int = 1000
+    max_radius: int = 16
+    max_results: int = 1000            # per query, for radius-only queries (nearest kept, `truncated` set)
+    rerank_candidates: int = 100       # shortlist size re-ranked by TF-IDF when no radius is given
+    load_threads: int = 8              # concurrent partition reads
+    log_requests: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.index_uri, str) or not self.index_uri.strip():
+            raise SettingsError("index_uri: give the index location, e.g. s3://bucket/index")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port: {self.port} is not a TCP port (0..65535; 0 picks a free one)")
+        if self.cache_bytes < 1 << 20:
+            raise SettingsError(f"cache_bytes: {self.cache_bytes} is below 1 MiB")
+        if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
+            raise SettingsError("token: must be non-empty and contain no whitespace")
+        for name in ("poll_seconds", "fetch_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.failure_backoff_s < 0:
+            raise SettingsError(f"failure_backoff_s: must be >= 0, got {self.failure_backoff_s}")
+        for name in ("max_batch", "max_k", "max_results", "rerank_candidates", "load_threads"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_radius < 0:
+            raise SettingsError(f"max_radius: must be >= 0, got {self.max_radius}")
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def public(self) -> dict:
+        """The settings with the token hidden (for logs)."""
+        d = dataclasses.asdict(self)
+        d["token"] = "***" if self.token else None
+        return d

@@ -1,0 +1,344 @@
+"""The lookup service through its real HTTP interface (uvicorn on loopback) against a real local S3 server.
+
+Answers are checked against the library's exact :class:`HammingIndex` on the same published version (same
+ordinals, so ties come out in the same order) and against brute force.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from semhash_spark import codes as C
+from semhash_spark import index as X
+from semhash_spark import store
+from semhash_spark.client import SemhashClient, ServiceError, query_server
+from semhash_spark.service import Settings, build_app, running_server
+from service_util import brute_force, build_index, text_of
+
+FAST = dict(poll_seconds=0.2, fetch_timeout_s=2.0, failure_backoff_s=0.5, log_requests=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fail_fast_s3(s3_server):
+    import os
+
+    old = os.environ.get("AWS_MAX_ATTEMPTS")
+    os.environ["AWS_MAX_ATTEMPTS"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("AWS_MAX_ATTEMPTS", None)
+    else:
+        os.environ["AWS_MAX_ATTEMPTS"] = old
+
+
+def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except (ServiceError, OSError):
+            pass
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def serve(uri, **kw):
+    """Context manager: the app on a real server; yields (url, service)."""
+    app = build_app(Settings(index_uri=uri, **{**FAST, **kw}))
+    return running_server(app), app.state.service
+
+
+@pytest.fixture(scope="module")
+def main(s3_server):
+    uri = s3_server.uri("svc-main")
+    info = build_index(uri, n=2000, bits=32, address_bits=16, partition_bits=4)
+    ctx, svc = serve(uri)
+    with ctx as url:
+        c = SemhashClient(url)
+        wait_for(lambda: c.ready()["status"] == "ok", what="first version")
+        info.update(url=url, client=c, svc=svc, uri=uri, lib=X.HammingIndex.open(uri).load_all())
+        yield info
+
+
+def hexes(codes):
+    return [bytes(r).hex() for r in codes]
+
+
+def lib_knn(info, codes, k):
+    D, I = info["lib"].search(codes, k)
+    return [[(i, int(d)) for i, d in zip(info["lib"].ids_of(I[j]), D[j]) if i is not None] for j in range(len(codes))]
+
+
+def lib_range(info, codes, r):
+    lims, D, I = info["lib"].range_search(codes, r)
+    ids = info["lib"].ids_of(I)
+    return [[(ids[t], int(D[t])) for t in range(lims[j], lims[j + 1])] for j in range(len(codes))]
+
+
+def pairs(result):
+    return [(h["id"], h["distance"]) for h in result]
+
+
+# --------------------------------------------------------------------------------------------- answers
+
+def test_search_by_code_equals_exact_index(main):
+    rng = np.random.default_rng(1)
+    q = np.concatenate([main["codes"][rng.choice(len(main["codes"]), 4)],
+                        C.pack_bits(rng.integers(0, 2, size=(4, 32)))])
+    for k in (1, 10, 50):
+        out = main["client"].search(codes=hexes(q), k=k)
+        assert out["version"] == main["version"] and not out["partial"]
+        assert [pairs(r) for r in out["results"]] == lib_knn(main, q, k)
+    for r in (0, 2, 4):
+        out = main["client"].search(codes=hexes(q), radius=r)
+        assert [pairs(x) for x in out["results"]] == lib_range(main, q, r)
+        H = brute_force(main["codes"], q)
+        assert [len(x) for x in out["results"]] == [int((H[j] <= r).sum()) for j in range(len(q))]
+    out = main["client"].search(codes=hexes(q), k=5, radius=3)   # k nearest within the radius
+    assert [pairs(x) for x in out["results"]] == [[p for p in row if p[1] <= 3][:5] for row in lib_knn(main, q, 5)]
+
+
+def test_search_by_id_text_and_word_counts(main):
+    c, i = main["client"], 11
+    by_code = c.search(codes=hexes(main["codes"][i:i + 1]), k=8)
+    by_id = c.search(ids=[main["ids"][i]], k=8)
+    assert by_id["results"] == by_code["results"] and by_id["codes"] == hexes(main["codes"][i:i + 1])
+    assert (main["ids"][i], 0) in pairs(by_id["results"][0])
+    by_text = c.search(texts=[text_of(main["bags"][i])], k=8)           # tokenised + encoded by the index's model
+    assert by_text["codes"] == by_code["codes"] and by_text["results"] == by_code["results"]
+    ids, counts = main["bags"][i]
+    bag = {main["hasher"].vocab[int(w)]: float(n) for w, n in zip(ids, counts)}
+    assert c.search(word_counts=[bag], k=8)["results"] == by_code["results"]
+
+
+def test_batch_equals_single_queries(main):
+    q = main["codes"][[3, 500, 1999]]
+    batch = main["client"].search(codes=hexes(q), k=6)
+    assert len(batch["results"]) == 3
+    for j in range(3):
+        assert batch["results"][j] == main["client"].search(codes=hexes(q[j:j + 1]), k=6)["results"][0]
+
+
+def test_rerank_tfidf(main):
+    i = 42
+    out = main["client"].search(ids=[main["ids"][i]], k=10, rerank="tfidf")["results"][0]
+    scores = [h["score"] for h in out]
+    assert out[0]["id"] == main["ids"][i] and scores[0] == pytest.approx(1.0)
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 + 1e-6 for s in scores)
+    shortlist = {h["id"] for h in main["client"].search(ids=[main["ids"][i]], k=100)["results"][0]}
+    assert {h["id"] for h in out} <= shortlist                   # re-ranks the 100-code shortlist
+    ball = main["client"].search(texts=[text_of(main["bags"][i])], radius=2, rerank="tfidf")["results"][0]
+    assert all(h["distance"] <= 2 for h in ball) and any(h["id"] == main["ids"][i] for h in ball)
+
+
+def test_rerank_code_is_the_address_ball(main):
+    q = main["codes"][[7, 1234]]
+    ab = main["address_bits"]
+    out = main["client"].search(codes=hexes(q), radius=1, rerank="code")
+    A = C.prefix(main["codes"], ab)
+    for j in range(2):
+        got = pairs(out["results"][j])
+        near = np.flatnonzero(C.int_hamming(A, int(C.prefix(q[j:j + 1], ab)[0])) <= 1)
+        d = brute_force(main["codes"], q[j:j + 1])[0]
+        assert sorted(h for h, _ in got) == sorted(main["ids"][t] for t in near)
+        assert [x for _, x in got] == sorted(int(d[t]) for t in near)           # by the full code's distance
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"codes": ["zz" * 4], "k": 3}, 422, "not a hex code"),
+    ({"codes": ["abcd"], "k": 3}, 422, "32-bit code is 8 hex digits"),
+    ({"ids": ["no-such-doc"], "k": 3}, 404, "unknown id"),
+    ({"texts": ["   "], "k": 3}, 422, "texts[0] is empty"),
+    ({"texts": ["the of and"], "k": 3}, 422, "no word of the index"),
+    ({"codes": ["00000000"] * 300, "k": 3}, 413, "at most 256"),
+    ({"codes": ["00000000"]}, 422, "give k"),
+    ({"codes": ["00000000"], "k": 100000}, 422, "out of range"),
+    ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
+    ({"codes": ["00000000"], "ids": ["x"], "k": 1}, 422, "exactly one of"),
+    ({"codes": ["00000000"], "k": 1, "rerank": "tfidf"}, 422, "needs words"),
+    ({"codes": ["00000000"], "k": 1, "rerank": "code"}, 422, "needs radius"),
+    ({"codes": ["00000000"], "k": 1, "rerank": "bm25"}, 422, "rerank"),
+    ({"word_counts": [{"zqaaa": -1}], "k": 1}, 422, "positive"),
+    ({"codes": ["00000000"], "k": 1, "colour": "red"}, 422, "colour"),
+])
+def test_malformed_queries_get_4xx_with_a_message(main, body, status, needle):
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search", body)
+    assert e.value.status == status
+    assert needle in e.value.message
+
+
+def test_not_json_is_4xx(main):
+    import http.client
+
+    conn = http.client.HTTPConnection(main["url"].split("//")[1])
+    conn.request("POST", "/search", body=b"{not json", headers={"Content-Type": "application/json"})
+    assert conn.getresponse().status == 422
+
+
+def test_openapi_and_health(main):
+    spec = main["client"].request("GET", "/openapi.json")
+    assert "/search" in spec["paths"] and "SearchRequest" in json.dumps(spec)
+    h = main["client"].health()
+    assert h["status"] == "ok" and h["version"] == main["version"] and h["codes"] == 2000
+
+
+def test_metrics(main):
+    main["client"].search(codes=hexes(main["codes"][:1]), k=3)
+    text = main["client"].metrics()
+    for needle in ("semhash_request_seconds_bucket", 'route="/search"', "semhash_cache_hits_total",
+                   "semhash_partitions_read_total", f'semhash_index_version_info{{version="{main["version"]}"}} 1.0',
+                   "semhash_cache_bytes", "semhash_queries_total"):
+        assert needle in text, needle
+
+
+def test_query_server_function(main):
+    out = query_server(main["url"], codes=hexes(main["codes"][:1]), k=2)
+    assert out["version"] == main["version"] and len(out["results"][0]) == 2
+
+
+# --------------------------------------------------------------------------------------------- token
+
+def test_bearer_token_guards_search(s3_server, main):
+    ctx, _ = serve(main["uri"], token="s3cret")
+    with ctx as url:
+        open_client, good, bad = SemhashClient(url), SemhashClient(url, token="s3cret"), SemhashClient(url, token="x")
+        wait_for(lambda: open_client.health()["status"] == "ok")       # health stays open
+        with pytest.raises(ServiceError) as e:
+            open_client.search(codes=["00000000"], k=1)
+        assert e.value.status == 401
+        with pytest.raises(ServiceError) as e:
+            bad.search(codes=["00000000"], k=1)
+        assert e.value.status == 403
+        assert good.search(codes=["00000000"], k=1)["version"] == main["version"]
+
+
+# --------------------------------------------------------------------------------------------- versions
+
+def test_version_switch_while_querying(s3_server):
+    uri = s3_server.uri("svc-switch")
+    v1 = build_index(uri, n=1500, seed=1)
+    ctx, svc = serve(uri)
+    with ctx as url:
+        c0 = SemhashClient(url)
+        wait_for(lambda: c0.health()["version"] == v1["version"])
+        seen, errors, stop = [], [], threading.Event()
+        q = hexes(v1["codes"][:4])
+
+        def hammer():
+            c = SemhashClient(url)
+            while not stop.is_set():
+                try:
+                    out = c.search(codes=q, k=5)
+                    seen.append((out["version"], {h["id"].split("-")[1] for r in out["results"] for h in r}))
+                except Exception as e:  # noqa: BLE001 - every failure is a test failure
+                    errors.append(repr(e))
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        v2 = build_index(uri, n=1500, seed=2)                    # ids doc-2-*, a new model seed is not needed
+        wait_for(lambda: c0.health()["version"] == v2["version"], what="the switch")
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        versions = [v for v, _ in seen]
+        assert set(versions) == {v1["version"], v2["version"]}
+        first_v2 = versions.index(v2["version"])
+        assert all(v == v2["version"] for v in versions[first_v2 + 50:])   # no flapping back after the switch
+        tag = {v1["version"]: "1", v2["version"]: "2"}
+        assert all(tags == {tag[v]} for v, tags in seen)                    # no request mixes versions
+        assert "semhash_version_switches_total 1.0" in c0.metrics()
+        wait_for(lambda: svc.cache.keys() and all(k[0] == v2["version"] for k in svc.cache.keys()),
+                 what="the old version's partitions to leave the cache")
+
+
+def test_never_serves_a_version_that_does_not_verify(s3_server):
+    uri = s3_server.uri("svc-verify")
+    v1 = build_index(uri, n=500, seed=3)
+    ctx, _ = serve(uri)
+    with ctx as url:
+        c = SemhashClient(url)
+        wait_for(lambda: c.health()["version"] == v1["version"])
+        bad = X.new_version_id()
+        manifest = dict(v1["manifest"], version=bad, count=v1["manifest"]["count"] + 1)    # counts disagree
+        store.write_json(X.manifest_uri(uri, bad), manifest)
+        store.write_json(store.join(uri, X.CURRENT), {"version": bad, "manifest": f"versions/{bad}/manifest.json"})
+        wait_for(lambda: "semhash_version_load_failures_total 1.0" in c.metrics(), what="a refused version")
+        assert c.search(codes=["00000000"], k=1)["version"] == v1["version"]
+
+
+def test_not_ready_until_published(s3_server):
+    uri = s3_server.uri("svc-late")
+    ctx, _ = serve(uri)
+    with ctx as url:
+        c = SemhashClient(url)
+        time.sleep(0.3)
+        for call in (c.health, lambda: c.search(codes=["00000000"], k=1)):
+            with pytest.raises(ServiceError) as e:
+                call()
+            assert e.value.status == 503
+        v = build_index(uri, n=300, seed=4)
+        wait_for(lambda: c.health()["version"] == v["version"])
+
+
+# --------------------------------------------------------------------------------------------- faults
+
+def test_corrupt_shard_gives_partial_answers(s3_server):
+    uri = s3_server.uri("svc-corrupt")
+    v = build_index(uri, n=1500, seed=5, partition_bits=4)
+    victim = v["manifest"]["partitions"][0]
+    f = victim["files"][0]
+    shard = store.join(X.version_prefix(uri, v["version"]), f["path"])
+    store.write_bytes(shard, bytes(int(f["bytes"])))             # same size, wrong bytes: only sha256 tells
+    ctx, svc = serve(uri, max_radius=32, max_results=5000)
+    with ctx as url:
+        c = SemhashClient(url)
+        wait_for(lambda: c.ready()["status"] == "ok")
+        inside = next(i for i in range(len(v["codes"])) if C.partition_name(
+            int(C.prefix(v["codes"][i:i + 1], 4)[0]), 4) == victim["partition"])
+        out = c.search(codes=hexes(v["codes"][inside:inside + 1]), radius=32)   # every partition
+        assert out["partial"] and out["missing_partitions"] == [victim["partition"]]
+        assert len(out["results"][0]) == len(v["codes"]) - victim["rows"]
+        with pytest.raises(ServiceError) as e:                     # it needs only the corrupt partition
+            c.search(codes=hexes(v["codes"][inside:inside + 1]), radius=0)
+        assert e.value.status == 503
+        outside = c.search(codes=hexes(v["codes"][inside:inside + 1]), k=3)       # other rings still answer
+        assert outside["partial"] and len(outside["results"][0]) == 3
+        assert 'semhash_partitions_read_total{outcome="error"}' in c.metrics()
+
+
+def test_store_down_answers_from_cache_or_503(s3_server):
+    """Runs last in this module: stops and restarts the session's S3 server."""
+    uri = s3_server.uri("svc-down")
+    v = build_index(uri, n=800, seed=6)
+    warm_ctx, _ = serve(uri)                                     # preloads every partition
+    cold_ctx, _ = serve(uri, preload=False)                      # reads partitions only on demand
+    with warm_ctx as warm_url, cold_ctx as cold_url:
+        warm, cold = SemhashClient(warm_url), SemhashClient(cold_url)
+        wait_for(lambda: warm.ready()["status"] == "ok" and cold.ready()["status"] == "ok")
+        q = hexes(v["codes"][:3])
+        expected = warm.search(codes=q, k=5)
+        s3_server.stop()
+        try:
+            for _ in range(5):
+                out = warm.search(codes=q, k=5)
+                assert out == {**expected, "took_ms": out["took_ms"]} and not out["partial"]
+            with pytest.raises(ServiceError) as e:
+                cold.search(codes=q, k=5)
+            assert e.value.status == 503
+            time.sleep(0.5)
+            assert warm.health()["status"] == "ok" and warm.health()["last_poll_error"]
+        finally:
+            s3_server.restart()
+        wait_for(lambda: cold.search(codes=q, k=5)["results"] == expected["results"], what="recovery")
