@@ -124,12 +124,14 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     blobs = spark.sparkContext.broadcast({WEIGHTS: tensors_blob, META: meta_blob})
     keep_words = cfg.index.store_counts and meta.get("kind", "documents") == "documents"
     code_bytes = C.code_bytes(bits)
+    s3_env = store.driver_s3_env()
 
     def encode(frames):
         hasher = _hasher_from_bytes(model_version, blobs.value)
         yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words)
 
     def write(frames):
+        store.apply_s3_env(s3_env)
         for pdf in frames:
             cols = ["id", "code", "address"] + (["word_ids", "word_counts"] if keep_words else []) + \
                 ([ds.CONTENT_HASH] if keep_hash else [])

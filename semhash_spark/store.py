@@ -124,6 +124,25 @@ class S3Settings:
         )
 
 
+S3_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS")
+
+
+def driver_s3_env() -> dict[str, str]:
+    """The S3 settings of this (driver) process, for Spark tasks whose workers did not inherit them.
+
+    Python workers are forked from an environment fixed when the JVM started; on a cluster, executors normally
+    have their own (instance role, ``spark.executorEnv.*``) and :func:`apply_s3_env` keeps those.
+    """
+    return {k: os.environ[k] for k in S3_ENV_KEYS if os.environ.get(k)}
+
+
+def apply_s3_env(env: Mapping[str, str]) -> None:
+    """In a Spark task: fills in S3 settings the worker lacks, never overriding its own."""
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+
+
 _client_lock = threading.Lock()
 
 

@@ -24,8 +24,9 @@ def test_prepare_train_encode_query_evaluate(spark, s3_server, small_corpus, tmp
     assert sum(prep["quarantined"].values()) == 3
 
     train = _run(capsys, ["train", "--data", data, "--bits", "16", "--out", model, "--no-progress",
-                          "--set", "model.hidden=[64]", "--set", "pretrain.epochs=8",
-                          "--set", "finetune.epochs=4", "--set", "finetune.val_queries=100"])
+                          "--set", "model.hidden=[64]", "--set", "pretrain.epochs=30", "--set", "pretrain.batch_size=20",
+                          "--set", "finetune.epochs=6", "--set", "finetune.batch_size=20", "--set", "finetune.lr=1e-3",
+                          "--set", "finetune.val_queries=100"])
     assert train["bits"] == 16 and train["world_size"] == 1
 
     enc = _run(capsys, ["encode", "--model", model, "--data", data, "--index", index,

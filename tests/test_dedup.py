@@ -1,0 +1,242 @@
+"""Near-duplicates: the Spark pigeonhole join against brute-force all pairs, hot buckets, verification, clusters."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from semhash_spark import codes as C
+from semhash_spark import dataset as ds
+from semhash_spark import dedup
+from semhash_spark import index as ix
+from semhash_spark import store
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+def _planted(rng, n: int, bits: int, dups: int, max_flips: int = 4) -> np.ndarray:
+    """``n`` random codes plus ``dups`` copies of earlier codes (some copies of copies) with 0..max_flips bits flipped."""
+    out = list(rng.integers(0, 2, (n, bits)))
+    for _ in range(dups):
+        src = out[rng.integers(0, len(out))].copy()
+        src[rng.choice(bits, rng.integers(0, max_flips + 1), replace=False)] ^= 1
+        out.append(src)
+    return C.pack_bits(np.array(out))
+
+
+def _brute_pairs(codes: np.ndarray, ids: list[str], radius: int) -> set[tuple[str, str, int]]:
+    d = C.hamming(codes, codes)
+    i, j = np.nonzero(np.triu(d <= radius, k=1))
+    return {(min(ids[a], ids[b]), max(ids[a], ids[b]), int(d[a, b])) for a, b in zip(i, j)}
+
+
+def _frame(spark, codes: np.ndarray, ids: list[str]):
+    return spark.createDataFrame([(i, bytes(c)) for i, c in zip(ids, codes)], "id string, code binary")
+
+
+def _union_find(pairs) -> dict[str, str]:
+    parent: dict[str, str] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {x: find(x) for x in parent}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _few_shuffle_partitions(spark):
+    old = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "2")          # tiny data: one task per core
+    yield
+    spark.conf.set("spark.sql.shuffle.partitions", old)
+
+
+# --------------------------------------------------------------------------------------------------- pure parts
+
+@pytest.mark.parametrize("bits", [20, 32, 64, 128])
+def test_segments_masks_and_keys_agree_with_the_bits(bits):
+    rng = np.random.default_rng(bits)
+    codes = _planted(rng, 60, bits, 60, max_flips=3)
+    b01 = C.unpack_bits(codes, bits)
+    words = dedup.code_words(codes)
+    for radius in (0, 1, 3, 4):
+        segs = dedup.segments(bits, radius)
+        lengths = [e - s for s, e in segs]
+        assert segs[0][0] == 0 and segs[-1][1] == bits and max(lengths) - min(lengths) <= 1
+        assert all(a[1] == b[0] for a, b in zip(segs, segs[1:]))
+        keys = dedup.segment_keys(codes, bits, segs)
+        masks = dedup.segment_masks(segs, words.shape[1])
+        for i, (s, e) in enumerate(segs):
+            same_bits = (b01[:, None, s:e] == b01[None, :, s:e]).all(axis=2)
+            same_words = np.ones_like(same_bits)
+            for w, m in enumerate(masks[i]):
+                same_words &= ((words[:, None, w] ^ words[None, :, w]) & np.int64(m)) == 0
+            assert np.array_equal(same_words, same_bits)                       # masks select segment i
+            if e - s <= 64:
+                assert np.array_equal(keys[:, None, i] == keys[None, :, i], same_bits)
+            else:                                                              # folded: equal bits -> equal keys
+                assert (keys[:, None, i] == keys[None, :, i])[same_bits].all()
+
+
+def test_verify_parse():
+    assert dedup.Verify.parse("cosine:0.9") == dedup.Verify("cosine", 0.9)
+    assert dedup.Verify.parse(" Jaccard:0.75") == dedup.Verify("jaccard", 0.75)
+    assert dedup.Verify.parse(None) is None and dedup.Verify.parse("") is None
+    for bad in ("cosine", "cosine:1.5", "euclid:0.3", "jaccard:x"):
+        with pytest.raises(dedup.DedupError, match="cosine:T or jaccard:T"):
+            dedup.Verify.parse(bad)
+    with pytest.raises(dedup.DedupError, match="radius 64"):
+        dedup.segments(64, 64)
+
+
+# --------------------------------------------------------------------------------------------------- exact pairs
+
+def test_pairs_equal_brute_force_for_radius_0_to_4(spark):
+    rng = np.random.default_rng(7)
+    frames, expected = [], {}
+    for bits in (32, 64):
+        codes = _planted(rng, 250, bits, 150)
+        ids = [f"b{bits}-{i:04d}" for i in range(len(codes))]
+        df = _frame(spark, codes, ids)
+        for radius in range(5):
+            expected[(bits, radius)] = _brute_pairs(codes, ids, radius)
+            got = dedup.hamming_pairs(df, bits, radius, block_size=64)
+            frames.append(got.selectExpr(f"{bits} as bits", f"{radius} as radius", "*"))
+    rows = functools.reduce(lambda a, b: a.unionByName(b), frames).collect()      # one job for the ten cases
+    for (bits, radius), want in expected.items():
+        got = [(r.id_a, r.id_b, r.distance) for r in rows if r.bits == bits and r.radius == radius]
+        assert len(got) == len(set(got)), (bits, radius)                          # each pair once
+        assert all(a < b for a, b, _ in got)
+        assert set(got) == want, (bits, radius)
+    assert all(len(expected[(b, r)]) < len(expected[(b, r + 1)]) for b in (32, 64) for r in range(4))
+
+
+def test_hot_bucket_is_split_into_blocks_and_stays_exact(spark):
+    rng = np.random.default_rng(3)
+    bits, radius, block = 32, 2, 16
+    hot = np.tile(rng.integers(0, 2, (1, bits)), (180, 1))
+    hot[60:, -1] ^= 1                                       # 60 identical, 120 at distance 1 from them
+    hot[150:, 0] ^= 1                                       # 30 at distance 2 (differ in the first segment)
+    codes = np.concatenate([C.pack_bits(hot), _planted(rng, 100, bits, 20)])
+    ids = [f"h{i:04d}" for i in range(len(codes))]
+    df = _frame(spark, codes, ids)
+    plan = dedup.plan_tiles(df, bits, radius, block)
+    got = [(r.id_a, r.id_b, r.distance) for r in dedup.hamming_pairs(df, bits, radius, block, plan).collect()]
+    assert len(got) == len(set(got)) and set(got) == _brute_pairs(codes, ids, radius)
+    assert plan.hot.count() >= 2
+    keys = ["seg", "key", "lo", "hi"]
+    tiles = (plan.side_a.groupBy(*keys).count().withColumnRenamed("count", "na")
+             .join(plan.side_b.groupBy(*keys).count().withColumnRenamed("count", "nb"), keys)
+             .selectExpr("na * nb as work").agg({"work": "max"}).first()[0])
+    assert tiles <= (3 * block) ** 2 < 180 * 180 // 2       # no join group near the whole bucket's pairs
+
+
+def test_connected_components_match_union_find(spark):
+    chain = [(f"c{i:03d}", f"c{i + 1:03d}") for i in range(60)]           # a long path: 61 vertices
+    star = [("s000", f"s{i:03d}") for i in range(1, 20)]
+    loose = [("x1", "x2"), ("y2", "y1"), ("z", "a-z"), ("a-z", "m"), ("m", "c030")]
+    pairs = [(min(a, b), max(a, b)) for a, b in chain + star + loose]
+    df = spark.createDataFrame(pairs, "id_a string, id_b string")
+    labels, rounds = dedup.connected_components(df)
+    got = {r.id: r.cluster for r in labels.collect()}
+    assert got == _union_find(pairs)
+    assert rounds < 20                                      # pointer jumping: far fewer rounds than the path's 61
+
+
+# --------------------------------------------------------------------------------------------------- on an index
+
+@pytest.fixture(scope="module")
+def dup_index(tmp_path_factory):
+    """A published 64-bit index of 230 documents: 150 random, 60 near-duplicates (codes and words edited, some
+    chained), 20 code-only look-alikes whose words are unrelated; word counts stored; idf in model/model.json."""
+    rng = np.random.default_rng(11)
+    bits, vocab = 64, 300
+    codes = list(rng.integers(0, 2, (150, bits)))
+    words = [np.unique(rng.choice(vocab, 25)) for _ in range(150)]
+    for k in range(80):
+        src = int(rng.integers(0, len(codes)))
+        c = codes[src].copy()
+        c[rng.choice(bits, rng.integers(0, 4), replace=False)] ^= 1
+        if k < 60:                                           # a real near-duplicate: two words swapped
+            w = words[src].copy()
+            w[rng.choice(w.size, 2, replace=False)] = rng.choice(vocab, 2)
+            w = np.unique(w)
+        else:                                                # same neighbourhood in Hamming space, other text
+            w = np.unique(rng.choice(vocab, 25))
+        codes.append(c)
+        words.append(w)
+    packed = C.pack_bits(np.array(codes))
+    ids = [f"doc{i:04d}" for i in range(len(packed))]
+    counts = [rng.integers(1, 4, w.size).astype(np.float32) for w in words]
+    enc = [ds.encode_sparse(w, c) for w, c in zip(words, counts)]
+    doc_freq = np.bincount(np.concatenate(words), minlength=vocab)
+    index = str(tmp_path_factory.mktemp("dedup") / "index")
+    version = ix.new_version_id()
+    vp = ix.version_prefix(index, version)
+    pdf = pd.DataFrame({"id": ids, "code": [c.tobytes() for c in packed], "address": C.prefix(packed, 16),
+                        "word_ids": [e[0] for e in enc], "word_counts": [e[1] for e in enc]})
+    files = ix.write_shard(vp, 2, 8, pdf.iloc[::2]) + ix.write_shard(vp, 2, 8, pdf.iloc[1::2])
+    store.write_json(store.join(vp, "model", "model.json"),
+                     {"vocab": {"doc_freq": doc_freq.tolist(), "num_train_docs": len(ids)}})
+    ix.publish(index, version, ix.build_manifest(version, bits, 16, 2, files))
+    idf = ds.idf(doc_freq, len(ids)).astype(np.float64)
+    dense = np.zeros((len(ids), vocab))
+    for r, (w, c) in enumerate(zip(words, counts)):
+        dense[r, w] = c
+    tfidf = dense * idf
+    tfidf /= np.linalg.norm(tfidf, axis=1, keepdims=True)
+    sets = (dense > 0).astype(float)
+    inter = sets @ sets.T
+    jaccard = inter / (sets.sum(1)[:, None] + sets.sum(1)[None, :] - inter)
+    return {"index": index, "version": version, "codes": packed, "ids": ids, "cosine": tfidf @ tfidf.T,
+            "jaccard": jaccard}
+
+
+def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, tmp_path):
+    radius, out = 3, tmp_path / "out"
+    summary = dedup.dedup_job(spark, dup_index["index"], radius, str(out), "cosine:0.8")
+    ids, pos = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}
+    within = _brute_pairs(dup_index["codes"], ids, radius)
+    cos = dup_index["cosine"]
+    want = {p for p in within if cos[pos[p[0]], pos[p[1]]] >= 0.8}
+    pairs = pq.read_table(out / "pairs")
+    assert pairs.column_names == ["id_a", "id_b", "distance", "similarity"]
+    got = {(a, b, d): sim for a, b, d, sim in zip(*(pairs.column(c).to_pylist() for c in pairs.column_names))}
+    assert len(got) == pairs.num_rows and all(a < b for a, b, _ in got)       # each pair once, ordered
+    assert set(got) == want and 0 < len(want) < len(within)                    # the look-alikes are filtered out
+    assert all(abs(s - cos[pos[a], pos[b]]) < 1e-5 for (a, b, _), s in got.items())
+
+    clusters = pq.read_table(out / "clusters").to_pandas()
+    assert list(clusters.columns) == ["id", "cluster", "size"]
+    assert dict(zip(clusters.id, clusters.cluster)) == _union_find([(a, b) for a, b, _ in want])
+    sizes = clusters.groupby("cluster").size()
+    assert (sizes == clusters.groupby("cluster")["size"].first()).all()
+
+    written = json.loads((out / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert (written["pairs_within_radius"], written["pairs"]) == (len(within), len(want))
+    assert (written["clusters"], written["largest_cluster"]) == (len(sizes), sizes.max())
+    assert written["version"] == dup_index["version"] and written["segments"] == radius + 1
+    assert not list(Path(out).rglob("*.crc"))
+
+    # Jaccard of word sets, on the same candidates
+    docs, _ = dedup.read_shards(spark, dup_index["index"], columns=("id", "word_ids", "word_counts"))
+    cand = spark.createDataFrame(sorted(within), "id_a string, id_b string, distance int")
+    jac = {(r.id_a, r.id_b): r.similarity
+           for r in dedup.verify_pairs(cand, docs, dedup.Verify("jaccard", 0.7), None, 300).collect()}
+    jw = dup_index["jaccard"]
+    assert set(jac) == {(a, b) for a, b, _ in within if jw[pos[a], pos[b]] >= 0.7}
+    assert all(abs(s - jw[pos[a], pos[b]]) < 1e-9 for (a, b), s in jac.items())

@@ -1,0 +1,95 @@
+"""mih: multi-index hashing checked against brute force, on the compiled and the numpy paths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semhash_spark import codes as C
+from semhash_spark import mih
+from semhash_spark.mih import MultiIndexHash
+
+
+def clustered(bits, n, rng, clusters=8, flip=0.06):
+    centres = rng.integers(0, 2, size=(clusters, bits))
+    return C.pack_bits(centres[rng.integers(0, clusters, size=n)] ^ (rng.random((n, bits)) < flip))
+
+
+def exact(q, db, start_bit, bits):
+    keep = np.zeros(bits, dtype=bool)
+    keep[start_bit:] = True
+    uq, ub = C.unpack_bits(q, bits)[:, keep], C.unpack_bits(db, bits)[:, keep]
+    return (uq[:, None, :] != ub[None, :, :]).sum(-1)
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def path(request, monkeypatch):
+    if request.param and mih._K is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(mih, "USE_COMPILED", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("bits, kind, start_bit, n", [
+    (20, "random", 0, 3000), (32, "clustered", 0, 3000), (64, "random", 0, 20000), (64, "clustered", 6, 20000),
+    (128, "clustered", 0, 3000), (28, "clustered", 5, 800), (64, "clustered", 0, 300)])
+def test_equals_brute_force(path, bits, kind, start_bit, n):
+    rng = np.random.default_rng(bits + n)
+    both = C.pack_bits(rng.integers(0, 2, size=(n + 15, bits))) if kind == "random" else clustered(bits, n + 15, rng)
+    db, q = both[:n], both[n:]
+    ix = MultiIndexHash(db, bits, start_bit=start_bit)
+    H = exact(q, db, start_bit, bits)
+    prev = None
+    for r in (0, 1, 2, 4, 7):
+        lims, D, I = ix.range_search(q, r)
+        for i in range(len(q)):
+            want = np.flatnonzero(H[i] <= r)
+            want = want[np.lexsort((want, H[i][want]))]
+            assert np.array_equal(I[lims[i]:lims[i + 1]], want)
+            assert np.array_equal(D[lims[i]:lims[i + 1]], H[i][want])
+        counts = np.diff(lims)
+        assert prev is None or np.all(counts >= prev)           # recall never falls as the radius grows
+        prev = counts
+    for k in (1, 10, 60):
+        D, I = ix.search(q, k)
+        for i in range(len(q)):
+            want = np.lexsort((np.arange(n), H[i]))[:k]
+            assert np.array_equal(I[i], want) and np.array_equal(D[i], H[i][want])
+
+
+def test_pads_with_minus_one_and_handles_tiny_indexes(path):
+    rng = np.random.default_rng(0)
+    db = C.pack_bits(rng.integers(0, 2, size=(5, 64)))
+    ix = MultiIndexHash(db, 64)
+    D, I = ix.search(db[:2], 8)
+    assert (I[:, 5:] == -1).all() and (D[:, 5:] == -1).all() and sorted(I[0, :5]) == list(range(5))
+    lims, D, I = ix.range_search(db[:2], 64)
+    assert list(np.diff(lims)) == [5, 5]
+    empty = MultiIndexHash(np.zeros((0, 8), np.uint8), 64)
+    assert empty.search(db[:1], 3)[1].tolist() == [[-1, -1, -1]]
+
+
+def test_distances_and_codes_of():
+    rng = np.random.default_rng(1)
+    db = C.pack_bits(rng.integers(0, 2, size=(2000, 64)))
+    ix = MultiIndexHash(db, 64, start_bit=8)
+    rows = np.array([3, 1999, 0])
+    assert np.array_equal(ix.codes_of(rows), db[rows])
+    assert np.array_equal(ix.distances(db[:1], rows), exact(db[:1], db[rows], 8, 64)[0])
+
+
+def test_scan_distances_matches_codes_module():
+    rng = np.random.default_rng(2)
+    db = C.pack_bits(rng.integers(0, 2, size=(5000, 64)))
+    w = C.to_words(db)[:, 0].copy()
+    assert np.array_equal(mih.scan_distances(w, w[7]), C.hamming(db[7:8], db)[0])
+
+
+def test_substrings_and_shells():
+    assert mih.split_bits(0, 64, 3) == [(0, 22), (22, 43), (43, 64)]
+    assert sorted(mih.shell(5, 2).tolist()) == sorted(a | b for a in (1, 2, 4, 8, 16) for b in (1, 2, 4, 8, 16)
+                                                      if a < b)
+    assert len(mih.ball(20, 2)) == C.ball_size(20, 2)
+    codes = np.array([[0b10110000, 0b00001111]], dtype=np.uint8)
+    assert int(mih.substring_values(codes, 2, 6)[0]) == 0b1100
+    with pytest.raises(ValueError, match="start_bit"):
+        MultiIndexHash(codes, 16, start_bit=16)
