@@ -78,6 +78,9 @@ class SemhashClient:
                 self.close()
                 if attempt:
                     raise
+            except (OSError, http.client.HTTPException):
+                self.close()                    # never reuse a connection left mid-request
+                raise
         if resp.status >= 400:
             raise ServiceError(resp.status, _message(payload))
         return payload.decode() if raw else json.loads(payload)
@@ -98,6 +101,9 @@ class SemhashClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+Client = SemhashClient   # the name semhash_spark.cli uses
 
 
 def _message(payload: bytes) -> str:

@@ -29,6 +29,15 @@ import numpy as np
 
 from semhash_spark import codes as C
 
+try:  # the compiled query loops; without numba every query takes the numpy path below
+    from semhash_spark import _mih_kernels as _K
+except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
+    _K = None
+
+USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
+_COMPILED_PROBE_COST = 1000.0   # compiled range search: a bucket probe costs about this many scanned rows
+_KNN_PROBE_COST = 4000.0        # compiled k-NN: a probe, its rows and their de-duplication, in scanned rows
+
 _SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
 _DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
 _SCAN_BELOW = 512              # fewer rows than this: no tables, always scan
@@ -69,10 +78,20 @@ def _xor_dist(db: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> np.ndar
     return popcount_inplace(x)
 
 
-def scan_distances(words: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Distances ``int32[n]`` from one word-code ``q`` to every row of ``words`` (blocked SWAR popcount)."""
+def scan_distances(words: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Distances ``int32[n]`` from one word-code ``q`` to every row of ``words`` (the linear popcount scan)."""
     n = words.shape[0]
-    out = np.empty(n, dtype=np.int32)
+    out = np.empty(n, dtype=np.int32) if out is None else out
+    if USE_COMPILED and _K is not None:
+        w2 = words.reshape(n, -1)
+        m = np.full(w2.shape[1], ~np.uint64(0), dtype=np.uint64) if mask is None else np.asarray(mask, np.uint64)
+        qv = np.asarray(q, dtype=np.uint64).reshape(-1)
+        if w2.shape[1] == 1:  # a C-contiguous 1-d array: numba vectorises only that layout
+            _K.scan_distances1(np.ascontiguousarray(w2.reshape(-1)), m.reshape(-1)[0], qv[0], out)
+        else:
+            _K.scan_distances(w2, m.reshape(-1), qv, out)
+        return out
     for s in range(0, n, _SCAN_CHUNK):
         out[s:s + _SCAN_CHUNK] = _xor_dist(words[s:s + _SCAN_CHUNK], q, mask)
     return out
@@ -241,13 +260,55 @@ class MultiIndexHash:
                                                                 else [])]
         masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
+        self._kern = self._compiled_layout(mask, masks) if _K is not None else None
+
+    def _compiled_layout(self, mask: np.ndarray, masks: list[np.ndarray]) -> dict | None:
+        """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept)."""
+        if any(t.offsets is None for t in self._tables):
+            return None                   # sorted-key tables: numpy path only
+        idx_t = self._tables[0].perm.dtype if self._tables else np.int32
+        perm = np.empty((self.m, self.ntotal), dtype=idx_t)
+        sizes = [t.offsets.shape[0] for t in self._tables]
+        base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
+        offs = np.empty(int(sum(sizes)), dtype=self._tables[0].offsets.dtype if sizes else np.int32)
+        for j, t in enumerate(self._tables):
+            perm[j] = t.perm
+            offs[base[j]:base[j] + sizes[j]] = t.offsets
+            self._tables[j] = _Table(t.start, t.stop, perm[j], offs[base[j]:base[j] + sizes[j]], None)
+        words = self._words.reshape(self.ntotal, self._w)
+        submask = np.array(masks, dtype=np.uint64).reshape(self.m, words.shape[1])
+        mask = np.asarray(mask, dtype=np.uint64).reshape(-1)
+        return {"words": words, "mask": mask, "perm": perm, "offs": offs,
+                "base": base, "nbits": np.array([t.nbits for t in self._tables], dtype=np.int64),
+                "submask": submask, "words1": self._words if self._w == 1 else None, "mask1": mask[0],
+                "shell_cum": self._shell_cum()}
+
+    def _shell_cum(self) -> np.ndarray:
+        """``int64[m, max_bits + 1]``: probes for shells 0..t of each table (the size of its ball of radius t)."""
+        top = max([t.nbits for t in self._tables], default=0)
+        out = np.zeros((self.m, top + 1), dtype=np.int64)
+        for j, t in enumerate(self._tables):
+            out[j] = [C.ball_size(t.nbits, r) for r in range(top + 1)]
+        return out
+
+    def _scan_range(self, qw2: np.ndarray, radius: int):
+        k = self._kern
+        if k["words1"] is not None:
+            return _K.scan_range1(k["words1"], k["mask1"], qw2[:, 0].copy(), radius)
+        return _K.scan_range(k["words"], k["mask"], qw2, radius)
+
+    def _scan_knn(self, qw2: np.ndarray, kk: int):
+        k = self._kern
+        if k["words1"] is not None:
+            return _K.scan_knn1(k["words1"], k["mask1"], qw2[:, 0].copy(), kk)
+        return _K.scan_knn(k["words"], k["mask"], qw2, kk)
 
     def _build(self, codes: np.ndarray, a: int, b: int) -> _Table:
         vals = substring_values(codes, a, b)
         n, nb = codes.shape[0], b - a
         idx_t = np.int32 if n < 2 ** 31 - 1 else np.int64
         perm = np.argsort(vals, kind="stable").astype(idx_t)
-        if nb <= _DIRECT_MAX_BITS and (1 << nb) <= max(4 * n, 1 << 16):
+        if nb <= _DIRECT_MAX_BITS and (1 << nb) <= max(8 * n, 1 << 16):
             offsets = np.zeros((1 << nb) + 1, dtype=idx_t)
             np.cumsum(np.bincount(vals.astype(np.int64), minlength=1 << nb), out=offsets[1:])
             return _Table(a, b, perm, offsets, None)
@@ -277,11 +338,22 @@ class MultiIndexHash:
         return np.ascontiguousarray(w).view(np.uint8).reshape(w.shape[0], -1)[:, :C.code_bytes(self.bits)].copy()
 
     # ---------------------------------------------------------------- queries
-    def _prepare(self, q: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _prepare(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Queries as words (``uint64[nq]`` or ``[nq, w]``) and their substrings ``int64[nq, m]``."""
         q = C.as_codes(q, self.bits)
         qw = C.to_words(q)
         qw = np.ascontiguousarray(qw[:, 0] if self._w == 1 else qw)
-        return qw, [substring_values(q, t.start, t.stop) for t in self._tables]
+        nq, total = q.shape[0], 8 * q.shape[1]
+        qs = np.empty((nq, self.m), dtype=np.int64)
+        if nq <= 16:  # a few queries: Python integers beat a dozen small numpy calls
+            for i in range(nq):
+                x = int.from_bytes(q[i].tobytes(), "big")
+                for j, t in enumerate(self._tables):
+                    qs[i, j] = (x >> (total - t.stop)) & ((1 << t.nbits) - 1)
+        else:
+            for j, t in enumerate(self._tables):
+                qs[:, j] = substring_values(q, t.start, t.stop).astype(np.int64)
+        return qw, qs
 
     def _dist(self, rows: np.ndarray, qrow) -> np.ndarray:
         return _xor_dist(self._words[rows], qrow, self._mask)
@@ -290,21 +362,28 @@ class MultiIndexHash:
         s, a = divmod(radius, self.m)
         return [s if j <= a else s - 1 for j in range(self.m)]
 
-    def _probe_cost(self, radius: int) -> float:
+    def _probe_cost(self, radius: int, probe_cost: float = _PROBE_COST) -> float:
         """Estimated work of one range query in scanned-row units (probes plus expected candidates)."""
         cost = 0.0
         for t, r in zip(self._tables, self._radii(radius)):
             if r >= 0:
                 nb = C.ball_size(t.nbits, r)
-                cost += nb * (_PROBE_COST + self.ntotal / float(1 << t.nbits))
+                cost += nb * (probe_cost + self.ntotal / float(1 << t.nbits))
         return cost
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row within ``radius``: CSR ``(lims int64[nq+1], D int32, I int64)``, per query by (distance, row)."""
-        qw, qsub = self._prepare(q)
+        qw, qs = self._prepare(q)
         nq = qw.shape[0]
         if radius < 0 or self.ntotal == 0:
             return np.zeros(nq + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
+        if USE_COMPILED and self._kern is not None:
+            k, qw2 = self._kern, qw.reshape(nq, -1)
+            if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST) > self.ntotal:
+                return self._scan_range(qw2, radius)
+            return _K.range_batch(k["words"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
+                                  k["submask"], qw2, qs, radius)
+        qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
         qids, rows = [], []
@@ -333,13 +412,26 @@ class MultiIndexHash:
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest rows: ``D int32[nq, k]``, ``I int64[nq, k]`` by (distance, row), padded with -1."""
-        qw, qsub = self._prepare(q)
+        qw, qs = self._prepare(q)
         nq = qw.shape[0]
         D = np.full((nq, max(k, 0)), -1, dtype=np.int32)
         I = np.full((nq, max(k, 0)), -1, dtype=np.int64)
         if k <= 0 or self.ntotal == 0:
             return D, I
         kk = min(k, self.ntotal)
+        if USE_COMPILED and self._kern is not None:
+            kern, qw2 = self._kern, qw.reshape(nq, -1)
+            if self.m == 0:
+                Dk, Ik = self._scan_knn(qw2, kk)
+            else:
+                Dk, Ik, slow = _K.knn_batch(kern["words"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
+                                            kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
+                                            _KNN_PROBE_COST)
+                if slow.any():  # covering their k-th distance would cost more probes than a scan
+                    Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
+            D[:, :kk], I[:, :kk] = Dk, Ik
+            return D, I
+        qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0:
             for i in range(nq):
                 D[i, :kk], I[i, :kk] = scan_topk(self._words, qw[i], kk, self._mask)
@@ -417,3 +509,17 @@ def _collect(per_query: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
         return lims, np.empty(0, np.int32), np.empty(0, np.int64)
     return (lims, np.concatenate([d for d, _ in per_query]).astype(np.int32),
             np.concatenate([r for _, r in per_query]).astype(np.int64))
+
+
+def warm_up() -> None:
+    """Compiles (or loads from numba's cache) every query loop now, so the first real query does not pay for it."""
+    if _K is None:
+        return
+    rng = np.random.default_rng(0)
+    for bits in (64, 128):
+        codes = rng.integers(0, 256, size=(600, bits // 8), dtype=np.uint8)
+        for ix in (MultiIndexHash(codes, bits), MultiIndexHash(codes, bits, m=0)):
+            ix.range_search(codes[:2], 2)
+            ix.search(codes[:2], 3)
+            ix.search(codes[:2], 600)
+

@@ -240,3 +240,15 @@ def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, 
     jw = dup_index["jaccard"]
     assert set(jac) == {(a, b) for a, b, _ in within if jw[pos[a], pos[b]] >= 0.7}
     assert all(abs(s - jw[pos[a], pos[b]]) < 1e-9 for (a, b), s in jac.items())
+
+
+def test_semhash_dedup_command_prints_the_summary(spark, dup_index, tmp_path, capsys):
+    from semhash_spark.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["dedup", "--index", dup_index["index"], "--radius", "1", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = _brute_pairs(dup_index["codes"], dup_index["ids"], 1)
+    assert summary["pairs"] == len(want) and summary["radius"] == 1 and "verify" not in summary
+    got = pq.read_table(out / "pairs").to_pylist()
+    assert {(r["id_a"], r["id_b"], r["distance"]) for r in got} == want

@@ -1,6 +1,7 @@
 """Nightly re-index: diff by id + content hash, only affected partitions rewritten, idempotent, crash-safe, retention."""
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -305,3 +306,15 @@ def test_reindex_on_s3_copies_untouched_partitions_server_side(spark, env, s3_se
     run = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])
     assert run["published"] and run["files_copied"] > 0 and run["previous_version"] == base["version"]
     assert ix.HammingIndex.open(index).load_all().ntotal == N_DOCS - len(DELETE) + len(ADD)
+
+
+def test_semhash_reindex_command_prints_the_report(spark, env, tmp_path, capsys):
+    from semhash_spark.cli import main
+
+    index, base = _base_index(env, tmp_path)
+    argv = ["reindex", "--data", env["tonight"], "--model", env["model_a"], "--index", index, "--retention-days", "3",
+            "--set", "index.address_bits=8", "--set", "index.partition_bits=3"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["added"], report["changed"], report["deleted"]) == (len(ADD), len(CHANGE), len(DELETE))
+    assert report["version"] == ix.read_current(index)["version"] != base["version"] and not report["full"]

@@ -85,9 +85,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(index_uri=args.index, host=args.host, port=args.port, cache_bytes=args.cache_bytes,
-                    token=args.token or os.environ.get("SEMHASH_TOKEN") or None, poll_seconds=args.poll_seconds,
-                    fetch_timeout_s=args.fetch_timeout, preload=not args.no_preload, max_batch=args.max_batch)
+    """Settings from parsed flags; flags a caller's parser lacks take the defaults of :func:`add_serve_arguments`."""
+    get = lambda name, default: getattr(args, name, default)  # noqa: E731
+    return Settings(index_uri=args.index, host=get("host", "127.0.0.1"), port=get("port", 8080),
+                    cache_bytes=get("cache_bytes", 1 << 30),
+                    token=get("token", None) or os.environ.get("SEMHASH_TOKEN") or None,
+                    poll_seconds=get("poll_seconds", 10.0), fetch_timeout_s=get("fetch_timeout", 5.0),
+                    preload=not get("no_preload", False), max_batch=get("max_batch", 256))
 
 
 def serve_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
@@ -99,11 +103,12 @@ def serve_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
 
     from .logs import configure
 
-    configure(args.log_level)
+    level = getattr(args, "log_level", "info")
+    configure(level)
     os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")   # fail fast to partial answers; the follower retries
     settings = settings_from_args(args)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None,
-                log_level=args.log_level.lower(), access_log=False)
+                log_level=level.lower(), access_log=False)
     return 0
 
 

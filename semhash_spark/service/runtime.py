@@ -69,6 +69,9 @@ class Service:
 
     # ------------------------------------------------------------------ following CURRENT
     def _follow(self) -> None:
+        from semhash_spark.mih import warm_up
+
+        warm_up()                                # compile the lookup loops before the first version is served
         while not self._stop.is_set():
             try:
                 self.poll()

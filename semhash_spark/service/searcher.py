@@ -249,7 +249,8 @@ class Searcher:
         remaining = list(dict.fromkeys(ids))
         where: dict[str, tuple[Partition, int]] = {}
         cached = [p for p in range(v.npartitions) if self.cache.peek((v.version, p)) is not None]
-        rest = [p for p in range(v.npartitions) if p not in set(cached)]
+        seen = set(cached)
+        rest = [p for p in range(v.npartitions) if p not in seen]
         step = max(1, self.settings.load_threads)
         batches = [cached] + [rest[i:i + step] for i in range(0, len(rest), step)]
         for batch in batches:
@@ -276,13 +277,16 @@ class Searcher:
             cut = q.k is None and len(c) > s.max_results
             return self._hits(c.take(np.arange(min(len(c), q.k or s.max_results)))), cut
         if q.rerank == "tfidf":
+            cut = False
             if q.radius is not None:
-                c = self._within(v, code, q.radius, req).nearest(s.max_results)
+                c = self._within(v, code, q.radius, req)
+                cut = len(c) > s.max_results           # the shortlist is the nearest max_results of the ball
+                c = c.nearest(s.max_results)
             else:
                 c = self._knn(v, code, max(s.rerank_candidates, q.k or 0), None, req)
             scores = self._cosines(v, bag, c)
             order = np.lexsort((c.ordinal, c.d, -scores))[: q.k or s.max_results]
-            return self._hits(c.take(order), scores[order]), q.k is None and len(c) > s.max_results
+            return self._hits(c.take(order), scores[order]), cut
         if q.k is not None:
             return self._hits(self._knn(v, code, q.k, q.radius, req)), False
         c = self._within(v, code, q.radius, req)

@@ -1,0 +1,327 @@
+"""Compiled (numba) query loops of :mod:`semhash_spark.mih`: the same algorithm as its numpy path, one query at a
+time without per-call array overhead. Imported only through ``mih``, which falls back to numpy without numba.
+
+Arrays: ``words uint64[n, w]`` codes as 64-bit words, ``mask uint64[w]`` the compared bits, ``perm int[m, n]`` rows
+of each table in substring order, ``offs int[sum(2**bits_j + 1)]`` the tables' bucket offsets end to end (table
+``j`` starts at ``base[j]``), ``submask uint64[m, w]`` each substring's bits, ``qw uint64[nq, w]``,
+``qsub int64[nq, m]`` the queries' substrings. Results are ordered by (distance, row).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_K1 = np.uint64(0x5555555555555555)
+_K2 = np.uint64(0x3333333333333333)
+_K4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_KH = np.uint64(0x0101010101010101)
+
+
+@njit(inline="always", cache=True)
+def _popc(x):
+    x = x - ((x >> np.uint64(1)) & _K1)
+    x = (x & _K2) + ((x >> np.uint64(2)) & _K2)
+    x = (x + (x >> np.uint64(4))) & _K4
+    return np.int64((x * _KH) >> np.uint64(56))       # LLVM turns this into one popcnt
+
+
+@njit(inline="always", cache=True)
+def _dist(words, row, q, mask):
+    d = 0
+    for t in range(words.shape[1]):
+        d += _popc((words[row, t] ^ q[t]) & mask[t])
+    return d
+
+
+@njit(inline="always", cache=True)
+def _next_comb(v):
+    """The next larger integer with as many set bits (Gosper's hack)."""
+    c = v & -v
+    r = v + c
+    return (((r ^ v) >> 2) // c) | r
+
+
+@njit(inline="always", cache=True)
+def _insert(bd, bi, cnt, d, row):
+    """Into the ascending (distance, row) top list ``bd, bi`` holding ``cnt``; returns the new count."""
+    k = bd.shape[0]
+    if cnt == k and (d > bd[k - 1] or (d == bd[k - 1] and row > bi[k - 1])):
+        return cnt
+    i = cnt if cnt < k else k - 1
+    while i > 0 and (bd[i - 1] > d or (bd[i - 1] == d and bi[i - 1] > row)):
+        bd[i] = bd[i - 1]
+        bi[i] = bi[i - 1]
+        i -= 1
+    bd[i] = d
+    bi[i] = row
+    return cnt + 1 if cnt < k else k
+
+
+@njit(cache=True, nogil=True)
+def range_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, radius):
+    """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it."""
+    nq, m, n = qw.shape[0], perm.shape[0], words.shape[0]
+    s, a = radius // m, radius % m
+    cap = 1024
+    out_d = np.empty(cap, np.int32)
+    out_i = np.empty(cap, np.int64)
+    lims = np.zeros(nq + 1, np.int64)
+    cnt = 0
+    for qi in range(nq):
+        start = cnt
+        q = qw[qi]
+        for j in range(m):
+            rj = s if j <= a else s - 1
+            nb = nbits[j]
+            limit = np.int64(1) << nb
+            for t in range(min(rj, nb) + 1):
+                v = (np.int64(1) << t) - 1
+                while v < limit:
+                    key = base[j] + (qsub[qi, j] ^ v)
+                    for p in range(offs[key], offs[key + 1]):
+                        row = np.int64(perm[j, p])
+                        d = _dist(words, row, q, mask)
+                        if d > radius:
+                            continue
+                        dup = False
+                        for j2 in range(j):
+                            r2 = s if j2 <= a else s - 1
+                            if r2 >= 0 and _dist(words, row, q, submask[j2]) <= r2:
+                                dup = True
+                                break
+                        if dup:
+                            continue
+                        if cnt == cap:
+                            cap *= 2
+                            nd = np.empty(cap, np.int32)
+                            ni = np.empty(cap, np.int64)
+                            nd[:cnt] = out_d[:cnt]
+                            ni[:cnt] = out_i[:cnt]
+                            out_d, out_i = nd, ni
+                        out_d[cnt] = d
+                        out_i[cnt] = row
+                        cnt += 1
+                    if t == 0:
+                        break
+                    v = _next_comb(v)
+        if cnt - start > 1:
+            key = out_d[start:cnt].astype(np.int64) * n + out_i[start:cnt]
+            o = np.argsort(key)
+            out_d[start:cnt] = out_d[start:cnt][o]
+            out_i[start:cnt] = out_i[start:cnt][o]
+        lims[qi + 1] = cnt
+    return lims, out_d[:cnt].copy(), out_i[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def knn_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost):
+    """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
+    the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
+    distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row
+    (``probe_cost`` rows a probe) is flagged in the third result for a linear scan (its D, I rows stay -1)."""
+    nq, m, n = qw.shape[0], perm.shape[0], words.shape[0]
+    need_scan = np.zeros(nq, np.bool_)
+    D = np.full((nq, k), -1, np.int32)
+    I = np.full((nq, k), -1, np.int64)
+    bd = np.empty(k, np.int64)
+    bi = np.empty(k, np.int64)
+    maxnb, total = 0, 0
+    for j in range(m):
+        maxnb = max(maxnb, nbits[j])
+        total += nbits[j]
+    for qi in range(nq):
+        q = qw[qi]
+        cnt, probes, done, scan = 0, 0, False, False
+        for s in range(maxnb + 1):
+            for j in range(m):
+                nb = nbits[j]
+                if s <= nb:
+                    limit = np.int64(1) << nb
+                    v = (np.int64(1) << s) - 1
+                    while v < limit:
+                        probes += 1
+                        key = base[j] + (qsub[qi, j] ^ v)
+                        for p in range(offs[key], offs[key + 1]):
+                            row = np.int64(perm[j, p])
+                            new = True
+                            for j2 in range(m):  # first reached in an earlier (shell, table)?
+                                if j2 != j:
+                                    cd = _dist(words, row, q, submask[j2])
+                                    if (j2 < j and cd <= s) or (j2 > j and cd < s):
+                                        new = False
+                                        break
+                            if new:
+                                cnt = _insert(bd, bi, cnt, _dist(words, row, q, mask), row)
+                        if s == 0:
+                            break
+                        v = _next_comb(v)
+                if cnt == k and bd[k - 1] <= m * s + j:   # every code within m*s + j has been seen
+                    done = True
+                    break
+                if s >= 1:
+                    dk = bd[k - 1] if cnt == k else total
+                    sd, jd = dk // m, dk % m
+                    need = 0
+                    for j2 in range(m):
+                        t = min(sd if j2 <= jd else sd - 1, nbits[j2])
+                        if t >= 0:
+                            need += shell_cum[j2, t]
+                    if (need - probes) * probe_cost > n:
+                        scan = True
+                        break
+            if done or scan:
+                break
+        if scan:
+            need_scan[qi] = True
+            continue
+        for t in range(cnt):
+            D[qi, t] = bd[t]
+            I[qi, t] = bi[t]
+    return D, I, need_scan
+
+
+@njit(cache=True, nogil=True)
+def scan_range(words, mask, qw, radius):
+    """Linear range search: ``(lims, D, I)`` by (distance, row)."""
+    nq, n = qw.shape[0], words.shape[0]
+    lims = np.zeros(nq + 1, np.int64)
+    cap = 1024
+    out_d = np.empty(cap, np.int32)
+    out_i = np.empty(cap, np.int64)
+    cnt = 0
+    for qi in range(nq):
+        start = cnt
+        q = qw[qi]
+        for row in range(n):
+            d = _dist(words, row, q, mask)
+            if d <= radius:
+                if cnt == cap:
+                    cap *= 2
+                    nd = np.empty(cap, np.int32)
+                    ni = np.empty(cap, np.int64)
+                    nd[:cnt] = out_d[:cnt]
+                    ni[:cnt] = out_i[:cnt]
+                    out_d, out_i = nd, ni
+                out_d[cnt] = d
+                out_i[cnt] = row
+                cnt += 1
+        if cnt - start > 1:  # rows ascend already: a stable sort by distance is enough
+            o = np.argsort(out_d[start:cnt], kind="mergesort")
+            out_d[start:cnt] = out_d[start:cnt][o]
+            out_i[start:cnt] = out_i[start:cnt][o]
+        lims[qi + 1] = cnt
+    return lims, out_d[:cnt].copy(), out_i[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def scan_knn(words, mask, qw, k):
+    """Linear k-NN: ``(D, I)`` by (distance, row), -1 padded."""
+    nq, n = qw.shape[0], words.shape[0]
+    D = np.full((nq, k), -1, np.int32)
+    I = np.full((nq, k), -1, np.int64)
+    bd = np.empty(k, np.int64)
+    bi = np.empty(k, np.int64)
+    for qi in range(nq):
+        cnt = 0
+        for row in range(n):
+            d = _dist(words, row, qw[qi], mask)
+            if cnt < k or d < bd[k - 1]:
+                cnt = _insert(bd, bi, cnt, d, row)
+        for t in range(cnt):
+            D[qi, t] = bd[t]
+            I[qi, t] = bi[t]
+    return D, I
+
+
+@njit(cache=True, nogil=True)
+def scan_distances(words, mask, q, out):
+    """Distances from one code to every row (the linear popcount scan)."""
+    for row in range(words.shape[0]):
+        out[row] = _dist(words, row, q, mask)
+
+
+# ---------------------------------------------------------------------------------------------- one-word codes
+# Codes of at most 64 bits: a 1-d word array lets LLVM vectorise the scan (the generic loops above cannot).
+
+@njit(cache=True, nogil=True)
+def scan_distances1(words, mask, q, out):
+    """The linear popcount scan over one-word codes."""
+    for row in range(words.shape[0]):
+        out[row] = _popc((words[row] ^ q) & mask)
+
+
+@njit(inline="always", cache=True)
+def _count_below1(block, mask, q, thr):
+    """Rows of ``block`` closer than ``thr``; indices from 0 so LLVM can drop wrap-around checks and vectorise."""
+    c = 0
+    for r in range(block.shape[0]):
+        if _popc((block[r] ^ q) & mask) < thr:
+            c += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def scan_knn1(words, mask, qw, k):
+    """Blocks of rows: a vectorised count of rows closer than the current k-th, then (rarely) a scalar pass."""
+    nq, n = qw.shape[0], words.shape[0]
+    D = np.full((nq, k), -1, np.int32)
+    I = np.full((nq, k), -1, np.int64)
+    bd = np.empty(k, np.int64)
+    bi = np.empty(k, np.int64)
+    block = 2048
+    for qi in range(nq):
+        q = qw[qi]
+        cnt = 0
+        thr = 1 << 30
+        for s in range(0, n, block):
+            e = min(n, s + block)
+            if cnt == k and _count_below1(words[s:e], mask, q, thr) == 0:
+                continue
+            for row in range(s, e):
+                d = _popc((words[row] ^ q) & mask)
+                if d < thr or cnt < k:
+                    cnt = _insert(bd, bi, cnt, d, row)
+                    if cnt == k:
+                        thr = bd[k - 1]       # rows come in ascending order: a tie never displaces
+        for t in range(cnt):
+            D[qi, t] = bd[t]
+            I[qi, t] = bi[t]
+    return D, I
+
+
+@njit(cache=True, nogil=True)
+def scan_range1(words, mask, qw, radius):
+    """Blocks of rows: a vectorised count within the radius, then a scalar pass over blocks that have any."""
+    nq, n = qw.shape[0], words.shape[0]
+    lims = np.zeros(nq + 1, np.int64)
+    cap = 1024
+    out_d = np.empty(cap, np.int32)
+    out_i = np.empty(cap, np.int64)
+    block = 2048
+    cnt = 0
+    for qi in range(nq):
+        start = cnt
+        q = qw[qi]
+        for s in range(0, n, block):
+            e = min(n, s + block)
+            if _count_below1(words[s:e], mask, q, radius + 1) == 0:
+                continue
+            for row in range(s, e):
+                d = _popc((words[row] ^ q) & mask)
+                if d <= radius:
+                    if cnt == cap:
+                        cap *= 2
+                        nd = np.empty(cap, np.int32)
+                        ni = np.empty(cap, np.int64)
+                        nd[:cnt] = out_d[:cnt]
+                        ni[:cnt] = out_i[:cnt]
+                        out_d, out_i = nd, ni
+                    out_d[cnt] = d
+                    out_i[cnt] = row
+                    cnt += 1
+        if cnt - start > 1:
+            o = np.argsort(out_d[start:cnt], kind="mergesort")
+            out_d[start:cnt] = out_d[start:cnt][o]
+            out_i[start:cnt] = out_i[start:cnt][o]
+        lims[qi + 1] = cnt
+    return lims, out_d[:cnt].copy(), out_i[:cnt].copy()

@@ -1,0 +1,469 @@
+"""Batch near-duplicate detection: every pair of indexed codes within Hamming distance ``r``, exactly, in Spark.
+
+Pigeonhole (as in Manku et al.'s simhash tables and Norouzi et al.'s multi-index hashing): split a code's
+``bits`` into ``r + 1`` contiguous substrings ("segments"). Two codes within distance ``r`` differ in at most
+``r`` segments, so at least one segment is equal. The job, with nothing but counts reaching the driver:
+
+1. Explode: one Python pass turns each code into its big-endian 64-bit words ``w0..`` and its ``r + 1``
+   segment keys (checkpointed); ``posexplode`` then makes ``r + 1`` rows ``(seg, key, id, w0..)`` per code.
+   ``key`` is the segment's value (XOR-folded to 64 bits when a segment is longer: a collision only adds
+   candidates, which step 3 removes).
+2. Hot buckets: a bucket ``(seg, key)`` with more than ``block_size`` codes is split into ``nb`` blocks by a
+   hash of the id, and each row is sent to the tiles ``(lo, hi)`` of block pairs it belongs to (side A: tiles
+   ``(blk, c >= blk)``, side B: tiles ``(c <= blk, blk)``), so no join group holds much more than
+   ``block_size``² candidate pairs and the work spreads over tasks.
+3. Self-join on ``(seg, key, lo, hi)``; the full distance is ``sum(bit_count(a.w ^ b.w))`` (native Spark, no
+   Python); a pair is kept only at the FIRST segment where the two codes agree (the segment masks are constants),
+   so each pair comes out once without a ``distinct``.
+4. Optionally, pairs are verified on the documents: cosine of TF-IDF vectors (raw counts times the model's idf,
+   as :func:`semhash_spark.evaluate.tfidf`) or Jaccard of word sets, with a threshold.
+5. Clusters: connected components of the pairs by min-label propagation with pointer jumping, each round
+   checkpointed (:func:`connected_components`); a cluster is named by its smallest id.
+
+Output of :func:`dedup_job` (``OUT`` a local path or ``s3://``; on a cluster ``s3://`` is written as ``s3a://``)::
+
+    OUT/pairs/*.parquet      id_a string, id_b string, distance int, [similarity double]   (id_a < id_b, once)
+    OUT/clusters/*.parquet   id string, cluster string, size long                        (docs in some pair)
+    OUT/summary.json         counts, radius, segments, hot buckets, seconds
+
+Reading the index: the version's shard files, listed by its manifest, are read with ``spark.read.parquet``;
+an ``s3://`` index is staged locally (:func:`semhash_spark.store.local_copy`) in local mode and read as
+``s3a://`` on a cluster (needs hadoop-aws on the classpath).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from . import codes as C
+from . import dataset as ds
+from . import index as ix
+from . import store
+from .checkpoint import META
+from .encode import spark_readable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK = 2048           # codes per block of a hot bucket: at most about 2048² candidate pairs per join group
+MAX_CC_ITERATIONS = 64
+PAIRS_DIR, CLUSTERS_DIR, SUMMARY_FILE = "pairs", "clusters", "summary.json"
+MEASURES = ("cosine", "jaccard")
+
+
+class DedupError(ValueError):
+    """A dedup request cannot be served (bad radius, no documents to verify on, ...); the message says why."""
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Content verification of candidate pairs: ``measure`` (cosine of TF-IDF, or Jaccard of word sets) >= threshold."""
+    measure: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: "str | Verify | None") -> "Verify | None":
+        """``"cosine:0.9"`` or ``"jaccard:0.8"`` -> Verify; None or "" -> None."""
+        if text is None or isinstance(text, Verify):
+            return text
+        if not str(text).strip():
+            return None
+        measure, sep, value = str(text).partition(":")
+        measure = measure.strip().lower()
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = float("nan")
+        if measure not in MEASURES or not sep or not 0.0 <= threshold <= 1.0:
+            raise DedupError(f"verify {text!r}: expected cosine:T or jaccard:T with 0 <= T <= 1 (e.g. cosine:0.9)")
+        return cls(measure, threshold)
+
+    def __str__(self) -> str:
+        return f"{self.measure}:{self.threshold:g}"
+
+
+# --------------------------------------------------------------------------------------------------- segments
+
+def segments(bits: int, radius: int) -> list[tuple[int, int]]:
+    """The ``radius + 1`` contiguous bit ranges ``[start, end)`` of the pigeonhole split (lengths differ by <= 1)."""
+    if not 0 <= radius < bits:
+        raise DedupError(f"radius {radius} must be in [0, {bits}) for {bits}-bit codes")
+    base, extra = divmod(bits, radius + 1)
+    out, start = [], 0
+    for i in range(radius + 1):
+        end = start + base + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def n_words(bits: int) -> int:
+    return max(1, (C.code_bytes(bits) + 7) // 8)
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def segment_masks(segs: list[tuple[int, int]], nwords: int) -> list[list[int]]:
+    """``masks[i][w]``: the bits of segment ``i`` inside big-endian word ``w``, as a signed 64-bit integer."""
+    out = []
+    for s, e in segs:
+        row = []
+        for w in range(nwords):
+            lo, hi = max(s, 64 * w), min(e, 64 * w + 64)
+            m = 0
+            for p in range(lo, hi):
+                m |= 1 << (63 - (p - 64 * w))
+            row.append(_signed(m))
+        out.append(row)
+    return out
+
+
+def code_words(codes: np.ndarray) -> np.ndarray:
+    """Packed ``uint8[n, nbytes]`` -> ``int64[n, nwords]``: zero-padded big-endian 64-bit words (bit 0 = MSB of w0)."""
+    n, nbytes = codes.shape
+    nwords = max(1, (nbytes + 7) // 8)
+    pad = np.zeros((n, 8 * nwords), dtype=np.uint8)
+    pad[:, :nbytes] = codes
+    return pad.view(">u8").astype(np.uint64).view(np.int64)
+
+
+def segment_keys(codes: np.ndarray, bits: int, segs: list[tuple[int, int]]) -> np.ndarray:
+    """``int64[n, len(segs)]``: each segment's value (segments over 64 bits: XOR of their 64-bit chunks)."""
+    n = codes.shape[0]
+    bits01 = np.unpackbits(codes, axis=1, count=bits, bitorder="big")
+    out = np.empty((n, len(segs)), dtype=np.int64)
+    for i, (s, e) in enumerate(segs):
+        key = np.zeros(n, dtype=np.uint64)
+        for cs in range(s, e, 64):
+            ce = min(cs + 64, e)
+            chunk = np.zeros((n, 64), dtype=np.uint8)
+            chunk[:, 64 - (ce - cs):] = bits01[:, cs:ce]
+            key ^= np.packbits(chunk, axis=1, bitorder="big").view(">u8").ravel().astype(np.uint64)
+        out[:, i] = key.view(np.int64)
+    return out
+
+
+def _keys_and_words(frames: Iterator[pd.DataFrame], bits: int, segs: list[tuple[int, int]]) -> Iterator[pd.DataFrame]:
+    """Rows ``(id, code)`` -> ``(id, w0.., k0..)``: the code as 64-bit words and its segment keys."""
+    cb = C.code_bytes(bits)
+    for pdf in frames:
+        if len(pdf) == 0:
+            continue
+        codes = ix.codes_from_column(pdf["code"].tolist(), cb)
+        out = {"id": pdf["id"].astype(str).to_numpy(dtype=object)}
+        words = code_words(codes)
+        out.update({f"w{w}": words[:, w] for w in range(words.shape[1])})
+        keys = segment_keys(codes, bits, segs)
+        out.update({f"k{i}": keys[:, i] for i in range(keys.shape[1])})
+        yield pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------------------------------- pairs
+
+@dataclass
+class PairPlan:
+    """The two sides of the self-join and what the summary reports about them."""
+    side_a: DataFrame
+    side_b: DataFrame
+    hot: DataFrame          # (seg, key, nb) for the buckets split into blocks (checkpointed, small)
+    coded: DataFrame        # (id, w0.., k0..) one row per code, checkpointed: the only Python pass over the codes
+    segs: list[tuple[int, int]]
+    nwords: int
+
+
+def plan_tiles(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK) -> PairPlan:
+    """Explodes ``codes_df(id, code)`` into segment buckets and tiles the hot ones (see the module docstring)."""
+    if block_size < 1:
+        raise DedupError(f"block_size must be >= 1, got {block_size}")
+    segs = segments(bits, radius)
+    nwords = n_words(bits)
+    words = [f"w{w}" for w in range(nwords)]
+    keys = [f"k{i}" for i in range(len(segs))]
+    schema = "id string, " + ", ".join(f"{c} long" for c in words + keys)
+    coded = codes_df.select("id", "code").mapInPandas(functools.partial(_keys_and_words, bits=bits, segs=segs),
+                                                      schema).localCheckpoint()
+    rows = coded.select("id", *words, F.posexplode(F.array(*keys)).alias("seg", "key"))
+    # Bucket sizes: only the hot buckets (more than block_size codes) come back, as a small checkpointed table.
+    hot = (rows.groupBy("seg", "key").count().where(F.col("count") > block_size)
+           .select("seg", "key", F.ceil(F.col("count") / F.lit(block_size)).cast("int").alias("nb"))
+           .localCheckpoint())
+    rows = (rows.join(F.broadcast(hot), ["seg", "key"], "left")
+            .withColumn("nb", F.coalesce(F.col("nb"), F.lit(1)))
+            .withColumn("blk", F.pmod(F.xxhash64("id"), F.col("nb")).cast("int")))
+    # Side A holds a row in the tiles (blk, c) for c >= blk, side B in (c, blk) for c <= blk: a pair of rows in
+    # blocks b < c meets only in tile (b, c), a pair in one block only in (b, b). Cold buckets: the tile (0, 0).
+    side_a = rows.select("seg", "key", F.col("blk").alias("lo"),
+                         F.explode(F.sequence(F.col("blk"), F.col("nb") - 1)).alias("hi"), "id", *words)
+    side_b = rows.select("seg", "key", F.explode(F.sequence(F.lit(0), F.col("blk"))).alias("lo"),
+                         F.col("blk").alias("hi"), "id", *words)
+    return PairPlan(side_a, side_b, hot, coded, segs, nwords)
+
+
+def hamming_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK,
+                  plan: PairPlan | None = None) -> DataFrame:
+    """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``: exact.
+
+    Returns ``(id_a, id_b, distance)`` with ``id_a < id_b``, each pair once.
+    """
+    plan = plan or plan_tiles(codes_df, bits, radius, block_size)
+    a, b = plan.side_a.alias("a"), plan.side_b.alias("b")
+    keys = ["seg", "key", "lo", "hi"]
+    cond = [F.col(f"a.{k}") == F.col(f"b.{k}") for k in keys]
+    cond.append((F.col("a.lo") < F.col("a.hi")) | (F.col("a.id") < F.col("b.id")))
+    cond.append(F.col("a.id") != F.col("b.id"))
+    joined = a.join(b, functools.reduce(lambda x, y: x & y, cond))
+    xor = [F.col(f"a.w{w}").bitwiseXOR(F.col(f"b.w{w}")) for w in range(plan.nwords)]
+    distance = functools.reduce(lambda x, y: x + y, [F.bit_count(x).cast("int") for x in xor])
+    # differ[i]: the two codes differ somewhere in segment i (constant masks over the XOR words)
+    masks = segment_masks(plan.segs, plan.nwords)
+    differ = [functools.reduce(lambda x, y: x | y, [(xor[w].bitwiseAND(F.lit(m)) != F.lit(0))
+                                                   for w, m in enumerate(masks[i]) if m != 0])
+              for i in range(len(plan.segs))]
+    seg = F.col("a.seg")
+    first = F.when(seg == 0, F.lit(True))
+    for i in range(1, len(plan.segs)):
+        first = first.when(seg == i, functools.reduce(lambda x, y: x & y, differ[:i]))
+    return (joined.withColumn("distance", distance)
+            .where(F.col("distance") <= radius)
+            .where(first.otherwise(F.lit(False)))
+            .select(F.least(F.col("a.id"), F.col("b.id")).alias("id_a"),
+                    F.greatest(F.col("a.id"), F.col("b.id")).alias("id_b"), "distance"))
+
+
+# --------------------------------------------------------------------------------------------------- verify
+
+def _similarities(frames: Iterator[pd.DataFrame], measure: str, idf: np.ndarray | None,
+                  vocab_size: int) -> Iterator[pd.DataFrame]:
+    """Pairs with both documents' sparse counts -> the pairs with their similarity (one sparse product per batch)."""
+    import scipy.sparse as sp
+
+    for pdf in frames:
+        if len(pdf) == 0:
+            continue
+        a = ds.csr_from_binary(pdf["a_ids"].tolist(), pdf["a_counts"].tolist(), vocab_size)
+        b = ds.csr_from_binary(pdf["b_ids"].tolist(), pdf["b_counts"].tolist(), vocab_size)
+        if measure == "cosine":
+            w = sp.diags(idf.astype(np.float64))
+            a, b = (a.astype(np.float64) @ w).tocsr(), (b.astype(np.float64) @ w).tocsr()
+            dot = np.asarray(a.multiply(b).sum(axis=1)).ravel()
+            na = np.sqrt(np.asarray(a.multiply(a).sum(axis=1)).ravel())
+            nb = np.sqrt(np.asarray(b.multiply(b).sum(axis=1)).ravel())
+            denom = na * nb
+            sim = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
+        else:
+            a.data[:] = 1.0
+            b.data[:] = 1.0
+            inter = np.asarray(a.multiply(b).sum(axis=1)).ravel()
+            union = a.getnnz(axis=1) + b.getnnz(axis=1) - inter
+            sim = np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
+        yield pd.DataFrame({"id_a": pdf["id_a"], "id_b": pdf["id_b"], "distance": pdf["distance"],
+                            "similarity": np.clip(sim, 0.0, 1.0)})
+
+
+def verify_pairs(pairs: DataFrame, docs: DataFrame, verify: Verify, idf: np.ndarray | None,
+                 vocab_size: int) -> DataFrame:
+    """Keeps the pairs whose documents (``docs(id, word_ids, word_counts)``) are similar enough; adds ``similarity``."""
+    if verify.measure == "cosine" and idf is None:
+        raise DedupError("cosine verification needs idf statistics (the model's vocab or the dataset's vocab.json)")
+    d = docs.select("id", "word_ids", "word_counts")
+    da = d.select(F.col("id").alias("id_a"), F.col("word_ids").alias("a_ids"), F.col("word_counts").alias("a_counts"))
+    db = d.select(F.col("id").alias("id_b"), F.col("word_ids").alias("b_ids"), F.col("word_counts").alias("b_counts"))
+    joined = pairs.join(da, "id_a").join(db, "id_b")
+    fn = functools.partial(_similarities, measure=verify.measure, idf=idf, vocab_size=vocab_size)
+    scored = joined.select("id_a", "id_b", "distance", "a_ids", "a_counts", "b_ids", "b_counts").mapInPandas(
+        fn, "id_a string, id_b string, distance int, similarity double")
+    return scored.where(F.col("similarity") >= F.lit(verify.threshold))
+
+
+# --------------------------------------------------------------------------------------------------- clusters
+
+def _checkpoint(df: DataFrame) -> DataFrame:
+    """Materialises ``df`` and cuts its lineage AND its size estimate.
+
+    A checkpointed DataFrame keeps its plan's size estimate; over iterated joins that estimate is a product that
+    grows without bound (and once ran the driver out of memory computing it), so the rows are re-wrapped as a
+    plain RDD-backed DataFrame, JVM side (no Python round trip).
+    """
+    spark = df.sparkSession
+    ck = df.localCheckpoint()
+    return DataFrame(spark._jsparkSession.createDataFrame(ck._jdf.rdd(), ck._jdf.schema()), spark)
+
+
+def connected_components(pairs: DataFrame, max_iterations: int = MAX_CC_ITERATIONS) -> tuple[DataFrame, int]:
+    """``pairs(id_a, id_b)`` -> ``(id, cluster)`` for every id in some pair; ``cluster`` = the component's min id.
+
+    Labels are vertex ids of the same component that never rise (``label(v) <= v``). Each round: every vertex
+    takes the smallest label among itself and its neighbours, and offers that minimum to its label too
+    (hooking, as in Shiloach-Vishkin: a labelled tree moves at once); then pointer jumping
+    (``label := label(label)``) runs until no label moves, which collapses chains of labels in a logarithmic
+    number of jumps. The fixpoint labels every component with its minimum. Every step is checkpointed (lineage cut) and counts the
+    labels it moved; a round that moves none ends the loop. Returns the labels and the rounds run.
+    """
+    moved = F.col("moved")
+    e = pairs.select(F.col("id_a").alias("src"), F.col("id_b").alias("dst"))
+    edges = _checkpoint(e.union(e.select(F.col("dst").alias("src"), F.col("src").alias("dst"))))
+    labels = _checkpoint(edges.groupBy("src").agg(F.min("dst").alias("m"))
+                         .select(F.col("src").alias("id"), F.least("src", "m").alias("label")))
+    for rounds in range(1, max_iterations + 1):
+        nbr = (edges.join(labels.withColumnRenamed("id", "dst"), "dst")
+               .groupBy("src").agg(F.min("label").alias("nl")).withColumnRenamed("src", "id"))
+        # hooking: a vertex also offers its neighbours' minimum to its label, so a whole labelled tree moves at once
+        hooks = (labels.join(nbr, "id").groupBy("label").agg(F.min("nl").alias("hl"))
+                 .withColumnRenamed("label", "id"))
+        best = F.least("label", "nl", F.coalesce("hl", "label"))
+        step = _checkpoint(labels.join(nbr, "id").join(hooks, "id", "left").select(
+            "id", best.alias("label"), (best < F.col("label")).alias("moved")))
+        changed = step.where(moved).count()
+        labels = step.select("id", "label")
+        for _ in range(max_iterations):
+            x, y = labels.alias("x"), labels.alias("y")              # y.id = x.label, so y.label <= x.label
+            jumped = _checkpoint(x.join(y, F.col("x.label") == F.col("y.id")).select(
+                F.col("x.id").alias("id"), F.col("y.label").alias("label"),
+                (F.col("y.label") != F.col("x.label")).alias("moved")))
+            jumps = jumped.where(moved).count()
+            labels = jumped.select("id", "label")
+            changed += jumps
+            if jumps == 0:
+                break
+        log.debug("connected components: round %d moved %d labels", rounds, changed)
+        if changed == 0:
+            return labels.withColumnRenamed("label", "cluster"), rounds
+    raise DedupError(f"connected components did not converge in {max_iterations} rounds")
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+def read_shards(spark: SparkSession, index_uri: str, version: str | None = None,
+                columns: tuple[str, ...] = ("id", "code")) -> tuple[DataFrame, dict]:
+    """The version's shard rows (``columns``) as a DataFrame, read straight from its files; and its manifest."""
+    version = version or ix.read_current(index_uri)["version"]
+    manifest = ix.read_manifest(index_uri, version)
+    local_mode = spark.sparkContext.master.startswith("local")
+    root = spark_readable(ix.version_prefix(index_uri, version), local_mode).rstrip("/")
+    paths = [f"{root}/{f['path']}" for p in manifest["partitions"] for f in p["files"]]
+    if not paths:
+        types = {"id": "string", "code": "binary", "word_ids": "binary", "word_counts": "binary",
+                 ix.HASH_COLUMN: "string"}
+        return spark.createDataFrame([], ", ".join(f"{c} {types.get(c, 'string')}" for c in columns)), manifest
+    return spark.read.parquet(*paths).select(*columns), manifest
+
+
+def _idf_and_vocab(index_uri: str, version: str, data_dir: str | None) -> tuple[np.ndarray | None, int | None]:
+    """idf (the model's vocab statistics, else the dataset's vocab.json) and the vocabulary size."""
+    meta_uri = store.join(ix.version_prefix(index_uri, version), "model", META)
+    vocab = store.read_json(meta_uri).get("vocab") if store.exists(meta_uri) else None
+    if vocab and "doc_freq" in vocab and "num_train_docs" in vocab:
+        df = np.asarray(vocab["doc_freq"], dtype=np.float64)
+        return ds.idf(df, int(vocab["num_train_docs"])), len(df)
+    if data_dir is not None:
+        words, df, n = ds.read_vocab(data_dir)
+        return ds.idf(df, n), len(words)
+    return None, None
+
+
+def _documents(spark: SparkSession, index_uri: str, version: str, manifest: dict,
+               data_uri: str | None) -> tuple[DataFrame, str | None]:
+    """Where the words of the indexed documents are: the shards (documents indexes keep them) or ``data_uri``."""
+    if set(ix.WORD_COLUMNS) <= set(manifest.get("columns", ())):
+        return read_shards(spark, index_uri, version, ("id", *ix.WORD_COLUMNS))[0], None
+    if data_uri is None:
+        raise DedupError(f"version {version} of {index_uri} stores no word counts; pass data_uri (--data) "
+                         "to verify pairs on the documents")
+    local_mode = spark.sparkContext.master.startswith("local")
+    data_dir = spark_readable(data_uri, local_mode)
+    docs = spark.read.parquet(f"{data_dir.rstrip('/')}/{ds.DOCS_DIR}").select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS)
+    return docs, data_dir if local_mode or not store.is_s3(data_uri) else None
+
+
+# --------------------------------------------------------------------------------------------------- entry points
+
+def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, version: str | None = None,
+                         verify: "str | Verify | None" = None, data_uri: str | None = None,
+                         block_size: int = DEFAULT_BLOCK,
+                         max_iterations: int = MAX_CC_ITERATIONS) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+    """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
+    their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
+    checkpointed (computed once), the summary holds counts only."""
+    t0 = time.time()
+    check = Verify.parse(verify)
+    version = version or ix.read_current(index_uri)["version"]
+    codes_df, manifest = read_shards(spark, index_uri, version)
+    bits = int(manifest["bits"])
+    plan = plan_tiles(codes_df, bits, radius, block_size)
+    pairs = hamming_pairs(codes_df, bits, radius, block_size, plan).localCheckpoint()
+    within = pairs.count()
+    summary: dict[str, Any] = {
+        "index": index_uri, "version": version, "bits": bits, "radius": radius, "segments": len(plan.segs),
+        "codes": int(manifest["count"]), "block_size": block_size, "hot_buckets": plan.hot.count(),
+        "pairs_within_radius": within,
+    }
+    if check is not None:
+        docs, data_dir = _documents(spark, index_uri, version, manifest, data_uri)
+        idf, vocab_size = _idf_and_vocab(index_uri, version, data_dir)
+        if vocab_size is None:
+            raise DedupError(f"no vocabulary for version {version} of {index_uri}: its model/{META} has none; "
+                             "pass data_uri (--data)")
+        pairs = verify_pairs(pairs, docs, check, idf, vocab_size).localCheckpoint()
+        summary["verify"] = str(check)
+    summary["pairs"] = pairs.count() if check is not None else within
+    labels, rounds = connected_components(pairs, max_iterations)
+    from pyspark.sql import Window
+
+    clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
+    sizes = clusters.groupBy("cluster").agg(F.count(F.lit(1)).alias("n")).agg(
+        F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest")).first()
+    summary.update({"clusters": int(sizes["clusters"] or 0), "clustered_docs": int(sizes["docs"] or 0),
+                    "largest_cluster": int(sizes["largest"] or 0), "cc_rounds": rounds,
+                    "seconds": round(time.time() - t0, 2)})
+    log.info("near-duplicates of %s version %s within %d: %d pairs, %d clusters", index_uri, version, radius,
+             summary["pairs"], summary["clusters"])
+    return pairs, clusters, summary
+
+
+def _remove_crc(root: str) -> None:
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            if n.endswith(".crc"):
+                os.unlink(os.path.join(dirpath, n))
+
+
+def dedup_job(spark: SparkSession, index_uri: str, radius: int, out_uri: str, verify: "str | Verify | None" = None,
+              *, version: str | None = None, data_uri: str | None = None,
+              block_size: int = DEFAULT_BLOCK) -> dict[str, Any]:
+    """Runs :func:`find_near_duplicates` and writes ``OUT/pairs``, ``OUT/clusters`` (Parquet) and ``OUT/summary.json``."""
+    t0 = time.time()
+    pairs, clusters, summary = find_near_duplicates(spark, index_uri, radius, version=version, verify=verify,
+                                                    data_uri=data_uri, block_size=block_size)
+    local_mode = spark.sparkContext.master.startswith("local")
+
+    def write(root: str) -> None:
+        pairs.write.mode("overwrite").parquet(f"{root}/{PAIRS_DIR}")
+        clusters.select("id", "cluster", "size").write.mode("overwrite").parquet(f"{root}/{CLUSTERS_DIR}")
+
+    if store.is_s3(out_uri) and local_mode:
+        with tempfile.TemporaryDirectory(prefix="semhash-dedup-") as tmp:
+            write(tmp)
+            _remove_crc(tmp)
+            for sub in (PAIRS_DIR, CLUSTERS_DIR):        # replace, as a local overwrite does
+                store.delete_prefix(store.join(out_uri, sub))
+            store.upload_dir(tmp, out_uri)
+    elif store.is_s3(out_uri):
+        write("s3a://" + out_uri[len("s3://"):].rstrip("/"))
+    else:
+        root = store.local_path(out_uri).rstrip("/")
+        write(root)
+        _remove_crc(root)
+    summary.update({"out": out_uri, "seconds": round(time.time() - t0, 2)})
+    store.write_json(store.join(out_uri, SUMMARY_FILE), summary)
+    return summary
