@@ -144,6 +144,7 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
              if not local_mode or os.path.isdir(os.path.join(data_dir, ds.DOCS_DIR, f"split={s}"))]
     if not paths:
         raise ValueError(f"{data_uri!r} has no documents (no docs/split=* folders); run semhash prepare")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.encode.batch_size))
     docs = spark.read.parquet(*paths)
     keep_hash = ds.CONTENT_HASH in docs.columns              # shards keep it so `semhash reindex` can diff
     docs = docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if keep_hash else []))

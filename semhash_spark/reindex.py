@@ -222,9 +222,11 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words)
 
     row_cols = ["id", "code", "part"] + (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN]
-    write_cols = [c for c in columns]                                  # what write_shard gets, in shard order
+    write_cols = list(columns)                                         # what write_shard gets, in shard order
+    s3_env = store.driver_s3_env()
 
     def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        store.apply_s3_env(s3_env)                                     # tasks write the shards straight to the store
         for pdf in frames:
             codes = ix.codes_from_column(pdf["code"].tolist(), code_bytes)
             pdf = pdf.assign(address=C.prefix(codes, address_bits))     # carried rows: recomputed, not read

@@ -296,9 +296,7 @@ def test_remap_words_maps_the_datasets_vocabulary_onto_the_models():
     assert got_ids.tolist() == [0, 1] and got_counts.tolist() == [3.0, 2.0]
 
 
-def test_reindex_on_s3_copies_untouched_partitions_server_side(spark, env, s3_server, monkeypatch):
-    for k, v in s3_server.env.items():      # Python workers get the S3 settings through the context's environment
-        monkeypatch.setitem(spark.sparkContext.environment, k, v)
+def test_reindex_on_s3_copies_untouched_partitions_server_side(spark, env, s3_server):
     index = "s3://semhash/reindex-test/index"
     store.ensure_bucket("semhash")
     store.upload_dir(env["index"], index)                    # the base index, as the first run published it
