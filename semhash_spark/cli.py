@@ -110,6 +110,26 @@ def cmd_evaluate(args) -> dict:
     return evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries)
 
 
+def cmd_dedup(args) -> dict:
+    from .dedup import dedup_job
+    from .spark import get_spark
+
+    spark = get_spark("semhash-dedup", master=args.master)
+    return dedup_job(spark, args.index, args.radius, args.out, args.verify, version=args.version, data_uri=args.data)
+
+
+def cmd_reindex(args) -> dict:
+    from .reindex import reindex
+    from .spark import get_spark
+
+    cfg = _config(args)
+    spark = get_spark("semhash-reindex", master=args.master)
+    kwargs = {"full": args.full}
+    if args.retention_days is not None:
+        kwargs["retention_days"] = args.retention_days
+    return reindex(spark, args.data, args.model, args.index, cfg, **kwargs)
+
+
 def cmd_demo(args) -> dict:
     from .demo import run_demo
 
@@ -179,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object (always the last line)")
     sp.add_argument("--plot", help="PNG of the precision-recall curves (default semhash-pr.png; '' for none)")
     sp.add_argument("--max-queries", type=int, default=0, help="subsample the test queries (0: all)")
+
+    sp = add("dedup", cmd_dedup, "all pairs of items whose codes lie within Hamming distance R (Spark job)")
+    sp.add_argument("--index", required=True, help="INDEX_URI (its current version, or --version)")
+    sp.add_argument("--radius", type=int, required=True)
+    sp.add_argument("--out", required=True, help="where pairs/, clusters/ and summary.json go")
+    sp.add_argument("--verify", help="check pairs on content: cosine:0.9 (TF-IDF) or jaccard:0.8 (word sets)")
+    sp.add_argument("--version", help="an index version other than CURRENT")
+    sp.add_argument("--data", help="DATA_URI with the documents' words, when the shards carry none")
+    sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
+
+    sp = add("reindex", cmd_reindex, "nightly re-index: encode new/changed documents, drop deleted ones, publish")
+    sp.add_argument("--data", required=True, help="tonight's prepared corpus (DATA_URI)")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--index", required=True)
+    sp.add_argument("--full", action="store_true", help="re-encode everything")
+    sp.add_argument("--retention-days", type=float, help="delete versions older than this (never CURRENT or leased)")
+    sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
+    conf_args(sp)
 
     sp = add("demo", cmd_demo, "prepare -> train -> encode -> publish -> query -> evaluate on 20 Newsgroups, "
              "against a local Spark and a local S3 server")

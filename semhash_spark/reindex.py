@@ -23,7 +23,11 @@ current version, when the model (its weights version) or the index layout change
 lack a column the new ones have (e.g. no content hashes yet). A run that finds nothing added, changed or deleted
 publishes nothing (idempotent). Retention then deletes versions older than ``retention_days``, never
 ``CURRENT`` and never one with a live reader lease (:mod:`semhash_spark.leases`). Run one re-index per index at
-a time.
+a time (the schedules in ``infra/schedule`` make sure of it).
+
+When tonight's dataset was prepared with a vocabulary other than the model's (a nightly ``semhash prepare``
+picks it from tonight's corpus), new and changed documents are mapped onto the model's words (:func:`remap_words`).
+Spark reads the shards of an ``s3://`` index from a local copy in local mode and as ``s3a://`` on a cluster.
 """
 from __future__ import annotations
 
@@ -154,6 +158,8 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     ``now`` is the clock for retention and leases (default: the real UTC time).
     """
     t0 = time.time()
+    if retention_days < 0 or orphan_hours < 0:
+        raise ValueError(f"retention_days ({retention_days}) and orphan_hours ({orphan_hours}) must be >= 0")
     hook = hook or (lambda stage: None)
     tensors_blob, meta_blob, meta = _model(model_uri)
     model_version = meta["model_version"]
@@ -205,7 +211,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     if reason is None and counts[ADDED] + counts[CHANGED] + counts[DELETED] == 0:
         report.update({"published": False, "version": base, "partitions_rewritten": 0, "partitions_carried": 0,
                        "count": int(old["count"]), "model_version": model_version})
-        report["retention"] = apply_retention(index_uri, retention_days, now=now, orphan_hours=orphan_hours)
+        report["retention"] = _retention(index_uri, retention_days, now, orphan_hours)
         report["seconds"] = round(time.time() - t0, 2)
         log.info("re-index of %s: nothing changed since version %s; nothing published", index_uri, base)
         return report
@@ -294,7 +300,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
                    "partitions": len(manifest["partitions"]), "partitions_rewritten": len(rewritten),
                    "partitions_carried": len({c["partition"] for c in copies}), "files_copied": len(copies),
                    "model_version": model_version})
-    report["retention"] = apply_retention(index_uri, retention_days, now=now, orphan_hours=orphan_hours)
+    report["retention"] = _retention(index_uri, retention_days, now, orphan_hours)
     report["seconds"] = round(time.time() - t0, 2)
     log.info("re-indexed %s: version %s (%s)", index_uri, version,
              ", ".join(f"{k} {counts[k]}" for k in (ADDED, CHANGED, DELETED, UNCHANGED)))
@@ -302,6 +308,15 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
 
 
 # --------------------------------------------------------------------------------------------------- retention
+
+def _retention(index_uri: str, retention_days: float, now: datetime | None, orphan_hours: float) -> dict[str, Any]:
+    """Retention after a run: its failure is reported, never undoes or hides the run's own outcome."""
+    try:
+        return apply_retention(index_uri, retention_days, now=now, orphan_hours=orphan_hours)
+    except store.StoreError as e:
+        log.warning("retention on %s failed: %s", index_uri, e)
+        return {"deleted": [], "leased": [], "errors": [str(e)]}
+
 
 def version_time(index_uri: str, version: str) -> datetime | None:
     """When a version was made: from its id (``YYYYMMDDTHHMMSSffffffZ-...``), else its manifest's created_at."""
