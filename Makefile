@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SEMHASH_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test
 setup:
 	bash scripts/setup.sh
 
@@ -13,6 +13,3 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-
-bench: setup
-	.venv/bin/python benchmarks/run_all.py
