@@ -1,8 +1,8 @@
-"""Near-duplicate detection: semhash's Spark pigeonhole join vs MinHashLSH and vs exact all-pairs answers.
+"""Near-duplicates and re-index: the pigeonhole join vs MinHashLSH and exact all-pairs answers; re-index runs.
 
     .venv/bin/python benchmarks/dedup_bench.py --data DATA_DIR --model MODEL_DIR [--json OUT.json]
 
-Two parts, both in one run (``--skip-20ng`` / ``--skip-scale`` to run one):
+Three parts, all in one run (``--skip-20ng`` / ``--skip-reindex`` / ``--skip-scale`` to leave one out):
 
 1. **20 Newsgroups near-duplicates.** The prepared corpus (train + test) plus injected edited copies: for each
    edit rate in ``--edit-rates``, ``--copies`` documents are copied with that fraction of their in-vocabulary
@@ -22,6 +22,10 @@ Two parts, both in one run (``--skip-20ng`` / ``--skip-scale`` to run one):
    ``--brute-max`` codes (and must agree with Spark's count); above that its time is extrapolated from its
    measured pair rate (the scan is exactly quadratic). Uniform codes are the pigeonhole join's easy case for
    bucket balance; the 20ng part runs on real, clustered codes.
+3. **Re-index.** The prepared corpus, repeated to ``--reindex-docs`` documents, through ``reindex``: the first
+   run (a full build), a nightly run after
+   ``--reindex-fraction`` of the documents were deleted, changed and added, the same input again (publishes
+   nothing) and ``--full`` on it, with the reports' counts, partitions rewritten and seconds.
 """
 from __future__ import annotations
 
@@ -323,6 +327,83 @@ def run_scale(spark, args, work: Path) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------------------------- reindex part
+
+def replicate(data_dir: str, out: Path, n_docs: int, files: int = 16) -> None:
+    """The prepared corpus repeated to ``n_docs`` documents (ids and content hashes suffixed with the copy number)."""
+    src = pa.concat_tables([pq.read_table(f) for s in ds.SPLITS for f in ds.split_files(data_dir, s)])
+    dest = out / ds.DOCS_DIR / "split=train"
+    dest.mkdir(parents=True)
+    for name in (ds.DATASET_FILE, ds.VOCAB_FILE):
+        shutil.copy(Path(data_dir) / name, out / name)
+    tables = []
+    for rep in range(-(-n_docs // src.num_rows)):
+        t = src.slice(0, min(src.num_rows, n_docs - rep * src.num_rows))
+        for col in (ds.ID, ds.CONTENT_HASH):
+            t = t.set_column(t.schema.get_field_index(col), col,
+                             pa.array([f"{x}#{rep}" for x in t.column(col).to_pylist()]))
+        tables.append(t)
+    table = pa.concat_tables(tables)
+    per = -(-table.num_rows // files)
+    for f in range(files):
+        pq.write_table(table.slice(f * per, per), dest / f"part-{f:05d}.parquet")
+
+
+def edit_dataset(src: Path, out: Path, fraction: float, seed: int = 0) -> dict:
+    """Tonight's corpus: ``src`` with ``fraction`` of its documents deleted, changed and added (a third each)."""
+    rng = np.random.default_rng(seed)
+    shutil.copytree(src, out)
+    files = [f for split in ds.SPLITS if ds.split_dir(out, split).is_dir() for f in ds.split_files(out, split)]
+    tables = [pq.read_table(f).to_pylist() for f in files]
+    n = sum(len(t) for t in tables)
+    k = max(1, int(n * fraction / 3))
+    everyone = [r["id"] for t in tables for r in t]
+    picked = rng.choice(len(everyone), 3 * k, replace=False)
+    delete = {everyone[i] for i in picked[:k]}
+    change = {everyone[i] for i in picked[k:2 * k]}
+    add_from = {everyone[i] for i in picked[2 * k:]}
+    added = []
+    for f, t in zip(files, tables):
+        keep = []
+        for r in t:
+            if r["id"] in add_from:
+                added.append({**r, "id": "new-" + r["id"], "content_hash": "new-" + r["content_hash"]})
+            if r["id"] in delete:
+                continue
+            if r["id"] in change:
+                r = {**r, "word_counts": (np.frombuffer(r["word_counts"], "<f4") * 2).astype("<f4").tobytes(),
+                     "content_hash": "edited-" + r["content_hash"]}
+            keep.append(r)
+        pq.write_table(pa.Table.from_pylist(keep, schema=ds.DOC_SCHEMA), f)
+    pq.write_table(pa.Table.from_pylist(added, schema=ds.DOC_SCHEMA), files[0].parent / "part-added.parquet")
+    return {"docs": n, "deleted": k, "changed": k, "added": k}
+
+
+def run_reindex(spark, args, work: Path) -> dict:
+    from semhash_spark.config import load_config
+    from semhash_spark.reindex import reindex
+
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "model"
+    shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("_train_state"))
+    base = work / "base"
+    replicate(args.data, base, args.reindex_docs)
+    edits = edit_dataset(base, work / "tonight", args.reindex_fraction)
+    cfg = load_config(None, [])
+    index = str(work / "index")
+    keys = ("published", "full", "reason", "added", "changed", "deleted", "unchanged", "partitions",
+            "partitions_rewritten", "partitions_carried", "files_copied", "seconds")
+    out = {"edits": edits, "address_bits": cfg.index.address_bits, "partition_bits": cfg.index.partition_bits}
+    tonight = work / "tonight"
+    runs = (("first run (full build)", base, False), ("nightly run", tonight, False),
+            ("same input again", tonight, False), ("--full on the same input", tonight, True))
+    for name, data, full in runs:
+        rep = reindex(spark, str(data), str(model), index, cfg, full=full)
+        out[name] = {k: rep.get(k) for k in keys}
+        print(f"reindex {name}: {json.dumps(out[name])}", flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -335,18 +416,24 @@ def main() -> None:
     p.add_argument("--edit-rates", default="0.02,0.05,0.1,0.2")
     p.add_argument("--jaccard", type=float, default=0.7, help="near-duplicate: Jaccard of word sets >= this")
     p.add_argument("--radii", default="3,6,10")
-    p.add_argument("--minhash-tables", default="1,5")
+    p.add_argument("--minhash-tables", default="1,2", help="MinHashLSH numHashTables to run (5 took > 20 min)")
     p.add_argument("--block-size", type=int, default=2048)
-    p.add_argument("--scale", default="100000,1000000,10000000:1",
+    p.add_argument("--scale", default="100000,1000000,10000000:1,10000000:2",
                    help="code counts for the scale part, each N or N:RADIUS")
     p.add_argument("--scale-radius", type=int, default=3, help="radius where --scale gives none")
     p.add_argument("--brute-max", type=int, default=200000, help="run the brute-force scan in full up to this size")
     p.add_argument("--brute-rate-sample", type=int, default=100000, help="codes used to measure the scan's rate")
+    p.add_argument("--reindex-docs", type=int, default=200000,
+                   help="re-index part: the corpus repeated to this many documents")
+    p.add_argument("--reindex-fraction", type=float, default=0.0003,
+                   help="re-index part: fraction of documents deleted, changed and added (a third each)")
     p.add_argument("--skip-20ng", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
+    p.add_argument("--skip-reindex", action="store_true")
     args = p.parse_args()
-    if not args.skip_20ng and not (args.data and args.model):
-        p.error("--data and --model are needed for the 20 Newsgroups part (or --skip-20ng)")
+    if not (args.skip_20ng and args.skip_reindex) and not (args.data and args.model):
+        p.error("--data and --model are needed for the 20 Newsgroups and re-index parts "
+                "(or --skip-20ng --skip-reindex)")
 
     os.environ.setdefault("SEMHASH_DRIVER_MEMORY", "6g")
     from semhash_spark.spark import get_spark
@@ -354,10 +441,13 @@ def main() -> None:
     spark = get_spark("dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": "8"})
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dedup-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"cpus": os.cpu_count(), "spark_master": "local[2]"}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results = {"machine": {"cpus": os.cpu_count(), "spark_master": "local[2]"},
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         if not args.skip_20ng:
             results["20ng"] = run_20ng(spark, args, work / "20ng")
+        if not args.skip_reindex:
+            results["reindex"] = run_reindex(spark, args, work / "reindex")
         if not args.skip_scale:
             results["scale"] = run_scale(spark, args, work / "scale")
     finally:

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from . import codes as C
@@ -307,8 +307,9 @@ def connected_components(pairs: DataFrame, max_iterations: int = MAX_CC_ITERATIO
     takes the smallest label among itself and its neighbours, and offers that minimum to its label too
     (hooking, as in Shiloach-Vishkin: a labelled tree moves at once); then pointer jumping
     (``label := label(label)``) runs until no label moves, which collapses chains of labels in a logarithmic
-    number of jumps. The fixpoint labels every component with its minimum. Every step is checkpointed (lineage cut) and counts the
-    labels it moved; a round that moves none ends the loop. Returns the labels and the rounds run.
+    number of jumps. The fixpoint labels every component with its minimum. Every step is checkpointed (lineage
+    cut) and counts the labels it moved; a round that moves none ends the loop. Returns the labels and the rounds
+    run.
     """
     moved = F.col("moved")
     e = pairs.select(F.col("id_a").alias("src"), F.col("id_b").alias("dst"))
@@ -418,8 +419,6 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, ve
         summary["verify"] = str(check)
     summary["pairs"] = pairs.count() if check is not None else within
     labels, rounds = connected_components(pairs, max_iterations)
-    from pyspark.sql import Window
-
     clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
     sizes = clusters.groupBy("cluster").agg(F.count(F.lit(1)).alias("n")).agg(
         F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest")).first()
@@ -441,7 +440,7 @@ def _remove_crc(root: str) -> None:
 def dedup_job(spark: SparkSession, index_uri: str, radius: int, out_uri: str, verify: "str | Verify | None" = None,
               *, version: str | None = None, data_uri: str | None = None,
               block_size: int = DEFAULT_BLOCK) -> dict[str, Any]:
-    """Runs :func:`find_near_duplicates` and writes ``OUT/pairs``, ``OUT/clusters`` (Parquet) and ``OUT/summary.json``."""
+    """Runs :func:`find_near_duplicates`; writes ``OUT/pairs``, ``OUT/clusters`` (Parquet), ``OUT/summary.json``."""
     t0 = time.time()
     pairs, clusters, summary = find_near_duplicates(spark, index_uri, radius, version=version, verify=verify,
                                                     data_uri=data_uri, block_size=block_size)

@@ -195,8 +195,8 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     if old is not None:
         hash_col = ix.HASH_COLUMN if ix.HASH_COLUMN in old.get("columns", []) else None
         old_rows = _shard_rows(spark, index_uri, base, _files_of(old), ["id"] + ([hash_col] if hash_col else []))
-        old_side = old_rows.select("id", (F.col(hash_col) if hash_col else F.lit(None).cast("string")).alias("old_hash"),
-                                   F.lit(True).alias("in_old"), "part")
+        old_hash = F.col(hash_col) if hash_col else F.lit(None).cast("string")
+        old_side = old_rows.select("id", old_hash.alias("old_hash"), F.lit(True).alias("in_old"), "part")
     else:
         old_side = spark.createDataFrame([], "id string, old_hash string, in_old boolean, part string")
     status = (F.when(F.col("in_old").isNull(), ADDED).when(F.col("in_new").isNull(), DELETED)
@@ -231,15 +231,31 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     write_cols = list(columns)                                         # what write_shard gets, in shard order
     s3_env = store.driver_s3_env()
 
+    def flush(pieces: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        pdf = pd.concat(pieces, ignore_index=True)
+        codes = ix.codes_from_column(pdf["code"].tolist(), code_bytes)
+        pdf = pdf.assign(address=C.prefix(codes, address_bits))         # carried rows: recomputed, not read
+        metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[write_cols])
+        if metas:
+            yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
+                                for m in metas])
+
     def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """Rows sorted by partition -> one shard file per partition (one partition's rows in memory at a time)."""
         store.apply_s3_env(s3_env)                                     # tasks write the shards straight to the store
+        pending: list[pd.DataFrame] = []
         for pdf in frames:
-            codes = ix.codes_from_column(pdf["code"].tolist(), code_bytes)
-            pdf = pdf.assign(address=C.prefix(codes, address_bits))     # carried rows: recomputed, not read
-            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[write_cols])
-            if metas:
-                yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
-                                    for m in metas])
+            if len(pdf) == 0:
+                continue
+            part = pdf["part"].to_numpy()
+            cuts = np.concatenate([[0], np.flatnonzero(part[1:] != part[:-1]) + 1, [len(pdf)]])
+            for s, e in zip(cuts[:-1], cuts[1:]):
+                if pending and pending[-1]["part"].iat[0] != part[s]:
+                    yield from flush(pending)
+                    pending = []
+                pending.append(pdf.iloc[s:e])
+        if pending:
+            yield from flush(pending)
 
     try:
         if reason is not None:
@@ -256,22 +272,27 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
             gone = diff.where(F.col("status").isin(CHANGED, DELETED))
             affected = {r["part"] for r in encoded.select("part").distinct().collect()}
             affected |= {r["part"] for r in gone.select("part").distinct().collect()}
-            carried = _shard_rows(spark, index_uri, base, _files_of(old, affected), [c for c in row_cols if c != "part"])
+            stored = [c for c in row_cols if c != "part"]
+            carried = _shard_rows(spark, index_uri, base, _files_of(old, affected), stored)
             carried = carried.join(gone.select("id"), "id", "left_anti")
             rows = encoded.unionByName(carried.select(*row_cols))
         hook("encoded")
         n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
         n_tasks = max(1, min(n_tasks, 1 << partition_bits, len(affected) if affected is not None else 1 << 30))
-        files = [r.asDict() for r in rows.repartition(n_tasks, "part").mapInPandas(write, FILES_SCHEMA).collect()]
+        files = [r.asDict() for r in rows.repartition(n_tasks, "part").sortWithinPartitions("part")
+                 .mapInPandas(write, FILES_SCHEMA).collect()]
 
         # 4. carry the untouched partitions over: copies at the same relative paths
         copies = [] if affected is None else [
             {"partition": p["partition"], **f, "columns": list(old["columns"])}
             for p in old["partitions"] if p["partition"] not in affected for f in p["files"]]
         old_uri = ix.version_prefix(index_uri, base) if base else None
+
+        def carry(f: dict) -> None:
+            store.copy_object(store.join(old_uri, f["path"]), store.join(version_uri, f["path"]))
+
         with ThreadPoolExecutor(max_workers=_COPY_THREADS) as pool:
-            list(pool.map(lambda f: store.copy_object(store.join(old_uri, f["path"]), store.join(version_uri, f["path"])),
-                          copies))
+            list(pool.map(carry, copies))
         store.write_bytes(store.join(version_uri, "model", WEIGHTS), tensors_blob)
         store.write_bytes(store.join(version_uri, "model", META), meta_blob)
         hook("shards_written")

@@ -20,7 +20,7 @@ from semhash_spark import store
 # --------------------------------------------------------------------------------------------------- helpers
 
 def _planted(rng, n: int, bits: int, dups: int, max_flips: int = 4) -> np.ndarray:
-    """``n`` random codes plus ``dups`` copies of earlier codes (some copies of copies) with 0..max_flips bits flipped."""
+    """``n`` random codes, then ``dups`` copies of earlier ones (some copies of copies), 0..max_flips bits flipped."""
     out = list(rng.integers(0, 2, (n, bits)))
     for _ in range(dups):
         src = out[rng.integers(0, len(out))].copy()

@@ -1,4 +1,5 @@
-"""Nightly re-index: diff by id + content hash, only affected partitions rewritten, idempotent, crash-safe, retention."""
+"""Nightly re-index: diff by id and content hash, only affected partitions rewritten, idempotent, crash-safe,
+retention."""
 from __future__ import annotations
 
 import json
@@ -181,7 +182,8 @@ def test_incremental_run_rewrites_only_the_affected_partitions(spark, env, tmp_p
 
     # the affected partitions, worked out independently: where changed/deleted rows were, where new rows went
     affected = {before[i]["part"] for i in CHANGE + DELETE} | {after[i]["part"] for i in CHANGE + list(ADD)}
-    old_files, new_files = _files(ix.read_manifest(index, base["version"])), _files(ix.read_manifest(index, run["version"]))
+    old_files = _files(ix.read_manifest(index, base["version"]))
+    new_files = _files(ix.read_manifest(index, run["version"]))
     for part, files in new_files.items():
         if part in affected:
             assert not set(files) & set(old_files.get(part, [])), part       # rewritten
