@@ -252,3 +252,15 @@ def test_semhash_dedup_command_prints_the_summary(spark, dup_index, tmp_path, ca
     assert summary["pairs"] == len(want) and summary["radius"] == 1 and "verify" not in summary
     got = pq.read_table(out / "pairs").to_pylist()
     assert {(r["id_a"], r["id_b"], r["distance"]) for r in got} == want
+
+
+def test_dedup_job_reads_and_writes_s3(spark, dup_index, s3_server):
+    index, out = "s3://semhash/dedup-test/index", "s3://semhash/dedup-test/out"
+    store.ensure_bucket("semhash")
+    store.upload_dir(dup_index["index"], index)
+    summary = dedup.dedup_job(spark, index, 1, out)
+    assert summary["pairs"] == len(_brute_pairs(dup_index["codes"], dup_index["ids"], 1))
+    assert store.read_json(store.join(out, "summary.json")) == json.loads(json.dumps(summary))
+    keys = [k for k, _ in store.list_prefix(out)]
+    assert any(k.startswith("pairs/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("clusters/") for k in keys) and not any(k.endswith(".crc") for k in keys)
