@@ -14,6 +14,7 @@ Plan (nothing but file metadata reaches the driver):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from . import codes as C
 from . import dataset as ds
 from . import index as ix
 from . import store
-from .checkpoint import WEIGHTS, META, Hasher, load_tensors
+from .checkpoint import WEIGHTS, META, Hasher
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,12 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     Returns a report: version, counts, partitions, files, seconds, documents per second.
     """
     t0 = time.time()
-    tensors_blob = store.read_bytes(store.join(model_uri, WEIGHTS)) if store.exists(store.join(model_uri, META)) else None
-    if tensors_blob is None:
+    if not store.exists(store.join(model_uri, META)):
         raise ValueError(f"no model at {model_uri!r} (model.json not found); run semhash train first")
+    # Read each file once: the bytes are broadcast to the workers and copied into the index version.
+    tensors_blob = store.read_bytes(store.join(model_uri, WEIGHTS))
     meta_blob = store.read_bytes(store.join(model_uri, META))
-    _, meta = load_tensors(model_uri)
+    meta = json.loads(meta_blob)
     bits = int(meta["bits"])
     address_bits = min(cfg.index.address_bits, bits)
     partition_bits = min(cfg.index.partition_bits, address_bits)
