@@ -83,15 +83,21 @@ def test_pr_levels_that_are_exact_fractions_need_no_extra_hit():
     assert pr_at(m, 1.0) == pytest.approx(10 / 37)
 
 
-def test_ap_at_1000_truncates_and_normalises_by_min_relevant():
-    rel = np.zeros((2, 1500), dtype=bool)
-    rel[0, [0, 1199]] = True  # second hit beyond the cut-off
+def test_ap_at_1000_truncates_and_normalises_by_relevant_within_the_top_1000():
+    # Hashing papers' mAP@1000 (CalcTopMap): divide by the hits within the top 1000, 0 when there are none.
+    rel = np.zeros((4, 1500), dtype=bool)
+    rel[0, [0, 1199]] = True  # second hit beyond the cut-off: it neither adds nor divides
     rel[1, :1100] = True  # more relevant documents than the cut-off, all ranked first
+    rel[2, [1, 3, 1000]] = True  # hits at ranks 2 and 4 within, rank 1001 outside
+    rel[3, [1000, 1400]] = True  # no hit within the top 1000
     m = ranked_relevance_metrics(rel)
     assert m["ap"][0] == pytest.approx((1 + 2 / 1200) / 2)
-    assert m["ap_at_1000"][0] == pytest.approx(0.5)
+    assert m["ap_at_1000"][0] == pytest.approx(1.0)
     assert m["ap"][1] == pytest.approx(1.0)
     assert m["ap_at_1000"][1] == pytest.approx(1.0)
+    assert m["ap_at_1000"][2] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert m["ap"][2] == pytest.approx((1 / 2 + 2 / 4 + 3 / 1001) / 3)
+    assert m["ap_at_1000"][3] == 0.0 and m["ap"][3] > 0
 
 
 def test_query_without_relevant_documents_scores_zero_and_others_are_unaffected():
