@@ -342,3 +342,33 @@ def test_store_down_answers_from_cache_or_503(s3_server):
         finally:
             s3_server.restart()
         wait_for(lambda: cold.search(codes=q, k=5)["results"] == expected["results"], what="recovery")
+
+
+def test_service_leases_the_version_it_serves_and_retention_keeps_it(s3_server):
+    """The served version carries a live reader lease, so a re-index's retention cannot delete it; the replaced
+    version's lease is released after the switch, and then retention may delete it."""
+    from datetime import datetime, timedelta, timezone
+
+    from semhash_spark import leases
+    from semhash_spark.reindex import apply_retention
+    from semhash_spark.service.runtime import Service
+
+    uri = s3_server.uri("svc-leases")
+    v1 = build_index(uri, n=300, seed=1)["version"]
+    svc = Service(Settings(index_uri=uri, **FAST))
+    try:
+        assert svc.poll() and svc.current.version == v1
+        assert [l["reader"] for l in leases.live(uri, v1)] == [svc.reader_id]
+        v2 = build_index(uri, n=300, seed=2)["version"]                     # published: CURRENT is v2
+        later = datetime.now(timezone.utc) + timedelta(seconds=60)         # both versions "old enough"
+        assert svc.poll() and svc.current.version == v2
+        # v1 was served until just now: its lease stays one more poll, then it is released
+        assert leases.live(uri, v1, later)
+        assert apply_retention(uri, 0, now=later)["leased"] == [v1]
+        svc.poll()
+        assert not leases.live(uri, v1, later) and leases.live(uri, v2, later)
+        out = apply_retention(uri, 0, now=later)
+        assert out["deleted"] == [v1] and not out["errors"]
+    finally:
+        svc.stop()
+    assert not leases.live(uri, v2)                       # released on stop

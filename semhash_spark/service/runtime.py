@@ -6,15 +6,23 @@ point at it -- one reference assignment, so each request, which takes ``current`
 to end. A version that does not verify is never served: the old one stays, and the failure is logged and counted.
 A warm-up that the store interrupts is tried again at the next poll; a shard that is corrupt does not hold the
 switch back (queries that need it answer ``partial``).
+
+Reader leases (:mod:`semhash_spark.leases`): the service takes a lease on a version *before* reading its manifest,
+renews the lease on the version it serves at every poll, and releases a version once it no longer serves it, so a
+re-index's retention never deletes the files under it.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import wait
 
 from semhash_spark import index as X
+from semhash_spark import leases
 from semhash_spark import store
 
 from .cache import PartitionCache
@@ -41,6 +49,9 @@ class Service:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bad_versions: dict[str, str] = {}  # version -> why it was refused (logged once)
+        self.reader_id = f"service-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._leased_at = 0.0                    # monotonic time of the last lease renewal on `current`
+        self._retired: str | None = None         # the version replaced at the last switch; released a poll later
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Service":
@@ -55,6 +66,8 @@ class Service:
             self._thread.join(timeout=10)
             self._thread = None
         self.cache.close()
+        for version in {v.version for v in (self.current,) if v is not None} | ({self._retired} - {None}):
+            self._release(version)
 
     def search(self, q: Query) -> Outcome:
         v = self.current                         # taken once: the whole request sees this version
@@ -93,11 +106,17 @@ class Service:
             self.last_poll_error = str(e)
             return False
         self.last_poll_error = None
+        if self._retired is not None:
+            self._release(self._retired)
+            self._retired = None
+        self._renew()
         if self.current is not None and self.current.version == version:
             return False
         try:
+            leases.acquire(uri, version, self.reader_id, ttl_seconds=self.settings.lease_ttl_s)  # before the manifest
             new = LoadedVersion.open(uri, version)
         except (X.IndexStoreError, store.StoreError, ValueError) as e:
+            self._release(version)
             self.metrics.version_failures.inc()
             transient = isinstance(e, store.StoreError) and not isinstance(e, store.NotFound)
             if not transient and self._bad_versions.get(version) != str(e):
@@ -111,9 +130,27 @@ class Service:
             log.warning("%s", new.model_error, extra={"version": version})
         if not self._warm(new):
             self.metrics.version_failures.inc()
+            self._release(version)
             return False
         self._switch(new)
         return True
+
+    def _renew(self) -> None:
+        """Renews the lease on the served version every third of its TTL (a failure is retried next poll)."""
+        if self.current is None or time.monotonic() - self._leased_at < self.settings.lease_ttl_s / 3:
+            return
+        try:
+            leases.acquire(self.settings.index_uri, self.current.version, self.reader_id,
+                           ttl_seconds=self.settings.lease_ttl_s)
+            self._leased_at = time.monotonic()
+        except (store.StoreError, ValueError) as e:
+            log.warning("could not renew the lease on version %s: %s", self.current.version, e)
+
+    def _release(self, version: str) -> None:
+        try:
+            leases.release(self.settings.index_uri, version, self.reader_id)
+        except store.StoreError as e:   # it expires by itself
+            log.warning("could not release the lease on version %s: %s", version, e)
 
     def _warm(self, new: LoadedVersion) -> bool:
         """Reads the new version's likely partitions into the cache; False if the store failed underneath."""
@@ -150,7 +187,10 @@ class Service:
 
     def _switch(self, new: LoadedVersion) -> None:
         old, self.current = self.current, new
+        self._leased_at = time.monotonic()
         self.ready = True
+        if old is not None and old.version != new.version:
+            self._retired = old.version          # late requests may still read it: released at the next poll
         self.metrics.set_version(new.version, new.count)
         if old is not None:
             self.metrics.version_switches.inc()

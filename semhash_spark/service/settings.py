@@ -27,6 +27,7 @@ class Settings:
     rerank_candidates: int = 100       # shortlist size re-ranked by TF-IDF when no radius is given
     load_threads: int = 8              # concurrent partition reads
     log_requests: bool = True
+    lease_ttl_s: float = 900.0         # reader lease on the served version (renewed every poll), so retention keeps it
 
     def __post_init__(self):
         if not isinstance(self.index_uri, str) or not self.index_uri.strip():
@@ -37,7 +38,7 @@ class Settings:
             raise SettingsError(f"cache_bytes: {self.cache_bytes} is below 1 MiB")
         if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
             raise SettingsError("token: must be non-empty and contain no whitespace")
-        for name in ("poll_seconds", "fetch_timeout_s"):
+        for name in ("poll_seconds", "fetch_timeout_s", "lease_ttl_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.failure_backoff_s < 0:
@@ -45,6 +46,9 @@ class Settings:
         for name in ("max_batch", "max_k", "max_results", "rerank_candidates", "load_threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.lease_ttl_s < 3 * self.poll_seconds:
+            raise SettingsError(f"lease_ttl_s: {self.lease_ttl_s} must be at least 3 x poll_seconds "
+                                f"({self.poll_seconds}) so the lease is renewed before it expires")
         if self.max_radius < 0:
             raise SettingsError(f"max_radius: must be >= 0, got {self.max_radius}")
 
