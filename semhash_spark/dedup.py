@@ -20,22 +20,20 @@ Pigeonhole (as in Manku et al.'s simhash tables and Norouzi et al.'s multi-index
 5. Clusters: connected components of the pairs by min-label propagation with pointer jumping, each round
    checkpointed (:func:`connected_components`); a cluster is named by its smallest id.
 
-Output of :func:`dedup_job` (``OUT`` a local path or ``s3://``; on a cluster ``s3://`` is written as ``s3a://``)::
+Output of :func:`dedup_job` (``OUT`` a local path or ``s3://``, written by :func:`semhash_spark.sparkio.write_parquet`)::
 
     OUT/pairs/*.parquet      id_a string, id_b string, distance int, [similarity double]   (id_a < id_b, once)
     OUT/clusters/*.parquet   id string, cluster string, size long                        (docs in some pair)
     OUT/summary.json         counts, radius, segments, hot buckets, seconds
 
-Reading the index: the version's shard files, listed by its manifest, are read with ``spark.read.parquet``;
-an ``s3://`` index is staged locally (:func:`semhash_spark.store.local_copy`) in local mode and read as
-``s3a://`` on a cluster (needs hadoop-aws on the classpath).
+Reading the index: the version's shard files, listed by its manifest, are read with
+:func:`semhash_spark.sparkio.read_parquet`: Spark's reader on local paths, an ``s3://`` index staged locally in
+local mode and read by the executors through the store on a cluster (no hadoop-aws needed).
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -48,9 +46,8 @@ from pyspark.sql import functions as F
 from . import codes as C
 from . import dataset as ds
 from . import index as ix
-from . import store
+from . import leases, sparkio, store
 from .checkpoint import META
-from .encode import spark_readable
 
 log = logging.getLogger(__name__)
 
@@ -350,14 +347,12 @@ def read_shards(spark: SparkSession, index_uri: str, version: str | None = None,
     """The version's shard rows (``columns``) as a DataFrame, read straight from its files; and its manifest."""
     version = version or ix.read_current(index_uri)["version"]
     manifest = ix.read_manifest(index_uri, version)
-    local_mode = spark.sparkContext.master.startswith("local")
-    root = spark_readable(ix.version_prefix(index_uri, version), local_mode).rstrip("/")
-    paths = [f"{root}/{f['path']}" for p in manifest["partitions"] for f in p["files"]]
+    paths = [f["path"] for p in manifest["partitions"] for f in p["files"]]
     if not paths:
         types = {"id": "string", "code": "binary", "word_ids": "binary", "word_counts": "binary",
                  ix.HASH_COLUMN: "string"}
         return spark.createDataFrame([], ", ".join(f"{c} {types.get(c, 'string')}" for c in columns)), manifest
-    return spark.read.parquet(*paths).select(*columns), manifest
+    return sparkio.read_parquet(spark, ix.version_prefix(index_uri, version), paths, columns), manifest
 
 
 def _idf_and_vocab(index_uri: str, version: str, data_dir: str | None) -> tuple[np.ndarray | None, int | None]:
@@ -381,10 +376,9 @@ def _documents(spark: SparkSession, index_uri: str, version: str, manifest: dict
     if data_uri is None:
         raise DedupError(f"version {version} of {index_uri} stores no word counts; pass data_uri (--data) "
                          "to verify pairs on the documents")
-    local_mode = spark.sparkContext.master.startswith("local")
-    data_dir = spark_readable(data_uri, local_mode)
-    docs = spark.read.parquet(f"{data_dir.rstrip('/')}/{ds.DOCS_DIR}").select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS)
-    return docs, data_dir if local_mode or not store.is_s3(data_uri) else None
+    docs = sparkio.read_parquet(spark, data_uri, [ds.DOCS_DIR], [ds.ID, ds.WORD_IDS, ds.WORD_COUNTS])
+    on_s3_cluster = store.is_s3(data_uri) and sparkio.on_cluster(spark)
+    return docs, None if on_s3_cluster else sparkio.readable_root(spark, data_uri)
 
 
 # --------------------------------------------------------------------------------------------------- entry points
@@ -430,39 +424,17 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, ve
     return pairs, clusters, summary
 
 
-def _remove_crc(root: str) -> None:
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            if n.endswith(".crc"):
-                os.unlink(os.path.join(dirpath, n))
-
-
 def dedup_job(spark: SparkSession, index_uri: str, radius: int, out_uri: str, verify: "str | Verify | None" = None,
               *, version: str | None = None, data_uri: str | None = None,
               block_size: int = DEFAULT_BLOCK) -> dict[str, Any]:
     """Runs :func:`find_near_duplicates`; writes ``OUT/pairs``, ``OUT/clusters`` (Parquet), ``OUT/summary.json``."""
     t0 = time.time()
-    pairs, clusters, summary = find_near_duplicates(spark, index_uri, radius, version=version, verify=verify,
-                                                    data_uri=data_uri, block_size=block_size)
-    local_mode = spark.sparkContext.master.startswith("local")
-
-    def write(root: str) -> None:
-        pairs.write.mode("overwrite").parquet(f"{root}/{PAIRS_DIR}")
-        clusters.select("id", "cluster", "size").write.mode("overwrite").parquet(f"{root}/{CLUSTERS_DIR}")
-
-    if store.is_s3(out_uri) and local_mode:
-        with tempfile.TemporaryDirectory(prefix="semhash-dedup-") as tmp:
-            write(tmp)
-            _remove_crc(tmp)
-            for sub in (PAIRS_DIR, CLUSTERS_DIR):        # replace, as a local overwrite does
-                store.delete_prefix(store.join(out_uri, sub))
-            store.upload_dir(tmp, out_uri)
-    elif store.is_s3(out_uri):
-        write("s3a://" + out_uri[len("s3://"):].rstrip("/"))
-    else:
-        root = store.local_path(out_uri).rstrip("/")
-        write(root)
-        _remove_crc(root)
+    version = version or ix.read_current(index_uri)["version"]
+    with leases.reading(index_uri, version):     # retention keeps the version while the job reads its shards
+        pairs, clusters, summary = find_near_duplicates(spark, index_uri, radius, version=version, verify=verify,
+                                                        data_uri=data_uri, block_size=block_size)
+        sparkio.write_parquet(pairs, store.join(out_uri, PAIRS_DIR))
+        sparkio.write_parquet(clusters.select("id", "cluster", "size"), store.join(out_uri, CLUSTERS_DIR))
     summary.update({"out": out_uri, "seconds": round(time.time() - t0, 2)})
     store.write_json(store.join(out_uri, SUMMARY_FILE), summary)
     return summary
