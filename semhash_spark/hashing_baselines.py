@@ -100,19 +100,22 @@ class PCA(_Fitted):
                 f"use fewer bits or more training vectors"
             )
         mean = _mean(x)
-        cov = np.zeros((d, d), dtype=np.float64)
-        mean32 = mean.astype(np.float32)
-        for sl in _chunks(n):
-            xc = x[sl].astype(np.float32) - mean32
-            cov += (xc.T @ xc).astype(np.float64)  # float32 BLAS per chunk, summed in float64
-        cov /= max(1, n - 1)
-        evals, evecs = np.linalg.eigh(cov)  # ascending
-        top = np.argsort(evals)[::-1][: self.dims]
-        comps = evecs[:, top]
+        if n < d:  # fewer rows than dims: the thin SVD of the centred rows is cheaper than a d x d eigenproblem
+            _, s, vt = np.linalg.svd(x.astype(np.float64) - mean, full_matrices=False)
+            evals, comps = s[: self.dims] ** 2 / max(1, n - 1), vt[: self.dims].T
+        else:
+            cov = np.zeros((d, d), dtype=np.float64)
+            mean32 = mean.astype(np.float32)
+            for sl in _chunks(n):
+                xc = x[sl].astype(np.float32) - mean32
+                cov += (xc.T @ xc).astype(np.float64)  # float32 BLAS per chunk, summed in float64
+            cov /= max(1, n - 1)
+            evals, evecs = np.linalg.eigh(cov)  # ascending; a subset solver is no faster at d = 3072
+            evals, comps = evals[::-1][: self.dims], evecs[:, ::-1][:, : self.dims]
         signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
         self.mean_ = mean
         self.components_ = comps * np.where(signs == 0, 1.0, signs)
-        self.explained_variance_ = np.maximum(evals[top], 0.0)
+        self.explained_variance_ = np.maximum(evals, 0.0)
         self.dim_ = d
         log.debug("PCA %d -> %d dims on %d rows; top variance %.4g", d, self.dims, n, self.explained_variance_[0])
         return self
