@@ -201,8 +201,11 @@ class PCAITQ(_Fitted):
 
     @staticmethod
     def quantisation_loss(v: np.ndarray, rotation: np.ndarray) -> float:
-        z = v @ rotation
-        return float(((np.where(z >= 0, 1.0, -1.0) - z) ** 2).sum() / v.shape[0])
+        return PCAITQ._loss_of(v @ rotation)
+
+    @staticmethod
+    def _loss_of(z: np.ndarray) -> float:
+        return float(((np.where(z >= 0, 1.0, -1.0) - z) ** 2).sum() / z.shape[0])
 
     def fit(self, x: np.ndarray, *, pca: PCA | None = None) -> PCAITQ:
         x = _check_2d(x, "x_train")
@@ -210,12 +213,14 @@ class PCAITQ(_Fitted):
         v = self.pca_.transform(x, self.bits, dtype=np.float64)  # [n, bits]
         rng = np.random.default_rng(self.seed)
         rotation = np.linalg.svd(rng.standard_normal((self.bits, self.bits)))[0]
-        losses = [self.quantisation_loss(v, rotation)]
+        z = v @ rotation
+        losses = [self._loss_of(z)]
         for _ in range(self.n_iter):
-            b = np.where(v @ rotation >= 0, 1.0, -1.0)  # fix R, update B
+            b = np.where(z >= 0, 1.0, -1.0)  # fix R, update B
             u_b, _, u_a_t = np.linalg.svd(b.T @ v)  # fix B, update R: B^T V = U_B S U_A^T
             rotation = u_a_t.T @ u_b.T
-            losses.append(self.quantisation_loss(v, rotation))
+            z = v @ rotation
+            losses.append(self._loss_of(z))
         self.rotation_ = rotation
         self.loss_ = losses
         self.dim_ = x.shape[1]
