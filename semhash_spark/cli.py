@@ -130,6 +130,49 @@ def cmd_reindex(args) -> dict:
     return reindex(spark, args.data, args.model, args.index, cfg, **kwargs)
 
 
+def cmd_generate(args) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    from . import store
+    from .demo import default_data_dir
+    from .generate import DEFAULT_DOCUMENTS, DEFAULT_IMAGES, generate_documents, generate_images
+    from .spark import get_spark
+
+    cfg = _config(args)
+    docs = args.kind == "documents"
+    dataset = args.source_dataset or ("20ng" if docs else "cifar10")
+    source = args.source
+    if source is None:
+        d = default_data_dir()
+        if d is None:
+            raise ValueError("no data directory with 20newsgroups/ found: give --source or set SEMHASH_DATA_DIR")
+        source = str(d / "20newsgroups" / "20news-bydate.tar.gz") if docs else str(
+            d / {"cifar10": "cifar10-jpeg/cifar10-jpeg.tar.gz", "mnist": "mnist"}.get(dataset, ""))
+    size = args.size if args.size is not None else (DEFAULT_DOCUMENTS if docs else DEFAULT_IMAGES)
+    spark = get_spark("semhash-generate", master=args.master)
+    with tempfile.TemporaryDirectory(prefix="semhash-generate-") as tmp:
+        out_dir = str(Path(tmp) / "out") if store.is_s3(args.out) else store.local_path(args.out)
+        if docs:
+            if store.exists(store.join(source, "dataset.json")):    # already a prepared dataset
+                src_dir = store.local_copy(source)
+            else:                                                    # a raw corpus: prepare it first
+                from .prepare import prepare_dataset
+
+                src_dir = str(Path(tmp) / "source")
+                prepare_dataset(spark, dataset, source, src_dir, cfg.prepare)
+            report = generate_documents(spark, src_dir, out_dir, cfg.generate, size=size, seed=args.seed,
+                                        min_files=cfg.prepare.files_per_split)
+        else:
+            report = generate_images(spark, dataset, source, out_dir, cfg.images, cfg.generate, size=size,
+                                     seed=args.seed)
+        if store.is_s3(args.out):
+            store.upload_dir(out_dir, args.out)
+    report["out"] = args.out
+    report.pop("out_dir", None)
+    return report
+
+
 def cmd_demo(args) -> dict:
     from .demo import run_demo
 
@@ -215,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index", required=True)
     sp.add_argument("--full", action="store_true", help="re-encode everything")
     sp.add_argument("--retention-days", type=float, help="delete versions older than this (never CURRENT or leased)")
+    sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
+    conf_args(sp)
+
+    sp = add("generate", cmd_generate, "write a synthetic corpus shaped like a real one, at any size (Spark job)")
+    sp.add_argument("--kind", required=True, choices=["documents", "images"])
+    sp.add_argument("--out", required=True, help="DATA_URI: local path or s3://bucket/prefix")
+    sp.add_argument("--size", type=int, help="documents (default 804414) or images (default 1600000)")
+    sp.add_argument("--seed", type=int, default=0, help="the same seed writes the same corpus")
+    sp.add_argument("--source", help="documents: a prepared DATA_URI or a raw corpus (default: 20 Newsgroups from "
+                    "the data directory); images: the real images (default: CIFAR-10 from the data directory)")
+    sp.add_argument("--source-dataset", choices=["20ng", "reuters21578", "jsonl", "cifar10", "mnist", "imagefolder"],
+                    help="how to read a raw --source (default 20ng for documents, cifar10 for images)")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
     conf_args(sp)
 

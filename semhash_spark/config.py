@@ -93,6 +93,19 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    """``semhash generate``: synthetic corpora shaped like a real one (see semhash_spark.generate)."""
+    topics: int = 40                # LDA topics fitted to the source corpus, shared by all classes
+    lda_iterations: int = 10        # batch variational EM passes of the topic-model fit
+    docs_per_task: int = 10_000     # documents per Spark task (one Parquet file per split each)
+    images_per_task: int = 20_000   # images per Spark task
+    max_shift: int = 4              # images: shift of up to this many pixels each way
+    min_crop: float = 0.75          # images: crop side as a fraction of the image (resized back)
+    noise_std: float = 8.0          # images: Gaussian pixel noise, 0..255 scale
+    flip: bool = True               # images: random horizontal flips (never for MNIST digits)
+
+
+@dataclass(frozen=True)
 class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -102,6 +115,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
