@@ -79,8 +79,9 @@ class Hasher:
     def code_probabilities(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
         """Dense inputs ``[n, n_input]`` -> code-unit probabilities ``float32[n, bits]``."""
         self.model.eval()
+        device = next(self.model.parameters()).device        # a GPU when the encode task was given one
         x = torch.as_tensor(x, dtype=torch.float32)
-        out = [self.model.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        out = [self.model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.bits), np.float32)
 
     def codes(self, x: np.ndarray | torch.Tensor) -> np.ndarray:

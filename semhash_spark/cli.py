@@ -6,6 +6,7 @@ Each command exits 0 on success, printing a JSON summary line last, and non-zero
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import time
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger("semhash")
+SPARK_COMMANDS = ("prepare", "encode", "dedup", "reindex")
 
 
 def _config(args) -> Any:
@@ -173,6 +175,31 @@ def cmd_generate(args) -> dict:
     return report
 
 
+def cmd_rollback(args) -> dict:
+    from . import index as ix
+
+    current = ix.read_current(args.index)["version"]
+    versions = ix.list_versions(args.index)
+    if args.list:
+        return {"index": args.index, "current": current, "versions": versions}
+    if args.previous:
+        older = [v for v in versions if v < current]
+        if not older:
+            raise ValueError(f"{args.index}: no version older than CURRENT {current} to roll back to "
+                             f"(versions: {', '.join(versions) or 'none'})")
+        target = older[-1]
+    elif args.version:
+        target = args.version
+        if target not in versions:
+            raise ValueError(f"{args.index}: no version {target!r} with a manifest "
+                             f"(versions: {', '.join(versions) or 'none'}); see semhash rollback --list")
+    else:
+        raise ValueError("give --version V, --previous or --list")
+    manifest = ix.rollback(args.index, target, verify_checksums=args.verify_checksums)
+    return {"index": args.index, "version": target, "previous": current, "count": manifest["count"],
+            "partitions": len(manifest["partitions"])}
+
+
 def cmd_demo(args) -> dict:
     from .demo import run_demo
 
@@ -273,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
     conf_args(sp)
 
+    sp = add("rollback", cmd_rollback, "point CURRENT at another published version (re-verified first)")
+    sp.add_argument("--index", required=True)
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--version", help="the version to serve (see --list)")
+    which.add_argument("--previous", action="store_true", help="the newest version older than CURRENT")
+    which.add_argument("--list", action="store_true", help="only list the versions and CURRENT")
+    sp.add_argument("--verify-checksums", action="store_true", help="re-hash every file, not only sizes")
+
     sp = add("demo", cmd_demo, "prepare -> train -> encode -> publish -> query -> evaluate on 20 Newsgroups, "
              "against a local Spark and a local S3 server")
     sp.add_argument("--data-dir", help="data sets folder (default $SEMHASH_DATA_DIR or ../shared/data)")
@@ -299,7 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     t0 = time.time()
     try:
-        result = args.fn(args)
+        progress = contextlib.nullcontext()
+        if args.command in SPARK_COMMANDS:      # running Spark stages, logged every SEMHASH_PROGRESS_SECONDS
+            from .spark import spark_progress
+
+            progress = spark_progress(float(os.environ.get("SEMHASH_PROGRESS_SECONDS", "10")))
+        with progress:
+            result = args.fn(args)
     except KeyboardInterrupt:
         print(f"semhash {args.command}: interrupted", file=sys.stderr)
         return 130

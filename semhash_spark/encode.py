@@ -26,7 +26,7 @@ import pandas as pd
 from . import codes as C
 from . import dataset as ds
 from . import index as ix
-from . import store
+from . import sparkio, store
 from .checkpoint import WEIGHTS, META, Hasher
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ _WORKER_MODELS: dict[str, Hasher] = {}
 
 
 def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
-    """The model for this Python worker, built once per model version (``spark.python.worker.reuse``)."""
-    hasher = _WORKER_MODELS.get(version)
+    """The model for this Python worker, built once per model version and device (``spark.python.worker.reuse``)."""
+    device = _task_device()
+    hasher = _WORKER_MODELS.get(f"{version}@{device}")
     if hasher is None:
         import json
 
@@ -51,9 +52,28 @@ def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
 
         torch.set_num_threads(int(os.environ.get("SEMHASH_ENCODE_THREADS", "1")))
         hasher = hasher_from_parts(st_load(blobs[WEIGHTS]), json.loads(blobs[META]))
+        if device != "cpu":
+            hasher.model.to(device)
+            log.info("encoding on %s", device)
         _WORKER_MODELS.clear()
-        _WORKER_MODELS[version] = hasher
+        _WORKER_MODELS[f"{version}@{device}"] = hasher
     return hasher
+
+
+def _task_device() -> str:
+    """``cuda:<n>`` when Spark gave this task a GPU (``spark.task.resource.gpu.amount``) and torch sees it, else
+    ``cpu``. Tasks sharing a GPU (amount < 1) share the device; the addresses are the discovery script's."""
+    try:
+        import torch
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        if gpus is not None and gpus.addresses and torch.cuda.is_available():
+            return f"cuda:{int(gpus.addresses[0])}"
+    except (ImportError, ValueError):
+        pass
+    return "cpu"
 
 
 def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: int, address_bits: int,
@@ -85,13 +105,6 @@ def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: in
         yield out
 
 
-def spark_readable(data_uri: str, local_mode: bool) -> str:
-    """Where Spark reads the dataset: a local copy in local mode, ``s3a://`` on a cluster (needs hadoop-aws)."""
-    if store.is_s3(data_uri):
-        return store.local_copy(data_uri) if local_mode else "s3a://" + data_uri[len("s3://"):]
-    return store.local_path(data_uri)
-
-
 def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *, version: str | None = None,
                     splits: tuple[str, ...] = ds.SPLITS) -> dict[str, Any]:
     """Encodes every document of ``data_uri`` with the model and publishes a new index version.
@@ -108,18 +121,16 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     bits = int(meta["bits"])
     address_bits = min(cfg.index.address_bits, bits)
     partition_bits = min(cfg.index.partition_bits, address_bits)
-    local_mode = spark.sparkContext.master.startswith("local")
-    data_dir = spark_readable(data_uri, local_mode)
-    if local_mode or not store.is_s3(data_uri):
-        dmeta = ds.read_metadata(data_dir)
-        fp = dmeta.get("vocab_fingerprint")
-        if fp and meta.get("vocab", {}).get("fingerprint") and fp != meta["vocab"]["fingerprint"]:
-            raise ValueError(
-                f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r} "
-                f"(fingerprints {meta['vocab']['fingerprint'][:12]} vs {fp[:12]}); re-prepare or retrain")
-        vocab_size = int(dmeta["vocab_size"])
+    if store.is_s3(data_uri) and sparkio.on_cluster(spark):   # executors read it through the store
+        dmeta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
     else:
-        vocab_size = len(meta["vocab"]["words"])
+        dmeta = ds.read_metadata(sparkio.readable_root(spark, data_uri))
+    fp = dmeta.get("vocab_fingerprint")
+    if fp and meta.get("vocab", {}).get("fingerprint") and fp != meta["vocab"]["fingerprint"]:
+        raise ValueError(
+            f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r} "
+            f"(fingerprints {meta['vocab']['fingerprint'][:12]} vs {fp[:12]}); re-prepare or retrain")
+    vocab_size = int(dmeta["vocab_size"])
     version = version or ix.new_version_id()
     version_uri = ix.version_prefix(index_uri, version)
     model_version = meta["model_version"]
@@ -142,12 +153,11 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
                 yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
                                     for m in metas])
 
-    paths = [os.path.join(data_dir, ds.DOCS_DIR, f"split={s}") for s in splits
-             if not local_mode or os.path.isdir(os.path.join(data_dir, ds.DOCS_DIR, f"split={s}"))]
-    if not paths:
-        raise ValueError(f"{data_uri!r} has no documents (no docs/split=* folders); run semhash prepare")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.encode.batch_size))
-    docs = spark.read.parquet(*paths)
+    try:
+        docs = sparkio.read_parquet(spark, data_uri, [f"{ds.DOCS_DIR}/split={s}" for s in splits])
+    except FileNotFoundError:
+        raise ValueError(f"{data_uri!r} has no documents (no docs/split=* files); run semhash prepare") from None
     keep_hash = ds.CONTENT_HASH in docs.columns              # shards keep it so `semhash reindex` can diff
     docs = docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if keep_hash else []))
     n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
@@ -164,6 +174,8 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
             data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
             has_words=keep_words,
         )
+        log.info("wrote %d shard files: %d partitions, %d codes under %s", len(files), len(manifest["partitions"]),
+                 manifest["count"], version_uri)
         # The index carries the model that made its codes, so a reader can encode queries with it.
         store.write_bytes(store.join(version_uri, "model", WEIGHTS), tensors_blob)
         store.write_bytes(store.join(version_uri, "model", META), meta_blob)

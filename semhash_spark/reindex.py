@@ -27,13 +27,13 @@ a time (the schedules in ``infra/schedule`` make sure of it).
 
 When tonight's dataset was prepared with a vocabulary other than the model's (a nightly ``semhash prepare``
 picks it from tonight's corpus), new and changed documents are mapped onto the model's words (:func:`remap_words`).
-Spark reads the shards of an ``s3://`` index from a local copy in local mode and as ``s3a://`` on a cluster.
+Shards and documents are read with :func:`semhash_spark.sparkio.read_parquet` (on a cluster, ``s3://`` by the
+executors through the store).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,9 +49,9 @@ from . import codes as C
 from . import dataset as ds
 from . import index as ix
 from . import leases
-from . import store
+from . import sparkio, store
 from .checkpoint import META, WEIGHTS
-from .encode import ENCODED_SCHEMA, FILES_SCHEMA, _hasher_from_bytes, encode_frames, spark_readable
+from .encode import ENCODED_SCHEMA, FILES_SCHEMA, _hasher_from_bytes, encode_frames
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,12 @@ def _model(model_uri: str) -> tuple[bytes, bytes, dict]:
 
 def _shard_rows(spark: SparkSession, index_uri: str, version: str, files: list[str], columns: list[str]) -> DataFrame:
     """Rows of the given shard files of ``version`` with their partition (from the file's folder) as ``part``."""
-    local_mode = spark.sparkContext.master.startswith("local")
-    root = spark_readable(ix.version_prefix(index_uri, version), local_mode).rstrip("/")
     if not files:
         types = {"code": "binary", "word_ids": "binary", "word_counts": "binary"}
         schema = ", ".join(f"{c} {types.get(c, 'string')}" for c in [*columns, "part"])
         return spark.createDataFrame([], schema)
-    df = spark.read.parquet(*[f"{root}/{p}" for p in files])
-    return df.select(*columns, F.regexp_extract(F.input_file_name(), _PART_RE, 1).alias("part"))
+    df = sparkio.read_parquet(spark, ix.version_prefix(index_uri, version), files, columns, path_column=True)
+    return df.select(*columns, F.regexp_extract(F.col(sparkio.PATH_COLUMN), _PART_RE, 1).alias("part"))
 
 
 def _files_of(manifest: dict, partitions: set[str] | None = None) -> list[str]:
@@ -170,15 +168,12 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     keep_words = cfg.index.store_counts and meta.get("kind", "documents") == "documents"
     columns = list(ix.BASE_COLUMNS) + (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN]
 
-    local_mode = spark.sparkContext.master.startswith("local")
-    data_dir = spark_readable(data_uri, local_mode)
     vocab_size = int(meta["sizes"][0])
     remap = _vocab_remap(data_uri, meta)
-    paths = [f"{data_dir.rstrip('/')}/{ds.DOCS_DIR}/split={s}" for s in splits
-             if not local_mode or os.path.isdir(os.path.join(data_dir, ds.DOCS_DIR, f"split={s}"))]
-    if not paths:
-        raise ValueError(f"{data_uri!r} has no documents (no docs/split=* folders); run semhash prepare")
-    tonight = spark.read.parquet(*paths)
+    try:
+        tonight = sparkio.read_parquet(spark, data_uri, [f"{ds.DOCS_DIR}/split={s}" for s in splits])
+    except FileNotFoundError:
+        raise ValueError(f"{data_uri!r} has no documents (no docs/split=* files); run semhash prepare") from None
     if ds.CONTENT_HASH not in tonight.columns:
         raise ValueError(f"{data_uri!r} has no {ds.CONTENT_HASH} column; re-run semhash prepare")
     tonight = tonight.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, ds.CONTENT_HASH)

@@ -1,0 +1,216 @@
+"""Parquet under store URIs as Spark DataFrames, on any master, with nothing on the JVM classpath but Spark.
+
+Where the bytes go, by master and URI:
+
+=============  =====================================  ==============================================================
+master         local path                             ``s3://bucket/prefix``
+=============  =====================================  ==============================================================
+``local[*]``   Spark's Parquet reader and writer      staged through a local copy (:func:`store.local_copy`) / a
+                                                      temporary folder uploaded with :func:`store.upload_dir`
+a cluster      Spark's reader and writer (the path    the executors read and write the files themselves through
+               must be on a file system every node    :mod:`semhash_spark.store` (boto3): the driver lists the files,
+               mounts: NFS, EFS, HDFS fuse, ...)      one task per file; no hadoop-aws / s3a jars needed
+=============  =====================================  ==============================================================
+
+On a cluster the executors use their own S3 settings (instance role, ``spark.executorEnv.AWS_*``) and fall back
+to the driver's (:func:`store.driver_s3_env`), exactly like the encode job's shard writer.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import uuid
+from typing import Iterator, Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+PATH_COLUMN = "_file"             # optional column: the file a row came from, relative to the root read
+
+
+def on_cluster(spark: SparkSession) -> bool:
+    """Whether tasks run outside this process (any master but ``local``): driver-local paths are not theirs."""
+    return not spark.sparkContext.master.startswith("local")
+
+
+def readable_root(spark: SparkSession, root: str) -> str:
+    """Where Spark's own reader finds ``root``: local paths as they are, ``s3://`` staged locally in local mode.
+
+    On a cluster an ``s3://`` root has no Spark-readable form here (use :func:`read_parquet`).
+    """
+    if not store.is_s3(root):
+        return store.local_path(root)
+    if on_cluster(spark):
+        raise ValueError(f"{root!r}: on a cluster read s3:// data with sparkio.read_parquet (no s3a on the classpath)")
+    return store.local_copy(root)
+
+
+def _parquet_files(root: str, parts: Sequence[str]) -> list[tuple[str, int]]:
+    """``(path relative to root, size)`` of the Parquet files at or under each of ``parts`` (one listing)."""
+    listing = [(k, s) for k, s in store.list_prefix(root)
+               if k.endswith(".parquet") and not any(seg.startswith((".", "_")) for seg in k.split("/"))]
+    wanted = [p.strip("/") for p in parts]
+    if "" in wanted:
+        return listing
+    return [(k, s) for k, s in listing if any(k == p or k.startswith(p + "/") for p in wanted)]
+
+
+def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), columns: Sequence[str] | None = None,
+                 *, path_column: bool = False) -> DataFrame:
+    """The rows of the Parquet files under ``root/part`` for each part (a folder or a file; ``""`` = all of root).
+
+    Parts with no files are skipped; none at all is a ``FileNotFoundError`` naming them. ``columns`` selects
+    columns (all when None); ``path_column`` adds :data:`PATH_COLUMN`, the file's path relative to ``root``.
+    """
+    if store.is_s3(root) and on_cluster(spark):
+        return _read_with_store(spark, root, parts, columns, path_column)
+    base = os.path.abspath(readable_root(spark, root)).rstrip("/")
+    paths = [os.path.join(base, p.strip("/")) if p.strip("/") else base for p in parts]
+    paths = [p for p in paths if os.path.exists(p)]      # a cluster reading local paths needs a shared file system
+    if not paths:
+        raise FileNotFoundError(f"no Parquet files under {root!r} ({', '.join(parts) or 'root'})")
+    df = spark.read.parquet(*paths)
+    cols = [F.col(c) for c in (columns or df.columns)]
+    if path_column:                                      # input_file_name() is a URI: file:/<base>/<rel>
+        cols.append(F.regexp_extract(F.input_file_name(), re.escape(base) + "/(.*)$", 1).alias(PATH_COLUMN))
+    return df.select(*cols)
+
+
+def _read_with_store(spark: SparkSession, root: str, parts: Sequence[str], columns: Sequence[str] | None,
+                     path_column: bool) -> DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    files = _parquet_files(root, parts)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {root!r} ({', '.join(parts) or 'root'})")
+    # The schema from the smallest file's footer (one small read on the driver); Spark-compatible types.
+    smallest = min(files, key=lambda f: f[1])[0]
+    schema = _spark_compatible(pq.read_schema(io.BytesIO(store.read_bytes(store.join(root, smallest)))))
+    if columns is not None:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise ValueError(f"{root!r} has no column(s) {missing}; it has {schema.names}")
+        schema = pa.schema([schema.field(c) for c in columns])
+    if path_column:
+        schema = schema.append(pa.field(PATH_COLUMN, pa.string()))
+    s3_env = store.driver_s3_env()
+    names = [c for c in schema.names if c != PATH_COLUMN]
+
+    def read(batches):
+        store.apply_s3_env(s3_env)
+        for batch in batches:
+            for rel in batch.column(0).to_pylist():
+                table = pq.read_table(io.BytesIO(store.read_bytes(store.join(root, rel))), columns=names)
+                table = _cast(table, schema, rel if path_column else None)
+                yield from table.to_batches()
+
+    log.info("reading %d Parquet files (%.1f MB) under %s with the executors' S3 client", len(files),
+             sum(s for _, s in files) / 1e6, root)
+    listing = spark.sparkContext.parallelize([(rel,) for rel, _ in files], len(files)).toDF("path string")
+    return listing.mapInArrow(read, from_arrow_schema(schema))
+
+
+def _spark_compatible(schema):
+    """Arrow types Spark has no type for, as the nearest one: fixed-size binary -> binary, uint64 -> int64 (bits
+    kept, as the index's ``address`` column is read elsewhere)."""
+    import pyarrow as pa
+
+    fields = []
+    for f in schema:
+        t = f.type
+        if pa.types.is_fixed_size_binary(t):
+            t = pa.binary()
+        elif pa.types.is_uint64(t):
+            t = pa.int64()
+        elif pa.types.is_dictionary(t):
+            t = t.value_type
+        fields.append(pa.field(f.name, t, True))
+    return pa.schema(fields)
+
+
+def _cast(table, schema, path: str | None):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = []
+    for f in schema:
+        if f.name == PATH_COLUMN:
+            cols.append(pa.array([path] * table.num_rows, pa.string()))
+            continue
+        col = table.column(f.name)
+        if pa.types.is_uint64(col.type) and pa.types.is_int64(f.type):
+            col = pa.chunked_array([c.view(pa.int64()) for c in col.chunks], pa.int64())
+        elif col.type != f.type:
+            col = pc.cast(col, f.type)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema).combine_chunks()
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+def remove_crc(root: str) -> None:
+    """Removes the ``.crc`` side files Hadoop's local file system writes beside each file."""
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            if n.endswith(".crc"):
+                os.unlink(os.path.join(dirpath, n))
+
+
+def write_parquet(df: DataFrame, out_uri: str) -> None:
+    """Writes ``df`` as Parquet files under ``out_uri``, replacing what was there (like ``mode("overwrite")``)."""
+    spark = df.sparkSession
+    if not store.is_s3(out_uri):
+        root = store.local_path(out_uri).rstrip("/")
+        df.write.mode("overwrite").parquet(root)
+        remove_crc(root)
+        return
+    store.delete_prefix(out_uri)
+    if not on_cluster(spark):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="semhash-out-") as tmp:
+            df.write.mode("overwrite").parquet(tmp)
+            remove_crc(tmp)
+            store.upload_dir(tmp, out_uri)
+        return
+    _write_with_store(df, out_uri)
+
+
+def _write_with_store(df: DataFrame, out_uri: str) -> None:
+    """Each task writes its rows as one ``part-NNNNN-<uuid>.parquet`` object through the store; an empty result
+    still gets one file (with the schema), as Spark's writer does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark import TaskContext
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(df.schema)
+    s3_env = store.driver_s3_env()
+    run = uuid.uuid4().hex[:12]
+
+    def write(batches: Iterator) -> Iterator:
+        store.apply_s3_env(s3_env)
+        table = pa.Table.from_batches(list(batches), schema=schema)
+        if table.num_rows == 0:
+            return
+        name = f"part-{TaskContext.get().partitionId():05d}-{run}.parquet"
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="snappy")
+        store.write_bytes(store.join(out_uri, name), buf.getvalue())
+        yield pa.RecordBatch.from_pydict({"path": [name], "rows": [table.num_rows]})
+
+    written = df.mapInArrow(write, "path string, rows long").collect()
+    if not written:
+        buf = io.BytesIO()
+        pq.write_table(schema.empty_table(), buf)
+        store.write_bytes(store.join(out_uri, f"part-00000-{run}.parquet"), buf.getvalue())
+    log.info("wrote %d Parquet files (%d rows) to %s", max(1, len(written)), sum(r["rows"] for r in written),
+             out_uri)
