@@ -52,13 +52,21 @@ def cmd_prepare(args) -> dict:
     return report
 
 
-def cmd_train(args) -> dict:
+def cmd_train(args) -> dict | None:
     from .fit import train_model
 
     cfg = _config(args)
-    if args.launcher != "local":
-        raise ValueError(f"launcher {args.launcher!r} is not available yet; use --launcher local (--np N)")
-    return train_model(args.data, args.out, cfg, np=args.np, progress=not args.no_progress)
+    if args.launcher in ("spark", "torch"):   # horovod.spark.run and TorchDistributor need a SparkSession
+        from .spark import get_spark
+
+        master = args.master
+        if master is None and not os.environ.get("SEMHASH_UNDER_SUBMIT"):
+            master = f"local[{max(2, args.np)}]"    # one task slot per rank
+        get_spark("semhash-train", master=master)
+    # --launcher horovodrun outside a Horovod job re-runs this very command under `horovodrun -np N`
+    command = [sys.executable, "-m", "semhash_spark.cli", *args.argv]
+    return train_model(args.data, args.out, cfg, np=args.np, launcher=args.launcher,
+                       progress=not args.no_progress, command=command)
 
 
 def cmd_encode(args) -> dict:
@@ -240,8 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="DATA_URI from semhash prepare")
     sp.add_argument("--bits", type=int, required=True, help="code length (20, 32, 64, 128, ...)")
     sp.add_argument("--out", required=True, help="MODEL_URI: local path or s3://bucket/prefix")
-    sp.add_argument("--np", type=int, default=1, help="Horovod processes (gloo on CPU, NCCL on GPU)")
-    sp.add_argument("--launcher", default="local", choices=["local"], help="how ranks are started")
+    sp.add_argument("--np", type=int, default=1, help="ranks (gloo on CPU, NCCL on GPU)")
+    sp.add_argument("--launcher", default="local", choices=["local", "horovodrun", "spark", "torch"],
+                    help="how the ranks start: local (this process, or horovod.run for --np > 1), horovodrun "
+                    "(re-runs this command under horovodrun -np N; run under horovodrun, each copy is a rank), "
+                    "spark (horovod.spark.run in Spark tasks), torch (pyspark TorchDistributor, no Horovod)")
+    sp.add_argument("--master", help="Spark master for --launcher spark/torch (default local[max(2,np)]; "
+                    "spark-submit sets it)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     conf_args(sp)
 
@@ -328,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "botocore", "urllib3", "petastorm", "matplotlib", "s3transfer", "filelock"):

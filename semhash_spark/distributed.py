@@ -1,18 +1,38 @@
-"""The only module that imports Horovod: ranks, allreduce, broadcast, and launching N processes.
+"""The only module that imports Horovod: ranks, collectives, and the three ways of starting Horovod ranks.
 
 Training code receives a :class:`Dist` and never imports horovod itself, so the math runs (and is tested)
-without it, and another engine could stand in. One process (``np=1``) runs without Horovod at all; ``np>1``
-starts real Horovod processes (gloo on CPU, NCCL through Horovod when CUDA is present).
+without it, and another engine stands in: :mod:`semhash_spark.torch_dist` implements the same interface on
+``torch.distributed`` for ``TorchDistributor``. One process (``np=1``) runs without Horovod at all.
+
+Launchers (each runs the same rank function; see ``fit.train_model``):
+
+- :func:`run_processes`: ``horovod.run`` starts N local processes (``semhash train --launcher local --np N``);
+- :func:`run_horovodrun`: the ``horovodrun`` command starts N copies of a command line, each of which finds
+  itself inside the job (:func:`inside_horovod`) and runs its rank (``--launcher horovodrun``);
+- :func:`run_on_spark`: ``horovod.spark.run`` runs the ranks in Spark tasks on the executors (``--launcher spark``).
+
+Collectives go over gloo on CPU; with CUDA tensors, over NCCL when this Horovod was built with it, else staged
+through host memory so a CPU-only Horovod build still trains on a GPU.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+import shutil
+import subprocess
+import sys
+from typing import Any, Callable, Sequence
 
 import torch
 
 log = logging.getLogger(__name__)
+
+HOROVOD_ENV = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+COLLECTIVE_TIMEOUT_S = "120"       # a rank that stops answering fails the others' collectives after this long
+
+
+class RankFailed(RuntimeError):
+    """A rank died or failed, so the whole distributed job stopped; the message names the launcher and cause."""
 
 
 class Dist:
@@ -38,6 +58,9 @@ class Dist:
     def broadcast_object(self, obj: Any, root: int = 0, name: str = "") -> Any:
         return obj
 
+    def allgather_object(self, obj: Any, name: str = "") -> list[Any]:
+        return [obj]
+
     def barrier(self) -> None:
         return None
 
@@ -46,7 +69,7 @@ class Dist:
 
 
 class HorovodDist(Dist):
-    """Rank, size and collectives from ``horovod.torch`` (call after ``hvd.init()``)."""
+    """Rank, size and collectives from ``horovod.torch`` (``hvd.init()`` is called here)."""
 
     def __init__(self):
         import horovod.torch as hvd  # distributed: the only horovod import
@@ -54,14 +77,23 @@ class HorovodDist(Dist):
         hvd.init()
         self._hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+        # CUDA tensors go to NCCL when Horovod has it; a CPU-only build reduces a host copy instead.
+        self.nccl = bool(hvd.nccl_built())
+
+    def _staged(self, t: torch.Tensor) -> torch.Tensor:
+        return t.cpu() if (t.is_cuda and not self.nccl) else t
 
     def allreduce_mean_(self, tensors: list[torch.Tensor], name: str = "") -> None:
         # distributed: average gradients/statistics over ranks, in place
+        staged = [self._staged(t) for t in tensors]
         handles = [
-            self._hvd.allreduce_async_(t, op=self._hvd.Average, name=f"{name}.{i}") for i, t in enumerate(tensors)
+            self._hvd.allreduce_async_(s, op=self._hvd.Average, name=f"{name}.{i}") for i, s in enumerate(staged)
         ]
         for h in handles:
             self._hvd.synchronize(h)
+        for t, s in zip(tensors, staged):
+            if s is not t:
+                t.copy_(s)
 
     def allreduce_scalars(self, values: list[float], name: str = "") -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -70,10 +102,17 @@ class HorovodDist(Dist):
     def broadcast_(self, tensors: dict[str, torch.Tensor], root: int = 0, name: str = "") -> None:
         # distributed: every rank starts from rank 0's weights and optimiser state
         for key in sorted(tensors):
-            self._hvd.broadcast_(tensors[key], root_rank=root, name=f"{name}.{key}")
+            t = tensors[key]
+            s = self._staged(t)
+            self._hvd.broadcast_(s, root_rank=root, name=f"{name}.{key}")
+            if s is not t:
+                t.copy_(s)
 
     def broadcast_object(self, obj: Any, root: int = 0, name: str = "") -> Any:
         return self._hvd.broadcast_object(obj, root_rank=root, name=name or None)
+
+    def allgather_object(self, obj: Any, name: str = "") -> list[Any]:
+        return self._hvd.allgather_object(obj, name=name or None)
 
     def barrier(self) -> None:
         self._hvd.barrier()
@@ -82,40 +121,112 @@ class HorovodDist(Dist):
         self._hvd.shutdown()
 
 
+def inside_horovod() -> bool:
+    """Whether this process is a rank started by horovodrun / horovod.run / mpirun."""
+    return any(k in os.environ for k in HOROVOD_ENV)
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher set it in the environment (0 outside a job)."""
+    for k in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if k in os.environ:
+            return int(os.environ[k])
+    return 0
+
+
 def current(np_expected: int = 1) -> Dist:
     """The Dist of this process: Horovod when launched by horovodrun/horovod.run, else a single process."""
-    under_horovod = any(k in os.environ for k in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "HOROVOD_SIZE"))
-    if under_horovod or np_expected > 1:
-        return HorovodDist()
+    if inside_horovod() or np_expected > 1:
+        dist = HorovodDist()
+        if np_expected > 1 and dist.size != np_expected:
+            raise RankFailed(f"expected {np_expected} Horovod ranks, this job has {dist.size}")
+        return dist
     return Dist()
 
 
 def device_for(dist: Dist, preference: str = "auto") -> torch.device:
     """CUDA (one GPU per local rank) when present and allowed, else CPU."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {preference!r}")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda was asked for but no CUDA device is visible")
-    torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
-    return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+    index = dist.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    if isinstance(dist, HorovodDist) and dist.size > 1 and not dist.nccl:
+        log.warning("Horovod was built without NCCL: collectives of CUDA tensors go through host memory (gloo)")
+    return torch.device("cuda", index)
+
+
+def _job_env(env: dict[str, str] | None) -> dict[str, str]:
+    out = {"HOROVOD_GLOO_TIMEOUT_SECONDS": os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", COLLECTIVE_TIMEOUT_S)}
+    out.update(env or {})
+    return out
+
+
+def _failed(launcher: str, e: BaseException) -> RankFailed:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return RankFailed(f"a rank of the {launcher} job failed, so the job stopped: {msg}")
 
 
 def run_processes(fn: Callable[..., Any], args: tuple, np: int, env: dict[str, str] | None = None) -> list[Any]:
     """Runs ``fn(*args)`` in ``np`` Horovod processes on this host (gloo) and returns every rank's result.
 
-    A rank that dies makes the whole run fail with an error (Horovod tears the others down) instead of hanging.
+    A rank that dies makes the whole run fail with :class:`RankFailed` (Horovod tears the others down) instead of
+    hanging.
     """
     import horovod  # distributed: launcher
 
     if np < 1:
         raise ValueError(f"--np must be at least 1, got {np}")
     saved = dict(os.environ)
-    os.environ.update(env or {})
-    os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", "120")
+    os.environ.update(_job_env(env))
     log.info("starting %d Horovod processes (gloo)", np)
     try:
         # horovod.run ships fn with cloudpickle and starts the ranks with this environment.
         return horovod.run(fn, args=args, np=np, hosts=f"localhost:{np}", use_gloo=True)
+    except RuntimeError as e:
+        raise _failed("horovod.run", e) from None
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def run_horovodrun(command: Sequence[str], np: int, hosts: str | None = None,
+                   env: dict[str, str] | None = None) -> None:
+    """Runs ``horovodrun -np N -H hosts --gloo COMMAND`` and waits; every rank runs ``command``.
+
+    Raises :class:`RankFailed` when horovodrun exits non-zero (it stops every rank once one fails).
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "horovodrun")   # the venv's, when not on PATH
+    exe = beside if os.path.exists(beside) else shutil.which("horovodrun")
+    if not exe:
+        raise RankFailed("horovodrun not found on PATH; install Horovod or use --launcher local")
+    if np < 1:
+        raise ValueError(f"--np must be at least 1, got {np}")
+    cmd = [exe, "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo", *command]
+    log.info("running %s", " ".join(cmd))
+    rc = subprocess.run(cmd, env={**os.environ, **_job_env(env)}).returncode
+    if rc != 0:
+        raise RankFailed(f"horovodrun exited with status {rc}: a rank failed or was killed (its output is above)")
+
+
+def run_on_spark(fn: Callable[..., Any], args: tuple, np: int, env: dict[str, str] | None = None) -> list[Any]:
+    """Runs ``fn(*args)`` as ``np`` Horovod ranks inside Spark tasks (``horovod.spark.run``, gloo).
+
+    Needs an active SparkSession with at least ``np`` task slots; ``fn`` is shipped with cloudpickle and should
+    import what it needs itself. Returns every rank's result in rank order.
+    """
+    import horovod.spark  # distributed: launcher on Spark executors
+
+    if np < 1:
+        raise ValueError(f"--np must be at least 1, got {np}")
+    log.info("starting %d Horovod ranks in Spark tasks (horovod.spark.run, gloo)", np)
+    try:
+        # The ranks keep their executor's environment plus these settings; the executors' Python runs them.
+        return horovod.spark.run(fn, args=args, num_proc=np, use_gloo=True, env=_job_env(env), verbose=1,
+                                 executable=os.environ.get("PYSPARK_PYTHON") or None,
+                                 start_timeout=int(os.environ.get("HOROVOD_SPARK_START_TIMEOUT", "300")))
+    except Exception as e:  # noqa: BLE001 - horovod.spark raises plain Exception and Spark's Py4J errors
+        raise _failed("horovod.spark.run", e) from None

@@ -1,17 +1,27 @@
-"""Training a document model from a prepared dataset: one process, or N Horovod ranks each reading its shard.
+"""Training a document model from a prepared dataset: one process, or N ranks each reading its shard.
 
-``train_model`` is what ``semhash train`` and ``jobs/train.py`` call. Each rank runs :func:`rank_main`: it reads
-its Petastorm shard (``cur_shard=rank``, ``shard_count=size``), trains with :func:`train.train_stack`, and rank 0
-alone writes checkpoints and the final model.
+``train_model`` is what ``semhash train`` and ``jobs/train.py`` call. Every launcher runs :func:`rank_main` in
+each rank: it stages the dataset locally, reads its Petastorm shard (``cur_shard=rank``, ``shard_count=size``),
+trains with :func:`train.train_stack`, and rank 0 alone writes checkpoints and the final model.
+
+Launchers (``--launcher``):
+
+| launcher | how the N ranks start | engine |
+|---|---|---|
+| ``local`` | this process (``--np 1``), or ``horovod.run`` on this host | Horovod (gloo / NCCL) |
+| ``horovodrun`` | ``horovodrun -np N`` runs ``semhash train`` N times; each copy finds itself inside the job | Horovod |
+| ``spark`` | ``horovod.spark.run`` in Spark tasks on the executors (``spark-submit jobs/train.py``) | Horovod |
+| ``torch`` | ``pyspark.ml.torch.distributor.TorchDistributor`` (local mode: torchrun on the driver) | torch.distributed |
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +31,14 @@ from . import dataset as ds
 from . import store
 from .checkpoint import save_model
 from .config import Config, config_from_dict
-from .distributed import Dist, current, device_for, run_processes
+from .distributed import Dist, current, device_for, inside_horovod, launched_rank, run_horovodrun, run_on_spark, \
+    run_processes
+from .models.autoencoder import id_keys
 from .train import STATE_DIR, Validator, is_validation_id, train_stack
 
 log = logging.getLogger(__name__)
+
+LAUNCHERS = ("local", "horovodrun", "spark", "torch")
 
 
 def _fingerprint(cfg: Config, vocab_fp: str, counts: dict) -> str:
@@ -51,29 +65,91 @@ def _validator(data_dir: str, cfg: Config) -> Validator | None:
     return v if v.usable else None
 
 
-def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool) -> dict[str, Any] | None:
-    """Everything one rank does. Runs in this process (np=1) or in each Horovod process."""
+def _steps_per_epoch(data_dir: str, size: int, batch_size: int, seed: int) -> int | None:
+    """The mini-batches every rank takes this epoch: the fewest any rank's shard yields.
+
+    Collectives run once per batch, so ranks must take the same number of steps or the last ones would wait on
+    each other forever; each rank knows every shard's size from Parquet metadata, with no communication. Rows of
+    a longer shard beyond that (less than a row group) wait for a later epoch, whose shards differ.
+    """
+    if size == 1:
+        return None
+    rows = [data_mod.count_rows(data_dir, "train", r, size, seed=seed) for r in range(size)]
+    return min(math.ceil(n / batch_size) for n in rows)
+
+
+class ShardLog:
+    """Which documents this rank read in its first epoch (keys), for the disjoint-and-complete check."""
+
+    def __init__(self):
+        self.keys: list[np.ndarray] = []
+        self.epoch: int | None = None
+
+    def check(self, dist: Dist, n_train: int) -> dict[str, Any]:
+        mine = np.concatenate(self.keys) if self.keys else np.zeros(0, np.uint64)
+        every = dist.allgather_object(mine, name="shard.keys")  # distributed: one gather after training
+        rows = [int(len(k)) for k in every]
+        union = np.unique(np.concatenate(every)) if every else np.zeros(0, np.uint64)
+        out = {"epoch": self.epoch, "rows_per_rank": rows, "disjoint": int(len(union)) == sum(rows),
+               "covers_train": int(len(union)) == n_train}
+        if dist.is_chief and not (out["disjoint"] and out["covers_train"]):
+            log.error("rank shards overlap or miss rows: %s (train split has %d rows)", out, n_train)
+        return out
+
+
+def rank_main(data_uri: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool,
+              engine: str = "horovod", s3_env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """Everything one rank does, under any launcher. Returns the run summary (on every rank)."""
+    if s3_env:
+        store.apply_s3_env(s3_env)         # executors without their own S3 settings use the driver's
     cfg = config_from_dict(cfg_dict)
-    dist: Dist = current(np_expected)
+    if engine == "torch":
+        from .torch_dist import TorchDist   # no horovod on this path
+
+        want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+        dist: Dist = TorchDist(backend="nccl" if want_cuda else "gloo")
+    else:
+        dist = current(np_expected)
+    try:
+        return _train_rank(dist, data_uri, out_uri, cfg, progress)
+    finally:
+        if engine == "torch":
+            dist.shutdown()
+
+
+def _train_rank(dist: Dist, data_uri: str, out_uri: str, cfg: Config, progress: bool) -> dict[str, Any]:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     elif dist.size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // dist.size))
     device = device_for(dist, cfg.train.device)
+    data_dir = store.local_copy(data_uri)  # each rank stages the dataset on its own host (cached by content)
     meta = ds.read_metadata(data_dir)
     words, doc_freq, n_train = ds.read_vocab(data_dir)
     vocab_size = len(words)
     val_fraction = cfg.finetune.val_fraction
     seed = cfg.train.seed
+    shards = ShardLog()
 
     def source(epoch: int, batch_size: int):
         # distributed: each rank reads its own shard; the same seed on every rank keeps the shard assignment
+        steps = _steps_per_epoch(data_dir, dist.size, batch_size, seed + epoch)
+        record = shards.epoch is None
+        if record:
+            shards.epoch = epoch
+        taken = 0
         for batch in data_mod.iter_batches(data_dir, "train", batch_size, cur_shard=dist.rank,
                                            shard_count=dist.size, num_epochs=1, shuffle=True,
                                            seed=seed + epoch, reader_pool=cfg.train.reader_pool,
                                            vocab_size=vocab_size):
+            if record:
+                shards.keys.append(id_keys(batch.ids))
+            if steps is not None and taken >= steps:
+                continue          # read to the end (the loader checks the shard is whole) without training on it
+            taken += 1
             keep = ~is_validation_id(batch.ids, val_fraction)
-            if keep.any():
+            # with several ranks an all-validation batch still takes its step (zero gradient), keeping step counts
+            if keep.any() or dist.size > 1:
                 yield batch.ids[keep], batch.counts[keep]
 
     validator = _validator(data_dir, cfg) if dist.is_chief else None
@@ -86,6 +162,7 @@ def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
     )
     metrics["train_seconds"] = round(time.time() - t0, 1)
     metrics["world_size"] = dist.size
+    metrics["shards"] = shards.check(dist, int(meta.get("counts", {}).get("train", n_train)))
     result = None
     if dist.is_chief:
         extra = {
@@ -96,22 +173,62 @@ def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
         }
         model_meta = save_model(out_uri, model, cfg, extra)
         store.delete_prefix(store.join(out_uri, STATE_DIR))
-        result = {"model": out_uri, "model_version": model_meta["model_version"], "bits": cfg.model.bits,
-                  "best_val_precision": metrics.get("best_val_precision"), "best_epoch": metrics.get("best_epoch"),
-                  "train_seconds": metrics["train_seconds"], "world_size": dist.size}
-    dist.barrier()
-    return result
+        result = summary(out_uri, model_meta)
+    # every rank returns the summary (TorchDistributor keeps one rank's return value)
+    return dist.broadcast_object(result, name="summary")  # distributed
 
 
-def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Trains the document model on ``data_uri``'s train split and writes it to ``out_uri``."""
-    data_dir = store.local_copy(data_uri)
-    meta = ds.read_metadata(data_dir)
-    if meta.get("counts", {}).get("train", 1) == 0:
-        raise ValueError(f"{data_uri!r} has no training documents")
+def summary(out_uri: str, model_meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary of a trained model, from its ``model.json``."""
+    m = model_meta.get("metrics", {})
+    return {"model": out_uri, "model_version": model_meta["model_version"], "bits": model_meta.get("bits"),
+            "best_val_precision": m.get("best_val_precision"), "best_epoch": m.get("best_epoch"),
+            "train_seconds": m.get("train_seconds"), "world_size": m.get("world_size"),
+            "resumed_from": m.get("resumed_from")}
+
+
+def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launcher: str = "local",
+                progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Trains the document model on ``data_uri``'s train split and writes it to ``out_uri``.
+
+    ``launcher`` says how the ``np`` ranks start (module docstring). ``horovodrun`` outside a Horovod job runs
+    ``horovodrun -np N`` over ``command`` (the CLI passes its own command line), whose copies land in the branch
+    inside the job; there, ranks other than 0 return None. A restarted run with the same configuration and data
+    resumes from the last checkpoint under ``out_uri``.
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown launcher {launcher!r}; expected one of {LAUNCHERS}")
+    if np < 1:
+        raise ValueError(f"--np must be at least 1, got {np}")
     if cfg.model.bits < 1:
         raise ValueError(f"--bits must be positive, got {cfg.model.bits}")
-    if np > 1:
-        results = run_processes(rank_main, (data_dir, out_uri, cfg.to_dict(), np, progress), np)
+    meta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
+    if meta.get("counts", {}).get("train", 1) == 0:
+        raise ValueError(f"{data_uri!r} has no training documents")
+    s3_env = store.driver_s3_env() if store.is_s3(data_uri) or store.is_s3(out_uri) else {}
+    args = (data_uri, out_uri, cfg.to_dict(), np, progress)
+    t0 = time.time()
+    if launcher == "horovodrun" and inside_horovod():
+        result = rank_main(*args)
+        return result if launched_rank() == 0 else None
+    if launcher in ("local", "horovodrun", "torch"):
+        store.local_copy(data_uri)         # ranks on this host then find the dataset staged
+    if launcher == "local":
+        if np == 1:
+            return rank_main(*args)
+        results = run_processes(rank_main, args, np)
         return next(r for r in results if r is not None)
-    return rank_main(data_dir, out_uri, cfg.to_dict(), 1, progress)
+    if launcher == "horovodrun":
+        if not command:
+            raise ValueError("--launcher horovodrun outside a horovodrun job needs the command each rank runs")
+        run_horovodrun(command, np)
+    elif launcher == "spark":
+        results = run_on_spark(rank_main, (*args, "horovod", s3_env), np)
+        return next(r for r in results if r is not None)
+    else:
+        from .torch_dist import run_torch_distributor
+
+        return run_torch_distributor(rank_main, (*args, "torch", s3_env), np)
+    result = summary(out_uri, store.read_json(store.join(out_uri, "model.json")))
+    result["launcher_seconds"] = round(time.time() - t0, 1)
+    return result

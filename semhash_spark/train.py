@@ -7,9 +7,11 @@ a run resumes from the last one (stage, layer, epoch, weights and optimiser stat
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BatchSource = Callable[[int, int], Iterable[tuple[np.ndarray, Any]]]   # (epoch, batch_size) -> (ids, counts)
 STATE_DIR = "_train_state"
+STATE_FILE = "state.json"        # written last: names the weights file of the same epoch and its sha256
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,7 +62,11 @@ def densify(counts, device: torch.device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 def pretrain_step(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: float, momentum: float, dist: Dist,
                   generator: torch.Generator | None = None) -> CDStats:
-    dW, db_v, db_h, stats = rbm.cd_gradients(v, generator)
+    if v.shape[0] == 0:   # a rank whose batch was all validation rows still joins the step with zero gradients
+        dW, db_v, db_h = (torch.zeros_like(t) for t in (rbm.W, rbm.b_v, rbm.b_h))
+        stats = CDStats(0.0, 0.0, 0.0)
+    else:
+        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator)
     dist.allreduce_mean_([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
     opt.step({"W": dW, "b_v": db_v, "b_h": db_h}, lr=lr, momentum=momentum)
     return stats
@@ -69,8 +76,13 @@ def finetune_step(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: t
                   noise: torch.Tensor | None, dist: Dist) -> float:
     model.train()
     optimizer.zero_grad(set_to_none=False)
-    loss = model.loss(x, model(x, noise))
-    loss.backward()
+    if x.shape[0] == 0:   # an empty batch (see pretrain_step) contributes zero gradients
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        loss = torch.zeros(())
+    else:
+        loss = model.loss(x, model(x, noise))
+        loss.backward()
     dist.allreduce_mean_([p.grad for p in model.parameters()], name="ae.grad")  # distributed
     optimizer.step()
     return float(loss.detach())
@@ -145,27 +157,55 @@ class Progress:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list = field(default_factory=list)
+    first_error: float | None = None   # the stage's (layer's) first epoch error, for the explosion check
 
 
-def _save_state(out_uri: str, progress: Progress, tensors: dict[str, torch.Tensor], fingerprint: str) -> None:
+class StateError(RuntimeError):
+    """The resumable training state is unreadable or does not match its checksum; the message says what to do."""
+
+
+def _save_state(out_uri: str, progress: Progress, tensors: dict[str, torch.Tensor], fingerprint: str,
+                metrics: dict[str, Any] | None = None, rank: int = 0) -> None:
+    """Writes the weights under a fresh name, then ``state.json`` pointing at them (the commit), then drops older
+    weights. Each write is atomic (temp file + rename locally, one PUT on S3), so a kill at any moment leaves the
+    previous state or the new one, never a mix."""
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    store.write_bytes(store.join(out_uri, STATE_DIR, "state.safetensors"), blob)
-    meta = {"progress": asdict(progress), "fingerprint": fingerprint, "saved_at": time.time()}
-    store.write_bytes(store.join(out_uri, STATE_DIR, "state.json"), json.dumps(meta).encode())
+    name = f"weights-{progress.stage}-{progress.layer}-{progress.epoch}-{time.time_ns():x}.safetensors"
+    store.write_bytes(store.join(out_uri, STATE_DIR, name), blob)
+    meta = {"progress": asdict(progress), "fingerprint": fingerprint, "weights": name,
+            "sha256": store.sha256_bytes(blob), "metrics": metrics or {}, "saved_at": time.time(),
+            "saved_by_rank": rank, "pid": os.getpid()}
+    store.write_bytes(store.join(out_uri, STATE_DIR, STATE_FILE), json.dumps(meta).encode())
+    for old in store.list_dir(store.join(out_uri, STATE_DIR)):
+        old = old.rstrip("/").rsplit("/", 1)[-1]
+        if old.startswith("weights-") and old != name:
+            store.delete(store.join(out_uri, STATE_DIR, old))
 
 
-def _load_state(out_uri: str, fingerprint: str) -> tuple[Progress, dict[str, torch.Tensor]] | None:
-    meta_uri = store.join(out_uri, STATE_DIR, "state.json")
+def _load_state(out_uri: str, fingerprint: str
+                ) -> tuple[Progress, dict[str, torch.Tensor], dict[str, Any]] | None:
+    meta_uri = store.join(out_uri, STATE_DIR, STATE_FILE)
     if not store.exists(meta_uri):
         return None
     meta = json.loads(store.read_bytes(meta_uri))
     if meta.get("fingerprint") != fingerprint:
         log.warning("ignoring the training state in %s: it belongs to another config or dataset", out_uri)
         return None
-    tensors = st_load(store.read_bytes(store.join(out_uri, STATE_DIR, "state.safetensors")))
-    # The weights file is written first: if it is newer than the JSON, the JSON still describes an older
-    # consistent pair only when both were written; a torn pair fails the key check below and restarts the stage.
-    return Progress(**meta["progress"]), tensors
+    if "weights" not in meta:
+        log.warning("ignoring the training state in %s: an older format without a weights pointer", out_uri)
+        return None
+    weights_uri = store.join(out_uri, STATE_DIR, meta["weights"])
+    blob = store.read_bytes(weights_uri)
+    if store.sha256_bytes(blob) != meta["sha256"]:
+        raise StateError(f"{weights_uri} does not match the checksum in {meta_uri}; delete "
+                         f"{store.join(out_uri, STATE_DIR)} to train from the start")
+    return Progress(**meta["progress"]), st_load(blob), meta.get("metrics") or {}
+
+
+def _epoch_seed(seed: int, rank: int, layer: int, epoch: int) -> int:
+    """The CD sampling seed of one rank, layer and epoch: a resumed run draws what an uninterrupted one draws."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{layer}/{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _check_finite(value: float, what: str, first: float | None) -> None:
@@ -227,8 +267,10 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
     torch.manual_seed(seed + dist.rank)
     scale = dist.size if cfg.train.lr_scaling == "linear" else 1
     rbms = build_rbms(sizes, first_kind, cfg, seed)
-    resumed = _load_state(out_uri, fingerprint)
-    prog, tensors = resumed if resumed else (Progress(), {})
+    # distributed: rank 0 reads the state and sends it (weights, optimiser state, progress) to the others, whose
+    # hosts need not see MODEL_URI's local files
+    resumed = dist.broadcast_object(_load_state(out_uri, fingerprint) if dist.is_chief else None, name="resume")
+    prog, tensors, saved_metrics = resumed if resumed else (Progress(), {}, {})
     if resumed and dist.is_chief:
         log.info("resuming from %s: stage %s, layer %d, epoch %d", out_uri, prog.stage, prog.layer, prog.epoch)
     for i, r in enumerate(rbms):
@@ -239,8 +281,11 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         r.to(device)
         dist.broadcast_({k: v for k, v in r.parameters_dict().items()}, name=f"init{r.n_visible}")  # distributed
     show = progress_bar and dist.is_chief
-    gen = torch.Generator(device=device).manual_seed(seed * 1000 + dist.rank)
+    gen = torch.Generator(device=device)
     metrics: dict[str, Any] = {"pretrain": [], "finetune": []}
+    metrics.update(saved_metrics)
+    if resumed:
+        metrics["resumed_from"] = {"stage": prog.stage, "layer": prog.layer, "epoch": prog.epoch}
 
     # --- greedy layer-wise pretraining with CD-1 (Hinton & Salakhutdinov 2006) ---------------------------------
     while prog.stage == "pretrain":
@@ -250,12 +295,12 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         if prog.epoch > 0 and f"opt.velocity.W" in tensors:
             opt.load_state_dict({k[len("opt."):]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")})
         lr = cfg.pretrain.lr * (cfg.pretrain.poisson_lr_scale if i == 0 and first_kind != "binary" else 1.0) * scale
-        first_err = None
         bar = tqdm(range(prog.epoch, cfg.pretrain.epochs), desc=f"pretrain layer {i + 1}/{len(rbms)}",
                    disable=not show, leave=False, initial=prog.epoch, total=cfg.pretrain.epochs)
         for epoch in bar:
             momentum = cfg.pretrain.momentum_start if epoch < cfg.pretrain.momentum_switch_epoch else cfg.pretrain.momentum_final
             t0, sums, n = time.time(), np.zeros(3), 0
+            gen.manual_seed(_epoch_seed(seed, dist.rank, i, epoch))
             for _, counts in source(epoch, cfg.pretrain.batch_size):
                 v = densify(counts, device)
                 with torch.no_grad():
@@ -266,8 +311,8 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
                 n += v.shape[0]
             err, sat, hmean, rows = dist.allreduce_scalars([*(sums / max(n, 1)), n], name=f"pt{i}.{epoch}")
             what = f"pretraining layer {i + 1} ({rbm.n_visible}x{rbm.n_hidden}), epoch {epoch + 1}"
-            _check_finite(err, what, first_err)
-            first_err = first_err if first_err is not None else err
+            _check_finite(err, what, prog.first_error)
+            prog.first_error = prog.first_error if prog.first_error is not None else err
             rec = {"layer": i + 1, "epoch": epoch + 1, "recon_error": err, "saturated": sat, "hidden_mean": hmean,
                    "seconds": time.time() - t0, "rows_per_rank": rows}
             metrics["pretrain"].append(rec)
@@ -277,14 +322,14 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
                          cfg.pretrain.epochs, err, sat, rec["seconds"])
             prog.epoch = epoch + 1
             if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0):
-                _save_state(out_uri, prog, _rbm_tensors(rbms, opt), fingerprint)
+                _save_state(out_uri, prog, _rbm_tensors(rbms, opt), fingerprint, metrics, dist.rank)
         bar.close()
-        prog.layer, prog.epoch = i + 1, 0
+        prog.layer, prog.epoch, prog.first_error = i + 1, 0, None
         tensors = {}
         if prog.layer == len(rbms):
             prog.stage = "finetune"
         if dist.is_chief:
-            _save_state(out_uri, prog, _rbm_tensors(rbms, None), fingerprint)
+            _save_state(out_uri, prog, _rbm_tensors(rbms, None), fingerprint, metrics, dist.rank)
 
     # --- unroll and fine-tune (Semantic Hashing sec. 3) ----------------------------------------------------------
     model = DeepAutoencoder.from_rbms([r.cpu() for r in rbms], output=output, code_mode=code_mode).to(device)
@@ -307,7 +352,6 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
     noise_std = cfg.finetune.noise_std if code_mode == "noise" else 0.0
     bar = tqdm(range(prog.epoch, cfg.finetune.epochs), desc="fine-tune", disable=not show, leave=False,
                initial=prog.epoch, total=cfg.finetune.epochs)
-    first_loss = None
     for epoch in bar if prog.stage == "finetune" else []:
         t0, total, n = time.time(), 0.0, 0
         for ids, counts in source(10_000 + epoch, cfg.finetune.batch_size):
@@ -316,8 +360,8 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
             total += finetune_step(model, optimizer, x, noise, dist) * x.shape[0]
             n += x.shape[0]
         loss, rows = dist.allreduce_scalars([total / max(n, 1), n], name=f"ft.{epoch}")
-        _check_finite(loss, f"fine-tuning, epoch {epoch + 1}", first_loss)
-        first_loss = first_loss if first_loss is not None else loss
+        _check_finite(loss, f"fine-tuning, epoch {epoch + 1}", prog.first_error)
+        prog.first_error = prog.first_error if prog.first_error is not None else loss
         rec = {"epoch": epoch + 1, "loss": loss, "seconds": time.time() - t0, "rows_per_rank": rows}
         stop = False
         if has_val:
@@ -340,7 +384,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
                      rec.get("val_precision"), rec["seconds"])
         prog.epoch = epoch + 1
         if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0 or stop):
-            _save_state(out_uri, prog, _ae_tensors(model, optimizer, best), fingerprint)
+            _save_state(out_uri, prog, _ae_tensors(model, optimizer, best), fingerprint, metrics, dist.rank)
         if stop:
             log.info("early stop: no validation gain for %d epochs", cfg.finetune.patience)
             break

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from launch_util import check_trained
 from semhash_spark.checkpoint import load_model
 from semhash_spark.config import load_config
 from semhash_spark.fit import train_model
@@ -26,6 +27,7 @@ def test_two_horovod_processes_train_one_model(small_dataset, tmp_path):
     rows = metrics["pretrain"][0]["rows_per_rank"]
     assert 100 < rows < 300, rows
     assert not (out / "_train_state").exists()     # rank 0 removed its resumable state after the final save
+    check_trained(out, small_dataset)              # the two shards were disjoint and covered the train split
 
 
 @pytest.mark.slow
