@@ -31,8 +31,19 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """Image datasets (``semhash-images/1``): every image is resized to height x width x channels."""
+    height: int = 32
+    width: int = 32
+    channels: int = 3               # 3: grey images (MNIST) are replicated to RGB; 1: colour images become grey
+    files_per_split: int = 8        # Parquet files (one row group each) per split: Petastorm shards
+    patch_side: int = 16            # multiple semantic hashing: each of the 81 retina glimpses is side x side
+    patch_fovea: int = 8            # the centre fovea x fovea of a glimpse is at full resolution, the rest at half
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "documents"
+    kind: str = "documents"         # documents | images | image_patches
     hidden: tuple[int, ...] = (500, 500)   # 2000-500-500-{bits}
     bits: int = 64
 
@@ -108,6 +119,7 @@ class GenerateConfig:
 @dataclass(frozen=True)
 class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -159,3 +159,130 @@ def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cu
         raise RuntimeError(f"shard {cur_shard}/{shard_count} of {split} delivered {delivered} rows, expected "
                            f"{expected * num_epochs} ({num_epochs} epochs); petastorm's {reader_pool!r} pool lost "
                            "rows (use reader_pool='dummy' or 'process')")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images (``semhash-images/1``): a Unischema with a PNG image codec, written and read through Petastorm
+# ---------------------------------------------------------------------------------------------------------------
+IMAGE_SCHEMA_NAME = "SemhashImages"
+
+
+def image_schema(height: int, width: int, channels: int):
+    """The Unischema of an image split: id, label, split (np.str_) and image uint8 (H, W, C) as PNG.
+
+    Petastorm's image codec handles (H, W, 3) and (H, W) arrays, so one-channel images are stored as (H, W)
+    and :func:`iter_image_batches` gives them back as (H, W, 1).
+    """
+    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+    from pyspark.sql.types import StringType
+
+    if channels not in (1, 3):
+        raise ValueError(f"images.channels must be 1 or 3, got {channels}")
+    shape = (height, width, 3) if channels == 3 else (height, width)
+    return Unischema(IMAGE_SCHEMA_NAME, [
+        UnischemaField("id", np.str_, (), ScalarCodec(StringType()), False),
+        UnischemaField("label", np.str_, (), ScalarCodec(StringType()), False),
+        UnischemaField("split", np.str_, (), ScalarCodec(StringType()), False),
+        UnischemaField("image", np.uint8, shape, CompressedImageCodec("png"), False),
+    ])
+
+
+def _encode_image_rows(rows, height: int, width: int, channels: int):
+    """Runs in Spark tasks: (id, label, split, raw HWC bytes) -> Spark rows with the PNG-encoded image."""
+    from petastorm.unischema import dict_to_spark_row
+
+    schema = image_schema(height, width, channels)
+    shape = schema.fields["image"].shape
+    for r in rows:
+        pixels = np.frombuffer(r["pixels"], dtype=np.uint8).reshape(shape)
+        yield dict_to_spark_row(schema, {"id": r["id"], "label": r["label"], "split": r["split"], "image": pixels})
+
+
+def write_image_split(spark, df, url: str, height: int, width: int, channels: int, files: int) -> None:
+    """Writes one split (a DataFrame with id, label, split, pixels) as a Petastorm dataset at ``url``.
+
+    ``files`` Parquet files of one row group each, so that up to ``files`` ranks can read their own shard.
+    """
+    import functools
+
+    from petastorm.etl.dataset_metadata import materialize_dataset
+
+    schema = image_schema(height, width, channels)
+    rows = df.select("id", "label", "split", "pixels").repartition(files).rdd.mapPartitions(
+        functools.partial(_encode_image_rows, height=height, width=width, channels=channels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with materialize_dataset(spark, url, schema, row_group_size_mb=1024):
+            spark.createDataFrame(rows, schema.as_spark_schema()).write.mode("overwrite") \
+                .option("compression", "none").parquet(url)
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    ids: np.ndarray            # object[B] of str
+    labels: np.ndarray         # object[B] of str
+    pixels: np.ndarray         # uint8 [B, H, W, C]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def image_split_url(data_dir: str | os.PathLike, split: str) -> str:
+    from pathlib import Path
+
+    if split not in ds.SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {ds.SPLITS}")
+    d = Path(data_dir) / "images" / f"split={split}"
+    if not d.is_dir():
+        raise ValueError(f"{str(d)!r} not found: {str(data_dir)!r} has no {split} split (run semhash prepare)")
+    return "file://" + str(d.absolute())
+
+
+def read_image_shard(data_dir: str | os.PathLike, split: str, *, cur_shard: int = 0, shard_count: int = 1,
+                     shuffle: bool = False, seed: int | None = 0, reader_pool: str = "dummy",
+                     workers_count: int = 2) -> ImageBatch:
+    """Every image of one shard of a split, decoded by Petastorm's codec: ``pixels`` uint8 [n, H, W, C].
+
+    Petastorm's ``make_reader`` assigns whole row groups to shards (``cur_shard`` of ``shard_count``; every rank
+    must pass the same ``seed``).
+    """
+    if reader_pool not in READER_POOLS:
+        raise ValueError(f"unknown reader_pool {reader_pool!r}; expected one of {READER_POOLS}")
+    from petastorm import make_reader
+
+    url = image_split_url(data_dir, split)
+    ids, labels, images = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with make_reader(url, reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
+                         shuffle_row_groups=shuffle, num_epochs=1, cur_shard=cur_shard,
+                         shard_count=shard_count) as reader:
+            for row in reader:
+                ids.append(row.id)
+                labels.append(row.label)
+                images.append(row.image)
+    if not images:
+        log.warning("shard %d/%d of the %s images of %s is empty", cur_shard, shard_count, split, data_dir)
+        return ImageBatch(np.zeros(0, object), np.zeros(0, object), np.zeros((0, 0, 0, 0), np.uint8))
+    pixels = np.stack(images)
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    return ImageBatch(np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), pixels)
+
+
+def iter_image_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cur_shard: int = 0,
+                       shard_count: int = 1, shuffle: bool = True, seed: int | None = 0,
+                       reader_pool: str = "dummy") -> Iterator[ImageBatch]:
+    """One epoch of one shard in mini-batches of ``batch_size`` (the last may be smaller), shuffled within the shard.
+
+    The shard is decoded whole first (its rows are the shuffle buffer): 50,000 CIFAR images are 150 MB of uint8.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    shard = read_image_shard(data_dir, split, cur_shard=cur_shard, shard_count=shard_count, shuffle=shuffle,
+                             seed=seed, reader_pool=reader_pool)
+    order = np.random.default_rng(seed).permutation(len(shard)) if shuffle else np.arange(len(shard))
+    for s in range(0, len(order), batch_size):
+        sel = order[s:s + batch_size]
+        yield ImageBatch(shard.ids[sel], shard.labels[sel], shard.pixels[sel])

@@ -203,6 +203,12 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
     if cfg.model.bits < 1:
         raise ValueError(f"--bits must be positive, got {cfg.model.bits}")
     meta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
+    if meta.get("kind") == "images":            # Krizhevsky & Hinton 2011: semhash_spark.image_fit
+        from .image_fit import train_image_model
+
+        if launcher != "local":
+            raise ValueError(f"image models train with --launcher local (--np N), not {launcher!r}")
+        return train_image_model(store.local_copy(data_uri), out_uri, cfg, np=np, progress=progress)
     if meta.get("counts", {}).get("train", 1) == 0:
         raise ValueError(f"{data_uri!r} has no training documents")
     s3_env = store.driver_s3_env() if store.is_s3(data_uri) or store.is_s3(out_uri) else {}
