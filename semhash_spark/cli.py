@@ -18,10 +18,31 @@ log = logging.getLogger("semhash")
 SPARK_COMMANDS = ("prepare", "encode", "dedup", "reindex")
 
 
+IMAGE_CONF = "images.yaml"
+
+
+def _default_conf(args) -> str | None:
+    """The configuration when no --conf is given: conf/images.yaml to train on an image dataset, else built-in."""
+    data = getattr(args, "data", None)
+    if getattr(args, "conf", None) or not data or getattr(args, "fn", None) is not cmd_train:
+        return getattr(args, "conf", None)
+    from . import store
+
+    meta_uri = store.join(data, "dataset.json")
+    if store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images":
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[1] / "conf" / IMAGE_CONF
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} not found: pass the image configuration with --conf")
+        return str(path)
+    return None
+
+
 def _config(args) -> Any:
     from .config import load_config
 
-    cfg = load_config(getattr(args, "conf", None), getattr(args, "set", None) or ())
+    cfg = load_config(_default_conf(args), getattr(args, "set", None) or ())
     if getattr(args, "bits", None):
         cfg = cfg.with_bits(args.bits)
     return cfg
@@ -36,11 +57,16 @@ def cmd_prepare(args) -> dict:
     import tempfile
 
     from . import store
+    from .images import prepare_images
+    from .image_sources import DATASETS as IMAGE_DATASETS
     from .prepare import prepare_dataset
     from .spark import get_spark
 
     cfg = _config(args)
     spark = get_spark("semhash-prepare", master=args.master)
+    if args.dataset in IMAGE_DATASETS:
+        def prepare_dataset(spark, dataset, source, out_dir, _prepare_cfg):   # noqa: F811 - images take cfg.images
+            return prepare_images(spark, dataset, source, out_dir, cfg.images)
     if store.is_s3(args.out):
         with tempfile.TemporaryDirectory(prefix="semhash-prepare-") as tmp:
             report = prepare_dataset(spark, args.dataset, args.source, tmp, cfg.prepare)
@@ -75,7 +101,19 @@ def cmd_encode(args) -> dict:
 
     cfg = _config(args)
     spark = get_spark("semhash-encode", master=args.master)
+    if _is_image_data(args.data):
+        from .image_encode import encode_images_to_index
+
+        return encode_images_to_index(spark, args.model, args.data, args.index, cfg,
+                                      patch_model_uri=args.patch_model)
     return encode_to_index(spark, args.model, args.data, args.index, cfg)
+
+
+def _is_image_data(data_uri: str) -> bool:
+    from . import store
+
+    meta_uri = store.join(data_uri, "dataset.json")
+    return store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images"
 
 
 def cmd_query(args) -> dict:
@@ -91,8 +129,18 @@ def cmd_query(args) -> dict:
                                 ids=[args.id] if args.id else None, radius=args.radius, k=args.k,
                                 rerank=args.rerank)
         return _show_results(args, payload["results"][0], payload.get("version"))
+    if args.image:
+        from pathlib import Path
+
+        from .image_lookup import ImageSearcher
+
+        searcher = ImageSearcher.open(args.index)
+        pixels = searcher.load_images([Path(args.image).read_bytes()])
+        k = args.k if args.k is not None else (None if args.radius is not None else 10)
+        results = searcher.search_images(pixels, k=k, radius=args.radius, msh_lookup=args.msh)
+        return _show_results(args, results[0], searcher.index.version)
     if not (args.text or args.code):
-        raise ValueError("give --text or --code (or --server URL with --id)")
+        raise ValueError("give --text, --image or --code (or --server URL with --id)")
     searcher = Searcher.open(args.index)
     k = args.k if args.k is not None else (None if args.radius is not None else 10)
     if args.text:
@@ -117,6 +165,13 @@ def cmd_evaluate(args) -> dict:
     plot = args.plot
     if plot is None:
         plot = "semhash-pr.png"
+    if _is_image_data(args.data):
+        from .image_assess import evaluate_image_model
+
+        grid = args.grid if args.grid is not None else "semhash-grid.png"
+        return evaluate_image_model(args.model, args.data, plot_path=plot or None, grid_path=grid or None,
+                                    max_queries=args.max_queries, patch_model_uri=args.patch_model,
+                                    short_model_uri=args.short_model, msh_queries=args.msh_queries)
     return evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries)
 
 
@@ -238,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
 
     sp = add("prepare", cmd_prepare, "turn a raw corpus into a Petastorm-readable Parquet dataset (Spark job)")
-    sp.add_argument("--dataset", required=True, choices=["20ng", "reuters21578", "jsonl"])
+    sp.add_argument("--dataset", required=True, choices=["20ng", "reuters21578", "jsonl", "cifar10", "mnist", "imagefolder"])
     sp.add_argument("--source", required=True, help="archive, folder or file of the raw corpus")
     sp.add_argument("--out", required=True, help="DATA_URI: local path or s3://bucket/prefix")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
@@ -262,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True)
     sp.add_argument("--data", required=True)
     sp.add_argument("--index", required=True, help="INDEX_URI: local path or s3://bucket/prefix")
+    sp.add_argument("--patch-model", help="images: the 81-glimpse model (model.kind image_patches) whose codes are "
+                    "stored for multiple semantic hashing")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
     conf_args(sp)
 
@@ -269,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index", help="INDEX_URI (library lookup)")
     sp.add_argument("--server", help="URL of a `semhash serve` service instead of --index")
     sp.add_argument("--text")
+    sp.add_argument("--image", help="an image file (image indexes)")
+    sp.add_argument("--msh", action="store_true", help="with --image: multiple semantic hashing (81 glimpses, "
+                    "radius 3, scores 2^(3-d), ranked with the full code); the index needs patch codes")
     sp.add_argument("--code", help="a hex code")
     sp.add_argument("--id", help="a document id (with --server)")
     sp.add_argument("--radius", type=int, help="Hamming radius around the query's address")
@@ -282,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object (always the last line)")
     sp.add_argument("--plot", help="PNG of the precision-recall curves (default semhash-pr.png; '' for none)")
     sp.add_argument("--max-queries", type=int, default=0, help="subsample the test queries (0: all)")
+    sp.add_argument("--grid", help="images: PNG grid of queries and their top-10 per method (default "
+                    "semhash-grid.png; '' for none)")
+    sp.add_argument("--patch-model", help="images: the glimpse model, to add multiple semantic hashing ('msh')")
+    sp.add_argument("--short-model", help="images: a 28-bit image model, the single-code lookup MSH is compared with")
+    sp.add_argument("--msh-queries", type=int, default=1000, help="images: queries for the MSH comparison")
 
     sp = add("dedup", cmd_dedup, "all pairs of items whose codes lie within Hamming distance R (Spark job)")
     sp.add_argument("--index", required=True, help="INDEX_URI (its current version, or --version)")

@@ -121,10 +121,13 @@ def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
     mean, std = _stats(input_rows(shard.pixels[sample], cfg, stat_rng if cfg.model.kind == "image_patches" else None),
                        dist)
     mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
+    # distributed: every rank takes the same number of steps (shards differ by a row group's size), else the
+    # allreduce of the longest shard would wait forever; the rows past the shortest shard rotate with the epoch
+    min_rows = min(dist.allgather_object(int(train_rows.sum()), name="image.rows"))  # distributed
 
     def source(epoch: int, batch_size: int):
         rng = np.random.default_rng([seed, epoch, dist.rank])
-        order = rng.permutation(np.flatnonzero(train_rows))
+        order = rng.permutation(np.flatnonzero(train_rows))[:min_rows]
         patches = cfg.model.kind == "image_patches"
         step = max(1, batch_size // PATCHES_PER_IMAGE) if patches else batch_size
         for s in range(0, len(order), step):

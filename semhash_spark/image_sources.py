@@ -17,7 +17,6 @@ Layouts:
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import struct

@@ -1,0 +1,259 @@
+"""The Spark encode job for image datasets: the same shards, manifest and publish as documents.
+
+Plan (nothing but file metadata reaches the driver):
+
+1. Spark reads the Petastorm image Parquet (``images/split=*/``); ``mapInPandas`` decodes each Arrow batch's PNG
+   bytes (Pillow) and encodes the images with the model (loaded once per Python worker from a broadcast of the
+   checkpoint bytes) -> id, code, address, partition key; with a patch model, also the 81 glimpse codes of
+   multiple semantic hashing.
+2. ``repartition(partition key)`` + ``index.write_shard``: the address-partitioned code shards, as for documents.
+3. With a patch model, each task of step 1's output also writes a side table
+   ``versions/V/patches/<uuid>.parquet`` (id, code, patch_codes = 81 packed glimpse codes): multiple semantic
+   hashing needs every glimpse of every image, not one address partition. Its files are listed in the manifest
+   under ``patches`` with their checksums, and the patch model is copied to ``versions/V/patch_model/``.
+4. The driver builds the manifest (``kind: images``), copies the model(s) next to the shards and publishes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import codes as C
+from . import index as ix
+from . import msh
+from . import store
+from .checkpoint import META, WEIGHTS, Hasher
+from .config import ImagesConfig
+
+log = logging.getLogger(__name__)
+
+ENCODED_SCHEMA = "id string, code binary, address long, part string, patch_codes binary"
+FILES_SCHEMA = "partition string, path string, rows long, bytes long, sha256 string, columns array<string>"
+PATCH_DIR = "patches"
+PATCH_MODEL_DIR = "patch_model"
+
+_WORKER_MODELS: dict[str, Hasher] = {}
+
+
+def _hasher(version: str, blobs: dict[str, bytes]) -> Hasher:
+    """One model per Python worker and model version (``spark.python.worker.reuse``)."""
+    hasher = _WORKER_MODELS.get(version)
+    if hasher is None:
+        import torch
+        from safetensors.torch import load as st_load
+
+        from .checkpoint import hasher_from_parts
+
+        torch.set_num_threads(int(os.environ.get("SEMHASH_ENCODE_THREADS", "1")))
+        hasher = hasher_from_parts(st_load(blobs[WEIGHTS]), json.loads(blobs[META]))
+        _WORKER_MODELS[version] = hasher
+    return hasher
+
+
+def decode_png_column(values, height: int, width: int, channels: int) -> np.ndarray:
+    """PNG bytes written by the Petastorm image codec -> uint8 [n, H, W, C]."""
+    from PIL import Image
+
+    out = np.empty((len(values), height, width, channels), dtype=np.uint8)
+    for i, v in enumerate(values):
+        with Image.open(io.BytesIO(bytes(v))) as img:
+            arr = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+        out[i] = arr.reshape(height, width, channels)
+    return out
+
+
+def encode_image_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, patch_hasher: Hasher | None,
+                        images_cfg: ImagesConfig, address_bits: int, partition_bits: int) -> Iterator[pd.DataFrame]:
+    for pdf in frames:
+        if len(pdf) == 0:
+            continue
+        pixels = decode_png_column(pdf["image"].tolist(), images_cfg.height, images_cfg.width, images_cfg.channels)
+        packed = hasher.codes(pixels.reshape(len(pixels), -1))
+        out = pd.DataFrame({
+            "id": pdf["id"].astype(str).to_numpy(),
+            "code": [row.tobytes() for row in packed],
+            "address": C.prefix(packed, address_bits).view(np.int64),
+            "part": [C.partition_name(int(p), partition_bits) for p in C.prefix(packed, partition_bits)],
+        })
+        if patch_hasher is not None:
+            pc = msh.patch_codes(patch_hasher, pixels, images_cfg)
+            out["patch_codes"] = [row.tobytes() for row in pc.reshape(len(pc), -1)]
+        else:
+            out["patch_codes"] = None
+        yield out
+
+
+def patch_table_schema(code_bytes: int, patch_bytes: int):
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.string(), nullable=False),
+                      pa.field("code", pa.binary(code_bytes), nullable=False),
+                      pa.field("patch_codes", pa.binary(msh.N_PATCHES * patch_bytes), nullable=False)])
+
+
+def write_patch_table(version_uri: str, code_bytes: int, patch_bytes: int, pdf: pd.DataFrame) -> dict | None:
+    """One task's (id, code, patch_codes) rows -> ``patches/<uuid>.parquet``; returns the file's metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if len(pdf) == 0:
+        return None
+    schema = patch_table_schema(code_bytes, patch_bytes)
+    table = pa.Table.from_arrays([
+        pa.array(pdf["id"].astype(str).tolist(), pa.string()),
+        pa.array([bytes(v) for v in pdf["code"]], schema.field("code").type),
+        pa.array([bytes(v) for v in pdf["patch_codes"]], schema.field("patch_codes").type),
+    ], schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    path = f"{PATCH_DIR}/{uuid.uuid4().hex}.parquet"
+    store.write_bytes(store.join(version_uri, path), data)
+    return {"partition": "", "path": path, "rows": len(pdf), "bytes": len(data), "sha256": store.sha256_bytes(data),
+            "columns": list(schema.names)}
+
+
+def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids object[n], codes uint8[n, code_bytes], patch codes uint8[n, 81, patch_bytes]), checksums verified."""
+    import pyarrow.parquet as pq
+
+    info = manifest.get("patches")
+    if not info:
+        raise ValueError(f"index version {version} has no patch codes: encode with --patch-model for multiple "
+                         "semantic hashing")
+    vuri = ix.version_prefix(index_uri, version)
+    ids, codes, patches = [], [], []
+    for f in info["files"]:
+        data = store.read_bytes(store.join(vuri, f["path"]))
+        if store.sha256_bytes(data) != f["sha256"]:
+            raise ix.ChecksumMismatch(f"{f['path']}: sha256 does not match the manifest")
+        t = pq.read_table(io.BytesIO(data))
+        ids.extend(t.column("id").to_pylist())
+        codes.append(ix.codes_from_column(t.column("code").to_pylist(), manifest["code_bytes"]))
+        pb = info["code_bytes"]
+        patches.append(ix.codes_from_column(t.column("patch_codes").to_pylist(), msh.N_PATCHES * pb)
+                       .reshape(-1, msh.N_PATCHES, pb))
+    return (np.asarray(ids, dtype=object), np.concatenate(codes),
+            np.concatenate(patches))
+
+
+def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *,
+                           patch_model_uri: str | None = None, version: str | None = None) -> dict[str, Any]:
+    """Encodes every image of ``data_uri`` (train and test) and publishes a new index version."""
+    from . import images as im
+
+    t0 = time.time()
+    if not store.exists(store.join(model_uri, META)):
+        raise ValueError(f"no model at {model_uri!r} (model.json not found); run semhash train first")
+    blobs_raw = {WEIGHTS: store.read_bytes(store.join(model_uri, WEIGHTS)),
+                 META: store.read_bytes(store.join(model_uri, META))}
+    meta = json.loads(blobs_raw[META])
+    if meta.get("kind") != "images":
+        raise ValueError(f"{model_uri!r} is a {meta.get('kind')!r} model; image datasets need an image model")
+    data_dir = store.local_copy(data_uri)
+    dmeta = im.read_metadata(data_dir)
+    shape = (dmeta["height"], dmeta["width"], dmeta["channels"])
+    if meta["sizes"][0] != int(np.prod(shape)):
+        raise ValueError(f"{model_uri!r} takes {meta['sizes'][0]} inputs but {data_uri!r} has images {shape}")
+    images_cfg = ImagesConfig(**{**cfg.images.__dict__, "height": shape[0], "width": shape[1], "channels": shape[2]})
+    patch_raw, patch_meta = None, None
+    if patch_model_uri:
+        patch_raw = {WEIGHTS: store.read_bytes(store.join(patch_model_uri, WEIGHTS)),
+                     META: store.read_bytes(store.join(patch_model_uri, META))}
+        patch_meta = json.loads(patch_raw[META])
+        if patch_meta.get("kind") != "image_patches":
+            raise ValueError(f"--patch-model {patch_model_uri!r} is a {patch_meta.get('kind')!r} model, "
+                             "not image_patches")
+        pcfg = patch_meta["config"]["images"]
+        images_cfg = ImagesConfig(**{**images_cfg.__dict__, "patch_side": pcfg["patch_side"],
+                                     "patch_fovea": pcfg["patch_fovea"]})
+    bits = int(meta["bits"])
+    address_bits = min(cfg.index.address_bits, bits)
+    partition_bits = min(cfg.index.partition_bits, address_bits)
+    code_bytes = C.code_bytes(bits)
+    version = version or ix.new_version_id()
+    version_uri = ix.version_prefix(index_uri, version)
+    model_version = meta["model_version"]
+    patch_version = patch_meta["model_version"] if patch_meta else None
+    patch_bytes = C.code_bytes(int(patch_meta["bits"])) if patch_meta else 0
+    blobs = spark.sparkContext.broadcast({"model": blobs_raw, "patch": patch_raw})
+    s3_env = store.driver_s3_env()
+
+    def encode(frames):
+        b = blobs.value
+        hasher = _hasher(model_version, b["model"])
+        patch_hasher = _hasher(patch_version, b["patch"]) if patch_version else None
+        yield from encode_image_frames(frames, hasher, patch_hasher, images_cfg, address_bits, partition_bits)
+
+    def write(frames):
+        store.apply_s3_env(s3_env)
+        for pdf in frames:
+            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[["id", "code", "address"]])
+            if metas:
+                yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
+                                    for m in metas])
+
+    def write_patches(frames):
+        store.apply_s3_env(s3_env)
+        for pdf in frames:
+            m = write_patch_table(version_uri, code_bytes, patch_bytes, pdf)
+            if m:
+                yield pd.DataFrame([m])
+
+    paths = [os.path.join(data_dir, im.IMAGES_DIR, f"split={s}") for s in im.SPLITS
+             if os.path.isdir(os.path.join(data_dir, im.IMAGES_DIR, f"split={s}"))]
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.encode.batch_size))
+    imgs = spark.read.parquet(*paths).select("id", "image")
+    n_tasks = min(cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism), 1 << partition_bits)
+    try:
+        encoded = imgs.mapInPandas(encode, ENCODED_SCHEMA)
+        if patch_version:
+            # Encoding the 81 glimpses is the expensive part: do it once, then feed both writers from the result.
+            encoded = encoded.cache()
+        files_df = encoded.drop("patch_codes").repartition(n_tasks, "part") \
+            .sortWithinPartitions("part", "address", "id").mapInPandas(write, FILES_SCHEMA)
+        files = [r.asDict() for r in files_df.collect()]     # file metadata only
+        extra: dict[str, Any] = {"kind": "images"}
+        if patch_version:
+            pfiles = [r.asDict() for r in encoded.select("id", "code", "patch_codes")
+                      .mapInPandas(write_patches, FILES_SCHEMA).collect()]
+            pfiles.sort(key=lambda f: f["path"])
+            extra["patches"] = {"bits": int(patch_meta["bits"]), "code_bytes": patch_bytes,
+                                "count": sum(int(f["rows"]) for f in pfiles), "model": PATCH_MODEL_DIR,
+                                "model_version": patch_version, "glimpses": msh.describe(images_cfg),
+                                "files": [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in pfiles]}
+        manifest = ix.build_manifest(
+            version, bits, address_bits, partition_bits, files,
+            model={"uri": model_uri, "version": model_version, "path": "model", "kind": "images"},
+            data={"uri": data_uri, "name": dmeta.get("name"), "shape": list(shape)}, **extra)
+        store.write_bytes(store.join(version_uri, "model", WEIGHTS), blobs_raw[WEIGHTS])
+        store.write_bytes(store.join(version_uri, "model", META), blobs_raw[META])
+        if patch_raw:
+            store.write_bytes(store.join(version_uri, PATCH_MODEL_DIR, WEIGHTS), patch_raw[WEIGHTS])
+            store.write_bytes(store.join(version_uri, PATCH_MODEL_DIR, META), patch_raw[META])
+        ix.publish(index_uri, version, manifest, verify_checksums=False)
+    except BaseException:
+        log.error("encode failed; removing the unpublished version %s", version)
+        try:
+            store.delete_prefix(version_uri)
+        except Exception as cleanup:
+            log.warning("could not remove %s: %s", version_uri, cleanup)
+        raise
+    finally:
+        if patch_version:
+            encoded.unpersist()
+        blobs.unpersist()
+    seconds = time.time() - t0
+    count = int(manifest["count"])
+    return {"version": version, "index": index_uri, "kind": "images", "bits": bits, "address_bits": address_bits,
+            "partition_bits": partition_bits, "count": count, "partitions": len(manifest["partitions"]),
+            "files": len(files), "patch_codes": bool(patch_version), "seconds": round(seconds, 2),
+            "images_per_second": round(count / max(seconds, 1e-9), 1), "model_version": model_version}
