@@ -52,14 +52,17 @@ def input_rows(pixels: np.ndarray, cfg: Config, rng: np.random.Generator | None 
     Patch model: with ``rng``, ``PATCHES_PER_IMAGE`` random glimpses of the 81 per image (training); without,
     the central glimpse (validation).
     """
-    x = pixels.astype(np.float32)
     if cfg.model.kind != "image_patches":
-        return x.reshape(len(x), -1)
-    g = msh.glimpses(x, cfg.images)                       # [B, 81, D]
-    if rng is None:
-        return g[:, msh.CENTRE]
-    pick = rng.integers(0, g.shape[1], size=(len(x), PATCHES_PER_IMAGE))
-    return np.take_along_axis(g, pick[:, :, None], axis=1).reshape(-1, g.shape[2])
+        return pixels.reshape(len(pixels), -1).astype(np.float32)
+    out = []
+    for s in range(0, len(pixels), 128):                   # 128 images x 81 glimpses x 768 floats: 32 MB
+        g = msh.glimpses(pixels[s:s + 128], cfg.images)      # [b, 81, D]
+        if rng is None:
+            out.append(g[:, msh.CENTRE])
+            continue
+        pick = rng.integers(0, g.shape[1], size=(len(g), PATCHES_PER_IMAGE))
+        out.append(np.take_along_axis(g, pick[:, :, None], axis=1).reshape(-1, g.shape[2]))
+    return np.concatenate(out) if out else np.zeros((0, cfg.images.patch_side ** 2 * cfg.images.channels), np.float32)
 
 
 def _stats(x: np.ndarray, dist: Dist) -> tuple[np.ndarray, np.ndarray]:
