@@ -24,6 +24,7 @@ class PrepareConfig:
     vocab_size: int = 2000          # the papers' 2000-word vocabulary
     min_token_len: int = 2
     max_token_len: int = 30
+    tokens: str = "letters"         # letters | alnum (runs of letters and digits): corpora.TOKEN_PATTERNS
     min_doc_words: int = 1          # documents with fewer in-vocabulary words are quarantined
     strip_headers: bool = False     # 20ng: keep headers (as in the quality notes' baselines)
     test_fraction: float = 0.2      # jsonl without a split field: deterministic split by id hash
@@ -69,6 +70,8 @@ class FinetuneConfig:
     noise_std: float = 4.0         # deterministic Gaussian noise of variance 16 on the code inputs
     val_fraction: float = 0.1      # carved from train to choose the epoch by retrieval precision
     patience: int = 4
+    binarize_epochs: int = 5       # phase 2: noise + straight-through rounded codes, from phase 1's best (0: off)
+    binarize_code_lr_scale: float = 10.0   # phase 2: the code layer's learning rate multiplier
     val_queries: int = 1000
 
 

@@ -66,12 +66,21 @@ whereupon wherever whether whither whoever whole whose within without yet
 # content words (bill, call, fire, interest, system, name, part, show, side, top, ...): generic words that would
 # otherwise fill a fifth of a 2000-word vocabulary and drown the topical ones.
 
-_WORD_RE = re.compile(r"[^\W\d_]+")  # runs of letters (any script); digits, '_' and punctuation split tokens
+TOKEN_PATTERNS = {
+    "letters": re.compile(r"[^\W\d_]+"),   # runs of letters (any script); digits, '_' and punctuation split tokens
+    "alnum": re.compile(r"[^\W_]+"),       # runs of letters and digits ("x11", "486", "3d"); '_' and punctuation split
+}
 
 
-def tokenize(text: str, min_len: int = 2, max_len: int = 30, stop_words: frozenset[str] = STOP_WORDS) -> list[str]:
-    """Lower-cases ``text`` and returns its letters-only tokens of length in [min_len, max_len], minus stop words."""
-    return [w for w in _WORD_RE.findall(text.lower()) if min_len <= len(w) <= max_len and w not in stop_words]
+def tokenize(text: str, min_len: int = 2, max_len: int = 30, stop_words: frozenset[str] = STOP_WORDS,
+             tokens: str = "letters") -> list[str]:
+    """Lower-cases ``text`` and returns its tokens (``tokens``: a :data:`TOKEN_PATTERNS` name) of length in
+    [min_len, max_len], minus stop words."""
+    try:
+        pattern = TOKEN_PATTERNS[tokens]
+    except KeyError:
+        raise ValueError(f"unknown token pattern {tokens!r}; use one of {sorted(TOKEN_PATTERNS)}") from None
+    return [w for w in pattern.findall(text.lower()) if min_len <= len(w) <= max_len and w not in stop_words]
 
 
 def _record(id_: str | None, text: str | None, labels: list[str], split: str | None, source: str,

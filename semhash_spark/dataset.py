@@ -160,7 +160,7 @@ def csr_from_binary(word_ids: Sequence[bytes], word_counts: Sequence[bytes], voc
 def vectorize(text: str, vocab_index: Mapping[str, int],
               cfg: PrepareConfig = PrepareConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Text -> (ascending word ids int32, counts float32) over the vocabulary, tokenised as prepare does."""
-    return count_vector(tokenize(text, cfg.min_token_len, cfg.max_token_len), vocab_index)
+    return count_vector(tokenize(text, cfg.min_token_len, cfg.max_token_len, tokens=cfg.tokens), vocab_index)
 
 
 def count_vector(tokens: Sequence[str], vocab_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -187,6 +187,17 @@ def summary(out_uri: str, model_meta: dict[str, Any]) -> dict[str, Any]:
             "resumed_from": m.get("resumed_from")}
 
 
+def with_dataset_prepare(cfg: Config, meta: dict[str, Any]) -> Config:
+    """``cfg`` with the tokenisation the dataset was prepared with, so the model vectorises query text the same way
+    (datasets written before ``prepare.tokens`` existed were tokenised letters-only)."""
+    prep = meta.get("prepare")
+    if not prep:
+        return cfg
+    d = cfg.to_dict()
+    d["prepare"] = {**d["prepare"], "tokens": "letters", **prep}
+    return config_from_dict(d)
+
+
 def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launcher: str = "local",
                 progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Trains the document model on ``data_uri``'s train split and writes it to ``out_uri``.
@@ -211,6 +222,7 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
         return train_image_model(store.local_copy(data_uri), out_uri, cfg, np=np, progress=progress)
     if meta.get("counts", {}).get("train", 1) == 0:
         raise ValueError(f"{data_uri!r} has no training documents")
+    cfg = with_dataset_prepare(cfg, meta)
     s3_env = store.driver_s3_env() if store.is_s3(data_uri) or store.is_s3(out_uri) else {}
     args = (data_uri, out_uri, cfg.to_dict(), np, progress)
     t0 = time.time()

@@ -119,7 +119,8 @@ def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg
 
 
 # ---------------------------------------------------------------------------------------------------- classify
-def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: int) -> Iterator[pd.DataFrame]:
+def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: int,
+                      pattern: str = "letters") -> Iterator[pd.DataFrame]:
     """Per record: reader-error kind, excerpt, sha1 of the text and its tokens (none for errors and skips)."""
     for pdf in batches:
         texts, errors, splits = pdf["text"].tolist(), pdf["error"].tolist(), pdf["split"].tolist()
@@ -129,7 +130,7 @@ def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: in
             reason.append(corpora.error_kind(err) if err is not None else None)
             excerpt.append(text[:corpora.EXCERPT_CHARS] if text is not None else None)
             chash.append(hashlib.sha1(text.encode("utf-8")).hexdigest() if usable else None)
-            tokens.append(corpora.tokenize(text, min_len, max_len) if usable else [])
+            tokens.append(corpora.tokenize(text, min_len, max_len, tokens=pattern) if usable else [])
         yield pd.DataFrame({
             "seq": pdf["seq"], "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"],
             "source": pdf["source"], "reason": reason, "excerpt": excerpt, "content_hash": chash, "tokens": tokens,
@@ -138,7 +139,8 @@ def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: in
 
 def _classify(records: DataFrame, cfg: PrepareConfig) -> DataFrame:
     tok = records.mapInPandas(
-        functools.partial(_tokenize_batches, min_len=cfg.min_token_len, max_len=cfg.max_token_len), _TOKENS_SPARK)
+        functools.partial(_tokenize_batches, min_len=cfg.min_token_len, max_len=cfg.max_token_len,
+                          pattern=cfg.tokens), _TOKENS_SPARK)
     candidate = F.col("reason").isNull() & F.col("split").isNotNull()
     # First copy of an id in reading order wins. Rows that are not candidates are keyed by their own seq, so
     # they form groups of one instead of one huge group.
@@ -211,6 +213,9 @@ def _remove_checksums(out: Path) -> None:
 def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
     if cfg.vocab_size < 1:
         raise ValueError(f"prepare.vocab_size must be at least 1, got {cfg.vocab_size}")
+    if cfg.tokens not in corpora.TOKEN_PATTERNS:
+        raise ValueError(f"prepare.tokens: unknown token pattern {cfg.tokens!r}; use one of "
+                         f"{sorted(corpora.TOKEN_PATTERNS)}")
     if not 1 <= cfg.min_token_len <= cfg.max_token_len:
         raise ValueError(f"need 1 <= prepare.min_token_len <= prepare.max_token_len, got "
                          f"{cfg.min_token_len}, {cfg.max_token_len}")

@@ -156,6 +156,8 @@ class Progress:
     best_val: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
+    phase: int = 1               # fine-tuning phase: 1 = code noise (the paper), 2 = noise + rounded codes
+    best_phase: int = 1
     history: list = field(default_factory=list)
     first_error: float | None = None   # the stage's (layer's) first epoch error, for the explosion check
 
@@ -256,6 +258,16 @@ def _restore_adam(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, tens
             }
 
 
+def _finetune_optimizer(model: DeepAutoencoder, cfg: Config, scale: float, phase: int) -> torch.optim.Optimizer:
+    """Adam over all weights; in phase 2 the code layer's learning rate is ``binarize_code_lr_scale`` times higher."""
+    lr = cfg.finetune.lr * scale
+    if phase == 1:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    code = list(model.encoder[-1].parameters())
+    rest = [p for p in model.parameters() if all(p is not c for c in code)]
+    return torch.optim.Adam([{"params": rest}, {"params": code, "lr": lr * cfg.finetune.binarize_code_lr_scale}], lr=lr)
+
+
 def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kind: str, output: str,
                 code_mode: str, dist: Dist, out_uri: str, fingerprint: str,
                 validator: Validator | None = None, device: torch.device = torch.device("cpu"),
@@ -332,10 +344,17 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
             _save_state(out_uri, prog, _rbm_tensors(rbms, None), fingerprint, metrics, dist.rank)
 
     # --- unroll and fine-tune (Semantic Hashing sec. 3) ----------------------------------------------------------
+    # Phase 1 is the paper's: backpropagation with fixed Gaussian noise on the code units' inputs, the epoch chosen by
+    # validation precision. Phase 2 ("binarise", finetune.binarize_epochs > 0) starts from phase 1's best weights and
+    # also rounds the code units to 0/1 in the forward pass (straight-through, as Krizhevsky & Hinton do for images),
+    # with the code layer learning binarize_code_lr_scale times faster, so the decoder learns from the very bits the
+    # index stores; validation keeps phase 1's weights unless phase 2 beats them.
     model = DeepAutoencoder.from_rbms([r.cpu() for r in rbms], output=output, code_mode=code_mode).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.finetune.lr * scale)
+    if prog.stage == "finetune" and prog.phase == 2:
+        model.code_mode = "round"
+    optimizer = _finetune_optimizer(model, cfg, scale, prog.phase)
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if prog.stage == "finetune" and prog.epoch > 0 and tensors:
+    if prog.stage == "finetune" and (prog.epoch > 0 or prog.phase == 2) and tensors:
         model.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
         best = {k[5:]: v.clone() for k, v in tensors.items() if k.startswith("best.")}
         _restore_adam(model, optimizer, tensors)
@@ -344,54 +363,72 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
     def val_codes(x):
         return codes_mod.pack_bits(_probabilities(model, x, device) > 0.5)
 
-    if prog.stage == "finetune" and prog.epoch == 0 and validator is not None and dist.is_chief:
+    if prog.stage == "finetune" and prog.epoch == 0 and prog.phase == 1 and validator is not None and dist.is_chief:
         prog.best_val, prog.best_epoch = validator.precision(val_codes), 0
         log.info("validation precision@%d after pretraining: %.4f", validator.k, prog.best_val)
         metrics["val_precision_pretrained"] = prog.best_val
     has_val = dist.broadcast_object(validator is not None, name="has_val")  # distributed: only rank 0 validates
     noise_std = cfg.finetune.noise_std if code_mode == "noise" else 0.0
-    bar = tqdm(range(prog.epoch, cfg.finetune.epochs), desc="fine-tune", disable=not show, leave=False,
-               initial=prog.epoch, total=cfg.finetune.epochs)
-    for epoch in bar if prog.stage == "finetune" else []:
+    phase_epochs = {1: cfg.finetune.epochs, 2: cfg.finetune.binarize_epochs}
+    bar = tqdm(total=cfg.finetune.epochs + cfg.finetune.binarize_epochs, desc="fine-tune", disable=not show,
+               leave=False, initial=prog.epoch + (cfg.finetune.epochs if prog.phase == 2 else 0))
+    stop = prog.bad_epochs >= cfg.finetune.patience     # a run resumed after its early stop goes on from there
+    while prog.stage == "finetune":
+        if stop or prog.epoch >= phase_epochs[prog.phase]:
+            if prog.phase == 1 and cfg.finetune.binarize_epochs > 0 and has_val:
+                model.load_state_dict(best)             # phase 2 starts from phase 1's best epoch
+                model.code_mode = "round"
+                optimizer = _finetune_optimizer(model, cfg, scale, 2)
+                prog.phase, prog.epoch, prog.bad_epochs, stop = 2, 0, 0, False
+                bar.reset(total=bar.total)
+                bar.update(cfg.finetune.epochs)
+                if dist.is_chief:
+                    log.info("fine-tune phase 2: rounding the codes (straight-through), code layer lr x%g",
+                             cfg.finetune.binarize_code_lr_scale)
+                continue
+            break
+        epoch = prog.epoch
         t0, total, n = time.time(), 0.0, 0
-        for ids, counts in source(10_000 + epoch, cfg.finetune.batch_size):
+        for ids, counts in source(10_000 * prog.phase + epoch, cfg.finetune.batch_size):
             x = densify(counts, device)
             noise = deterministic_noise(id_keys(ids), model.bits, noise_std, seed).to(device) if noise_std > 0 else None
             total += finetune_step(model, optimizer, x, noise, dist) * x.shape[0]
             n += x.shape[0]
-        loss, rows = dist.allreduce_scalars([total / max(n, 1), n], name=f"ft.{epoch}")
-        _check_finite(loss, f"fine-tuning, epoch {epoch + 1}", prog.first_error)
+        loss, rows = dist.allreduce_scalars([total / max(n, 1), n], name=f"ft{prog.phase}.{epoch}")
+        what = f"fine-tuning{' phase 2' if prog.phase == 2 else ''}, epoch {epoch + 1}"
+        _check_finite(loss, what, prog.first_error)
         prog.first_error = prog.first_error if prog.first_error is not None else loss
-        rec = {"epoch": epoch + 1, "loss": loss, "seconds": time.time() - t0, "rows_per_rank": rows}
-        stop = False
+        rec = {"epoch": epoch + 1, "phase": prog.phase, "loss": loss, "seconds": time.time() - t0, "rows_per_rank": rows}
         if has_val:
             if dist.is_chief:
                 score = validator.precision(val_codes)
                 rec["val_precision"] = score
                 if score > prog.best_val:
                     prog.best_val, prog.best_epoch, prog.bad_epochs = score, epoch + 1, 0
+                    prog.best_phase = prog.phase
                     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     prog.bad_epochs += 1
                 stop = prog.bad_epochs >= cfg.finetune.patience
-            stop = dist.broadcast_object(stop, name=f"stop.{epoch}")  # distributed
+            stop = dist.broadcast_object(stop, name=f"stop{prog.phase}.{epoch}")  # distributed
         else:
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         metrics["finetune"].append(rec)
+        bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", val=f"{rec.get('val_precision', float('nan')):.3f}")
         if dist.is_chief:
-            log.info("fine-tune epoch %d/%d loss %.4f val %s (%.1fs)", epoch + 1, cfg.finetune.epochs, loss,
-                     rec.get("val_precision"), rec["seconds"])
+            log.info("fine-tune%s epoch %d/%d loss %.4f val %s (%.1fs)", " phase 2" if prog.phase == 2 else "",
+                     epoch + 1, phase_epochs[prog.phase], loss, rec.get("val_precision"), rec["seconds"])
         prog.epoch = epoch + 1
         if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0 or stop):
             _save_state(out_uri, prog, _ae_tensors(model, optimizer, best), fingerprint, metrics, dist.rank)
         if stop:
             log.info("early stop: no validation gain for %d epochs", cfg.finetune.patience)
-            break
     bar.close()
     model.load_state_dict(best)
+    model.code_mode = code_mode
     dist.broadcast_(dict(model.state_dict()), name="ae.best")  # distributed
-    metrics.update(best_val_precision=prog.best_val, best_epoch=prog.best_epoch)
+    metrics.update(best_val_precision=prog.best_val, best_epoch=prog.best_epoch, best_phase=prog.best_phase)
     return model.cpu().eval(), metrics
 
 

@@ -211,3 +211,24 @@ def test_input_units_errors(tmp_path):
         corpora.input_units("jsonl", tmp_path / "missing")
     assert corpora.input_units("jsonl", tmp_path) == []
     assert corpora.input_units("reuters21578", tmp_path) == []
+
+
+def test_token_patterns():
+    from semhash_spark.corpora import tokenize
+
+    text = "Upgrading my 486 to X11R5 and Win3.1: the_best 3D card"
+    assert tokenize(text) == ["upgrading", "win", "best", "card"]
+    assert tokenize(text, tokens="alnum") == ["upgrading", "486", "x11r5", "win3", "best", "3d", "card"]
+    with pytest.raises(ValueError, match="unknown token pattern 'words'"):
+        tokenize(text, tokens="words")
+
+
+def test_the_model_config_takes_the_datasets_tokenisation():
+    from semhash_spark.config import load_config
+    from semhash_spark.fit import with_dataset_prepare
+
+    cfg = load_config(None)
+    assert with_dataset_prepare(cfg, {"prepare": {"tokens": "alnum", "min_token_len": 3}}).prepare.tokens == "alnum"
+    legacy = with_dataset_prepare(load_config(None, ["prepare.tokens=alnum"]), {"prepare": {"min_token_len": 2}})
+    assert legacy.prepare.tokens == "letters"      # written before the option existed: letters-only
+    assert with_dataset_prepare(cfg, {}) is cfg
