@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import as_codes, code_bytes
+from .codes import as_codes
 from .evaluate import (
     RankingMethod,
     euclidean_method,
