@@ -211,6 +211,8 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     with pytest.raises(ValueError, match="query image 0"):
         searcher.load_images([b"not an image"])
 
+    _check_service_image_queries(str(index), query_file.read_bytes(), query_id)
+
     res = evaluate_image_model(str(model), str(small_image_data), max_queries=40, baseline_bits=(32,),
                                patch_model_uri=str(patch_model), short_model_uri=str(short_model), msh_queries=20,
                                grid_path=str(tmp_path / "grid.png"))
@@ -220,3 +222,44 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     assert res["num_queries"] == 40 and (tmp_path / "grid.png").stat().st_size > 0
     assert set(res["msh"]) >= {"msh", "single_28", "deep"} and res["msh"]["num_queries"] == 20
     assert 0 < res["msh"]["msh"]["map_at_1000"] <= 1
+
+
+def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: str) -> None:
+    """POST /search with base64 images through the real HTTP server; non-image bytes are a 422."""
+    import base64
+    import time
+    import urllib.error
+    import urllib.request
+
+    from semhash_spark.service.app import build_app, running_server
+    from semhash_spark.service.settings import Settings
+
+    def post(url, body):
+        req = urllib.request.Request(url + "/search", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    app = build_app(Settings(index_uri=index_uri, poll_seconds=0.5, log_requests=False))
+    with running_server(app) as url:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, "service never became ready"
+            time.sleep(0.2)
+        status, body = post(url, {"images": [base64.b64encode(image_bytes).decode()], "k": 1000})
+        assert status == 200, body
+        assert body["results"][0][0]["distance"] == 0 and query_id in [h["id"] for h in body["results"][0]
+                                                                       if h["distance"] == 0]
+        status, body = post(url, {"images": [base64.b64encode(b"GIF89a not really").decode()], "k": 3})
+        assert status == 422 and "images[0]" in body["detail"]
+        status, body = post(url, {"images": ["%%% not base64"], "k": 3})
+        assert status == 422 and "base64" in body["detail"]

@@ -5,11 +5,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-QUERY_FIELDS = ("ids", "texts", "codes", "word_counts")
+QUERY_FIELDS = ("ids", "texts", "codes", "word_counts", "images")
 
 
 class SearchRequest(BaseModel):
-    """Exactly one of ``ids``, ``texts``, ``codes``, ``word_counts``; ``k`` and/or ``radius``."""
+    """Exactly one of ``ids``, ``texts``, ``codes``, ``word_counts``, ``images``; ``k`` and/or ``radius``."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"codes": ["a3f09c1d22e4b801"], "k": 10},
@@ -21,6 +21,8 @@ class SearchRequest(BaseModel):
                                                       "encoded with its model")
     codes: list[str] | None = Field(None, description="Hex codes, 2*ceil(bits/8) digits, most significant bit first")
     word_counts: list[dict[str, float]] | None = Field(None, description="Bags of words: word -> count")
+    images: list[str] | None = Field(None, description="Image files (PNG, JPEG, ...) as base64, for image indexes: "
+                                                       "resized and encoded with the index's model")
     k: int | None = Field(None, description="Nearest neighbours to return (exact, full-code Hamming distance)")
     radius: int | None = Field(None, description="Hamming radius: of the full code, or of the address with "
                                                  "rerank='code'")

@@ -35,7 +35,7 @@ from .version import LoadedVersion, Partition
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ids", "texts", "codes", "word_counts")
+KINDS = ("ids", "texts", "codes", "word_counts", "images")
 RERANKS = ("tfidf", "code")
 
 
@@ -209,6 +209,8 @@ class Searcher:
             return np.concatenate(out), [None] * len(out)
         if q.kind == "ids":
             return self._resolve_ids(v, q.values, req)
+        if q.kind == "images":
+            return self._image_codes(v, q.values), [None] * len(q.values)
         if v.hasher is None or v.vocab_index is None:
             raise QueryError(v.model_error or f"version {v.version} has no model vocabulary; query by codes or ids")
         bags = [self._bag(v, q.kind, i, x) for i, x in enumerate(q.values)]
@@ -216,6 +218,34 @@ class Searcher:
         for i, (ids, counts) in enumerate(bags):
             dense[i, ids] = counts
         return v.hasher.codes(dense), bags
+
+    @staticmethod
+    def _image_codes(v: LoadedVersion, values: list) -> np.ndarray:
+        """Base64 image files -> codes with the version's image model (resized as at prepare time)."""
+        import base64
+        import binascii
+
+        from semhash_spark.config import ImagesConfig
+        from semhash_spark.images import decode_image
+
+        if v.hasher is None or v.hasher.meta.get("kind") != "images":
+            raise QueryError(v.model_error or f"version {v.version} is not an image index; query it by texts, "
+                             "codes or ids")
+        d = v.hasher.meta["data"]
+        cfg = ImagesConfig(height=d["height"], width=d["width"], channels=d["channels"])
+        pixels = []
+        for i, x in enumerate(values):
+            if not isinstance(x, str):
+                raise QueryError(f"images[{i}] must be a base64 string, got {type(x).__name__}")
+            try:
+                raw = base64.b64decode(x, validate=True)
+            except (binascii.Error, ValueError):
+                raise QueryError(f"images[{i}] is not valid base64") from None
+            try:
+                pixels.append(decode_image(raw, None, cfg))
+            except ValueError as e:
+                raise QueryError(f"images[{i}] is not an image this index can read: {e}") from None
+        return v.hasher.codes(np.stack(pixels).reshape(len(pixels), -1))
 
     @staticmethod
     def _bag(v: LoadedVersion, kind: str, i: int, x) -> tuple[np.ndarray, np.ndarray]:
