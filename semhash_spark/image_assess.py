@@ -120,3 +120,19 @@ def _evaluate_msh(hasher, deep, train, test, patch_model_uri, short_model_uri, d
     out.update(patch_bits=patch.bits, patch_model_version=patch.version, radius=msh.RADIUS,
                num_queries=res["num_queries"], seconds=round(time.time() - t0, 1))
     return out
+
+
+def evaluate_msh_model(model_uri: str, data_uri: str, patch_model_uri: str, *, short_model_uri: str | None = None,
+                       msh_queries: int = 1000, tie_seed: int = 0) -> dict[str, Any]:
+    """Only the ``msh`` comparison of :func:`evaluate_image_model` (no pixel baselines): MSH, the single short
+    code and the model's codes on the same ``msh_queries`` test images."""
+    data_dir = store.local_copy(data_uri)
+    dmeta = im.read_metadata(data_dir)
+    hasher = load_model(model_uri)
+    _check_model(hasher, model_uri, dmeta, ("images",))
+    train = data_mod.read_image_shard(data_dir, "train")
+    test = data_mod.read_image_shard(data_dir, "test")
+    deep = (hasher.codes(train.pixels.reshape(len(train), -1)), hasher.codes(test.pixels.reshape(len(test), -1)))
+    out = _evaluate_msh(hasher, deep, train, test, patch_model_uri, short_model_uri, dmeta, msh_queries, tie_seed)
+    out.update(model_version=hasher.version, bits=hasher.bits, dataset=dmeta.get("name"))
+    return out

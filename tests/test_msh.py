@@ -76,3 +76,25 @@ def test_rank_orders_by_score_then_long_distance():
     d = np.array([0, 5, 2, 1])
     assert msh.rank(scores, d).tolist() == [2, 1, 3, 0]
     assert msh.rank(scores, d, k=2).tolist() == [2, 1]
+
+
+def test_fold_normalisation_makes_the_image_model_take_raw_pixels():
+    """image_fit folds the per-pixel mean/std into the first and last layers: same codes and reconstructions."""
+    import torch
+
+    from semhash_spark.image_fit import fold_normalisation
+    from semhash_spark.models.autoencoder import DeepAutoencoder
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ae = DeepAutoencoder([12, 6, 4], output="linear", code_mode="round").eval()
+    mean = rng.uniform(50, 200, 12).astype(np.float32)
+    std = rng.uniform(10, 60, 12).astype(np.float32)
+    raw = torch.from_numpy(rng.uniform(0, 255, (5, 12)).astype(np.float32))
+    norm = (raw - torch.from_numpy(mean)) / torch.from_numpy(std)
+    with torch.no_grad():
+        codes_before, out_before = ae.encode(norm), ae(norm) * torch.from_numpy(std) + torch.from_numpy(mean)
+        fold_normalisation(ae, mean, std)
+        codes_after, out_after = ae.encode(raw), ae(raw)
+    torch.testing.assert_close(codes_after, codes_before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_after, out_before, rtol=1e-4, atol=1e-3)
