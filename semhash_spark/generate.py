@@ -20,8 +20,9 @@ Documents (``semhash-docs/1``, interchangeable with :mod:`semhash_spark.prepare`
     proportion exactly (to one document). ``content_hash`` is the sha1 of its word_ids and word_counts bytes.
 
 Images (``semhash-images/1``, written by :func:`semhash_spark.images.write_image_dataset`)
-    Image ``j`` is a transformed copy of source image ``j mod n`` (``n`` source images in reading order, both
-    splits), keeping its label and split: a random crop of side ``min_crop..1`` of the image resized back
+    Image ``j`` is a transformed copy of source image ``order[j mod n]`` (``n`` readable source images of both
+    splits, ``order`` a permutation drawn from the seed, so any prefix samples every class and split), keeping
+    its label and split: a random crop of side ``min_crop..1`` of the image resized back
     (bicubic), a shift of up to ``max_shift`` pixels each way (edges repeated), a horizontal flip with
     probability 1/2 (``generate.flip``; never for MNIST, whose digits are not mirror-symmetric) and Gaussian
     pixel noise of std ``noise_std``, clipped to 0..255. Ids are ``img-<j, 9 digits>``.
@@ -333,14 +334,21 @@ def _decode_source(frames: Iterator[pd.DataFrame], images_cfg) -> Iterator[pd.Da
                             "reason": reasons})
 
 
-def _augment_batches(frames: Iterator[pd.DataFrame], good_bc, n_good: int, size: int, seed: int,
+def source_order(n: int, seed: int) -> np.ndarray:
+    """The order in which generated images cycle through the n readable source images: image j copies source
+    ``source_order(n, seed)[j % n]`` (indexes in reading order), so any prefix samples every class and split."""
+    return np.random.default_rng([seed, _IMAGE_STREAM]).permutation(n)
+
+
+def _augment_batches(frames: Iterator[pd.DataFrame], index_bc, size: int, seed: int,
                      shape: tuple[int, int, int], cfg: GenerateConfig, flip: bool) -> Iterator[pd.DataFrame]:
-    good = good_bc.value
+    good, position = index_bc.value            # sorted seqs of the readable sources; each one's place in the order
+    n_good = len(good)
     for pdf in frames:
         rows: dict[str, list] = {"seq": [], "id": [], "label": [], "split": [], "pixels": []}
         for seq, label, split, pixels in zip(pdf["seq"], pdf["label"], pdf["split"], pdf["pixels"]):
             src = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
-            for j in range(int(np.searchsorted(good, seq)), size, n_good):   # copies j = k * n_good + index
+            for j in range(int(position[np.searchsorted(good, seq)]), size, n_good):   # j = k * n_good + place
                 img = augment(src, np.random.default_rng([seed, _IMAGE_STREAM, j]), cfg, flip)
                 rows["seq"].append(j), rows["id"].append(f"img-{j:09d}"), rows["label"].append(label)
                 rows["split"].append(split), rows["pixels"].append(img.tobytes())
@@ -408,13 +416,13 @@ def generate_images(spark: SparkSession, dataset: str, source: str, out_dir: str
         shape = (images_cfg.height, images_cfg.width, images_cfg.channels)
         flip = cfg.flip and dataset != "mnist"
         tasks = num_tasks or max(1, min(good_seqs.size, -(-size // max(1, cfg.images_per_task))))
-        good_bc = spark.sparkContext.broadcast(good_seqs)
+        position = np.argsort(source_order(good_seqs.size, seed))   # inverse permutation: place of each source
+        index_bc = spark.sparkContext.broadcast((good_seqs, position))
         try:
-            last = int(good_seqs[min(size, good_seqs.size) - 1])          # sources past it make no copy
-            sources = decoded.where(F.col("reason").isNull() & (F.col("seq") <= last))
+            sources = decoded.where(F.col("reason").isNull())
             generated = sources.repartition(tasks, "seq").mapInPandas(
-                functools.partial(_augment_batches, good_bc=good_bc, n_good=int(good_seqs.size), size=size,
-                                  seed=seed, shape=shape, cfg=cfg, flip=flip), _IMAGES_SPARK)
+                functools.partial(_augment_batches, index_bc=index_bc, size=size, seed=seed, shape=shape, cfg=cfg,
+                                  flip=flip), _IMAGES_SPARK)
             name = f"{dataset}-generated"
             generator = {"kind": "images", "size": size, "seed": seed, "source": str(source),
                          "source_dataset": dataset, "source_images": int(good_seqs.size), "flip": flip,
@@ -422,7 +430,7 @@ def generate_images(spark: SparkSession, dataset: str, source: str, out_dir: str
             report = write_image_dataset(spark, generated, str(out), images_cfg, name=name,
                                          source=f"semhash generate from {source}", extra={"generator": generator})
         finally:
-            good_bc.unpersist()
+            index_bc.unpersist()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     kept = report["kept"]

@@ -15,7 +15,7 @@ from semhash_spark import dataset as ds
 from semhash_spark import evaluate as ev
 from semhash_spark.config import GenerateConfig
 from semhash_spark.generate import BLOCK_DOCS, fit_topic_model, generate_block, generate_documents, generate_images, \
-    is_test
+    is_test, source_order
 
 CFG = GenerateConfig(topics=8, lda_iterations=5, docs_per_task=400)
 SIZE = 1500
@@ -178,10 +178,11 @@ def test_images_are_transformed_copies_with_labels_kept(spark, image_folder, tmp
     assert rep["kept"]["train"] + rep["kept"]["test"] == size and rep["source_images"] == len(src)
     got = _all_images(tmp_path / "id")
     assert len(got) == size
-    for j in range(size):          # image j is source j mod n, same label and split, here untouched
+    order = source_order(len(src), 5)
+    for j in range(size):          # image j copies source order[j mod n], same label and split; here untouched
         label, split, pixels = got[f"img-{j:09d}"]
-        assert (label, split) == src[j % len(src)][:2]
-        assert np.array_equal(pixels, src[j % len(src)][2])
+        assert (label, split) == src[order[j % len(src)]][:2]
+        assert np.array_equal(pixels, src[order[j % len(src)]][2])
 
     a = _all_images(tmp_path / "id")
     cfg = GenerateConfig()
@@ -196,7 +197,7 @@ def test_images_are_transformed_copies_with_labels_kept(spark, image_folder, tmp
     for j in range(size):
         x = a[f"img-{j:09d}"][2].astype(np.float32)
         d = [np.abs(x - s[2].astype(np.float32)).mean() for s in src]
-        own.append(d[j % len(src)])
+        own.append(d[order[j % len(src)]])
         other.append(np.median(d))
     own, other = np.array(own), np.array(other)
     assert (own > 0).all()
