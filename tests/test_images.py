@@ -263,3 +263,20 @@ def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: s
         assert status == 422 and "images[0]" in body["detail"]
         status, body = post(url, {"images": ["%%% not base64"], "k": 3})
         assert status == 422 and "base64" in body["detail"]
+
+
+def test_two_horovod_ranks_train_an_image_model(small_image_data, tmp_path):
+    """Two ranks, each reading its own Petastorm shard, take the same number of steps and agree on one model."""
+    from semhash_spark.config import load_config
+    from semhash_spark.fit import train_model
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "images.yaml"
+    cfg = load_config(conf, ["model.hidden=[32]", "pretrain.epochs=1", "finetune.epochs=1",
+                             "finetune.val_fraction=0.2", "finetune.val_queries=50"]).with_bits(16)
+    result = train_model(str(small_image_data), str(tmp_path / "m"), cfg, np=2, progress=False)
+    assert result["world_size"] == 2 and result["bits"] == 16
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["kind"] == "images" and meta["metrics"]["world_size"] == 2
+    # every rank trained on its shard: the rows per rank add up to the training images outside validation
+    rows = meta["metrics"]["pretrain"][0]["rows_per_rank"]
+    assert 0 < 2 * rows <= 10 * PER_CLASS_TRAIN
