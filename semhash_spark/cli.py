@@ -192,7 +192,36 @@ def cmd_reindex(args) -> dict:
     kwargs = {"full": args.full}
     if args.retention_days is not None:
         kwargs["retention_days"] = args.retention_days
+    if args.dataset:                  # a raw corpus: prepared first with the model's vocabulary
+        from .reindex import reindex_corpus
+
+        return reindex_corpus(spark, args.dataset, args.data, args.model, args.index, cfg, **kwargs)
     return reindex(spark, args.data, args.model, args.index, cfg, **kwargs)
+
+
+def cmd_rollback(args) -> dict:
+    from . import index as ix
+
+    current = ix.read_current(args.index)["version"]
+    versions = ix.list_versions(args.index)
+    if args.list:
+        return {"index": args.index, "current": current, "versions": versions}
+    if args.previous:
+        older = [v for v in versions if v < current]
+        if not older:
+            raise ValueError(f"{args.index}: no version older than CURRENT {current} to roll back to "
+                             f"(versions: {', '.join(versions) or 'none'})")
+        target = older[-1]
+    elif args.version:
+        target = args.version
+        if target not in versions:
+            raise ValueError(f"{args.index}: no version {target!r} with a manifest "
+                             f"(versions: {', '.join(versions) or 'none'}); see semhash rollback --list")
+    else:
+        raise ValueError("give --version V, --previous or --list")
+    manifest = ix.rollback(args.index, target, verify_checksums=args.verify_checksums)
+    return {"index": args.index, "version": target, "previous": current, "count": manifest["count"],
+            "partitions": len(manifest["partitions"])}
 
 
 def cmd_generate(args) -> dict:
@@ -236,31 +265,6 @@ def cmd_generate(args) -> dict:
     report["out"] = args.out
     report.pop("out_dir", None)
     return report
-
-
-def cmd_rollback(args) -> dict:
-    from . import index as ix
-
-    current = ix.read_current(args.index)["version"]
-    versions = ix.list_versions(args.index)
-    if args.list:
-        return {"index": args.index, "current": current, "versions": versions}
-    if args.previous:
-        older = [v for v in versions if v < current]
-        if not older:
-            raise ValueError(f"{args.index}: no version older than CURRENT {current} to roll back to "
-                             f"(versions: {', '.join(versions) or 'none'})")
-        target = older[-1]
-    elif args.version:
-        target = args.version
-        if target not in versions:
-            raise ValueError(f"{args.index}: no version {target!r} with a manifest "
-                             f"(versions: {', '.join(versions) or 'none'}); see semhash rollback --list")
-    else:
-        raise ValueError("give --version V, --previous or --list")
-    manifest = ix.rollback(args.index, target, verify_checksums=args.verify_checksums)
-    return {"index": args.index, "version": target, "previous": current, "count": manifest["count"],
-            "partitions": len(manifest["partitions"])}
 
 
 def cmd_demo(args) -> dict:
@@ -358,13 +362,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
 
     sp = add("reindex", cmd_reindex, "nightly re-index: encode new/changed documents, drop deleted ones, publish")
-    sp.add_argument("--data", required=True, help="tonight's prepared corpus (DATA_URI)")
+    sp.add_argument("--data", required=True, help="tonight's corpus: a prepared DATA_URI, or with --dataset the raw "
+                                                  "source (e.g. a .jsonl file or folder)")
+    sp.add_argument("--dataset", choices=["20ng", "reuters21578", "jsonl"],
+                    help="--data is a raw corpus of this kind: prepare it with the model's vocabulary first "
+                         "(bad records are kept under INDEX_URI/quarantine/)")
     sp.add_argument("--model", required=True)
     sp.add_argument("--index", required=True)
     sp.add_argument("--full", action="store_true", help="re-encode everything")
     sp.add_argument("--retention-days", type=float, help="delete versions older than this (never CURRENT or leased)")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
     conf_args(sp)
+
+    sp = add("rollback", cmd_rollback, "point CURRENT at another published version (re-verified first)")
+    sp.add_argument("--index", required=True)
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--version", help="the version to serve (see --list)")
+    which.add_argument("--previous", action="store_true", help="the newest version older than CURRENT")
+    which.add_argument("--list", action="store_true", help="only list the versions and CURRENT")
+    sp.add_argument("--verify-checksums", action="store_true", help="re-hash every file, not only sizes")
 
     sp = add("generate", cmd_generate, "write a synthetic corpus shaped like a real one, at any size (Spark job)")
     sp.add_argument("--kind", required=True, choices=["documents", "images"])
@@ -377,14 +393,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how to read a raw --source (default 20ng for documents, cifar10 for images)")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
     conf_args(sp)
-
-    sp = add("rollback", cmd_rollback, "point CURRENT at another published version (re-verified first)")
-    sp.add_argument("--index", required=True)
-    which = sp.add_mutually_exclusive_group()
-    which.add_argument("--version", help="the version to serve (see --list)")
-    which.add_argument("--previous", action="store_true", help="the newest version older than CURRENT")
-    which.add_argument("--list", action="store_true", help="only list the versions and CURRENT")
-    sp.add_argument("--verify-checksums", action="store_true", help="re-hash every file, not only sizes")
 
     sp = add("demo", cmd_demo, "prepare -> train -> encode -> publish -> query -> evaluate on 20 Newsgroups, "
              "against a local Spark and a local S3 server")

@@ -230,8 +230,12 @@ def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
 
 
 def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str,
-                    cfg: PrepareConfig = PrepareConfig(), *, name: str | None = None) -> dict:
+                    cfg: PrepareConfig = PrepareConfig(), *, name: str | None = None,
+                    vocab: list[str] | None = None) -> dict:
     """Reads corpus ``dataset`` from ``source`` and writes a prepared dataset to the local ``out_dir``.
+
+    ``vocab`` fixes the vocabulary (a model's words, in its order) instead of taking the train split's most
+    frequent words: a nightly re-index vectorises tonight's corpus exactly as the model expects.
 
     Returns the report ``{"name", "records_read", "kept": {split: n}, "quarantined": {reason: n},
     "skipped": {reason: n}, "vocab_size", "vocab_fingerprint", "out_dir"}``. Raises ValueError for an unknown
@@ -244,13 +248,13 @@ def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str
     staging = out / "_staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        return _run(spark, dataset, source, units, out, staging, cfg, name or dataset)
+        return _run(spark, dataset, source, units, out, staging, cfg, name or dataset, vocab)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: Path, staging: Path,
-         cfg: PrepareConfig, name: str) -> dict:
+         cfg: PrepareConfig, name: str, fixed_vocab: list[str] | None = None) -> dict:
     records_dir = staging / "records"
     if len(units) == 1:
         log.info("prepare %s: streaming %s on the driver", dataset, units[0])
@@ -265,7 +269,7 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
     _classify(spark.read.schema(_RECORD_SPARK).parquet(str(records_dir)), cfg) \
         .write.mode("overwrite").parquet(str(staging / "tokens"))
     classified = spark.read.parquet(str(staging / "tokens"))
-    vocab = _build_vocab(classified, cfg.vocab_size)
+    vocab = [(w, 0) for w in fixed_vocab] if fixed_vocab else _build_vocab(classified, cfg.vocab_size)
     if not vocab:
         raise ValueError(f"the train split of {source!r} is empty: no train document survived reading, "
                          "de-duplication and tokenising (check the source and prepare.test_fraction)")

@@ -390,3 +390,35 @@ def apply_retention(index_uri: str, retention_days: float, *, now: datetime | No
             log.warning("retention: could not delete version %s: %s", version, e)
             out["errors"].append(f"{version}: {e}")
     return out
+
+
+def reindex_corpus(spark: SparkSession, dataset: str, source: str, model_uri: str, index_uri: str, cfg,
+                   **kwargs) -> dict[str, Any]:
+    """:func:`reindex` from a raw corpus (``dataset`` one of prepare's: ``jsonl``, ``20ng``, ``reuters21578``).
+
+    Tonight's corpus is prepared first with the model's own vocabulary and tokeniser settings, so documents are
+    vectorised exactly as the model expects; bad records are quarantined as ``semhash prepare`` does, and the
+    quarantine table of the run is kept under ``INDEX_URI/quarantine/<UTC time>/`` (the report says where).
+    """
+    import dataclasses
+    import tempfile
+
+    from .checkpoint import load_model
+    from .prepare import prepare_dataset
+
+    hasher = load_model(model_uri)
+    words = list((hasher.meta.get("vocab") or {}).get("words") or [])
+    if not words:
+        raise ValueError(f"the model {model_uri!r} records no vocabulary; re-index from a prepared DATA_URI instead")
+    prep_cfg = dataclasses.replace(hasher.config.prepare, vocab_size=len(words))
+    with tempfile.TemporaryDirectory(prefix="semhash-reindex-") as tmp:
+        prepared = prepare_dataset(spark, dataset, source, tmp, prep_cfg, name=f"{dataset}-reindex", vocab=words)
+        report = reindex(spark, tmp, model_uri, index_uri, cfg, **kwargs)
+        report["prepared"] = {k: prepared[k] for k in ("records_read", "kept", "quarantined", "skipped")}
+        if prepared["quarantined"]:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            uri = store.join(index_uri, "quarantine", stamp)
+            store.upload_dir(f"{tmp}/{ds.QUARANTINE_DIR}", uri)
+            report["quarantine"] = uri
+    report["source"] = source
+    return report

@@ -318,3 +318,30 @@ def test_semhash_reindex_command_prints_the_report(spark, env, tmp_path, capsys)
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["added"], report["changed"], report["deleted"]) == (len(ADD), len(CHANGE), len(DELETE))
     assert report["version"] == ix.read_current(index)["version"] != base["version"] and not report["full"]
+
+
+def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp_path):
+    """A raw corpus is prepared with the model's vocabulary; its bad lines are kept in the index's quarantine; a
+    rerun on the same file publishes nothing; one edited line re-encodes exactly one document."""
+    from semhash_spark.config import load_config
+    from semhash_spark.reindex import reindex_corpus
+
+    cfg = load_config(None, ["model.hidden=[32]", "index.address_bits=8", "index.partition_bits=3"]).with_bits(16)
+    words, doc_freq, n_train = ds.read_vocab(small_dataset)
+    model = _model(tmp_path / "model", words, doc_freq, n_train, seed=3, cfg=cfg)
+    index = str(tmp_path / "index")
+    first = reindex_corpus(spark, "jsonl", str(small_corpus), model, index, cfg)
+    n = sum(first["prepared"]["kept"].values())
+    assert first["published"] and first["added"] == n == 560 and first["prepared"]["records_read"] == 563
+    assert sum(first["prepared"]["quarantined"].values()) == 3
+    bad = pq.read_table(first["quarantine"]).to_pylist()
+    assert len(bad) == 3 and all(r["reason"] for r in bad)
+    assert reindex_corpus(spark, "jsonl", str(small_corpus), model, index, cfg)["published"] is False
+
+    lines = small_corpus.read_text().splitlines()
+    edited = json.loads(lines[0])
+    edited["text"] += "\nmore words about the space shuttle launch"
+    tonight = tmp_path / "tonight.jsonl"
+    tonight.write_text("\n".join([json.dumps(edited)] + lines[1:]) + "\n")
+    run = reindex_corpus(spark, "jsonl", str(tonight), model, index, cfg)
+    assert (run["added"], run["changed"], run["deleted"], run["unchanged"]) == (0, 1, 0, n - 1)
