@@ -41,8 +41,14 @@ log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "horovodrun", "spark", "torch")
 
 
+_RESOURCE_KEYS = ("threads", "checkpoint_every")   # how a run uses the machine, not what it computes
+
+
 def _fingerprint(cfg: Config, vocab_fp: str, counts: dict) -> str:
-    blob = json.dumps({"cfg": cfg.to_dict(), "vocab": vocab_fp, "counts": counts}, sort_keys=True)
+    """What a resumable state must match: the configuration (less resource settings), vocabulary and counts."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _RESOURCE_KEYS}
+    blob = json.dumps({"cfg": d, "vocab": vocab_fp, "counts": counts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
