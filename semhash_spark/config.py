@@ -78,7 +78,7 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1234
-    lr_scaling: str = "linear"     # how learning rates scale with the Horovod world size: linear | none
+    lr_scaling: str = "linear"     # how learning rates scale with the world size: linear | sqrt | none
     device: str = "auto"           # auto | cpu | cuda
     threads: int = 0               # torch intra-op threads per process; 0 = leave torch's default
     checkpoint_every: int = 1      # epochs between resumable checkpoints

@@ -268,6 +268,20 @@ def _finetune_optimizer(model: DeepAutoencoder, cfg: Config, scale: float, phase
     return torch.optim.Adam([{"params": rest}, {"params": code, "lr": lr * cfg.finetune.binarize_code_lr_scale}], lr=lr)
 
 
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+def lr_scale(mode: str, world_size: int) -> float:
+    """The learning-rate factor for ``world_size`` ranks averaging their gradients (``train.lr_scaling``).
+
+    ``linear`` keeps the per-document step of one process (Goyal et al. 2017); ``sqrt`` keeps the gradient noise
+    scale; ``none`` keeps the per-step rate (each epoch then takes ``world_size`` times fewer steps).
+    """
+    if mode not in LR_SCALINGS:
+        raise ValueError(f"train.lr_scaling must be one of {LR_SCALINGS}, got {mode!r}")
+    return {"linear": float(world_size), "sqrt": math.sqrt(world_size), "none": 1.0}[mode]
+
+
 def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kind: str, output: str,
                 code_mode: str, dist: Dist, out_uri: str, fingerprint: str,
                 validator: Validator | None = None, device: torch.device = torch.device("cpu"),
@@ -277,7 +291,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
 
     seed = cfg.train.seed
     torch.manual_seed(seed + dist.rank)
-    scale = dist.size if cfg.train.lr_scaling == "linear" else 1
+    scale = lr_scale(cfg.train.lr_scaling, dist.size)
     rbms = build_rbms(sizes, first_kind, cfg, seed)
     # distributed: rank 0 reads the state and sends it (weights, optimiser state, progress) to the others, whose
     # hosts need not see MODEL_URI's local files

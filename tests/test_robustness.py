@@ -20,7 +20,7 @@ from semhash_spark import store
 from semhash_spark.checkpoint import load_model
 from semhash_spark.config import load_config
 from semhash_spark.distributed import Dist
-from semhash_spark.train import Progress, StateError, TrainingDiverged, _load_state, _save_state, train_stack
+from semhash_spark.train import Progress, StateError, TrainingDiverged, _load_state, _save_state, lr_scale, train_stack
 
 KILL_AT = lambda s: s["progress"]["stage"] == "pretrain" and s["progress"]["epoch"] >= 2   # noqa: E731
 
@@ -242,3 +242,9 @@ def test_training_moves_to_cuda_with_batches_densified_on_the_device(small_datas
                                  dist=Dist(), out_uri=str(tmp_path / "m"), fingerprint="x", device=device,
                                  progress_bar=False)
     assert all(np.isfinite(r["loss"]) for r in metrics["finetune"])
+
+
+def test_learning_rates_scale_with_the_world_size_as_configured():
+    assert [lr_scale(m, 4) for m in ("linear", "sqrt", "none")] == [4.0, 2.0, 1.0]
+    with pytest.raises(ValueError, match="'cubic'"):
+        lr_scale("cubic", 2)
