@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_DOCS = 256                # documents drawn from one random stream; part of the determinism contract
 DEFAULT_DOCUMENTS = 804_414     # the papers' Reuters RCV2 corpus size (Salakhutdinov & Hinton 2009)
-DEFAULT_IMAGES = 1_600_000      # the papers' tiny-images subset (Torralba, Fergus & Weiss 2008)
+DEFAULT_IMAGES = 1_600_000      # the 32x32 tiny images of Krizhevsky & Hinton 2011 (very deep autoencoders)
 MIN_CLASS_DOCS = 5              # fewer documents: the class borrows the corpus-wide Dirichlet precision
 _DOC_STREAM, _IMAGE_STREAM = 1, 2
 
