@@ -43,8 +43,6 @@ def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
     device = _task_device()
     hasher = _WORKER_MODELS.get(f"{version}@{device}")
     if hasher is None:
-        import json
-
         import torch
         from safetensors.torch import load as st_load
 
