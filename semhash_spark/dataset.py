@@ -90,14 +90,14 @@ def write_metadata(data_dir: str | os.PathLike, *, name: str, vocab_size: int, c
     return meta
 
 
-def read_metadata(data_dir: str | os.PathLike) -> dict:
-    """Reads and checks dataset.json."""
+def read_metadata(data_dir: str | os.PathLike, expected_format: str = FORMAT) -> dict:
+    """Reads and checks dataset.json (``expected_format``: documents' by default; images pass theirs)."""
     path = Path(data_dir) / DATASET_FILE
     if not path.is_file():
         raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset (run semhash prepare)")
     meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}; this version reads {FORMAT!r}")
+    if meta.get("format") != expected_format:
+        raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}; this version reads {expected_format!r}")
     return meta
 
 

@@ -67,17 +67,21 @@ def short_code_method(short_train, short_test, long_train, long_test, long_bits:
     return RankingMethod(scores, len(long_test), len(long_train), descending=False, info={"bits": long_bits})
 
 
+def _load(model_uri: str, data_uri: str):
+    """(dataset.json, the checked image model, train images, test images)."""
+    data_dir = store.local_copy(data_uri)
+    dmeta = im.read_metadata(data_dir)
+    hasher = load_model(model_uri)
+    _check_model(hasher, model_uri, dmeta, ("images",))
+    return dmeta, hasher, data_mod.read_image_shard(data_dir, "train"), data_mod.read_image_shard(data_dir, "test")
+
+
 def evaluate_image_model(model_uri: str, data_uri: str, *, plot_path: str | None = None,
                          grid_path: str | None = None, max_queries: int = 0, tie_seed: int = 0,
                          baseline_bits: tuple[int, ...] = BASELINE_BITS, patch_model_uri: str | None = None,
                          short_model_uri: str | None = None, msh_queries: int = 1000) -> dict[str, Any]:
     t0 = time.time()
-    data_dir = store.local_copy(data_uri)
-    dmeta = im.read_metadata(data_dir)
-    hasher = load_model(model_uri)
-    _check_model(hasher, model_uri, dmeta, ("images",))
-    train = data_mod.read_image_shard(data_dir, "train")
-    test = data_mod.read_image_shard(data_dir, "test")
+    dmeta, hasher, train, test = _load(model_uri, data_uri)
     if len(test) == 0:
         raise ValueError(f"{data_uri!r} has no test images to use as queries")
     flat_train, flat_test = train.pixels.reshape(len(train), -1), test.pixels.reshape(len(test), -1)
@@ -126,12 +130,7 @@ def evaluate_msh_model(model_uri: str, data_uri: str, patch_model_uri: str, *, s
                        msh_queries: int = 1000, tie_seed: int = 0) -> dict[str, Any]:
     """Only the ``msh`` comparison of :func:`evaluate_image_model` (no pixel baselines): MSH, the single short
     code and the model's codes on the same ``msh_queries`` test images."""
-    data_dir = store.local_copy(data_uri)
-    dmeta = im.read_metadata(data_dir)
-    hasher = load_model(model_uri)
-    _check_model(hasher, model_uri, dmeta, ("images",))
-    train = data_mod.read_image_shard(data_dir, "train")
-    test = data_mod.read_image_shard(data_dir, "test")
+    dmeta, hasher, train, test = _load(model_uri, data_uri)
     deep = (hasher.codes(train.pixels.reshape(len(train), -1)), hasher.codes(test.pixels.reshape(len(test), -1)))
     out = _evaluate_msh(hasher, deep, train, test, patch_model_uri, short_model_uri, dmeta, msh_queries, tie_seed)
     out.update(model_version=hasher.version, bits=hasher.bits, dataset=dmeta.get("name"))

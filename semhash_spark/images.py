@@ -37,6 +37,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from . import data as data_mod
+from . import dataset
 from . import image_sources
 from .config import ImagesConfig
 
@@ -70,13 +71,8 @@ def is_image_dataset(data_dir: str | os.PathLike) -> bool:
 
 
 def read_metadata(data_dir: str | os.PathLike) -> dict:
-    path = Path(data_dir) / DATASET_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset (run semhash prepare)")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}; expected {FORMAT!r}")
-    return meta
+    """Reads and checks an image dataset's dataset.json (the documents' reader with this format)."""
+    return dataset.read_metadata(data_dir, FORMAT)
 
 
 def dataset_kind(data_dir: str | os.PathLike) -> str:
