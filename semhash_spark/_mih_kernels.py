@@ -57,14 +57,36 @@ def _insert(bd, bi, cnt, d, row):
     return cnt + 1 if cnt < k else k
 
 
+@njit(inline="always", cache=True)
+def _append(out_d, out_i, cnt, d, row):
+    """Writes result ``cnt`` into the buffers, doubling them when full; returns the (possibly new) buffers."""
+    if cnt == out_d.shape[0]:
+        nd = np.empty(2 * cnt, np.int32)
+        ni = np.empty(2 * cnt, np.int64)
+        nd[:cnt] = out_d[:cnt]
+        ni[:cnt] = out_i[:cnt]
+        out_d, out_i = nd, ni
+    out_d[cnt] = d
+    out_i[cnt] = row
+    return out_d, out_i
+
+
+@njit(inline="always", cache=True)
+def _sort_by_distance(out_d, out_i, start, cnt):
+    """Stable sort of results ``start:cnt`` by distance (rows that arrived in ascending order stay so)."""
+    if cnt - start > 1:
+        o = np.argsort(out_d[start:cnt], kind="mergesort")
+        out_d[start:cnt] = out_d[start:cnt][o]
+        out_i[start:cnt] = out_i[start:cnt][o]
+
+
 @njit(cache=True, nogil=True)
 def range_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, radius):
     """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it."""
     nq, m, n = qw.shape[0], perm.shape[0], words.shape[0]
     s, a = radius // m, radius % m
-    cap = 1024
-    out_d = np.empty(cap, np.int32)
-    out_i = np.empty(cap, np.int64)
+    out_d = np.empty(1024, np.int32)
+    out_i = np.empty(1024, np.int64)
     lims = np.zeros(nq + 1, np.int64)
     cnt = 0
     for qi in range(nq):
@@ -91,15 +113,7 @@ def range_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, radius)
                                 break
                         if dup:
                             continue
-                        if cnt == cap:
-                            cap *= 2
-                            nd = np.empty(cap, np.int32)
-                            ni = np.empty(cap, np.int64)
-                            nd[:cnt] = out_d[:cnt]
-                            ni[:cnt] = out_i[:cnt]
-                            out_d, out_i = nd, ni
-                        out_d[cnt] = d
-                        out_i[cnt] = row
+                        out_d, out_i = _append(out_d, out_i, cnt, d, row)
                         cnt += 1
                     if t == 0:
                         break
@@ -185,9 +199,8 @@ def scan_range(words, mask, qw, radius):
     """Linear range search: ``(lims, D, I)`` by (distance, row)."""
     nq, n = qw.shape[0], words.shape[0]
     lims = np.zeros(nq + 1, np.int64)
-    cap = 1024
-    out_d = np.empty(cap, np.int32)
-    out_i = np.empty(cap, np.int64)
+    out_d = np.empty(1024, np.int32)
+    out_i = np.empty(1024, np.int64)
     cnt = 0
     for qi in range(nq):
         start = cnt
@@ -195,20 +208,9 @@ def scan_range(words, mask, qw, radius):
         for row in range(n):
             d = _dist(words, row, q, mask)
             if d <= radius:
-                if cnt == cap:
-                    cap *= 2
-                    nd = np.empty(cap, np.int32)
-                    ni = np.empty(cap, np.int64)
-                    nd[:cnt] = out_d[:cnt]
-                    ni[:cnt] = out_i[:cnt]
-                    out_d, out_i = nd, ni
-                out_d[cnt] = d
-                out_i[cnt] = row
+                out_d, out_i = _append(out_d, out_i, cnt, d, row)
                 cnt += 1
-        if cnt - start > 1:  # rows ascend already: a stable sort by distance is enough
-            o = np.argsort(out_d[start:cnt], kind="mergesort")
-            out_d[start:cnt] = out_d[start:cnt][o]
-            out_i[start:cnt] = out_i[start:cnt][o]
+        _sort_by_distance(out_d, out_i, start, cnt)  # rows ascend already: a stable sort is enough
         lims[qi + 1] = cnt
     return lims, out_d[:cnt].copy(), out_i[:cnt].copy()
 
@@ -294,9 +296,8 @@ def scan_range1(words, mask, qw, radius):
     """Blocks of rows: a vectorised count within the radius, then a scalar pass over blocks that have any."""
     nq, n = qw.shape[0], words.shape[0]
     lims = np.zeros(nq + 1, np.int64)
-    cap = 1024
-    out_d = np.empty(cap, np.int32)
-    out_i = np.empty(cap, np.int64)
+    out_d = np.empty(1024, np.int32)
+    out_i = np.empty(1024, np.int64)
     block = 2048
     cnt = 0
     for qi in range(nq):
@@ -309,19 +310,8 @@ def scan_range1(words, mask, qw, radius):
             for row in range(s, e):
                 d = _popc((words[row] ^ q) & mask)
                 if d <= radius:
-                    if cnt == cap:
-                        cap *= 2
-                        nd = np.empty(cap, np.int32)
-                        ni = np.empty(cap, np.int64)
-                        nd[:cnt] = out_d[:cnt]
-                        ni[:cnt] = out_i[:cnt]
-                        out_d, out_i = nd, ni
-                    out_d[cnt] = d
-                    out_i[cnt] = row
+                    out_d, out_i = _append(out_d, out_i, cnt, d, row)
                     cnt += 1
-        if cnt - start > 1:
-            o = np.argsort(out_d[start:cnt], kind="mergesort")
-            out_d[start:cnt] = out_d[start:cnt][o]
-            out_i[start:cnt] = out_i[start:cnt][o]
+        _sort_by_distance(out_d, out_i, start, cnt)
         lims[qi + 1] = cnt
     return lims, out_d[:cnt].copy(), out_i[:cnt].copy()
