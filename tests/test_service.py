@@ -6,6 +6,7 @@ ordinals, so ties come out in the same order) and against brute force.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -276,6 +277,41 @@ def test_never_serves_a_version_that_does_not_verify(s3_server):
         store.write_json(store.join(uri, X.CURRENT), {"version": bad, "manifest": f"versions/{bad}/manifest.json"})
         wait_for(lambda: "semhash_version_load_failures_total 1.0" in c.metrics(), what="a refused version")
         assert c.search(codes=["00000000"], k=1)["version"] == v1["version"]
+
+
+def test_a_refused_version_is_left_alone_until_its_manifest_changes(s3_server):
+    """A version that fails verification is neither leased nor verified again at later polls; a corrected manifest
+    is verified and served."""
+    from semhash_spark import leases
+    from semhash_spark.service.runtime import Service
+
+    uri = s3_server.uri("svc-refused")
+    v1 = build_index(uri, n=400, seed=3)
+    svc = Service(Settings(index_uri=uri, **FAST))
+    try:
+        assert svc.poll() and svc.current.version == v1["version"]
+        bad = X.new_version_id()
+        src, dest = X.version_prefix(uri, v1["version"]), X.version_prefix(uri, bad)
+        for key, _ in store.list_prefix(src):                      # the same shards and model under a new version
+            if not key.endswith(X.MANIFEST):
+                store.copy_object(store.join(src, key), store.join(dest, key))
+        good = dict(v1["manifest"], version=bad)
+        store.write_json(X.manifest_uri(uri, bad), dict(good, count=good["count"] + 1))      # counts disagree
+        store.write_json(store.join(uri, X.CURRENT), {"version": bad, "manifest": f"versions/{bad}/manifest.json"})
+
+        def failures():
+            text = svc.metrics.exposition()[0].decode()
+            return float(re.search(r"^semhash_version_load_failures_total (\S+)$", text, re.M).group(1))
+
+        for _ in range(4):
+            assert not svc.poll() and svc.current.version == v1["version"]
+        assert failures() == 1                                      # verified once, not at every poll
+        assert not leases.live(uri, bad)
+        store.write_json(X.manifest_uri(uri, bad), good)            # corrected: verified again, and served
+        assert svc.poll() and svc.current.version == bad and failures() == 1
+        assert [l["reader"] for l in leases.live(uri, bad)] == [svc.reader_id]
+    finally:
+        svc.stop()
 
 
 def test_not_ready_until_published(s3_server):

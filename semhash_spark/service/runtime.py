@@ -3,7 +3,8 @@
 The follower reads ``CURRENT`` every ``poll_seconds``. A new version is opened (manifest checked, every shard
 listed with its size, model loaded), its hot partitions are read into the cache, and only then does ``current``
 point at it -- one reference assignment, so each request, which takes ``current`` once, sees one version from start
-to end. A version that does not verify is never served: the old one stays, and the failure is logged and counted.
+to end. A version that does not verify is never served: the old one stays, and the failure is logged and counted
+once; the follower then leaves that version alone (no lease, no verification) until its manifest changes.
 A warm-up that the store interrupts is tried again at the next poll; a shard that is corrupt does not hold the
 switch back (queries that need it answer ``partial``).
 
@@ -48,7 +49,7 @@ class Service:
         self.last_poll_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._bad_versions: dict[str, str] = {}  # version -> why it was refused (logged once)
+        self._refused: dict[str, str | None] = {}  # version -> sha256 of the manifest it was refused with
         self.reader_id = f"service-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._leased_at = 0.0                    # monotonic time of the last lease renewal on `current`
         self._retired: str | None = None         # the version replaced at the last switch; released a poll later
@@ -112,20 +113,30 @@ class Service:
         self._renew()
         if self.current is not None and self.current.version == version:
             return False
+        if version in self._refused:
+            try:
+                if self._manifest_sha(version) == self._refused[version]:
+                    return False                 # refused before, manifest unchanged: not leased, not verified
+            except store.StoreError:             # cannot tell now: look again at the next poll
+                return False
+            log.info("the manifest of refused version %s changed: verifying it again", version,
+                     extra={"version": version})
+        manifest_sha = None
         try:
             leases.acquire(uri, version, self.reader_id, ttl_seconds=self.settings.lease_ttl_s)  # before the manifest
+            manifest_sha = self._manifest_sha(version)
             new = LoadedVersion.open(uri, version)
         except (X.IndexStoreError, store.StoreError, ValueError) as e:
             self._release(version)
             self.metrics.version_failures.inc()
-            transient = isinstance(e, store.StoreError) and not isinstance(e, store.NotFound)
-            if not transient and self._bad_versions.get(version) != str(e):
-                log.error("refusing version %s of %s: %s", version, uri, e, extra={"version": version})
-            elif transient:
+            if isinstance(e, store.StoreError) and not isinstance(e, store.NotFound):
                 log.warning("cannot load version %s yet: %s", version, e, extra={"version": version})
-            if not transient:
-                self._bad_versions[version] = str(e)
+            else:
+                log.error("refusing version %s of %s until its manifest changes: %s", version, uri, e,
+                          extra={"version": version})
+                self._refused[version] = manifest_sha
             return False
+        self._refused.pop(version, None)
         if new.model_error:
             log.warning("%s", new.model_error, extra={"version": version})
         if not self._warm(new):
@@ -134,6 +145,13 @@ class Service:
             return False
         self._switch(new)
         return True
+
+    def _manifest_sha(self, version: str) -> str | None:
+        """sha256 of the version's manifest as stored, None when it has none."""
+        try:
+            return store.sha256_bytes(store.read_bytes(X.manifest_uri(self.settings.index_uri, version)))
+        except store.NotFound:
+            return None
 
     def _renew(self) -> None:
         """Renews the lease on the served version every third of its TTL (a failure is retried next poll)."""
