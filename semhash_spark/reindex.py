@@ -67,11 +67,16 @@ Hook = Callable[[str], None]
 
 # --------------------------------------------------------------------------------------------------- helpers
 
-def _model(model_uri: str) -> tuple[bytes, bytes, dict]:
+def _model_meta_blob(model_uri: str) -> bytes:
     meta_uri = store.join(model_uri, META)
     if not store.exists(meta_uri):
         raise ValueError(f"no model at {model_uri!r} ({META} not found); run semhash train first")
-    meta_blob = store.read_bytes(meta_uri)
+    return store.read_bytes(meta_uri)
+
+
+def _model(model_uri: str) -> tuple[bytes, bytes, dict]:
+    """The model's weights and ``model.json`` as bytes (shipped to the encode tasks), and the parsed metadata."""
+    meta_blob = _model_meta_blob(model_uri)
     return store.read_bytes(store.join(model_uri, WEIGHTS)), meta_blob, json.loads(meta_blob)
 
 
@@ -403,14 +408,14 @@ def reindex_corpus(spark: SparkSession, dataset: str, source: str, model_uri: st
     import dataclasses
     import tempfile
 
-    from .checkpoint import load_model
+    from .config import config_from_dict
     from .prepare import prepare_dataset
 
-    hasher = load_model(model_uri)
-    words = list((hasher.meta.get("vocab") or {}).get("words") or [])
+    meta = json.loads(_model_meta_blob(model_uri))     # vocabulary and tokeniser only: reindex reads the weights
+    words = list((meta.get("vocab") or {}).get("words") or [])
     if not words:
         raise ValueError(f"the model {model_uri!r} records no vocabulary; re-index from a prepared DATA_URI instead")
-    prep_cfg = dataclasses.replace(hasher.config.prepare, vocab_size=len(words))
+    prep_cfg = dataclasses.replace(config_from_dict(meta["config"]).prepare, vocab_size=len(words))
     with tempfile.TemporaryDirectory(prefix="semhash-reindex-") as tmp:
         prepared = prepare_dataset(spark, dataset, source, tmp, prep_cfg, name=f"{dataset}-reindex", vocab=words)
         report = reindex(spark, tmp, model_uri, index_uri, cfg, **kwargs)

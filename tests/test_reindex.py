@@ -320,9 +320,11 @@ def test_semhash_reindex_command_prints_the_report(spark, env, tmp_path, capsys)
     assert report["version"] == ix.read_current(index)["version"] != base["version"] and not report["full"]
 
 
-def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp_path):
+def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp_path, monkeypatch):
     """A raw corpus is prepared with the model's vocabulary; its bad lines are kept in the index's quarantine; a
-    rerun on the same file publishes nothing; one edited line re-encodes exactly one document."""
+    rerun on the same file publishes nothing; one edited line re-encodes exactly one document. The model's weights
+    are read once per run."""
+    from semhash_spark.checkpoint import WEIGHTS
     from semhash_spark.config import load_config
     from semhash_spark.reindex import reindex_corpus
 
@@ -330,7 +332,16 @@ def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp
     words, doc_freq, n_train = ds.read_vocab(small_dataset)
     model = _model(tmp_path / "model", words, doc_freq, n_train, seed=3, cfg=cfg)
     index = str(tmp_path / "index")
+    reads, read_bytes = [], store.read_bytes
+
+    def counted(uri):                                  # the real read, counted
+        reads.append(uri)
+        return read_bytes(uri)
+
+    monkeypatch.setattr(store, "read_bytes", counted)
     first = reindex_corpus(spark, "jsonl", str(small_corpus), model, index, cfg)
+    assert sum(u.endswith(WEIGHTS) for u in reads) == 1
+    monkeypatch.undo()
     n = sum(first["prepared"]["kept"].values())
     assert first["published"] and first["added"] == n == 560 and first["prepared"]["records_read"] == 563
     assert sum(first["prepared"]["quarantined"].values()) == 3
