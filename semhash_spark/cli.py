@@ -54,9 +54,6 @@ def _print(result: dict, as_json: bool = True) -> None:
 
 # --------------------------------------------------------------------------------------------------- commands
 def cmd_prepare(args) -> dict:
-    import tempfile
-
-    from . import store
     from .images import prepare_images
     from .image_sources import DATASETS as IMAGE_DATASETS
     from .prepare import prepare_dataset
@@ -64,15 +61,11 @@ def cmd_prepare(args) -> dict:
 
     cfg = _config(args)
     spark = get_spark("semhash-prepare", master=args.master)
+    # --source and --out: local paths or s3:// (the executors read the source and write the dataset themselves)
     if args.dataset in IMAGE_DATASETS:
-        def prepare_dataset(spark, dataset, source, out_dir, _prepare_cfg):   # noqa: F811 - images take cfg.images
-            return prepare_images(spark, dataset, source, out_dir, cfg.images)
-    if store.is_s3(args.out):
-        with tempfile.TemporaryDirectory(prefix="semhash-prepare-") as tmp:
-            report = prepare_dataset(spark, args.dataset, args.source, tmp, cfg.prepare)
-            store.upload_dir(tmp, args.out)
+        report = prepare_images(spark, args.dataset, args.source, args.out, cfg.images)
     else:
-        report = prepare_dataset(spark, args.dataset, args.source, store.local_path(args.out), cfg.prepare)
+        report = prepare_dataset(spark, args.dataset, args.source, args.out, cfg.prepare)
     report["out"] = args.out
     report.pop("out_dir", None)
     return report
@@ -298,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("prepare", cmd_prepare, "turn a raw corpus into a Petastorm-readable Parquet dataset (Spark job)")
     sp.add_argument("--dataset", required=True, choices=["20ng", "reuters21578", "jsonl", "cifar10", "mnist", "imagefolder"])
-    sp.add_argument("--source", required=True, help="archive, folder or file of the raw corpus")
+    sp.add_argument("--source", required=True, help="archive, folder or file of the raw corpus: a local path or "
+                    "s3://bucket/key-or-prefix")
     sp.add_argument("--out", required=True, help="DATA_URI: local path or s3://bucket/prefix")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
     conf_args(sp)

@@ -16,6 +16,12 @@ Every reader is a generator of plain record dicts, one per document, in a fixed 
 Readers stream: one document (one Reuters ``.sgm`` file, one JSONL line) is in memory at a time, so the
 prepare job can feed corpora of any size into Spark in chunks. Sources with several files can be split into
 independent *units* (:func:`input_units`) that executors read in parallel with :func:`read_unit`.
+
+A source may be an ``s3://`` object or prefix laid out like a local file or folder: its units are object URIs
+(or, for extracted 20 Newsgroups, ``.../20news-bydate-<split>/<group>`` prefixes), read through
+:mod:`semhash_spark.store` by whichever process reads the unit (an executor on a cluster): a file unit is
+downloaded to a temporary file of the same name and read as a local one, so records (ids, ``source``) are the
+same as from a local copy.
 """
 from __future__ import annotations
 
@@ -26,8 +32,11 @@ import logging
 import os
 import re
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from . import store
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,14 @@ def _excerpt(raw: bytes | str) -> str:
     return raw[:EXCERPT_CHARS]
 
 
+def _open_tar(path: Path) -> tarfile.TarFile:
+    """A streaming reader of a .tar.gz (or plain .tar); ValueError naming the file when it is not one."""
+    try:
+        return tarfile.open(path, mode="r|*")
+    except tarfile.TarError as e:
+        raise ValueError(f"{str(path)!r} is not a tar or tar.gz archive ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------------- 20 Newsgroups
 _NG_ARCHIVE = "20news-bydate.tar.gz"
 _NG_SPLIT_DIRS = {"20news-bydate-train": "train", "20news-bydate-test": "test"}
@@ -115,7 +132,7 @@ def _ng_record(split_dir: str, group: str, name: str, data: bytes, source: str, 
 def read_20ng_archive(path: str | Path, strip_headers: bool = False) -> Iterator[dict]:
     """Streams ``20news-bydate.tar.gz``: ``20news-bydate-{train,test}/<group>/<file>``, in archive order."""
     path = Path(path)
-    with tarfile.open(path, mode="r|gz") as tar:
+    with _open_tar(path) as tar:
         for member in tar:
             parts = member.name.strip("/").split("/")
             if not member.isfile() or len(parts) != 3 or parts[0] not in _NG_SPLIT_DIRS:
@@ -216,7 +233,7 @@ def parse_reuters_sgml(content: str, source: str) -> Iterator[dict]:
 def read_reuters_archive(path: str | Path) -> Iterator[dict]:
     """Streams the ``reut2-*.sgm`` members of ``reuters21578.tar.gz`` (one file in memory at a time)."""
     path = Path(path)
-    with tarfile.open(path, mode="r|gz") as tar:
+    with _open_tar(path) as tar:
         for member in tar:
             if member.isfile() and _SGM_NAME.search(member.name):
                 f = tar.extractfile(member)
@@ -306,13 +323,69 @@ def _jsonl_units(source: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- dispatch
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def _s3_units(dataset: str, source: str) -> list[str]:
+    """:func:`input_units` of an ``s3://`` object or prefix (the same layouts as local files and folders)."""
+    keys = [k for k, _ in store.list_prefix(source)]
+    if not keys:                                           # a single object, or nothing at all
+        if not store.exists(source):
+            raise ValueError(f"source {source!r} does not exist (no object or prefix at this URI)")
+        name = source.rstrip("/").rsplit("/", 1)[-1]
+        ok = {"20ng": name.endswith(_ARCHIVE_SUFFIXES),
+              "reuters21578": bool(_SGM_NAME.search(name)) or name.endswith(_ARCHIVE_SUFFIXES),
+              "jsonl": True}[dataset]
+        if not ok:
+            want = {"20ng": "a 20news-bydate .tar.gz archive", "reuters21578": "a reut2-NNN.sgm file or a .tar.gz "
+                    "archive of them"}[dataset]
+            raise ValueError(f"source {source!r} is not {want} (or a prefix holding the corpus's files)")
+        return [source]
+    if dataset == "20ng":
+        groups = sorted({tuple(k.split("/")[:2]) for k in keys
+                         if len(k.split("/")) == 3 and k.split("/")[0] in _NG_SPLIT_DIRS})
+        if groups:
+            return [store.join(source, d, g) for d, g in groups]
+        return [store.join(source, _NG_ARCHIVE)] if _NG_ARCHIVE in keys else []
+    if dataset == "reuters21578":
+        files = [k for k in keys if _SGM_NAME.search(k.rsplit("/", 1)[-1])]
+        if files:
+            return [store.join(source, k) for k in files]
+        return [store.join(source, _REUTERS_ARCHIVE)] if _REUTERS_ARCHIVE in keys else []
+    return [store.join(source, k) for k in keys if k.endswith(_JSONL_SUFFIXES)]
+
+
+def _read_s3_unit(dataset: str, unit: str, **kw) -> Iterator[dict]:
+    """Reads an ``s3://`` unit: a 20 Newsgroups group prefix object by object, any other unit as a local file of
+    the same name (downloaded to a temporary folder, removed after reading)."""
+    name = unit.rstrip("/").rsplit("/", 1)[-1]
+    if dataset == "20ng" and not name.endswith(_ARCHIVE_SUFFIXES):
+        split_dir = unit.rstrip("/").rsplit("/", 2)[-2]
+        for rel, _ in store.list_prefix(unit):
+            if "/" not in rel:
+                yield _ng_record(split_dir, name, rel, store.read_bytes(store.join(unit, rel)),
+                                 f"{split_dir}/{name}/{rel}", kw.get("strip_headers", False))
+        return
+    with tempfile.TemporaryDirectory(prefix="semhash-unit-") as tmp:
+        local = os.path.join(tmp, name)
+        store.download_file(unit, local)
+        try:
+            yield from read_unit(dataset, local, **kw)
+        except ValueError as e:
+            raise ValueError(str(e).replace(repr(local), repr(unit))) from None
+
+
 def input_units(dataset: str, source: str | os.PathLike) -> list[str]:
     """The independently readable pieces of a source (files, archive, newsgroup folders), in reading order.
 
-    Raises ValueError for an unknown dataset or a missing source; returns [] when the source holds no input.
+    ``source`` is a local path or an ``s3://`` object or prefix. Raises ValueError for an unknown dataset or a
+    missing source; returns [] when the source holds no input.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if store.is_s3(str(source)):
+        return _s3_units(dataset, str(source))
     src = Path(source)
     if not src.exists():
         raise ValueError(f"source {str(src)!r} does not exist")
@@ -320,7 +393,9 @@ def input_units(dataset: str, source: str | os.PathLike) -> list[str]:
 
 
 def read_unit(dataset: str, unit: str, *, strip_headers: bool = False, test_fraction: float = 0.2) -> Iterator[dict]:
-    """Reads one unit returned by :func:`input_units`."""
+    """Reads one unit returned by :func:`input_units` (a local path or an ``s3://`` URI)."""
+    if store.is_s3(str(unit)):
+        return _read_s3_unit(dataset, str(unit), strip_headers=strip_headers, test_fraction=test_fraction)
     p = Path(unit)
     if dataset == "20ng":
         return read_20ng_archive(p, strip_headers) if p.is_file() else read_20ng_group_dir(p, strip_headers)

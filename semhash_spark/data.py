@@ -203,6 +203,9 @@ def write_image_split(spark, df, url: str, height: int, width: int, channels: in
     """Writes one split (a DataFrame with id, label, split, pixels) as a Petastorm dataset at ``url``.
 
     ``files`` Parquet files of one row group each, so that up to ``files`` ranks can read their own shard.
+    ``url`` is ``file://...`` (Spark's writer and Petastorm's ``materialize_dataset``) or ``s3://...``: then the
+    tasks write the Parquet objects through the store (:func:`sparkio.write_objects`, no s3a) and the driver
+    writes the ``_common_metadata`` object ``materialize_dataset`` would (Unischema, row groups per file).
     """
     import functools
 
@@ -211,11 +214,33 @@ def write_image_split(spark, df, url: str, height: int, width: int, channels: in
     schema = image_schema(height, width, channels)
     rows = df.select("id", "label", "split", "pixels").repartition(files).rdd.mapPartitions(
         functools.partial(_encode_image_rows, height=height, width=width, channels=channels))
+    if url.startswith("s3://"):
+        _write_image_split_to_store(spark.createDataFrame(rows, schema.as_spark_schema()), url, schema)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with materialize_dataset(spark, url, schema, row_group_size_mb=1024):
             spark.createDataFrame(rows, schema.as_spark_schema()).write.mode("overwrite") \
                 .option("compression", "none").parquet(url)
+
+
+def _write_image_split_to_store(sdf, url: str, schema) -> None:
+    import io
+    import json
+    import pickle
+
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from . import sparkio, store
+
+    written = sparkio.write_objects(sdf, url, compression="none")      # one row group per file
+    arrow = to_arrow_schema(sdf.schema)
+    arrow = arrow.with_metadata({UNISCHEMA_KEY: pickle.dumps(schema),
+                                 ROW_GROUPS_PER_FILE_KEY: json.dumps({w["path"]: 1 for w in written}).encode()})
+    buf = io.BytesIO()
+    pq.write_metadata(arrow, buf)
+    store.write_bytes(store.join(url, "_common_metadata"), buf.getvalue())
 
 
 @dataclass(frozen=True)

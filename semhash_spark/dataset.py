@@ -12,7 +12,9 @@
 
 Sparse count vectors are two binary columns because Petastorm's batch reader needs columns of equal-length
 values; :func:`encode_sparse` / :func:`decode_sparse` convert, :func:`csr_from_binary` decodes a whole column
-into a ``scipy.sparse.csr_matrix`` without densifying. Local directories only (``store`` stages URIs).
+into a ``scipy.sparse.csr_matrix`` without densifying. The metadata functions take a local path or an ``s3://``
+URI (through :mod:`semhash_spark.store`); reading a split is for local directories (``store.local_copy`` stages
+one, Spark jobs read ``s3://`` through :mod:`semhash_spark.sparkio`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from . import store
 from .config import PrepareConfig
 from .corpora import tokenize
 
@@ -60,22 +63,47 @@ def split_dir(data_dir: str | os.PathLike, split: str) -> Path:
     return Path(data_dir) / DOCS_DIR / f"split={split}"
 
 
+def split_uri(data_uri: str, split: str) -> str:
+    """:func:`split_dir` as a store URI (local path or ``s3://``)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return store.join(str(data_uri), DOCS_DIR, f"split={split}")
+
+
 def vocab_fingerprint(words: Sequence[str]) -> str:
     """sha256 of the words joined by newlines, in word-id order."""
     return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_json(path: str | os.PathLike, obj: Any) -> None:
+    text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
+    if store.is_s3(str(path)):                  # one PUT: atomic by itself
+        store.write_bytes(str(path), text.encode())
+        return
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _read_json(uri: str, missing: str) -> Any:
+    """The JSON object at a local path or ``s3://`` URI; ``missing`` is the ValueError's text when it is absent."""
+    if store.is_s3(uri):
+        try:
+            return store.read_json(uri)
+        except store.NotFound:
+            raise ValueError(missing) from None
+    path = Path(uri)
+    if not path.is_file():
+        raise ValueError(missing)
+    return json.loads(path.read_text())
 
 
 def write_vocab(data_dir: str | os.PathLike, words: Sequence[str], doc_freq: Sequence[int], num_train_docs: int) -> str:
     """Writes vocab.json and returns the vocabulary fingerprint."""
     if len(words) != len(doc_freq):
         raise ValueError(f"{len(words)} words but {len(doc_freq)} document frequencies")
-    _write_json(Path(data_dir) / VOCAB_FILE, {"words": list(words), "doc_freq": [int(x) for x in doc_freq],
+    _write_json(store.join(str(data_dir), VOCAB_FILE), {"words": list(words), "doc_freq": [int(x) for x in doc_freq],
                                               "num_train_docs": int(num_train_docs)})
     return vocab_fingerprint(words)
 
@@ -86,27 +114,23 @@ def write_metadata(data_dir: str | os.PathLike, *, name: str, vocab_size: int, c
     meta = {"format": FORMAT, "name": name, "vocab_size": int(vocab_size),
             "counts": {k: int(v) for k, v in counts.items()}, "vocab_fingerprint": vocab_fingerprint,
             "source": source, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-    _write_json(Path(data_dir) / DATASET_FILE, meta)
+    _write_json(store.join(str(data_dir), DATASET_FILE), meta)
     return meta
 
 
 def read_metadata(data_dir: str | os.PathLike, expected_format: str = FORMAT) -> dict:
     """Reads and checks dataset.json (``expected_format``: documents' by default; images pass theirs)."""
-    path = Path(data_dir) / DATASET_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset (run semhash prepare)")
-    meta = json.loads(path.read_text())
+    path = store.join(str(data_dir), DATASET_FILE)
+    meta = _read_json(path, f"{path!r} not found: {str(data_dir)!r} is not a prepared dataset (run semhash prepare)")
     if meta.get("format") != expected_format:
-        raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}; this version reads {expected_format!r}")
+        raise ValueError(f"{path!r} has format {meta.get('format')!r}; this version reads {expected_format!r}")
     return meta
 
 
 def read_vocab(data_dir: str | os.PathLike) -> tuple[list[str], np.ndarray, int]:
     """Returns (words, doc_freq int64[V], num_train_docs) from vocab.json."""
-    path = Path(data_dir) / VOCAB_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset")
-    v = json.loads(path.read_text())
+    path = store.join(str(data_dir), VOCAB_FILE)
+    v = _read_json(path, f"{path!r} not found: {str(data_dir)!r} is not a prepared dataset")
     words, doc_freq = v["words"], np.asarray(v["doc_freq"], dtype=np.int64)
     if len(words) != len(doc_freq):
         raise ValueError(f"{str(path)!r}: {len(words)} words but {len(doc_freq)} document frequencies")

@@ -2,7 +2,8 @@
 
 Plan (nothing but file metadata reaches the driver):
 
-1. Spark reads the Petastorm image Parquet (``images/split=*/``); ``mapInPandas`` decodes each Arrow batch's PNG
+1. Spark reads the Petastorm image Parquet (``images/split=*/``; an ``s3://`` dataset on a cluster is read by the
+   executors through the store, :func:`sparkio.read_parquet`); ``mapInPandas`` decodes each Arrow batch's PNG
    bytes (Pillow) and encodes the images with the model (loaded once per Python worker from a broadcast of the
    checkpoint bytes) -> id, code, address, partition key; with a patch model, also the 81 glimpse codes of
    multiple semantic hashing.
@@ -29,7 +30,7 @@ import pandas as pd
 from . import codes as C
 from . import index as ix
 from . import msh
-from . import store
+from . import sparkio, store
 from .checkpoint import META, WEIGHTS, Hasher
 from .config import ImagesConfig
 
@@ -158,8 +159,7 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
     meta = json.loads(blobs_raw[META])
     if meta.get("kind") != "images":
         raise ValueError(f"{model_uri!r} is a {meta.get('kind')!r} model; image datasets need an image model")
-    data_dir = store.local_copy(data_uri)
-    dmeta = im.read_metadata(data_dir)
+    dmeta = im.read_metadata(data_uri)               # dataset.json, local or s3:// (images are read below)
     shape = (dmeta["height"], dmeta["width"], dmeta["channels"])
     if meta["sizes"][0] != int(np.prod(shape)):
         raise ValueError(f"{model_uri!r} takes {meta['sizes'][0]} inputs but {data_uri!r} has images {shape}")
@@ -208,10 +208,12 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
             if m:
                 yield pd.DataFrame([m])
 
-    paths = [os.path.join(data_dir, im.IMAGES_DIR, f"split={s}") for s in im.SPLITS
-             if os.path.isdir(os.path.join(data_dir, im.IMAGES_DIR, f"split={s}"))]
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.encode.batch_size))
-    imgs = spark.read.parquet(*paths).select("id", "image")
+    try:
+        imgs = sparkio.read_parquet(spark, data_uri, [f"{im.IMAGES_DIR}/split={s}" for s in im.SPLITS],
+                                    ["id", "image"])
+    except FileNotFoundError:
+        raise ValueError(f"{data_uri!r} has no images (no images/split=* files); run semhash prepare") from None
     n_tasks = min(cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism), 1 << partition_bits)
     try:
         encoded = imgs.mapInPandas(encode, ENCODED_SCHEMA)

@@ -13,6 +13,12 @@ Layouts:
   python batches (``data_batch_1..5``, ``test_batch``, ``batches.meta``; folder or ``cifar-10-python.tar.gz``).
   The batches are pickles: read only archives you trust.
 - ``mnist``: a folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` files, gzipped or not.
+
+``s3://`` sources (the same layouts as objects and prefixes) are split into *units* (:func:`input_units`) that
+Spark tasks read with :func:`read_unit` through :mod:`semhash_spark.store`: one unit per ``<split>/<label>/``
+prefix of a class-folder tree (its objects read one by one), or one unit for an archive, MNIST's idx files or
+CIFAR-10's python batches (downloaded to a temporary folder and read by the local readers above, so ids and
+sources match a local copy's, except that a class-folder image's ``source`` is its ``s3://`` URI).
 """
 from __future__ import annotations
 
@@ -21,10 +27,13 @@ import os
 import pickle
 import struct
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from . import store
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -201,3 +210,85 @@ def read_source(dataset: str, source: str) -> Iterator[dict]:
     if not os.path.exists(source):
         raise ValueError(f"--source {source!r} does not exist")
     return {"cifar10": read_cifar10, "mnist": read_mnist, "imagefolder": read_imagefolder}[dataset](source)
+
+
+# ---------------------------------------------------------------------------------------------------- s3:// sources
+_MNIST_STEMS = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+LABEL_DIR, DOWNLOAD = "labeldir", "download"     # unit kinds: a <split>/<label>/ prefix; objects read locally
+
+
+def input_units(dataset: str, source: str) -> list[tuple[str, str, str]]:
+    """The units of an ``s3://`` source, in the order the local readers read them: ``(kind, uri, dataset)``.
+
+    Raises ValueError naming the source when it is missing or not laid out as ``dataset`` expects.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown image dataset {dataset!r}; expected one of {DATASETS}")
+    if not store.is_s3(source):
+        raise ValueError(f"not an s3:// source: {source!r}")
+    source = source.rstrip("/")
+    keys = [k for k, _ in store.list_prefix(source)]
+    if not keys:
+        if not store.exists(source):
+            raise ValueError(f"--source {source!r} does not exist (no object or prefix at this URI)")
+        if dataset == "mnist":
+            raise ValueError(f"--source {source!r} must be the prefix holding MNIST's idx files, not one object")
+        if not _is_archive_name(source):
+            raise ValueError(f"--source {source!r} is neither a prefix nor a .tar/.tar.gz archive")
+        return [(DOWNLOAD, source, dataset)]
+    if dataset == "mnist":
+        names = {k for k in keys if "/" not in k}
+        missing = [s for s in _MNIST_STEMS if s not in names and s + ".gz" not in names]
+        if missing:
+            raise ValueError(f"--source {source!r} has no {', '.join(m + '[.gz]' for m in missing)}")
+        return [(DOWNLOAD, source, dataset)]
+    if dataset == "cifar10":
+        metas = sorted(k for k in keys if k.rsplit("/", 1)[-1] == "batches.meta")
+        if metas:
+            return [(DOWNLOAD, store.join(source, metas[0].rpartition("/")[0]), dataset)]
+    # class folders: <split>/<label>/<file>, or one extra top folder above them (as read_folder_tree allows)
+    dirs: dict[int, set] = {3: set(), 4: set()}
+    for k in keys:
+        parts = k.split("/")
+        if len(parts) in dirs and parts[-3] in SPLITS and _looks_like_image(parts[-1]):
+            dirs[len(parts)].add(tuple(parts[:-1]))
+    found = dirs[3] or dirs[4]
+    if not found or (not dirs[3] and len({d[0] for d in dirs[4]}) != 1):
+        raise ValueError(f"--source {source!r} has no train/ or test/ folder of <label>/<image> files")
+    ordered = sorted(found, key=lambda d: (SPLITS.index(d[-2]), d[-1]))
+    return [(LABEL_DIR, store.join(source, *d), dataset) for d in ordered]
+
+
+def _is_archive_name(uri: str) -> bool:
+    return uri.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def read_unit(unit: tuple[str, str, str]) -> Iterator[dict]:
+    """The records of one unit from :func:`input_units` (runs in a Spark task; S3 settings already applied)."""
+    kind, uri, dataset = unit
+    if kind == LABEL_DIR:
+        split, label = uri.rsplit("/", 2)[-2:]
+        for rel, _ in store.list_prefix(uri):
+            if "/" in rel or not _looks_like_image(rel):
+                continue
+            f = store.join(uri, rel)
+            try:
+                data = store.read_bytes(f)
+            except store.StoreError as e:
+                yield _record(f"{split}/{label}/{rel}", label, split, f, None, error=f"unreadable file: {e.cause}")
+                continue
+            yield _record(f"{split}/{label}/{rel}", label, split, f, data)
+        return
+    with tempfile.TemporaryDirectory(prefix="semhash-images-") as tmp:
+        if store.exists(uri) and not store.list_prefix(uri):       # one object (an archive)
+            local = os.path.join(tmp, uri.rsplit("/", 1)[-1])
+            store.download_file(uri, local)
+        else:                                                      # a prefix: its top-level objects
+            local = os.path.join(tmp, "source")
+            for rel, _ in store.list_prefix(uri):
+                if "/" not in rel:
+                    store.download_file(store.join(uri, rel), os.path.join(local, rel))
+        for rec in read_source(dataset, local):
+            if rec["source"].startswith(local):
+                rec["source"] = uri + rec["source"][len(local):]
+            yield rec

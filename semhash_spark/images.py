@@ -16,14 +16,22 @@ black); 16/32-bit integer and float modes (``I``, ``I;16*``, ``F``) have no sing
 quarantined. Grey images become RGB by replication when ``images.channels`` is 3; with ``channels: 1``
 colour images become grey (ITU-R 601 luma). Every image is resized to ``height x width`` (bicubic, aspect not
 kept). Zero-size and undecodable files, unreadable records and duplicate ids are quarantined with the reason.
+
+``source`` and ``out_dir`` may be ``s3://`` URIs. An ``s3://`` source is read by Spark tasks
+(:func:`image_sources.input_units` / :func:`image_sources.read_unit`), never staged by the driver; with an
+``s3://`` out_dir the executors write the Petastorm Parquet and the quarantine through the store
+(:func:`semhash_spark.data.write_image_split`, :func:`sparkio.write_parquet`), staging goes to a local temporary
+folder in local mode or ``out_dir/_staging/`` on a cluster, and the driver writes dataset.json last.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +47,7 @@ from pyspark.sql import functions as F
 from . import data as data_mod
 from . import dataset
 from . import image_sources
+from . import sparkio, store
 from .config import ImagesConfig
 
 log = logging.getLogger(__name__)
@@ -65,9 +74,17 @@ _DECODED_SCHEMA = ("seq long, id string, label string, split string, source stri
 
 
 # ---------------------------------------------------------------------------------------------------- metadata
+def _dataset_json(data_dir: str | os.PathLike) -> dict | None:
+    """dataset.json at a local path or ``s3://`` URI, None when there is none."""
+    uri = store.join(str(data_dir), DATASET_FILE)
+    if not store.exists(uri):
+        return None
+    return store.read_json(uri)
+
+
 def is_image_dataset(data_dir: str | os.PathLike) -> bool:
-    path = Path(data_dir) / DATASET_FILE
-    return path.is_file() and json.loads(path.read_text()).get("kind") == KIND
+    meta = _dataset_json(data_dir)
+    return meta is not None and meta.get("kind") == KIND
 
 
 def read_metadata(data_dir: str | os.PathLike) -> dict:
@@ -77,10 +94,11 @@ def read_metadata(data_dir: str | os.PathLike) -> dict:
 
 def dataset_kind(data_dir: str | os.PathLike) -> str:
     """``images`` or ``documents``, from dataset.json."""
-    path = Path(data_dir) / DATASET_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} not found: {str(data_dir)!r} is not a prepared dataset (run semhash prepare)")
-    return json.loads(path.read_text()).get("kind", "documents")
+    meta = _dataset_json(data_dir)
+    if meta is None:
+        raise ValueError(f"{store.join(str(data_dir), DATASET_FILE)!r} not found: {str(data_dir)!r} is not a "
+                         "prepared dataset (run semhash prepare)")
+    return meta.get("kind", "documents")
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
@@ -160,9 +178,8 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
     cfg = getattr(cfg, "images", cfg)
     if not isinstance(cfg, ImagesConfig):
         raise TypeError(f"cfg must be an ImagesConfig or a Config, got {type(cfg).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DATASET_FILE).unlink(missing_ok=True)         # written last: a half-written dataset has none
+    out = _out_uri(out_dir)
+    store.delete(store.join(out, DATASET_FILE))          # written last: a half-written dataset has none
     nbytes = cfg.height * cfg.width * cfg.channels
     order = F.col("seq") if "seq" in df.columns else F.monotonically_increasing_id()
     has_source = "source" in df.columns
@@ -177,42 +194,82 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
               F.lit(f"{WRONG_SIZE} (expected {nbytes} bytes)"))
         .when(rank > 1, F.lit(DUPLICATE_ID))
     ).withColumn("source", F.col("source") if has_source else F.lit(None).cast("string"))
-    staging = out / "_staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    checked.write.parquet(str(staging / "checked"))
-    checked = spark.read.parquet(str(staging / "checked"))
-    kept = checked.where(F.col("reason").isNull())
-    counts = {r["split"]: r["count"] for r in kept.groupBy("split").count().collect()}
-    labels = sorted(r["label"] for r in kept.select("label").distinct().collect())
-    if counts.get("train", 0) == 0:
-        raise ValueError(f"no training image survived in {str(out)!r}; quarantine reasons: "
-                         f"{_reasons(checked.where(F.col('reason').isNotNull()))}")
-    shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)
-    for split in SPLITS:
-        if counts.get(split, 0):
-            url = "file://" + str((out / IMAGES_DIR / f"split={split}").absolute())
-            data_mod.write_image_split(spark, kept.where(F.col("split") == split), url, cfg.height, cfg.width,
-                                       cfg.channels, cfg.files_per_split)
-    rejected = checked.where(F.col("reason").isNotNull()).select("id", "source", "reason")
-    if quarantine is not None:
-        rejected = rejected.unionByName(quarantine.select("id", "source", "reason"))
-    rejected.coalesce(1).write.mode("overwrite").parquet(str(out / QUARANTINE_DIR))
-    reasons = _reasons(rejected)
-    shutil.rmtree(staging, ignore_errors=True)
-    for d in (out / IMAGES_DIR, out / QUARANTINE_DIR):
-        for crc in d.rglob(".*.crc"):
-            crc.unlink()
+    with _staging(spark, out, "_staging") as staging:
+        _write(checked, store.join(staging, "checked"))
+        checked = _read(spark, store.join(staging, "checked"))
+        kept = checked.where(F.col("reason").isNull())
+        counts = {r["split"]: r["count"] for r in kept.groupBy("split").count().collect()}
+        labels = sorted(r["label"] for r in kept.select("label").distinct().collect())
+        if counts.get("train", 0) == 0:
+            raise ValueError(f"no training image survived in {out!r}; quarantine reasons: "
+                             f"{_reasons(checked.where(F.col('reason').isNotNull()))}")
+        _remove(store.join(out, IMAGES_DIR))
+        for split in SPLITS:
+            if counts.get(split, 0):
+                split_uri = store.join(out, IMAGES_DIR, f"split={split}")
+                url = split_uri if store.is_s3(split_uri) else "file://" + os.path.abspath(split_uri)
+                data_mod.write_image_split(spark, kept.where(F.col("split") == split), url, cfg.height, cfg.width,
+                                           cfg.channels, cfg.files_per_split)
+        rejected = checked.where(F.col("reason").isNotNull()).select("id", "source", "reason")
+        if quarantine is not None:
+            rejected = rejected.unionByName(quarantine.select("id", "source", "reason"))
+        _write(rejected.coalesce(1), store.join(out, QUARANTINE_DIR))
+        reasons = _reasons(rejected)
+    if not store.is_s3(out):
+        sparkio.remove_crc(os.path.join(out, IMAGES_DIR))
     n_q = sum(reasons.values())
     meta = {"format": FORMAT, "kind": KIND, "name": name, "height": cfg.height, "width": cfg.width,
             "channels": cfg.channels, "labels": labels,
             "counts": {"train": int(counts.get("train", 0)), "test": int(counts.get("test", 0)), "quarantined": n_q},
             "quarantine_reasons": reasons, "source": source, "images": asdict(cfg),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
-    tmp = out / (DATASET_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, out / DATASET_FILE)
+    store.write_bytes(store.join(out, DATASET_FILE), (json.dumps(meta, indent=1) + "\n").encode())   # atomic
     return {"name": name, "kind": KIND, "kept": meta["counts"] | {"quarantined": n_q}, "quarantined": reasons,
-            "labels": len(labels), "out_dir": str(out)}
+            "labels": len(labels), "out_dir": out}
+
+
+def _out_uri(out_dir: str | os.PathLike) -> str:
+    """``out_dir`` as a store URI: an absolute local path (created) or ``s3://bucket/prefix``."""
+    out = str(out_dir)
+    if store.is_s3(out):
+        store.split_s3(out)
+        return out.rstrip("/")
+    path = os.path.abspath(store.local_path(out))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+class _staging:
+    """``with _staging(spark, out, name) as uri``: where intermediate Parquet goes, removed on exit: ``out/name``
+    for a local out and for ``s3://`` on a cluster (the executors reach it), a local temporary folder for ``s3://``
+    in local mode."""
+
+    def __init__(self, spark: SparkSession, out: str, name: str):
+        self.tmp = tempfile.mkdtemp(prefix="semhash-images-") if store.is_s3(out) and not sparkio.on_cluster(spark) \
+            else None
+        self.uri = self.tmp or store.join(out, name)
+
+    def __enter__(self) -> str:
+        _remove(self.uri)
+        return self.uri
+
+    def __exit__(self, *exc) -> None:
+        _remove(self.uri)
+
+
+def _remove(uri: str) -> None:
+    if store.is_s3(uri):
+        store.delete_prefix(uri)
+    else:
+        shutil.rmtree(uri, ignore_errors=True)
+
+
+def _write(df: DataFrame, uri: str) -> None:
+    sparkio.write_parquet(df, uri, executors=True)     # s3://: the tasks write the objects, in any mode
+
+
+def _read(spark: SparkSession, uri: str) -> DataFrame:
+    return sparkio.read_parquet(spark, uri, executors=True)
 
 
 def _reasons(df: DataFrame) -> dict[str, int]:
@@ -245,28 +302,61 @@ def _stage(records: Iterator[dict], staging: Path) -> int:
     return seq
 
 
+def _read_units(indexed_units: Iterator[tuple[int, tuple]], s3_env: dict) -> Iterator[tuple]:
+    """Runs in Spark tasks: the staged rows of each ``s3://`` unit; seq = unit index << 40 | record index."""
+    store.apply_s3_env(s3_env)
+    for k, unit in indexed_units:
+        for i, rec in enumerate(image_sources.read_unit(unit)):
+            yield ((k << 40) | i, rec["id"], rec["label"], rec["split"], rec["source"], rec["data"], rec["shape"],
+                   rec["error"])
+
+
+def _stage_on_executors(spark: SparkSession, units: list[tuple], staging: str) -> int:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
+        functools.partial(_read_units, s3_env=store.driver_s3_env()))
+    try:
+        _write(spark.createDataFrame(rdd, from_arrow_schema(_STAGE_ARROW)), staging)
+    except Exception as e:           # a reader's ValueError (bad idx file, not an archive, ...) as one line
+        import re
+
+        found = re.findall(r"ValueError: (.+)", str(e))
+        raise (ValueError(found[-1].strip()) if found else e) from None
+    return _read(spark, staging).count()
+
+
 def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str, cfg: ImagesConfig) -> dict:
-    """``semhash prepare --dataset {cifar10,mnist,imagefolder}``: raw images -> ``semhash-images/1`` at out_dir."""
+    """``semhash prepare --dataset {cifar10,mnist,imagefolder}``: raw images -> ``semhash-images/1`` at out_dir.
+
+    ``source`` and ``out_dir`` are local paths or ``s3://`` URIs (module notes: who reads and writes what).
+    """
     t0 = time.time()
-    out = Path(out_dir)
-    records = image_sources.read_source(dataset, source)    # validates dataset and source before any write
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "_prepare"
-    shutil.rmtree(work, ignore_errors=True)
-    n_read = _stage(records, work / "raw")
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
-    raw = spark.read.parquet(str(work / "raw"))
-    decoded = raw.repartition(max(2, spark.sparkContext.defaultParallelism)).mapInPandas(
-        lambda frames: _decode_batches(frames, asdict(cfg)), _DECODED_SCHEMA)
-    decoded.write.parquet(str(work / "decoded"))
-    decoded = spark.read.parquet(str(work / "decoded"))
-    good = decoded.where(F.col("reason").isNull())
-    bad = decoded.where(F.col("reason").isNotNull()).select("id", "source", "reason")
-    name = {"cifar10": "cifar10", "mnist": "mnist"}.get(dataset, Path(source.rstrip("/")).name.split(".")[0])
-    report = write_image_dataset(spark, good.select("seq", "id", "label", "split", "source", "pixels"), str(out),
-                                 cfg, quarantine=bad, name=name, source=str(source),
-                                 extra={"records_read": n_read, "dataset": dataset})
-    shutil.rmtree(work, ignore_errors=True)
+    source = str(source)
+    if store.is_s3(source):                                  # validates dataset and source before any write
+        units, records = image_sources.input_units(dataset, source), None
+    else:
+        units, records = None, image_sources.read_source(dataset, source)
+    out = _out_uri(out_dir)
+    with _staging(spark, out, "_prepare") as work:
+        if units is not None:
+            log.info("prepare %s: reading %d unit(s) of %s on executors", dataset, len(units), source)
+            n_read = _stage_on_executors(spark, units, store.join(work, "raw"))
+        else:
+            n_read = _stage(records, Path(work) / "raw")
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
+        raw = _read(spark, store.join(work, "raw")).select(*_STAGE_ARROW.names)
+        decoded = raw.repartition(max(2, spark.sparkContext.defaultParallelism)).mapInPandas(
+            functools.partial(_decode_batches, cfg_dict=asdict(cfg)), _DECODED_SCHEMA)
+        _write(decoded, store.join(work, "decoded"))
+        decoded = _read(spark, store.join(work, "decoded"))
+        good = decoded.where(F.col("reason").isNull())
+        bad = decoded.where(F.col("reason").isNotNull()).select("id", "source", "reason")
+        name = {"cifar10": "cifar10", "mnist": "mnist"}.get(dataset, source.rstrip("/").rsplit("/", 1)[-1]
+                                                            .split(".")[0])
+        report = write_image_dataset(spark, good.select("seq", "id", "label", "split", "source", "pixels"), out,
+                                     cfg, quarantine=bad, name=name, source=source,
+                                     extra={"records_read": n_read, "dataset": dataset})
     total = report["kept"]["train"] + report["kept"]["test"] + report["kept"]["quarantined"]
     if total != n_read:
         raise RuntimeError(f"prepare lost images: read {n_read}, kept + quarantined = {total}")

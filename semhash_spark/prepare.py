@@ -1,6 +1,6 @@
 """The Spark prepare job: raw corpus -> prepared dataset (``semhash-docs/1``, see :mod:`semhash_spark.dataset`).
 
-Stages (all under ``out_dir``; ``_staging/`` is removed at the end)::
+Stages (all under ``out_dir``'s ``_staging/``, removed at the end; see *Where the bytes go* below)::
 
     read       corpus records -> _staging/records/   (executors read when the source has several files; a single
                                                       archive is streamed by the driver in chunks of STAGE_ROWS)
@@ -14,13 +14,27 @@ Stages (all under ``out_dir``; ``_staging/`` is removed at the end)::
 Nothing is dropped silently: every record read is kept, quarantined (with a reason) or skipped, and the job
 checks that the three add up. ``doc_freq`` and ``num_train_docs`` in vocab.json describe the train split as
 written, so IDF weights computed from vocab.json match ``read_split(data_dir, "train")``.
+
+Where the bytes go. ``source`` and ``out_dir`` are local paths or ``s3://`` URIs:
+
+- a local ``out_dir``: everything as Spark writes it, under ``out_dir`` (on a cluster this must be a file system
+  every node mounts);
+- an ``s3://`` ``out_dir``: the executors write the Parquet objects of ``docs/`` and ``quarantine/`` through
+  :mod:`semhash_spark.store` (:func:`sparkio.write_parquet` with ``executors=True``); the driver writes vocab.json
+  and then dataset.json, last, so a half-written dataset is never valid. Staging goes to a local temporary folder in
+  local mode and to ``out_dir/_staging/`` (read and written by the executors) on a cluster: nothing is on the
+  driver's disk that an executor needs.
+- an ``s3://`` source is always read by the executors, one task per unit (a single archive is one task, its
+  records then spread over the cluster for tokenising); a local single archive is streamed by the driver.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import logging
+import re
 import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +49,7 @@ from pyspark.sql import types as T
 
 from . import corpora
 from . import dataset as ds
+from . import sparkio, store
 from .config import PrepareConfig
 
 log = logging.getLogger(__name__)
@@ -102,7 +117,8 @@ def _stage_on_driver(units: list[str], dataset: str, cfg: PrepareConfig, staging
 
 
 def _read_units(indexed_units: Iterator[tuple[int, str]], dataset: str, strip_headers: bool,
-                test_fraction: float) -> Iterator[tuple]:
+                test_fraction: float, s3_env: dict | None = None) -> Iterator[tuple]:
+    store.apply_s3_env(s3_env or {})          # S3 units: the driver's settings where the worker has none
     for k, unit in indexed_units:
         for i, rec in enumerate(corpora.read_unit(dataset, unit, strip_headers=strip_headers,
                                                   test_fraction=test_fraction)):
@@ -110,12 +126,31 @@ def _read_units(indexed_units: Iterator[tuple[int, str]], dataset: str, strip_he
                    rec["error"])
 
 
-def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg: PrepareConfig, staging: Path) -> int:
+def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg: PrepareConfig, staging: str) -> int:
     rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
         functools.partial(_read_units, dataset=dataset, strip_headers=cfg.strip_headers,
-                          test_fraction=cfg.test_fraction))
-    spark.createDataFrame(rdd, _RECORD_SPARK).write.mode("overwrite").parquet(str(staging))
-    return spark.read.schema(_RECORD_SPARK).parquet(str(staging)).count()
+                          test_fraction=cfg.test_fraction, s3_env=store.driver_s3_env()))
+    try:
+        _write(spark.createDataFrame(rdd, _RECORD_SPARK), staging)
+    except Exception as e:              # a reader's ValueError (not an archive, ...) as one line naming the unit
+        raise _task_error(e) from None
+    return _read(spark, staging).count()
+
+
+def _task_error(e: Exception) -> Exception:
+    """The ValueError a Spark task raised (its message names the bad input), else ``e`` itself."""
+    found = re.findall(r"ValueError: (.+)", str(e))
+    return ValueError(found[-1].strip()) if found else e
+
+
+# Staged and final Parquet: Spark's reader and writer for local paths; for s3:// the executors' store client, in
+# local mode as on a cluster (so no stage passes through the driver's disk).
+def _write(df: DataFrame, uri: str) -> None:
+    sparkio.write_parquet(df, uri, executors=True)
+
+
+def _read(spark: SparkSession, uri: str) -> DataFrame:
+    return sparkio.read_parquet(spark, uri, executors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- classify
@@ -203,13 +238,6 @@ def _doc_freq_partials(batches: Iterator[pd.DataFrame], vocab_size: int) -> Iter
 
 
 # ---------------------------------------------------------------------------------------------------- job
-def _remove_checksums(out: Path) -> None:
-    """Drops the ``.*.crc`` side files Hadoop's local file system writes beside each output file."""
-    for d in (out / ds.DOCS_DIR, out / ds.QUARANTINE_DIR):
-        for crc in d.rglob(".*.crc"):
-            crc.unlink()
-
-
 def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
     if cfg.vocab_size < 1:
         raise ValueError(f"prepare.vocab_size must be at least 1, got {cfg.vocab_size}")
@@ -232,43 +260,67 @@ def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
 def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str,
                     cfg: PrepareConfig = PrepareConfig(), *, name: str | None = None,
                     vocab: list[str] | None = None) -> dict:
-    """Reads corpus ``dataset`` from ``source`` and writes a prepared dataset to the local ``out_dir``.
+    """Reads corpus ``dataset`` from ``source`` and writes a prepared dataset to ``out_dir``.
 
-    ``vocab`` fixes the vocabulary (a model's words, in its order) instead of taking the train split's most
+    Both are local paths or ``s3://`` URIs (module notes: who reads and writes what). ``vocab`` fixes the vocabulary (a model's words, in its order) instead of taking the train split's most
     frequent words: a nightly re-index vectorises tonight's corpus exactly as the model expects.
 
     Returns the report ``{"name", "records_read", "kept": {split: n}, "quarantined": {reason: n},
     "skipped": {reason: n}, "vocab_size", "vocab_fingerprint", "out_dir"}``. Raises ValueError for an unknown
     dataset, a missing source, a source without records, or an empty train split.
     """
+    source = str(source)
     units = _validate(dataset, source, cfg)
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ds.DATASET_FILE).unlink(missing_ok=True)      # a failed run must not look like a finished dataset
-    staging = out / "_staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    if store.is_s3(str(out_dir)):
+        out = str(out_dir).rstrip("/")
+        store.split_s3(out)                              # names a bad URI (no bucket) before any work
+        store.delete(store.join(out, ds.DATASET_FILE))   # a failed run must not look like a finished dataset
+        if sparkio.on_cluster(spark):                    # executors stage under out/_staging/ (removed below)
+            staging, local_tmp = store.join(out, "_staging"), None
+        else:                                            # local mode: the driver's disk is the executors' disk
+            local_tmp = tempfile.mkdtemp(prefix="semhash-prepare-")
+            staging = local_tmp
+    else:
+        path = Path(store.local_path(str(out_dir))).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        (path / ds.DATASET_FILE).unlink(missing_ok=True)
+        out, local_tmp = str(path), None
+        staging = str(path / "_staging")
+    _remove(staging)
     try:
         return _run(spark, dataset, source, units, out, staging, cfg, name or dataset, vocab)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
+        if local_tmp:
+            shutil.rmtree(local_tmp, ignore_errors=True)
 
 
-def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: Path, staging: Path,
-         cfg: PrepareConfig, name: str, fixed_vocab: list[str] | None = None) -> dict:
-    records_dir = staging / "records"
-    if len(units) == 1:
-        log.info("prepare %s: streaming %s on the driver", dataset, units[0])
-        n_read = _stage_on_driver(units, dataset, cfg, records_dir)
+def _remove(uri: str) -> None:
+    if store.is_s3(uri):
+        store.delete_prefix(uri)
     else:
-        log.info("prepare %s: reading %d input files on executors", dataset, len(units))
+        shutil.rmtree(uri, ignore_errors=True)
+
+
+def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: str, staging: str,
+         cfg: PrepareConfig, name: str, fixed_vocab: list[str] | None = None) -> dict:
+    records_dir = store.join(staging, "records")
+    if len(units) == 1 and not store.is_s3(source):
+        log.info("prepare %s: streaming %s on the driver", dataset, units[0])
+        n_read = _stage_on_driver(units, dataset, cfg, Path(records_dir))
+    else:
+        log.info("prepare %s: reading %d input unit(s) of %s on executors", dataset, len(units), source)
         n_read = _stage_on_executors(spark, units, dataset, cfg, records_dir)
     if n_read == 0:
         raise ValueError(f"source {source!r} holds no {dataset} records")
     log.info("prepare %s: %d records read", dataset, n_read)
 
-    _classify(spark.read.schema(_RECORD_SPARK).parquet(str(records_dir)), cfg) \
-        .write.mode("overwrite").parquet(str(staging / "tokens"))
-    classified = spark.read.parquet(str(staging / "tokens"))
+    records = _read(spark, records_dir).select(*_RECORD_SPARK.fieldNames())
+    parallelism = spark.sparkContext.defaultParallelism
+    if len(units) < parallelism and store.is_s3(source):     # one task read a whole archive: spread its records
+        records = records.repartition(parallelism)
+    _write(_classify(records, cfg), store.join(staging, "tokens"))
+    classified = _read(spark, store.join(staging, "tokens"))
     vocab = [(w, 0) for w in fixed_vocab] if fixed_vocab else _build_vocab(classified, cfg.vocab_size)
     if not vocab:
         raise ValueError(f"the train split of {source!r} is empty: no train document survived reading, "
@@ -280,12 +332,12 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
 
     vocab_bc = spark.sparkContext.broadcast(words)
     try:
-        classified.mapInPandas(functools.partial(_vectorize_batches, vocab_bc=vocab_bc,
-                                                 min_doc_words=cfg.min_doc_words), _FINAL_SPARK) \
-            .write.mode("overwrite").parquet(str(staging / "final"))
+        _write(classified.mapInPandas(functools.partial(_vectorize_batches, vocab_bc=vocab_bc,
+                                                        min_doc_words=cfg.min_doc_words), _FINAL_SPARK),
+               store.join(staging, "final"))
     finally:
         vocab_bc.unpersist()
-    final = spark.read.parquet(str(staging / "final"))
+    final = _read(spark, store.join(staging, "final"))
 
     tally = final.groupBy("status", "split", "reason").count().collect()
     kept = {s: 0 for s in ds.SPLITS}
@@ -310,9 +362,9 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
         if 0 < kept[split] < cfg.files_per_split:
             log.warning("prepare %s: %s split has %d documents, fewer than files_per_split=%d",
                         dataset, split, kept[split], cfg.files_per_split)
-        rows.repartition(cfg.files_per_split).write.mode("overwrite").parquet(str(ds.split_dir(out, split)))
-    final.where(F.col("status") == QUARANTINED).select(*ds.QUARANTINE_COLUMNS).coalesce(1) \
-        .write.mode("overwrite").parquet(str(out / ds.QUARANTINE_DIR))
+        _write(rows.repartition(cfg.files_per_split), ds.split_uri(out, split))
+    _write(final.where(F.col("status") == QUARANTINED).select(*ds.QUARANTINE_COLUMNS).coalesce(1),
+           store.join(out, ds.QUARANTINE_DIR))
 
     partials = final.where((F.col("status") == KEPT) & (F.col("split") == "train")).select("word_ids") \
         .mapInPandas(functools.partial(_doc_freq_partials, vocab_size=len(words)), _DOCFREQ_SPARK).collect()
@@ -320,7 +372,6 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
     num_train = int(sum(p["n"] for p in partials))
     assert num_train == kept["train"], (num_train, kept["train"])
 
-    _remove_checksums(out)
     fingerprint = ds.write_vocab(out, words, doc_freq, num_train)
     n_quarantined = sum(quarantined.values())
     ds.write_metadata(out, name=name, vocab_size=len(words),

@@ -61,14 +61,22 @@ def _parquet_files(root: str, parts: Sequence[str]) -> list[tuple[str, int]]:
     return [(k, s) for k, s in listing if any(k == p or k.startswith(p + "/") for p in wanted)]
 
 
+def through_executors(spark: SparkSession, uri: str, executors: bool | None = None) -> bool:
+    """Whether ``uri`` is read/written by the tasks through the store: ``s3://`` on a cluster (``executors=None``),
+    or ``s3://`` on any master when ``executors`` is True (jobs that must not stage on the driver's disk)."""
+    return store.is_s3(uri) and (on_cluster(spark) if executors is None else executors)
+
+
 def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), columns: Sequence[str] | None = None,
-                 *, path_column: bool = False) -> DataFrame:
+                 *, path_column: bool = False, executors: bool | None = None) -> DataFrame:
     """The rows of the Parquet files under ``root/part`` for each part (a folder or a file; ``""`` = all of root).
 
     Parts with no files are skipped; none at all is a ``FileNotFoundError`` naming them. ``columns`` selects
     columns (all when None); ``path_column`` adds :data:`PATH_COLUMN`, the file's path relative to ``root``.
+    ``executors=True`` reads ``s3://`` through the tasks' store client in local mode too (see
+    :func:`through_executors`).
     """
-    if store.is_s3(root) and on_cluster(spark):
+    if through_executors(spark, root, executors):
         return _read_with_store(spark, root, parts, columns, path_column)
     base = os.path.abspath(readable_root(spark, root)).rstrip("/")
     paths = [os.path.join(base, p.strip("/")) if p.strip("/") else base for p in parts]
@@ -164,8 +172,11 @@ def remove_crc(root: str) -> None:
                 os.unlink(os.path.join(dirpath, n))
 
 
-def write_parquet(df: DataFrame, out_uri: str) -> None:
-    """Writes ``df`` as Parquet files under ``out_uri``, replacing what was there (like ``mode("overwrite")``)."""
+def write_parquet(df: DataFrame, out_uri: str, *, executors: bool | None = None) -> None:
+    """Writes ``df`` as Parquet files under ``out_uri``, replacing what was there (like ``mode("overwrite")``).
+
+    ``executors=True`` has the tasks write ``s3://`` objects themselves in local mode too (no local staging).
+    """
     spark = df.sparkSession
     if not store.is_s3(out_uri):
         root = store.local_path(out_uri).rstrip("/")
@@ -173,7 +184,7 @@ def write_parquet(df: DataFrame, out_uri: str) -> None:
         remove_crc(root)
         return
     store.delete_prefix(out_uri)
-    if not on_cluster(spark):
+    if not through_executors(spark, out_uri, executors):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="semhash-out-") as tmp:
@@ -184,33 +195,45 @@ def write_parquet(df: DataFrame, out_uri: str) -> None:
     _write_with_store(df, out_uri)
 
 
-def _write_with_store(df: DataFrame, out_uri: str) -> None:
-    """Each task writes its rows as one ``part-NNNNN-<uuid>.parquet`` object through the store; an empty result
-    still gets one file (with the schema), as Spark's writer does."""
+def write_objects(df: DataFrame, out_uri: str, *, compression: str = "snappy") -> list[dict]:
+    """Replaces what is under ``out_uri`` (``s3://``) with one Parquet object per task written by the tasks
+    themselves, on any master; returns ``[{path, rows}]`` of the objects (one row group each), sorted by path."""
+    store.delete_prefix(out_uri)
+    return _write_with_store(df, out_uri, compression)
+
+
+def _write_with_store(df: DataFrame, out_uri: str, compression: str = "snappy") -> list[dict]:
+    """Each task writes its rows as one ``part-NNNNN-<uuid>.parquet`` object (one row group) through the store; an
+    empty result still gets one file (with the schema), as Spark's writer does. Returns ``[{path, rows}]`` of the
+    files written (paths relative to ``out_uri``, sorted)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from pyspark import TaskContext
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    schema = to_arrow_schema(df.schema)
+    # Every field nullable: the batches a task sees may declare a column nullable that the plan calls not null.
+    schema = pa.schema([f.with_nullable(True) for f in to_arrow_schema(df.schema)])
     s3_env = store.driver_s3_env()
     run = uuid.uuid4().hex[:12]
 
     def write(batches: Iterator) -> Iterator:
         store.apply_s3_env(s3_env)
-        table = pa.Table.from_batches(list(batches), schema=schema)
+        tables = [pa.Table.from_batches([b]).cast(schema) for b in batches]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
         if table.num_rows == 0:
             return
         name = f"part-{TaskContext.get().partitionId():05d}-{run}.parquet"
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="snappy")
+        pq.write_table(table, buf, compression=compression, row_group_size=table.num_rows)
         store.write_bytes(store.join(out_uri, name), buf.getvalue())
         yield pa.RecordBatch.from_pydict({"path": [name], "rows": [table.num_rows]})
 
-    written = df.mapInArrow(write, "path string, rows long").collect()
+    written = sorted((r.asDict() for r in df.mapInArrow(write, "path string, rows long").collect()),
+                     key=lambda r: r["path"])
     if not written:
         buf = io.BytesIO()
-        pq.write_table(schema.empty_table(), buf)
+        pq.write_table(schema.empty_table(), buf, compression=compression)
         store.write_bytes(store.join(out_uri, f"part-00000-{run}.parquet"), buf.getvalue())
-    log.info("wrote %d Parquet files (%d rows) to %s", max(1, len(written)), sum(r["rows"] for r in written),
-             out_uri)
+        written = [{"path": f"part-00000-{run}.parquet", "rows": 0}]
+    log.info("wrote %d Parquet files (%d rows) to %s", len(written), sum(r["rows"] for r in written), out_uri)
+    return written

@@ -6,8 +6,11 @@ import collections
 import dataclasses
 import gzip
 import hashlib
+import io
 import itertools
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -287,3 +290,240 @@ def test_empty_test_split_is_written_and_readable(spark, tmp_path):
     assert data.count_rows(tmp_path / "out", "test") == 0 and list(data.iter_batches(tmp_path / "out", "test", 8)) == []
     assert sum(len(b) for b in data.iter_batches(tmp_path / "out", "train", 8, cur_shard=1, shard_count=4)) == \
         data.count_rows(tmp_path / "out", "train", 1, 4)
+
+
+# ---------------------------------------------------------------------------------------------------- s3:// in, s3:// out
+# The executors read the source objects and write the dataset's objects through the store (what a multi-host
+# cluster needs); run here in local mode against the real S3 server, with the same task code a cluster runs.
+S3 = "s3://semhash/prepare-test"
+
+
+def _s3_parquet(uri: str) -> tuple[list[dict], list[str]]:
+    """Rows of every Parquet object under uri (sorted by id, then source) and the object keys."""
+    from semhash_spark import store
+
+    keys = [k for k, _ in store.list_prefix(uri) if k.endswith(".parquet")]
+    rows = [r for k in keys for r in pq.read_table(io.BytesIO(store.read_bytes(store.join(uri, k)))).to_pylist()]
+    return sorted(rows, key=lambda r: (r["id"] or "", r.get("source") or "")), keys
+
+
+def _local_parquet(path) -> list[dict]:
+    rows = [r for f in sorted(path.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return sorted(rows, key=lambda r: (r["id"] or "", r.get("source") or ""))
+
+
+def _assert_same_dataset(s3_out: str, local_out) -> None:
+    """The s3:// dataset holds what the local one holds: metadata, vocabulary, every split's rows, quarantine."""
+    from semhash_spark import store
+
+    meta, local_meta = store.read_json(f"{s3_out}/dataset.json"), ds.read_metadata(local_out)
+    for key in ("format", "name", "vocab_size", "counts", "vocab_fingerprint", "quarantine_reasons", "skipped",
+                "records_read", "prepare"):
+        assert meta[key] == local_meta[key], key
+    assert store.read_json(f"{s3_out}/vocab.json") == json.loads((local_out / ds.VOCAB_FILE).read_text())
+    assert ds.read_vocab(s3_out)[0] == ds.read_vocab(local_out)[0]          # the readers take s3:// too
+    for split in ds.SPLITS:
+        rows, keys = _s3_parquet(ds.split_uri(s3_out, split))
+        assert rows == _local_parquet(ds.split_dir(local_out, split)), split
+        assert len(keys) == len(ds.split_files(local_out, split))            # files_per_split objects
+    assert _s3_parquet(f"{s3_out}/{ds.QUARANTINE_DIR}")[0] == _local_parquet(local_out / ds.QUARANTINE_DIR)
+    assert not [k for k, _ in store.list_prefix(s3_out) if k.startswith("_")]   # no staging left behind
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_server):
+    from semhash_spark import store
+
+    store.ensure_bucket("semhash")
+    return S3
+
+
+def test_s3_jsonl_files_to_s3_dataset_equal_local(spark, s3_bucket, jsonl_corpus, prepared_jsonl):
+    """Three JSONL objects (one a truncated gzip) read by the executors; the dataset written by them to S3."""
+    from semhash_spark import store
+
+    root, _, _ = jsonl_corpus
+    local_out, local_report = prepared_jsonl
+    store.upload_dir(root, f"{S3}/jsonl-src")
+    report = prepare_dataset(spark, "jsonl", f"{S3}/jsonl-src", f"{S3}/jsonl-data", CFG)
+    assert {k: report[k] for k in ("records_read", "kept", "quarantined", "skipped", "vocab_fingerprint")} == \
+        {k: local_report[k] for k in ("records_read", "kept", "quarantined", "skipped", "vocab_fingerprint")}
+    _assert_same_dataset(f"{S3}/jsonl-data", local_out)
+
+    # A failed re-run into the same prefix leaves no dataset.json behind: a half-written dataset is never valid.
+    store.write_bytes(f"{S3}/bad-src/only-test.jsonl",
+                      json.dumps({"id": "t", "text": "orbit launch rocket", "split": "test"}).encode())
+    with pytest.raises(ValueError, match="train split .* is empty"):
+        prepare_dataset(spark, "jsonl", f"{S3}/bad-src", f"{S3}/jsonl-data", CFG)
+    assert not store.exists(f"{S3}/jsonl-data/dataset.json")
+    assert not [k for k, _ in store.list_prefix(f"{S3}/jsonl-data") if k.startswith("_")]
+
+
+@pytest.fixture(scope="module")
+def small_20ng_tar(shared_data, tmp_path_factory):
+    """A 20news-bydate.tar.gz of the first 25 train and 10 test posts of four groups of the real archive."""
+    want = {(s, g): n for g in ("comp.graphics", "rec.autos", "sci.space", "talk.politics.guns")
+            for s, n in (("20news-bydate-train", 25), ("20news-bydate-test", 10))}
+    out = tmp_path_factory.mktemp("ng") / "20news-bydate.tar.gz"
+    with tarfile.open(shared_data / "20newsgroups" / "20news-bydate.tar.gz") as src, tarfile.open(out, "w:gz") as dst:
+        for m in src:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 3 and want.get((parts[0], parts[1]), 0) > 0:
+                want[(parts[0], parts[1])] -= 1
+                dst.addfile(m, src.extractfile(m))
+    return out
+
+
+def test_s3_20ng_archive_and_extracted_prefix_equal_local(spark, s3_bucket, small_20ng_tar, tmp_path):
+    """One archive object is read by one task and its records spread for tokenising; the extracted layout
+    (one unit per newsgroup prefix) gives the same documents."""
+    from semhash_spark import store
+
+    cfg = dataclasses.replace(CFG, files_per_split=2, strip_headers=True)
+    local_out = tmp_path / "local"
+    prepare_dataset(spark, "20ng", str(small_20ng_tar), str(local_out), cfg)
+    store.upload_file(small_20ng_tar, f"{S3}/ng-src/20news-bydate.tar.gz")
+    report = prepare_dataset(spark, "20ng", f"{S3}/ng-src/20news-bydate.tar.gz", f"{S3}/ng-data", cfg)
+    assert report["records_read"] == 140 and report["kept"]["train"] > 90
+    _assert_same_dataset(f"{S3}/ng-data", local_out)
+
+    with tarfile.open(small_20ng_tar) as tar:
+        tar.extractall(tmp_path / "extracted")
+    store.upload_dir(tmp_path / "extracted", f"{S3}/ng-extracted")
+    assert len(corpora.input_units("20ng", f"{S3}/ng-extracted")) == 8          # 2 splits x 4 groups
+    prepare_dataset(spark, "20ng", f"{S3}/ng-extracted", f"{S3}/ng-data-2", cfg)
+    meta = store.read_json(f"{S3}/ng-data-2/dataset.json")
+    assert meta["counts"] == ds.read_metadata(local_out)["counts"]
+    for split in ds.SPLITS:
+        assert _s3_parquet(ds.split_uri(f"{S3}/ng-data-2", split))[0] == \
+            _local_parquet(ds.split_dir(local_out, split))
+
+
+def test_s3_bad_sources_are_one_line_errors_naming_them(spark, s3_bucket, small_20ng_tar, capsys):
+    from semhash_spark import store
+    from semhash_spark.cli import main
+
+    with pytest.raises(ValueError, match=f"source '{S3}/no-such-key' does not exist"):
+        prepare_dataset(spark, "jsonl", f"{S3}/no-such-key", f"{S3}/never", CFG)
+    store.write_bytes(f"{S3}/wrong/corpus.jsonl", b'{"id": "a", "text": "space"}\n')
+    with pytest.raises(ValueError, match=f"source '{S3}/wrong/corpus.jsonl' is not a 20news-bydate"):
+        prepare_dataset(spark, "20ng", f"{S3}/wrong/corpus.jsonl", f"{S3}/never", CFG)
+    # named like an archive, but JSON inside: the executor's reader fails, the driver reports it in one line
+    store.write_bytes(f"{S3}/wrong/20news-bydate.tar.gz", b'{"id": "a", "text": "space"}\n')
+    code = main(["prepare", "--dataset", "20ng", "--source", f"{S3}/wrong/20news-bydate.tar.gz",
+                 "--out", f"{S3}/never"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("semhash prepare: error: ValueError:"), err[-3:]
+    assert f"'{S3}/wrong/20news-bydate.tar.gz' is not a tar or tar.gz archive" in err[-1]
+    assert not store.list_prefix(f"{S3}/never")
+
+
+# ---------------------------------------------------------------------------------------------------- images on S3
+@pytest.fixture(scope="module")
+def tiny_cifar(shared_data, tmp_path_factory):
+    """10 train / 3 test real CIFAR-10 JPEGs per class (class-folder layout), plus an empty and a corrupt file."""
+    from semhash_spark import image_sources
+
+    archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip("no CIFAR-10 archive")
+    root = tmp_path_factory.mktemp("tiny-cifar")
+    want: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            key = image_sources._folder_key(m.name.split("/")) if m.isfile() else None
+            if key is None or want.get(key[:2], 0) >= (10 if key[0] == "train" else 3):
+                continue
+            want[key[:2]] = want.get(key[:2], 0) + 1
+            (root / key[0] / key[1]).mkdir(parents=True, exist_ok=True)
+            (root / key[0] / key[1] / key[2]).write_bytes(tar.extractfile(m).read())
+    (root / "train" / "cat" / "zz-empty.png").write_bytes(b"")
+    (root / "test" / "dog" / "zz-corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def _image_rows(data_dir) -> dict[str, list[tuple]]:
+    from semhash_spark import data
+
+    out = {}
+    for split in ds.SPLITS:
+        b = data.read_image_shard(data_dir, split)
+        out[split] = sorted((i, lab, p.tobytes()) for i, lab, p in zip(b.ids, b.labels, b.pixels))
+    return out
+
+
+def test_s3_image_folder_to_s3_dataset_equal_local_and_encoded_from_s3(spark, s3_bucket, tiny_cifar, tmp_path,
+                                                                      capsys):
+    """Class-folder images on S3 (one task per <split>/<label>/ prefix) -> a Petastorm dataset written to S3 by
+    the executors: the same images, labels and quarantine as from the local folder; Petastorm reads it in two
+    shards; encode reads the s3:// dataset and gives the same codes as from the local one."""
+    from semhash_spark import data, images, store
+    from semhash_spark.cli import main
+    from semhash_spark.config import ImagesConfig
+
+    cfg = ImagesConfig(files_per_split=2)
+    local_out = tmp_path / "local"
+    local = images.prepare_images(spark, "imagefolder", str(tiny_cifar), str(local_out), cfg)
+    store.upload_dir(tiny_cifar, f"{S3}/img-src")
+    assert len(images.image_sources.input_units("imagefolder", f"{S3}/img-src")) == 20
+    remote = images.prepare_images(spark, "imagefolder", f"{S3}/img-src", f"{S3}/img-data", cfg)
+    assert remote["kept"] == local["kept"] == {"train": 100, "test": 30, "quarantined": 2}
+    assert remote["quarantined"] == local["quarantined"] == {"empty file": 1, "undecodable": 1}
+    meta = store.read_json(f"{S3}/img-data/dataset.json")
+    local_meta = json.loads((local_out / "dataset.json").read_text())
+    for key in ("format", "kind", "height", "width", "channels", "labels", "counts", "quarantine_reasons"):
+        assert meta[key] == local_meta[key], key
+    assert images.is_image_dataset(f"{S3}/img-data") and images.dataset_kind(f"{S3}/img-data") == "images"
+    keys = [k for k, _ in store.list_prefix(f"{S3}/img-data")]
+    assert "images/split=train/_common_metadata" in keys and not [k for k in keys if k.startswith("_")]
+    assert sum(k.startswith("images/split=train/part-") for k in keys) == 2
+
+    staged = store.local_copy(f"{S3}/img-data")          # what training does with an s3:// image dataset
+    assert _image_rows(staged) == _image_rows(local_out)
+    shards = [data.read_image_shard(staged, "train", cur_shard=s, shard_count=2).ids for s in range(2)]
+    assert len(shards[0]) and len(shards[1]) and sorted([*shards[0], *shards[1]]) == \
+        sorted(i for i, _, _ in _image_rows(local_out)["train"])
+    q, _ = _s3_parquet(f"{S3}/img-data/quarantine")
+    assert [(r["id"], r["reason"].split(":")[0]) for r in q] == \
+        [(r["id"], r["reason"].split(":")[0]) for r in _local_parquet(local_out / "quarantine")]
+    assert {r["source"] for r in q} == {f"{S3}/img-src/train/cat/zz-empty.png",
+                                        f"{S3}/img-src/test/dog/zz-corrupt.jpg"}
+
+    model = _random_image_model(tmp_path / "model")
+    codes = {}
+    for name, data_uri in (("local", str(local_out)), ("s3", f"{S3}/img-data")):
+        index = f"{S3}/img-index-{name}"
+        assert main(["encode", "--model", model, "--data", data_uri, "--index", index]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 130
+        codes[name] = _index_codes(index)
+    assert codes["s3"] == codes["local"] and len(set(codes["local"].values())) > 1
+
+
+def _random_image_model(out) -> str:
+    """A 16-bit image model with random weights over 32x32x3 inputs (encoding needs no training)."""
+    import torch
+
+    from semhash_spark.checkpoint import save_model
+    from semhash_spark.config import load_config
+    from semhash_spark.models.autoencoder import DeepAutoencoder
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "images.yaml"
+    cfg = load_config(str(conf), ["model.hidden=[32]"]).with_bits(16)
+    torch.manual_seed(3)
+    ae = DeepAutoencoder([3072, 32, 16], output="linear", code_mode="round")
+    with torch.no_grad():
+        for layer in ae.encoder:
+            torch.nn.init.normal_(layer.weight, std=0.05)
+            torch.nn.init.zeros_(layer.bias)
+    save_model(str(out), ae, cfg, {"data": {"height": 32, "width": 32, "channels": 3}})
+    return str(out)
+
+
+def _index_codes(index_uri: str) -> dict[str, bytes]:
+    from semhash_spark import index as ix
+    from semhash_spark import store
+
+    version = ix.read_current(index_uri)["version"]
+    root = ix.version_prefix(index_uri, version)
+    rows, _ = _s3_parquet(root)
+    return {r["id"]: r["code"] for r in rows}
