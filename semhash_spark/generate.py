@@ -155,24 +155,43 @@ def _categorical(cdf: np.ndarray, row: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(pos - row * n_cat, n_cat - 1)
 
 
-def generate_block(model: TopicModel, seed: int, block: int) -> dict[str, list]:
-    """The BLOCK_DOCS documents of ``block`` as columns of the prepared-dataset schema (plus ``split``).
+def sample_documents(model: TopicModel, rng: np.random.Generator, n: int):
+    """Draws ``n`` documents from the generative process: ``(y int64[n], length int64[n], keys, counts)``, where
+    ``keys`` (sorted) are ``document * V + word id`` of the nonzero counts and ``counts`` int64 their counts.
 
     Words are drawn token by token (topic z ~ theta_d, word ~ topics[z]), which is the same distribution as
-    Multinomial(N, theta_d @ topics) at a fraction of its cost for short documents.
+    Multinomial(N, theta_d @ topics) at a fraction of its cost for short documents. The draws from ``rng`` are
+    part of the determinism contract of :func:`generate_block`, which calls this with ``n = BLOCK_DOCS``.
     """
-    rng = np.random.default_rng([seed, _DOC_STREAM, block])
-    b, v = BLOCK_DOCS, model.vocab_size
-    y = rng.choice(len(model.classes), size=b, p=model.class_prior)
-    g = rng.standard_gamma(model.alpha[y])                               # [B, K]
+    v = model.vocab_size
+    y = rng.choice(len(model.classes), size=n, p=model.class_prior)
+    g = rng.standard_gamma(model.alpha[y])                               # [n, K]
     total = g.sum(axis=1, keepdims=True)
     theta = np.where(total > 0, g / np.where(total > 0, total, 1.0), 1.0 / g.shape[1])
     lo, hi = model.length_offsets[y], model.length_offsets[y + 1]
-    length = model.lengths[lo + (rng.random(b) * (hi - lo)).astype(np.int64)]
-    doc = np.repeat(np.arange(b), length)                                # one entry per token
+    length = model.lengths[lo + (rng.random(n) * (hi - lo)).astype(np.int64)]
+    doc = np.repeat(np.arange(n), length)                                # one entry per token
     z = _categorical(np.cumsum(theta, axis=1), doc, rng.random(doc.size))
     w = _categorical(model.topic_cdf, z, rng.random(doc.size))
     keys, counts = np.unique(doc * v + w, return_counts=True)            # sorted: by document, then word id
+    return y, length, keys, counts
+
+
+def sample_counts(model: TopicModel, rng: np.random.Generator, n: int):
+    """``n`` documents drawn as by :func:`sample_documents`: ``(y int64[n], counts float32 CSR [n, V])``."""
+    import scipy.sparse as sp
+
+    y, _, keys, counts = sample_documents(model, rng, n)
+    v = model.vocab_size
+    indptr = np.searchsorted(keys // v, np.arange(n + 1))
+    return y, sp.csr_matrix((counts.astype(np.float32), (keys % v).astype(np.int32), indptr), shape=(n, v))
+
+
+def generate_block(model: TopicModel, seed: int, block: int) -> dict[str, list]:
+    """The BLOCK_DOCS documents of ``block`` as columns of the prepared-dataset schema (plus ``split``)."""
+    rng = np.random.default_rng([seed, _DOC_STREAM, block])
+    b, v = BLOCK_DOCS, model.vocab_size
+    y, length, keys, counts = sample_documents(model, rng, b)
     word_ids = (keys % v).astype("<i4")
     word_counts = counts.astype("<f4")
     bounds = np.searchsorted(keys // v, np.arange(b + 1))

@@ -14,8 +14,8 @@ from semhash_spark import data
 from semhash_spark import dataset as ds
 from semhash_spark import evaluate as ev
 from semhash_spark.config import GenerateConfig
-from semhash_spark.generate import BLOCK_DOCS, fit_topic_model, generate_block, generate_documents, generate_images, \
-    is_test, source_order
+from semhash_spark.generate import _DOC_STREAM, BLOCK_DOCS, fit_topic_model, generate_block, generate_documents, \
+    generate_images, is_test, sample_counts, source_order
 
 CFG = GenerateConfig(topics=8, lda_iterations=5, docs_per_task=400)
 SIZE = 1500
@@ -69,6 +69,34 @@ def test_another_seed_another_corpus_and_sizes_are_prefixes(generated, small_dat
     both = {i: h for s in ds.SPLITS for i, h in zip(*(lambda d: (d.ids, d.content_hash))(
         ds.read_split(root / "a", s, columns=(ds.ID, ds.CONTENT_HASH))))}
     assert [both[i] for i in block[ds.ID]] == block[ds.CONTENT_HASH]
+
+
+def test_sample_counts_draws_the_generators_documents(small_dataset):
+    """``sample_counts`` (documents as a count matrix, any batch size) is the generator's process: on a block's
+    random stream it gives that block's documents, and large samples follow the model's expected class shares,
+    lengths and word frequencies."""
+    train = ds.read_split(small_dataset, "train", columns=(ds.LABELS, "counts"))
+    model = fit_topic_model(train.counts, train.labels, ds.read_metadata(small_dataset)["counts"]["test"], CFG, 3)
+    y, counts = sample_counts(model, np.random.default_rng([3, _DOC_STREAM, 2]), BLOCK_DOCS)
+    block = generate_block(model, 3, 2)
+    assert [list(model.classes[c]) for c in y] == block[ds.LABELS]
+    assert (counts != ds.csr_from_binary(block[ds.WORD_IDS], block[ds.WORD_COUNTS], model.vocab_size)).nnz == 0
+
+    n = 20_000
+    y, counts = sample_counts(model, np.random.default_rng(0), n)
+    assert counts.shape == (n, model.vocab_size) and counts.dtype == np.float32
+    share = np.bincount(y, minlength=len(model.classes)) / n
+    assert 0.5 * np.abs(share - model.class_prior).sum() < 0.02
+    mean_len = np.array([model.lengths[a:b].mean() for a, b in zip(model.length_offsets[:-1],
+                                                                   model.length_offsets[1:])])
+    expected_len = float(model.class_prior @ mean_len)
+    assert abs(counts.sum() / n / expected_len - 1) < 0.05
+    # E[counts] = sum_c P(c) E[N | c] E[theta | c] @ topics, E[theta | c] = alpha_c / sum(alpha_c)
+    words = (model.class_prior * mean_len) @ (model.alpha / model.alpha.sum(axis=1, keepdims=True)) @ model.topics
+    got = np.asarray(counts.sum(axis=0)).ravel()
+    tv = 0.5 * np.abs(got / got.sum() - words / words.sum()).sum()
+    flat = 0.5 * np.abs(got / got.sum() - model.topics.mean(axis=0)).sum()    # ignoring the classes' priors
+    assert tv < 0.03 and tv < flat / 3, (tv, flat)
 
 
 def test_sizes_splits_and_labels_follow_the_source(generated, small_dataset):
