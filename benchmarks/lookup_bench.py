@@ -2,15 +2,19 @@
 
     .venv/bin/python benchmarks/lookup_bench.py                         # 1M and 10M codes, 200 queries, + service
     .venv/bin/python benchmarks/lookup_bench.py --sizes 100000 --queries 50 --no-service    # a quick look
+    .venv/bin/python benchmarks/lookup_bench.py --kinds model --source DATA --model MODEL --no-service
 
-For each code set (64-bit; ``random``: uniform bits; ``clustered``: model-like, codes scattered around 10,000
-topic centres with each bit flipped with probability 0.06 -- synthetic, not codes from a trained model) and each
-size: build time and memory, then radius 2, radius 4 and k=10 with one query per call (median and p99 latency,
-single thread) and with all queries in one call (mean per query), and recall against exact (faiss
-``IndexBinaryFlat``; ties counted by distance). Queries are held out: drawn like the codes, not from them.
-faiss's ``range_search`` keeps distances ``< radius``, so it is given ``radius + 1``. Every method is timed for at
-most ``--budget`` seconds per task (the number of queries timed is reported). Prints Markdown tables and writes
-JSON with ``--json``.
+For each code set (64-bit; ``random``: uniform bits; ``clustered``: codes scattered around 10,000 random centres
+with each bit flipped with probability 0.06 -- synthetic; ``model``: codes a trained model gives documents drawn
+from the topic model ``semhash generate`` fits to ``--source`` (its sampler, ``generate.sample_counts``, batches
+of 8,192 documents from their own random streams, so a smaller size is a prefix of a larger one), encoded by the
+64-bit ``--model`` on the same vocabulary, cached under ``--cache``; its queries are other documents of the same
+process, not in the index) and each size: build time and memory, then radius 2, radius 4 and k=10 with one query
+per call (median and p99 latency, single thread) and with all queries in one call (mean per query), and recall
+against exact (faiss ``IndexBinaryFlat``; ties counted by distance). Queries are held out: drawn like the codes,
+not from them. faiss's ``range_search`` keeps distances ``< radius``, so it is given ``radius + 1``. Every method
+is timed for at most ``--budget`` seconds per task (the number of queries timed is reported). Prints Markdown
+tables and writes JSON with ``--json``.
 """
 from __future__ import annotations
 
@@ -46,7 +50,95 @@ def clustered_codes(n: int, rng, centres: np.ndarray, flip: float = 0.06) -> np.
     return words.view(np.uint8).reshape(n, 8)
 
 
-def make(kind: str, n: int, nq: int, seed: int = 0):
+# model-produced codes: documents drawn from the topic model ``semhash generate`` fits, encoded by a trained model
+
+MODEL_BATCH = 8192          # documents per random stream; the stream of batch j is default_rng([seed, stream, j])
+
+
+def load_topic_model(source: str, cache: Path, seed: int = 0):
+    """``semhash generate``'s topic model of the prepared corpus ``source`` (default GenerateConfig), fitted once and
+    kept in ``cache`` as plain arrays (no pickle)."""
+    from semhash_spark import dataset as ds
+    from semhash_spark.config import GenerateConfig
+    from semhash_spark.generate import TopicModel, fit_topic_model
+
+    meta = ds.read_metadata(source)
+    path = cache / f"topics-{meta['vocab_fingerprint'][:16]}-seed{seed}.npz"
+    if not path.exists():
+        t = time.perf_counter()
+        train = ds.read_split(source, "train", columns=(ds.LABELS, "counts"))
+        tm = fit_topic_model(train.counts, train.labels, meta["counts"].get("test", 0), GenerateConfig(), seed)
+        cache.mkdir(parents=True, exist_ok=True)
+        arrays = {k: getattr(tm, k) for k in ("class_prior", "alpha", "topics", "topic_cdf", "lengths",
+                                              "length_offsets")}
+        np.savez(path, classes=np.array(json.dumps(tm.classes)), test_num=tm.test_num, total_num=tm.total_num,
+                 **arrays)
+        print(f"  topic model of {source} fitted in {time.perf_counter() - t:.0f}s: {tm.summary()}", flush=True)
+    z = np.load(path, allow_pickle=False)
+    return TopicModel(classes=tuple(tuple(c) for c in json.loads(str(z["classes"]))),
+                      **{k: z[k] for k in ("class_prior", "alpha", "topics", "topic_cdf", "lengths",
+                                           "length_offsets")},
+                      test_num=int(z["test_num"]), total_num=int(z["total_num"]))
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(source: str, model_dir: str, cache: Path, seed: int) -> None:
+    import torch
+
+    from semhash_spark.checkpoint import load_model
+
+    torch.set_num_threads(1)        # one process per core instead
+    _WORKER.update(hasher=load_model(model_dir), topics=load_topic_model(source, cache, seed), seed=seed)
+
+
+def _encode_batch(task: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+    """Batch ``j`` of ``stream``: MODEL_BATCH documents drawn like ``semhash generate``'s, the first ``size`` encoded
+    by the model's own forward (``Hasher.codes``)."""
+    from semhash_spark.generate import sample_counts
+
+    stream, j, size = task
+    _, counts = sample_counts(_WORKER["topics"], np.random.default_rng([_WORKER["seed"], stream, j]), MODEL_BATCH)
+    return j, _WORKER["hasher"].codes(counts[:size].toarray())
+
+
+def model_codes(n: int, stream: int, source: str, model_dir: str, cache: Path, workers: int = 2,
+                seed: int = 0) -> np.ndarray:
+    """The first ``n`` codes of ``stream`` (0: database, 1: queries, so queries are documents not in the index):
+    batches of MODEL_BATCH documents sampled from the topic model and encoded by the model at ``model_dir``,
+    cached in ``cache`` (a shorter request reads the prefix of a longer cached one)."""
+    import multiprocessing
+
+    from semhash_spark import dataset as ds
+
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    stem = f"codes-{meta['model_version']}-seed{seed}-stream{stream}-"
+    for f in sorted(cache.glob(stem + "*.npy"), key=lambda f: int(f.stem.rsplit("-", 1)[1])):
+        if int(f.stem.rsplit("-", 1)[1]) >= n:
+            return np.load(f, mmap_mode="r")[:n].copy()
+    if meta["bits"] != BITS or meta["vocab"]["words"] != ds.read_vocab(source)[0]:
+        raise SystemExit(f"--model {model_dir} must be a {BITS}-bit model on the vocabulary of --source {source}")
+    load_topic_model(source, cache, seed)            # fitted once here, read by the workers
+    out, t, done = np.empty((n, BITS // 8), np.uint8), time.perf_counter(), 0
+    tasks = [(stream, j, min(MODEL_BATCH, n - i)) for j, i in enumerate(range(0, n, MODEL_BATCH))]
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (source, model_dir, cache, seed)) as pool:
+        for j, codes in pool.imap_unordered(_encode_batch, tasks):
+            out[j * MODEL_BATCH:j * MODEL_BATCH + len(codes)] = codes
+            done += 1
+            if done % 100 == 0:
+                print(f"  stream {stream}: {done * MODEL_BATCH:,} of {n:,} documents encoded "
+                      f"({time.perf_counter() - t:.0f}s)", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(cache / f"{stem}{n}.npy", out)
+    print(f"  {n:,} model codes (stream {stream}) sampled and encoded in {time.perf_counter() - t:.0f}s "
+          f"({workers} processes)", flush=True)
+    return out
+
+
+def make(kind: str, n: int, nq: int, seed: int = 0, model_args: dict | None = None):
+    if kind == "model":
+        return (model_codes(n, 0, **model_args, seed=seed), model_codes(nq, 1, **model_args, seed=seed))
     rng = np.random.default_rng(seed)
     if kind == "random":
         return random_codes(n, rng), random_codes(nq, rng)
@@ -111,12 +203,24 @@ def knn_recall(got_d: list, exact_kth: np.ndarray, k: int) -> float:
 
 # ----------------------------------------------------------------------------------------------- methods
 
-def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_bits: int):
+def code_stats(db: np.ndarray) -> dict:
+    """How far codes are from uniform: distinct codes, bit balance, and the largest 21-bit bucket (the size of the
+    multi-index hash's substrings at 64 bits)."""
+    w = db.view(">u8").ravel()
+    ones = np.unpackbits(db[:1_000_000], axis=1).mean(axis=0)
+    top = np.bincount((w >> np.uint64(43)).astype(np.int64), minlength=1 << 21)
+    return {"distinct": int(np.unique(w).size), "bit_mean_min": float(ones.min()), "bit_mean_max": float(ones.max()),
+            "largest_21bit_bucket": int(top.max())}
+
+
+def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_bits: int,
+             model_args: dict | None = None):
     import faiss
 
     faiss.omp_set_num_threads(1)
-    db, q = make(kind, n, nq)
-    print(f"\n## {kind}, {n:,} codes, {nq} queries", flush=True)
+    db, q = make(kind, n, nq, model_args=model_args)
+    cstats = code_stats(db)
+    print(f"\n## {kind}, {n:,} codes, {nq} queries; {cstats}", flush=True)
 
     # exact answers (faiss flat is exact)
     flat = faiss.IndexBinaryFlat(BITS)
@@ -193,7 +297,8 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
                 row = {"data": kind, "n": n, "method": name + (f" nflip={nflip}" if nflip is not None else ""),
                        "task": task, **stats, "batch_us_per_query": bt, "recall": rec, "build_s": b_s,
                        "mem_bytes": mem, "mem_mb_per_million": mem / n * 1e6 / 2 ** 20,
-                       "ball": ball_sizes.get(int(task.split()[1])) if task.startswith("radius") else None}
+                       "ball": ball_sizes.get(int(task.split()[1])) if task.startswith("radius") else None,
+                       "codes": cstats}
                 rows.append(row)
                 print(f"| {row['method']} | {task} | {stats['median_us']:.0f} | {stats['p99_us']:.0f} | "
                       f"{'' if bt is None else f'{bt:.1f}'} | {'n/a' if rec is None else f'{rec:.3f}'} | "
@@ -283,7 +388,17 @@ def main(argv=None) -> int:
     p.add_argument("--service-codes", type=int, default=100_000)
     p.add_argument("--service-seconds", type=float, default=10.0)
     p.add_argument("--json", help="write every figure here")
+    p.add_argument("--source", help="kind model: the prepared corpus whose topic model draws the documents")
+    p.add_argument("--model", help="kind model: the 64-bit model (directory) that encodes them")
+    p.add_argument("--cache", default="/tmp/semhash-lookup-model", help="kind model: fitted topic model and codes")
+    p.add_argument("--workers", type=int, default=2, help="kind model: processes that sample and encode")
     args = p.parse_args(argv)
+    model_args = None
+    if "model" in args.kinds.split(","):
+        if not (args.source and args.model):
+            p.error("--kinds model needs --source (a prepared corpus) and --model (a 64-bit model on its vocabulary)")
+        model_args = {"source": args.source, "model_dir": args.model, "cache": Path(args.cache),
+                      "workers": args.workers}
     import faiss
 
     info = {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
@@ -297,7 +412,7 @@ def main(argv=None) -> int:
           f"({time.perf_counter() - t:.1f}s)", flush=True)
     for n in [int(s) for s in args.sizes.split(",") if s]:
         for kind in args.kinds.split(","):
-            run_size(kind, n, args.queries, args.budget, rows, args.hash_bits)
+            run_size(kind, n, args.queries, args.budget, rows, args.hash_bits, model_args)
     service = None if args.no_service else service_bench(args.service_codes, args.service_seconds, threads=8)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "scan_codes_per_s": rate, "rows": rows,
