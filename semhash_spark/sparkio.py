@@ -12,6 +12,10 @@ a cluster      Spark's reader and writer (the path    the executors read and wri
                mounts: NFS, EFS, HDFS fuse, ...)      one task per file; no hadoop-aws / s3a jars needed
 =============  =====================================  ==============================================================
 
+``executors=True`` (:func:`read_parquet`, :func:`write_parquet`) takes the cluster's path for ``s3://`` in local mode
+too; ``prepare`` uses it so that no stage of a dataset passes through the driver's disk, and :func:`write_objects`
+returns the objects it wrote (for Petastorm's row-group metadata).
+
 On a cluster the executors use their own S3 settings (instance role, ``spark.executorEnv.AWS_*``) and fall back
 to the driver's (:func:`store.driver_s3_env`), exactly like the encode job's shard writer.
 """

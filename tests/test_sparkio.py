@@ -66,3 +66,27 @@ def test_store_writer_writes_one_object_per_task(spark, s3_server):
     (key,), _ = zip(*store.list_prefix(empty))
     t = pq.read_table(io.BytesIO(store.read_bytes(store.join(empty, key))))
     assert t.num_rows == 0 and t.column_names == ["id", "n", "x"]
+
+
+def test_write_objects_and_the_executors_path_in_local_mode(spark, s3_server):
+    """write_objects lists what the tasks wrote (one row group per object); executors=True reads and writes s3://
+    through the tasks in local mode, replacing what was there; a column the plan calls not null writes too."""
+    from pyspark.sql import functions as F
+
+    store.ensure_bucket("semhash")
+    out = "s3://semhash/sparkio-test/objects"
+    df = spark.createDataFrame([(f"d{i:02d}", i) for i in range(20)], "id string, n long") \
+        .withColumn("tag", F.lit("x")).withColumn("even", F.when(F.col("n") % 2 == 0, F.lit("yes")))
+    assert not df.schema["tag"].nullable
+    written = sparkio.write_objects(df.repartition(2), out)
+    assert [w["path"] for w in written] == [k for k, _ in store.list_prefix(out)]
+    assert len(written) == 2 and sum(w["rows"] for w in written) == 20
+    for w in written:
+        assert pq.ParquetFile(io.BytesIO(store.read_bytes(store.join(out, w["path"])))).num_row_groups == 1
+    back = sparkio.read_parquet(spark, out, executors=True)
+    assert [r.asDict() for r in back.orderBy("id").collect()] == [r.asDict() for r in df.orderBy("id").collect()]
+
+    sparkio.write_parquet(df.where("n < 5").coalesce(1), out, executors=True)
+    assert len(store.list_prefix(out)) == 1
+    assert sorted(r["id"] for r in sparkio.read_parquet(spark, out, executors=True).collect()) == \
+        [f"d{i:02d}" for i in range(5)]
