@@ -319,10 +319,7 @@ def _stage_on_executors(spark: SparkSession, units: list[tuple], staging: str) -
     try:
         _write(spark.createDataFrame(rdd, from_arrow_schema(_STAGE_ARROW)), staging)
     except Exception as e:           # a reader's ValueError (bad idx file, not an archive, ...) as one line
-        import re
-
-        found = re.findall(r"ValueError: (.+)", str(e))
-        raise (ValueError(found[-1].strip()) if found else e) from None
+        raise sparkio.task_error(e) from None
     return _read(spark, staging).count()
 
 

@@ -2,8 +2,9 @@
 
 Stages (all under ``out_dir``'s ``_staging/``, removed at the end; see *Where the bytes go* below)::
 
-    read       corpus records -> _staging/records/   (executors read when the source has several files; a single
-                                                      archive is streamed by the driver in chunks of STAGE_ROWS)
+    read       corpus records -> _staging/records/   (executors read when the source has several files or is on
+                                                      S3; a local single archive is streamed by the driver in
+                                                      chunks of STAGE_ROWS)
     classify   tokenise (pandas), flag reader errors, duplicate ids (every copy after the first in reading
                order), documents empty after tokenising; skip records outside the split -> _staging/tokens/
     vocab      the vocab_size words with the highest total count in the train candidates (ties: alphabetical)
@@ -32,7 +33,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -133,14 +133,8 @@ def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg
     try:
         _write(spark.createDataFrame(rdd, _RECORD_SPARK), staging)
     except Exception as e:              # a reader's ValueError (not an archive, ...) as one line naming the unit
-        raise _task_error(e) from None
+        raise sparkio.task_error(e) from None
     return _read(spark, staging).count()
-
-
-def _task_error(e: Exception) -> Exception:
-    """The ValueError a Spark task raised (its message names the bad input), else ``e`` itself."""
-    found = re.findall(r"ValueError: (.+)", str(e))
-    return ValueError(found[-1].strip()) if found else e
 
 
 # Staged and final Parquet: Spark's reader and writer for local paths; for s3:// the executors' store client, in
@@ -262,8 +256,9 @@ def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str
                     vocab: list[str] | None = None) -> dict:
     """Reads corpus ``dataset`` from ``source`` and writes a prepared dataset to ``out_dir``.
 
-    Both are local paths or ``s3://`` URIs (module notes: who reads and writes what). ``vocab`` fixes the vocabulary (a model's words, in its order) instead of taking the train split's most
-    frequent words: a nightly re-index vectorises tonight's corpus exactly as the model expects.
+    Both are local paths or ``s3://`` URIs (module notes: who reads and writes what). ``vocab`` fixes the
+    vocabulary (a model's words, in its order) instead of taking the train split's most frequent words: a nightly
+    re-index vectorises tonight's corpus exactly as the model expects.
 
     Returns the report ``{"name", "records_read", "kept": {split: n}, "quarantined": {reason: n},
     "skipped": {reason: n}, "vocab_size", "vocab_fingerprint", "out_dir"}``. Raises ValueError for an unknown

@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 PATH_COLUMN = "_file"             # optional column: the file a row came from, relative to the root read
 
 
+def task_error(e: Exception) -> Exception:
+    """The ValueError a Spark task raised, as a ValueError with its one-line message (readers name the bad input
+    in it), instead of the JVM's multi-line wrapper; any other failure as it is."""
+    found = re.findall(r"ValueError: (.+)", str(e))
+    return ValueError(found[-1].strip()) if found else e
+
+
 def on_cluster(spark: SparkSession) -> bool:
     """Whether tasks run outside this process (any master but ``local``): driver-local paths are not theirs."""
     return not spark.sparkContext.master.startswith("local")

@@ -292,7 +292,7 @@ def test_empty_test_split_is_written_and_readable(spark, tmp_path):
         data.count_rows(tmp_path / "out", "train", 1, 4)
 
 
-# ---------------------------------------------------------------------------------------------------- s3:// in, s3:// out
+# -------------------------------------------------------------------------------------------------- s3:// in, s3:// out
 # The executors read the source objects and write the dataset's objects through the store (what a multi-host
 # cluster needs); run here in local mode against the real S3 server, with the same task code a cluster runs.
 S3 = "s3://semhash/prepare-test"
@@ -527,3 +527,41 @@ def _index_codes(index_uri: str) -> dict[str, bytes]:
     root = ix.version_prefix(index_uri, version)
     rows, _ = _s3_parquet(root)
     return {r["id"]: r["code"] for r in rows}
+
+
+def test_s3_units_read_what_the_local_readers_read(s3_bucket, shared_data, tiny_cifar, tmp_path):
+    """Each s3:// layout, read unit by unit as the tasks read it, yields the local reader's records: Reuters SGML
+    files in an archive, MNIST's idx files, an image archive, class folders (sources aside)."""
+    from semhash_spark import image_sources, store
+
+    reuters = shared_data / "reuters21578" / "reuters21578.tar.gz"
+    store.upload_file(reuters, f"{S3}/units/reuters/reuters21578.tar.gz")
+    (unit,) = corpora.input_units("reuters21578", f"{S3}/units/reuters")
+    got = list(itertools.islice(corpora.read_unit("reuters21578", unit), 300))
+    assert got == list(itertools.islice(corpora.read_records("reuters21578", reuters), 300))
+
+    mnist = shared_data / "mnist"
+    for f in mnist.glob("*-ubyte.gz"):
+        store.upload_file(f, f"{S3}/units/mnist/{f.name}")
+    (unit,) = image_sources.input_units("mnist", f"{S3}/units/mnist")
+    local = image_sources.read_source("mnist", str(mnist))
+    assert list(itertools.islice(image_sources.read_unit(unit), 50)) == list(itertools.islice(local, 50))
+
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_cifar, arcname="tiny")
+    store.upload_file(archive, f"{S3}/units/tiny.tar.gz")
+    (unit,) = image_sources.input_units("imagefolder", f"{S3}/units/tiny.tar.gz")
+    assert list(image_sources.read_unit(unit)) == list(image_sources.read_source("imagefolder", str(archive)))
+
+    store.upload_dir(tiny_cifar, f"{S3}/units/folders")
+    units = image_sources.input_units("cifar10", f"{S3}/units/folders")
+    got = [{**r, "source": None} for u in units for r in image_sources.read_unit(u)]
+    assert got == [{**r, "source": None} for r in image_sources.read_source("cifar10", str(tiny_cifar))]
+
+    with pytest.raises(ValueError, match=f"'{S3}/units/mnist/train-images-idx3-ubyte.gz' must be the prefix"):
+        image_sources.input_units("mnist", f"{S3}/units/mnist/train-images-idx3-ubyte.gz")
+    with pytest.raises(ValueError, match=f"'{S3}/units/reuters' has no train/ or test/ folder"):
+        image_sources.input_units("imagefolder", f"{S3}/units/reuters")
+    with pytest.raises(ValueError, match=f"'{S3}/units/nothing' does not exist"):
+        image_sources.input_units("cifar10", f"{S3}/units/nothing")
