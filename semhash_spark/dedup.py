@@ -4,19 +4,24 @@ Pigeonhole (as in Manku et al.'s simhash tables and Norouzi et al.'s multi-index
 ``bits`` into ``r + 1`` contiguous substrings ("segments"). Two codes within distance ``r`` differ in at most
 ``r`` segments, so at least one segment is equal. The job, with nothing but counts reaching the driver:
 
-1. Explode: one Python pass turns each code into its big-endian 64-bit words ``w0..`` and its ``r + 1``
-   segment keys (checkpointed); ``posexplode`` then makes ``r + 1`` rows ``(seg, key, id, w0..)`` per code.
-   ``key`` is the segment's value (XOR-folded to 64 bits when a segment is longer: a collision only adds
-   candidates, which step 3 removes).
+1. Read the shards (``id, code`` and, to verify, the word columns). Spark expressions (no Python) turn each
+   code into its big-endian 64-bit words ``w0..`` and its ``r + 1`` segment keys; ``posexplode`` makes
+   ``r + 1`` rows ``(seg, key, id, w0.., [words])`` per code. ``key`` is the segment's value (XOR-folded to 64
+   bits when a segment is longer: a collision only adds candidates, which the kernel rejects).
 2. Hot buckets: a bucket ``(seg, key)`` with more than ``block_size`` codes is split into ``nb`` blocks by a
-   hash of the id, and each row is sent to the tiles ``(lo, hi)`` of block pairs it belongs to (side A: tiles
-   ``(blk, c >= blk)``, side B: tiles ``(c <= blk, blk)``), so no join group holds much more than
-   ``block_size``² candidate pairs and the work spreads over tasks.
-3. Self-join on ``(seg, key, lo, hi)``; the full distance is ``sum(bit_count(a.w ^ b.w))`` (native Spark, no
-   Python); a pair is kept only at the FIRST segment where the two codes agree (the segment masks are constants),
-   so each pair comes out once without a ``distinct``.
-4. Optionally, pairs are verified on the documents: cosine of TF-IDF vectors (raw counts times the model's idf,
-   as :func:`semhash_spark.evaluate.tfidf`) or Jaccard of word sets, with a threshold.
+   hash of the id; a row of block ``b`` goes to the tiles ``(min(b, c), max(b, c))`` for every block ``c``, so a
+   pair of rows in blocks ``b < c`` meets only in tile ``(b, c)`` and a pair in one block only in ``(b, b)``;
+   no tile holds much more than ``2 * block_size`` rows and the work spreads over tasks. Cold buckets: tile
+   ``(0, 0)``. The bucket sizes are the one aggregation; only the hot buckets' keys (a small table) are broadcast.
+3. One shuffle: ``repartition`` by tile, ``sortWithinPartitions`` by ``(seg, key, lo, hi, blk)``, then
+   ``mapInArrow`` streams each task's sorted rows through a compiled kernel (:mod:`._dedup_kernels`): all pairs
+   of a tile, full distance by popcount over the code words, kept when ``<= r`` and when ``seg`` is the FIRST
+   segment on which the two codes agree — so each pair comes out once, without a ``distinct``. Candidates never
+   become Spark rows; only kept pairs leave the task.
+4. Verification, when asked, runs in the same kernel task: the word columns travel with the exploded rows, and
+   each kept pair gets its cosine of TF-IDF vectors (raw counts times the model's idf, as
+   :func:`semhash_spark.evaluate.tfidf`) or Jaccard of word sets; pairs below the threshold are dropped after
+   counting the pairs within ``r``. :func:`verify_pairs` does the same for a pairs DataFrame from elsewhere.
 5. Clusters: connected components of the pairs by min-label propagation with pointer jumping, each round
    checkpointed (:func:`connected_components`); a cluster is named by its smallest id.
 
@@ -40,6 +45,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -51,10 +58,11 @@ from .checkpoint import META
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK = 2048           # codes per block of a hot bucket: at most about 2048² candidate pairs per join group
+DEFAULT_BLOCK = 2048           # codes per block of a hot bucket: a tile holds about 2 * 2048 rows at most
 MAX_CC_ITERATIONS = 64
 PAIRS_DIR, CLUSTERS_DIR, SUMMARY_FILE = "pairs", "clusters", "summary.json"
 MEASURES = ("cosine", "jaccard")
+TILE_KEYS = ("seg", "key", "lo", "hi")
 
 
 class DedupError(ValueError):
@@ -151,91 +159,200 @@ def segment_keys(codes: np.ndarray, bits: int, segs: list[tuple[int, int]]) -> n
     return out
 
 
-def _keys_and_words(frames: Iterator[pd.DataFrame], bits: int, segs: list[tuple[int, int]]) -> Iterator[pd.DataFrame]:
-    """Rows ``(id, code)`` -> ``(id, w0.., k0..)``: the code as 64-bit words and its segment keys."""
-    cb = C.code_bytes(bits)
-    for pdf in frames:
-        if len(pdf) == 0:
-            continue
-        codes = ix.codes_from_column(pdf["code"].tolist(), cb)
-        out = {"id": pdf["id"].astype(str).to_numpy(dtype=object)}
-        words = code_words(codes)
-        out.update({f"w{w}": words[:, w] for w in range(words.shape[1])})
-        keys = segment_keys(codes, bits, segs)
-        out.update({f"k{i}": keys[:, i] for i in range(keys.shape[1])})
-        yield pd.DataFrame(out)
+# --------------------------------------------------------------------------------------------------- arrow columns
+
+def _binary_buffers(arr: "pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:
+    """A binary Arrow column -> ``(offsets int64[n + 1], data uint8[...])``: the values without a copy per row."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    large = pa.types.is_large_binary(arr.type)
+    _, offs_buf, data_buf = arr.buffers()
+    offs = np.frombuffer(offs_buf, np.int64 if large else np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return offs.astype(np.int64), data
+
+
+def _word_lists(ids_col, counts_col) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``word_ids``/``word_counts`` columns (:func:`semhash_spark.dataset.encode_sparse`) -> CSR parts
+    ``(indptr int64[n + 1], ids int32[nnz], counts float32[nnz])``."""
+    ioffs, idata = _binary_buffers(ids_col)
+    coffs, cdata = _binary_buffers(counts_col)
+    if np.any((ioffs - ioffs[0]) % 4) or not np.array_equal(ioffs - ioffs[0], coffs - coffs[0]):
+        raise DedupError("word_ids and word_counts rows must hold the same number of 4-byte values")
+    ids = np.require(idata[ioffs[0]:ioffs[-1]].view("<i4"), np.int32, "A")
+    counts = np.require(cdata[coffs[0]:coffs[-1]].view("<f4"), np.float32, "A")
+    return (ioffs - ioffs[0]) // 4, ids, counts
+
+
+def _low_bits(n: int) -> int:
+    return _signed((1 << n) - 1)
+
+
+def word_columns(code: "F.Column", code_bytes: int) -> list["F.Column"]:
+    """Spark expressions: the packed code column -> its zero-padded big-endian 64-bit words (as :func:`code_words`;
+    native, no Python). A code of another length is an error naming it."""
+    nwords = max(1, (code_bytes + 7) // 8)
+    length = F.coalesce(F.length(code), F.lit(-1))
+    checked = F.when(length != code_bytes, F.raise_error(F.concat(
+        F.lit("code of "), length.cast("string"), F.lit(f" bytes: the index's codes have {code_bytes}")))
+    ).otherwise(code)
+    pad = 8 * nwords - code_bytes
+    padded = F.concat(checked, F.unhex(F.lit("00" * pad))) if pad else checked
+    half = lambda start: F.conv(F.hex(F.substring(padded, start, 4)), 16, 10).cast("long")     # noqa: E731
+    return [F.shiftleft(half(8 * w + 1), 32).bitwiseOR(half(8 * w + 5)) for w in range(nwords)]
+
+
+def _bit_range(words: list["F.Column"], start: int, end: int) -> "F.Column":
+    """Bits ``[start, end)`` (at most 64) of the big-endian words as an integer (the first bit the most
+    significant)."""
+    wa, wb = start // 64, (end - 1) // 64
+    if wa == wb:
+        v = F.shiftrightunsigned(words[wa], 64 * (wa + 1) - end)
+        return v if end - start == 64 else v.bitwiseAND(F.lit(_low_bits(end - start)))
+    high, low = 64 * wb - start, end - 64 * wb
+    return (F.shiftleft(words[wa].bitwiseAND(F.lit(_low_bits(high))), low)
+            .bitwiseOR(F.shiftrightunsigned(words[wb], 64 - low)))
+
+
+def key_columns(words: list["F.Column"], segs: list[tuple[int, int]]) -> list["F.Column"]:
+    """Spark expressions: each segment's key from the word columns (as :func:`segment_keys`: the segment's value,
+    XOR of its 64-bit chunks when longer)."""
+    out = []
+    for s, e in segs:
+        out.append(functools.reduce(lambda x, y: x.bitwiseXOR(y),
+                                    [_bit_range(words, cs, min(cs + 64, e)) for cs in range(s, e, 64)]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- pairs
 
 @dataclass
 class PairPlan:
-    """The two sides of the self-join and what the summary reports about them."""
-    side_a: DataFrame
-    side_b: DataFrame
+    """The tiled rows the pair kernel reads, and what the summary reports about them."""
+    tiles: DataFrame        # (seg, key, lo, hi, blk, id, w0.., [word_ids, word_counts]): a row per tile it is in
     hot: DataFrame          # (seg, key, nb) for the buckets split into blocks (checkpointed, small)
-    coded: DataFrame        # (id, w0.., k0..) one row per code, checkpointed: the only Python pass over the codes
+    coded: DataFrame        # (id, w0.., k0.., [words]) one row per code (cached when planned with cache=True)
     segs: list[tuple[int, int]]
     nwords: int
 
 
-def plan_tiles(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK) -> PairPlan:
-    """Explodes ``codes_df(id, code)`` into segment buckets and tiles the hot ones (see the module docstring)."""
+def plan_tiles(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
+               cache: bool = False) -> PairPlan:
+    """Explodes ``codes_df(id, code, [word_ids, word_counts])`` into segment buckets and tiles the hot ones (see
+    the module docstring); counts the buckets now. ``cache=True`` keeps the coded rows cached between the count
+    and the pairs (one pass over the codes instead of two) until :func:`release`."""
     if block_size < 1:
         raise DedupError(f"block_size must be >= 1, got {block_size}")
     segs = segments(bits, radius)
     nwords = n_words(bits)
     words = [f"w{w}" for w in range(nwords)]
     keys = [f"k{i}" for i in range(len(segs))]
-    schema = "id string, " + ", ".join(f"{c} long" for c in words + keys)
-    coded = codes_df.select("id", "code").mapInPandas(functools.partial(_keys_and_words, bits=bits, segs=segs),
-                                                      schema).localCheckpoint()
-    rows = coded.select("id", *words, F.posexplode(F.array(*keys)).alias("seg", "key"))
+    extra = [c for c in ix.WORD_COLUMNS if c in codes_df.columns]
+    wcols = word_columns(F.col("code"), C.code_bytes(bits))
+    coded = codes_df.select(F.col("id").cast("string").alias("id"), *(c.alias(n) for c, n in zip(wcols, words)),
+                            *extra)
+    coded = coded.select("*", *(c.alias(n) for c, n in zip(key_columns([F.col(w) for w in words], segs), keys)))
+    if cache:
+        coded = coded.persist()
+    rows = coded.select("id", *words, *extra, F.posexplode(F.array(*keys)).alias("seg", "key"))
     # Bucket sizes: only the hot buckets (more than block_size codes) come back, as a small checkpointed table.
     hot = (rows.groupBy("seg", "key").count().where(F.col("count") > block_size)
            .select("seg", "key", F.ceil(F.col("count") / F.lit(block_size)).cast("int").alias("nb"))
            .localCheckpoint())
+    nb = F.coalesce(F.col("nb"), F.lit(1))
     rows = (rows.join(F.broadcast(hot), ["seg", "key"], "left")
-            .withColumn("nb", F.coalesce(F.col("nb"), F.lit(1)))
-            .withColumn("blk", F.pmod(F.xxhash64("id"), F.col("nb")).cast("int")))
-    # Side A holds a row in the tiles (blk, c) for c >= blk, side B in (c, blk) for c <= blk: a pair of rows in
-    # blocks b < c meets only in tile (b, c), a pair in one block only in (b, b). Cold buckets: the tile (0, 0).
-    side_a = rows.select("seg", "key", F.col("blk").alias("lo"),
-                         F.explode(F.sequence(F.col("blk"), F.col("nb") - 1)).alias("hi"), "id", *words)
-    side_b = rows.select("seg", "key", F.explode(F.sequence(F.lit(0), F.col("blk"))).alias("lo"),
-                         F.col("blk").alias("hi"), "id", *words)
-    return PairPlan(side_a, side_b, hot, coded, segs, nwords)
+            .withColumn("blk", F.pmod(F.xxhash64("id"), nb).cast("int"))
+            .withColumn("c", F.explode(F.sequence(F.lit(0), nb - 1))))
+    tiles = rows.select(F.col("seg").cast("int").alias("seg"), "key", F.least("blk", "c").alias("lo"),
+                        F.greatest("blk", "c").alias("hi"), "blk", "id", *words, *extra)
+    return PairPlan(tiles, hot, coded, segs, nwords)
+
+
+def release(plan: PairPlan) -> None:
+    """Drops the plan's cached rows, if any (call once the pairs are materialised)."""
+    plan.coded.unpersist()
+
+
+def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.ndarray, nwords: int,
+                  measure: str | None, idf: np.ndarray | None) -> Iterator[pa.RecordBatch]:
+    """A task's rows sorted by ``(seg, key, lo, hi, blk)`` -> its kept pairs. A tile cut by a batch boundary is
+    held back and finished with the next batch."""
+    from . import _dedup_kernels as K
+
+    def pairs(t: pa.Table, stop: int) -> pa.RecordBatch | None:
+        col = lambda c: t.column(c).to_numpy()                              # noqa: E731 (one chunk: no copy)
+        words = np.stack([col(f"w{w}") for w in range(nwords)], axis=1).view(np.uint64)
+        a, b, d = K.tile_pairs(col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask,
+                               radius, stop)
+        if a.size == 0:
+            return None
+        ia, ib = t.column("id").take(a), t.column("id").take(b)
+        first = pc.less(ia, ib)
+        out = {"id_a": pc.if_else(first, ia, ib), "id_b": pc.if_else(first, ib, ia), "distance": pa.array(d)}
+        if measure is not None:
+            indptr, ids, counts = _word_lists(t.column("word_ids"), t.column("word_counts"))
+            if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
+                raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
+            weights = counts.astype(np.float64) * idf[ids]
+            out["similarity"] = pa.array(K.pair_similarity(indptr, ids, weights, a, b, measure == "cosine"))
+        return pa.RecordBatch.from_pydict({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v)
+                                           for k, v in out.items()})
+
+    pending = None
+    for batch in batches:
+        t = pa.Table.from_batches([batch])
+        t = (t if pending is None else pa.concat_tables([pending, t])).combine_chunks()
+        n = t.num_rows
+        if n == 0:
+            continue
+        same = np.ones(n, dtype=bool)                       # rows of the last tile: a suffix, the rows are sorted
+        for c in TILE_KEYS:
+            v = t.column(c).to_numpy()
+            same &= v == v[-1]
+        stop = n - int(same.sum())
+        if stop:
+            out = pairs(t, stop)
+            if out is not None:
+                yield out
+        pending = t.slice(stop)
+    if pending is not None and pending.num_rows:
+        out = pairs(pending.combine_chunks(), pending.num_rows)
+        if out is not None:
+            yield out
 
 
 def hamming_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK,
-                  plan: PairPlan | None = None) -> DataFrame:
+                  plan: PairPlan | None = None, *, similarity: str | None = None,
+                  idf: np.ndarray | None = None, vocab_size: int | None = None) -> DataFrame:
     """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``: exact.
 
-    Returns ``(id_a, id_b, distance)`` with ``id_a < id_b``, each pair once.
+    Returns ``(id_a, id_b, distance)`` with ``id_a < id_b``, each pair once. ``similarity="cosine"`` or
+    ``"jaccard"`` (``codes_df`` then also has ``word_ids, word_counts``) adds each pair's ``similarity``
+    computed in the same task (cosine weighs counts by ``idf``; Jaccard needs only ``vocab_size``); nothing is
+    filtered on it here.
     """
+    if similarity is not None:
+        if similarity not in MEASURES:
+            raise DedupError(f"similarity {similarity!r}: expected one of {', '.join(MEASURES)}")
+        missing = [c for c in ix.WORD_COLUMNS if c not in codes_df.columns]
+        if missing:
+            raise DedupError(f"similarity {similarity!r} needs the columns {', '.join(missing)} in codes_df")
+        if similarity == "cosine" and idf is None:
+            raise DedupError("cosine similarity needs idf statistics (the model's vocab or the dataset's vocab.json)")
+        if idf is None:
+            if vocab_size is None:
+                raise DedupError("jaccard similarity needs vocab_size (or idf)")
+            idf = np.ones(vocab_size, dtype=np.float64)
+        idf = np.asarray(idf, dtype=np.float64)
+    else:
+        codes_df = codes_df.select("id", "code")
     plan = plan or plan_tiles(codes_df, bits, radius, block_size)
-    a, b = plan.side_a.alias("a"), plan.side_b.alias("b")
-    keys = ["seg", "key", "lo", "hi"]
-    cond = [F.col(f"a.{k}") == F.col(f"b.{k}") for k in keys]
-    cond.append((F.col("a.lo") < F.col("a.hi")) | (F.col("a.id") < F.col("b.id")))
-    cond.append(F.col("a.id") != F.col("b.id"))
-    joined = a.join(b, functools.reduce(lambda x, y: x & y, cond))
-    xor = [F.col(f"a.w{w}").bitwiseXOR(F.col(f"b.w{w}")) for w in range(plan.nwords)]
-    distance = functools.reduce(lambda x, y: x + y, [F.bit_count(x).cast("int") for x in xor])
-    # differ[i]: the two codes differ somewhere in segment i (constant masks over the XOR words)
-    masks = segment_masks(plan.segs, plan.nwords)
-    differ = [functools.reduce(lambda x, y: x | y, [(xor[w].bitwiseAND(F.lit(m)) != F.lit(0))
-                                                   for w, m in enumerate(masks[i]) if m != 0])
-              for i in range(len(plan.segs))]
-    seg = F.col("a.seg")
-    first = F.when(seg == 0, F.lit(True))
-    for i in range(1, len(plan.segs)):
-        first = first.when(seg == i, functools.reduce(lambda x, y: x & y, differ[:i]))
-    return (joined.withColumn("distance", distance)
-            .where(F.col("distance") <= radius)
-            .where(first.otherwise(F.lit(False)))
-            .select(F.least(F.col("a.id"), F.col("b.id")).alias("id_a"),
-                    F.greatest(F.col("a.id"), F.col("b.id")).alias("id_b"), "distance"))
+    segmask = np.array(segment_masks(plan.segs, plan.nwords), dtype=np.int64).view(np.uint64)
+    schema = "id_a string, id_b string, distance int" + (", similarity double" if similarity else "")
+    fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=plan.nwords,
+                           measure=similarity, idf=idf)
+    return (plan.tiles.repartition(*TILE_KEYS).sortWithinPartitions(*TILE_KEYS, "blk")
+            .mapInArrow(fn, schema))
 
 
 # --------------------------------------------------------------------------------------------------- verify
@@ -368,20 +485,46 @@ def _idf_and_vocab(index_uri: str, version: str, data_dir: str | None) -> tuple[
     return None, None
 
 
-def _documents(spark: SparkSession, index_uri: str, version: str, manifest: dict,
-               data_uri: str | None) -> tuple[DataFrame, str | None]:
-    """Where the words of the indexed documents are: the shards (documents indexes keep them) or ``data_uri``."""
+def _codes_with_words(spark: SparkSession, index_uri: str, version: str, manifest: dict,
+                      data_uri: str | None) -> tuple[DataFrame, str | None]:
+    """``(id, code, word_ids, word_counts)`` of the version's documents, read once: from the shards (documents
+    indexes keep the words), else the codes joined with the documents of ``data_uri``; and the dataset's folder."""
     if set(ix.WORD_COLUMNS) <= set(manifest.get("columns", ())):
-        return read_shards(spark, index_uri, version, ("id", *ix.WORD_COLUMNS))[0], None
+        return read_shards(spark, index_uri, version, ("id", "code", *ix.WORD_COLUMNS))[0], None
     if data_uri is None:
         raise DedupError(f"version {version} of {index_uri} stores no word counts; pass data_uri (--data) "
                          "to verify pairs on the documents")
     docs = sparkio.read_parquet(spark, data_uri, [ds.DOCS_DIR], [ds.ID, ds.WORD_IDS, ds.WORD_COUNTS])
+    docs = docs.select(F.col(ds.ID).alias("id"), F.col(ds.WORD_IDS).alias("word_ids"),
+                       F.col(ds.WORD_COUNTS).alias("word_counts"))
+    codes = read_shards(spark, index_uri, version)[0].join(docs, "id")
     on_s3_cluster = store.is_s3(data_uri) and sparkio.on_cluster(spark)
-    return docs, None if on_s3_cluster else sparkio.readable_root(spark, data_uri)
+    return codes, None if on_s3_cluster else sparkio.readable_root(spark, data_uri)
 
 
 # --------------------------------------------------------------------------------------------------- entry points
+
+def near_duplicate_pairs(codes_df: DataFrame, bits: int, radius: int, verify: "str | Verify | None" = None, *,
+                         idf: np.ndarray | None = None, vocab_size: int | None = None,
+                         block_size: int = DEFAULT_BLOCK) -> tuple[DataFrame, dict[str, int]]:
+    """The pairs of ``codes_df(id, code, [word_ids, word_counts])`` within ``radius``, verified in the same task
+    when ``verify`` is given (``similarity >= threshold``), materialised (checkpointed). Returns them and the
+    counts ``segments``, ``hot_buckets``, ``pairs_within_radius``, ``pairs``."""
+    check = Verify.parse(verify)
+    if check is None:
+        codes_df = codes_df.select("id", "code")
+    plan = plan_tiles(codes_df, bits, radius, block_size, cache=True)
+    try:
+        pairs = hamming_pairs(codes_df, bits, radius, block_size, plan, similarity=check and check.measure,
+                              idf=idf, vocab_size=vocab_size).localCheckpoint()
+    finally:
+        release(plan)
+    counts = {"segments": len(plan.segs), "hot_buckets": plan.hot.count(), "pairs_within_radius": pairs.count()}
+    if check is not None:
+        pairs = pairs.where(F.col("similarity") >= F.lit(check.threshold)).localCheckpoint()
+    counts["pairs"] = pairs.count() if check is not None else counts["pairs_within_radius"]
+    return pairs, counts
+
 
 def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, version: str | None = None,
                          verify: "str | Verify | None" = None, data_uri: str | None = None,
@@ -393,25 +536,27 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, ve
     t0 = time.time()
     check = Verify.parse(verify)
     version = version or ix.read_current(index_uri)["version"]
-    codes_df, manifest = read_shards(spark, index_uri, version)
+    manifest = ix.read_manifest(index_uri, version)
     bits = int(manifest["bits"])
-    plan = plan_tiles(codes_df, bits, radius, block_size)
-    pairs = hamming_pairs(codes_df, bits, radius, block_size, plan).localCheckpoint()
-    within = pairs.count()
-    summary: dict[str, Any] = {
-        "index": index_uri, "version": version, "bits": bits, "radius": radius, "segments": len(plan.segs),
-        "codes": int(manifest["count"]), "block_size": block_size, "hot_buckets": plan.hot.count(),
-        "pairs_within_radius": within,
-    }
-    if check is not None:
-        docs, data_dir = _documents(spark, index_uri, version, manifest, data_uri)
+    idf = vocab_size = None
+    if check is None:
+        codes_df = read_shards(spark, index_uri, version)[0]
+    else:
+        codes_df, data_dir = _codes_with_words(spark, index_uri, version, manifest, data_uri)
         idf, vocab_size = _idf_and_vocab(index_uri, version, data_dir)
         if vocab_size is None:
             raise DedupError(f"no vocabulary for version {version} of {index_uri}: its model/{META} has none; "
                              "pass data_uri (--data)")
-        pairs = verify_pairs(pairs, docs, check, idf, vocab_size).localCheckpoint()
+    pairs, counts = near_duplicate_pairs(codes_df, bits, radius, check, idf=idf, vocab_size=vocab_size,
+                                         block_size=block_size)
+    summary: dict[str, Any] = {
+        "index": index_uri, "version": version, "bits": bits, "radius": radius, "segments": counts["segments"],
+        "codes": int(manifest["count"]), "block_size": block_size, "hot_buckets": counts["hot_buckets"],
+        "pairs_within_radius": counts["pairs_within_radius"],
+    }
+    if check is not None:
         summary["verify"] = str(check)
-    summary["pairs"] = pairs.count() if check is not None else within
+    summary["pairs"] = counts["pairs"]
     labels, rounds = connected_components(pairs, max_iterations)
     clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
     sizes = clusters.groupBy("cluster").agg(F.count(F.lit(1)).alias("n")).agg(

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 
 from semhash_spark import codes as C
 from semhash_spark import dataset as ds
@@ -91,6 +92,30 @@ def test_segments_masks_and_keys_agree_with_the_bits(bits):
                 assert (keys[:, None, i] == keys[None, :, i])[same_bits].all()
 
 
+def test_spark_words_and_keys_equal_the_numpy_ones(spark):
+    rng = np.random.default_rng(5)
+    frames, want = [], {}
+    for bits in (20, 64, 100, 128, 200):
+        codes = C.pack_bits(rng.integers(0, 2, (40, bits)))
+        cols = [dedup.code_words(codes)]
+        words = dedup.word_columns(F.col("code"), C.code_bytes(bits))
+        keys = []
+        for radius in (0, 1, 4):
+            segs = dedup.segments(bits, radius)
+            cols.append(dedup.segment_keys(codes, bits, segs))
+            keys += dedup.key_columns(words, segs)
+        want[bits] = np.concatenate(cols, axis=1)
+        df = _frame(spark, codes, [f"{i:03d}" for i in range(len(codes))])
+        frames.append(df.select(F.lit(bits).alias("bits"), "id", F.array(*words, *keys).alias("v")))
+    rows = functools.reduce(lambda a, b: a.unionByName(b), frames).collect()
+    for bits, expected in want.items():
+        got = np.array([r.v for r in sorted(rows, key=lambda r: r.id) if r.bits == bits])
+        assert np.array_equal(got, expected), bits
+    bad = spark.createDataFrame([("x", b"\x01\x02\x03")], "id string, code binary")
+    with pytest.raises(Exception, match="code of 3 bytes: the index's codes have 8"):
+        bad.select(*dedup.word_columns(F.col("code"), 8)).collect()
+
+
 def test_verify_parse():
     assert dedup.Verify.parse("cosine:0.9") == dedup.Verify("cosine", 0.9)
     assert dedup.Verify.parse(" Jaccard:0.75") == dedup.Verify("jaccard", 0.75)
@@ -137,11 +162,8 @@ def test_hot_bucket_is_split_into_blocks_and_stays_exact(spark):
     got = [(r.id_a, r.id_b, r.distance) for r in dedup.hamming_pairs(df, bits, radius, block, plan).collect()]
     assert len(got) == len(set(got)) and set(got) == _brute_pairs(codes, ids, radius)
     assert plan.hot.count() >= 2
-    keys = ["seg", "key", "lo", "hi"]
-    tiles = (plan.side_a.groupBy(*keys).count().withColumnRenamed("count", "na")
-             .join(plan.side_b.groupBy(*keys).count().withColumnRenamed("count", "nb"), keys)
-             .selectExpr("na * nb as work").agg({"work": "max"}).first()[0])
-    assert tiles <= (3 * block) ** 2 < 180 * 180 // 2       # no join group near the whole bucket's pairs
+    largest = plan.tiles.groupBy(*dedup.TILE_KEYS).count().agg({"count": "max"}).first()[0]
+    assert largest <= 4 * block < 180 // 2                  # no tile near the whole bucket (180 rows)
 
 
 def test_connected_components_match_union_find(spark):
@@ -207,7 +229,8 @@ def dup_index(tmp_path_factory):
 
 def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, tmp_path):
     radius, out = 3, tmp_path / "out"
-    summary = dedup.dedup_job(spark, dup_index["index"], radius, str(out), "cosine:0.8")
+    summary = dedup.dedup_job(spark, dup_index["index"], radius, str(out), "cosine:0.8", block_size=3)
+    assert summary["hot_buckets"] > 0                       # verification also runs in split (hot) buckets
     ids, pos = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}
     within = _brute_pairs(dup_index["codes"], ids, radius)
     cos = dup_index["cosine"]
@@ -232,14 +255,44 @@ def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, 
     assert written["version"] == dup_index["version"] and written["segments"] == radius + 1
     assert not list(Path(out).rglob("*.crc"))
 
-    # Jaccard of word sets, on the same candidates
-    docs, _ = dedup.read_shards(spark, dup_index["index"], columns=("id", "word_ids", "word_counts"))
+    # Jaccard of word sets: joined onto given pairs (verify_pairs) and fused into the pair kernel agree
+    docs, _ = dedup.read_shards(spark, dup_index["index"], columns=("id", "code", "word_ids", "word_counts"))
     cand = spark.createDataFrame(sorted(within), "id_a string, id_b string, distance int")
     jac = {(r.id_a, r.id_b): r.similarity
            for r in dedup.verify_pairs(cand, docs, dedup.Verify("jaccard", 0.7), None, 300).collect()}
     jw = dup_index["jaccard"]
     assert set(jac) == {(a, b) for a, b, _ in within if jw[pos[a], pos[b]] >= 0.7}
     assert all(abs(s - jw[pos[a], pos[b]]) < 1e-9 for (a, b), s in jac.items())
+    fused = dedup.hamming_pairs(docs, 64, radius, 2, similarity="jaccard", vocab_size=300).collect()
+    assert {(r.id_a, r.id_b, r.distance) for r in fused} == within
+    assert all(abs(r.similarity - jw[pos[r.id_a], pos[r.id_b]]) < 1e-9 for r in fused)
+
+
+def test_nothing_but_counts_reaches_the_driver(spark, dup_index, monkeypatch):
+    """Every row the job brings to the driver is one of its counts: no code, word or pair is collected."""
+    from pyspark import RDD
+    from pyspark.sql import DataFrame
+
+    seen = []
+
+    def spy(cls, name):
+        real = getattr(cls, name)
+
+        def wrapper(self, *args, **kwargs):
+            out = real(self, *args, **kwargs)
+            rows = out if isinstance(out, list) else list(out) if name != "toPandas" else out.to_dict("records")
+            seen.append((name, getattr(self, "columns", None), len(rows)))
+            return rows if name != "toPandas" else out
+        monkeypatch.setattr(cls, name, wrapper)
+
+    for cls, name in ((DataFrame, "collect"), (DataFrame, "toPandas"), (DataFrame, "toLocalIterator"),
+                      (RDD, "collect"), (RDD, "toLocalIterator")):
+        spy(cls, name)
+    pairs, clusters, summary = dedup.find_near_duplicates(spark, dup_index["index"], 3, verify="cosine:0.8",
+                                                          block_size=3)
+    assert summary["hot_buckets"] > 0 and summary["pairs"] > 0
+    assert seen and all(n <= 1 for _, _, n in seen), seen              # aggregates only (the cluster sizes)
+    assert not any(cols and {"id", "code", "id_a", "w0", "word_ids"} & set(cols) for _, cols, _ in seen), seen
 
 
 def test_semhash_dedup_command_prints_the_summary(spark, dup_index, tmp_path, capsys):

@@ -1,0 +1,107 @@
+"""Compiled (numba) loops of :mod:`semhash_spark.dedup`: the pairs of one sorted run of bucket tiles, and the
+content similarity of pairs. They run inside Spark tasks; only the pairs they keep leave the task.
+
+Arrays: ``seg int32[n]``, ``key int64[n]``, ``lo, hi, blk int32[n]`` the rows' tile coordinates, sorted by
+``(seg, key, lo, hi, blk)``; ``words uint64[n, w]`` the codes as big-endian 64-bit words; ``segmask uint64[m, w]``
+each segment's bits. Word lists: ``indptr int64[n + 1]`` into ``ids int32[nnz]`` (ascending within a row) and
+``weights float64[nnz]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._mih_kernels import _popc
+
+
+@njit(inline="always", cache=True)
+def _first_agreeing(words, a, b, segmask, s):
+    """True when segment ``s`` is the first segment on which codes ``a`` and ``b`` agree."""
+    for t in range(s + 1):
+        same = True
+        for w in range(words.shape[1]):
+            if (words[a, w] ^ words[b, w]) & segmask[t, w] != 0:
+                same = False
+                break
+        if same:
+            return t == s
+    return False
+
+
+@njit(cache=True, nogil=True)
+def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop):
+    """Every pair of rows ``a < b`` of rows ``[0, stop)`` that share a tile ``(seg, key, lo, hi)`` (both in the
+    one block of a diagonal tile ``lo == hi``, one in each block of the others), are within ``radius`` and
+    agree first on segment ``seg``. Returns ``(a int64[k], b int64[k], distance int32[k])``; each pair once."""
+    cap = 1024
+    out_a = np.empty(cap, np.int64)
+    out_b = np.empty(cap, np.int64)
+    out_d = np.empty(cap, np.int32)
+    nw = words.shape[1]
+    cnt = 0
+    i = 0
+    while i < stop:
+        j = i + 1
+        while j < stop and key[j] == key[i] and seg[j] == seg[i] and lo[j] == lo[i] and hi[j] == hi[i]:
+            j += 1
+        diagonal = lo[i] == hi[i]
+        m = i                                    # off-diagonal: rows [i, m) in block lo, [m, j) in block hi
+        while m < j and blk[m] == lo[i]:
+            m += 1
+        s = seg[i]
+        for a in range(i, j if diagonal else m):
+            for b in range(a + 1 if diagonal else m, j):
+                d = 0
+                for w in range(nw):
+                    d += _popc(words[a, w] ^ words[b, w])
+                if d > radius or not _first_agreeing(words, a, b, segmask, s):
+                    continue
+                if cnt == cap:
+                    cap *= 2
+                    na = np.empty(cap, np.int64)
+                    nb = np.empty(cap, np.int64)
+                    nd = np.empty(cap, np.int32)
+                    na[:cnt] = out_a[:cnt]
+                    nb[:cnt] = out_b[:cnt]
+                    nd[:cnt] = out_d[:cnt]
+                    out_a, out_b, out_d = na, nb, nd
+                out_a[cnt] = a
+                out_b[cnt] = b
+                out_d[cnt] = d
+                cnt += 1
+        i = j
+    return out_a[:cnt].copy(), out_b[:cnt].copy(), out_d[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def pair_similarity(indptr, ids, weights, a, b, cosine):
+    """Per pair ``(a[k], b[k])``: cosine of the rows' weight vectors, or Jaccard of their id sets; in [0, 1]."""
+    out = np.zeros(a.size, np.float64)
+    for k in range(a.size):
+        p, pe = indptr[a[k]], indptr[a[k] + 1]
+        q, qe = indptr[b[k]], indptr[b[k] + 1]
+        na = nb = dot = 0.0
+        if cosine:
+            for t in range(p, pe):
+                na += weights[t] * weights[t]
+            for t in range(q, qe):
+                nb += weights[t] * weights[t]
+        inter = 0
+        while p < pe and q < qe:
+            if ids[p] == ids[q]:
+                dot += weights[p] * weights[q]
+                inter += 1
+                p += 1
+                q += 1
+            elif ids[p] < ids[q]:
+                p += 1
+            else:
+                q += 1
+        if cosine:
+            den = np.sqrt(na) * np.sqrt(nb)
+            sim = dot / den if den > 0 else 0.0
+        else:
+            union = (indptr[a[k] + 1] - indptr[a[k]]) + (indptr[b[k] + 1] - indptr[b[k]]) - inter
+            sim = inter / union if union > 0 else 0.0
+        out[k] = min(max(sim, 0.0), 1.0)
+    return out
