@@ -159,11 +159,14 @@ class PeakRSS:
 _EPOCH_LOG = re.compile(r"layer (\d+)/\d+ epoch (\d+)/\d+ recon .*\(([\d.]+)s\)|fine-tune epoch (\d+)/\d+ .*\(([\d.]+)s\)")
 
 
-def full_training(data_dir: str, out: str, epochs: int, bits: int, time_limit: float) -> dict:
+def full_training(data_dir: str, out: str, epochs: int, bits: int, time_limit: float,
+                  overrides: list[str] = ()) -> dict:
     """Runs ``semhash train`` in a subprocess; per-epoch times from its log (so a run stopped at ``time_limit``
     still reports the epochs it finished) and from model.json when it finishes."""
     cmd = [sys.executable, "-m", "semhash_spark.cli", "train", "--data", data_dir, "--bits", str(bits), "--out", out,
            "--no-progress", "--set", f"pretrain.epochs={epochs}", "--set", f"finetune.epochs={epochs}"]
+    for kv in overrides:
+        cmd += ["--set", kv]
     t0 = time.time()
     log_path = Path(out).parent / "train.log"
     with open(log_path, "w") as log_file:
@@ -210,6 +213,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=4 * 3600, help="stop the full run after this many seconds")
     ap.add_argument("--skip-sample", action="store_true", help="only the matmul benchmark and the full run")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="more configuration overrides for the full run, e.g. finetune.binarize_epochs=1")
     args = ap.parse_args()
     cfg = load_config(None)
     sizes = [ds.read_metadata(args.data)["vocab_size"], *cfg.model.hidden, args.bits]
@@ -241,7 +246,7 @@ def main() -> None:
     if not args.skip_full:
         work = Path(args.workdir or tempfile.mkdtemp(prefix="semhash-scale-bench-"))
         work.mkdir(parents=True, exist_ok=True)
-        full = full_training(args.data, str(work / "model"), args.epochs, args.bits, args.time_limit)
+        full = full_training(args.data, str(work / "model"), args.epochs, args.bits, args.time_limit, args.set)
         ids = np.concatenate([pq.read_table(f, columns=[ds.ID]).column(0).to_numpy(zero_copy_only=False)
                               for f in ds.split_files(args.data, "train")])
         n_used = int((~is_validation_id(ids, cfg.finetune.val_fraction)).sum())   # the rows an epoch trains on
