@@ -29,10 +29,15 @@ def _first_agreeing(words, a, b, segmask, s):
 
 
 @njit(cache=True, nogil=True)
-def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop):
+def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit):
     """Every pair of rows ``a < b`` of rows ``[0, stop)`` that share a tile ``(seg, key, lo, hi)`` (both in the
     one block of a diagonal tile ``lo == hi``, one in each block of the others), are within ``radius`` and
-    agree first on segment ``seg``. Returns ``(a int64[k], b int64[k], distance int32[k])``; each pair once."""
+    agree first on segment ``seg``. A tile of more than ``limit > 0`` rows is skipped and reported instead.
+    Returns ``(a int64[k], b int64[k], distance int32[k], skipped_first_row int64[h], skipped_rows int64[h])``;
+    each pair once."""
+    hot_s = np.empty(16, np.int64)
+    hot_n = np.empty(16, np.int64)
+    nhot = 0
     cap = 1024
     out_a = np.empty(cap, np.int64)
     out_b = np.empty(cap, np.int64)
@@ -44,6 +49,15 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop):
         j = i + 1
         while j < stop and key[j] == key[i] and seg[j] == seg[i] and lo[j] == lo[i] and hi[j] == hi[i]:
             j += 1
+        if limit > 0 and j - i > limit:
+            if nhot == hot_s.size:
+                hot_s = np.concatenate((hot_s, np.empty(nhot, np.int64)))
+                hot_n = np.concatenate((hot_n, np.empty(nhot, np.int64)))
+            hot_s[nhot] = i
+            hot_n[nhot] = j - i
+            nhot += 1
+            i = j
+            continue
         diagonal = lo[i] == hi[i]
         m = i                                    # off-diagonal: rows [i, m) in block lo, [m, j) in block hi
         while m < j and blk[m] == lo[i]:
@@ -70,7 +84,7 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop):
                 out_d[cnt] = d
                 cnt += 1
         i = j
-    return out_a[:cnt].copy(), out_b[:cnt].copy(), out_d[:cnt].copy()
+    return out_a[:cnt].copy(), out_b[:cnt].copy(), out_d[:cnt].copy(), hot_s[:nhot].copy(), hot_n[:nhot].copy()
 
 
 @njit(cache=True, nogil=True)

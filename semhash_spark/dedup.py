@@ -172,16 +172,21 @@ def _binary_buffers(arr: "pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.n
     return offs.astype(np.int64), data
 
 
-def _word_lists(ids_col, counts_col) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _word_lists(ids_col, counts_col=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The ``word_ids``/``word_counts`` columns (:func:`semhash_spark.dataset.encode_sparse`) -> CSR parts
-    ``(indptr int64[n + 1], ids int32[nnz], counts float32[nnz])``."""
+    ``(indptr int64[n + 1], ids int32[nnz], counts float32[nnz] or None without counts_col)``."""
     ioffs, idata = _binary_buffers(ids_col)
-    coffs, cdata = _binary_buffers(counts_col)
-    if np.any((ioffs - ioffs[0]) % 4) or not np.array_equal(ioffs - ioffs[0], coffs - coffs[0]):
-        raise DedupError("word_ids and word_counts rows must hold the same number of 4-byte values")
+    rel = ioffs - ioffs[0]
+    if np.any(rel % 4):
+        raise DedupError("word_ids rows must hold 4-byte values")
     ids = np.require(idata[ioffs[0]:ioffs[-1]].view("<i4"), np.int32, "A")
-    counts = np.require(cdata[coffs[0]:coffs[-1]].view("<f4"), np.float32, "A")
-    return (ioffs - ioffs[0]) // 4, ids, counts
+    counts = None
+    if counts_col is not None:
+        coffs, cdata = _binary_buffers(counts_col)
+        if not np.array_equal(rel, coffs - coffs[0]):
+            raise DedupError("word_ids and word_counts rows must hold the same number of 4-byte values")
+        counts = np.require(cdata[coffs[0]:coffs[-1]].view("<f4"), np.float32, "A")
+    return rel // 4, ids, counts
 
 
 def _low_bits(n: int) -> int:
@@ -226,82 +231,85 @@ def key_columns(words: list["F.Column"], segs: list[tuple[int, int]]) -> list["F
 
 # --------------------------------------------------------------------------------------------------- pairs
 
-@dataclass
-class PairPlan:
-    """The tiled rows the pair kernel reads, and what the summary reports about them."""
-    tiles: DataFrame        # (seg, key, lo, hi, blk, id, w0.., [word_ids, word_counts]): a row per tile it is in
-    hot: DataFrame          # (seg, key, nb) for the buckets split into blocks (checkpointed, small)
-    coded: DataFrame        # (id, w0.., k0.., [words]) one row per code (cached when planned with cache=True)
-    segs: list[tuple[int, int]]
-    nwords: int
-
-
-def plan_tiles(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
-               cache: bool = False) -> PairPlan:
-    """Explodes ``codes_df(id, code, [word_ids, word_counts])`` into segment buckets and tiles the hot ones (see
-    the module docstring); counts the buckets now. ``cache=True`` keeps the coded rows cached between the count
-    and the pairs (one pass over the codes instead of two) until :func:`release`."""
-    if block_size < 1:
-        raise DedupError(f"block_size must be >= 1, got {block_size}")
-    segs = segments(bits, radius)
+def bucket_rows(codes_df: DataFrame, bits: int, segs: list[tuple[int, int]]) -> DataFrame:
+    """``codes_df(id, code, [word_ids, word_counts])`` -> ``(seg, key, id, w0.., [word_ids, word_counts])``: a
+    row per code and segment (Spark expressions, no Python)."""
     nwords = n_words(bits)
     words = [f"w{w}" for w in range(nwords)]
-    keys = [f"k{i}" for i in range(len(segs))]
     extra = [c for c in ix.WORD_COLUMNS if c in codes_df.columns]
     wcols = word_columns(F.col("code"), C.code_bytes(bits))
     coded = codes_df.select(F.col("id").cast("string").alias("id"), *(c.alias(n) for c, n in zip(wcols, words)),
                             *extra)
-    coded = coded.select("*", *(c.alias(n) for c, n in zip(key_columns([F.col(w) for w in words], segs), keys)))
-    if cache:
-        coded = coded.persist()
-    rows = coded.select("id", *words, *extra, F.posexplode(F.array(*keys)).alias("seg", "key"))
-    # Bucket sizes: only the hot buckets (more than block_size codes) come back, as a small checkpointed table.
-    hot = (rows.groupBy("seg", "key").count().where(F.col("count") > block_size)
-           .select("seg", "key", F.ceil(F.col("count") / F.lit(block_size)).cast("int").alias("nb"))
-           .localCheckpoint())
-    nb = F.coalesce(F.col("nb"), F.lit(1))
-    rows = (rows.join(F.broadcast(hot), ["seg", "key"], "left")
-            .withColumn("blk", F.pmod(F.xxhash64("id"), nb).cast("int"))
-            .withColumn("c", F.explode(F.sequence(F.lit(0), nb - 1))))
-    tiles = rows.select(F.col("seg").cast("int").alias("seg"), "key", F.least("blk", "c").alias("lo"),
-                        F.greatest("blk", "c").alias("hi"), "blk", "id", *words, *extra)
-    return PairPlan(tiles, hot, coded, segs, nwords)
+    keys = key_columns([F.col(w) for w in words], segs)
+    return coded.select(F.posexplode(F.array(*keys)).alias("seg", "key"), "id", *words, *extra)
 
 
-def release(plan: PairPlan) -> None:
-    """Drops the plan's cached rows, if any (call once the pairs are materialised)."""
-    plan.coded.unpersist()
+def tile_hot(rows: DataFrame, hot: DataFrame, block_size: int) -> DataFrame:
+    """The rows of the hot buckets (``hot(seg, key, n)``, a small table, broadcast) in their tiles
+    ``(seg, key, lo, hi, blk, ...)``: ``nb = ceil(n / block_size)`` blocks by a hash of the id, a row of block
+    ``b`` in the tiles ``(min(b, c), max(b, c))`` for every block ``c``."""
+    nb = F.ceil(F.col("n") / F.lit(block_size)).cast("int")
+    rows = (rows.join(F.broadcast(hot.select("seg", "key", nb.alias("nb"))), ["seg", "key"])
+            .withColumn("blk", F.pmod(F.xxhash64("id"), F.col("nb")).cast("int"))
+            .withColumn("c", F.explode(F.sequence(F.lit(0), F.col("nb") - 1))))
+    rest = [c for c in rows.columns if c not in ("seg", "key", "nb", "blk", "c")]
+    return rows.select("seg", "key", F.least("blk", "c").alias("lo"), F.greatest("blk", "c").alias("hi"), "blk",
+                       *rest)
 
 
 def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.ndarray, nwords: int,
-                  measure: str | None, idf: np.ndarray | None) -> Iterator[pa.RecordBatch]:
-    """A task's rows sorted by ``(seg, key, lo, hi, blk)`` -> its kept pairs. A tile cut by a batch boundary is
-    held back and finished with the next batch."""
+                  limit: int, measure: str | None, idf: np.ndarray | None) -> Iterator[pa.RecordBatch]:
+    """A task's rows sorted by ``(seg, key, lo, hi, blk)`` -> its kept pairs, and (``limit > 0``) a marker row
+    ``(hot_seg, hot_key, hot_n)`` for each bucket of more than ``limit`` rows, whose pairs it skips. A tile cut
+    by a batch boundary is held back and finished with the next batch; a hot bucket is counted, never held."""
     from . import _dedup_kernels as K
 
-    def pairs(t: pa.Table, stop: int) -> pa.RecordBatch | None:
+    def pairs(t: pa.Table, stop: int) -> Iterator[pa.RecordBatch]:
         col = lambda c: t.column(c).to_numpy()                              # noqa: E731 (one chunk: no copy)
         words = np.stack([col(f"w{w}") for w in range(nwords)], axis=1).view(np.uint64)
-        a, b, d = K.tile_pairs(col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask,
-                               radius, stop)
+        a, b, d, hs, hn = K.tile_pairs(col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask,
+                                       radius, stop, limit)
+        if hs.size:
+            yield markers(col("seg")[hs], col("key")[hs], hn)
         if a.size == 0:
-            return None
+            return
         ia, ib = t.column("id").take(a), t.column("id").take(b)
         first = pc.less(ia, ib)
         out = {"id_a": pc.if_else(first, ia, ib), "id_b": pc.if_else(first, ib, ia), "distance": pa.array(d)}
         if measure is not None:
-            indptr, ids, counts = _word_lists(t.column("word_ids"), t.column("word_counts"))
+            indptr, ids, counts = _word_lists(t.column("word_ids"),
+                                              t.column("word_counts") if measure == "cosine" else None)
             if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
                 raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
-            weights = counts.astype(np.float64) * idf[ids]
+            weights = counts.astype(np.float64) * idf[ids] if counts is not None else np.ones(ids.size)
             out["similarity"] = pa.array(K.pair_similarity(indptr, ids, weights, a, b, measure == "cosine"))
-        return pa.RecordBatch.from_pydict({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v)
-                                           for k, v in out.items()})
+        out = {k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()}
+        yield pa.RecordBatch.from_pydict(out | {c: pa.nulls(a.size, typ) for c, typ in MARKER_TYPES.items()},
+                                         schema=schema)
 
-    pending = None
+    def markers(seg, key, n) -> pa.RecordBatch:
+        cols = {c: pa.nulls(len(n), schema.field(c).type) for c in schema.names if c not in MARKER_TYPES}
+        return pa.RecordBatch.from_pydict(cols | {"hot_seg": pa.array(seg, pa.int32()),
+                                                  "hot_key": pa.array(key, pa.int64()),
+                                                  "hot_n": pa.array(n, pa.int64())}, schema=schema)
+
+    schema = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("distance", pa.int32())]
+                       + ([("similarity", pa.float64())] if measure is not None else [])
+                       + list(MARKER_TYPES.items()))
+    pending, skip = None, None                    # skip: [seg, key, rows] of a hot bucket being counted
     for batch in batches:
         t = pa.Table.from_batches([batch])
         t = (t if pending is None else pa.concat_tables([pending, t])).combine_chunks()
+        pending = None
+        if skip is not None and t.num_rows:
+            seg, key = t.column("seg").to_numpy(), t.column("key").to_numpy()
+            head = int(np.argmin((seg == skip[0]) & (key == skip[1]))) if not (
+                (seg[-1] == skip[0]) and (key[-1] == skip[1])) else t.num_rows
+            skip[2] += head
+            if head == t.num_rows:
+                continue
+            yield markers([skip[0]], [skip[1]], [skip[2]])
+            skip, t = None, t.slice(head).combine_chunks()
         n = t.num_rows
         if n == 0:
             continue
@@ -311,30 +319,53 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
             same &= v == v[-1]
         stop = n - int(same.sum())
         if stop:
-            out = pairs(t, stop)
-            if out is not None:
-                yield out
+            yield from pairs(t, stop)
         pending = t.slice(stop)
+        if limit and pending.num_rows > limit:
+            skip = [pending.column("seg")[0].as_py(), pending.column("key")[0].as_py(), pending.num_rows]
+            pending = None
+    if skip is not None:
+        yield markers([skip[0]], [skip[1]], [skip[2]])
     if pending is not None and pending.num_rows:
-        out = pairs(pending.combine_chunks(), pending.num_rows)
-        if out is not None:
-            yield out
+        yield from pairs(pending.combine_chunks(), pending.num_rows)
 
 
-def hamming_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK,
-                  plan: PairPlan | None = None, *, similarity: str | None = None,
-                  idf: np.ndarray | None = None, vocab_size: int | None = None) -> DataFrame:
-    """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``: exact.
+MARKER_TYPES = {"hot_seg": pa.int32(), "hot_key": pa.int64(), "hot_n": pa.int64()}
 
-    Returns ``(id_a, id_b, distance)`` with ``id_a < id_b``, each pair once. ``similarity="cosine"`` or
-    ``"jaccard"`` (``codes_df`` then also has ``word_ids, word_counts``) adds each pair's ``similarity``
-    computed in the same task (cosine weighs counts by ``idf``; Jaccard needs only ``vocab_size``); nothing is
-    filtered on it here.
+
+def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwords: int, limit: int,
+                 measure: str | None, idf: np.ndarray | None) -> DataFrame:
+    """One shuffle (by tile), a sort, and the pair kernel over each task's rows."""
+    segmask = np.array(segment_masks(segs, nwords), dtype=np.int64).view(np.uint64)
+    schema = ("id_a string, id_b string, distance int" + (", similarity double" if measure else "")
+              + ", hot_seg int, hot_key long, hot_n long")
+    fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=nwords, limit=limit,
+                           measure=measure, idf=idf)
+    return tiles.repartition(*TILE_KEYS).sortWithinPartitions(*TILE_KEYS, "blk").mapInArrow(fn, schema)
+
+
+def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
+               similarity: str | None = None, idf: np.ndarray | None = None, vocab_size: int | None = None,
+               threshold: float | None = None) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+    """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``, exactly; the hot
+    buckets ``(seg, key, n)``; and the counts ``pairs_within_radius``, ``pairs`` (those with ``similarity >=
+    threshold`` when a threshold is given) and ``hot_buckets``. The DataFrames are materialised (checkpointed).
+
+    Pass 1: every bucket is one tile; the kernel computes the pairs of buckets of at most ``block_size`` rows
+    and only counts the bigger ones (hot). Pass 2, only if some bucket was hot: those buckets' rows, tiled by
+    :func:`tile_hot`, through the kernel again. A pair comes out of the bucket of its first agreeing segment
+    only, so the two passes never repeat a pair. ``similarity="cosine"`` or ``"jaccard"`` (``codes_df`` then
+    has ``word_ids``, and ``word_counts`` for cosine) adds each pair's ``similarity``, computed in the same task
+    (cosine weighs counts by ``idf``); nothing is filtered on it here.
     """
+    if block_size < 1:
+        raise DedupError(f"block_size must be >= 1, got {block_size}")
+    cols = ["id", "code"]
     if similarity is not None:
         if similarity not in MEASURES:
             raise DedupError(f"similarity {similarity!r}: expected one of {', '.join(MEASURES)}")
-        missing = [c for c in ix.WORD_COLUMNS if c not in codes_df.columns]
+        cols += ["word_ids"] + (["word_counts"] if similarity == "cosine" else [])
+        missing = [c for c in cols if c not in codes_df.columns]
         if missing:
             raise DedupError(f"similarity {similarity!r} needs the columns {', '.join(missing)} in codes_df")
         if similarity == "cosine" and idf is None:
@@ -344,15 +375,47 @@ def hamming_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int =
                 raise DedupError("jaccard similarity needs vocab_size (or idf)")
             idf = np.ones(vocab_size, dtype=np.float64)
         idf = np.asarray(idf, dtype=np.float64)
-    else:
-        codes_df = codes_df.select("id", "code")
-    plan = plan or plan_tiles(codes_df, bits, radius, block_size)
-    segmask = np.array(segment_masks(plan.segs, plan.nwords), dtype=np.int64).view(np.uint64)
-    schema = "id_a string, id_b string, distance int" + (", similarity double" if similarity else "")
-    fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=plan.nwords,
-                           measure=similarity, idf=idf)
-    return (plan.tiles.repartition(*TILE_KEYS).sortWithinPartitions(*TILE_KEYS, "blk")
-            .mapInArrow(fn, schema))
+    if threshold is not None and similarity is None:
+        raise DedupError(f"threshold {threshold} needs a similarity (cosine or jaccard)")
+    segs, nwords = segments(bits, radius), n_words(bits)
+    rows = bucket_rows(codes_df.select(*cols), bits, segs)
+    zero = F.lit(0).cast("int")
+    tiles = rows.select("seg", "key", zero.alias("lo"), zero.alias("hi"), zero.alias("blk"),
+                        *(c for c in rows.columns if c not in ("seg", "key")))
+    is_pair = F.col("id_a").isNotNull()
+    kept = is_pair & (F.col("similarity") >= F.lit(threshold)) if threshold is not None else is_pair
+
+    def counted(df: DataFrame) -> dict[str, int]:                  # one job for the three counts
+        row = df.agg(F.count(F.when(is_pair, 1)).alias("w"), F.count(F.when(kept, 1)).alias("k"),
+                     F.count(F.when(~is_pair, 1)).alias("h")).first()
+        return {"pairs_within_radius": int(row["w"]), "pairs": int(row["k"]), "hot_buckets": int(row["h"])}
+
+    out = _kernel_pass(tiles, radius, segs, nwords, block_size, similarity, idf).localCheckpoint()
+    counts = counted(out)
+    pair_cols = [c for c in out.columns if c not in MARKER_TYPES]
+    hot = out.where(~is_pair).select(F.col("hot_seg").alias("seg"), F.col("hot_key").alias("key"),
+                                     F.col("hot_n").alias("n"))
+    pairs = out.where(is_pair).select(*pair_cols)
+    if counts["hot_buckets"]:
+        hot = hot.localCheckpoint()
+        more = _kernel_pass(tile_hot(rows, hot, block_size), radius, segs, nwords, 0, similarity, idf)
+        more = more.localCheckpoint()
+        extra = counted(more)
+        counts["pairs_within_radius"] += extra["pairs_within_radius"]
+        counts["pairs"] += extra["pairs"]
+        pairs = pairs.unionByName(more.select(*pair_cols))
+    return pairs, hot, counts
+
+
+def hamming_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
+                  similarity: str | None = None, idf: np.ndarray | None = None,
+                  vocab_size: int | None = None) -> DataFrame:
+    """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``: exact.
+
+    Returns ``(id_a, id_b, distance, [similarity])`` with ``id_a < id_b``, each pair once (see :func:`find_pairs`).
+    """
+    return find_pairs(codes_df, bits, radius, block_size, similarity=similarity, idf=idf,
+                      vocab_size=vocab_size)[0]
 
 
 # --------------------------------------------------------------------------------------------------- verify
@@ -508,22 +571,17 @@ def near_duplicate_pairs(codes_df: DataFrame, bits: int, radius: int, verify: "s
                          idf: np.ndarray | None = None, vocab_size: int | None = None,
                          block_size: int = DEFAULT_BLOCK) -> tuple[DataFrame, dict[str, int]]:
     """The pairs of ``codes_df(id, code, [word_ids, word_counts])`` within ``radius``, verified in the same task
-    when ``verify`` is given (``similarity >= threshold``), materialised (checkpointed). Returns them and the
-    counts ``segments``, ``hot_buckets``, ``pairs_within_radius``, ``pairs``."""
+    when ``verify`` is given (``similarity >= threshold``), materialised (checkpointed; the verified pairs are a
+    filter over it). Returns them and the counts ``segments``, ``hot_buckets``, ``pairs_within_radius``,
+    ``pairs``."""
     check = Verify.parse(verify)
     if check is None:
         codes_df = codes_df.select("id", "code")
-    plan = plan_tiles(codes_df, bits, radius, block_size, cache=True)
-    try:
-        pairs = hamming_pairs(codes_df, bits, radius, block_size, plan, similarity=check and check.measure,
-                              idf=idf, vocab_size=vocab_size).localCheckpoint()
-    finally:
-        release(plan)
-    counts = {"segments": len(plan.segs), "hot_buckets": plan.hot.count(), "pairs_within_radius": pairs.count()}
+    pairs, _, counts = find_pairs(codes_df, bits, radius, block_size, similarity=check and check.measure,
+                                  idf=idf, vocab_size=vocab_size, threshold=check and check.threshold)
     if check is not None:
-        pairs = pairs.where(F.col("similarity") >= F.lit(check.threshold)).localCheckpoint()
-    counts["pairs"] = pairs.count() if check is not None else counts["pairs_within_radius"]
-    return pairs, counts
+        pairs = pairs.where(F.col("similarity") >= F.lit(check.threshold))
+    return pairs, {"segments": radius + 1, **counts}
 
 
 def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, version: str | None = None,

@@ -158,12 +158,57 @@ def test_hot_bucket_is_split_into_blocks_and_stays_exact(spark):
     codes = np.concatenate([C.pack_bits(hot), _planted(rng, 100, bits, 20)])
     ids = [f"h{i:04d}" for i in range(len(codes))]
     df = _frame(spark, codes, ids)
-    plan = dedup.plan_tiles(df, bits, radius, block)
-    got = [(r.id_a, r.id_b, r.distance) for r in dedup.hamming_pairs(df, bits, radius, block, plan).collect()]
+    pairs, hot, counts = dedup.find_pairs(df, bits, radius, block)
+    got = [(r.id_a, r.id_b, r.distance) for r in pairs.collect()]
     assert len(got) == len(set(got)) and set(got) == _brute_pairs(codes, ids, radius)
-    assert plan.hot.count() >= 2
-    largest = plan.tiles.groupBy(*dedup.TILE_KEYS).count().agg({"count": "max"}).first()[0]
+    segs = dedup.segments(bits, radius)
+    keys = dedup.segment_keys(codes, bits, segs)
+    sizes = {(s, int(k)): int(n) for s in range(len(segs)) for k, n in zip(*np.unique(keys[:, s], return_counts=True))}
+    want = {b: n for b, n in sizes.items() if n > block}
+    assert {(r.seg, r.key): r.n for r in hot.collect()} == want and len(want) >= 2       # counted, exactly
+    tiles = dedup.tile_hot(dedup.bucket_rows(df, bits, segs), hot, block)
+    largest = tiles.groupBy(*dedup.TILE_KEYS).count().agg({"count": "max"}).first()[0]
     assert largest <= 4 * block < 180 // 2                  # no tile near the whole bucket (180 rows)
+
+
+def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
+    """The task function on its own, fed sorted rows in small batches: tiles and hot buckets cut by batch
+    boundaries give the same pairs as one batch, and every bucket over the limit is counted, not paired."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(9)
+    bits, radius, limit = 32, 2, 12
+    hot = np.tile(rng.integers(0, 2, (1, bits)), (40, 1))
+    hot[20:, -1] ^= 1                                               # a hot bucket in the first segment
+    codes = np.concatenate([C.pack_bits(hot), _planted(rng, 150, bits, 60, max_flips=2)])
+    ids = [f"t{i:04d}" for i in range(len(codes))]
+    segs = dedup.segments(bits, radius)
+    keys, words = dedup.segment_keys(codes, bits, segs), dedup.code_words(codes)
+    seg = np.repeat(np.arange(len(segs)), len(codes))
+    key, row = keys.T.ravel(), np.tile(np.arange(len(codes)), len(segs))
+    order = np.lexsort((key, seg))
+    zeros = np.zeros(len(order), np.int32)
+    table = pa.table({"seg": seg[order].astype(np.int32), "key": key[order], "lo": zeros, "hi": zeros,
+                      "blk": zeros, "id": [ids[i] for i in row[order]], "w0": words[row[order], 0]})
+    sizes = {(s, int(k)): int(n) for s in range(len(segs)) for k, n in zip(*np.unique(keys[:, s], return_counts=True))}
+    within = _brute_pairs(codes, ids, radius)
+    pos = {x: i for i, x in enumerate(ids)}
+
+    def first_bucket(a, b):
+        s = next(s for s in range(len(segs)) if keys[pos[a], s] == keys[pos[b], s])
+        return s, int(keys[pos[a], s])
+    want_pairs = {p for p in within if sizes[first_bucket(p[0], p[1])] <= limit}
+    want_hot = {b: n for b, n in sizes.items() if n > limit}
+    assert want_hot and want_pairs != within                        # some pairs are left to the hot pass
+    segmask = np.array(dedup.segment_masks(segs, 1), dtype=np.int64).view(np.uint64)
+    for size in (len(order), 97, 7, 3):
+        out = pa.Table.from_batches(list(dedup._tile_batches(
+            table.to_batches(max_chunksize=size), radius, segmask, 1, limit, None, None)))
+        rows = out.to_pylist()
+        got = [(r["id_a"], r["id_b"], r["distance"]) for r in rows if r["id_a"] is not None]
+        assert len(got) == len(set(got)) and set(got) == want_pairs, size
+        hot_rows = sorted(((r["hot_seg"], r["hot_key"]), r["hot_n"]) for r in rows if r["id_a"] is None)
+        assert hot_rows == sorted(want_hot.items()), size                  # each once, with its full size
 
 
 def test_connected_components_match_union_find(spark):
