@@ -1,6 +1,9 @@
-"""The encode and dedup jobs on a real Spark standalone cluster (a master and two workers on loopback, started
-from the installed pyspark), submitted through infra/submit/submit.sh against the local S3 server: their output
-equals the local-mode output of the same commands, and a failing job exits non-zero with its reason."""
+"""The prepare, encode and dedup jobs on a real Spark standalone cluster (a master and two workers on loopback,
+started from the installed pyspark), submitted through infra/submit/submit.sh against the local S3 server: their
+output equals the local-mode output of the same commands, and a failing job exits non-zero with its reason.
+
+The workers share nothing with the driver but S3: prepare reads its source from S3 and the executors write the
+dataset there; encode reads an s3:// dataset (documents and images) through the executors."""
 from __future__ import annotations
 
 import io
@@ -23,6 +26,7 @@ from semhash_spark import dataset as ds
 from semhash_spark import index as ix
 from semhash_spark import store
 from semhash_spark.cli import main
+from test_prepare import tiny_cifar  # noqa: F401 - the fixture: real CIFAR-10 images in class folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = ROOT / "infra" / "submit" / "submit.sh"
@@ -224,6 +228,53 @@ def test_encode_and_dedup_on_a_standalone_cluster_equal_local_mode(spark, s3_ser
     # the work ran on the cluster: the master lists both applications, and the workers ran their executors
     assert {"semhash-encode", "semhash-dedup"} <= {a["name"] for a in _master_state(cluster["ui"])["completedapps"]}
     assert len(list(cluster["work"].glob("worker*/app-*/*/stderr"))) >= 2
+
+
+@pytest.mark.slow
+def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus, tiny_cifar, cluster, tmp_path,
+                                                         capsys):
+    """Documents (one JSONL object) and images (class folders, one prefix per label) prepared on the cluster from
+    S3 to S3 equal local mode's; the image dataset the cluster wrote is encoded by the cluster from S3 into the
+    codes local mode gives."""
+    from test_prepare import _image_rows, _index_codes, _random_image_model, _s3_parquet
+
+    store.ensure_bucket(BUCKET)
+    src = f"{PREFIX}/raw/small.jsonl"
+    store.upload_file(small_corpus, src)
+    sets = ["--set", "prepare.vocab_size=500", "--set", "prepare.files_per_split=4"]
+    local = _local(capsys, "prepare", "--dataset", "jsonl", "--source", src, "--out", f"{PREFIX}/prep-local", *sets)
+    remote = _summary(_submit(cluster, "prepare", "--dataset", "jsonl", "--source", src,
+                              "--out", f"{PREFIX}/prep-cluster", *sets))
+    for key in ("records_read", "kept", "quarantined", "skipped", "vocab_size", "vocab_fingerprint"):
+        assert remote[key] == local[key], key
+    assert local["kept"]["train"] > 300
+    assert store.read_json(f"{PREFIX}/prep-cluster/vocab.json") == store.read_json(f"{PREFIX}/prep-local/vocab.json")
+    for part in ("docs/split=train", "docs/split=test", "quarantine"):
+        assert _s3_parquet(f"{PREFIX}/prep-cluster/{part}")[0] == _s3_parquet(f"{PREFIX}/prep-local/{part}")[0], part
+    keys = [k for k, _ in store.list_prefix(f"{PREFIX}/prep-cluster")]
+    assert "dataset.json" in keys and not [k for k in keys if k.startswith("_")]     # staging removed
+
+    store.upload_dir(tiny_cifar, f"{PREFIX}/raw/images")
+    img_sets = ["--conf", str(ROOT / "conf" / "images.yaml"), "--set", "images.files_per_split=2"]
+    i_local = _local(capsys, "prepare", "--dataset", "imagefolder", "--source", f"{PREFIX}/raw/images",
+                     "--out", f"{PREFIX}/img-local", *img_sets)
+    i_remote = _summary(_submit(cluster, "prepare", "--dataset", "imagefolder", "--source", f"{PREFIX}/raw/images",
+                                "--out", f"{PREFIX}/img-cluster", *img_sets))
+    assert i_remote["kept"] == i_local["kept"] and i_remote["quarantined"] == i_local["quarantined"]
+    assert _image_rows(store.local_copy(f"{PREFIX}/img-cluster")) == \
+        _image_rows(store.local_copy(f"{PREFIX}/img-local"))
+
+    model = f"{PREFIX}/img-model"
+    store.upload_dir(_random_image_model(tmp_path / "img-model"), model)
+    e_local = _local(capsys, "encode", "--model", model, "--data", f"{PREFIX}/img-local",
+                     "--index", f"{PREFIX}/img-index-local", *ENCODE_SETS)
+    proc = _submit(cluster, "encode", "--model", model, "--data", f"{PREFIX}/img-cluster",
+                   "--index", f"{PREFIX}/img-index-cluster", *ENCODE_SETS)
+    e_remote = _summary(proc)
+    assert e_remote["kind"] == "images" and e_remote["count"] == e_local["count"] == i_local["kept"]["train"] + \
+        i_local["kept"]["test"]
+    assert "with the executors' S3 client" in proc.stdout                 # the executors read the s3:// dataset
+    assert _index_codes(f"{PREFIX}/img-index-cluster") == _index_codes(f"{PREFIX}/img-index-local")
 
 
 @pytest.mark.slow
