@@ -25,7 +25,8 @@ Pigeonhole (as in Manku et al.'s simhash tables and Norouzi et al.'s multi-index
 5. Clusters: connected components of the pairs by min-label propagation with pointer jumping, each round
    checkpointed (:func:`connected_components`); a cluster is named by its smallest id.
 
-Output of :func:`dedup_job` (``OUT`` a local path or ``s3://``, written by :func:`semhash_spark.sparkio.write_parquet`)::
+Output of :func:`dedup_job` (``OUT`` a local path or ``s3://``, written by
+:func:`semhash_spark.sparkio.write_parquet`)::
 
     OUT/pairs/*.parquet      id_a string, id_b string, distance int, [similarity double]   (id_a < id_b, once)
     OUT/clusters/*.parquet   id string, cluster string, size long                        (docs in some pair)
@@ -264,8 +265,11 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
     by a batch boundary is held back and finished with the next batch; a hot bucket is counted, never held."""
     from . import _dedup_kernels as K
 
+    def col_of(t: pa.Table, c: str) -> np.ndarray:          # one chunk: no copy; tiles of pass 1 are all (0, 0)
+        return t.column(c).to_numpy() if c in t.column_names else np.zeros(t.num_rows, np.int32)
+
     def pairs(t: pa.Table, stop: int) -> Iterator[pa.RecordBatch]:
-        col = lambda c: t.column(c).to_numpy()                              # noqa: E731 (one chunk: no copy)
+        col = functools.partial(col_of, t)
         words = np.stack([col(f"w{w}") for w in range(nwords)], axis=1).view(np.uint64)
         a, b, d, hs, hn = K.tile_pairs(col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask,
                                        radius, stop, limit)
@@ -315,7 +319,7 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
             continue
         same = np.ones(n, dtype=bool)                       # rows of the last tile: a suffix, the rows are sorted
         for c in TILE_KEYS:
-            v = t.column(c).to_numpy()
+            v = col_of(t, c)
             same &= v == v[-1]
         stop = n - int(same.sum())
         if stop:
@@ -336,12 +340,14 @@ MARKER_TYPES = {"hot_seg": pa.int32(), "hot_key": pa.int64(), "hot_n": pa.int64(
 def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwords: int, limit: int,
                  measure: str | None, idf: np.ndarray | None) -> DataFrame:
     """One shuffle (by tile), a sort, and the pair kernel over each task's rows."""
+    keys = [c for c in (*TILE_KEYS, "blk") if c in tiles.columns]
     segmask = np.array(segment_masks(segs, nwords), dtype=np.int64).view(np.uint64)
     schema = ("id_a string, id_b string, distance int" + (", similarity double" if measure else "")
               + ", hot_seg int, hot_key long, hot_n long")
     fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=nwords, limit=limit,
                            measure=measure, idf=idf)
-    return tiles.repartition(*TILE_KEYS).sortWithinPartitions(*TILE_KEYS, "blk").mapInArrow(fn, schema)
+    by = keys[:-1] if "blk" in keys else keys                 # a tile's rows in one task, its blocks in order
+    return tiles.repartition(*by).sortWithinPartitions(*keys).mapInArrow(fn, schema)
 
 
 def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
@@ -379,9 +385,7 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
         raise DedupError(f"threshold {threshold} needs a similarity (cosine or jaccard)")
     segs, nwords = segments(bits, radius), n_words(bits)
     rows = bucket_rows(codes_df.select(*cols), bits, segs)
-    zero = F.lit(0).cast("int")
-    tiles = rows.select("seg", "key", zero.alias("lo"), zero.alias("hi"), zero.alias("blk"),
-                        *(c for c in rows.columns if c not in ("seg", "key")))
+    tiles = rows                                  # pass 1: a bucket is one tile (lo = hi = blk = 0, not shipped)
     is_pair = F.col("id_a").isNotNull()
     kept = is_pair & (F.col("similarity") >= F.lit(threshold)) if threshold is not None else is_pair
 
