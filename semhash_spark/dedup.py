@@ -4,24 +4,26 @@ Pigeonhole (as in Manku et al.'s simhash tables and Norouzi et al.'s multi-index
 ``bits`` into ``r + 1`` contiguous substrings ("segments"). Two codes within distance ``r`` differ in at most
 ``r`` segments, so at least one segment is equal. The job, with nothing but counts reaching the driver:
 
-1. Read the shards (``id, code`` and, to verify, the word columns). Spark expressions (no Python) turn each
-   code into its big-endian 64-bit words ``w0..`` and its ``r + 1`` segment keys; ``posexplode`` makes
+1. Read the shards once (``id, code`` and, to verify, the word columns). Spark expressions (no Python) turn
+   each code into its big-endian 64-bit words ``w0..`` and its ``r + 1`` segment keys; ``posexplode`` makes
    ``r + 1`` rows ``(seg, key, id, w0.., [words])`` per code. ``key`` is the segment's value (XOR-folded to 64
    bits when a segment is longer: a collision only adds candidates, which the kernel rejects).
-2. Hot buckets: a bucket ``(seg, key)`` with more than ``block_size`` codes is split into ``nb`` blocks by a
-   hash of the id; a row of block ``b`` goes to the tiles ``(min(b, c), max(b, c))`` for every block ``c``, so a
-   pair of rows in blocks ``b < c`` meets only in tile ``(b, c)`` and a pair in one block only in ``(b, b)``;
-   no tile holds much more than ``2 * block_size`` rows and the work spreads over tasks. Cold buckets: tile
-   ``(0, 0)``. The bucket sizes are the one aggregation; only the hot buckets' keys (a small table) are broadcast.
-3. One shuffle: ``repartition`` by tile, ``sortWithinPartitions`` by ``(seg, key, lo, hi, blk)``, then
-   ``mapInArrow`` streams each task's sorted rows through a compiled kernel (:mod:`._dedup_kernels`): all pairs
-   of a tile, full distance by popcount over the code words, kept when ``<= r`` and when ``seg`` is the FIRST
-   segment on which the two codes agree — so each pair comes out once, without a ``distinct``. Candidates never
-   become Spark rows; only kept pairs leave the task.
+2. One shuffle: ``repartition`` by bucket ``(seg, key)``, ``sortWithinPartitions``, then ``mapInArrow``
+   streams each task's sorted rows through a compiled kernel (:mod:`._dedup_kernels`): all pairs of a bucket,
+   full distance by popcount over the code words, kept when ``<= r`` and when ``seg`` is the FIRST segment on
+   which the two codes agree — so each pair comes out once, without a ``distinct``. Candidates never become
+   Spark rows; only kept pairs leave the task. A bucket of more than ``block_size`` rows (hot) is not paired
+   but counted: the task streams past it and emits a marker ``(seg, key, n)`` instead.
+3. Hot buckets, only if there are any: their rows (the markers, a small table, broadcast) are split into
+   ``nb = ceil(n / block_size)`` blocks by a hash of the id; a row of block ``b`` goes to the tiles
+   ``(min(b, c), max(b, c))`` for every block ``c``, so a pair of rows in blocks ``b < c`` meets only in tile
+   ``(b, c)`` and a pair in one block only in ``(b, b)``; no tile holds much more than ``2 * block_size`` rows
+   and the work spreads over tasks. A second shuffle by tile, and the same kernel pairs each tile.
 4. Verification, when asked, runs in the same kernel task: the word columns travel with the exploded rows, and
    each kept pair gets its cosine of TF-IDF vectors (raw counts times the model's idf, as
-   :func:`semhash_spark.evaluate.tfidf`) or Jaccard of word sets; pairs below the threshold are dropped after
-   counting the pairs within ``r``. :func:`verify_pairs` does the same for a pairs DataFrame from elsewhere.
+   :func:`semhash_spark.evaluate.tfidf`) or Jaccard of word sets; the pairs within ``r`` are counted, then those
+   below the threshold dropped. No join of pairs back to the documents. :func:`verify_pairs` does the same for
+   a pairs DataFrame from elsewhere (by joins).
 5. Clusters: connected components of the pairs by min-label propagation with pointer jumping, each round
    checkpointed (:func:`connected_components`); a cluster is named by its smallest id.
 
