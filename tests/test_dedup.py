@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
@@ -174,8 +175,6 @@ def test_hot_bucket_is_split_into_blocks_and_stays_exact(spark):
 def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
     """The task function on its own, fed sorted rows in small batches: tiles and hot buckets cut by batch
     boundaries give the same pairs as one batch, and every bucket over the limit is counted, not paired."""
-    import pyarrow as pa
-
     rng = np.random.default_rng(9)
     bits, radius, limit = 32, 2, 12
     hot = np.tile(rng.integers(0, 2, (1, bits)), (40, 1))
@@ -268,8 +267,21 @@ def dup_index(tmp_path_factory):
     sets = (dense > 0).astype(float)
     inter = sets @ sets.T
     jaccard = inter / (sets.sum(1)[:, None] + sets.sum(1)[None, :] - inter)
+    # the same documents as a codes-only index plus a prepared dataset holding their words
+    bare = str(tmp_path_factory.mktemp("dedup-bare") / "index")
+    bare_version = ix.new_version_id()
+    bp = ix.version_prefix(bare, bare_version)
+    cols = ["id", "code", "address"]
+    files = ix.write_shard(bp, 2, 8, pdf[cols].iloc[::2]) + ix.write_shard(bp, 2, 8, pdf[cols].iloc[1::2])
+    ix.publish(bare, bare_version, ix.build_manifest(bare_version, bits, 16, 2, files))
+    data = tmp_path_factory.mktemp("dedup-data")
+    (data / ds.DOCS_DIR / "split=train").mkdir(parents=True)
+    rows = [{"id": i, "labels": [], "word_ids": e[0], "word_counts": e[1], "length": 1, "content_hash": i}
+            for i, e in zip(ids, enc)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=ds.DOC_SCHEMA), data / ds.DOCS_DIR / "split=train" / "p.parquet")
+    ds.write_vocab(data, [f"w{i}" for i in range(vocab)], doc_freq, len(ids))
     return {"index": index, "version": version, "codes": packed, "ids": ids, "cosine": tfidf @ tfidf.T,
-            "jaccard": jaccard}
+            "jaccard": jaccard, "bare_index": bare, "data": str(data)}
 
 
 def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, tmp_path):
@@ -338,6 +350,17 @@ def test_nothing_but_counts_reaches_the_driver(spark, dup_index, monkeypatch):
     assert summary["hot_buckets"] > 0 and summary["pairs"] > 0
     assert seen and all(n <= 1 for _, _, n in seen), seen              # aggregates only (the cluster sizes)
     assert not any(cols and {"id", "code", "id_a", "w0", "word_ids"} & set(cols) for _, cols, _ in seen), seen
+
+
+def test_verification_on_a_codes_only_index_reads_the_words_from_the_dataset(spark, dup_index, tmp_path):
+    with pytest.raises(dedup.DedupError, match="stores no word counts; pass data_uri"):
+        dedup.find_near_duplicates(spark, dup_index["bare_index"], 3, verify="jaccard:0.7")
+    summary = dedup.dedup_job(spark, dup_index["bare_index"], 3, str(tmp_path / "out"), "jaccard:0.7",
+                              data_uri=dup_index["data"])
+    ids, pos, jw = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}, dup_index["jaccard"]
+    want = {p for p in _brute_pairs(dup_index["codes"], ids, 3) if jw[pos[p[0]], pos[p[1]]] >= 0.7}
+    got = pq.read_table(tmp_path / "out" / "pairs").to_pylist()
+    assert {(r["id_a"], r["id_b"], r["distance"]) for r in got} == want and summary["pairs"] == len(want) > 0
 
 
 def test_semhash_dedup_command_prints_the_summary(spark, dup_index, tmp_path, capsys):
