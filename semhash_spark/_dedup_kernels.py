@@ -1,10 +1,10 @@
 """Compiled (numba) loops of :mod:`semhash_spark.dedup`: the pairs of one sorted run of bucket tiles, and the
 content similarity of pairs. They run inside Spark tasks; only the pairs they keep leave the task.
 
-Arrays: ``seg int32[n]``, ``key int64[n]``, ``lo, hi, blk int32[n]`` the rows' tile coordinates, sorted by
-``(seg, key, lo, hi, blk)``; ``words uint64[n, w]`` the codes as big-endian 64-bit words; ``segmask uint64[m, w]``
-each segment's bits. Word lists: ``indptr int64[n + 1]`` into ``ids int32[nnz]`` (ascending within a row) and
-``weights float64[nnz]``.
+Arrays: ``seg int32[n]``, ``key int64[n]``, ``lo, hi, blk int32[n]`` the rows' tile coordinates, sorted so
+that a tile's rows are contiguous, block ``lo`` first (``(key, seg, lo, hi, blk)``); ``words uint64[n, w]``
+the codes as big-endian 64-bit words; ``segmask uint64[m, w]`` each segment's bits. Word lists:
+``indptr int64[n + 1]`` into ``ids int32[nnz]`` (ascending within a row) and ``weights float64[nnz]``.
 """
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ def tile_hot(rows: DataFrame, hot: DataFrame, block_size: int) -> DataFrame:
 
 def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.ndarray, nwords: int,
                   limit: int, measure: str | None, idf: np.ndarray | None) -> Iterator[pa.RecordBatch]:
-    """A task's rows sorted by ``(seg, key, lo, hi, blk)`` -> its kept pairs, and (``limit > 0``) a marker row
+    """A task's rows sorted by ``(key, seg, lo, hi, blk)`` -> its kept pairs, and (``limit > 0``) a marker row
     ``(hot_seg, hot_key, hot_n)`` for each bucket of more than ``limit`` rows, whose pairs it skips. A tile cut
     by a batch boundary is held back and finished with the next batch; a hot bucket is counted, never held."""
     from . import _dedup_kernels as K
@@ -342,13 +342,14 @@ MARKER_TYPES = {"hot_seg": pa.int32(), "hot_key": pa.int64(), "hot_n": pa.int64(
 def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwords: int, limit: int,
                  measure: str | None, idf: np.ndarray | None) -> DataFrame:
     """One shuffle (by tile), a sort, and the pair kernel over each task's rows."""
-    keys = [c for c in (*TILE_KEYS, "blk") if c in tiles.columns]
+    # the key first: Spark sorts on a prefix of the first column, and 4..r+1 segment numbers make a poor one
+    keys = [c for c in ("key", "seg", "lo", "hi", "blk") if c in tiles.columns]
     segmask = np.array(segment_masks(segs, nwords), dtype=np.int64).view(np.uint64)
     schema = ("id_a string, id_b string, distance int" + (", similarity double" if measure else "")
               + ", hot_seg int, hot_key long, hot_n long")
     fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=nwords, limit=limit,
                            measure=measure, idf=idf)
-    by = keys[:-1] if "blk" in keys else keys                 # a tile's rows in one task, its blocks in order
+    by = [c for c in keys if c != "blk"]                      # a tile's rows in one task, its blocks in order
     return tiles.repartition(*by).sortWithinPartitions(*keys).mapInArrow(fn, schema)
 
 

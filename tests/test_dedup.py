@@ -185,7 +185,7 @@ def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
     keys, words = dedup.segment_keys(codes, bits, segs), dedup.code_words(codes)
     seg = np.repeat(np.arange(len(segs)), len(codes))
     key, row = keys.T.ravel(), np.tile(np.arange(len(codes)), len(segs))
-    order = np.lexsort((key, seg))
+    order = np.lexsort((seg, key))                                  # as the job sorts: key, then seg
     zeros = np.zeros(len(order), np.int32)
     table = pa.table({"seg": seg[order].astype(np.int32), "key": key[order], "lo": zeros, "hi": zeros,
                       "blk": zeros, "id": [ids[i] for i in row[order]], "w0": words[row[order], 0]})
