@@ -34,7 +34,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -279,14 +278,16 @@ def _reasons(df: DataFrame) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------------- prepare
-def _stage(records: Iterator[dict], staging: Path) -> int:
-    staging.mkdir(parents=True)
+def _stage(records: Iterator[dict], staging: str) -> int:
+    """The driver streams a local source's records into Parquet files under ``staging`` (local or ``s3://``)."""
     cols: dict[str, list] = {f.name: [] for f in _STAGE_ARROW}
     seq = part = 0
 
     def flush():
         nonlocal part, cols
-        pq.write_table(pa.Table.from_pydict(cols, schema=_STAGE_ARROW), staging / f"part-{part:05d}.parquet")
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pydict(cols, schema=_STAGE_ARROW), buf)
+        store.write_bytes(store.join(staging, f"part-{part:05d}.parquet"), buf.getvalue())
         part += 1
         cols = {f.name: [] for f in _STAGE_ARROW}
 
@@ -340,7 +341,7 @@ def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str,
             log.info("prepare %s: reading %d unit(s) of %s on executors", dataset, len(units), source)
             n_read = _stage_on_executors(spark, units, store.join(work, "raw"))
         else:
-            n_read = _stage(records, Path(work) / "raw")
+            n_read = _stage(records, store.join(work, "raw"))
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
         raw = _read(spark, store.join(work, "raw")).select(*_STAGE_ARROW.names)
         decoded = raw.repartition(max(2, spark.sparkContext.defaultParallelism)).mapInPandas(

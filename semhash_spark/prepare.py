@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import shutil
 import tempfile
@@ -91,15 +92,17 @@ _DOCFREQ_SPARK = T.StructType([T.StructField("doc_freq", T.BinaryType()), T.Stru
 
 
 # ---------------------------------------------------------------------------------------------------- read
-def _stage_on_driver(units: list[str], dataset: str, cfg: PrepareConfig, staging: Path) -> int:
-    """Streams the records into Parquet files of STAGE_ROWS rows; returns how many records were read."""
-    staging.mkdir(parents=True)
+def _stage_on_driver(units: list[str], dataset: str, cfg: PrepareConfig, staging: str) -> int:
+    """Streams the records into Parquet files of STAGE_ROWS rows under ``staging`` (a local folder, or ``s3://``
+    when the executors of a cluster read the stage); returns how many records were read."""
     cols: dict[str, list] = {f.name: [] for f in _RECORD_ARROW}
     seq, part = 0, 0
 
     def flush() -> None:
         nonlocal part, cols
-        pq.write_table(pa.Table.from_pydict(cols, schema=_RECORD_ARROW), staging / f"part-{part:05d}.parquet")
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pydict(cols, schema=_RECORD_ARROW), buf)
+        store.write_bytes(store.join(staging, f"part-{part:05d}.parquet"), buf.getvalue())
         part += 1
         cols = {f.name: [] for f in _RECORD_ARROW}
 
@@ -302,7 +305,7 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
     records_dir = store.join(staging, "records")
     if len(units) == 1 and not store.is_s3(source):
         log.info("prepare %s: streaming %s on the driver", dataset, units[0])
-        n_read = _stage_on_driver(units, dataset, cfg, Path(records_dir))
+        n_read = _stage_on_driver(units, dataset, cfg, records_dir)
     else:
         log.info("prepare %s: reading %d input unit(s) of %s on executors", dataset, len(units), source)
         n_read = _stage_on_executors(spark, units, dataset, cfg, records_dir)

@@ -253,6 +253,12 @@ def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus,
         assert _s3_parquet(f"{PREFIX}/prep-cluster/{part}")[0] == _s3_parquet(f"{PREFIX}/prep-local/{part}")[0], part
     keys = [k for k, _ in store.list_prefix(f"{PREFIX}/prep-cluster")]
     assert "dataset.json" in keys and not [k for k in keys if k.startswith("_")]     # staging removed
+    # a source on the driver's disk (client mode): the driver stages its records on S3 for the executors
+    from_driver = _summary(_submit(cluster, "prepare", "--dataset", "jsonl", "--source", str(small_corpus),
+                                   "--out", f"{PREFIX}/prep-cluster-2", *sets))
+    assert from_driver["kept"] == local["kept"] and from_driver["vocab_fingerprint"] == local["vocab_fingerprint"]
+    assert _s3_parquet(f"{PREFIX}/prep-cluster-2/docs/split=test")[0] == \
+        _s3_parquet(f"{PREFIX}/prep-local/docs/split=test")[0]
 
     store.upload_dir(tiny_cifar, f"{PREFIX}/raw/images")
     img_sets = ["--conf", str(ROOT / "conf" / "images.yaml"), "--set", "images.files_per_split=2"]
