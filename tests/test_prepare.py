@@ -559,6 +559,24 @@ def test_s3_units_read_what_the_local_readers_read(s3_bucket, shared_data, tiny_
     got = [{**r, "source": None} for u in units for r in image_sources.read_unit(u)]
     assert got == [{**r, "source": None} for r in image_sources.read_source("cifar10", str(tiny_cifar))]
 
+    # CIFAR-10 python batches under a prefix (a small batch in the original pickle format, one folder deeper)
+    import pickle
+
+    chw = np.random.default_rng(0).integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
+    batch = {b"data": chw.reshape(4, -1), b"labels": [0, 1, 1, 0],
+             b"filenames": [f"f{i}.png".encode() for i in range(4)]}
+    batches = tmp_path / "cifar" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    meta = {b"label_names": [b"a", b"b"]}
+    for name, blob in (("data_batch_1", batch), ("test_batch", batch), ("batches.meta", meta)):
+        (batches / name).write_bytes(pickle.dumps(blob))
+    store.upload_dir(tmp_path / "cifar", f"{S3}/units/cifar")
+    (unit,) = image_sources.input_units("cifar10", f"{S3}/units/cifar")
+    got = list(image_sources.read_unit(unit))
+    want = list(image_sources.read_source("cifar10", str(tmp_path / "cifar")))
+    assert len(got) == 8 and [{**r, "source": None} for r in got] == [{**r, "source": None} for r in want]
+    assert got[5]["source"] == f"{S3}/units/cifar/cifar-10-batches-py:test_batch[1]"
+
     with pytest.raises(ValueError, match=f"'{S3}/units/mnist/train-images-idx3-ubyte.gz' must be the prefix"):
         image_sources.input_units("mnist", f"{S3}/units/mnist/train-images-idx3-ubyte.gz")
     with pytest.raises(ValueError, match=f"'{S3}/units/reuters' has no train/ or test/ folder"):
