@@ -7,6 +7,7 @@ import torch
 
 from semhash_spark import codes
 from semhash_spark.models.autoencoder import DeepAutoencoder, deterministic_noise, id_keys
+from semhash_spark.config import PretrainConfig
 from semhash_spark.models.rbm import BinaryRBM, ConstrainedPoissonRBM, GaussianRBM, MomentumSGD
 
 
@@ -27,7 +28,9 @@ def news_counts(shared_data):
 
 
 def _train_rbm(rbm, data, epochs, lr, seed=0):
-    opt = MomentumSGD(rbm, weight_decay=2e-4)
+    """CD-1 with the shipped momentum schedule and weight decay (``PretrainConfig``'s defaults)."""
+    pc = PretrainConfig()
+    opt = MomentumSGD(rbm, weight_decay=pc.weight_decay)
     g = torch.Generator().manual_seed(seed)
     errs = []
     for epoch in range(epochs):
@@ -35,7 +38,8 @@ def _train_rbm(rbm, data, epochs, lr, seed=0):
         tot = 0.0
         for s in range(0, len(data), 100):
             dW, dbv, dbh, st = rbm.cd_gradients(data[perm[s : s + 100]], g)
-            opt.step({"W": dW, "b_v": dbv, "b_h": dbh}, lr=lr, momentum=0.5 if epoch < 2 else 0.9)
+            opt.step({"W": dW, "b_v": dbv, "b_h": dbh}, lr=lr,
+                     momentum=pc.momentum_start if epoch < pc.momentum_switch_epoch else pc.momentum_final)
             tot += st.recon_error
         errs.append(tot)
     return errs
