@@ -44,14 +44,19 @@ class TorchDist(Dist):
             return t.cuda()
         return t
 
-    def allreduce_mean_(self, tensors: list[torch.Tensor], name: str = "") -> None:
+    def allreduce_mean_async_(self, tensors: list[torch.Tensor], name: str = "") -> Callable[[], None]:
         # distributed: average gradients/statistics over ranks, in place
-        for t in tensors:
-            s = self._on_backend(t)
-            tdist.all_reduce(s, op=tdist.ReduceOp.SUM)
-            s.div_(self.size)
-            if s is not t:
-                t.copy_(s)
+        staged = [self._on_backend(t) for t in tensors]
+        works = [tdist.all_reduce(s, op=tdist.ReduceOp.SUM, async_op=True) for s in staged]
+
+        def wait() -> None:
+            for w, t, s in zip(works, tensors, staged):
+                w.wait()
+                s.div_(self.size)
+                if s is not t:
+                    t.copy_(s)
+
+        return wait
 
     def allreduce_scalars(self, values: list[float], name: str = "") -> list[float]:
         t = self._on_backend(torch.tensor(values, dtype=torch.float64))

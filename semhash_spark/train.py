@@ -62,30 +62,93 @@ def densify(counts, device: torch.device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 def pretrain_step(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: float, momentum: float, dist: Dist,
                   generator: torch.Generator | None = None) -> CDStats:
+    return pretrain_step_async(rbm, opt, v, lr, momentum, dist, generator)()
+
+
+def pretrain_step_async(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: float, momentum: float, dist: Dist,
+                        generator: torch.Generator | None = None) -> Callable[[], CDStats]:
+    """The CD-1 gradients of one batch and the start of their average over the ranks.
+
+    Returns the function that waits for the collective, applies the update and gives the batch's statistics; the
+    caller prepares the next batch in between, so the collective's latency is hidden behind that work."""
     if v.shape[0] == 0:   # a rank whose batch was all validation rows still joins the step with zero gradients
         dW, db_v, db_h = (torch.zeros_like(t) for t in (rbm.W, rbm.b_v, rbm.b_h))
         stats = CDStats(0.0, 0.0, 0.0)
     else:
         dW, db_v, db_h, stats = rbm.cd_gradients(v, generator)
-    dist.allreduce_mean_([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
-    opt.step({"W": dW, "b_v": db_v, "b_h": db_h}, lr=lr, momentum=momentum)
-    return stats
+    wait = dist.allreduce_mean_async_([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
+
+    def finish() -> CDStats:
+        wait()
+        opt.step({"W": dW, "b_v": db_v, "b_h": db_h}, lr=lr, momentum=momentum)
+        return stats
+
+    return finish
 
 
 def finetune_step(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                   noise: torch.Tensor | None, dist: Dist) -> float:
+    return finetune_step_async(model, optimizer, x, noise, dist)()
+
+
+def finetune_step_async(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                        noise: torch.Tensor | None, dist: Dist) -> Callable[[], float]:
+    """Forward and backward of one batch; returns the function that waits for the gradients' average, steps the
+    optimiser and gives the batch's loss.
+
+    With several ranks each parameter's gradient starts its allreduce as soon as backward has produced it (the
+    decoder's first), so communication overlaps the rest of backward and whatever the caller does before
+    finishing."""
     model.train()
     optimizer.zero_grad(set_to_none=False)
+    params = list(model.parameters())
+    waits: list[Callable[[], None]] = []
     if x.shape[0] == 0:   # an empty batch (see pretrain_step) contributes zero gradients
-        for p in model.parameters():
+        for p in params:
             p.grad = torch.zeros_like(p)
         loss = torch.zeros(())
-    else:
+        waits.append(dist.allreduce_mean_async_([p.grad for p in params], name="ae.grad"))  # distributed
+    elif dist.size == 1:
         loss = model.loss(x, model(x, noise))
         loss.backward()
-    dist.allreduce_mean_([p.grad for p in model.parameters()], name="ae.grad")  # distributed
-    optimizer.step()
-    return float(loss.detach())
+    else:
+        index = {id(p): i for i, p in enumerate(params)}
+
+        def reduce_when_ready(p: torch.Tensor) -> None:
+            waits.append(dist.allreduce_mean_async_([p.grad], name=f"ae.grad.{index[id(p)]}"))  # distributed
+
+        hooks = [p.register_post_accumulate_grad_hook(reduce_when_ready) for p in params]
+        try:
+            loss = model.loss(x, model(x, noise))
+            loss.backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        if len(waits) != len(params):   # a parameter without a gradient this step would hang the other ranks
+            raise RuntimeError(f"backward produced {len(waits)} of {len(params)} gradients")
+
+    def finish() -> float:
+        for w in waits:
+            w()
+        optimizer.step()
+        return float(loss.detach())
+
+    return finish
+
+
+def _batches_ahead(batches: Iterable[tuple[Any, Any]], prepare: Callable[[Any, Any], Any]) -> Callable[[], Any]:
+    """A function giving the next prepared batch (``prepare(ids, counts)``), or None after the last.
+
+    The loops ask for batch t+1 between starting step t's collective and finishing step t, so reading, densifying
+    and (in pretraining) the frozen lower layers' forward pass overlap the allreduce; every batch is prepared
+    exactly as it would be when its turn came."""
+    it = iter(batches)
+
+    def following() -> Any:
+        item = next(it, None)
+        return None if item is None else prepare(*item)
+
+    return following
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,14 +390,23 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
             momentum = cfg.pretrain.momentum_start if epoch < cfg.pretrain.momentum_switch_epoch else cfg.pretrain.momentum_final
             t0, sums, n = time.time(), np.zeros(3), 0
             gen.manual_seed(_epoch_seed(seed, dist.rank, i, epoch))
-            for _, counts in source(epoch, cfg.pretrain.batch_size):
-                v = densify(counts, device)
+            def below(_ids, counts, i=i):   # the batch as layer i sees it (the layers below are frozen)
                 with torch.no_grad():
+                    v = densify(counts, device)
                     for lower in rbms[:i]:
                         v = lower.mean_hidden(v)
-                    st = pretrain_step(rbm, opt, v, lr, momentum, dist, gen)
+                    return v
+
+            following = _batches_ahead(source(epoch, cfg.pretrain.batch_size), below)
+            v = following()
+            while v is not None:
+                with torch.no_grad():
+                    finish = pretrain_step_async(rbm, opt, v, lr, momentum, dist, gen)
+                    v_next = following()        # the next batch, while the gradients are averaged
+                    st = finish()
                 sums += (st.recon_error * v.shape[0], st.saturated * v.shape[0], st.hidden_mean * v.shape[0])
                 n += v.shape[0]
+                v = v_next
             err, sat, hmean, rows = dist.allreduce_scalars([*(sums / max(n, 1)), n], name=f"pt{i}.{epoch}")
             what = f"pretraining layer {i + 1} ({rbm.n_visible}x{rbm.n_hidden}), epoch {epoch + 1}"
             _check_finite(err, what, prog.first_error)
@@ -403,10 +475,18 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
             break
         epoch = prog.epoch
         t0, total, n = time.time(), 0.0, 0
-        for ids, counts in source(10_000 * prog.phase + epoch, cfg.finetune.batch_size):
+        def inputs(ids, counts):
             x = densify(counts, device)
             noise = deterministic_noise(id_keys(ids), model.bits, noise_std, seed).to(device) if noise_std > 0 else None
-            total += finetune_step(model, optimizer, x, noise, dist) * x.shape[0]
+            return x, noise
+
+        following = _batches_ahead(source(10_000 * prog.phase + epoch, cfg.finetune.batch_size), inputs)
+        batch = following()
+        while batch is not None:
+            x, noise = batch
+            finish = finetune_step_async(model, optimizer, x, noise, dist)
+            batch = following()                 # the next batch, while the gradients are averaged
+            total += finish() * x.shape[0]
             n += x.shape[0]
         loss, rows = dist.allreduce_scalars([total / max(n, 1), n], name=f"ft{prog.phase}.{epoch}")
         what = f"fine-tuning{' phase 2' if prog.phase == 2 else ''}, epoch {epoch + 1}"

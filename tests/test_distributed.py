@@ -1,6 +1,7 @@
 """Real Horovod processes (gloo): two ranks train on their own shards and agree on one model."""
 from __future__ import annotations
 
+import os
 import json
 
 import pytest
@@ -41,7 +42,7 @@ def test_single_process_resumes_from_checkpoint(small_dataset, tmp_path):
     part = tmp_path / "part"
     import semhash_spark.train as T
 
-    real = T.finetune_step
+    real = T.finetune_step_async
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -50,15 +51,36 @@ def test_single_process_resumes_from_checkpoint(small_dataset, tmp_path):
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    T.finetune_step = dying
+    T.finetune_step_async = dying
     try:
         with pytest.raises(KeyboardInterrupt):
             train_model(str(small_dataset), str(part), cfg, progress=False)
     finally:
-        T.finetune_step = real
+        T.finetune_step_async = real
     state = json.loads((part / "_train_state" / "state.json").read_text())
     assert state["progress"]["stage"] == "finetune"
     train_model(str(small_dataset), str(part), cfg, progress=False)
     a, b = load_model(str(full)), load_model(str(part))
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_horovod_background_loop_settings_before_init(monkeypatch):
+    """horovod.run 0.28.1 exports HOROVOD_CYCLE_TIME / HOROVOD_CACHE_CAPACITY as "(None,)" (read as 0 by the C++
+    side: a negotiation loop that never sleeps, no response cache); a rank drops those and, on CPU, negotiates
+    every CPU_CYCLE_TIME_MS unless the user chose a cycle time."""
+    from semhash_spark import distributed as D
+
+    monkeypatch.setattr(D.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "(None,)")
+    monkeypatch.setenv("HOROVOD_CACHE_CAPACITY", "(None,)")
+    D._tune_background_loop()
+    assert os.environ["HOROVOD_CYCLE_TIME"] == D.CPU_CYCLE_TIME_MS
+    assert "HOROVOD_CACHE_CAPACITY" not in os.environ
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2.5")
+    D._tune_background_loop()
+    assert os.environ["HOROVOD_CYCLE_TIME"] == "2.5"
+    monkeypatch.delenv("HOROVOD_CYCLE_TIME")
+    monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)
+    D._tune_background_loop()
+    assert "HOROVOD_CYCLE_TIME" not in os.environ     # GPUs keep Horovod's own default (1 ms)
