@@ -26,6 +26,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import local_reduce
+from .local_reduce import LocalReducer
+
 log = logging.getLogger(__name__)
 
 HOROVOD_ENV = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
@@ -48,6 +51,10 @@ class Dist:
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
+
+    def use_shared_memory(self, slot_mb: float = 16) -> bool:
+        """Asks to average CPU tensors through shared memory when all ranks share a host; whether it is on."""
+        return False
 
     def allreduce_mean_(self, tensors: list[torch.Tensor], name: str = "") -> None:
         self.allreduce_mean_async_(tensors, name)()
@@ -90,6 +97,25 @@ class HorovodDist(Dist):
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
         # CUDA tensors go to NCCL when Horovod has it; a CPU-only build reduces a host copy instead.
         self.nccl = bool(hvd.nccl_built())
+        self._local: LocalReducer | None = None
+
+    def use_shared_memory(self, slot_mb: float = local_reduce.DEFAULT_SLOT_MB) -> bool:
+        """Averages CPU float32 tensors through shared memory from now on, when every rank is on this host.
+
+        Collective: every rank calls it. Returns whether the shared-memory path is on (on every rank alike); when
+        the ranks span hosts, or ``/dev/shm`` cannot hold the segment, everything stays on Horovod.
+        """
+        if self.size == 1 or self._hvd.local_size() != self.size or self._local is not None:
+            return self._local is not None
+        timeout = float(os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", COLLECTIVE_TIMEOUT_S))
+        self._local = local_reduce.open_group(
+            self.rank, self.size,
+            lambda obj: self._hvd.broadcast_object(obj, root_rank=0, name="shm.setup"),
+            lambda obj: self._hvd.allgather_object(obj, name="shm.setup"),
+            slot_mb=slot_mb, timeout_s=timeout)
+        if self._local is not None and self.rank == 0:
+            log.info("%d ranks on this host average through shared memory (%.0f MiB per rank)", self.size, slot_mb)
+        return self._local is not None
 
     def _staged(self, t: torch.Tensor) -> torch.Tensor:
         return t.cpu() if (t.is_cuda and not self.nccl) else t
@@ -97,12 +123,23 @@ class HorovodDist(Dist):
     def allreduce_mean_async_(self, tensors: list[torch.Tensor], name: str = "") -> Callable[[], None]:
         # distributed: average gradients/statistics over ranks, in place; Horovod's background thread fuses the
         # tensors submitted in one negotiation cycle into one gloo (or NCCL) allreduce
+        local = self._local
+        if local is not None and any(local_reduce.supported(t) for t in tensors):
+            # one host: float32 CPU tensors go to shared memory (averaged at the first wait), the rest to Horovod
+            for t in tensors:
+                if local_reduce.supported(t):
+                    local.submit(t)
+            tensors = [t for t in tensors if not local_reduce.supported(t)]
+        else:
+            local = None
         staged = [self._staged(t) for t in tensors]
         handles = [
             self._hvd.allreduce_async_(s, op=self._hvd.Average, name=f"{name}.{i}") for i, s in enumerate(staged)
         ]
 
         def wait() -> None:
+            if local is not None:
+                local.flush()
             for h in handles:
                 self._wait(h)
             for t, s in zip(tensors, staged):
@@ -142,6 +179,9 @@ class HorovodDist(Dist):
         self._hvd.barrier()
 
     def shutdown(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
         self._hvd.shutdown()
 
 
@@ -165,6 +205,18 @@ def _tune_background_loop() -> None:
             os.environ.pop(key, None)
     if "HOROVOD_CYCLE_TIME" not in os.environ and not torch.cuda.is_available():
         os.environ["HOROVOD_CYCLE_TIME"] = CPU_CYCLE_TIME_MS
+
+
+LOCAL_ALLREDUCE = ("shm", "network")
+
+
+def configure_local_allreduce(dist: Dist, mode: str, slot_mb: float) -> bool:
+    """Applies ``train.local_allreduce`` on every rank (collective); whether shared memory is in use."""
+    if mode not in LOCAL_ALLREDUCE:
+        raise ValueError(f"train.local_allreduce must be one of {LOCAL_ALLREDUCE}, got {mode!r}")
+    if slot_mb <= 0:
+        raise ValueError(f"train.shm_slot_mb must be positive, got {slot_mb}")
+    return mode == "shm" and dist.use_shared_memory(slot_mb)
 
 
 def inside_horovod() -> bool:

@@ -31,8 +31,8 @@ from . import dataset as ds
 from . import store
 from .checkpoint import save_model
 from .config import Config, config_from_dict
-from .distributed import Dist, current, device_for, inside_horovod, launched_rank, run_horovodrun, run_on_spark, \
-    run_processes
+from .distributed import Dist, configure_local_allreduce, current, device_for, inside_horovod, launched_rank, \
+    run_horovodrun, run_on_spark, run_processes
 from .models.autoencoder import id_keys
 from .train import STATE_DIR, Validator, is_validation_id, train_stack
 
@@ -129,6 +129,7 @@ def _train_rank(dist: Dist, data_uri: str, out_uri: str, cfg: Config, progress: 
     elif dist.size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // dist.size))
     device = device_for(dist, cfg.train.device)
+    configure_local_allreduce(dist, cfg.train.local_allreduce, cfg.train.shm_slot_mb)
     data_dir = store.local_copy(data_uri)  # each rank stages the dataset on its own host (cached by content)
     meta = ds.read_metadata(data_dir)
     words, doc_freq, n_train = ds.read_vocab(data_dir)

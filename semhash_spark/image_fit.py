@@ -30,7 +30,7 @@ from . import msh
 from . import store
 from .checkpoint import save_model
 from .config import Config, config_from_dict
-from .distributed import Dist, current, device_for, run_processes
+from .distributed import Dist, configure_local_allreduce, current, device_for, run_processes
 from .models.autoencoder import DeepAutoencoder
 from .train import STATE_DIR, Validator, is_validation_id, train_stack
 
@@ -112,6 +112,7 @@ def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
     elif dist.size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // dist.size))
     device = device_for(dist, cfg.train.device)
+    configure_local_allreduce(dist, cfg.train.local_allreduce, cfg.train.shm_slot_mb)
     meta = im.read_metadata(data_dir)
     seed = cfg.train.seed
     # distributed: each rank reads its own Petastorm shard once, with the same seed on every rank

@@ -1,0 +1,109 @@
+"""The shared-memory allreduce of ranks on one host, with real processes (no Horovod needed)."""
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from semhash_spark import local_reduce as lr
+
+CTX = mp.get_context("fork")
+
+
+def _shapes():
+    return [(7,), (300, 5), (1,), (2, 3, 11), (1000,)]
+
+
+def _tensors(rank: int, step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return [torch.randn(s, generator=g) for s in _shapes()]
+
+
+def _rank(rank, size, token, slot_floats, start, pids_q, out_q, steps, die_at):
+    torch.set_num_threads(1)
+    pids = start.get()
+    r = lr.LocalReducer.attach(rank, size, token, pids, slot_floats, timeout_s=30)
+    pids_q.put(rank)
+    start.get()                        # every rank has bound its socket (open_group: an allgather)
+    try:
+        r.handshake()
+        for step in range(steps):
+            if rank == die_at and step == 2:
+                os._exit(3)
+            ts = _tensors(rank, step)
+            for t in ts[:3]:           # several submits, then a wait, as training does
+                r.submit(t)
+            r.flush()
+            for t in ts[3:]:
+                r.submit(t)
+            r.flush()
+            out_q.put((rank, step, [t.numpy().copy() for t in ts]))
+        out_q.put((rank, "done", None))
+    except lr.LocalReduceFailed as e:
+        out_q.put((rank, "failed", str(e)))
+
+
+def _run_group(tmp_token, size, slot_floats, steps, die_at=-1):
+    lr.LocalReducer.create_segment(tmp_token, size, slot_floats)
+    starts = [CTX.Queue() for _ in range(size)]
+    attached, out = CTX.Queue(), CTX.Queue()
+    procs = [CTX.Process(target=_rank, args=(k, size, tmp_token, slot_floats, starts[k], attached, out, steps,
+                                              die_at)) for k in range(size)]
+    for p in procs:
+        p.start()
+    pids = [p.pid for p in procs]
+    for q in starts:
+        q.put(pids)
+    for _ in range(size):
+        attached.get(timeout=30)
+    for q in starts:
+        q.put("go")
+    os.unlink(os.path.join(lr.SHM_DIR, f"semhash-reduce-{tmp_token}"))   # mapped by all: nothing left behind
+    results, deadline = [], time.monotonic() + 60
+    while len([r for r in results if r[1] in ("done", "failed")]) < size - (die_at >= 0):
+        results.append(out.get(timeout=max(1, deadline - time.monotonic())))
+    for p in procs:
+        p.join(timeout=30)
+    return results
+
+
+@pytest.mark.parametrize("size,slot_floats", [(2, 1 << 16), (3, 1024), (4, 500)])
+def test_every_rank_gets_the_mean_of_every_tensor(size, slot_floats):
+    # slot_floats below the 3,000-float total forces flushes in mid-tensor: any size goes through any slot
+    results = _run_group(os.urandom(6).hex(), size, slot_floats, steps=4)
+    assert sorted(r[0] for r in results if r[1] == "done") == list(range(size))
+    for step in range(4):
+        got = {r[0]: r[2] for r in results if r[1] == step}
+        assert sorted(got) == list(range(size))
+        want = [np.mean([_tensors(k, step)[i].numpy() for k in range(size)], axis=0) for i in range(len(_shapes()))]
+        for k in range(size):
+            for a, b in zip(got[k], want):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+            for a, b in zip(got[k], got[0]):
+                assert np.array_equal(a, b)   # bit-identical on every rank: the models cannot drift apart
+    assert not [f for f in os.listdir(lr.SHM_DIR) if f.startswith("semhash-reduce-")]
+
+
+def test_a_dead_rank_fails_the_others_instead_of_hanging():
+    t0 = time.monotonic()
+    results = _run_group(os.urandom(6).hex(), 3, 1 << 12, steps=5, die_at=1)
+    failed = [r for r in results if r[1] == "failed"]
+    assert sorted(r[0] for r in failed) == [0, 2]
+    assert all("rank 1" in r[2] for r in failed), failed
+    assert time.monotonic() - t0 < 30
+
+
+def test_only_float32_cpu_contiguous_tensors_take_the_shared_path():
+    assert lr.supported(torch.zeros(3))
+    assert not lr.supported(torch.zeros(3, dtype=torch.float64))
+    assert not lr.supported(torch.zeros(4, 4).T)
+
+
+def test_a_segment_too_big_for_dev_shm_is_refused_at_setup():
+    free = os.statvfs(lr.SHM_DIR)
+    too_many_floats = (free.f_bavail * free.f_frsize) // 4 + (1 << 20)
+    with pytest.raises(OSError):
+        lr.LocalReducer.create_segment(os.urandom(6).hex(), 1, too_many_floats)
+    assert not [f for f in os.listdir(lr.SHM_DIR) if f.startswith("semhash-reduce-")]
