@@ -2,9 +2,10 @@
 time without per-call array overhead. Imported only through ``mih``, which falls back to numpy without numba.
 
 Arrays: ``words uint64[n, w]`` codes as 64-bit words, ``mask uint64[w]`` the compared bits, ``perm int[m, n]`` rows
-of each table in substring order, ``offs int[sum(2**bits_j + 1)]`` the tables' bucket offsets end to end (table
-``j`` starts at ``base[j]``), ``submask uint64[m, w]`` each substring's bits, ``qw uint64[nq, w]``,
-``qsub int64[nq, m]`` the queries' substrings. Results are ordered by (distance, row).
+of each table in substring order, ``tw uint64[m, n * w]`` the codes again in each table's order (``words[perm[j]]``:
+a bucket's candidates are read sequentially, not gathered), ``offs int[sum(2**bits_j + 1)]`` the tables' bucket
+offsets end to end (table ``j`` starts at ``base[j]``), ``submask uint64[m, w]`` each substring's bits,
+``qw uint64[nq, w]``, ``qsub int64[nq, m]`` the queries' substrings. Results are ordered by (distance, row).
 """
 from __future__ import annotations
 
@@ -80,18 +81,126 @@ def _sort_by_distance(out_d, out_i, start, cnt):
         out_i[start:cnt] = out_i[start:cnt][o]
 
 
+@njit(inline="always", cache=True)
+def _tdist(tw, j, p, q, mask):
+    """Distance from ``q`` to entry ``p`` of table ``j``'s own copy of the codes (bucket order, ``w`` words each)."""
+    w = q.shape[0]
+    d = 0
+    for t in range(w):
+        d += _popc((tw[j, p * w + t] ^ q[t]) & mask[t])
+    return d
+
+
+_BLOCK = 32    # bucket entries checked together: a vectorised count first, the scalar pass only if it finds any
+
+
+@njit(inline="always", cache=True)
+def _block_end(tw, j, p, end, q, mask, thr):
+    """For one-word codes: the end of the block of entries from ``p`` if none is closer than ``thr`` (skip it), else
+    ``p`` (check them one by one)."""
+    if q.shape[0] != 1 or end - p < _BLOCK:
+        return p
+    e = p + _BLOCK
+    if _count_below1(tw[j, p:e], mask[0], q[0], thr) == 0:
+        return e
+    return p
+
+
 @njit(cache=True, nogil=True)
-def range_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, radius):
-    """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it."""
-    nq, m, n = qw.shape[0], perm.shape[0], words.shape[0]
+def _radix_sort(a, tmp, nbits):
+    """Sorts the non-negative ``a`` (keys below ``2**nbits``) in place, by bytes from the lowest (stable)."""
+    n = a.shape[0]
+    if n < 64:  # insertion sort
+        for i in range(1, n):
+            x = a[i]
+            k = i
+            while k > 0 and a[k - 1] > x:
+                a[k] = a[k - 1]
+                k -= 1
+            a[k] = x
+        return
+    cnt = np.empty(257, np.int64)
+    src, dst = a, tmp[:n]
+    shift, passes = 0, 0
+    while shift < nbits:
+        cnt[:] = 0
+        for i in range(n):
+            cnt[((src[i] >> shift) & 255) + 1] += 1
+        for b in range(256):
+            cnt[b + 1] += cnt[b]
+        for i in range(n):
+            b = (src[i] >> shift) & 255
+            dst[cnt[b]] = src[i]
+            cnt[b] += 1
+        src, dst = dst, src
+        shift += 8
+        passes += 1
+    if passes % 2 == 1:
+        a[:] = src
+
+
+@njit(cache=True, nogil=True)
+def _order_results(out_d, out_i, start, cnt, rowbits, dbits, tmp):
+    """Orders results ``start:cnt`` by (distance, row) through one radix sort of ``distance << rowbits | row``."""
+    m = cnt - start
+    if m < 2:
+        return tmp
+    if tmp.shape[0] < 2 * m:
+        tmp = np.empty(4 * m, np.int64)
+    key = tmp[:m]
+    for i in range(m):
+        key[i] = (np.int64(out_d[start + i]) << rowbits) | out_i[start + i]
+    _radix_sort(key, tmp[m:2 * m], rowbits + dbits)
+    low = (np.int64(1) << rowbits) - 1
+    for i in range(m):
+        out_d[start + i] = key[i] >> rowbits
+        out_i[start + i] = key[i] & low
+    return tmp
+
+
+@njit(inline="always", cache=True)
+def _touch(tw, offs, base, nbits, qsub, qi, j, lo, hi, w):
+    """Loads the first word of every bucket that the probes of shells ``lo..hi`` of table ``j`` will read, all before
+    reading any: the misses on the offsets and then on the codes overlap instead of coming one probe at a time.
+    Returns a value for the caller to keep (so the loads stay)."""
+    nb = nbits[j]
+    limit = np.int64(1) << nb
+    acc = np.uint64(0)
+    for t in range(lo, min(hi, nb) + 1):
+        v = (np.int64(1) << t) - 1
+        while v < limit:
+            key = base[j] + (qsub[qi, j] ^ v)
+            o = offs[key]
+            if o < offs[key + 1]:
+                acc ^= tw[j, o * w]
+            if t == 0:
+                break
+            v = _next_comb(v)
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits):
+    """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it.
+
+    ``tw uint64[m, n * w]``: each table's own copy of the codes in its bucket order, so a bucket's candidates are
+    read sequentially (``perm`` maps an entry back to its row only for results)."""
+    nq, m = qw.shape[0], perm.shape[0]
     s, a = radius // m, radius % m
+    dbits = 1
+    while (1 << dbits) <= radius:
+        dbits += 1
     out_d = np.empty(1024, np.int32)
     out_i = np.empty(1024, np.int64)
+    tmp = np.empty(2048, np.int64)
     lims = np.zeros(nq + 1, np.int64)
     cnt = 0
+    acc = np.uint64(0)
     for qi in range(nq):
         start = cnt
         q = qw[qi]
+        for j in range(m):
+            acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, 0, s if j <= a else s - 1, q.shape[0])
         for j in range(m):
             rj = s if j <= a else s - 1
             nb = nbits[j]
@@ -100,72 +209,93 @@ def range_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, radius)
                 v = (np.int64(1) << t) - 1
                 while v < limit:
                     key = base[j] + (qsub[qi, j] ^ v)
-                    for p in range(offs[key], offs[key + 1]):
-                        row = np.int64(perm[j, p])
-                        d = _dist(words, row, q, mask)
+                    p, end = np.int64(offs[key]), np.int64(offs[key + 1])
+                    while p < end:
+                        if (p - offs[key]) % _BLOCK == 0:
+                            p2 = _block_end(tw, j, p, end, q, mask, radius + 1)
+                            if p2 != p:
+                                p = p2
+                                continue
+                        d = _tdist(tw, j, p, q, mask)
+                        p += 1
                         if d > radius:
                             continue
                         dup = False
                         for j2 in range(j):
                             r2 = s if j2 <= a else s - 1
-                            if r2 >= 0 and _dist(words, row, q, submask[j2]) <= r2:
+                            if r2 >= 0 and _tdist(tw, j, p - 1, q, submask[j2]) <= r2:
                                 dup = True
                                 break
                         if dup:
                             continue
-                        out_d, out_i = _append(out_d, out_i, cnt, d, row)
+                        out_d, out_i = _append(out_d, out_i, cnt, d, np.int64(perm[j, p - 1]))
                         cnt += 1
                     if t == 0:
                         break
                     v = _next_comb(v)
-        if cnt - start > 1:
-            key = out_d[start:cnt].astype(np.int64) * n + out_i[start:cnt]
-            o = np.argsort(key)
-            out_d[start:cnt] = out_d[start:cnt][o]
-            out_i[start:cnt] = out_i[start:cnt][o]
+        tmp = _order_results(out_d, out_i, start, cnt, rowbits, dbits, tmp)
         lims[qi + 1] = cnt
+    if acc == np.uint64(1) and cnt < 0:   # never true: keeps the loads of _touch
+        lims[0] = 1
     return lims, out_d[:cnt].copy(), out_i[:cnt].copy()
 
 
 @njit(cache=True, nogil=True)
-def knn_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost):
+def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, n, probe_cost, row_cost):
     """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
     the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
-    distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row
-    (``probe_cost`` rows a probe) is flagged in the third result for a linear scan (its D, I rows stay -1)."""
-    nq, m, n = qw.shape[0], perm.shape[0], words.shape[0]
+    distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row (a
+    probe costs ``probe_cost`` scanned rows, each row it finds ``row_cost``) is flagged in the third result for a
+    linear scan (its D, I rows stay -1). ``tw``: as in :func:`range_batch`."""
+    nq, m = qw.shape[0], perm.shape[0]
     need_scan = np.zeros(nq, np.bool_)
     D = np.full((nq, k), -1, np.int32)
     I = np.full((nq, k), -1, np.int64)
     bd = np.empty(k, np.int64)
     bi = np.empty(k, np.int64)
+    done_j = np.zeros(m, np.int64)
+    acc = np.uint64(0)
+    per_probe = np.empty(m, np.float64)
     maxnb, total = 0, 0
     for j in range(m):
         maxnb = max(maxnb, nbits[j])
         total += nbits[j]
+        per_probe[j] = probe_cost + row_cost * n / float(np.int64(1) << nbits[j])
     for qi in range(nq):
         q = qw[qi]
-        cnt, probes, done, scan = 0, 0, False, False
+        cnt, done, scan = 0, False, False
+        done_j[:] = 0
         for s in range(maxnb + 1):
             for j in range(m):
                 nb = nbits[j]
                 if s <= nb:
+                    acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, s, s, q.shape[0])
                     limit = np.int64(1) << nb
                     v = (np.int64(1) << s) - 1
                     while v < limit:
-                        probes += 1
+                        done_j[j] += 1
                         key = base[j] + (qsub[qi, j] ^ v)
-                        for p in range(offs[key], offs[key + 1]):
-                            row = np.int64(perm[j, p])
+                        p, end = np.int64(offs[key]), np.int64(offs[key + 1])
+                        while p < end:
+                            if cnt == k and (p - offs[key]) % _BLOCK == 0:
+                                p2 = _block_end(tw, j, p, end, q, mask, bd[k - 1] + 1)
+                                if p2 != p:
+                                    p = p2
+                                    continue
+                            d = _tdist(tw, j, p, q, mask)
+                            p += 1
+                            if cnt == k and d > bd[k - 1]:
+                                continue          # cannot enter the top k, seen before or not
+                            row = np.int64(perm[j, p - 1])
                             new = True
                             for j2 in range(m):  # first reached in an earlier (shell, table)?
                                 if j2 != j:
-                                    cd = _dist(words, row, q, submask[j2])
+                                    cd = _tdist(tw, j, p - 1, q, submask[j2])
                                     if (j2 < j and cd <= s) or (j2 > j and cd < s):
                                         new = False
                                         break
                             if new:
-                                cnt = _insert(bd, bi, cnt, _dist(words, row, q, mask), row)
+                                cnt = _insert(bd, bi, cnt, d, row)
                         if s == 0:
                             break
                         v = _next_comb(v)
@@ -175,12 +305,12 @@ def knn_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_
                 if s >= 1:
                     dk = bd[k - 1] if cnt == k else total
                     sd, jd = dk // m, dk % m
-                    need = 0
+                    need = 0.0
                     for j2 in range(m):
                         t = min(sd if j2 <= jd else sd - 1, nbits[j2])
                         if t >= 0:
-                            need += shell_cum[j2, t]
-                    if (need - probes) * probe_cost > n:
+                            need += max(0, shell_cum[j2, t] - done_j[j2]) * per_probe[j2]
+                    if need > n:
                         scan = True
                         break
             if done or scan:
@@ -191,6 +321,8 @@ def knn_batch(words, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_
         for t in range(cnt):
             D[qi, t] = bd[t]
             I[qi, t] = bi[t]
+    if acc == np.uint64(1) and nq < 0:   # never true: keeps the loads of _touch
+        need_scan[0] = True
     return D, I, need_scan
 
 

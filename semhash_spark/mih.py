@@ -13,9 +13,13 @@ distance is at most that is done. A row seen in several tables is counted once: 
 (shell, table) in probe order that reaches it.
 
 Tables are direct-address (``offsets[v]:offsets[v+1]`` into a row permutation) when the substring is short enough,
-else sorted keys probed with ``searchsorted``. Rows are compared on bits ``[start_bit, end_bit)`` of the canonical
-packed code (MSB first, see :mod:`semhash_spark.codes`); the service uses ``start_bit = partition_bits`` inside a
-partition, whose rows share their first bits. When probing would cost more than reading every row, a query falls
+else sorted keys probed with ``searchsorted``. For the compiled loops each table also keeps its own copy of the codes
+in bucket order, so a probed bucket's candidates are read in sequence (and 32 at a time by a vectorised count)
+rather than gathered one cache miss each: 44 bytes a 64-bit code with 3 tables, against 20 without the copies.
+
+Rows are compared on bits ``[start_bit, end_bit)`` of the canonical packed code (MSB first, see
+:mod:`semhash_spark.codes`); the service uses ``start_bit = partition_bits`` inside a partition, whose rows share
+their first bits. When probing would cost more than reading every row, a query falls
 back to a linear popcount scan (:func:`scan_within`, :func:`scan_topk`), so results are exact either way.
 Results are ordered by (distance, row), identical to brute force; ``search`` pads with -1.
 """
@@ -35,8 +39,13 @@ except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
     _K = None
 
 USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
-_COMPILED_PROBE_COST = 1000.0   # compiled range search: a bucket probe costs about this many scanned rows
-_KNN_PROBE_COST = 4000.0        # compiled k-NN: a probe, its rows and their de-duplication, in scanned rows
+# Compiled loops, in units of one row of the vectorised linear scan: a bucket probe (misses on the offsets and on
+# the bucket's first codes) and each candidate it finds (read in sequence, checked, de-duplicated). Set on 64-bit
+# uniform, clustered and model-produced codes at 1M and 10M (docs/benchmarks.md "Lookup").
+_COMPILED_PROBE_COST = 1000.0   # range search
+_COMPILED_ROW_COST = 1.0
+_KNN_PROBE_COST = 300.0         # k-NN
+_KNN_ROW_COST = 2.0
 
 _SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
 _DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
@@ -260,10 +269,12 @@ class MultiIndexHash:
                                                                 else [])]
         masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
+        self._tw = None
         self._kern = self._compiled_layout(mask, masks) if _K is not None else None
 
     def _compiled_layout(self, mask: np.ndarray, masks: list[np.ndarray]) -> dict | None:
-        """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept)."""
+        """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept), and
+        each table's own copy of the codes in its bucket order (``m * 8 * words`` bytes a code)."""
         if any(t.offsets is None for t in self._tables):
             return None                   # sorted-key tables: numpy path only
         idx_t = self._tables[0].perm.dtype if self._tables else np.int32
@@ -271,17 +282,20 @@ class MultiIndexHash:
         sizes = [t.offsets.shape[0] for t in self._tables]
         base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
         offs = np.empty(int(sum(sizes)), dtype=self._tables[0].offsets.dtype if sizes else np.int32)
+        words = self._words.reshape(self.ntotal, self._w)
+        tw = np.empty((self.m, self.ntotal * self._w), dtype=np.uint64)
         for j, t in enumerate(self._tables):
             perm[j] = t.perm
+            np.take(words, t.perm, axis=0, out=tw[j].reshape(self.ntotal, self._w))
             offs[base[j]:base[j] + sizes[j]] = t.offsets
             self._tables[j] = _Table(t.start, t.stop, perm[j], offs[base[j]:base[j] + sizes[j]], None)
-        words = self._words.reshape(self.ntotal, self._w)
+        self._tw = tw
         submask = np.array(masks, dtype=np.uint64).reshape(self.m, words.shape[1])
         mask = np.asarray(mask, dtype=np.uint64).reshape(-1)
-        return {"words": words, "mask": mask, "perm": perm, "offs": offs,
+        return {"words": words, "tw": tw, "mask": mask, "perm": perm, "offs": offs,
                 "base": base, "nbits": np.array([t.nbits for t in self._tables], dtype=np.int64),
                 "submask": submask, "words1": self._words if self._w == 1 else None, "mask1": mask[0],
-                "shell_cum": self._shell_cum()}
+                "shell_cum": self._shell_cum(), "rowbits": max(1, (self.ntotal - 1).bit_length())}
 
     def _shell_cum(self) -> np.ndarray:
         """``int64[m, max_bits + 1]``: probes for shells 0..t of each table (the size of its ball of radius t)."""
@@ -321,7 +335,8 @@ class MultiIndexHash:
     @property
     def nbytes(self) -> int:
         """Bytes held: the codes (as 64-bit words) plus every table."""
-        return self._words.nbytes + sum(t.nbytes for t in self._tables)
+        return self._words.nbytes + sum(t.nbytes for t in self._tables) + (self._tw.nbytes if self._tw is not None
+                                                                            else 0)
 
     def __repr__(self) -> str:
         return (f"MultiIndexHash(ntotal={self.ntotal}, bits={self.bits}, compared=[{self.start_bit}, "
@@ -362,13 +377,13 @@ class MultiIndexHash:
         s, a = divmod(radius, self.m)
         return [s if j <= a else s - 1 for j in range(self.m)]
 
-    def _probe_cost(self, radius: int, probe_cost: float = _PROBE_COST) -> float:
+    def _probe_cost(self, radius: int, probe_cost: float = _PROBE_COST, row_cost: float = 1.0) -> float:
         """Estimated work of one range query in scanned-row units (probes plus expected candidates)."""
         cost = 0.0
         for t, r in zip(self._tables, self._radii(radius)):
             if r >= 0:
                 nb = C.ball_size(t.nbits, r)
-                cost += nb * (probe_cost + self.ntotal / float(1 << t.nbits))
+                cost += nb * (probe_cost + row_cost * self.ntotal / float(1 << t.nbits))
         return cost
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,10 +394,10 @@ class MultiIndexHash:
             return np.zeros(nq + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
         if USE_COMPILED and self._kern is not None:
             k, qw2 = self._kern, qw.reshape(nq, -1)
-            if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST) > self.ntotal:
+            if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST, _COMPILED_ROW_COST) > self.ntotal:
                 return self._scan_range(qw2, radius)
-            return _K.range_batch(k["words"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
-                                  k["submask"], qw2, qs, radius)
+            return _K.range_batch(k["tw"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
+                                  k["submask"], qw2, qs, radius, k["rowbits"])
         qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
@@ -424,9 +439,9 @@ class MultiIndexHash:
             if self.m == 0:
                 Dk, Ik = self._scan_knn(qw2, kk)
             else:
-                Dk, Ik, slow = _K.knn_batch(kern["words"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
+                Dk, Ik, slow = _K.knn_batch(kern["tw"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
                                             kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
-                                            _KNN_PROBE_COST)
+                                            self.ntotal, _KNN_PROBE_COST, _KNN_ROW_COST)
                 if slow.any():  # covering their k-th distance would cost more probes than a scan
                     Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
             D[:, :kk], I[:, :kk] = Dk, Ik

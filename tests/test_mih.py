@@ -93,3 +93,35 @@ def test_substrings_and_shells():
     assert int(mih.substring_values(codes, 2, 6)[0]) == 0b1100
     with pytest.raises(ValueError, match="start_bit"):
         MultiIndexHash(codes, 16, start_bit=16)
+
+
+@pytest.mark.skipif(mih._K is None, reason="numba is not installed")
+@pytest.mark.parametrize("m, rowbits, dbits", [(5, 20, 3), (40, 7, 1), (3000, 17, 3), (5000, 24, 2)])
+def test_results_ordered_by_distance_then_row(m, rowbits, dbits):
+    """The compiled loops' radix sort (odd and even numbers of byte passes, and the insertion sort below 64)."""
+    rng = np.random.default_rng(m)
+    d = rng.integers(0, 1 << dbits, size=m + 7).astype(np.int32)
+    i = rng.integers(0, 1 << rowbits, size=m + 7).astype(np.int64)
+    want = np.lexsort((i[3:3 + m], d[3:3 + m]))
+    wd, wi = d[3:3 + m][want], i[3:3 + m][want]
+    mih._K._order_results(d, i, 3, 3 + m, rowbits, dbits, np.empty(16, np.int64))
+    assert np.array_equal(d[3:3 + m], wd) and np.array_equal(i[3:3 + m], wi)
+
+
+def test_skewed_codes_with_large_buckets(path):
+    """Most codes in a few substring buckets (like a trained model's): block-skipping and de-duplication hold."""
+    rng = np.random.default_rng(7)
+    bits = rng.random((30000, 64)) < np.linspace(0.01, 0.6, 64)
+    db = C.pack_bits(bits[:29980])
+    q = C.pack_bits(bits[29980:])
+    ix = MultiIndexHash(db, 64)
+    H = exact(q, db, 0, 64)
+    for r in (2, 4, 6):
+        lims, D, I = ix.range_search(q, r)
+        for j in range(len(q)):
+            want = np.flatnonzero(H[j] <= r)
+            assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
+    D, I = ix.search(q, 10)
+    for j in range(len(q)):
+        want = np.lexsort((np.arange(len(db)), H[j]))[:10]
+        assert np.array_equal(I[j], want) and np.array_equal(D[j], H[j][want])
