@@ -180,13 +180,65 @@ def _touch(tw, offs, base, nbits, qsub, qi, j, lo, hi, w):
 
 
 @njit(cache=True, nogil=True)
-def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits):
+def _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts, best, how):
+    """Per-query radii ``rad[j]`` (-1: table ``j`` not probed) with ``sum(rad + 1) >= radius + 1`` -- so by the
+    pigeonhole principle every code within ``radius`` is within ``rad[j]`` of the query on some substring ``j`` --
+    that minimise the candidates the probes will read (counted exactly from the bucket offsets, for radii up to
+    ``tmax``) plus ``probe_cost`` per probe: a knapsack over the tables. A dense substring gets a small radius or
+    none, a sparse one a larger radius. Returns False (``rad`` untouched) when no allocation fits under ``tmax``."""
+    m = nbits.shape[0]
+    r1 = radius + 1
+    for j in range(m):
+        nb = nbits[j]
+        limit = np.int64(1) << nb
+        tot = 0
+        for t in range(min(tmax, nb) + 1):
+            v = (np.int64(1) << t) - 1
+            while v < limit:
+                key = base[j] + (qsub[qi, j] ^ v)
+                tot += offs[key + 1] - offs[key]
+                if t == 0:
+                    break
+                v = _next_comb(v)
+            cnts[j, t] = tot
+    best[0, :] = np.inf
+    best[0, 0] = 0.0
+    for j in range(m):
+        nb = nbits[j]
+        best[j + 1, :] = np.inf
+        for c in range(r1 + 1):
+            if best[j, c] == np.inf:
+                continue
+            for t in range(-1, min(tmax, nb) + 1):
+                c2 = min(r1, c + t + 1)
+                cost = best[j, c] if t < 0 else best[j, c] + cnts[j, t] + probe_cost * ballsz[j, t]
+                if cost < best[j + 1, c2]:
+                    best[j + 1, c2] = cost
+                    how[j + 1, c2, 0] = t
+                    how[j + 1, c2, 1] = c
+    if best[m, r1] == np.inf:
+        return False
+    c = r1
+    for j in range(m, 0, -1):
+        rad[j - 1] = how[j, c, 0]
+        c = how[j, c, 1]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost):
     """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it.
 
     ``tw uint64[m, n * w]``: each table's own copy of the codes in its bucket order, so a bucket's candidates are
-    read sequentially (``perm`` maps an entry back to its row only for results)."""
+    read sequentially (``perm`` maps an entry back to its row only for results). With ``tmax >= 0`` each query
+    gets its own radii per table (:func:`_allocate`, ``ballsz[j, t]`` the probes of radius ``t`` in table ``j``);
+    else the even split ``radius = m*s + a``."""
     nq, m = qw.shape[0], perm.shape[0]
     s, a = radius // m, radius % m
+    rad = np.empty(m, np.int64)
+    cnts = np.zeros((m, max(tmax, 0) + 1), np.int64)
+    best = np.empty((m + 1, radius + 2), np.float64)
+    how = np.zeros((m + 1, radius + 2, 2), np.int64)
     dbits = 1
     while (1 << dbits) <= radius:
         dbits += 1
@@ -199,10 +251,14 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
     for qi in range(nq):
         start = cnt
         q = qw[qi]
+        if tmax < 0 or not _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts,
+                                     best, how):
+            for j in range(m):
+                rad[j] = s if j <= a else s - 1
         for j in range(m):
-            acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, 0, s if j <= a else s - 1, q.shape[0])
+            acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, 0, rad[j], q.shape[0])
         for j in range(m):
-            rj = s if j <= a else s - 1
+            rj = rad[j]
             nb = nbits[j]
             limit = np.int64(1) << nb
             for t in range(min(rj, nb) + 1):
@@ -222,7 +278,7 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
                             continue
                         dup = False
                         for j2 in range(j):
-                            r2 = s if j2 <= a else s - 1
+                            r2 = rad[j2]
                             if r2 >= 0 and _tdist(tw, j, p - 1, q, submask[j2]) <= r2:
                                 dup = True
                                 break

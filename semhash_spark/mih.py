@@ -6,6 +6,9 @@ are cut into ``m`` disjoint substrings, each with its own table from substring v
 ``s`` bits of it on one of the first ``a + 1`` substrings or within ``s - 1`` bits on one of the others. So a range
 search probes small Hamming balls around the query's substrings, never the ball of ``radius`` in the whole code,
 and checks each row found with a full popcount. Substrings of about ``log2(n)`` bits keep O(1) rows per bucket.
+Any radii ``r_j`` with ``sum(r_j + 1) > radius`` are as exact (``r_j = -1``: table ``j`` not probed); the compiled
+loops choose them per query when ``s >= 1``, from the exact bucket sizes around the query, so that a substring where
+the query sits in a dense region (common in codes from a trained model) is probed narrowly or not at all.
 
 k-NN search probes shells (substring distance exactly ``s``) table by table: once shell ``s`` of tables ``0..j``
 and shell ``s - 1`` of the others are probed, every code within ``m*s + j`` has been seen, and a query whose k-th
@@ -46,6 +49,8 @@ _COMPILED_PROBE_COST = 1000.0   # range search
 _COMPILED_ROW_COST = 1.0
 _KNN_PROBE_COST = 300.0         # k-NN
 _KNN_ROW_COST = 2.0
+_ALLOC_PROBE_COST = 64.0        # range search's per-query radii: a probe against one candidate read
+_ALLOC_MAX_PROBES = 1024        # ... chosen only when counting a table's candidates takes at most this many probes
 
 _SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
 _DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
@@ -271,6 +276,7 @@ class MultiIndexHash:
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
         self._tw = None
         self._kern = self._compiled_layout(mask, masks) if _K is not None else None
+        self._range_plans: dict[int, int] = {}
 
     def _compiled_layout(self, mask: np.ndarray, masks: list[np.ndarray]) -> dict | None:
         """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept), and
@@ -386,6 +392,17 @@ class MultiIndexHash:
                 cost += nb * (probe_cost + row_cost * self.ntotal / float(1 << t.nbits))
         return cost
 
+    def _range_plan(self, radius: int) -> int:
+        """Compiled range search of ``radius``: -2 to scan, else the largest per-query table radius (-1: none, the
+        even split ``radius = m*s + a``). Per-query radii go up to ``s`` when ``s >= 1`` and counting the buckets
+        within ``s`` takes few probes (with ``s = 0`` the even split probes one bucket a table: nothing to gain)."""
+        if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST, _COMPILED_ROW_COST) > self.ntotal:
+            return -2
+        tmax = radius // self.m
+        if tmax < 1 or any(C.ball_size(t.nbits, tmax) > _ALLOC_MAX_PROBES for t in self._tables):
+            return -1
+        return tmax
+
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row within ``radius``: CSR ``(lims int64[nq+1], D int32, I int64)``, per query by (distance, row)."""
         qw, qs = self._prepare(q)
@@ -394,10 +411,14 @@ class MultiIndexHash:
             return np.zeros(nq + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
         if USE_COMPILED and self._kern is not None:
             k, qw2 = self._kern, qw.reshape(nq, -1)
-            if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST, _COMPILED_ROW_COST) > self.ntotal:
+            plan = self._range_plans.get(radius)
+            if plan is None:
+                plan = self._range_plans[radius] = self._range_plan(radius)
+            if plan < -1:
                 return self._scan_range(qw2, radius)
             return _K.range_batch(k["tw"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
-                                  k["submask"], qw2, qs, radius, k["rowbits"])
+                                  k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan,
+                                  _ALLOC_PROBE_COST)
         qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
