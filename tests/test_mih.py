@@ -125,3 +125,27 @@ def test_skewed_codes_with_large_buckets(path):
     for j in range(len(q)):
         want = np.lexsort((np.arange(len(db)), H[j]))[:10]
         assert np.array_equal(I[j], want) and np.array_equal(D[j], H[j][want])
+
+
+def test_planted_codes_at_exactly_the_radius(path):
+    """Codes exactly ``r`` bits from each query, the flips spread over the substrings in every way: a probe plan
+    whose radii do not cover ``r`` (per-query radii included) loses some of them."""
+    rng = np.random.default_rng(11)
+    bits = rng.random((20000, 64)) < np.linspace(0.05, 0.5, 64)
+    q = bits[:12]
+    planted = []
+    for r in (4, 6):
+        for qi in q:
+            for _ in range(60):
+                x = qi.copy()
+                x[rng.choice(64, size=r, replace=False)] ^= True
+                planted.append(x)
+    db = C.pack_bits(np.concatenate([bits[12:], np.array(planted)]))
+    qc = C.pack_bits(q)
+    ix = MultiIndexHash(db, 64)
+    H = exact(qc, db, 0, 64)
+    for r in (3, 4, 5, 6):
+        lims, D, I = ix.range_search(qc, r)
+        for j in range(len(qc)):
+            want = np.flatnonzero(H[j] <= r)
+            assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
