@@ -297,13 +297,13 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
 
 
 @njit(cache=True, nogil=True)
-def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, n, probe_cost, row_cost):
+def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost):
     """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
     the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
     distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row (a
     probe costs ``probe_cost`` scanned rows, each row it finds ``row_cost``) is flagged in the third result for a
     linear scan (its D, I rows stay -1). ``tw``: as in :func:`range_batch`."""
-    nq, m = qw.shape[0], perm.shape[0]
+    nq, m, n = qw.shape[0], perm.shape[0], perm.shape[1]
     need_scan = np.zeros(nq, np.bool_)
     D = np.full((nq, k), -1, np.int32)
     I = np.full((nq, k), -1, np.int64)

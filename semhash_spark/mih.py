@@ -22,8 +22,8 @@ rather than gathered one cache miss each: 44 bytes a 64-bit code with 3 tables, 
 
 Rows are compared on bits ``[start_bit, end_bit)`` of the canonical packed code (MSB first, see
 :mod:`semhash_spark.codes`); the service uses ``start_bit = partition_bits`` inside a partition, whose rows share
-their first bits. When probing would cost more than reading every row, a query falls
-back to a linear popcount scan (:func:`scan_within`, :func:`scan_topk`), so results are exact either way.
+their first bits. When probing would cost more than reading every row, a query falls back to a linear popcount
+scan (:func:`scan_within`, :func:`scan_topk`), so results are exact either way.
 Results are ordered by (distance, row), identical to brute force; ``search`` pads with -1.
 """
 from __future__ import annotations
@@ -274,7 +274,6 @@ class MultiIndexHash:
                                                                 else [])]
         masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
-        self._tw = None
         self._kern = self._compiled_layout(mask, masks) if _K is not None else None
         self._range_plans: dict[int, int] = {}
 
@@ -295,7 +294,6 @@ class MultiIndexHash:
             np.take(words, t.perm, axis=0, out=tw[j].reshape(self.ntotal, self._w))
             offs[base[j]:base[j] + sizes[j]] = t.offsets
             self._tables[j] = _Table(t.start, t.stop, perm[j], offs[base[j]:base[j] + sizes[j]], None)
-        self._tw = tw
         submask = np.array(masks, dtype=np.uint64).reshape(self.m, words.shape[1])
         mask = np.asarray(mask, dtype=np.uint64).reshape(-1)
         return {"words": words, "tw": tw, "mask": mask, "perm": perm, "offs": offs,
@@ -341,8 +339,8 @@ class MultiIndexHash:
     @property
     def nbytes(self) -> int:
         """Bytes held: the codes (as 64-bit words) plus every table."""
-        return self._words.nbytes + sum(t.nbytes for t in self._tables) + (self._tw.nbytes if self._tw is not None
-                                                                            else 0)
+        copies = self._kern["tw"].nbytes if self._kern is not None else 0   # the tables' bucket-order codes
+        return self._words.nbytes + sum(t.nbytes for t in self._tables) + copies
 
     def __repr__(self) -> str:
         return (f"MultiIndexHash(ntotal={self.ntotal}, bits={self.bits}, compared=[{self.start_bit}, "
@@ -462,7 +460,7 @@ class MultiIndexHash:
             else:
                 Dk, Ik, slow = _K.knn_batch(kern["tw"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
                                             kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
-                                            self.ntotal, _KNN_PROBE_COST, _KNN_ROW_COST)
+                                            _KNN_PROBE_COST, _KNN_ROW_COST)
                 if slow.any():  # covering their k-th distance would cost more probes than a scan
                     Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
             D[:, :kk], I[:, :kk] = Dk, Ik
