@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HOROVOD_ENV = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 POLL_SLEEP_S = 2e-4                # waiting on an asynchronous collective: poll, sleeping this long between
 CPU_CYCLE_TIME_MS = "5"            # Horovod's negotiation cycle on CPU ranks (its own default, 1 ms, suits GPUs)
+SHM_CYCLE_TIME_MS = "50"           # ... on CPU ranks of one host that train through shared memory (Horovod idles)
 COLLECTIVE_TIMEOUT_S = "120"       # a rank that stops answering fails the others' collectives after this long
 
 
@@ -88,10 +89,10 @@ class Dist:
 class HorovodDist(Dist):
     """Rank, size and collectives from ``horovod.torch`` (``hvd.init()`` is called here)."""
 
-    def __init__(self):
+    def __init__(self, local_allreduce: str = "network"):
         import horovod.torch as hvd  # distributed: the only horovod import
 
-        _tune_background_loop()
+        self._idle_cycle = _tune_background_loop(local_allreduce == "shm")
         hvd.init()
         self._hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
@@ -115,6 +116,10 @@ class HorovodDist(Dist):
             slot_mb=slot_mb, timeout_s=timeout)
         if self._local is not None and self.rank == 0:
             log.info("%d ranks on this host average through shared memory (%.0f MiB per rank)", self.size, slot_mb)
+        if self._local is None and self._idle_cycle and self.rank == 0:
+            log.warning("shared memory was planned but is unavailable: Horovod carries the gradients with a %s ms "
+                        "negotiation cycle meant for shared memory, which slows every step; set "
+                        "HOROVOD_CYCLE_TIME=%s or train.local_allreduce=network", SHM_CYCLE_TIME_MS, CPU_CYCLE_TIME_MS)
         return self._local is not None
 
     def _staged(self, t: torch.Tensor) -> torch.Tensor:
@@ -157,11 +162,16 @@ class HorovodDist(Dist):
         self._hvd.synchronize(handle)
 
     def allreduce_scalars(self, values: list[float], name: str = "") -> list[float]:
+        if self._local is not None:   # one host: per-epoch metrics never wait on Horovod's (idle) cycle
+            return self._local.allreduce_scalars(values)
         t = torch.tensor(values, dtype=torch.float64)
         return self._hvd.allreduce(t, op=self._hvd.Average, name=name or "scalars").tolist()
 
     def broadcast_(self, tensors: dict[str, torch.Tensor], root: int = 0, name: str = "") -> None:
         # distributed: every rank starts from rank 0's weights and optimiser state
+        if self._local is not None:
+            self._local.broadcast_([tensors[k] for k in sorted(tensors) if local_reduce.supported(tensors[k])], root)
+            tensors = {k: t for k, t in tensors.items() if not local_reduce.supported(t)}
         for key in sorted(tensors):
             t = tensors[key]
             s = self._staged(t)
@@ -170,13 +180,20 @@ class HorovodDist(Dist):
                 t.copy_(s)
 
     def broadcast_object(self, obj: Any, root: int = 0, name: str = "") -> Any:
+        if self._local is not None:
+            fits, value = self._local.broadcast_object(obj, root)
+            if fits:
+                return value
         return self._hvd.broadcast_object(obj, root_rank=root, name=name or None)
 
     def allgather_object(self, obj: Any, name: str = "") -> list[Any]:
         return self._hvd.allgather_object(obj, name=name or None)
 
     def barrier(self) -> None:
-        self._hvd.barrier()
+        if self._local is not None:
+            self._local.barrier()
+        else:
+            self._hvd.barrier()
 
     def shutdown(self) -> None:
         if self._local is not None:
@@ -189,8 +206,9 @@ def _done() -> None:
     return None
 
 
-def _tune_background_loop() -> None:
-    """Settles the Horovod background loop's settings in this rank's environment before ``hvd.init()`` reads them.
+def _tune_background_loop(shared_memory: bool = False) -> bool:
+    """Settles the Horovod background loop's settings in this rank's environment before ``hvd.init()`` reads them;
+    whether it chose the long cycle for shared memory.
 
     - ``horovod.run`` 0.28.1 exports ``HOROVOD_CYCLE_TIME`` and ``HOROVOD_CACHE_CAPACITY`` as the string
       ``"(None,)"`` (two defaults in its ``_HorovodArgs`` are 1-tuples), which the C++ side reads as 0: a
@@ -199,12 +217,21 @@ def _tune_background_loop() -> None:
       (Horovod's default before 0.21) instead of every 1 ms: each cycle is a small gloo collective, and on a
       host whose cores all train, 1000 of them a second took 15-25 ms of CPU per 75 ms CD step (2 ranks, 2
       cores), against about 2 ms at 5 ms. The cost is up to one cycle of latency per collective.
+    - When every rank is on this host (the launcher's ``HOROVOD_LOCAL_SIZE`` equals ``HOROVOD_SIZE``) and
+      ``train.local_allreduce=shm``, gradients, metrics, decisions and weights all go through shared memory and
+      Horovod is left with a handful of setup collectives, so it negotiates every ``SHM_CYCLE_TIME_MS``: at 5 ms its
+      idle cycles (a small gloo collective each, 200 a second) took 1.5-2.5 ms of CPU per 2-rank fine-tuning step
+      per rank on 2 cores, against 0.2-0.7 ms at 50 ms (``benchmarks/allreduce_step.py``, docs/benchmarks.md).
     """
     for key in ("HOROVOD_CYCLE_TIME", "HOROVOD_CACHE_CAPACITY"):
         if os.environ.get(key, "").strip() in ("(None,)", "None", ""):
             os.environ.pop(key, None)
-    if "HOROVOD_CYCLE_TIME" not in os.environ and not torch.cuda.is_available():
-        os.environ["HOROVOD_CYCLE_TIME"] = CPU_CYCLE_TIME_MS
+    if "HOROVOD_CYCLE_TIME" in os.environ or torch.cuda.is_available():
+        return False
+    size = os.environ.get("HOROVOD_SIZE", "")
+    idle = shared_memory and size.isdigit() and int(size) > 1 and os.environ.get("HOROVOD_LOCAL_SIZE") == size
+    os.environ["HOROVOD_CYCLE_TIME"] = SHM_CYCLE_TIME_MS if idle else CPU_CYCLE_TIME_MS
+    return idle
 
 
 LOCAL_ALLREDUCE = ("shm", "network")
@@ -232,10 +259,13 @@ def launched_rank() -> int:
     return 0
 
 
-def current(np_expected: int = 1) -> Dist:
-    """The Dist of this process: Horovod when launched by horovodrun/horovod.run, else a single process."""
+def current(np_expected: int = 1, local_allreduce: str = "network") -> Dist:
+    """The Dist of this process: Horovod when launched by horovodrun/horovod.run, else a single process.
+
+    ``local_allreduce`` is ``train.local_allreduce``: with ``shm`` Horovod's negotiation loop is set up to idle
+    (see :func:`_tune_background_loop`); :func:`configure_local_allreduce` then opens the shared-memory group."""
     if inside_horovod() or np_expected > 1:
-        dist = HorovodDist()
+        dist = HorovodDist(local_allreduce)
         if np_expected > 1 and dist.size != np_expected:
             raise RankFailed(f"expected {np_expected} Horovod ranks, this job has {dist.size}")
         return dist

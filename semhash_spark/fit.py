@@ -115,7 +115,7 @@ def rank_main(data_uri: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
         want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
         dist: Dist = TorchDist(backend="nccl" if want_cuda else "gloo")
     else:
-        dist = current(np_expected)
+        dist = current(np_expected, cfg.train.local_allreduce)
     try:
         return _train_rank(dist, data_uri, out_uri, cfg, progress)
     finally:

@@ -106,7 +106,7 @@ def _validator(pixels: np.ndarray, labels: np.ndarray, ids: np.ndarray, cfg: Con
 
 def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool) -> dict[str, Any] | None:
     cfg = config_from_dict(cfg_dict)
-    dist: Dist = current(np_expected)
+    dist: Dist = current(np_expected, cfg.train.local_allreduce)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     elif dist.size > 1:

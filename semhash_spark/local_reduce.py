@@ -14,13 +14,23 @@ Protocol (``N`` ranks, the same sequence of calls on every rank, which data-para
    ``[r*L/N, (r+1)*L/N)`` of the ``L`` pending ones over all slots into the result and scales by ``1/N``;
    barrier "reduced"; every rank copies the result back into its tensors.
 
-A slot is only written again after the next "written" barrier, which no rank passes before every rank has copied
-the previous result out, so one result region is enough. Barriers are 16-byte datagrams over abstract Unix
-sockets (a blocking receive, no spinning; the system calls order the shared-memory stores). Waiting checks that
-the other ranks' processes are alive every second and raises :class:`LocalReduceFailed` when one is gone, so a
-dead rank fails the others instead of hanging them. The segment is a file under ``/dev/shm`` reserved with
-``posix_fallocate`` (a full ``/dev/shm`` fails at setup, not with SIGBUS mid-run) and unlinked as soon as every
-rank has mapped it, so nothing is left behind by a crash.
+A slot is only written again after the next "written" barrier, which no rank passes before every rank has copied the
+previous result out, so one result region is enough. Barriers are 16-byte datagrams over abstract Unix sockets (a
+blocking receive, no spinning; the system calls order the shared-memory stores). Waiting checks that the other
+ranks' processes are alive every second and raises :class:`LocalReduceFailed` when one is gone, so a dead rank fails
+the others instead of hanging them. The segment is a file under ``/dev/shm`` reserved with ``posix_fallocate`` (a
+full ``/dev/shm`` fails at setup, not with SIGBUS mid-run) and unlinked as soon as every rank has mapped it, so
+nothing is left behind by a crash.
+
+The few collectives outside the steps go through the same slots, so that a rank needs no network collective while it
+trains (and Horovod's negotiation loop can idle, :mod:`semhash_spark.distributed`): per-epoch metrics
+(:meth:`LocalReducer.allreduce_scalars`, float64, summed in rank order so every rank gets the same bits), decisions
+and small objects (:meth:`LocalReducer.broadcast_object`, pickled into the root's slot; one too large for a slot is
+reported so the caller sends it over the network instead), weights (:meth:`LocalReducer.broadcast_`) and
+:meth:`LocalReducer.barrier`. Each of them first averages any pending tensors and, when it reads a slot, ends with a
+"read" barrier, so the slots are free again when it returns. Their barriers wait without a deadline (a rank may
+validate or checkpoint for minutes while the others wait), checking that the peers are alive and logging every
+minute.
 
 Linux only (abstract sockets, ``/dev/shm``); :meth:`LocalReducer.open` returns None where it cannot work and the
 caller keeps its network collectives.
@@ -30,10 +40,11 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import pickle
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,7 +55,9 @@ SHM_DIR = "/dev/shm"
 DEFAULT_SLOT_MB = 16                 # per rank; (N + 1) slots in all: 48 MiB for 2 ranks (Docker's /dev/shm: 64)
 ALIVE_CHECK_S = 1.0                  # a waiting rank checks its peers' processes this often
 _MSG = struct.Struct("<qq")          # (phase, sequence number)
-_WRITTEN, _REDUCED, _HELLO = 1, 2, 3
+_WRITTEN, _REDUCED, _HELLO, _POSTED, _READ = 1, 2, 3, 4, 5
+_HEADER = struct.Struct("<q")        # a broadcast object's length in the root's slot (-1: too large for a slot)
+STALL_LOG_S = 60.0                   # a rank waiting without a deadline says so this often
 
 
 class LocalReduceFailed(RuntimeError):
@@ -66,6 +79,7 @@ class LocalReducer:
         self._seq = 0
         self._early: dict[tuple[int, int], int] = {}   # barrier messages that arrived before their barrier
         self.bytes_reduced = 0
+        self.wait_s = 0.0      # time spent in barriers (waiting for the other ranks), for benchmarks and logs
 
     # --- setup -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -153,8 +167,85 @@ class LocalReducer:
         self._pending.clear()
         self._cursor = 0
 
+    # --- small collectives: metrics, decisions, weights ----------------------------------------------------------
+    def allreduce_scalars(self, values: list[float]) -> list[float]:
+        """The mean over the ranks of ``values`` (float64), identical on every rank."""
+        self.flush()
+        n = len(values)
+        if 2 * n > self.slot_floats:
+            raise ValueError(f"{n} scalars do not fit a {self.slot_floats}-float slot")
+        self._f64(self.rank, n)[:] = np.asarray(values, dtype=np.float64)
+        self._barrier(_POSTED, patient=True)
+        total = self._f64(0, n).copy()
+        for k in range(1, self.size):
+            total += self._f64(k, n)
+        self._barrier(_READ, patient=True)
+        return (total * (1.0 / self.size)).tolist()
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> tuple[bool, Any]:
+        """``(True, root's obj)`` on every rank, or ``(False, None)`` on every rank when its pickle does not fit
+        a slot (the caller then sends it another way)."""
+        self.flush()
+        base = 4 * self.slot_floats * root
+        if self.rank == root:
+            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            fits = len(data) <= 4 * self.slot_floats - _HEADER.size
+            _HEADER.pack_into(self._mem, base, len(data) if fits else -1)
+            if fits:
+                self._mem[base + _HEADER.size:base + _HEADER.size + len(data)] = data
+        self._barrier(_POSTED, patient=True)
+        (length,) = _HEADER.unpack_from(self._mem, base)
+        if self.rank == root or length < 0:
+            out = obj if length >= 0 else None
+        else:
+            out = pickle.loads(self._mem[base + _HEADER.size:base + _HEADER.size + length])
+        self._barrier(_READ, patient=True)
+        return length >= 0, out
+
+    def broadcast_(self, tensors: list[torch.Tensor], root: int = 0) -> None:
+        """Replaces ``tensors`` (float32, CPU, contiguous; the same shapes on every rank) by the root's, in place;
+        any total size goes through, a slot at a time."""
+        self.flush()
+        slot = self._slots[root]
+        pending: list[tuple[torch.Tensor, int, int, int]] = []
+        cursor = 0
+
+        def exchange() -> None:
+            self._barrier(_POSTED, patient=True)
+            if self.rank != root:
+                for flat, start, offset, take in pending:
+                    flat[start:start + take].copy_(slot[offset:offset + take])
+            self._barrier(_READ, patient=True)
+            pending.clear()
+
+        for t in tensors:
+            flat = t.view(-1)
+            pos, n = 0, flat.numel()
+            while pos < n:
+                take = min(n - pos, self.slot_floats - cursor)
+                if take == 0:
+                    exchange()
+                    cursor = 0
+                    continue
+                if self.rank == root:
+                    slot[cursor:cursor + take].copy_(flat[pos:pos + take])
+                pending.append((flat, pos, cursor, take))
+                cursor += take
+                pos += take
+        if pending:
+            exchange()
+
+    def barrier(self) -> None:
+        self.flush()
+        self._barrier(_POSTED, patient=True)
+
+    def _f64(self, rank: int, n: int) -> np.ndarray:
+        return np.frombuffer(self._mem, dtype=np.float64, count=n, offset=4 * self.slot_floats * rank)
+
     # --- barriers --------------------------------------------------------------------------------------------
-    def _barrier(self, phase: int) -> None:
+    def _barrier(self, phase: int, patient: bool = False) -> None:
+        """Waits until every other rank reached this barrier: up to ``timeout_s`` (steps), or for as long as the
+        peers are alive when ``patient`` (collectives that wait on another rank's validation or checkpoint)."""
         self._seq += 1
         msg = _MSG.pack(phase, self._seq)
         for k in range(self.size):
@@ -164,13 +255,25 @@ class LocalReducer:
                 except (ConnectionRefusedError, FileNotFoundError) as e:
                     raise LocalReduceFailed(f"rank {k} (pid {self.pids[k]}) no longer listens: {e}") from None
         waiting = self.size - 1 - self._early.pop((phase, self._seq), 0)
-        deadline = time.monotonic() + self.timeout_s
+        started = time.monotonic()
+        try:
+            self._receive(phase, waiting, started, patient)
+        finally:
+            self.wait_s += time.monotonic() - started
+
+    def _receive(self, phase: int, waiting: int, started: float, patient: bool) -> None:
+        deadline = None if patient else started + self.timeout_s
+        said = started
         self._sock.settimeout(ALIVE_CHECK_S)
         while waiting > 0:
             try:
                 got = _MSG.unpack(self._sock.recv(_MSG.size))
             except socket.timeout:
                 self._check_peers(phase, deadline)
+                if time.monotonic() - said >= STALL_LOG_S:
+                    said = time.monotonic()
+                    log.warning("rank %d has waited %.0f s for the other ranks (shared-memory phase %d)",
+                                self.rank, said - started, phase)
                 continue
             if got == (phase, self._seq):
                 waiting -= 1
@@ -180,11 +283,11 @@ class LocalReducer:
                 raise LocalReduceFailed(f"rank {self.rank} expected step {(phase, self._seq)}, got {got}: "
                                         "the ranks' collectives are out of order")
 
-    def _check_peers(self, phase: int, deadline: float) -> None:
+    def _check_peers(self, phase: int, deadline: float | None) -> None:
         for k, pid in enumerate(self.pids):
             if k != self.rank and not _alive(pid):
                 raise LocalReduceFailed(f"rank {k} (pid {pid}) exited during a shared-memory allreduce")
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             raise LocalReduceFailed(f"no answer from the other ranks for {self.timeout_s:.0f} s "
                                     f"(shared-memory allreduce, phase {phase})")
 

@@ -107,3 +107,100 @@ def test_a_segment_too_big_for_dev_shm_is_refused_at_setup():
     with pytest.raises(OSError):
         lr.LocalReducer.create_segment(os.urandom(6).hex(), 1, too_many_floats)
     assert not [f for f in os.listdir(lr.SHM_DIR) if f.startswith("semhash-reduce-")]
+
+
+def _small_rank(rank, size, token, slot_floats, start, pids_q, out_q, slow_s):
+    torch.set_num_threads(1)
+    pids = start.get()
+    r = lr.LocalReducer.attach(rank, size, token, pids, slot_floats, timeout_s=1)
+    pids_q.put(rank)
+    start.get()
+    try:
+        r.handshake()
+        got = {}
+        r.submit(torch.full((10,), float(rank)))     # a pending gradient goes first, as at an epoch's end
+        got["scalars"] = r.allreduce_scalars([rank + 0.1, 1e-300 * rank, 3.0])
+        weights = [torch.full((s,), float(rank)) for s in (700, 5, 1200)]   # 1905 floats through 1024-float slots
+        r.broadcast_(weights, root=1)
+        got["weights"] = [w.numpy().copy() for w in weights]
+        if rank == 0:
+            time.sleep(slow_s)                       # a rank validating for longer than the step timeout
+        got["small"] = r.broadcast_object({"stop": rank == 0, "epoch": 7} if rank == 0 else None, root=0)
+        got["large"] = r.broadcast_object(b"x" * (8 * slot_floats) if rank == 1 else None, root=1)
+        r.barrier()
+        got["after"] = r.allreduce_scalars([float(rank)])
+        out_q.put((rank, "done", got))
+    except lr.LocalReduceFailed as e:
+        out_q.put((rank, "failed", str(e)))
+
+
+def test_metrics_decisions_and_weights_go_through_the_slots_and_wait_for_a_slow_rank():
+    size, slot_floats, token = 3, 1024, os.urandom(6).hex()
+    lr.LocalReducer.create_segment(token, size, slot_floats)
+    starts = [CTX.Queue() for _ in range(size)]
+    attached, out = CTX.Queue(), CTX.Queue()
+    procs = [CTX.Process(target=_small_rank, args=(k, size, token, slot_floats, starts[k], attached, out, 2.5))
+             for k in range(size)]
+    for p in procs:
+        p.start()
+    for q in starts:
+        q.put([p.pid for p in procs])
+    for _ in range(size):
+        attached.get(timeout=30)
+    for q in starts:
+        q.put("go")
+    os.unlink(os.path.join(lr.SHM_DIR, f"semhash-reduce-{token}"))
+    results = {}
+    for _ in range(size):
+        rank, status, got = out.get(timeout=60)
+        assert status == "done", got          # the 2.5 s wait outlasted timeout_s=1 without failing anyone
+        results[rank] = got
+    for p in procs:
+        p.join(timeout=30)
+    want = [np.float64(0.1) + 1.1 + 2.1, 0.0 + 1e-300 + 2e-300, 9.0]
+    for k in range(size):
+        got = results[k]
+        assert got["scalars"] == results[0]["scalars"]                       # the same bits on every rank
+        np.testing.assert_allclose(got["scalars"], [w / 3 for w in want], rtol=1e-15)
+        assert [w.tolist() for w in got["weights"]] == [[1.0] * s for s in (700, 5, 1200)]
+        assert got["small"] == (True, {"stop": True, "epoch": 7})
+        assert got["large"] == (False, None)     # too large for a slot: every rank, the root too, is told so
+        assert got["after"] == [1.0]
+
+
+def test_a_rank_dead_while_the_others_wait_patiently_fails_them():
+    size, slot_floats, token = 2, 1024, os.urandom(6).hex()
+    lr.LocalReducer.create_segment(token, size, slot_floats)
+    ready = CTX.Queue()
+
+    def waiter(pids_q, out_q):
+        pids = pids_q.get()
+        r = lr.LocalReducer.attach(0, size, token, pids, slot_floats, timeout_s=1)
+        ready.put(0)
+        try:
+            r.handshake()
+            r.broadcast_object("never sent", root=1)
+            out_q.put("returned")
+        except lr.LocalReduceFailed as e:
+            out_q.put(str(e))
+
+    def dier(pids_q):
+        pids = pids_q.get()
+        r = lr.LocalReducer.attach(1, size, token, pids, slot_floats, timeout_s=1)
+        ready.put(1)
+        r.handshake()
+        time.sleep(2.0)
+        os._exit(3)
+
+    qs, out = [CTX.Queue(), CTX.Queue()], CTX.Queue()
+    procs = [CTX.Process(target=waiter, args=(qs[0], out)), CTX.Process(target=dier, args=(qs[1],))]
+    for p in procs:
+        p.start()
+    for q in qs:
+        q.put([p.pid for p in procs])
+    ready.get(timeout=30), ready.get(timeout=30)
+    os.unlink(os.path.join(lr.SHM_DIR, f"semhash-reduce-{token}"))
+    msg = out.get(timeout=30)
+    for p in procs:
+        p.join(timeout=30)
+    assert "rank 1" in msg and "exited" in msg, msg
