@@ -3,7 +3,8 @@ side in one run: ms per step, ms per step spent waiting at the shared-memory bar
 
     .venv/bin/python benchmarks/allreduce_step.py [--steps 60] [--batch 100] [--kinds finetune,cd1,cd3]
 
-Kinds: ``finetune`` (the 2000-500-500-64 autoencoder with code noise), ``cd1`` / ``cd2`` / ``cd3`` (CD-1 of
+Kinds: ``finetune`` (the 2000-500-500-64 autoencoder with code noise, fused Adam as in training;
+``finetune-unfused`` with torch's default CPU Adam), ``cd1`` / ``cd2`` / ``cd3`` (CD-1 of
 pretraining layer 1, 2 or 3, the next batch prepared through the frozen layers below while the gradients are
 averaged, as ``train_stack`` does). Cases: ``alone`` (one process), ``network`` (2 ranks, Horovod/gloo, 5 ms
 negotiation cycle), ``shm-cycle5`` (2 ranks, shared memory, Horovod still cycling every 5 ms), ``shm`` (2 ranks,
@@ -20,7 +21,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("finetune", "cd1", "cd2", "cd3")
+KINDS = ("finetune", "cd1", "cd2", "cd3", "finetune-unfused")
 
 
 def rank(steps: int, batch: int, mode: str, kind: str) -> None:
@@ -43,9 +44,12 @@ def rank(steps: int, batch: int, mode: str, kind: str) -> None:
     rng = np.random.default_rng(dist.rank)
     counts = sp.random(batch, 2000, density=0.03, format="csr", dtype=np.float32, random_state=rng)
     counts.data = np.ceil(counts.data * 3)
-    if kind == "finetune":
+    if kind.startswith("finetune"):
         model = DeepAutoencoder([2000, 500, 500, 64])
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        if kind == "finetune":
+            opt = train._finetune_optimizer(model, Config(), 1.0, 1)     # what training uses (fused Adam)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=Config().finetune.lr)  # torch's default CPU Adam, for comparison
         g = torch.Generator().manual_seed(dist.rank)
         x = train.densify(counts, torch.device("cpu"))
         noise = torch.randn(batch, 64, generator=g) * 4

@@ -41,7 +41,7 @@ from semhash_spark.config import load_config  # noqa: E402
 from semhash_spark.distributed import Dist, current  # noqa: E402
 from semhash_spark.models.autoencoder import DeepAutoencoder, deterministic_noise, id_keys  # noqa: E402
 from semhash_spark.models.rbm import BinaryRBM, ConstrainedPoissonRBM, MomentumSGD  # noqa: E402
-from semhash_spark.train import densify, finetune_step, is_validation_id, pretrain_step  # noqa: E402
+from semhash_spark.train import _finetune_optimizer, densify, finetune_step, is_validation_id, pretrain_step  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- FLOPs and matmuls
@@ -115,7 +115,7 @@ def consumer_rates(batches: list, sizes: list[int], cfg, n_batches: int) -> dict
         out[f"pretrain_layer{i + 1}"] = {"shape": f"{rbm.n_visible}x{rbm.n_hidden}", "docs": rows,
                                          "seconds": round(dt, 2), "docs_per_s": round(rows / dt, 1)}
     model = DeepAutoencoder.from_rbms(rbms, output="softmax", code_mode="noise")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.finetune.lr)
+    optimizer = _finetune_optimizer(model, cfg, 1.0, 1)     # as training builds it (fused Adam)
     rows, t0 = 0, time.perf_counter()
     for ids, counts in use:
         x = densify(counts, torch.device("cpu"))

@@ -72,6 +72,45 @@ def test_single_process_resumes_from_checkpoint(small_dataset, tmp_path):
         torch.testing.assert_close(p, q, msg=n)
 
 
+def test_single_process_resumes_mid_finetuning_with_adam_state(small_dataset, tmp_path):
+    """Killed in the second fine-tuning epoch, a run resumes from the first one's checkpoint (weights and the fused
+    Adam's moments and step count) and ends with the model of an uninterrupted run. Without a validation split the
+    model is the last epoch's, so it depends on the restored optimiser state."""
+    cfg = load_config(None, [*TINY, "finetune.epochs=3", "finetune.val_fraction=0"]).with_bits(16)
+    full = tmp_path / "full"
+    train_model(str(small_dataset), str(full), cfg, progress=False)
+    part = tmp_path / "part"
+    state_file = part / "_train_state" / "state.json"
+    import semhash_spark.train as T
+
+    real = T.finetune_step_async
+    killed = {"done": False}
+
+    def dying(*a, **k):
+        if not killed["done"] and state_file.exists():
+            progress = json.loads(state_file.read_text())["progress"]
+            if progress["stage"] == "finetune" and progress["epoch"] >= 1:
+                killed["done"] = True
+                raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    T.finetune_step_async = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_model(str(small_dataset), str(part), cfg, progress=False)
+    finally:
+        T.finetune_step_async = real
+    assert killed["done"]
+    from safetensors.torch import load_file
+    saved = load_file(str(part / "_train_state" / json.loads(state_file.read_text())["weights"]))
+    assert any(k.startswith("adam.") and k.endswith(".exp_avg") for k in saved)   # the resume has moments to restore
+    train_model(str(small_dataset), str(part), cfg, progress=False)
+    a, b = load_model(str(full)), load_model(str(part))
+    assert b.meta["metrics"]["resumed_from"]["stage"] == "finetune"
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
 def test_horovod_background_loop_settings_before_init(monkeypatch):
     """horovod.run 0.28.1 exports HOROVOD_CYCLE_TIME / HOROVOD_CACHE_CAPACITY as "(None,)" (read as 0 by the C++
     side: a negotiation loop that never sleeps, no response cache); a rank drops those and, on CPU, negotiates

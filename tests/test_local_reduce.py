@@ -177,6 +177,7 @@ def test_a_rank_dead_while_the_others_wait_patiently_fails_them():
         pids = pids_q.get()
         r = lr.LocalReducer.attach(0, size, token, pids, slot_floats, timeout_s=1)
         ready.put(0)
+        pids_q.get()                   # every rank has bound its socket
         try:
             r.handshake()
             r.broadcast_object("never sent", root=1)
@@ -188,6 +189,7 @@ def test_a_rank_dead_while_the_others_wait_patiently_fails_them():
         pids = pids_q.get()
         r = lr.LocalReducer.attach(1, size, token, pids, slot_floats, timeout_s=1)
         ready.put(1)
+        pids_q.get()
         r.handshake()
         time.sleep(2.0)
         os._exit(3)
@@ -199,6 +201,8 @@ def test_a_rank_dead_while_the_others_wait_patiently_fails_them():
     for q in qs:
         q.put([p.pid for p in procs])
     ready.get(timeout=30), ready.get(timeout=30)
+    for q in qs:
+        q.put("go")
     os.unlink(os.path.join(lr.SHM_DIR, f"semhash-reduce-{token}"))
     msg = out.get(timeout=30)
     for p in procs:

@@ -134,10 +134,9 @@ class MomentumSGD:
     def step(self, grads: dict[str, torch.Tensor], lr: float, momentum: float) -> None:
         params = self.rbm.parameters_dict()
         for name, g in grads.items():
-            if name == "W":
-                g = g - self.weight_decay * params["W"]
-            v = self.velocity[name]
-            v.mul_(momentum).add_(g, alpha=lr)
+            v = self.velocity[name].mul_(momentum).add_(g, alpha=lr)
+            if name == "W" and self.weight_decay:
+                v.add_(params["W"], alpha=-lr * self.weight_decay)   # in place: no temporary the size of W
             params[name].add_(v)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
