@@ -15,6 +15,26 @@ from semhash_spark.fit import train_model
 TINY = ["model.hidden=[32]", "pretrain.epochs=2", "finetune.epochs=2", "finetune.val_queries=50"]
 
 
+def _train_killed_in_finetuning(dataset, out, cfg, when) -> None:
+    """Trains into ``out`` until the first fine-tuning step at which ``when()`` holds, which raises KeyboardInterrupt
+    as a kill would."""
+    import semhash_spark.train as T
+
+    real = T.finetune_step_async
+
+    def dying(*a, **k):
+        if when():
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    T.finetune_step_async = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_model(str(dataset), str(out), cfg, progress=False)
+    finally:
+        T.finetune_step_async = real
+
+
 @pytest.mark.slow
 def test_two_horovod_processes_train_one_model(small_dataset, tmp_path):
     cfg = load_config(None, TINY).with_bits(16)
@@ -47,23 +67,7 @@ def test_single_process_resumes_from_checkpoint(small_dataset, tmp_path):
     # Interrupted: run pretraining only (0 fine-tune epochs would finish), emulate by saving state at the
     # stage boundary through a run whose fine-tuning raises on its first batch.
     part = tmp_path / "part"
-    import semhash_spark.train as T
-
-    real = T.finetune_step_async
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
-
-    T.finetune_step_async = dying
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_model(str(small_dataset), str(part), cfg, progress=False)
-    finally:
-        T.finetune_step_async = real
+    _train_killed_in_finetuning(small_dataset, part, cfg, lambda: True)
     state = json.loads((part / "_train_state" / "state.json").read_text())
     assert state["progress"]["stage"] == "finetune"
     train_model(str(small_dataset), str(part), cfg, progress=False)
@@ -81,26 +85,11 @@ def test_single_process_resumes_mid_finetuning_with_adam_state(small_dataset, tm
     train_model(str(small_dataset), str(full), cfg, progress=False)
     part = tmp_path / "part"
     state_file = part / "_train_state" / "state.json"
-    import semhash_spark.train as T
+    def after_first_epoch() -> bool:
+        progress = json.loads(state_file.read_text())["progress"] if state_file.exists() else {}
+        return progress.get("stage") == "finetune" and progress.get("epoch", 0) >= 1
 
-    real = T.finetune_step_async
-    killed = {"done": False}
-
-    def dying(*a, **k):
-        if not killed["done"] and state_file.exists():
-            progress = json.loads(state_file.read_text())["progress"]
-            if progress["stage"] == "finetune" and progress["epoch"] >= 1:
-                killed["done"] = True
-                raise KeyboardInterrupt("killed")
-        return real(*a, **k)
-
-    T.finetune_step_async = dying
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_model(str(small_dataset), str(part), cfg, progress=False)
-    finally:
-        T.finetune_step_async = real
-    assert killed["done"]
+    _train_killed_in_finetuning(small_dataset, part, cfg, after_first_epoch)
     from safetensors.torch import load_file
     saved = load_file(str(part / "_train_state" / json.loads(state_file.read_text())["weights"]))
     assert any(k.startswith("adam.") and k.endswith(".exp_avg") for k in saved)   # the resume has moments to restore
