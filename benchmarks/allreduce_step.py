@@ -36,6 +36,9 @@ def rank(steps: int, batch: int, mode: str, kind: str) -> None:
     from semhash_spark.models.rbm import MomentumSGD
 
     torch.set_num_threads(1)
+    if not os.environ.get("SEMHASH_MALLOC_DEFAULTS"):   # as training ranks do (set it to compare with glibc's own)
+        from semhash_spark import allocator
+        allocator.keep_freed_memory()
     shm = mode.startswith("shm")
     dist = distributed.current(1, "shm" if shm else "network")
     if shm and not dist.use_shared_memory():

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import allocator
 from . import data as data_mod
 from . import dataset as ds
 from . import store
@@ -124,6 +125,7 @@ def rank_main(data_uri: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
 
 
 def _train_rank(dist: Dist, data_uri: str, out_uri: str, cfg: Config, progress: bool) -> dict[str, Any]:
+    allocator.keep_freed_memory()   # a step's large tensors are reused, not page-faulted in again each time
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     elif dist.size > 1:

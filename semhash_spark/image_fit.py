@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import allocator
 from . import data as data_mod
 from . import images as im
 from . import msh
@@ -107,6 +108,7 @@ def _validator(pixels: np.ndarray, labels: np.ndarray, ids: np.ndarray, cfg: Con
 def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool) -> dict[str, Any] | None:
     cfg = config_from_dict(cfg_dict)
     dist: Dist = current(np_expected, cfg.train.local_allreduce)
+    allocator.keep_freed_memory()   # a step's large tensors are reused, not page-faulted in again each time
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     elif dist.size > 1:
