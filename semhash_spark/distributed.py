@@ -17,6 +17,7 @@ through host memory so a CPU-only Horovod build still trains on a GPU.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -66,6 +67,26 @@ class Dist:
         Until that function returns the tensors must not be read or written; meanwhile the caller can work on
         anything else (the next batch), which is how training hides the collective's latency."""
         return _done
+
+    def allreduce_mean_async(self, tensors: list[torch.Tensor], name: str = "") -> Callable[[], list[torch.Tensor]]:
+        """Like :meth:`allreduce_mean_async_`, but the waiting function returns the averages: the tensors
+        themselves, averaged in place, or (ranks averaging through shared memory) read-only views of the shared
+        result, valid until this rank's next collective, with the tensors left as they were. For values read once
+        before the next step, such as gradients by an optimiser step: it saves copying them back."""
+        wait = self.allreduce_mean_async_(tensors, name)
+
+        def averages() -> list[torch.Tensor]:
+            wait()
+            return list(tensors)
+
+        return averages
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A float32 CPU buffer of ``shape`` to compute a tensor into that the next :meth:`allreduce_mean_async`
+        then averages without copying it (a view of this rank's shared-memory slot), or None (allocate as usual).
+        Its average is what that call's waiting function returns; the buffer itself is reused by the next submits,
+        so it is not for :meth:`allreduce_mean_async_`."""
+        return None
 
     def allreduce_scalars(self, values: list[float], name: str = "") -> list[float]:
         return list(values)
@@ -126,30 +147,50 @@ class HorovodDist(Dist):
         return t.cpu() if (t.is_cuda and not self.nccl) else t
 
     def allreduce_mean_async_(self, tensors: list[torch.Tensor], name: str = "") -> Callable[[], None]:
-        # distributed: average gradients/statistics over ranks, in place; Horovod's background thread fuses the
-        # tensors submitted in one negotiation cycle into one gloo (or NCCL) allreduce
+        averages = self._allreduce_async(tensors, name, views=False)
+
+        def wait() -> None:
+            averages()
+
+        return wait
+
+    def allreduce_mean_async(self, tensors: list[torch.Tensor], name: str = "") -> Callable[[], list[torch.Tensor]]:
+        return self._allreduce_async(tensors, name, views=True)
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        if self._local is None:
+            return None
+        buf = self._local.scratch(math.prod(shape))
+        return None if buf is None else buf.view(shape)
+
+    def _allreduce_async(self, tensors: list[torch.Tensor], name: str, views: bool
+                         ) -> Callable[[], list[torch.Tensor]]:
+        # distributed: average gradients/statistics over ranks; Horovod's background thread fuses the tensors
+        # submitted in one negotiation cycle into one gloo (or NCCL) allreduce
         local = self._local
+        records: list[Any] = list(tensors)   # what each average will be read from
         if local is not None and any(local_reduce.supported(t) for t in tensors):
             # one host: float32 CPU tensors go to shared memory (averaged at the first wait), the rest to Horovod
-            for t in tensors:
+            for i, t in enumerate(tensors):
                 if local_reduce.supported(t):
-                    local.submit(t)
-            tensors = [t for t in tensors if not local_reduce.supported(t)]
+                    records[i] = local.submit(t, view=views)
+            network = [t for t in tensors if not local_reduce.supported(t)]
         else:
-            local = None
-        staged = [self._staged(t) for t in tensors]
+            local, network = None, list(tensors)
+        staged = [self._staged(t) for t in network]
         handles = [
             self._hvd.allreduce_async_(s, op=self._hvd.Average, name=f"{name}.{i}") for i, s in enumerate(staged)
         ]
 
-        def wait() -> None:
+        def wait() -> list[torch.Tensor]:
             if local is not None:
-                local.flush()
+                local.flush(views=views)
             for h in handles:
                 self._wait(h)
-            for t, s in zip(tensors, staged):
+            for t, s in zip(network, staged):
                 if s is not t:
                     t.copy_(s)
+            return [r if isinstance(r, torch.Tensor) else r.value for r in records]
 
         return wait
 

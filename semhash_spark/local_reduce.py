@@ -9,13 +9,19 @@ into a shared result, and copies the result back: three passes over memory, no s
 Protocol (``N`` ranks, the same sequence of calls on every rank, which data-parallel training guarantees):
 
 1. ``submit`` copies a tensor into this rank's slot at the next free offset (a tensor larger than the space left
-   is split; when the slot is full the pending tensors are reduced first, so any size goes through);
+   is split; when the slot is full the pending tensors are reduced first, so any size goes through). A tensor
+   computed straight into the slot (:meth:`LocalReducer.scratch`, e.g. a CD weight gradient written by its
+   matrix product) is not copied at all;
 2. ``flush`` (the first ``wait`` after submits): barrier "written"; rank ``r`` sums elements
    ``[r*L/N, (r+1)*L/N)`` of the ``L`` pending ones over all slots into the result and scales by ``1/N``;
-   barrier "reduced"; every rank copies the result back into its tensors.
+   barrier "reduced"; every rank copies the result back into its tensors -- or, for a tensor submitted whole
+   with ``view=True`` and reduced by the flush its caller asked for, hands out the result region itself
+   (:meth:`Submitted.value`), which the caller reads before its next collective (an optimiser step), so the
+   average is never copied.
 
 A slot is only written again after the next "written" barrier, which no rank passes before every rank has copied the
-previous result out, so one result region is enough. Barriers are 16-byte datagrams over abstract Unix sockets (a
+previous result out (or, for results handed out as views, before every rank has made its next submit, which it does
+after reading them), so one result region is enough. Barriers are 16-byte datagrams over abstract Unix sockets (a
 blocking receive, no spinning; the system calls order the shared-memory stores). Waiting checks that the other
 ranks' processes are alive every second and raises :class:`LocalReduceFailed` when one is gone, so a dead rank fails
 the others instead of hanging them. The segment is a file under ``/dev/shm`` reserved with ``posix_fallocate`` (a
@@ -64,6 +70,19 @@ class LocalReduceFailed(RuntimeError):
     """Another rank of the shared-memory group died or sent out of order: the collective cannot complete."""
 
 
+class Submitted:
+    """One tensor given to :meth:`LocalReducer.submit`; after the flush that reduced it, :attr:`value` holds its
+    average: the tensor itself (averaged in place), or a read-only view of the shared result region that is valid
+    until this rank's next collective."""
+
+    __slots__ = ("tensor", "view", "value", "in_slot")
+
+    def __init__(self, tensor: torch.Tensor, view: bool):
+        self.tensor, self.view = tensor, view
+        self.value: torch.Tensor | None = None
+        self.in_slot = False      # computed in the slot (scratch): its average cannot go back there
+
+
 class LocalReducer:
     """One rank's end of a shared-memory averaging group (build with :meth:`open` on every rank at once)."""
 
@@ -74,7 +93,8 @@ class LocalReducer:
         every = torch.frombuffer(memoryview(mem), dtype=torch.float32)
         self._slots = [every[k * slot_floats:(k + 1) * slot_floats] for k in range(size)]
         self._result = every[size * slot_floats:(size + 1) * slot_floats]
-        self._pending: list[tuple[torch.Tensor, int, int, int]] = []   # (flat tensor, start, slot offset, length)
+        # (flat tensor, start, slot offset, length, its Submitted)
+        self._pending: list[tuple[torch.Tensor, int, int, int, Submitted]] = []
         self._cursor = 0
         self._seq = 0
         self._early: dict[tuple[int, int], int] = {}   # barrier messages that arrived before their barrier
@@ -133,22 +153,44 @@ class LocalReducer:
                 pass
 
     # --- collectives -----------------------------------------------------------------------------------------
-    def submit(self, t: torch.Tensor) -> None:
-        """Queues ``t`` (float32, CPU, contiguous) to be replaced by its average over the ranks at the next flush."""
+    def scratch(self, numel: int) -> torch.Tensor | None:
+        """Where the next submitted tensor of ``numel`` floats can be computed in place: a view of this rank's slot
+        at the next free offset, which :meth:`submit` then takes without a copy. None when it does not fit the
+        space left (the caller allocates as usual). Its average is only in the submit's record (``.value``), never
+        in the buffer, which the next submits overwrite."""
+        if numel > self.slot_floats - self._cursor:
+            return None
+        return self._slots[self.rank][self._cursor:self._cursor + numel]
+
+    def submit(self, t: torch.Tensor, view: bool = False) -> Submitted:
+        """Queues ``t`` (float32, CPU, contiguous) to be averaged over the ranks at the next flush.
+
+        The average replaces ``t`` in place, unless ``view``: then the flush that a wait asks for (not one forced by
+        a full slot) leaves ``t`` alone and hands out the shared result region (``.value`` of the returned record),
+        saving a copy of every tensor that is only read before the next collective."""
         flat = t.view(-1)
+        rec = Submitted(t, view)
         pos, n = 0, flat.numel()
         while pos < n:
             take = min(n - pos, self.slot_floats - self._cursor)
             if take == 0:
                 self.flush()
                 continue
-            self._slots[self.rank][self._cursor:self._cursor + take].copy_(flat[pos:pos + take])
-            self._pending.append((flat, pos, self._cursor, take))
+            target = self._slots[self.rank][self._cursor:self._cursor + take]
+            if target.data_ptr() == flat[pos:].data_ptr():   # computed in place (scratch): nothing to copy
+                rec.in_slot = True
+            else:
+                target.copy_(flat[pos:pos + take])
+            self._pending.append((flat, pos, self._cursor, take, rec))
             self._cursor += take
             pos += take
+        if n == 0:
+            rec.value = t
+        return rec
 
-    def flush(self) -> None:
-        """Averages every pending tensor over the ranks, in place (a no-op with nothing pending)."""
+    def flush(self, views: bool = False) -> None:
+        """Averages every pending tensor over the ranks (a no-op with nothing pending): in place, or, with
+        ``views``, as result views for the tensors submitted whole with ``view=True``."""
         if not self._pending:
             return
         length = self._cursor
@@ -161,8 +203,14 @@ class LocalReducer:
                 out.add_(self._slots[k][lo:hi])
             out.mul_(1.0 / self.size)
         self._barrier(_REDUCED)
-        for flat, start, offset, take in self._pending:
-            flat[start:start + take].copy_(self._result[offset:offset + take])
+        for flat, start, offset, take, rec in self._pending:
+            if views and rec.view and take == flat.numel():
+                rec.value = self._result[offset:offset + take].view(rec.tensor.shape)
+            elif rec.in_slot:   # (whole: scratch space always fits) the slot is written again by the next submits
+                rec.value = self._result[offset:offset + take].clone().view(rec.tensor.shape)
+            else:
+                flat[start:start + take].copy_(self._result[offset:offset + take])
+                rec.value = rec.tensor
         self.bytes_reduced += 4 * length
         self._pending.clear()
         self._cursor = 0

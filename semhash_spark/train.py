@@ -75,12 +75,13 @@ def pretrain_step_async(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: f
         dW, db_v, db_h = (torch.zeros_like(t) for t in (rbm.W, rbm.b_v, rbm.b_h))
         stats = CDStats(0.0, 0.0, 0.0)
     else:
-        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator)
-    wait = dist.allreduce_mean_async_([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
+        # the weight gradient is computed straight into the buffer it is averaged in, where the ranks share one
+        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator, out=dist.scratch(tuple(rbm.W.shape)))
+    wait = dist.allreduce_mean_async([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
 
     def finish() -> CDStats:
-        wait()
-        opt.step({"W": dW, "b_v": db_v, "b_h": db_h}, lr=lr, momentum=momentum)
+        dW_avg, db_v_avg, db_h_avg = wait()     # read once, by the update (shared-memory views when two ranks)
+        opt.step({"W": dW_avg, "b_v": db_v_avg, "b_h": db_h_avg}, lr=lr, momentum=momentum)
         return stats
 
     return finish
@@ -100,14 +101,16 @@ def finetune_step_async(model: DeepAutoencoder, optimizer: torch.optim.Optimizer
     decoder's first), so communication overlaps the rest of backward and whatever the caller does before
     finishing."""
     model.train()
-    optimizer.zero_grad(set_to_none=False)
+    # gradients start as None: backward hands each parameter its gradient instead of adding it to zeros, and the
+    # averages below (shared-memory views) are never written to
+    optimizer.zero_grad(set_to_none=True)
     params = list(model.parameters())
-    waits: list[Callable[[], None]] = []
+    waits: list[tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]]]] = []
     if x.shape[0] == 0:   # an empty batch (see pretrain_step) contributes zero gradients
         for p in params:
             p.grad = torch.zeros_like(p)
         loss = torch.zeros(())
-        waits.append(dist.allreduce_mean_async_([p.grad for p in params], name="ae.grad"))  # distributed
+        waits.append((params, dist.allreduce_mean_async([p.grad for p in params], name="ae.grad")))  # distributed
     elif dist.size == 1:
         loss = model.loss(x, model(x, noise))
         loss.backward()
@@ -115,7 +118,7 @@ def finetune_step_async(model: DeepAutoencoder, optimizer: torch.optim.Optimizer
         index = {id(p): i for i, p in enumerate(params)}
 
         def reduce_when_ready(p: torch.Tensor) -> None:
-            waits.append(dist.allreduce_mean_async_([p.grad], name=f"ae.grad.{index[id(p)]}"))  # distributed
+            waits.append(([p], dist.allreduce_mean_async([p.grad], name=f"ae.grad.{index[id(p)]}")))  # distributed
 
         hooks = [p.register_post_accumulate_grad_hook(reduce_when_ready) for p in params]
         try:
@@ -128,9 +131,12 @@ def finetune_step_async(model: DeepAutoencoder, optimizer: torch.optim.Optimizer
             raise RuntimeError(f"backward produced {len(waits)} of {len(params)} gradients")
 
     def finish() -> float:
-        for w in waits:
-            w()
+        for ps, averages in waits:
+            for p, g in zip(ps, averages()):
+                p.grad = g
         optimizer.step()
+        if waits:
+            optimizer.zero_grad(set_to_none=True)   # no reference to shared memory outlives the step
         return float(loss.detach())
 
     return finish

@@ -21,7 +21,25 @@ def _tensors(rank: int, step: int) -> list[torch.Tensor]:
     return [torch.randn(s, generator=g) for s in _shapes()]
 
 
-def _rank(rank, size, token, slot_floats, start, pids_q, out_q, steps, die_at):
+def _views_step(r, ts):
+    """The zero-copy protocol: the first tensor computed into the slot (scratch), the others submitted as they
+    are, every average read as a view of the result; returns (averages, how many were views, inputs unchanged)."""
+    buf = r.scratch(ts[0].numel())
+    first = ts[0] if buf is None else buf.copy_(ts[0].view(-1)).view(ts[0].shape)
+    given = [first, *ts[1:]]
+    before = [t.clone() for t in ts[1:]]
+    averages, views = [], 0
+    for part in (given[:3], given[3:]):
+        recs = [r.submit(t, view=True) for t in part]
+        r.flush(views=True)
+        for rec in recs:   # read before the next collective overwrites the result region
+            views += rec.value.data_ptr() != rec.tensor.data_ptr()
+            averages.append(rec.value.numpy().copy())
+    untouched = all(torch.equal(a, b) for a, b in zip(ts[1:], before))
+    return averages, views, untouched
+
+
+def _rank(rank, size, token, slot_floats, start, pids_q, out_q, steps, die_at, views=False):
     torch.set_num_threads(1)
     pids = start.get()
     r = lr.LocalReducer.attach(rank, size, token, pids, slot_floats, timeout_s=30)
@@ -33,6 +51,10 @@ def _rank(rank, size, token, slot_floats, start, pids_q, out_q, steps, die_at):
             if rank == die_at and step == 2:
                 os._exit(3)
             ts = _tensors(rank, step)
+            if views:
+                averages, n_views, untouched = _views_step(r, ts)
+                out_q.put((rank, step, averages, (n_views, untouched)))
+                continue
             for t in ts[:3]:           # several submits, then a wait, as training does
                 r.submit(t)
             r.flush()
@@ -45,12 +67,12 @@ def _rank(rank, size, token, slot_floats, start, pids_q, out_q, steps, die_at):
         out_q.put((rank, "failed", str(e)))
 
 
-def _run_group(tmp_token, size, slot_floats, steps, die_at=-1):
+def _run_group(tmp_token, size, slot_floats, steps, die_at=-1, views=False):
     lr.LocalReducer.create_segment(tmp_token, size, slot_floats)
     starts = [CTX.Queue() for _ in range(size)]
     attached, out = CTX.Queue(), CTX.Queue()
     procs = [CTX.Process(target=_rank, args=(k, size, tmp_token, slot_floats, starts[k], attached, out, steps,
-                                              die_at)) for k in range(size)]
+                                              die_at, views)) for k in range(size)]
     for p in procs:
         p.start()
     pids = [p.pid for p in procs]
@@ -84,6 +106,28 @@ def test_every_rank_gets_the_mean_of_every_tensor(size, slot_floats):
             for a, b in zip(got[k], got[0]):
                 assert np.array_equal(a, b)   # bit-identical on every rank: the models cannot drift apart
     assert not [f for f in os.listdir(lr.SHM_DIR) if f.startswith("semhash-reduce-")]
+
+
+@pytest.mark.parametrize("size,slot_floats", [(2, 1 << 16), (3, 1024)])
+def test_averages_handed_out_as_views_and_computed_in_the_slot_are_the_mean(size, slot_floats):
+    # with room, every average is a view of the shared result and the inputs stay as they were; with a 1,024-float
+    # slot the 1,500- and 1,000-float tensors are split by flushes in mid-tensor and come back averaged in place
+    results = _run_group(os.urandom(6).hex(), size, slot_floats, steps=3, views=True)
+    assert sorted(r[0] for r in results if r[1] == "done") == list(range(size))
+    for step in range(3):
+        got = {r[0]: r for r in results if r[1] == step}
+        assert sorted(got) == list(range(size))
+        want = [np.mean([_tensors(k, step)[i].numpy() for k in range(size)], axis=0) for i in range(len(_shapes()))]
+        for k in range(size):
+            _, _, averages, (n_views, untouched) = got[k]
+            for a, b in zip(averages, want):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+            for a, b in zip(averages, got[0][2]):
+                assert np.array_equal(a, b)
+            if slot_floats == 1 << 16:
+                assert n_views == len(_shapes()) and untouched
+            else:
+                assert 0 < n_views < len(_shapes())
 
 
 def test_a_dead_rank_fails_the_others_instead_of_hanging():
