@@ -17,7 +17,6 @@ through host memory so a CPU-only Horovod build still trains on a GPU.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -81,9 +80,10 @@ class Dist:
 
         return averages
 
-    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """A float32 CPU buffer of ``shape`` to compute a tensor into that the next :meth:`allreduce_mean_async`
-        then averages without copying it (a view of this rank's shared-memory slot), or None (allocate as usual).
+    def scratch(self, like: torch.Tensor) -> torch.Tensor | None:
+        """A buffer shaped like ``like`` to compute a tensor into that the next :meth:`allreduce_mean_async` then
+        averages without copying it (a view of this rank's shared-memory slot, for float32 CPU tensors), or None
+        (allocate as usual: one rank, the network path, a CUDA or float64 tensor, no room left in the slot).
         Its average is what that call's waiting function returns; the buffer itself is reused by the next submits,
         so it is not for :meth:`allreduce_mean_async_`."""
         return None
@@ -157,11 +157,11 @@ class HorovodDist(Dist):
     def allreduce_mean_async(self, tensors: list[torch.Tensor], name: str = "") -> Callable[[], list[torch.Tensor]]:
         return self._allreduce_async(tensors, name, views=True)
 
-    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
-        if self._local is None:
+    def scratch(self, like: torch.Tensor) -> torch.Tensor | None:
+        if self._local is None or not local_reduce.supported(like):
             return None
-        buf = self._local.scratch(math.prod(shape))
-        return None if buf is None else buf.view(shape)
+        buf = self._local.scratch(like.numel())
+        return None if buf is None else buf.view(like.shape)
 
     def _allreduce_async(self, tensors: list[torch.Tensor], name: str, views: bool
                          ) -> Callable[[], list[torch.Tensor]]:

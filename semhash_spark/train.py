@@ -76,7 +76,7 @@ def pretrain_step_async(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: f
         stats = CDStats(0.0, 0.0, 0.0)
     else:
         # the weight gradient is computed straight into the buffer it is averaged in, where the ranks share one
-        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator, out=dist.scratch(tuple(rbm.W.shape)))
+        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator, out=dist.scratch(rbm.W))
     wait = dist.allreduce_mean_async([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
 
     def finish() -> CDStats:
