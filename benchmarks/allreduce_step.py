@@ -10,7 +10,8 @@ averaged, as ``train_stack`` does). Cases: ``alone`` (one process), ``network`` 
 negotiation cycle), ``shm-cycle5`` (2 ranks, shared memory, Horovod still cycling every 5 ms), ``shm`` (2 ranks,
 shared memory, the default: Horovod's cycle at ``SHM_CYCLE_TIME_MS``). Each case runs in its own processes
 (``horovodrun -np 2 --gloo`` for the 2-rank ones), one torch thread per rank, the same batch on every step;
-results print as one line per rank.
+results print as one line per rank. Each rank raises glibc's allocator thresholds as training ranks do
+(``semhash_spark.allocator``); ``SEMHASH_MALLOC_DEFAULTS=1`` keeps glibc's defaults, for comparison.
 """
 from __future__ import annotations
 
