@@ -4,11 +4,12 @@ A training step allocates and frees the same large tensors again and again (a 20
 the fine-tuning gradients 10 MB). torch's CPU allocator hands these to glibc ``malloc``, which serves blocks above
 its mmap threshold with fresh ``mmap`` calls and returns free memory at the top of the heap to the kernel once it
 exceeds its trim threshold (both thresholds move with what was freed last); either way the next step's tensors
-arrive as untouched pages, and every 4 KiB page costs a fault and the kernel zeroing it: about 2,000 faults per CD
-step of the 2000x500 layer with the defaults, none after :func:`keep_freed_memory` (tests/test_allocator.py). Measured on a 2-core AMD EPYC VM, one thread (``.venv/bin/python`` on
-the bare steps, docs/benchmarks.md): a CD-1 step of the 2000x500 layer took 18.6-19.0 ms with glibc's defaults and
-13.3-14.5 ms with the thresholds below; a fine-tuning step 24.4-25.0 ms against 20.0-20.7 ms. With two ranks the
-zeroing also takes memory bandwidth the other rank's step needs.
+arrive as untouched pages, and every 4 KiB page costs a fault and the kernel zeroing it: 190-2,400 faults per CD
+step of the 2000x500 layer with the defaults (the count moves with the process's allocation history), none after
+:func:`keep_freed_memory` (tests/test_allocator.py). On a 2-core AMD EPYC VM, one thread, that step took
+16.4-16.7 ms with glibc's defaults and 14.0-14.4 ms with the thresholds below, a fine-tuning step 24.1-26.5 ms
+against 20.2-21.5 ms (``benchmarks/allreduce_step.py``, docs/benchmarks.md). With two ranks the zeroing also
+takes memory bandwidth the other rank's step needs.
 
 :func:`keep_freed_memory` raises both thresholds (``mallopt``), which keeps blocks up to 32 MiB (glibc's largest
 mmap threshold) in the heap and lets up to ``trim_mb`` of free memory stay there for reuse. The peak resident
