@@ -93,8 +93,7 @@ class LocalReducer:
         every = torch.frombuffer(memoryview(mem), dtype=torch.float32)
         self._slots = [every[k * slot_floats:(k + 1) * slot_floats] for k in range(size)]
         self._result = every[size * slot_floats:(size + 1) * slot_floats]
-        # (flat tensor, start, slot offset, length, its Submitted)
-        self._pending: list[tuple[torch.Tensor, int, int, int, Submitted]] = []
+        self._pending: list[tuple[Submitted, int, int, int]] = []   # (record, start, slot offset, length)
         self._cursor = 0
         self._seq = 0
         self._early: dict[tuple[int, int], int] = {}   # barrier messages that arrived before their barrier
@@ -181,7 +180,7 @@ class LocalReducer:
                 rec.in_slot = True
             else:
                 target.copy_(flat[pos:pos + take])
-            self._pending.append((flat, pos, self._cursor, take, rec))
+            self._pending.append((rec, pos, self._cursor, take))
             self._cursor += take
             pos += take
         if n == 0:
@@ -203,7 +202,8 @@ class LocalReducer:
                 out.add_(self._slots[k][lo:hi])
             out.mul_(1.0 / self.size)
         self._barrier(_REDUCED)
-        for flat, start, offset, take, rec in self._pending:
+        for rec, start, offset, take in self._pending:
+            flat = rec.tensor.view(-1)
             if views and rec.view and take == flat.numel():
                 rec.value = self._result[offset:offset + take].view(rec.tensor.shape)
             elif rec.in_slot:   # (whole: scratch space always fits) the slot is written again by the next submits
