@@ -91,18 +91,22 @@ def _tdist(tw, j, p, q, mask):
     return d
 
 
-_BLOCK = 32    # bucket entries checked together: a vectorised count first, the scalar pass only if it finds any
+_BLOCK = 32     # bucket entries left that are worth a vectorised count (fewer: checked one by one)
+_CHUNK = 256    # bucket entries counted together: the scalar pass reads only a chunk in which the count finds one
 
 
 @njit(inline="always", cache=True)
-def _block_end(tw, j, p, end, q, mask, thr):
-    """For one-word codes: the end of the block of entries from ``p`` if none is closer than ``thr`` (skip it), else
-    ``p`` (check them one by one)."""
-    if q.shape[0] != 1 or end - p < _BLOCK:
+def _skip_far(tw, j, p, end, q, mask, thr):
+    """For one-word codes: skips, from entry ``p`` of table ``j``'s bucket ending at ``end``, every whole chunk of
+    up to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each); returns the start of
+    the first chunk that has one, or of a tail too short to count, or ``end``. Other codes: ``p``."""
+    if q.shape[0] != 1:
         return p
-    e = p + _BLOCK
-    if _count_below1(tw[j, p:e], mask[0], q[0], thr) == 0:
-        return e
+    while end - p >= _BLOCK:
+        e = min(end, p + _CHUNK)
+        if _count_below1(tw[j, p:e], mask[0], q[0], thr) != 0:
+            return p
+        p = e
     return p
 
 
@@ -266,12 +270,13 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
                 while v < limit:
                     key = base[j] + (qsub[qi, j] ^ v)
                     p, end = np.int64(offs[key]), np.int64(offs[key + 1])
+                    nxt = p                    # where the next vectorised count starts
                     while p < end:
-                        if (p - offs[key]) % _BLOCK == 0:
-                            p2 = _block_end(tw, j, p, end, q, mask, radius + 1)
-                            if p2 != p:
-                                p = p2
-                                continue
+                        if p >= nxt:
+                            p = _skip_far(tw, j, p, end, q, mask, radius + 1)
+                            nxt = p + _CHUNK
+                            if p >= end:
+                                break
                         d = _tdist(tw, j, p, q, mask)
                         p += 1
                         if d > radius:
@@ -332,12 +337,13 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         done_j[j] += 1
                         key = base[j] + (qsub[qi, j] ^ v)
                         p, end = np.int64(offs[key]), np.int64(offs[key + 1])
+                        nxt = p                # where the next vectorised count starts (once the top k is full)
                         while p < end:
-                            if cnt == k and (p - offs[key]) % _BLOCK == 0:
-                                p2 = _block_end(tw, j, p, end, q, mask, bd[k - 1] + 1)
-                                if p2 != p:
-                                    p = p2
-                                    continue
+                            if cnt == k and p >= nxt:
+                                p = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1)
+                                nxt = p + _CHUNK
+                                if p >= end:
+                                    break
                             d = _tdist(tw, j, p, q, mask)
                             p += 1
                             if cnt == k and d > bd[k - 1]:
