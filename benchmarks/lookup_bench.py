@@ -13,8 +13,10 @@ process, not in the index) and each size: build time and memory, then radius 2, 
 per call (median and p99 latency, single thread) and with all queries in one call (mean per query), and recall
 against exact (faiss ``IndexBinaryFlat``; ties counted by distance). Queries are held out: drawn like the codes,
 not from them. faiss's ``range_search`` keeps distances ``< radius``, so it is given ``radius + 1``. Every method
-is timed for at most ``--budget`` seconds per task (the number of queries timed is reported). Prints Markdown
-tables and writes JSON with ``--json``.
+is timed for at most ``--budget`` seconds per task (the number of queries timed is reported). The multi-index
+hash chooses its substring count from the codes (``mih.choose_substrings``; the choice and its estimates are
+printed); ``--extra-m 3,5`` also times it with fixed counts. Prints Markdown tables, the largest size's median
+over the smallest's for each of our indexes, and writes JSON with ``--json``.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from semhash_spark.mih import MultiIndexHash, scan_distances  # noqa: E402
+from semhash_spark.mih import MultiIndexHash, default_substrings, scan_distances  # noqa: E402
 
 BITS = 64
 
@@ -214,7 +216,7 @@ def code_stats(db: np.ndarray) -> dict:
 
 
 def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_bits: int,
-             model_args: dict | None = None):
+             model_args: dict | None = None, extra_m: tuple[int, ...] = ()):
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -244,9 +246,16 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
         return ix, build_s, mem
 
     methods = []
-    ours, b_s, mem = build("ours", lambda: MultiIndexHash(db, BITS))
-    methods.append(("semhash MultiIndexHash " + f"(m={ours.m})", ours, b_s, max(mem, ours.nbytes),
+    ours, b_s, mem = build("ours", lambda: MultiIndexHash(db, BITS))   # m chosen from the codes
+    print(f"  semhash substring count: m={ours.m} (default {default_substrings(n, BITS)}); estimated costs "
+          f"{json.dumps({m: {t: round(v) for t, v in c.items()} for m, c in ours.substring_costs.items()})}",
+          flush=True)
+    methods.append((f"semhash MultiIndexHash (m={ours.m})", ours, b_s, max(mem, ours.nbytes),
                     lambda ix, x, r: ix.range_search(x, r), lambda ix, x: ix.search(x, 10), ours.nbytes))
+    for m in extra_m:        # fixed substring counts, for comparison with the chosen one
+        ix, b_s, mem = build("ours", lambda m=m: MultiIndexHash(db, BITS, m=m))
+        methods.append((f"semhash MultiIndexHash (m={m} fixed)", ix, b_s, max(mem, ix.nbytes),
+                        lambda ix, x, r: ix.range_search(x, r), lambda ix, x: ix.search(x, 10), ix.nbytes))
 
     def faiss_flat():
         ix = faiss.IndexBinaryFlat(BITS)
@@ -295,6 +304,8 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
                     rec = knn_recall([o[0][0] for o in outs], exact_kth[:len(outs)], 10)
                 bt = batch_time(f, q, budget) if stats["median_us"] * nq < 1e6 * budget * 2 else None
                 row = {"data": kind, "n": n, "method": name + (f" nflip={nflip}" if nflip is not None else ""),
+                       "index": "semhash (chosen m)" if name.startswith("semhash") and "fixed" not in name else
+                       name + (f" nflip={nflip}" if nflip is not None else ""),
                        "task": task, **stats, "batch_us_per_query": bt, "recall": rec, "build_s": b_s,
                        "mem_bytes": mem, "mem_mb_per_million": mem / n * 1e6 / 2 ** 20,
                        "ball": ball_sizes.get(int(task.split()[1])) if task.startswith("radius") else None,
@@ -377,6 +388,18 @@ def service_bench(n: int, duration: float, threads: int) -> dict:
     return out
 
 
+def print_ratios(rows: list[dict]) -> None:
+    """Median latency at the largest size over the smallest, per index, data and task (the issue's 10M/1M)."""
+    sizes = sorted({r["n"] for r in rows})
+    if len(sizes) < 2:
+        return
+    med = {(r["index"], r["data"], r["task"], r["n"]): r["median_us"] for r in rows}
+    print(f"\n| index | data | task | median {sizes[-1]:,} / {sizes[0]:,} |", flush=True)
+    for (index, data, task, n), v in med.items():
+        if n == sizes[-1] and (index, data, task, sizes[0]) in med and index.startswith("semhash"):
+            print(f"| {index} | {data} | {task} | {v / med[(index, data, task, sizes[0])]:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1000000,10000000")
@@ -388,6 +411,7 @@ def main(argv=None) -> int:
     p.add_argument("--service-codes", type=int, default=100_000)
     p.add_argument("--service-seconds", type=float, default=10.0)
     p.add_argument("--json", help="write every figure here")
+    p.add_argument("--extra-m", default="", help="also time the multi-index hash with these fixed substring counts")
     p.add_argument("--source", help="kind model: the prepared corpus whose topic model draws the documents")
     p.add_argument("--model", help="kind model: the 64-bit model (directory) that encodes them")
     p.add_argument("--cache", default="/tmp/semhash-lookup-model", help="kind model: fitted topic model and codes")
@@ -412,7 +436,9 @@ def main(argv=None) -> int:
           f"({time.perf_counter() - t:.1f}s)", flush=True)
     for n in [int(s) for s in args.sizes.split(",") if s]:
         for kind in args.kinds.split(","):
-            run_size(kind, n, args.queries, args.budget, rows, args.hash_bits, model_args)
+            run_size(kind, n, args.queries, args.budget, rows, args.hash_bits, model_args,
+                     tuple(int(m) for m in args.extra_m.split(",") if m))
+    print_ratios(rows)
     service = None if args.no_service else service_bench(args.service_codes, args.service_seconds, threads=8)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "scan_codes_per_s": rate, "rows": rows,

@@ -187,6 +187,86 @@ def default_substrings(nrows: int, nbits: int) -> int:
     return min(nbits, max(m, math.ceil(nbits / 32)))
 
 
+# Choosing m from the data (``MultiIndexHash(m=None)`` with at least _AUTO_MIN_ROWS rows): the estimated work of a
+# few typical queries, in scanned-row units, for the substring counts around Norouzi et al.'s.
+_AUTO_MIN_ROWS = 1 << 16
+_AUTO_TASKS = (("knn", 10), ("range", 2), ("range", 4))   # k nearest; every code within a radius
+_AUTO_QUERIES = 64            # rows of the index used as sample queries (seeded: the choice is deterministic)
+_AUTO_COUNT_ROWS = 1 << 20    # substring buckets are counted on at most this many rows, then scaled
+_AUTO_CALL_COST = 20_000.0    # the fixed cost of a query call (about 10 us), so tiny plans compare as near-equal
+_AUTO_SCAN_SHARE = 0.5        # other counts are compared only when the default's k-NN costs this share of a scan
+_AUTO_GAIN = 1.5              # ... and one is chosen only if its largest slowdown is this many times smaller
+
+
+def choose_substrings(codes: np.ndarray, bits: int, start_bit: int = 0, end_bit: int | None = None,
+                      seed: int = 0) -> tuple[int, dict[int, dict[str, float]]]:
+    """The substring count ``m`` for a multi-index hash of ``codes`` on bits ``[start_bit, end_bit)``, from the data:
+    ``(m, {m: {task: estimated cost}})`` (the costs are empty when the default was kept without comparing).
+
+    Norouzi et al.'s ``m = bits / log2(n)`` (:func:`default_substrings`) keeps buckets at O(1) rows, which is right
+    for a radius search, and for k nearest neighbours when the codes are concentrated (codes from a trained model:
+    a query's 10th neighbour is a few bits away). When the codes are spread out it is not: on uniform 64-bit codes
+    the 10th neighbour is 13-15 bits away at 1M-10M codes, covering that with 21-bit substrings takes tens of
+    thousands of probes, and the query falls back to a linear scan, where more, shorter substrings cover it with a
+    few hundred to a few thousand probes of larger buckets.
+
+    So the default is costed on sample queries (``_AUTO_QUERIES`` rows of the index, their k-th distance among the
+    other rows found by a scan) for each of ``_AUTO_TASKS``: the probes the search makes (shells in the order
+    :meth:`MultiIndexHash.search` probes them; the even split of a radius) at ``_KNN_PROBE_COST`` each, plus the
+    rows in the probed buckets (counted on the codes) at ``_KNN_ROW_COST`` each, at most a scan of every row, plus
+    ``_AUTO_CALL_COST`` a query. Only if its k-NN costs at least ``_AUTO_SCAN_SHARE`` of a scan are the counts from
+    one below to three above it costed too; the one that minimises the largest slowdown against the best count for
+    each task (so no typical query is made much slower to speed up another) replaces the default if that slowdown
+    is ``_AUTO_GAIN`` times smaller than the default's. The estimate is coarse (a probe's cost depends on whether
+    the tables fit in cache), so it decides only where the difference is large."""
+    codes = C.as_codes(codes, bits)
+    end_bit = bits if end_bit is None else end_bit
+    n, nbits = codes.shape[0], end_bit - start_bit
+    m0 = default_substrings(n, nbits)
+    if n < _AUTO_MIN_ROWS or m0 == 0:
+        return m0, {}
+    rng = np.random.default_rng(seed)
+    q = codes[np.sort(rng.choice(n, size=min(_AUTO_QUERIES, n), replace=False))]
+    counted = codes if n <= _AUTO_COUNT_ROWS else codes[np.sort(rng.choice(n, _AUTO_COUNT_ROWS, replace=False))]
+    scale = n / counted.shape[0]
+    kmax = max(k for kind, k in _AUTO_TASKS if kind == "knn")
+    Dq, _ = MultiIndexHash(codes, bits, start_bit=start_bit, end_bit=end_bit, m=0).search(q, kmax + 1)
+
+    def estimate(m: int) -> dict[str, float]:
+        spans = split_bits(start_bit, end_bit, m)
+        counts = [np.bincount(substring_values(counted, a, b).astype(np.int64), minlength=1 << (b - a))
+                  for a, b in spans]
+        qsub = [substring_values(q, a, b).astype(np.int64) for a, b in spans]
+        est: dict[str, float] = {}
+        for kind, val in _AUTO_TASKS:
+            total = 0.0
+            for i in range(q.shape[0]):
+                if kind == "knn":   # a query row finds itself first: its k-th neighbour is entry k
+                    s, j = divmod(int(Dq[i, min(val, n - 1)]), m)   # shells to cover it: m*s + j
+                else:               # radius = m*s + j: radius s on tables 0..j, s - 1 on the others
+                    s, j = divmod(val, m)
+                radii = [s if t <= j else s - 1 for t in range(m)]
+                cost = _KNN_PROBE_COST * sum(C.ball_size(b - a, r) for (a, b), r in zip(spans, radii) if r >= 0)
+                if cost < n:
+                    found = sum(int(counts[t][qsub[t][i] ^ ball(b - a, r).astype(np.int64)].sum())
+                                for t, ((a, b), r) in enumerate(zip(spans, radii)) if r >= 0)
+                    cost += _KNN_ROW_COST * scale * found
+                total += min(cost, float(n)) + _AUTO_CALL_COST
+            est[f"{kind}{val}"] = total / q.shape[0]
+        return est
+
+    costs = {m0: estimate(m0)}
+    if all(v - _AUTO_CALL_COST < _AUTO_SCAN_SHARE * n for t, v in costs[m0].items() if t.startswith("knn")):
+        return m0, costs
+    for m in range(max(1, m0 - 1), m0 + 4):
+        if m != m0 and m <= nbits and -(-nbits // m) <= _DIRECT_MAX_BITS:
+            costs[m] = estimate(m)
+    best = {t: min(c[t] for c in costs.values()) for t in costs[m0]}
+    worst = {m: max(c[t] / best[t] for t in best) for m, c in costs.items()}
+    m = min(costs, key=lambda m: (worst[m], abs(m - m0)))
+    return (m if worst[m0] > _AUTO_GAIN * worst[m] else m0), costs
+
+
 @lru_cache(maxsize=512)
 def shell(nbits: int, s: int) -> np.ndarray:
     """Every ``nbits``-bit value with exactly ``s`` bits set (``uint64``, read-only)."""
@@ -249,7 +329,8 @@ class MultiIndexHash:
 
     ``search(q, k) -> (D int32[nq, k], I int64[nq, k])`` and ``range_search(q, radius) -> (lims, D, I)`` as in
     faiss; ``I`` are row numbers of ``codes``. Distances count bits ``[start_bit, end_bit)`` only (default: all).
-    ``m`` substrings (default ``default_substrings``); ``m = 0`` keeps no tables and always scans.
+    ``m`` substrings (default: chosen from the codes, :func:`choose_substrings`); ``m = 0`` keeps no tables and
+    always scans.
     """
 
     def __init__(self, codes: np.ndarray, bits: int, *, start_bit: int = 0, end_bit: int | None = None,
@@ -267,7 +348,11 @@ class MultiIndexHash:
         mask = range_mask(codes.shape[1], start_bit, end_bit)
         self._mask = None if full else (mask[0] if self._w == 1 else mask)
         nbits = end_bit - start_bit
-        self.m = default_substrings(n, nbits) if m is None else int(m)
+        self.substring_costs: dict[int, dict[str, float]] = {}   # how m was chosen (m=None), see choose_substrings
+        if m is None:
+            self.m, self.substring_costs = choose_substrings(codes, bits, start_bit, end_bit)
+        else:
+            self.m = int(m)
         if not 0 <= self.m <= nbits:
             raise ValueError(f"m={self.m} substrings for {nbits} bits")
         self._tables = [self._build(codes, a, b) for a, b in (split_bits(start_bit, end_bit, self.m) if self.m

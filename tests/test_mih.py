@@ -149,3 +149,65 @@ def test_planted_codes_at_exactly_the_radius(path):
         for j in range(len(qc)):
             want = np.flatnonzero(H[j] <= r)
             assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_neighbours_anywhere_in_a_large_bucket(path, k):
+    """One bucket of 2,000 codes read in chunks by a vectorised count: neighbours planted at its start, at chunk
+    and block edges and in its short tail are all found, by k-NN and by range search."""
+    rng = np.random.default_rng(k)
+    bits = rng.integers(0, 2, size=(2001, 64)).astype(bool)
+    bits[:, :16] = False                      # every code in table 0's bucket 0 (m=4: 16-bit substrings)
+    q = bits[2000].copy()
+    for row, r in zip((0, 31, 32, 255, 256, 257, 511, 1984, 1999), (3, 2, 3, 1, 2, 3, 2, 1, 3)):
+        bits[row] = q
+        bits[row, 16 + rng.choice(48, size=r, replace=False)] ^= True
+    db, qc = C.pack_bits(bits[:2000]), C.pack_bits(bits[2000:])
+    ix = MultiIndexHash(db, 64, m=4)
+    H = exact(qc, db, 0, 64)[0]
+    want = np.lexsort((np.arange(2000), H))[:k]
+    D, I = ix.search(qc, k)
+    assert np.array_equal(I[0], want) and np.array_equal(D[0], H[want])
+    lims, D, I = ix.range_search(qc, 3)
+    within = np.flatnonzero(H <= 3)
+    assert len(within) >= 9
+    assert np.array_equal(I, within[np.lexsort((within, H[within]))])
+
+
+def test_substring_count_chosen_from_the_codes():
+    """Spread-out codes (uniform, 1M): the default's k-NN would scan, so more substrings are chosen, with a much
+    lower estimated k-NN cost; the index built with them is exact. Concentrated codes keep the default without
+    costing alternatives."""
+    rng = np.random.default_rng(3)
+    n = 1_000_000
+    db = rng.integers(0, 256, size=(n, 8), dtype=np.uint8)
+    m0 = mih.default_substrings(n, 64)
+    m, costs = mih.choose_substrings(db, 64)
+    assert m > m0 and set(costs) > {m0, m}
+    assert costs[m]["knn10"] * 1.5 < costs[m0]["knn10"]
+    ix = MultiIndexHash(db, 64)
+    assert ix.m == m and ix.substring_costs == costs
+    q = rng.integers(0, 256, size=(20, 8), dtype=np.uint8)
+    D, I = ix.search(q, 10)
+    Ds, Is = MultiIndexHash(db, 64, m=0).search(q, 10)
+    assert np.array_equal(D, Ds) and np.array_equal(I, Is)
+
+    conc = clustered(64, 100_000, rng, clusters=50, flip=0.03)
+    m, costs = mih.choose_substrings(conc, 64)
+    assert m == mih.default_substrings(100_000, 64) and list(costs) == [m]
+
+
+def test_chosen_substring_count_on_wide_codes_with_a_prefix():
+    """128-bit codes compared from bit 8 (as inside a partition): the costed choice runs and the index is exact."""
+    rng = np.random.default_rng(5)
+    db = rng.integers(0, 256, size=(70_000, 16), dtype=np.uint8)
+    m, costs = mih.choose_substrings(db, 128, start_bit=8)
+    assert m in costs and 1 <= m <= 120
+    ix = MultiIndexHash(db, 128, start_bit=8)
+    assert ix.m == m
+    q = rng.integers(0, 256, size=(8, 16), dtype=np.uint8)
+    H = exact(q, db, 8, 128)
+    D, I = ix.search(q, 5)
+    for j in range(len(q)):
+        want = np.lexsort((np.arange(len(db)), H[j]))[:5]
+        assert np.array_equal(I[j], want) and np.array_equal(D[j], H[j][want])
