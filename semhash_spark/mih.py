@@ -201,7 +201,8 @@ _AUTO_GAIN = 1.5              # ... and one is chosen only if its largest slowdo
 def choose_substrings(codes: np.ndarray, bits: int, start_bit: int = 0, end_bit: int | None = None,
                       seed: int = 0) -> tuple[int, dict[int, dict[str, float]]]:
     """The substring count ``m`` for a multi-index hash of ``codes`` on bits ``[start_bit, end_bit)``, from the data:
-    ``(m, {m: {task: estimated cost}})`` (the costs are empty when the default was kept without comparing).
+    ``(m, {m: {task: estimated cost}})``: no costs below ``_AUTO_MIN_ROWS`` rows, only the default's when it was
+    kept without comparing.
 
     Norouzi et al.'s ``m = bits / log2(n)`` (:func:`default_substrings`) keeps buckets at O(1) rows, which is right
     for a radius search, and for k nearest neighbours when the codes are concentrated (codes from a trained model:
