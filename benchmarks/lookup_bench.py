@@ -250,12 +250,13 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
     print(f"  semhash substring count: m={ours.m} (default {default_substrings(n, BITS)}); estimated costs "
           f"{json.dumps({m: {t: round(v) for t, v in c.items()} for m, c in ours.substring_costs.items()})}",
           flush=True)
-    methods.append((f"semhash MultiIndexHash (m={ours.m})", ours, b_s, max(mem, ours.nbytes),
-                    lambda ix, x, r: ix.range_search(x, r), lambda ix, x: ix.search(x, 10), ours.nbytes))
-    for m in extra_m:        # fixed substring counts, for comparison with the chosen one
-        ix, b_s, mem = build("ours", lambda m=m: MultiIndexHash(db, BITS, m=m))
-        methods.append((f"semhash MultiIndexHash (m={m} fixed)", ix, b_s, max(mem, ix.nbytes),
+    def add_ours(label, ix, b_s, mem):
+        methods.append((f"semhash MultiIndexHash ({label})", ix, b_s, max(mem, ix.nbytes),
                         lambda ix, x, r: ix.range_search(x, r), lambda ix, x: ix.search(x, 10), ix.nbytes))
+
+    add_ours(f"m={ours.m}", ours, b_s, mem)
+    for m in extra_m:        # fixed substring counts, for comparison with the chosen one
+        add_ours(f"m={m} fixed", *build("ours", lambda m=m: MultiIndexHash(db, BITS, m=m)))
 
     def faiss_flat():
         ix = faiss.IndexBinaryFlat(BITS)
@@ -303,9 +304,9 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
                     stats, outs = timed(f, q, budget)
                     rec = knn_recall([o[0][0] for o in outs], exact_kth[:len(outs)], 10)
                 bt = batch_time(f, q, budget) if stats["median_us"] * nq < 1e6 * budget * 2 else None
-                row = {"data": kind, "n": n, "method": name + (f" nflip={nflip}" if nflip is not None else ""),
-                       "index": "semhash (chosen m)" if name.startswith("semhash") and "fixed" not in name else
-                       name + (f" nflip={nflip}" if nflip is not None else ""),
+                method = name + (f" nflip={nflip}" if nflip is not None else "")
+                row = {"data": kind, "n": n, "method": method,
+                       "index": "semhash (chosen m)" if ix is ours else method,
                        "task": task, **stats, "batch_us_per_query": bt, "recall": rec, "build_s": b_s,
                        "mem_bytes": mem, "mem_mb_per_million": mem / n * 1e6 / 2 ** 20,
                        "ball": ball_sizes.get(int(task.split()[1])) if task.startswith("radius") else None,

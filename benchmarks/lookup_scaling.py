@@ -1,5 +1,5 @@
-"""How the multi-index hash's query time grows with the collection: 1M and 10M codes held at once, timed in
-alternating rounds, so the ratio is not skewed by the machine's minute-to-minute speed.
+"""How the multi-index hash's query time grows with the collection: 1M and 10M codes held at once, each query
+timed on both back to back, so the ratio is not skewed by the machine's minute-to-minute speed.
 
     .venv/bin/python benchmarks/lookup_scaling.py                                   # random and clustered codes
     .venv/bin/python benchmarks/lookup_scaling.py --kinds random,clustered,model --source DATA --model MODEL
