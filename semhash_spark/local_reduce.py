@@ -332,9 +332,11 @@ class LocalReducer:
                                         "the ranks' collectives are out of order")
 
     def _check_peers(self, phase: int, deadline: float | None) -> None:
-        for k, pid in enumerate(self.pids):
-            if k != self.rank and not _alive(pid):
-                raise LocalReduceFailed(f"rank {k} (pid {pid}) exited during a shared-memory allreduce")
+        # every dead peer is named: the first to die may not be the first in rank order (a rank that saw it die
+        # fails and exits too, and can be found dead before it)
+        dead = [f"rank {k} (pid {pid})" for k, pid in enumerate(self.pids) if k != self.rank and not _alive(pid)]
+        if dead:
+            raise LocalReduceFailed(f"{', '.join(dead)} exited during a shared-memory allreduce")
         if deadline is not None and time.monotonic() > deadline:
             raise LocalReduceFailed(f"no answer from the other ranks for {self.timeout_s:.0f} s "
                                     f"(shared-memory allreduce, phase {phase})")
