@@ -28,6 +28,10 @@ from petastorm.fs_utils import get_filesystem_and_path_or_paths
 
 from . import dataset as ds
 
+# petastorm 0.13.1 drives pyarrow's legacy dataset API, and pyarrow 14 warns on every use (a dozen FutureWarnings
+# per reader, thousands in a training run): nothing a user can act on, so they are kept out of the job's logs.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+
 log = logging.getLogger(__name__)
 
 READER_POOLS = ("dummy", "process", "thread")
