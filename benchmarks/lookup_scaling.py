@@ -10,6 +10,10 @@ from its cache, or are sampled and encoded first). Each index chooses its substr
 with one query per call over all queries, each query on both indexes back to back (which goes first alternates);
 a round's ratio is its large median over its small median. Prints each round and the median ratio over
 rounds, and writes JSON with ``--json``.
+
+``--eps 0.1,0.2`` adds k=10 with early stopping (``MultiIndexHash.search(q, 10, eps=...)``) at each value, with its
+recall at each size against the exact answer: by row (the exact rows found) and by distance (results no farther
+than the true 10th neighbour: among codes tied at that distance any is a right answer).
 """
 from __future__ import annotations
 
@@ -44,6 +48,15 @@ def medians_us(ixs: dict, fn, q: np.ndarray, flip: bool) -> dict:
     return {n: float(np.median(v) * 1e6) for n, v in lat.items()}
 
 
+def recalls(ix, q: np.ndarray, eps: float, k: int = 10) -> dict:
+    """Recall of ``search(q, k, eps=eps)`` against the exact answer: by row and by distance."""
+    D0, I0 = ix.search(q, k)
+    D, I = ix.search(q, k, eps=eps)
+    by_row = np.mean([len(set(a) & set(b)) / k for a, b in zip(I.tolist(), I0.tolist())])
+    by_dist = float(np.mean(D <= D0[:, -1:]))
+    return {"by_row": float(by_row), "by_distance": by_dist}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1000000,10000000", help="two sizes: small,large")
@@ -55,8 +68,13 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="kind model: see lookup_bench")
     p.add_argument("--cache", default="/tmp/semhash-lookup-model")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--eps", default="", help="comma-separated eps > 0 for early-stopping k=10 (default: none)")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    eps = [float(e) for e in args.eps.split(",") if e.strip()]
+    if any(not e > 0 for e in eps):
+        p.error("--eps values must be > 0")
+    tasks = TASKS + tuple((f"k=10 eps={e:g}", lambda ix, x, e=e: ix.search(x, 10, eps=e)) for e in eps)
     small, large = (int(s) for s in args.sizes.split(","))
     model_args = ({"source": args.source, "model_dir": args.model, "cache": Path(args.cache),
                    "workers": args.workers} if "model" in args.kinds.split(",") else None)
@@ -68,22 +86,29 @@ def main(argv=None) -> int:
         ixs = {n: MultiIndexHash(db[:n], BITS, m=args.m) for n in (small, large)}
         print(f"## {kind}: m={ixs[small].m} at {small:,}, m={ixs[large].m} at {large:,}", flush=True)
         for ix in ixs.values():
-            for _, fn in TASKS:
+            for _, fn in tasks:
                 fn(ix, q[:3])
-        per = {task: {"small": [], "large": [], "ratio": []} for task, _ in TASKS}
+        per = {task: {"small": [], "large": [], "ratio": []} for task, _ in tasks}
+        for e in eps:
+            rec = {n: recalls(ix, q, e) for n, ix in ixs.items()}
+            per[f"k=10 eps={e:g}"]["recall"] = {"small": rec[small], "large": rec[large]}
         for r in range(args.rounds):
-            for task, fn in TASKS:
+            for task, fn in tasks:
                 med = medians_us(ixs, fn, q, flip=r % 2 == 1)
                 per[task]["small"].append(med[small])
                 per[task]["large"].append(med[large])
                 per[task]["ratio"].append(med[large] / med[small])
             print(f"  round {r + 1}: " + "; ".join(
                 f"{t} {per[t]['small'][-1]:.0f} / {per[t]['large'][-1]:.0f} us = {per[t]['ratio'][-1]:.2f}"
-                for t, _ in TASKS), flush=True)
-        for task, _ in TASKS:
+                for t, _ in tasks), flush=True)
+        for task, _ in tasks:
             ratios = per[task]["ratio"]
+            rec = per[task].get("recall")
+            recall = (" | recall by row {:.3f} / {:.3f}, by distance {:.3f} / {:.3f}".format(
+                rec["small"]["by_row"], rec["large"]["by_row"], rec["small"]["by_distance"],
+                rec["large"]["by_distance"]) if rec else "")
             print(f"| {kind} | {task} | {np.median(per[task]['small']):.0f} | {np.median(per[task]['large']):.0f} | "
-                  f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
+                  f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}){recall} |", flush=True)
             out.append({"data": kind, "task": task, "m_small": ixs[small].m, "m_large": ixs[large].m, **per[task]})
         del ixs, db
         gc.collect()

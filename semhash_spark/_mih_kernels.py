@@ -302,12 +302,17 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
 
 
 @njit(cache=True, nogil=True)
-def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost):
+def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost,
+              eps):
     """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
     the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
     distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row (a
     probe costs ``probe_cost`` scanned rows, each row it finds ``row_cost``) is flagged in the third result for a
-    linear scan (its D, I rows stay -1). ``tw``: as in :func:`range_batch`."""
+    linear scan (its D, I rows stay -1). ``tw``: as in :func:`range_batch`.
+
+    ``eps > 0`` stops early: once the k-th distance found is below ``(1 + eps)`` times the distance every unseen
+    code is at least at, so the i-th result is within ``(1 + eps)`` of the true i-th distance, for every i (a
+    true i-th neighbour not yet seen is at least that far; one seen is among the results or beaten by them)."""
     nq, m, n = qw.shape[0], perm.shape[0], perm.shape[1]
     need_scan = np.zeros(nq, np.bool_)
     D = np.full((nq, k), -1, np.int32)
@@ -361,11 +366,11 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         if s == 0:
                             break
                         v = _next_comb(v)
-                if cnt == k and bd[k - 1] <= m * s + j:   # every code within m*s + j has been seen
+                if cnt == k and bd[k - 1] < (1.0 + eps) * (m * s + j + 1):   # unseen codes: m*s + j + 1 away
                     done = True
                     break
                 if s >= 1:
-                    dk = bd[k - 1] if cnt == k else total
+                    dk = int(bd[k - 1] / (1.0 + eps)) if cnt == k else total   # the distance to cover
                     sd, jd = dk // m, dk % m
                     need = 0.0
                     for j2 in range(m):

@@ -530,8 +530,15 @@ class MultiIndexHash:
         np.cumsum(np.bincount(qid, minlength=nq), out=lims[1:])
         return lims, d.astype(np.int32), row
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest rows: ``D int32[nq, k]``, ``I int64[nq, k]`` by (distance, row), padded with -1."""
+    def search(self, q: np.ndarray, k: int, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest rows: ``D int32[nq, k]``, ``I int64[nq, k]`` by (distance, row), padded with -1.
+
+        Exact with ``eps = 0``. With ``eps > 0`` the probing stops as soon as the k-th distance found is below
+        ``1 + eps`` times the distance that every code not yet read is known to be at least at: the i-th result is
+        then within ``(1 + eps)`` times the true i-th distance, for every i, and the search reads fewer buckets (a
+        query that falls back to a linear scan is still answered exactly)."""
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, not {eps!r}")
         qw, qs = self._prepare(q)
         nq = qw.shape[0]
         D = np.full((nq, max(k, 0)), -1, dtype=np.int32)
@@ -546,7 +553,7 @@ class MultiIndexHash:
             else:
                 Dk, Ik, slow = _K.knn_batch(kern["tw"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
                                             kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
-                                            _KNN_PROBE_COST, _KNN_ROW_COST)
+                                            _KNN_PROBE_COST, _KNN_ROW_COST, float(eps))
                 if slow.any():  # covering their k-th distance would cost more probes than a scan
                     Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
             D[:, :kk], I[:, :kk] = Dk, Ik
@@ -575,8 +582,8 @@ class MultiIndexHash:
                     break
                 if sh.shape[0]:
                     self._probe_shell(j, s, sh, active, qw, qsub, best_d, best_i)
-                guaranteed = self.m * s + j             # every row within this distance has been seen
-                active = active[best_d[active, kk - 1] > guaranteed]
+                unseen = self.m * s + j + 1             # every row not yet seen is at least this far
+                active = active[best_d[active, kk - 1] >= (1.0 + eps) * unseen]
             if active.size == 0:
                 break
         D[:, :kk], I[:, :kk] = best_d, best_i

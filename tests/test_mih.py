@@ -56,6 +56,37 @@ def test_equals_brute_force(path, bits, kind, start_bit, n):
             assert np.array_equal(I[i], want) and np.array_equal(D[i], H[i][want])
 
 
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+def test_approximate_knn_within_eps_of_the_true_distances(path, kind):
+    """``eps > 0``: every result's distance is its true one, the i-th is within (1 + eps) of the true i-th distance,
+    rows are distinct; on uniform codes a large eps does stop early (some answer differs from the exact one).
+    ``eps = 0`` is the exact answer."""
+    rng = np.random.default_rng(7)
+    n = 200_000             # uniform codes: enough that k-NN probes buckets rather than falling back to a scan
+    both = C.pack_bits(rng.integers(0, 2, size=(n + 40, 64))) if kind == "random" else clustered(64, n + 40, rng)
+    db, q = both[:n], both[n:]
+    ix = MultiIndexHash(db, 64)
+    H = np.stack([ix.distances(q[i:i + 1], np.arange(n)) for i in range(len(q))])   # the scan: brute force
+    assert np.array_equal(H[:3, :500], exact(q[:3], db[:500], 0, 64))
+    want = np.array([np.lexsort((np.arange(n), H[i]))[:10] for i in range(len(q))])
+    true_d = np.take_along_axis(H, want, axis=1)
+    D0, I0 = ix.search(q, 10, eps=0.0)
+    assert np.array_equal(I0, want) and np.array_equal(D0, true_d)
+    differs = 0
+    for eps in (0.25, 1.0):
+        D, I = ix.search(q, 10, eps=eps)
+        assert np.array_equal(D, np.take_along_axis(H, I, axis=1))
+        assert all(len(set(row)) == 10 for row in I.tolist())
+        assert np.all(np.diff(D, axis=1) >= 0)
+        assert np.all(D <= (1 + eps) * true_d)
+        differs += int((D != true_d).any())
+    if kind == "random":
+        assert differs > 0
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps"):
+            ix.search(q, 10, eps=bad)
+
+
 def test_pads_with_minus_one_and_handles_tiny_indexes(path):
     rng = np.random.default_rng(0)
     db = C.pack_bits(rng.integers(0, 2, size=(5, 64)))
