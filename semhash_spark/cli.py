@@ -120,8 +120,10 @@ def cmd_query(args) -> dict:
         payload = client.search(texts=[args.text] if args.text else None,
                                 codes=[args.code] if args.code else None,
                                 ids=[args.id] if args.id else None, radius=args.radius, k=args.k,
-                                rerank=args.rerank)
+                                rerank=args.rerank, eps=args.eps)
         return _show_results(args, payload["results"][0], payload.get("version"))
+    if args.eps is not None:
+        raise ValueError("--eps is an option of the service: use it with --server")
     if args.image:
         from pathlib import Path
 
@@ -332,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--radius", type=int, help="Hamming radius around the query's address")
     sp.add_argument("--k", type=int, help="number of nearest documents (default 10 without --radius)")
     sp.add_argument("--rerank", choices=["tfidf"], help="re-rank the Hamming shortlist by TF-IDF cosine")
+    sp.add_argument("--eps", type=float, help="with --server and k: stop early, each result within 1 + eps of the "
+                    "true distance of its rank (default 0: exact)")
     sp.add_argument("--json", action="store_true", help="print only the JSON result")
 
     sp = add("evaluate", cmd_evaluate, "precision/recall of a model's codes against TF-IDF, LSA and LSH")

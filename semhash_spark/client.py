@@ -38,13 +38,15 @@ class SemhashClient:
     # ------------------------------------------------------------------ API
     def search(self, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
-               radius: int | None = None, k: int | None = None, rerank: str | None = None) -> dict:
-        """POST /search with exactly one of ids / texts / codes / word_counts."""
+               radius: int | None = None, k: int | None = None, rerank: str | None = None,
+               eps: float | None = None) -> dict:
+        """POST /search with exactly one of ids / texts / codes / word_counts (``eps > 0``: k nearest stops early,
+        each result within ``1 + eps`` of the true distance of its rank)."""
         body: dict[str, Any] = {}
         for name, value in (("ids", ids), ("texts", texts), ("codes", codes), ("word_counts", word_counts)):
             if value is not None:
                 body[name] = list(value)
-        for name, value in (("radius", radius), ("k", k), ("rerank", rerank)):
+        for name, value in (("radius", radius), ("k", k), ("rerank", rerank), ("eps", eps)):
             if value is not None:
                 body[name] = value
         return self.request("POST", "/search", body)
@@ -121,11 +123,11 @@ def _message(payload: bytes) -> str:
 def query_server(server: str, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                  codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
                  radius: int | None = None, k: int | None = None, rerank: str | None = None,
-                 token: str | None = None, timeout: float = 30.0) -> dict:
+                 eps: float | None = None, token: str | None = None, timeout: float = 30.0) -> dict:
     """One search against a running service; the response as a dict (raises :class:`ServiceError`)."""
     with SemhashClient(server, token=token, timeout=timeout) as c:
         return c.search(ids=ids, texts=texts, codes=codes, word_counts=word_counts, radius=radius, k=k,
-                        rerank=rerank)
+                        rerank=rerank, eps=eps)
 
 
 def add_query_server_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -137,6 +139,7 @@ def add_query_server_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--radius", type=int)
     p.add_argument("-k", "--k", type=int)
     p.add_argument("--rerank", choices=["tfidf", "code"])
+    p.add_argument("--eps", type=float, help="k nearest: stop early, each result within 1 + eps (default 0: exact)")
     p.add_argument("--token", help="bearer token (default: $SEMHASH_TOKEN)")
     return p
 
@@ -150,7 +153,8 @@ def query_server_main(args: argparse.Namespace | Sequence[str] | None = None) ->
             None if args is None else list(args))
     try:
         out = query_server(args.server, ids=args.ids, texts=args.texts, codes=args.codes, radius=args.radius,
-                           k=args.k, rerank=args.rerank, token=args.token or os.environ.get("SEMHASH_TOKEN"))
+                           k=args.k, rerank=args.rerank, eps=args.eps,
+                           token=args.token or os.environ.get("SEMHASH_TOKEN"))
     except (ServiceError, OSError) as e:
         print(f"semhash query: {e}", file=sys.stderr)
         return 1

@@ -104,6 +104,28 @@ def test_search_by_code_equals_exact_index(main):
     assert [pairs(x) for x in out["results"]] == [[p for p in row if p[1] <= 3][:5] for row in lib_knn(main, q, 5)]
 
 
+def test_early_stopping_knn_within_eps_of_the_exact_distances(main):
+    """``eps``: each result's distance is its true one and within (1 + eps) of the exact answer's at its rank;
+    ``eps = 0`` is the exact answer; a large eps skips rings of partitions and changes some answers."""
+    rng = np.random.default_rng(5)
+    q = C.pack_bits(rng.integers(0, 2, size=(12, 32)))
+    H = brute_force(main["codes"], q)
+    row = {x: t for t, x in enumerate(main["ids"])}
+    exact = main["client"].search(codes=hexes(q), k=10)
+    assert main["client"].search(codes=hexes(q), k=10, eps=0)["results"] == exact["results"]
+    differs = 0
+    for eps in (0.5, 3.0):
+        out = main["client"].search(codes=hexes(q), k=10, eps=eps)
+        assert out["version"] == main["version"] and not out["partial"]
+        for j in range(len(q)):
+            got, want = pairs(out["results"][j]), pairs(exact["results"][j])
+            assert len(got) == 10 and len({i for i, _ in got}) == 10
+            assert all(d == H[j][row[i]] for i, d in got)
+            assert all(g[1] <= (1 + eps) * w[1] for g, w in zip(got, want))
+            differs += got != want
+    assert differs > 0
+
+
 def test_search_by_id_text_and_word_counts(main):
     c, i = main["client"], 11
     by_code = c.search(codes=hexes(main["codes"][i:i + 1]), k=8)
@@ -168,6 +190,8 @@ def test_rerank_code_is_the_address_ball(main):
     ({"codes": ["00000000"], "k": 1, "rerank": "bm25"}, 422, "rerank"),
     ({"word_counts": [{"zqaaa": -1}], "k": 1}, 422, "positive"),
     ({"codes": ["00000000"], "k": 1, "colour": "red"}, 422, "colour"),
+    ({"codes": ["00000000"], "k": 1, "eps": -0.5}, 422, "eps=-0.5"),
+    ({"codes": ["00000000"], "radius": 2, "eps": 0.5}, 422, "eps applies to k nearest"),
 ])
 def test_malformed_queries_get_4xx_with_a_message(main, body, status, needle):
     with pytest.raises(ServiceError) as e:
@@ -200,9 +224,15 @@ def test_metrics(main):
         assert needle in text, needle
 
 
-def test_query_server_function(main):
+def test_query_server_function(main, capsys):
     out = query_server(main["url"], codes=hexes(main["codes"][:1]), k=2)
     assert out["version"] == main["version"] and len(out["results"][0]) == 2
+    assert query_server(main["url"], codes=hexes(main["codes"][:1]), k=2, eps=0.5)["results"][0][0]["distance"] == 0
+    from semhash_spark.cli import main as cli_main   # semhash query --server URL --code HEX --k 3 --eps 0.5
+    assert cli_main(["query", "--server", main["url"], "--code", hexes(main["codes"][:1])[0], "--k", "3",
+                     "--eps", "0.5", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["version"] == main["version"] and got["results"][0]["distance"] == 0
 
 
 # --------------------------------------------------------------------------------------------- token

@@ -14,7 +14,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"codes": ["a3f09c1d22e4b801"], "k": 10},
         {"texts": ["gpu drivers crash on resume"], "radius": 2, "k": 20, "rerank": "tfidf"},
-        {"ids": ["doc-17"], "k": 5}]})
+        {"ids": ["doc-17"], "k": 5}, {"codes": ["a3f09c1d22e4b801"], "k": 10, "eps": 0.2}]})
 
     ids: list[str] | None = Field(None, description="Document ids of this index: find their neighbours")
     texts: list[str] | None = Field(None, description="Raw texts, tokenised with the index's vocabulary and "
@@ -26,6 +26,8 @@ class SearchRequest(BaseModel):
     k: int | None = Field(None, description="Nearest neighbours to return (exact, full-code Hamming distance)")
     radius: int | None = Field(None, description="Hamming radius: of the full code, or of the address with "
                                                  "rerank='code'")
+    eps: float = Field(0.0, description="k nearest only: 0 (default) is exact; eps > 0 stops early, each result "
+                                        "within (1 + eps) times the true distance of its rank")
     rerank: Literal["tfidf", "code"] | None = Field(
         None, description="'tfidf': re-rank a shortlist by TF-IDF cosine of the documents' words; 'code': the "
                           "papers' lookup, a Hamming ball around the query's address ordered by the full code")

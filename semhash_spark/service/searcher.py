@@ -62,6 +62,7 @@ class Query:
     k: int | None = None
     radius: int | None = None
     rerank: str | None = None
+    eps: float = 0.0                   # k nearest: 0 exact; > 0 each result within (1 + eps) of the true distance
 
 
 @dataclass
@@ -184,6 +185,10 @@ class Searcher:
             raise QueryError(f"k={q.k} is out of range: 1..{s.max_k}")
         if q.radius is not None and not 0 <= q.radius <= s.max_radius:
             raise QueryError(f"radius={q.radius} is out of range: 0..{s.max_radius}")
+        if not (isinstance(q.eps, (int, float)) and math.isfinite(q.eps) and q.eps >= 0):
+            raise QueryError(f"eps={q.eps!r}: must be a finite number >= 0 (0: exact)")
+        if q.eps > 0 and (q.k is None or q.rerank == "code"):
+            raise QueryError("eps applies to k nearest neighbours: give k (and no rerank='code')")
         if q.rerank is not None and q.rerank not in RERANKS:
             raise QueryError(f"rerank={q.rerank!r}: use 'tfidf' (documents) or 'code' (address shortlist)")
         if q.rerank == "code" and q.radius is None:
@@ -313,12 +318,12 @@ class Searcher:
                 cut = len(c) > s.max_results           # the shortlist is the nearest max_results of the ball
                 c = c.nearest(s.max_results)
             else:
-                c = self._knn(v, code, max(s.rerank_candidates, q.k or 0), None, req)
+                c = self._knn(v, code, max(s.rerank_candidates, q.k or 0), None, req, q.eps)
             scores = self._cosines(v, bag, c)
             order = np.lexsort((c.ordinal, c.d, -scores))[: q.k or s.max_results]
             return self._hits(c.take(order), scores[order]), cut
         if q.k is not None:
-            return self._hits(self._knn(v, code, q.k, q.radius, req)), False
+            return self._hits(self._knn(v, code, q.k, q.radius, req, q.eps)), False
         c = self._within(v, code, q.radius, req)
         return self._hits(c.nearest(s.max_results)), len(c) > s.max_results
 
@@ -331,23 +336,29 @@ class Searcher:
             pieces.append((part, D + off, I))
         return _Candidates.join(pieces)
 
-    def _knn(self, v: LoadedVersion, code: np.ndarray, k: int, radius: int | None, req: _Request) -> _Candidates:
+    def _knn(self, v: LoadedVersion, code: np.ndarray, k: int, radius: int | None, req: _Request,
+             eps: float = 0.0) -> _Candidates:
+        """The k nearest (within ``radius`` if given), ring by ring of partitions around the query's address.
+        ``eps > 0``: a ring, or the codes of a partition, are skipped once the k-th distance found is below
+        ``1 + eps`` times what they are at least at, so each result is within ``1 + eps`` of the true distance of
+        its rank (a skipped true neighbour is at least the k-th found over ``1 + eps``)."""
         pd = v.prefix_distances(int(C.prefix(code, v.partition_bits)[0]))
         best = _Candidates.empty()
         for ring in np.unique(pd):
             ring = int(ring)
             if radius is not None and ring > radius:
                 break
-            if len(best) == k and best.d[-1] < ring:
+            if len(best) == k and best.d[-1] < (1.0 + eps) * ring:
                 break  # every code further out is at least `ring` away
             pieces = []
             for part in req.partitions(np.flatnonzero(pd == ring)):
                 off = ring if part.suffix else 0
                 limit = radius
-                if len(best) == k:
-                    limit = int(best.d[-1]) if limit is None else min(limit, int(best.d[-1]))
+                if len(best) == k:   # exact: ties at the k-th distance too (by ordinal); eps: below kth / (1 + eps)
+                    kth = int(best.d[-1]) if eps == 0 else math.ceil(int(best.d[-1]) / (1.0 + eps)) - 1
+                    limit = kth if limit is None else min(limit, kth)
                 if limit is None:
-                    D, I = part.mih.search(code, k)
+                    D, I = part.mih.search(code, k, eps=eps)
                     ok = I[0] >= 0
                     pieces.append((part, D[0][ok] + off, I[0][ok]))
                 elif limit >= off:
