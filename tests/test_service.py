@@ -126,6 +126,33 @@ def test_early_stopping_knn_within_eps_of_the_exact_distances(main):
     assert differs > 0
 
 
+def test_early_stopping_reads_the_next_ring_when_it_may_hold_a_closer_code(main):
+    """A query one prefix bit away from an indexed code x (so x sits in the next ring of partitions, 1 bit away),
+    whose own partition's nearest is d0 >= 2 bits away: with eps just under d0 - 1, stopping after its own
+    partition would break the bound (d0 > (1 + eps) * 1), so the answer must be x's distance, 1."""
+    bits, pb = main["bits"], main["partition_bits"]
+    B = C.unpack_bits(main["codes"], bits)
+    part = C.prefix(main["codes"], pb)
+    found = None
+    for i in range(len(B)):
+        for b in range(pb):
+            q = B[i].copy()
+            q[b] ^= 1
+            qc = C.pack_bits(q[None, :])
+            d = brute_force(main["codes"], qc)[0]
+            own = d[part == C.prefix(qc, pb)[0]]
+            if own.size and own.min() >= 2 and d.min() == 1 and (found is None or own.min() < found[1]):
+                found = (qc, int(own.min()))
+        if found and found[1] == 2:
+            break
+    assert found is not None
+    qc, d0 = found
+    eps = d0 - 1 - 0.1
+    out = main["client"].search(codes=hexes(qc), k=1, eps=eps)["results"][0]
+    assert [h["distance"] for h in out] == [1]
+    assert main["client"].search(codes=hexes(qc), k=1, eps=d0)["results"][0][0]["distance"] <= (1 + d0) * 1
+
+
 def test_search_by_id_text_and_word_counts(main):
     c, i = main["client"], 11
     by_code = c.search(codes=hexes(main["codes"][i:i + 1]), k=8)
