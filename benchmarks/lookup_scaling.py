@@ -48,9 +48,10 @@ def medians_us(ixs: dict, fn, q: np.ndarray, flip: bool) -> dict:
     return {n: float(np.median(v) * 1e6) for n, v in lat.items()}
 
 
-def recalls(ix, q: np.ndarray, eps: float, k: int = 10) -> dict:
-    """Recall of ``search(q, k, eps=eps)`` against the exact answer: by row and by distance."""
-    D0, I0 = ix.search(q, k)
+def recalls(ix, q: np.ndarray, exact: tuple[np.ndarray, np.ndarray], eps: float) -> dict:
+    """Recall of ``search(q, k, eps=eps)`` against ``exact``, the exact ``(D, I)``: by row and by distance."""
+    D0, I0 = exact
+    k = I0.shape[1]
     D, I = ix.search(q, k, eps=eps)
     by_row = np.mean([len(set(a) & set(b)) / k for a, b in zip(I.tolist(), I0.tolist())])
     by_dist = float(np.mean(D <= D0[:, -1:]))
@@ -89,8 +90,9 @@ def main(argv=None) -> int:
             for _, fn in tasks:
                 fn(ix, q[:3])
         per = {task: {"small": [], "large": [], "ratio": []} for task, _ in tasks}
+        exact = {n: ix.search(q, 10) for n, ix in ixs.items()} if eps else {}
         for e in eps:
-            rec = {n: recalls(ix, q, e) for n, ix in ixs.items()}
+            rec = {n: recalls(ix, q, exact[n], e) for n, ix in ixs.items()}
             per[f"k=10 eps={e:g}"]["recall"] = {"small": rec[small], "large": rec[large]}
         for r in range(args.rounds):
             for task, fn in tasks:
