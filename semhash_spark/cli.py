@@ -97,9 +97,12 @@ def cmd_encode(args) -> dict:
     if _is_image_data(args.data):
         from .image_encode import encode_images_to_index
 
+        if args.address_model:
+            raise ValueError("--address-model is not supported for image indexes yet (their address is the "
+                             "ranking code's prefix)")
         return encode_images_to_index(spark, args.model, args.data, args.index, cfg,
                                       patch_model_uri=args.patch_model)
-    return encode_to_index(spark, args.model, args.data, args.index, cfg)
+    return encode_to_index(spark, args.model, args.data, args.index, cfg, address_model_uri=args.address_model)
 
 
 def _is_image_data(data_uri: str) -> bool:
@@ -109,21 +112,24 @@ def _is_image_data(data_uri: str) -> bool:
     return store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images"
 
 
-def cmd_query(args) -> dict:
+def cmd_query(args) -> dict | None:
     from .codes import from_hex
     from .lookup import Searcher
 
+    k = args.k if args.k is not None else (None if args.radius is not None or args.address_radius is not None else 10)
     if args.server:
         from .client import Client  # the HTTP client of `semhash serve`
 
         client = Client(args.server, token=os.environ.get("SEMHASH_TOKEN"))
         payload = client.search(texts=[args.text] if args.text else None,
                                 codes=[args.code] if args.code else None,
-                                ids=[args.id] if args.id else None, radius=args.radius, k=args.k,
-                                rerank=args.rerank, eps=args.eps)
+                                ids=[args.id] if args.id else None, radius=args.radius, k=k,
+                                address_radius=args.address_radius, rerank=args.rerank, eps=args.eps)
         return _show_results(args, payload["results"][0], payload.get("version"))
-    if args.eps is not None:
-        raise ValueError("--eps is an option of the service: use it with --server")
+    if not args.index:
+        raise ValueError("give --index INDEX_URI (library lookup) or --server URL (through the service)")
+    if args.id:
+        raise ValueError("--id is a query of the service: use it with --server")
     if args.image:
         from pathlib import Path
 
@@ -131,27 +137,31 @@ def cmd_query(args) -> dict:
 
         searcher = ImageSearcher.open(args.index)
         pixels = searcher.load_images([Path(args.image).read_bytes()])
-        k = args.k if args.k is not None else (None if args.radius is not None else 10)
-        results = searcher.search_images(pixels, k=k, radius=args.radius, msh_lookup=args.msh)
+        results = searcher.search_images(pixels, k=k, radius=args.radius, address_radius=args.address_radius,
+                                         msh_lookup=args.msh)
         return _show_results(args, results[0], searcher.index.version)
     if not (args.text or args.code):
         raise ValueError("give --text, --image or --code (or --server URL with --id)")
     searcher = Searcher.open(args.index)
-    k = args.k if args.k is not None else (None if args.radius is not None else 10)
     if args.text:
-        results = searcher.search_texts([args.text], radius=args.radius, k=k, rerank=args.rerank)
+        results = searcher.search_texts([args.text], radius=args.radius, k=k, address_radius=args.address_radius,
+                                        rerank=args.rerank)
     else:
-        results = searcher.search_codes(from_hex(args.code, searcher.index.bits), radius=args.radius, k=k)
+        results = searcher.search_codes(from_hex(args.code, searcher.index.bits), radius=args.radius, k=k,
+                                        address_radius=args.address_radius, eps=args.eps or 0.0)
     return _show_results(args, results[0], searcher.index.version)
 
 
-def _show_results(args, hits: list[dict], version: str | None) -> dict:
-    if not args.json:
-        print(f"index version {version}: {len(hits)} result(s)")
-        for rank, h in enumerate(hits, 1):
-            extra = f"  tfidf={h['score']:.3f}" if "score" in h else ""
-            print(f"{rank:4d}. {h['id']}  hamming={h['distance']}{extra}")
-    return {"version": version, "results": hits}
+def _show_results(args, hits: list[dict], version: str | None) -> dict | None:
+    """``--json``: prints ``{"version", "results": [hits]}``, the shape of ``POST /search``; else a table."""
+    if args.json:
+        print(json.dumps({"version": version, "results": [hits]}))
+        return None
+    print(f"index version {version}: {len(hits)} result(s)")
+    for rank, h in enumerate(hits, 1):
+        extra = f"  tfidf={h['score']:.3f}" if "score" in h else ""
+        print(f"{rank:4d}. {h['id']}  hamming={h['distance']}{extra}")
+    return {"version": version, "results": [hits]}
 
 
 def cmd_evaluate(args) -> dict:
@@ -314,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     conf_args(sp)
 
     sp = add("encode", cmd_encode, "encode a corpus and publish address-partitioned code shards (Spark job)")
-    sp.add_argument("--model", required=True)
+    sp.add_argument("--model", required=True, help="RANKING_MODEL: the (long) code every item is ranked by")
+    sp.add_argument("--address-model", help="ADDRESS_MODEL: a (short, <= 64-bit) model whose code is each item's "
+                    "address (default: the first index.address_bits bits of the ranking code)")
     sp.add_argument("--data", required=True)
     sp.add_argument("--index", required=True, help="INDEX_URI: local path or s3://bucket/prefix")
     sp.add_argument("--patch-model", help="images: the 81-glimpse model (model.kind image_patches) whose codes are "
@@ -331,12 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "radius 3, scores 2^(3-d), ranked with the full code); the index needs patch codes")
     sp.add_argument("--code", help="a hex code")
     sp.add_argument("--id", help="a document id (with --server)")
-    sp.add_argument("--radius", type=int, help="Hamming radius around the query's address")
-    sp.add_argument("--k", type=int, help="number of nearest documents (default 10 without --radius)")
-    sp.add_argument("--rerank", choices=["tfidf"], help="re-rank the Hamming shortlist by TF-IDF cosine")
-    sp.add_argument("--eps", type=float, help="with --server and k: stop early, each result within 1 + eps of the "
+    sp.add_argument("--radius", type=int, help="Hamming radius on the ranking code: every item within it")
+    sp.add_argument("--address-radius", type=int, help="Hamming radius on the address code: the papers' lookup "
+                    "(every item whose address is within it), ordered by the ranking code")
+    sp.add_argument("--k", type=int, help="number of nearest items by ranking code (default 10 without a radius)")
+    sp.add_argument("--rerank", choices=["tfidf"], help="order the shortlist by TF-IDF cosine")
+    sp.add_argument("--eps", type=float, help="k nearest alone: stop early, each result within 1 + eps of the "
                     "true distance of its rank (default 0: exact)")
-    sp.add_argument("--json", action="store_true", help="print only the JSON result")
+    sp.add_argument("--json", action="store_true", help="print only {\"version\", \"results\"}, as POST /search")
 
     sp = add("evaluate", cmd_evaluate, "precision/recall of a model's codes against TF-IDF, LSA and LSH")
     sp.add_argument("--model", required=True)
@@ -400,12 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="few epochs, for smoke tests")
 
     sp = add("serve", cmd_serve, "HTTP lookup service over the current version of an index")
-    sp.add_argument("--index", required=True)
-    sp.add_argument("--port", type=int, default=8080)
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--cache-bytes", type=int, default=1 << 30)
-    sp.add_argument("--token", default=os.environ.get("SEMHASH_TOKEN"), help="bearer token for query endpoints")
-    sp.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for a new version")
+    from .service.settings import add_serve_arguments   # the one set of flags (python -m semhash_spark.service too)
+
+    add_serve_arguments(sp)
     return p
 
 

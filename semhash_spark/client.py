@@ -39,14 +39,15 @@ class SemhashClient:
     def search(self, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
                radius: int | None = None, k: int | None = None, rerank: str | None = None,
-               eps: float | None = None) -> dict:
+               eps: float | None = None, address_radius: int | None = None) -> dict:
         """POST /search with exactly one of ids / texts / codes / word_counts (``eps > 0``: k nearest stops early,
         each result within ``1 + eps`` of the true distance of its rank)."""
         body: dict[str, Any] = {}
         for name, value in (("ids", ids), ("texts", texts), ("codes", codes), ("word_counts", word_counts)):
             if value is not None:
                 body[name] = list(value)
-        for name, value in (("radius", radius), ("k", k), ("rerank", rerank), ("eps", eps)):
+        for name, value in (("radius", radius), ("address_radius", address_radius), ("k", k), ("rerank", rerank),
+                            ("eps", eps)):
             if value is not None:
                 body[name] = value
         return self.request("POST", "/search", body)
@@ -123,11 +124,12 @@ def _message(payload: bytes) -> str:
 def query_server(server: str, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                  codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
                  radius: int | None = None, k: int | None = None, rerank: str | None = None,
-                 eps: float | None = None, token: str | None = None, timeout: float = 30.0) -> dict:
+                 eps: float | None = None, token: str | None = None, timeout: float = 30.0,
+                 address_radius: int | None = None) -> dict:
     """One search against a running service; the response as a dict (raises :class:`ServiceError`)."""
     with SemhashClient(server, token=token, timeout=timeout) as c:
         return c.search(ids=ids, texts=texts, codes=codes, word_counts=word_counts, radius=radius, k=k,
-                        rerank=rerank, eps=eps)
+                        rerank=rerank, eps=eps, address_radius=address_radius)
 
 
 def add_query_server_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -136,9 +138,10 @@ def add_query_server_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--id", dest="ids", action="append", help="document id (repeatable)")
     p.add_argument("--text", dest="texts", action="append", help="raw text (repeatable)")
     p.add_argument("--code", dest="codes", action="append", help="hex code (repeatable)")
-    p.add_argument("--radius", type=int)
+    p.add_argument("--radius", type=int, help="Hamming radius on the ranking code")
+    p.add_argument("--address-radius", type=int, help="Hamming radius on the address code (the papers' lookup)")
     p.add_argument("-k", "--k", type=int)
-    p.add_argument("--rerank", choices=["tfidf", "code"])
+    p.add_argument("--rerank", choices=["tfidf"])
     p.add_argument("--eps", type=float, help="k nearest: stop early, each result within 1 + eps (default 0: exact)")
     p.add_argument("--token", help="bearer token (default: $SEMHASH_TOKEN)")
     return p
@@ -153,7 +156,7 @@ def query_server_main(args: argparse.Namespace | Sequence[str] | None = None) ->
             None if args is None else list(args))
     try:
         out = query_server(args.server, ids=args.ids, texts=args.texts, codes=args.codes, radius=args.radius,
-                           k=args.k, rerank=args.rerank, eps=args.eps,
+                           address_radius=args.address_radius, k=args.k, rerank=args.rerank, eps=args.eps,
                            token=args.token or os.environ.get("SEMHASH_TOKEN"))
     except (ServiceError, OSError) as e:
         print(f"semhash query: {e}", file=sys.stderr)

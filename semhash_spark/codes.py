@@ -11,7 +11,6 @@ from math import comb
 
 import numpy as np
 
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def code_bytes(bits: int) -> int:
@@ -72,8 +71,8 @@ def to_hex(codes: np.ndarray) -> list[str]:
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
-    """Bit count of each uint8, summed over the last axis."""
-    return _POPCOUNT8[x].sum(axis=-1, dtype=np.int32)
+    """Bit count of each uint8, summed over the last axis (``numpy.unpackbits``; a reference for the fast one)."""
+    return np.unpackbits(np.asarray(x, dtype=np.uint8), axis=-1).sum(axis=-1, dtype=np.int32)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -82,17 +81,18 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.ascontiguousarray(b, dtype=np.uint8)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"code widths differ: {a.shape[1]} and {b.shape[1]} bytes")
+    aw, bw = to_words(a), to_words(b)
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
-    # Chunk over the rows of a so the (chunk, len(b), nbytes) XOR stays small.
-    step = max(1, (1 << 22) // max(1, b.shape[0] * b.shape[1]))
+    # Chunk over the rows of a so the (chunk, len(b), nwords) XOR stays small.
+    step = max(1, (1 << 20) // max(1, bw.shape[0] * bw.shape[1]))
     for s in range(0, a.shape[0], step):
-        out[s : s + step] = popcount(a[s : s + step, None, :] ^ b[None, :, :])
+        out[s : s + step] = popcount_inplace(aw[s : s + step, None, :] ^ bw[None, :, :])
     return out
 
 
 def hamming_to_one(q: np.ndarray, db: np.ndarray) -> np.ndarray:
     """Distances ``int32[len(db)]`` from one packed code ``q`` to every row of ``db``."""
-    return popcount(np.bitwise_xor(db, np.asarray(q, dtype=np.uint8).reshape(1, -1)))
+    return hamming_words(to_words(np.asarray(q, dtype=np.uint8).reshape(1, -1))[0], to_words(db))
 
 
 def prefix(codes: np.ndarray, nbits: int) -> np.ndarray:
@@ -134,8 +134,7 @@ def ball_size(nbits: int, radius: int) -> int:
 
 def int_hamming(a: np.ndarray, b: int) -> np.ndarray:
     """Hamming distance between integers (``uint64[n]``) and one integer."""
-    x = np.asarray(a, dtype=np.uint64) ^ np.uint64(b)
-    return popcount(x.view(np.uint8).reshape(-1, 8))
+    return popcount_inplace(np.asarray(a, dtype=np.uint64).reshape(-1) ^ np.uint64(b))
 
 
 # --------------------------------------------------------------------------------------------- fast kernels
@@ -146,6 +145,7 @@ _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _H01 = np.uint64(0x0101010101010101)
+_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
 
 
 def to_words(codes: np.ndarray) -> np.ndarray:
@@ -167,22 +167,27 @@ def popcount64(x: np.ndarray) -> np.ndarray:
     return _popcount64_inplace(np.array(x, dtype=np.uint64, copy=True))
 
 
-def _popcount64_inplace(x: np.ndarray) -> np.ndarray:
-    y = x >> np.uint64(1)
+def popcount_inplace(x: np.ndarray) -> np.ndarray:
+    """Bit counts of ``uint64[n]`` (each) or ``uint64[n, w]`` (summed over words) -> ``int32[n]``; ``x`` is
+    clobbered. The one SWAR popcount of the code base (the compiled loops count bits in :mod:`._mih_kernels`)."""
+    y = x >> _S1
     y &= _M1
     x -= y
-    y = x >> np.uint64(2)
+    y = x >> _S2
     y &= _M2
     x &= _M2
     x += y
-    y = x >> np.uint64(4)
+    y = x >> _S4
     x += y
     x &= _M4
     x *= _H01
-    x >>= np.uint64(56)
-    if x.shape[-1] == 1:
-        return x[..., 0].astype(np.int32)
-    return x.sum(axis=-1, dtype=np.int32)
+    x >>= _S56
+    if x.ndim == 1:
+        return x.astype(np.int32)
+    return x.sum(axis=-1, dtype=np.int32) if x.shape[-1] > 1 else x[..., 0].astype(np.int32)
+
+
+_popcount64_inplace = popcount_inplace
 
 
 def hamming_words(q: np.ndarray, db: np.ndarray) -> np.ndarray:

@@ -117,7 +117,7 @@ def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: i
             print("      tfidf rerank: " + ", ".join(f"{h['id']} ({h['score']:.2f})" for h in reranked))
             queries.append({"text": text, "hamming": hits, "reranked": reranked})
         address_bits = searcher.index.address_bits
-        ball = searcher.search_texts([DEMO_QUERIES[0]], radius=4, k=None)[0]
+        ball = searcher.search_texts([DEMO_QUERIES[0]], address_radius=4, k=None)[0]
         print(f"    Hamming ball of radius 4 around the {address_bits}-bit address of {DEMO_QUERIES[0]!r}: "
               f"{len(ball)} documents, partitions read so far: {searcher.index.partitions_read}", flush=True)
         summary["queries"] = len(queries)

@@ -30,6 +30,7 @@ from . import sparkio, store
 from .checkpoint import WEIGHTS, META, Hasher
 
 log = logging.getLogger(__name__)
+ADDRESS_MODEL_DIR = "address_model"
 
 ENCODED_SCHEMA = ("id string, code binary, address long, part string, word_ids binary, word_counts binary, "
                   "content_hash string")
@@ -53,7 +54,8 @@ def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
         if device != "cpu":
             hasher.model.to(device)
             log.info("encoding on %s", device)
-        _WORKER_MODELS.clear()
+        if len(_WORKER_MODELS) >= 2:                  # the ranking and the address model of one job
+            _WORKER_MODELS.clear()
         _WORKER_MODELS[f"{version}@{device}"] = hasher
     return hasher
 
@@ -75,8 +77,12 @@ def _task_device() -> str:
 
 
 def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: int, address_bits: int,
-                  partition_bits: int, keep_words: bool) -> Iterator[pd.DataFrame]:
+                  partition_bits: int, keep_words: bool, address_hasher: Hasher | None = None
+                  ) -> Iterator[pd.DataFrame]:
     """Arrow batches of documents -> id, packed code, address (as signed int64), partition key (hex).
+
+    The address is ``address_hasher``'s code (``address_bits`` = its bits) or, without one, the first
+    ``address_bits`` bits of the ranking code; the partition key is the address's first ``partition_bits`` bits.
 
     The documents' ``content_hash`` passes through when the batch has it (re-indexing compares it), else null.
     """
@@ -84,9 +90,10 @@ def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: in
         if len(pdf) == 0:
             continue
         counts = ds.csr_from_binary(pdf[ds.WORD_IDS].tolist(), pdf[ds.WORD_COUNTS].tolist(), vocab_size)
-        packed = hasher.codes(counts.toarray())
-        address = C.prefix(packed, address_bits)
-        part = C.prefix(packed, partition_bits)
+        dense = counts.toarray()
+        packed = hasher.codes(dense)
+        address = C.prefix(address_hasher.codes(dense) if address_hasher is not None else packed, address_bits)
+        part = address >> np.uint64(address_bits - partition_bits)
         out = pd.DataFrame({
             "id": pdf[ds.ID].astype(str).to_numpy(),
             "code": [row.tobytes() for row in packed],
@@ -104,9 +111,12 @@ def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: in
 
 
 def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *, version: str | None = None,
-                    splits: tuple[str, ...] = ds.SPLITS) -> dict[str, Any]:
+                    splits: tuple[str, ...] = ds.SPLITS, address_model_uri: str | None = None) -> dict[str, Any]:
     """Encodes every document of ``data_uri`` with the model and publishes a new index version.
 
+    ``address_model_uri``: a short model (e.g. 20 bits) trained on the same vocabulary whose codes are the items'
+    addresses (partitions are their prefixes); copied into the version as ``address_model/``. Without it the
+    address is the first ``index.address_bits`` bits of the ranking code.
     Returns a report: version, counts, partitions, files, seconds, documents per second.
     """
     t0 = time.time()
@@ -118,6 +128,10 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     meta = json.loads(meta_blob)
     bits = int(meta["bits"])
     address_bits = min(cfg.index.address_bits, bits)
+    address_blobs, address_meta = None, None
+    if address_model_uri:
+        address_blobs, address_meta = _address_model(address_model_uri, meta)
+        address_bits = int(address_meta["bits"])
     partition_bits = min(cfg.index.partition_bits, address_bits)
     if store.is_s3(data_uri) and sparkio.on_cluster(spark):   # executors read it through the store
         dmeta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
@@ -133,20 +147,24 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     version_uri = ix.version_prefix(index_uri, version)
     model_version = meta["model_version"]
     blobs = spark.sparkContext.broadcast({WEIGHTS: tensors_blob, META: meta_blob})
+    address_bc = spark.sparkContext.broadcast(address_blobs) if address_blobs else None
+    address_version = address_meta["model_version"] if address_meta else None
     keep_words = cfg.index.store_counts and meta.get("kind", "documents") == "documents"
     code_bytes = C.code_bytes(bits)
     s3_env = store.driver_s3_env()
 
     def encode(frames):
         hasher = _hasher_from_bytes(model_version, blobs.value)
-        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words)
+        address_hasher = _hasher_from_bytes(address_version, address_bc.value) if address_bc is not None else None
+        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words,
+                                 address_hasher)
 
     def write(frames):
         store.apply_s3_env(s3_env)
         for pdf in frames:
             cols = ["id", "code", "address"] + (["word_ids", "word_counts"] if keep_words else []) + \
                 ([ds.CONTENT_HASH] if keep_hash else [])
-            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[cols])
+            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[cols], address_bits=address_bits)
             if metas:
                 yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
                                     for m in metas])
@@ -171,12 +189,16 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
             model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
             data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
             has_words=keep_words,
+            **({"address_model": {"uri": address_model_uri, "version": address_version, "path": ADDRESS_MODEL_DIR,
+                                  "kind": address_meta.get("kind"), "bits": address_bits}} if address_meta else {}),
         )
         log.info("wrote %d shard files: %d partitions, %d codes under %s", len(files), len(manifest["partitions"]),
                  manifest["count"], version_uri)
         # The index carries the model that made its codes, so a reader can encode queries with it.
         store.write_bytes(store.join(version_uri, "model", WEIGHTS), tensors_blob)
         store.write_bytes(store.join(version_uri, "model", META), meta_blob)
+        for name, blob in (address_blobs or {}).items():
+            store.write_bytes(store.join(version_uri, ADDRESS_MODEL_DIR, name), blob)
         ix.publish(index_uri, version, manifest, verify_checksums=False)
     except BaseException:
         log.error("encode failed; removing the unpublished version %s", version)
@@ -187,11 +209,33 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
         raise
     finally:
         blobs.unpersist()
+        if address_bc is not None:
+            address_bc.unpersist()
     seconds = time.time() - t0
     count = int(manifest["count"])
     return {
         "version": version, "index": index_uri, "bits": bits, "address_bits": address_bits,
         "partition_bits": partition_bits, "count": count, "partitions": len(manifest["partitions"]),
         "files": len(files), "seconds": round(seconds, 2), "docs_per_second": round(count / max(seconds, 1e-9), 1),
-        "model_version": model_version,
+        "model_version": model_version, "address_model_version": address_version,
     }
+
+
+def _address_model(uri: str, ranking_meta: dict) -> tuple[dict[str, bytes], dict]:
+    """The address model's files and metadata, checked: a document model of at most 64 bits on the ranking
+    model's vocabulary."""
+    if not store.exists(store.join(uri, META)):
+        raise ValueError(f"no address model at {uri!r} (model.json not found); run semhash train --bits 20 first")
+    blobs = {WEIGHTS: store.read_bytes(store.join(uri, WEIGHTS)), META: store.read_bytes(store.join(uri, META))}
+    meta = json.loads(blobs[META])
+    bits = int(meta["bits"])
+    if not 1 <= bits <= 64:
+        raise ValueError(f"the address model {uri!r} makes {bits}-bit codes; an address has at most 64 bits")
+    if meta.get("kind", "documents") != ranking_meta.get("kind", "documents"):
+        raise ValueError(f"the address model {uri!r} is a {meta.get('kind')} model, the ranking model a "
+                         f"{ranking_meta.get('kind')} model")
+    a, r = meta.get("vocab", {}).get("fingerprint"), ranking_meta.get("vocab", {}).get("fingerprint")
+    if a and r and a != r:
+        raise ValueError(f"the address model {uri!r} was trained on another vocabulary than the ranking model "
+                         f"(fingerprints {a[:12]} vs {r[:12]}); train both on the same prepared data")
+    return blobs, meta

@@ -1,7 +1,7 @@
 """Image queries against a published image index: pixels or image files -> codes with the index's own model.
 
-- ``k`` / ``radius``: as for documents (:mod:`semhash_spark.lookup`): exact Hamming kNN on the full code, or the
-  address ball of the paper's semantic-hashing memory lookup.
+- ``k`` / ``radius`` / ``address_radius``: as for documents (:mod:`semhash_spark.query`): exact Hamming kNN or ball
+  on the ranking code, or the address ball of the paper's semantic-hashing memory lookup.
 - ``msh=True``: multiple semantic hashing (:mod:`semhash_spark.msh`) with the patch model and patch codes stored
   in the version: every image found by a radius-3 lookup of any of the query's 81 glimpses scores ``2^(3-d)``,
   summed over glimpses; results are ordered by score, then by the full code's Hamming distance (the 256-bit
@@ -16,6 +16,7 @@ import numpy as np
 
 from . import codes as C
 from . import msh
+from . import query as Q
 from . import store
 from .checkpoint import Hasher, load_model
 from .config import ImagesConfig
@@ -71,23 +72,21 @@ class ImageSearcher:
 
     # -- lookup ---------------------------------------------------------------------------------------------------
     def search_images(self, pixels: np.ndarray, *, k: int | None = 10, radius: int | None = None,
-                      msh_lookup: bool = False) -> list[list[dict[str, Any]]]:
+                      address_radius: int | None = None, msh_lookup: bool = False) -> list[list[dict[str, Any]]]:
+        """``k`` / ``radius`` on the ranking code, ``address_radius`` the address ball (:mod:`semhash_spark.query`),
+        or multiple semantic hashing with ``msh_lookup``."""
         pixels = np.asarray(pixels, dtype=np.uint8)
         if pixels.ndim == 3:
             pixels = pixels[None]
         q = self.codes(pixels)
         if msh_lookup:
             return self._search_msh(pixels, q, k)
-        if radius is None and not k:
-            raise ValueError("give radius and/or k")
-        if radius is not None:
-            lims, D, I = self.index.address_lookup(q, radius)
-            lists = [(D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]) for i in range(len(q))]
-            lists = [(d[:k], i[:k]) if k else (d, i) for d, i in lists]
-        else:
-            D, I = self.index.search(q, k)
-            lists = [(D[i][I[i] >= 0], I[i][I[i] >= 0]) for i in range(len(q))]
-        return [[{"id": x, "distance": int(dd)} for x, dd in zip(self.index.ids_of(i), d)] for d, i in lists]
+        Q.check(k, radius, address_radius, None, 0.0, self.index.address_bits)
+        qa = self.index.query_addresses(q) if address_radius is not None else None
+        need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
+                                   address_radius=address_radius)
+        return [a.hits() for a in Q.answer(self.index.loaded(need), q, k=k, radius=radius,
+                                           address_radius=address_radius, q_address=qa)]
 
     def patch_index(self) -> tuple[np.ndarray, np.ndarray, msh.PatchIndex]:
         """(ids, long codes, PatchIndex) of the version's patch table, read once."""

@@ -8,14 +8,16 @@ Layout (the contract in docs/architecture.md)::
     INDEX_URI/versions/V/part=<hex>/<uuid>.parquet  id, code fixed_size_binary(code_bytes), address uint64,
                                                     [word_ids binary, word_counts binary]
 
-A code's partition is its first ``partition_bits`` bits; inside a file rows are sorted by (address, id). Ordinals
+``address`` is the item's address code: the first ``address_bits`` bits of its code, or, when the manifest names an
+``address_model`` (copied into ``versions/V/address_model/``), that model's code of ``address_bits`` bits. An item's
+partition is its address's first ``partition_bits`` bits; inside a file rows are sorted by (address, id). Ordinals
 (the ``I`` that searches return) number the rows globally: partitions in manifest order (ascending prefix), files
 in manifest order, rows in file order. They are stable for a published version.
 
-Search is exact. A code whose partition prefix is at Hamming distance ``d`` from the query's prefix is at least
-``d`` from the query, so :meth:`HammingIndex.search` probes partitions in rings of increasing prefix distance and
-stops once its k-th best distance is below the next ring's; :meth:`HammingIndex.range_search` reads only the
-partitions whose prefix is within the radius. Results are ordered by (distance, ordinal), exactly as brute force.
+Search is exact (:mod:`semhash_spark.query`, shared with the service): the partitions a query needs are read
+and verified, then searched as one structure; a ball on the address code, or on the ranking code where the
+address is its prefix, reads only the partitions whose prefix is within the radius. Results are ordered by
+(distance, ordinal), exactly as brute force.
 """
 from __future__ import annotations
 
@@ -116,8 +118,12 @@ def codes_from_column(values: Sequence[bytes], code_bytes: int) -> np.ndarray:
     return np.frombuffer(b"".join(bytes(v) for v in values), dtype=np.uint8).reshape(len(values), code_bytes)
 
 
-def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf) -> list[dict]:
+def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, address_bits: int | None = None
+                ) -> list[dict]:
     """Writes one Spark task's rows as one Parquet file per partition present; returns the files' metadata.
+
+    A row's partition is the first ``partition_bits`` bits of its ``address_bits``-bit address (without
+    ``address_bits``: of its code, the layout of indexes whose address is the code's prefix).
 
     Runs inside executors (e.g. from ``mapInPandas``). ``pdf`` has columns ``id``, ``code`` (bytes),
     ``address`` (uint64) and optionally ``word_ids``/``word_counts`` (bytes) and ``content_hash`` (str). Returns
@@ -139,7 +145,10 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf) -> 
     address = pdf["address"].to_numpy()
     # Spark has no unsigned longs: an int64 column carries the address's 64 bits (two's complement)
     address = address.astype(np.int64).view(np.uint64) if address.dtype.kind == "i" else address.astype(np.uint64)
-    part = C.prefix(codes, partition_bits)
+    if address_bits is None:
+        part = C.prefix(codes, partition_bits)
+    else:
+        part = address >> np.uint64(address_bits - partition_bits)
     order = np.lexsort((ids, address, part))                     # by partition, then address, then id
     codes, ids, address, part = codes[order], ids[order], address[order], part[order]
     words = [pdf[c].to_numpy(dtype=object)[order] for c in WORD_COLUMNS] if with_words else None
@@ -173,7 +182,7 @@ def build_manifest(version: str, bits: int, address_bits: int, partition_bits: i
                    **extra: Any) -> dict:
     """Groups ``write_shard`` metadata into the version's manifest (partitions ascending, files by path)."""
     _check_version(version)
-    _check_bits(bits, address_bits, partition_bits)
+    _check_bits(64 if extra.get("address_model") else bits, address_bits, partition_bits)
     by_part: dict[int, list[dict]] = {}
     columns: list[str] | None = None
     seen = set()
@@ -217,7 +226,7 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> None:
         if manifest.get("format") != FORMAT:
             raise IndexFormatError(f"{where}: format {manifest.get('format')!r}, this reader needs {FORMAT!r}")
         bits, ab, pb = int(manifest["bits"]), int(manifest["address_bits"]), int(manifest["partition_bits"])
-        _check_bits(bits, ab, pb)
+        _check_bits(64 if manifest.get("address_model") else bits, ab, pb)   # an address model's own width
         if int(manifest["code_bytes"]) != C.code_bytes(bits):
             raise IndexFormatError(f"{where}: code_bytes {manifest['code_bytes']} does not fit {bits} bits")
         total, last = 0, -1
@@ -355,9 +364,11 @@ def _check_sha(uri: str, data: bytes, expected: str) -> None:
 class HammingIndex:
     """Exact Hamming-space lookup over a published version (or codes in memory), shaped like faiss.
 
-    ``search(q, k) -> (D, I)``, ``range_search(q, radius) -> (lims, D, I)``, ``address_lookup(q, radius)``;
-    ``I`` holds ordinals, mapped to string ids by :meth:`ids_of`. Partitions are read on first use (each file's
-    sha256 checked against the manifest when ``verify``) and kept; ``partitions_read`` counts them.
+    ``search(q, k) -> (D, I)`` and ``range_search(q, radius) -> (lims, D, I)`` on the ranking code,
+    ``address_lookup(q, address_radius)`` the address ball; ``I`` holds ordinals, mapped to string ids by
+    :meth:`ids_of`. Partitions are read on first use with :func:`semhash_spark.query.read_partition` (each file's
+    sha256 checked when ``verify``) and searched as one :class:`semhash_spark.query.Loaded`; ``partitions_read``
+    counts them.
     """
 
     def __init__(self, manifest: dict, index_uri: str | None = None, verify: bool = True):
@@ -373,20 +384,12 @@ class HammingIndex:
         self.partition_bits = int(manifest["partition_bits"])
         self.ntotal = int(manifest["count"])
         self.has_words = set(WORD_COLUMNS) <= set(manifest.get("columns", ()))
+        self.address_from_model = bool(manifest.get("address_model"))
         parts = manifest["partitions"]
         self._part_names = [p["partition"] for p in parts]
         self._part_vals = np.array([int(p["partition"], 16) for p in parts], dtype=np.uint64)
-        self._part_rows = np.array([int(p["rows"]) for p in parts], dtype=np.int64)
-        self._part_off = np.concatenate([[0], np.cumsum(self._part_rows)]).astype(np.int64)
-        nwords = max(1, (self.code_bytes + 7) // 8)
-        self._words = np.zeros((self.ntotal, nwords), dtype=np.uint64)   # codes, zero-padded to 64-bit words
-        self._addr = np.zeros(self.ntotal, dtype=np.uint64)
-        self._ids = np.empty(self.ntotal, dtype=object)
-        self._word_ids = np.empty(self.ntotal, dtype=object) if self.has_words else None
-        self._word_counts = np.empty(self.ntotal, dtype=object) if self.has_words else None
-        self._labels: np.ndarray | None = None       # position -> ordinal; None: the identity (published index)
-        self._pos_of_label: np.ndarray | None = None
-        self._loaded = np.zeros(len(parts), dtype=bool)
+        self._parts: dict[int, Any] = {}
+        self._loaded_struct = None
         self._lock = threading.Lock()
         self.partitions_read = 0
 
@@ -404,41 +407,44 @@ class HammingIndex:
     @classmethod
     def from_codes(cls, codes: np.ndarray, ids: Sequence[str] | None = None, *, bits: int,
                    partition_bits: int = 0, address_bits: int | None = None,
-                   word_ids: Sequence[bytes] | None = None, word_counts: Sequence[bytes] | None = None
-                   ) -> "HammingIndex":
-        """An in-memory index; ordinals are the row numbers of ``codes`` (like faiss ``add``)."""
+                   word_ids: Sequence[bytes] | None = None, word_counts: Sequence[bytes] | None = None,
+                   addresses: np.ndarray | None = None) -> "HammingIndex":
+        """An in-memory index; ordinals are the row numbers of ``codes`` (like faiss ``add``). ``addresses``:
+        address codes of their own (``address_bits`` wide), else the first ``address_bits`` bits of the codes."""
+        import pyarrow as pa
+
+        from semhash_spark import query as Q
+
         codes = _check_queries(codes, bits)
         n = codes.shape[0]
         address_bits = min(bits, 64) if address_bits is None else address_bits
-        _check_bits(bits, address_bits, partition_bits)
-        ids_arr = np.array([str(i) for i in range(n)] if ids is None else [str(x) for x in ids], dtype=object)
-        if ids_arr.shape[0] != n:
-            raise ValueError(f"{n} codes but {ids_arr.shape[0]} ids")
-        part = C.prefix(codes, partition_bits)
-        addr = C.prefix(codes, address_bits)
-        order = np.lexsort((np.arange(n), addr, part))
-        sp = part[order]
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(sp)) + 1, [n]]).astype(np.int64)
+        _check_bits(bits if addresses is None else 64, address_bits, partition_bits)
+        ids_list = [str(i) for i in range(n)] if ids is None else [str(x) for x in ids]
+        if len(ids_list) != n:
+            raise ValueError(f"{n} codes but {len(ids_list)} ids")
+        if addresses is None:
+            addr = C.prefix(codes, address_bits)
+        else:
+            addr = np.asarray(addresses, dtype=np.uint64).reshape(-1)
+            if addr.shape[0] != n or (address_bits < 64 and np.any(addr >> np.uint64(address_bits))):
+                raise ValueError(f"need one {address_bits}-bit address per code ({n})")
+        part = Q.partition_of_address(addr, address_bits, partition_bits)
+        vals, counts = np.unique(part, return_counts=True)
         has_words = word_ids is not None and word_counts is not None
         manifest = {
             "format": FORMAT, "version": None, "created_at": _now(), "bits": bits,
             "code_bytes": C.code_bytes(bits), "address_bits": address_bits, "partition_bits": partition_bits,
             "count": n, "columns": list(BASE_COLUMNS) + (list(WORD_COLUMNS) if has_words else []),
-            "model": None, "data": None,
-            "partitions": [{"partition": C.partition_name(int(sp[s]), partition_bits), "rows": int(e - s),
-                            "files": []} for s, e in zip(bounds[:-1], bounds[1:]) if e > s],
+            "model": None, "data": None, "address_model": {"path": None} if addresses is not None else None,
+            "partitions": [{"partition": C.partition_name(int(v), partition_bits), "rows": int(c), "files": []}
+                           for v, c in zip(vals, counts)],
         }
         index = cls(manifest)
-        index._words[:] = C.to_words(codes[order])
-        index._addr[:] = addr[order]
-        index._ids[:] = ids_arr[order]
-        if has_words:
-            index._word_ids[:] = np.asarray(list(word_ids), dtype=object)[order]
-            index._word_counts[:] = np.asarray(list(word_counts), dtype=object)[order]
-        index._labels = order.astype(np.int64)
-        index._pos_of_label = np.empty(n, dtype=np.int64)
-        index._pos_of_label[order] = np.arange(n)
-        index._loaded[:] = True
+        piece = Q.PartData(number=-1, name="*", offset=0, codes=codes, address=addr, ids=pa.array(ids_list, pa.string()),
+                           word_ids=pa.array([bytes(x) for x in word_ids], pa.binary()) if has_words else None,
+                           word_counts=pa.array([bytes(x) for x in word_counts], pa.binary()) if has_words else None)
+        index._loaded_struct = Q.Loaded([piece], bits, address_bits)
+        index._in_memory = True
         return index
 
     # ------------------------------------------------------------------ properties
@@ -456,62 +462,113 @@ class HammingIndex:
     def __repr__(self) -> str:
         return (f"HammingIndex(version={self.version!r}, ntotal={self.ntotal}, bits={self.bits}, "
                 f"address_bits={self.address_bits}, partition_bits={self.partition_bits}, "
-                f"partitions={self.npartitions}, loaded={int(self._loaded.sum())})")
+                f"partitions={self.npartitions}, loaded={len(self._parts)})")
 
     # ------------------------------------------------------------------ search
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest codes: ``D int32[nq, k]``, ``I int64[nq, k]`` ordered by (distance, ordinal), -1 padded."""
-        qw, qpart, _ = self._queries(q)
-        nq = qw.shape[0]
+        q = _check_queries(q, self.bits)
+        nq = q.shape[0]
         D = np.full((nq, max(k, 0)), -1, dtype=np.int32)
         I = np.full((nq, max(k, 0)), -1, dtype=np.int64)
         if k <= 0 or self.ntotal == 0:
             return D, I
-        for i in range(nq):
-            pd = self._prefix_distances(qpart[i])
-            order = np.argsort(pd, kind="stable")
-            spd = pd[order]
-            cuts = np.concatenate([[0], np.flatnonzero(np.diff(spd)) + 1, [len(spd)]])
-            best_d = np.empty(0, dtype=np.int32)
-            best_l = np.empty(0, dtype=np.int64)
-            for r in range(len(cuts) - 1):
-                d, lab = self._scan(qw[i], order[cuts[r]:cuts[r + 1]])
-                best_d, best_l = _top_k(np.concatenate([best_d, d]), np.concatenate([best_l, lab]), k)
-                if r + 2 < len(cuts) and len(best_d) == k and best_d[-1] < spd[cuts[r + 1]]:
-                    break  # every code further out is at least the next ring's prefix distance away
-            D[i, :len(best_d)] = best_d
-            I[i, :len(best_l)] = best_l
+        loaded, lists = self._knn_rings(q, k)
+        for i, (d, pos) in enumerate(lists):
+            D[i, :len(d)], I[i, :len(d)] = d, loaded.ordinal[pos]
         return D, I
 
-    def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every code within Hamming ``radius``: CSR ``(lims int64[nq+1], D int32, I int64)``, per query by
-        (distance, ordinal); only partitions whose prefix is within ``radius`` are read."""
-        qw, qpart, _ = self._queries(q)
-        return self._collect(qw, lambda i: self._within(qw[i], qpart[i], radius, None, None))
+    def _knn_rings(self, q: np.ndarray, k: int):
+        """k nearest over partitions read ring by ring: where the address is the code's prefix, a partition whose
+        prefix is ``r`` from every query's holds nothing nearer than ``r``, so reading stops once each query's
+        k-th distance is below the next ring; else every partition is read. Returns (Loaded, [(D, positions)])."""
+        if self.address_from_model or getattr(self, "_in_memory", False):
+            loaded = self.loaded(np.arange(self.npartitions))
+            return loaded, loaded.knn(q, k)
+        qp = C.prefix(q, self.partition_bits)
+        pd = C.popcount64((self._part_vals[None, :] ^ qp[:, None]).reshape(-1, 1)).reshape(len(q), -1)
+        near = pd.min(axis=0)
+        radii = np.unique(near)
+        for n, r in enumerate(radii):
+            loaded = self.loaded(np.flatnonzero(near <= r))
+            lists = loaded.knn(q, k)
+            if n + 1 == len(radii) or len(loaded.numbers) == self.npartitions:
+                return loaded, lists
+            if all(len(d) == k and d[-1] < radii[n + 1] for d, _ in lists):
+                return loaded, lists          # every partition not read is at least radii[n + 1] away
+        raise AssertionError("unreachable")
 
-    def address_lookup(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Semantic hashing's lookup: codes whose ``address_bits``-bit address is within ``radius`` of the query's
-        address (the paper's Hamming ball around the query address), as ``(lims, D, I)`` with full-code
-        distances, per query by (distance, ordinal). With ``address_bits == bits`` it equals ``range_search``."""
-        qw, qpart, qaddr = self._queries(q)
-        return self._collect(qw, lambda i: self._within(qw[i], qpart[i], radius, qaddr[i], radius))
+    def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every code within Hamming ``radius`` of the ranking code: CSR ``(lims int64[nq+1], D int32, I int64)``,
+        per query by (distance, ordinal); where the address is the code's prefix only partitions within
+        ``radius`` are read."""
+        from semhash_spark import query as Q
+
+        q = _check_queries(q, self.bits)
+        if radius < 0 or self.ntotal == 0:
+            return np.zeros(len(q) + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
+        need = Q.needed_partitions(self.manifest, self._part_vals, q, None, k=None, radius=radius, address_radius=None)
+        loaded = self.loaded(need)
+        return _csr([(d, loaded.ordinal[pos]) for d, pos in loaded.within(q, radius)])
+
+    def address_lookup(self, q: np.ndarray, address_radius: int, addresses: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Semantic hashing's lookup: codes whose address is within ``address_radius`` of the query's address (the
+        papers' Hamming ball), as ``(lims, D, I)`` with ranking-code distances, per query by (distance, ordinal).
+        ``addresses``: the queries' address codes; required when the index's addresses come from a model."""
+        from semhash_spark import query as Q
+
+        q = _check_queries(q, self.bits)
+        qa = self.query_addresses(q, addresses)
+        if address_radius < 0 or self.ntotal == 0:
+            return np.zeros(len(q) + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
+        need = Q.needed_partitions(self.manifest, self._part_vals, q, qa, k=None, radius=None,
+                                   address_radius=address_radius)
+        loaded = self.loaded(need)
+        return _csr([(d, loaded.ordinal[pos]) for d, pos in loaded.address_ball(q, qa, address_radius)])
+
+    def query_addresses(self, q: np.ndarray, addresses: np.ndarray | None = None) -> np.ndarray:
+        """The queries' addresses: given, or the first ``address_bits`` bits of their ranking codes."""
+        if addresses is not None:
+            a = np.asarray(addresses, dtype=np.uint64).reshape(-1)
+            if a.shape[0] != len(q):
+                raise ValueError(f"{len(q)} queries but {a.shape[0]} addresses")
+            return a
+        if self.address_from_model:
+            raise ValueError("this index's addresses come from an address model: give the queries' addresses "
+                             "(query by text, or pass addresses=)")
+        return C.prefix(q, self.address_bits)
 
     # ------------------------------------------------------------------ row access
+    def loaded(self, parts: np.ndarray):
+        """The search structure over every partition read so far, after reading ``parts``."""
+        self._ensure_loaded(parts)
+        return self._loaded_struct
+
     def ids_of(self, I: np.ndarray) -> np.ndarray:
         """String ids (``object`` array shaped like ``I``); ``None`` where ``I`` is -1."""
         I = np.asarray(I, dtype=np.int64)
         out = np.full(I.shape, None, dtype=object)
-        pos, ok = self._positions(I)
-        out.reshape(-1)[ok] = self._ids[pos]
+        loaded, piece, row, ok = self._at(I)
+        out.reshape(-1)[ok] = [loaded.parts[int(p)].ids[int(r)].as_py() for p, r in zip(piece, row)]
         return out
 
     def codes_of(self, I: np.ndarray) -> np.ndarray:
         """Packed codes ``uint8[*I.shape, code_bytes]``; zeros where ``I`` is -1."""
         I = np.asarray(I, dtype=np.int64)
         flat = np.zeros((I.size, self.code_bytes), dtype=np.uint8)
-        pos, ok = self._positions(I)
-        flat[ok] = self._codes_at(pos)
+        loaded, piece, row, ok = self._at(I)
+        if ok.any():
+            flat[ok] = np.stack([loaded.parts[int(p)].codes[int(r)] for p, r in zip(piece, row)])
         return flat.reshape(I.shape + (self.code_bytes,))
+
+    def addresses_of(self, I: np.ndarray) -> np.ndarray:
+        """Address codes ``uint64`` shaped like ``I``; 0 where ``I`` is -1."""
+        I = np.asarray(I, dtype=np.int64)
+        out = np.zeros(I.size, dtype=np.uint64)
+        loaded, piece, row, ok = self._at(I)
+        out[ok] = [loaded.parts[int(p)].address[int(r)] for p, r in zip(piece, row)]
+        return out.reshape(I.shape)
 
     def word_counts_of(self, I: np.ndarray) -> np.ndarray:
         """Stored bag of words per row: ``object`` array shaped like ``I`` of ``(word_ids int32[m],
@@ -520,10 +577,10 @@ class HammingIndex:
             raise IndexFormatError(f"index {self.index_uri or '(in memory)'} stores no word counts")
         I = np.asarray(I, dtype=np.int64)
         out = np.full(I.shape, None, dtype=object)
-        pos, ok = self._positions(I)
+        loaded, piece, row, ok = self._at(I)
         flat = out.reshape(-1)
-        for j, p in zip(np.flatnonzero(ok), pos):
-            flat[j] = (np.frombuffer(self._word_ids[p], dtype="<i4"), np.frombuffer(self._word_counts[p], dtype="<f4"))
+        for j, p, r in zip(np.flatnonzero(ok), piece, row):
+            flat[j] = loaded.parts[int(p)].words_of(int(r))
         return out
 
     def load_all(self) -> "HammingIndex":
@@ -532,155 +589,50 @@ class HammingIndex:
         return self
 
     # ------------------------------------------------------------------ internals
-    def _queries(self, q):
-        q = _check_queries(q, self.bits)
-        return C.to_words(q), C.prefix(q, self.partition_bits), C.prefix(q, self.address_bits)
-
-    def _prefix_distances(self, qpart) -> np.ndarray:
-        return C.popcount64((self._part_vals ^ np.uint64(qpart)).reshape(-1, 1))
-
-    def _rows(self, parts: np.ndarray) -> np.ndarray | slice:
-        """Positions of the rows of partitions ``parts`` (a slice when that is all of them)."""
-        if len(parts) == self.npartitions:
-            return slice(None)
-        lens = self._part_rows[parts]
-        shift = self._part_off[parts] - (np.cumsum(lens) - lens)
-        return np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(shift, lens)
-
-    def _label(self, rows) -> np.ndarray:
-        if self._labels is not None:
-            return self._labels[rows]
-        return np.arange(self.ntotal, dtype=np.int64) if isinstance(rows, slice) else rows
-
-    def _scan(self, qw_row: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self._ensure_loaded(parts)
-        rows = self._rows(parts)
-        return C.hamming_words(qw_row, self._words[rows]), self._label(rows)
-
-    def _within(self, qw_row, qpart, radius, qaddr, addr_radius):
-        if radius < 0 or self.ntotal == 0:
-            return np.empty(0, np.int32), np.empty(0, np.int64)
-        parts = np.flatnonzero(self._prefix_distances(qpart) <= radius)
-        if parts.size == 0:
-            return np.empty(0, np.int32), np.empty(0, np.int64)
-        self._ensure_loaded(parts)
-        rows = self._rows(parts)
-        if qaddr is not None:  # the address ball first, then full distances for the rows inside it
-            ad = C.popcount64((self._addr[rows] ^ np.uint64(qaddr)).reshape(-1, 1))
-            rows = np.flatnonzero(ad <= addr_radius) if isinstance(rows, slice) else rows[ad <= addr_radius]
-            d = C.hamming_words(qw_row, self._words[rows])
-            keep = slice(None)
-        else:
-            d = C.hamming_words(qw_row, self._words[rows])
-            keep = d <= radius
-        d, lab = d[keep], self._label(rows)[keep]
-        o = np.lexsort((lab, d))
-        return d[o], lab[o]
-
-    @staticmethod
-    def _collect(qw, per_query):
-        nq = qw.shape[0]
-        lims = np.zeros(nq + 1, dtype=np.int64)
-        Ds, Is = [], []
-        for i in range(nq):
-            d, lab = per_query(i)
-            Ds.append(d)
-            Is.append(lab)
-            lims[i + 1] = lims[i] + len(d)
-        D = np.concatenate(Ds).astype(np.int32) if Ds else np.empty(0, np.int32)
-        I = np.concatenate(Is).astype(np.int64) if Is else np.empty(0, np.int64)
-        return lims, D, I
-
-    def _positions(self, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _at(self, I: np.ndarray):
         flat = I.reshape(-1)
         ok = flat >= 0
         if np.any(flat >= self.ntotal):
             raise ValueError(f"ordinal {int(flat.max())} out of range for an index of {self.ntotal} codes")
-        labels = flat[ok]
-        pos = self._pos_of_label[labels] if self._pos_of_label is not None else labels
-        parts = np.unique(np.searchsorted(self._part_off, pos, side="right") - 1)
-        self._ensure_loaded(parts)
-        return pos, ok
-
-    def _codes_at(self, pos) -> np.ndarray:
-        return np.ascontiguousarray(self._words[pos]).view(np.uint8)[:, : self.code_bytes]
+        if not getattr(self, "_in_memory", False):
+            offs = np.concatenate([[0], np.cumsum([int(p["rows"]) for p in self.manifest["partitions"]])])
+            self._ensure_loaded(np.unique(np.searchsorted(offs, flat[ok], side="right") - 1))
+        loaded = self._loaded_struct
+        piece, row = loaded.locate_ordinals(flat[ok])
+        return loaded, piece, row, ok
 
     def _ensure_loaded(self, parts: np.ndarray) -> None:
-        parts = np.asarray(parts, dtype=np.int64)
-        if self._loaded[parts].all():
+        from semhash_spark import query as Q
+
+        if getattr(self, "_in_memory", False):
+            return
+        parts = [int(p) for p in np.asarray(parts, dtype=np.int64)]
+        if self._loaded_struct is not None and all(p in self._parts for p in parts):
             return
         with self._lock:
-            missing = [int(p) for p in parts[~self._loaded[parts]]]
-            if not missing:
-                return
-            if len(missing) == 1:
-                results = [self._read_partition(missing[0])]
-            else:  # object-store reads are I/O bound: overlap them
-                with ThreadPoolExecutor(max_workers=min(_LOAD_THREADS, len(missing))) as pool:
-                    results = list(pool.map(self._read_partition, missing))
-            for p, cols in zip(missing, results):
-                s, e = self._part_off[p], self._part_off[p + 1]
-                self._words[s:e] = C.to_words(cols["code"])
-                self._addr[s:e] = cols["address"]
-                self._ids[s:e] = cols["id"]
-                if self.has_words:
-                    self._word_ids[s:e] = cols["word_ids"]
-                    self._word_counts[s:e] = cols["word_counts"]
-                self._loaded[p] = True
-                self.partitions_read += 1
+            missing = [p for p in parts if p not in self._parts]
+            if missing:
+                read = lambda p: Q.read_partition(self.index_uri, self.version, self.manifest, p,  # noqa: E731
+                                                  verify=self.verify)
+                if len(missing) == 1:
+                    results = [read(missing[0])]
+                else:  # object-store reads are I/O bound: overlap them
+                    with ThreadPoolExecutor(max_workers=min(_LOAD_THREADS, len(missing))) as pool:
+                        results = list(pool.map(read, missing))
+                for p, data in zip(missing, results):
+                    self._parts[p] = data
+                    self.partitions_read += 1
+            if missing or self._loaded_struct is None:
+                self._loaded_struct = Q.Loaded(list(self._parts.values()), self.bits, self.address_bits)
 
-    def _read_partition(self, p: int) -> dict[str, np.ndarray]:
-        """Reads and checks one partition's files -> columns as numpy arrays."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        vp = version_prefix(self.index_uri, self.version)
-        entry = self.manifest["partitions"][p]
-        expect_code = pa.binary(self.code_bytes)
-        pieces: dict[str, list[np.ndarray]] = {}
-        for f in entry["files"]:
-            uri = store.join(vp, f["path"])
-            try:
-                data = store.read_bytes(uri)
-            except store.NotFound:
-                raise IndexFormatError(f"{uri}: listed in the manifest but missing") from None
-            if len(data) != int(f["bytes"]):
-                raise ChecksumMismatch(f"{uri}: {len(data)} bytes, the manifest says {f['bytes']}")
-            if self.verify:
-                _check_sha(uri, data, f["sha256"])
-            try:
-                table = pq.read_table(pa.BufferReader(data))
-            except Exception as e:  # noqa: BLE001 - any parse failure is a format error naming the file
-                raise IndexFormatError(f"{uri}: not a readable Parquet shard ({e})") from None
-            if table.num_rows != int(f["rows"]):
-                raise IndexFormatError(f"{uri}: {table.num_rows} rows, the manifest says {f['rows']}")
-            names = set(table.column_names)
-            if not set(BASE_COLUMNS) <= names or table.schema.field("code").type != expect_code:
-                raise IndexFormatError(f"{uri}: schema {table.schema} is not a {self.bits}-bit shard")
-            code = table.column("code").combine_chunks()
-            if code.null_count:
-                raise IndexFormatError(f"{uri}: null codes")
-            buf = np.frombuffer(code.buffers()[1], dtype=np.uint8)
-            start = code.offset * self.code_bytes
-            cols = {"code": buf[start: start + len(code) * self.code_bytes].reshape(-1, self.code_bytes),
-                    "address": table.column("address").to_numpy().astype(np.uint64, copy=False),
-                    "id": np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=object)}
-            if self.has_words:
-                for c in WORD_COLUMNS:
-                    cols[c] = np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=object)
-            for k, v in cols.items():
-                pieces.setdefault(k, []).append(v)
-            value = self._part_vals[p]
-            if np.any(C.prefix(cols["code"], self.partition_bits) != value):
-                raise IndexFormatError(f"{uri}: holds codes outside partition {entry['partition']}")
-            if np.any(C.prefix(cols["code"], self.address_bits) != cols["address"]):
-                raise IndexFormatError(f"{uri}: address column disagrees with the codes' first "
-                                       f"{self.address_bits} bits")
-        log.debug("read partition %s of %s (%d rows)", entry["partition"], vp, entry["rows"])
-        if not pieces:
-            return {k: np.empty((0, self.code_bytes) if k == "code" else 0, dtype=np.uint8 if k == "code" else object)
-                    for k in ("code", "address", "id", *WORD_COLUMNS)}
-        return {k: np.concatenate(v) for k, v in pieces.items()}
+def _csr(lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lims = np.zeros(len(lists) + 1, dtype=np.int64)
+    for i, (d, _) in enumerate(lists):
+        lims[i + 1] = lims[i] + len(d)
+    D = np.concatenate([d for d, _ in lists]).astype(np.int32) if lists else np.empty(0, np.int32)
+    I = np.concatenate([o for _, o in lists]).astype(np.int64) if lists else np.empty(0, np.int64)
+    return lims, D, I
 
 
 def _check_queries(q: np.ndarray, bits: int) -> np.ndarray:
@@ -689,13 +641,3 @@ def _check_queries(q: np.ndarray, bits: int) -> np.ndarray:
     if spare and np.any(q[:, -1] & ((1 << spare) - 1)):
         raise ValueError(f"codes have bits set beyond their {bits} bits (the trailing {spare} bits must be 0)")
     return q
-
-
-def _top_k(d: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k smallest by (distance, ordinal), sorted."""
-    if len(d) > k:
-        kth = np.partition(d, k - 1)[k - 1]
-        keep = d <= kth
-        d, lab = d[keep], lab[keep]
-    o = np.lexsort((lab, d))[:k]
-    return d[o].astype(np.int32, copy=False), lab[o].astype(np.int64, copy=False)

@@ -1,13 +1,9 @@
-"""Queries against a published index: text -> code with the index's own model, Hamming lookup, TF-IDF re-ranking.
+"""Queries against a published index: text -> codes with the index's own models, then :mod:`semhash_spark.query`.
 
-Semantics of a query (``semhash query`` and the library):
-
-- ``radius`` alone: every document whose *address* (the first ``address_bits`` bits) lies within ``radius`` of
-  the query's address — the paper's semantic-hashing memory lookup (20-bit codes, radius 4) — nearest first.
-- ``k`` alone: the ``k`` nearest documents by full-code Hamming distance (exact).
-- both: the address-ball shortlist, cut to the ``k`` nearest by full-code distance.
-- ``rerank="tfidf"``: the shortlist (the ball, or the ``rerank_candidates`` nearest codes) re-ranked by TF-IDF
-  cosine on the stored word counts, top ``k`` — 128-bit codes as a filter before TF-IDF (sec. 4.3 of the paper).
+The library face of the one query module (``semhash query --index`` and ``Searcher``): ``k`` nearest by the ranking
+code, ``radius`` the ranking-code ball, ``address_radius`` the papers' address ball (20-bit address, radius 4),
+``rerank="tfidf"`` the shortlist ordered by TF-IDF cosine on the stored word counts (sec. 4.3 of the paper). The
+service answers the same parameters with the same meaning and the same ``{"id", "distance"[, "score"]}`` hits.
 """
 from __future__ import annotations
 
@@ -18,23 +14,32 @@ import numpy as np
 
 from . import codes as C
 from . import dataset as ds
+from . import query as Q
 from . import store
 from .checkpoint import Hasher, load_model
 from .config import PrepareConfig
 from .index import HammingIndex, read_current, version_prefix
+
+ADDRESS_MODEL_DIR = "address_model"
 
 
 @dataclass
 class Searcher:
     index: HammingIndex
     hasher: Hasher
+    address_hasher: Hasher | None = None     # the address model, when the index has one
 
     @classmethod
     def open(cls, index_uri: str, version: str | None = None) -> "Searcher":
         version = version or read_current(index_uri)["version"]
         index = HammingIndex.open(index_uri, version=version)
-        hasher = load_model(store.join(version_prefix(index_uri, version), "model"))
-        return cls(index, hasher)
+        vp = version_prefix(index_uri, version)
+        hasher = load_model(store.join(vp, "model"))
+        address_hasher = None
+        if index.address_from_model:
+            address_hasher = load_model(store.join(vp, index.manifest["address_model"].get("path")
+                                                   or ADDRESS_MODEL_DIR))
+        return cls(index, hasher, address_hasher)
 
     @property
     def vocab_index(self) -> dict[str, int]:
@@ -43,9 +48,8 @@ class Searcher:
         return self._vocab_index
 
     @property
-    def idf(self) -> np.ndarray:
-        v = self.hasher.meta["vocab"]
-        return ds.idf(np.asarray(v["doc_freq"], dtype=np.float64), int(v["num_train_docs"])).astype(np.float32)
+    def idf(self) -> np.ndarray | None:
+        return Q.idf_of(self.hasher.meta.get("vocab"))
 
     def vectorize(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         pcfg = self.hasher.config.prepare if hasattr(self.hasher.config, "prepare") else PrepareConfig()
@@ -59,59 +63,53 @@ class Searcher:
             out.append((ids, counts))
         return out
 
-    def encode_counts(self, vecs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def _dense(self, vecs) -> np.ndarray:
         dense = np.zeros((len(vecs), len(self.hasher.vocab)), dtype=np.float32)
         for r, (ids, counts) in enumerate(vecs):
             dense[r, ids] = counts
-        return self.hasher.codes(dense)
+        return dense
+
+    def encode_counts(self, vecs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        return self.hasher.codes(self._dense(vecs))
+
+    def address_counts(self, vecs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+        """Address codes (``uint64``) of bags of words with the address model; None without one."""
+        if self.address_hasher is None:
+            return None
+        return C.prefix(self.address_hasher.codes(self._dense(vecs)), self.address_hasher.bits)
 
     def search_texts(self, texts: list[str], *, radius: int | None = None, k: int | None = 10,
-                     rerank: str | None = None, candidates: int = 100) -> list[list[dict[str, Any]]]:
+                     address_radius: int | None = None, rerank: str | None = None,
+                     candidates: int = 100, max_results: int | None = None) -> list[list[dict[str, Any]]]:
         vecs = self.vectorize(texts)
-        return self.search_codes(self.encode_counts(vecs), radius=radius, k=k, rerank=rerank,
-                                 query_vectors=vecs, candidates=candidates)
+        return self.search_codes(self.encode_counts(vecs), radius=radius, k=k, address_radius=address_radius,
+                                 rerank=rerank, query_vectors=vecs, candidates=candidates,
+                                 addresses=self.address_counts(vecs), max_results=max_results)
 
-    def search_codes(self, q: np.ndarray, *, radius: int | None = None, k: int | None = 10, rerank: str | None = None,
-                     query_vectors=None, candidates: int = 100) -> list[list[dict[str, Any]]]:
+    def search_codes(self, q: np.ndarray, *, radius: int | None = None, k: int | None = 10,
+                     address_radius: int | None = None, rerank: str | None = None, query_vectors=None,
+                     candidates: int = 100, addresses: np.ndarray | None = None, eps: float = 0.0,
+                     max_results: int | None = None) -> list[list[dict[str, Any]]]:
+        """Hits ``[{"id", "distance"[, "score"]}]`` per query (the shape of ``POST /search`` results).
+        ``max_results``: keep a ball's nearest that many (the service's ``max_results``); None: all."""
+        return [a.hits() for a in self.answer(q, radius=radius, k=k, address_radius=address_radius, rerank=rerank,
+                                              query_vectors=query_vectors, candidates=candidates,
+                                              addresses=addresses, eps=eps, max_results=max_results)]
+
+    def answer(self, q: np.ndarray, *, radius=None, k=10, address_radius=None, rerank=None, query_vectors=None,
+               candidates: int = 100, addresses=None, eps: float = 0.0, max_results: int | None = None
+               ) -> list[Q.Answer]:
         q = C.as_codes(q, self.index.bits)
-        if radius is None and not k:
-            raise ValueError("give radius and/or k")
-        if rerank not in (None, "tfidf"):
-            raise ValueError(f"unknown rerank {rerank!r}; expected 'tfidf'")
+        Q.check(k, radius, address_radius, rerank, eps, self.index.address_bits)
         if rerank and query_vectors is None:
-            raise ValueError("TF-IDF re-ranking needs the query's words (query by text or word counts)")
+            raise Q.QueryError("TF-IDF re-ranking needs the query's words (query by text or word counts)")
         if rerank and not self.index.has_words:
-            raise ValueError("this index stores no word counts: encode with index.store_counts=true to re-rank")
-        results = []
-        if radius is not None:
-            lims, D, I = self.index.address_lookup(q, radius)
-            lists = [(D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]) for i in range(len(q))]
-        else:
-            want = max(k, candidates) if rerank else k
-            D, I = self.index.search(q, want)
-            lists = [(D[i][I[i] >= 0], I[i][I[i] >= 0]) for i in range(len(q))]
-        for qi, (d, i) in enumerate(lists):
-            if rerank:
-                sims = self._tfidf_cosine(query_vectors[qi], i)
-                order = np.lexsort((d, -sims))
-                order = order[:k] if k else order
-                results.append([{"id": x, "distance": int(dd), "score": round(float(s), 6)}
-                                for x, dd, s in zip(self.index.ids_of(i[order]), d[order], sims[order])])
-            else:
-                if k and radius is not None:
-                    d, i = d[:k], i[:k]
-                results.append([{"id": x, "distance": int(dd)} for x, dd in zip(self.index.ids_of(i), d)])
-        return results
-
-    def _tfidf_cosine(self, qvec: tuple[np.ndarray, np.ndarray], ordinals: np.ndarray) -> np.ndarray:
-        idf = self.idf
-        qi, qc = qvec
-        qv = np.zeros(len(idf), dtype=np.float32)
-        qv[qi] = qc * idf[qi]
-        qv /= max(np.linalg.norm(qv), 1e-12)
-        sims = np.zeros(len(ordinals), dtype=np.float32)
-        for r, (wi, wc) in enumerate(self.index.word_counts_of(ordinals)):
-            if len(wi):
-                w = wc * idf[wi]
-                sims[r] = float(qv[wi] @ w) / max(float(np.linalg.norm(w)), 1e-12)
-        return sims
+            raise Q.QueryError("this index stores no word counts: encode with index.store_counts=true to re-rank")
+        qa = None
+        if address_radius is not None:
+            qa = self.index.query_addresses(q, addresses)
+        need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
+                                   address_radius=address_radius)
+        loaded = self.index.loaded(need)
+        return Q.answer(loaded, q, k=k, radius=radius, address_radius=address_radius, q_address=qa, rerank=rerank,
+                        bags=query_vectors, idf=self.idf, candidates=candidates, eps=eps, max_results=max_results)

@@ -57,32 +57,9 @@ _DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
 _SCAN_BELOW = 512              # fewer rows than this: no tables, always scan
 _PROBE_COST = 8.0              # one bucket probe costs about this many scanned rows (measured on numpy 1.26)
 
-_M1 = np.uint64(0x5555555555555555)
-_M2 = np.uint64(0x3333333333333333)
-_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
-_H01 = np.uint64(0x0101010101010101)
-_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
-
-
 # ------------------------------------------------------------------------------------------------ kernels
 
-def popcount_inplace(x: np.ndarray) -> np.ndarray:
-    """Bit counts of ``uint64[n]`` or ``uint64[n, w]`` (summed over words) -> ``int32[n]``; ``x`` is clobbered."""
-    y = x >> _S1
-    y &= _M1
-    x -= y
-    y = x >> _S2
-    y &= _M2
-    x &= _M2
-    x += y
-    y = x >> _S4
-    x += y
-    x &= _M4
-    x *= _H01
-    x >>= _S56
-    if x.ndim == 1:
-        return x.astype(np.int32)
-    return x.sum(axis=1, dtype=np.int32) if x.shape[1] > 1 else x[:, 0].astype(np.int32)
+popcount_inplace = C.popcount_inplace   # the one SWAR popcount (semhash_spark.codes)
 
 
 def _xor_dist(db: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

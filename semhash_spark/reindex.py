@@ -188,6 +188,9 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         old = ix.read_manifest(index_uri, base)
     except ix.IndexNotFound:
         base, old = None, None
+    if old is not None and old.get("address_model"):
+        raise ValueError(f"{index_uri!r} version {base} has addresses from an address model, which reindex does not "
+                         "carry yet: re-encode with semhash encode --model M --address-model A")
     reason = _full_reason(old, full, model_version, (bits, address_bits, partition_bits), columns)
 
     # 1. diff by id and content hash

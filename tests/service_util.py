@@ -54,9 +54,10 @@ def text_of(bag) -> str:
 
 def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: int = 32, address_bits: int = 16,
                 partition_bits: int = 4, seed: int = 0, tasks: int = 3, with_model: bool = True,
-                model_seed: int = 7) -> dict:
+                model_seed: int = 7, address_model_bits: int | None = None) -> dict:
     """Writes shards, the model copy and the manifest of a new version, then publishes it; returns what a test
-    needs to check answers: version, ids, codes, bags, hasher."""
+    needs to check answers: version, ids, codes, bags, hasher. ``address_model_bits``: the addresses come from
+    an address model of that many bits of its own (copied into ``address_model/``), not the codes' prefix."""
     rng = np.random.default_rng(seed)
     words = [word(i) for i in range(vocab_size)]
     bags = make_docs(n, vocab_size, rng)
@@ -76,20 +77,34 @@ def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: i
     for i, (ids, counts) in enumerate(bags):
         dense[i, ids] = counts
     codes = hasher.codes(dense)
+    address_hasher, extra = None, {}
+    if address_model_bits is not None:
+        address_bits = address_model_bits
+        checkpoint.save_model(store.join(vp, "address_model"), make_model(vocab_size, address_bits, model_seed + 1),
+                              cfg, extra={"vocab": vocab})
+        address_hasher = checkpoint.load_model(store.join(vp, "address_model"))
+        addresses = C.prefix(address_hasher.codes(dense), address_bits)
+        extra = {"address_model": {"uri": "test", "version": address_hasher.version, "path": "address_model",
+                                   "bits": address_bits}}
+    else:
+        addresses = C.prefix(codes, address_bits)
     ids = [f"doc-{seed}-{i}" for i in range(n)]
-    pdf = pd.DataFrame({"id": ids, "code": [bytes(r) for r in codes], "address": C.prefix(codes, address_bits),
+    pdf = pd.DataFrame({"id": ids, "code": [bytes(r) for r in codes], "address": addresses,
                         "word_ids": [b[0].astype("<i4").tobytes() for b in bags],
                         "word_counts": [b[1].astype("<f4").tobytes() for b in bags]})
     metas = []
     for chunk in np.array_split(np.arange(n), tasks):
-        metas += X.write_shard(vp, partition_bits, C.code_bytes(bits), pdf.iloc[chunk])
+        metas += X.write_shard(vp, partition_bits, C.code_bytes(bits), pdf.iloc[chunk],
+                               address_bits=address_bits if address_model_bits is not None else None)
     if not with_model:
         store.delete_prefix(model_uri)
     manifest = X.build_manifest(version, bits, address_bits, partition_bits, metas,
-                                model={"uri": model_uri, "version": hasher.version}, data={"fingerprint": "test"})
+                                model={"uri": model_uri, "version": hasher.version}, data={"fingerprint": "test"},
+                                **extra)
     X.publish(index_uri, version, manifest)
     return {"version": version, "ids": ids, "codes": codes, "bags": bags, "hasher": hasher, "bits": bits,
-            "manifest": manifest, "address_bits": address_bits, "partition_bits": partition_bits}
+            "manifest": manifest, "address_bits": address_bits, "partition_bits": partition_bits,
+            "addresses": addresses, "address_hasher": address_hasher}
 
 
 def brute_force(db: np.ndarray, q: np.ndarray) -> np.ndarray:

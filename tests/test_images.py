@@ -198,7 +198,7 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     query_file = sorted((small_cifar / "train" / "ship").iterdir())[3]
     query_id = f"train/ship/{query_file.name}"
     assert cli.main(["query", "--index", str(index), "--image", str(query_file), "--k", "5", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
     assert len(hits) == 5 and hits[0]["distance"] == 0 and query_id in [h["id"] for h in hits if h["distance"] == 0]
     searcher = ImageSearcher.open(str(index))
     pixels = searcher.load_images([query_file.read_bytes()])

@@ -35,12 +35,13 @@ def test_prepare_train_encode_query_evaluate(spark, s3_server, small_corpus, tmp
 
     res = _run(capsys, ["query", "--index", index, "--text", "the goalie stopped the puck in the playoff game",
                         "--k", "5", "--json"])
-    assert res["version"] == enc["version"] and len(res["results"]) == 5
-    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--radius", "2", "--json"])
-    assert all(h["distance"] >= 0 for h in ball["results"])
+    assert res["version"] == enc["version"] and len(res["results"][0]) == 5
+    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--address-radius", "2",
+                         "--json"])
+    assert all(h["distance"] >= 0 for h in ball["results"][0])
     rr = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "3",
                        "--rerank", "tfidf", "--json"])
-    assert len(rr["results"]) == 3 and all("score" in h for h in rr["results"])
+    assert len(rr["results"][0]) == 3 and all("score" in h for h in rr["results"][0])
 
     plot = tmp_path / "pr.png"
     ev = _run(capsys, ["evaluate", "--model", model, "--data", data, "--json", "--plot", str(plot)])

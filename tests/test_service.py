@@ -186,17 +186,17 @@ def test_rerank_tfidf(main):
     assert all(h["distance"] <= 2 for h in ball) and any(h["id"] == main["ids"][i] for h in ball)
 
 
-def test_rerank_code_is_the_address_ball(main):
+def test_address_radius_is_the_address_ball(main):
     q = main["codes"][[7, 1234]]
     ab = main["address_bits"]
-    out = main["client"].search(codes=hexes(q), radius=1, rerank="code")
+    out = main["client"].search(codes=hexes(q), address_radius=1)
     A = C.prefix(main["codes"], ab)
     for j in range(2):
         got = pairs(out["results"][j])
         near = np.flatnonzero(C.int_hamming(A, int(C.prefix(q[j:j + 1], ab)[0])) <= 1)
         d = brute_force(main["codes"], q[j:j + 1])[0]
         assert sorted(h for h, _ in got) == sorted(main["ids"][t] for t in near)
-        assert [x for _, x in got] == sorted(int(d[t]) for t in near)           # by the full code's distance
+        assert [x for _, x in got] == sorted(int(d[t]) for t in near)           # by the ranking code's distance
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -213,7 +213,8 @@ def test_rerank_code_is_the_address_ball(main):
     ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
     ({"codes": ["00000000"], "ids": ["x"], "k": 1}, 422, "exactly one of"),
     ({"codes": ["00000000"], "k": 1, "rerank": "tfidf"}, 422, "needs words"),
-    ({"codes": ["00000000"], "k": 1, "rerank": "code"}, 422, "needs radius"),
+    ({"codes": ["00000000"], "k": 1, "rerank": "code"}, 422, "rerank"),
+    ({"codes": ["00000000"], "address_radius": 17}, 422, "address_radius=17"),
     ({"codes": ["00000000"], "k": 1, "rerank": "bm25"}, 422, "rerank"),
     ({"word_counts": [{"zqaaa": -1}], "k": 1}, 422, "positive"),
     ({"codes": ["00000000"], "k": 1, "colour": "red"}, 422, "colour"),
@@ -259,7 +260,7 @@ def test_query_server_function(main, capsys):
     assert cli_main(["query", "--server", main["url"], "--code", hexes(main["codes"][:1])[0], "--k", "3",
                      "--eps", "0.5", "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert got["version"] == main["version"] and got["results"][0]["distance"] == 0
+    assert got["version"] == main["version"] and got["results"][0][0]["distance"] == 0
 
 
 # --------------------------------------------------------------------------------------------- token

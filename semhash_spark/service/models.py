@@ -9,11 +9,12 @@ QUERY_FIELDS = ("ids", "texts", "codes", "word_counts", "images")
 
 
 class SearchRequest(BaseModel):
-    """Exactly one of ``ids``, ``texts``, ``codes``, ``word_counts``, ``images``; ``k`` and/or ``radius``."""
+    """Exactly one of ``ids``, ``texts``, ``codes``, ``word_counts``, ``images``; ``k``, ``radius`` and/or
+    ``address_radius``."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"codes": ["a3f09c1d22e4b801"], "k": 10},
-        {"texts": ["gpu drivers crash on resume"], "radius": 2, "k": 20, "rerank": "tfidf"},
+        {"texts": ["gpu drivers crash on resume"], "address_radius": 4, "k": 20, "rerank": "tfidf"},
         {"ids": ["doc-17"], "k": 5}, {"codes": ["a3f09c1d22e4b801"], "k": 10, "eps": 0.2}]})
 
     ids: list[str] | None = Field(None, description="Document ids of this index: find their neighbours")
@@ -23,14 +24,17 @@ class SearchRequest(BaseModel):
     word_counts: list[dict[str, float]] | None = Field(None, description="Bags of words: word -> count")
     images: list[str] | None = Field(None, description="Image files (PNG, JPEG, ...) as base64, for image indexes: "
                                                        "resized and encoded with the index's model")
-    k: int | None = Field(None, description="Nearest neighbours to return (exact, full-code Hamming distance)")
-    radius: int | None = Field(None, description="Hamming radius: of the full code, or of the address with "
-                                                 "rerank='code'")
+    k: int | None = Field(None, description="Nearest neighbours to return (exact, Hamming distance of the ranking "
+                                            "code)")
+    radius: int | None = Field(None, description="Hamming radius on the ranking code: every item within it")
+    address_radius: int | None = Field(None, description="Hamming radius on the address code: the papers' lookup, "
+                                                         "every item whose address is within it, ordered by the "
+                                                         "ranking code")
     eps: float = Field(0.0, description="k nearest only: 0 (default) is exact; eps > 0 stops early, each result "
                                         "within (1 + eps) times the true distance of its rank")
-    rerank: Literal["tfidf", "code"] | None = Field(
-        None, description="'tfidf': re-rank a shortlist by TF-IDF cosine of the documents' words; 'code': the "
-                          "papers' lookup, a Hamming ball around the query's address ordered by the full code")
+    rerank: Literal["tfidf"] | None = Field(
+        None, description="'tfidf': order the shortlist (address ball, radius ball, else the nearest candidates) by "
+                          "TF-IDF cosine of the items' words")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "SearchRequest":
@@ -46,7 +50,7 @@ class SearchRequest(BaseModel):
 
 class HitOut(BaseModel):
     id: str
-    distance: int
+    distance: int = Field(description="Hamming distance of the ranking code")
     score: float | None = Field(None, description="TF-IDF cosine (rerank='tfidf' only)")
 
 

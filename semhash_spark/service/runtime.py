@@ -181,7 +181,7 @@ class Service:
             names = [old.part_names[p] for ver, p in self.cache.keys() if ver == old.version]
             index_of = {n: i for i, n in enumerate(new.part_names)}
             wanted, budget = [index_of[n] for n in names if n in index_of], self.cache.capacity // 2
-        t0, loaded, transient = time.monotonic(), 0, False
+        t0, loaded, transient, parts = time.monotonic(), 0, False, []
         step = max(1, self.settings.load_threads)
         for s in range(0, len(wanted), step):
             futures = [self.cache.get((new.version, p), lambda p=p: new.read_partition(p)) for p in wanted[s:s + step]]
@@ -190,6 +190,7 @@ class Service:
                 e = f.exception() if f.done() else TimeoutError("partition read timed out")
                 if e is None:
                     loaded += f.result().nbytes
+                    parts.append(f.result())
                 elif isinstance(e, (store.StoreError, TimeoutError)) and not isinstance(e, store.NotFound):
                     transient = True
                 else:
@@ -199,6 +200,8 @@ class Service:
                 return False
             if loaded >= budget:
                 break
+        if parts:
+            new.loaded(parts)                    # the version's one search structure, before it takes traffic
         log.info("warmed version %s: %d bytes in %.2fs", new.version, loaded, time.monotonic() - t0,
                  extra={"version": new.version})
         return True

@@ -1,21 +1,15 @@
 """Answering a batch of queries against one :class:`~.version.LoadedVersion` (no HTTP here).
 
-Queries come as ids, texts, word counts or hex codes and become codes (texts through the version's own model and
-vocabulary). Then, per query:
+Queries come as ids, texts, word counts, hex codes or images and become ranking codes and, where the query needs
+the address ball, address codes (texts through the version's own models and vocabulary; ids from the stored
+rows). The partitions the batch needs are read through the cache (each one verified by
+:func:`semhash_spark.query.read_partition`), and the whole batch runs once over the version's one search structure
+(:meth:`~.version.LoadedVersion.loaded`) with :func:`semhash_spark.query.answer`: the same meaning of ``k``,
+``radius`` (ranking code), ``address_radius`` (address code) and ``rerank`` as the library's. A radius-only query
+keeps its nearest ``max_results`` (``truncated``).
 
-- ``k`` (optionally capped by ``radius``): exact k nearest by full-code Hamming distance. Partitions are probed in
-  rings of increasing prefix distance -- a code in a partition whose prefix is ``d`` from the query's is at least
-  ``d`` away -- and the search stops once the k-th distance is below the next ring.
-- ``radius`` alone: every code within ``radius`` (nearest first, at most ``max_results``); only partitions whose
-  prefix is within ``radius`` are read, and inside each the multi-index hash is asked for ``radius - d``.
-- ``rerank="code"``: the papers' memory lookup -- codes whose ``address_bits``-bit address is within ``radius`` of
-  the query's address -- ordered by the full (longer) code's distance.
-- ``rerank="tfidf"``: a shortlist (``radius`` ball, else the ``rerank_candidates`` nearest) ordered by TF-IDF cosine
-  between the query's words and each document's stored words.
-
-Ties are ordered by ordinal, as in :class:`~semhash_spark.index.HammingIndex`. Partitions that cannot be read
-(store unreachable, shard missing or corrupt) are skipped and named in the outcome (``partial``); a request for
-which none of the partitions it needed could be read raises :class:`Unavailable`.
+Partitions that cannot be read (store unreachable, shard missing or corrupt) are skipped and named in the outcome
+(``partial``); a request for which none of the partitions it needed could be read raises :class:`Unavailable`.
 """
 from __future__ import annotations
 
@@ -28,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from semhash_spark import codes as C
+from semhash_spark import query as Q
 
 from .cache import PartitionCache
 from .settings import Settings
@@ -36,11 +31,8 @@ from .version import LoadedVersion, Partition
 log = logging.getLogger(__name__)
 
 KINDS = ("ids", "texts", "codes", "word_counts", "images")
-RERANKS = ("tfidf", "code")
-
-
-class QueryError(ValueError):
-    """The query is malformed or cannot be answered by this index; the message says why and what to send."""
+RERANKS = Q.RERANKS
+QueryError = Q.QueryError
 
 
 class UnknownId(QueryError):
@@ -60,9 +52,10 @@ class Query:
     kind: str                          # one of KINDS
     values: list                       # ids, texts, hex codes, or {word: count} dicts
     k: int | None = None
-    radius: int | None = None
+    radius: int | None = None          # ball on the ranking code
     rerank: str | None = None
     eps: float = 0.0                   # k nearest: 0 exact; > 0 each result within (1 + eps) of the true distance
+    address_radius: int | None = None  # ball on the address code (the papers' lookup)
 
 
 @dataclass
@@ -80,47 +73,6 @@ class Outcome:
     partial: bool = False
     missing_partitions: list[str] = field(default_factory=list)
     truncated: bool = False
-
-
-@dataclass
-class _Candidates:
-    """Search results as parallel arrays; ``piece`` indexes ``parts`` for id and word look-ups."""
-
-    d: np.ndarray
-    ordinal: np.ndarray
-    piece: np.ndarray
-    row: np.ndarray
-    parts: list
-
-    @classmethod
-    def empty(cls) -> "_Candidates":
-        z = np.empty(0, np.int64)
-        return cls(np.empty(0, np.int32), z, z, z, [])
-
-    @classmethod
-    def join(cls, pieces: list[tuple[Partition, np.ndarray, np.ndarray]]) -> "_Candidates":
-        if not pieces:
-            return cls.empty()
-        parts = [p for p, _, _ in pieces]
-        d = np.concatenate([x for _, x, _ in pieces]).astype(np.int32)
-        row = np.concatenate([r for _, _, r in pieces]).astype(np.int64)
-        piece = np.repeat(np.arange(len(pieces)), [len(r) for _, _, r in pieces])
-        ordinal = np.array([p.offset for p in parts], dtype=np.int64)[piece] + row if len(parts) else row
-        return cls(d, ordinal, piece, row, parts)
-
-    def take(self, idx: np.ndarray) -> "_Candidates":
-        return _Candidates(self.d[idx], self.ordinal[idx], self.piece[idx], self.row[idx], self.parts)
-
-    def nearest(self, k: int | None = None) -> "_Candidates":
-        """Sorted by (distance, ordinal), the first ``k``."""
-        idx = np.arange(len(self.d))
-        if k is not None and len(self.d) > k:
-            idx = np.flatnonzero(self.d <= np.partition(self.d, k - 1)[k - 1])
-        order = idx[np.lexsort((self.ordinal[idx], self.d[idx]))]
-        return self.take(order if k is None else order[:k])
-
-    def __len__(self) -> int:
-        return len(self.d)
 
 
 class _Request:
@@ -155,21 +107,28 @@ class Searcher:
     # ------------------------------------------------------------------ entry point
     def run(self, v: LoadedVersion, q: Query) -> Outcome:
         self._check(q)
-        req = _Request(v, self.cache, time.monotonic() + self.settings.fetch_timeout_s)
-        codes, bags = self._resolve(v, q, req)
-        results, truncated = [], False
-        for i in range(codes.shape[0]):
-            hits, cut = self._one(v, q, codes[i:i + 1], bags[i], req)
-            results.append(hits)
-            truncated |= cut
-        if req.missing:
-            if req.read == 0:
+        s = self.settings
+        req = _Request(v, self.cache, time.monotonic() + s.fetch_timeout_s)
+        codes, bags, addresses = self._resolve(v, q, req)
+        need = Q.needed_partitions(v.manifest, v.part_vals, codes, addresses, k=q.k, radius=q.radius,
+                                   address_radius=q.address_radius)
+        loaded = v.current_structure()
+        if not loaded.holds(need):           # read what is not in the structure yet, through the cache
+            parts = req.partitions(need)
+            if req.missing and req.read == 0:
                 raise Unavailable(f"no partition needed could be read from version {v.version}: "
                                   + "; ".join(f"{k}: {m}" for k, m in sorted(req.missing.items())[:5]))
+            cached = [x for x in (self.cache.peek((v.version, p)) for p in range(v.npartitions)) if x is not None]
+            loaded = v.loaded(parts, cached)
+        answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
+                           q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
+                           candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps)
+        results = [[Hit(**h) for h in a.hits()] for a in answers]
+        if req.missing:
             log.warning("partial answer: %d partitions missing", len(req.missing),
                         extra={"version": v.version, "missing": sorted(req.missing)[:20]})
         return Outcome(version=v.version, results=results, codes=C.to_hex(codes), partial=bool(req.missing),
-                       missing_partitions=sorted(req.missing), truncated=truncated)
+                       missing_partitions=sorted(req.missing), truncated=any(a.truncated for a in answers))
 
     def _check(self, q: Query) -> None:
         s = self.settings
@@ -179,26 +138,41 @@ class Searcher:
             raise QueryError(f"{q.kind} is empty: send at least one query")
         if len(q.values) > s.max_batch:
             raise BatchTooLarge(f"{len(q.values)} queries in one request; at most {s.max_batch} (split the batch)")
-        if q.k is None and q.radius is None:
-            raise QueryError("give k (nearest neighbours) and/or radius (Hamming ball)")
         if q.k is not None and not 1 <= q.k <= s.max_k:
             raise QueryError(f"k={q.k} is out of range: 1..{s.max_k}")
-        if q.radius is not None and not 0 <= q.radius <= s.max_radius:
-            raise QueryError(f"radius={q.radius} is out of range: 0..{s.max_radius}")
+        for name in ("radius", "address_radius"):
+            value = getattr(q, name)
+            if value is not None and not 0 <= value <= s.max_radius:
+                raise QueryError(f"{name}={value} is out of range: 0..{s.max_radius}")
         if not (isinstance(q.eps, (int, float)) and math.isfinite(q.eps) and q.eps >= 0):
             raise QueryError(f"eps={q.eps!r}: must be a finite number >= 0 (0: exact)")
-        if q.eps > 0 and (q.k is None or q.rerank == "code"):
-            raise QueryError("eps applies to k nearest neighbours: give k (and no rerank='code')")
-        if q.rerank is not None and q.rerank not in RERANKS:
-            raise QueryError(f"rerank={q.rerank!r}: use 'tfidf' (documents) or 'code' (address shortlist)")
-        if q.rerank == "code" and q.radius is None:
-            raise QueryError("rerank='code' needs radius: the Hamming radius around the query's address")
-        if q.rerank == "tfidf" and q.kind == "codes":
+        Q.check(q.k, q.radius, q.address_radius, q.rerank, q.eps, 64)
+        if q.rerank == "tfidf" and q.kind in ("codes", "images"):
             raise QueryError("rerank='tfidf' needs words: query by ids, texts or word_counts, not codes")
 
     # ------------------------------------------------------------------ queries -> codes
     def _resolve(self, v: LoadedVersion, q: Query, req: _Request):
-        """Codes ``uint8[nq, code_bytes]`` and, where known, each query's bag of words ``(ids, counts)``."""
+        """Ranking codes ``uint8[nq, code_bytes]``, each query's bag of words ``(ids, counts)`` where known, and the
+        address codes ``uint64[nq]`` when the query needs the address ball (None otherwise)."""
+        if q.address_radius is not None and q.address_radius > v.address_bits:
+            raise QueryError(f"address_radius={q.address_radius}: the addresses have {v.address_bits} bits")
+        if q.kind == "ids":
+            codes, bags, addresses = self._resolve_ids(v, q.values, req)
+            return codes, bags, addresses if q.address_radius is not None else None
+        codes, bags = self._resolve_codes(v, q, req)
+        if q.address_radius is None:
+            return codes, bags, None
+        if not v.address_from_model:
+            return codes, bags, C.prefix(codes, v.address_bits)
+        if q.kind in ("codes", "images") or v.address_hasher is None:
+            raise QueryError(f"address_radius needs the query's address code, which version {v.version} makes with "
+                             "an address model of its own: query by ids, texts or word_counts")
+        dense = np.zeros((len(bags), len(v.vocab_index)), dtype=np.float32)
+        for i, (ids, counts) in enumerate(bags):
+            dense[i, ids] = counts
+        return codes, bags, C.prefix(v.address_hasher.codes(dense), v.address_bits)
+
+    def _resolve_codes(self, v: LoadedVersion, q: Query, req: _Request):
         if q.rerank == "tfidf" and (not v.has_words or v.idf is None):
             raise QueryError(f"version {v.version} cannot re-rank by TF-IDF: "
                              + ("its shards store no word counts" if not v.has_words else "it has no vocabulary"))
@@ -212,8 +186,6 @@ class Searcher:
                 except ValueError as e:
                     raise QueryError(f"codes[{i}]: {e} (this index holds {v.bits}-bit codes)") from None
             return np.concatenate(out), [None] * len(out)
-        if q.kind == "ids":
-            return self._resolve_ids(v, q.values, req)
         if q.kind == "images":
             return self._image_codes(v, q.values), [None] * len(q.values)
         if v.hasher is None or v.vocab_index is None:
@@ -300,115 +272,7 @@ class Searcher:
                 raise Unavailable(f"id {remaining[0]!r} is not in the partitions that could be read; "
                                   f"{len(req.missing)} partitions are unreadable now")
             raise UnknownId(f"unknown id {remaining[0]!r}: version {v.version} holds no such document")
-        codes = np.concatenate([where[x][0].mih.codes_of([where[x][1]]) for x in ids])
+        codes = np.stack([where[x][0].codes[where[x][1]] for x in ids])
+        addresses = np.array([where[x][0].address[where[x][1]] for x in ids], dtype=np.uint64)
         bags = [where[x][0].words_of(where[x][1]) if v.has_words else None for x in ids]
-        return codes, bags
-
-    # ------------------------------------------------------------------ one query
-    def _one(self, v: LoadedVersion, q: Query, code: np.ndarray, bag, req: _Request) -> tuple[list[Hit], bool]:
-        s = self.settings
-        if q.rerank == "code":
-            c = self._address_ball(v, code, q.radius, req).nearest()
-            cut = q.k is None and len(c) > s.max_results
-            return self._hits(c.take(np.arange(min(len(c), q.k or s.max_results)))), cut
-        if q.rerank == "tfidf":
-            cut = False
-            if q.radius is not None:
-                c = self._within(v, code, q.radius, req)
-                cut = len(c) > s.max_results           # the shortlist is the nearest max_results of the ball
-                c = c.nearest(s.max_results)
-            else:
-                c = self._knn(v, code, max(s.rerank_candidates, q.k or 0), None, req, q.eps)
-            scores = self._cosines(v, bag, c)
-            order = np.lexsort((c.ordinal, c.d, -scores))[: q.k or s.max_results]
-            return self._hits(c.take(order), scores[order]), cut
-        if q.k is not None:
-            return self._hits(self._knn(v, code, q.k, q.radius, req, q.eps)), False
-        c = self._within(v, code, q.radius, req)
-        return self._hits(c.nearest(s.max_results)), len(c) > s.max_results
-
-    def _within(self, v: LoadedVersion, code: np.ndarray, radius: int, req: _Request) -> _Candidates:
-        pd = v.prefix_distances(int(C.prefix(code, v.partition_bits)[0]))
-        pieces = []
-        for part in req.partitions(np.flatnonzero(pd <= radius)):
-            off = int(pd[part.number]) if part.suffix else 0
-            _, D, I = part.mih.range_search(code, radius - off)
-            pieces.append((part, D + off, I))
-        return _Candidates.join(pieces)
-
-    def _knn(self, v: LoadedVersion, code: np.ndarray, k: int, radius: int | None, req: _Request,
-             eps: float = 0.0) -> _Candidates:
-        """The k nearest (within ``radius`` if given), ring by ring of partitions around the query's address.
-        ``eps > 0``: a ring, or the codes of a partition, are skipped once the k-th distance found is below
-        ``1 + eps`` times what they are at least at, so each result is within ``1 + eps`` of the true distance of
-        its rank (a skipped true neighbour is at least the k-th found over ``1 + eps``)."""
-        pd = v.prefix_distances(int(C.prefix(code, v.partition_bits)[0]))
-        best = _Candidates.empty()
-        for ring in np.unique(pd):
-            ring = int(ring)
-            if radius is not None and ring > radius:
-                break
-            if len(best) == k and best.d[-1] < (1.0 + eps) * ring:
-                break  # every code further out is at least `ring` away
-            pieces = []
-            for part in req.partitions(np.flatnonzero(pd == ring)):
-                off = ring if part.suffix else 0
-                limit = radius
-                if len(best) == k:   # exact: ties at the k-th distance too (by ordinal); eps: below kth / (1 + eps)
-                    kth = int(best.d[-1]) if eps == 0 else math.ceil(int(best.d[-1]) / (1.0 + eps)) - 1
-                    limit = kth if limit is None else min(limit, kth)
-                if limit is None:
-                    D, I = part.mih.search(code, k, eps=eps)
-                    ok = I[0] >= 0
-                    pieces.append((part, D[0][ok] + off, I[0][ok]))
-                elif limit >= off:
-                    _, D, I = part.mih.range_search(code, limit - off)
-                    pieces.append((part, D + off, I))
-            if pieces:
-                best = _merge(best, _Candidates.join(pieces), k)
-        return best
-
-    def _address_ball(self, v: LoadedVersion, code: np.ndarray, radius: int, req: _Request) -> _Candidates:
-        qaddr = np.uint64(C.prefix(code, v.address_bits)[0])
-        pd = v.prefix_distances(int(C.prefix(code, v.partition_bits)[0]))
-        pieces = []
-        for part in req.partitions(np.flatnonzero(pd <= radius)):
-            rows = np.flatnonzero(C.popcount64((part.address ^ qaddr).reshape(-1, 1)) <= radius)
-            off = int(pd[part.number]) if part.suffix else 0
-            pieces.append((part, part.mih.distances(code, rows) + off, rows))
-        return _Candidates.join(pieces)
-
-    # ------------------------------------------------------------------ re-ranking and answers
-    @staticmethod
-    def _cosines(v: LoadedVersion, bag, c: _Candidates) -> np.ndarray:
-        """TF-IDF cosine between the query's bag of words and each candidate's stored one."""
-        def unit(ids, counts):
-            w = counts.astype(np.float64) * v.idf[ids]
-            n = np.linalg.norm(w)
-            return ids, (w / n if n > 0 else w)
-
-        qi, qv = unit(*bag)
-        out = np.zeros(len(c), dtype=np.float64)
-        for j in range(len(c)):
-            di, dv = unit(*c.parts[c.piece[j]].words_of(int(c.row[j])))
-            common, a, b = np.intersect1d(qi, di, assume_unique=True, return_indices=True)
-            out[j] = float(qv[a] @ dv[b]) if common.size else 0.0
-        return out
-
-    @staticmethod
-    def _hits(c: _Candidates, scores: np.ndarray | None = None) -> list[Hit]:
-        out = []
-        for j in range(len(c)):
-            part = c.parts[c.piece[j]]
-            out.append(Hit(id=part.ids[int(c.row[j])].as_py(), distance=int(c.d[j]),
-                           score=None if scores is None else round(float(scores[j]), 6)))
-        return out
-
-
-def _merge(a: _Candidates, b: _Candidates, k: int) -> _Candidates:
-    if not len(a):
-        return b.nearest(k)
-    parts = a.parts + b.parts
-    joined = _Candidates(np.concatenate([a.d, b.d]), np.concatenate([a.ordinal, b.ordinal]),
-                         np.concatenate([a.piece, b.piece + len(a.parts)]), np.concatenate([a.row, b.row]), parts)
-    return joined.nearest(k)
+        return codes, bags, addresses

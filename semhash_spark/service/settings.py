@@ -1,7 +1,10 @@
-"""The service's one typed, frozen configuration; built by ``semhash serve`` (or a test) and checked on creation."""
+"""The service's one typed, frozen configuration and the one set of flags that builds it (``semhash serve`` and
+``python -m semhash_spark.service`` share :func:`add_serve_arguments`); checked on creation."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 
 
@@ -60,3 +63,43 @@ class Settings:
         d = dataclasses.asdict(self)
         d["token"] = "***" if self.token else None
         return d
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``semhash serve``."""
+    p.add_argument("--index", required=True, help="index URI holding CURRENT, e.g. s3://bucket/index")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--cache-bytes", type=_size, default=1 << 30, help="partition cache budget, e.g. 2G, 512M")
+    p.add_argument("--token", default=None,
+                   help="bearer token required on /search (default: $SEMHASH_TOKEN; none: open)")
+    p.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
+    p.add_argument("--fetch-timeout", type=float, default=5.0,
+                   help="seconds a request waits for partitions before answering partial")
+    p.add_argument("--no-preload", action="store_true", help="read partitions only when a query needs them")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags; flags a caller's parser lacks take the defaults of :func:`add_serve_arguments`."""
+    get = lambda name, default: getattr(args, name, default)  # noqa: E731
+    return Settings(index_uri=args.index, host=get("host", "127.0.0.1"), port=get("port", 8080),
+                    cache_bytes=get("cache_bytes", 1 << 30),
+                    token=get("token", None) or os.environ.get("SEMHASH_TOKEN") or None,
+                    poll_seconds=get("poll_seconds", 10.0), fetch_timeout_s=get("fetch_timeout", 5.0),
+                    preload=not get("no_preload", False), max_batch=get("max_batch", 256))
+
+
+def _size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 2G)") from None

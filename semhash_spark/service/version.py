@@ -8,6 +8,7 @@ size and sha256 are checked against the manifest, its schema, row count and pref
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,57 +17,15 @@ import numpy as np
 from semhash_spark import codes as C
 from semhash_spark import index as X
 from semhash_spark import store
-from semhash_spark.mih import MultiIndexHash
+from semhash_spark import query as Q
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
+ADDRESS_MODEL_DIR = "address_model"
 
 
-@dataclass(eq=False)
-class Partition:
-    """The rows of one partition: codes in a :class:`MultiIndexHash` over the bits after the partition prefix."""
-
-    number: int                        # position in the manifest
-    name: str
-    offset: int                        # ordinal of its first row
-    mih: MultiIndexHash
-    suffix: bool                       # distances from ``mih`` leave out the prefix bits (add the prefix distance)
-    address: np.ndarray                # uint64[n]
-    ids: Any                           # pyarrow StringArray
-    word_ids: Any = None               # pyarrow BinaryArray (int32 LE) or None
-    word_counts: Any = None            # pyarrow BinaryArray (float32 LE) or None
-    id_hash: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))    # sorted hash(id)
-    id_order: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))   # rows in id_hash order
-
-    def __len__(self) -> int:
-        return self.mih.ntotal
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.address, self.id_hash, self.id_order)
-        arrow = [a for a in (self.ids, self.word_ids, self.word_counts) if a is not None]
-        return self.mih.nbytes + sum(a.nbytes for a in arrays) + sum(a.nbytes for a in arrow) + 256
-
-    def find_ids(self, wanted: list[str]) -> dict[str, int]:
-        """Rows of the ``wanted`` ids present here (id -> row)."""
-        out = {}
-        for w in wanted:
-            h = hash(w)
-            lo = np.searchsorted(self.id_hash, h, "left")
-            hi = np.searchsorted(self.id_hash, h, "right")
-            for j in range(lo, hi):
-                row = int(self.id_order[j])
-                if self.ids[row].as_py() == w:
-                    out[w] = row
-                    break
-        return out
-
-    def words_of(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stored bag of words of a row: (word ids int32, counts float32)."""
-        ids = np.frombuffer(self.word_ids[row].as_py() or b"", dtype="<i4")
-        counts = np.frombuffer(self.word_counts[row].as_py() or b"", dtype="<f4")
-        return ids, counts
+Partition = Q.PartData       # one partition as read and verified (the reader is :func:`semhash_spark.query.read_partition`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +37,7 @@ class LoadedVersion:
     manifest: dict
     hasher: Any = None                 # checkpoint.Hasher
     model_error: str | None = None     # why text queries cannot be served, when hasher is None
+    address_hasher: Any = None         # checkpoint.Hasher of the address model, when the index has one
 
     # derived in __post_init__
     bits: int = 0
@@ -92,6 +52,8 @@ class LoadedVersion:
     vocab_index: dict | None = None
     idf: np.ndarray | None = None
     prepare: Any = None                # config.PrepareConfig of the model
+    address_from_model: bool = False
+    _shared: dict = field(default_factory=dict, repr=False)   # the search structure, rebuilt as partitions load
 
     def __post_init__(self):
         m = self.manifest
@@ -107,15 +69,15 @@ class LoadedVersion:
         set_("part_rows", rows)
         set_("part_off", np.concatenate([[0], np.cumsum(rows)]).astype(np.int64))
         set_("has_words", set(X.WORD_COLUMNS) <= set(m.get("columns", ())))
+        set_("address_from_model", Q.address_from_model(m))
+        self._shared["lock"] = threading.Lock()
+        self._shared["loaded"] = Q.Loaded([], self.bits, self.address_bits)
         if self.hasher is not None:
-            from semhash_spark.dataset import idf
-
             vocab = self.hasher.meta.get("vocab") or {}
             words = list(vocab.get("words") or [])
             if words:
                 set_("vocab_index", {w: i for i, w in enumerate(words)})
-                df = np.asarray(vocab.get("doc_freq") or np.zeros(len(words)), dtype=np.int64)
-                set_("idf", idf(df, int(vocab.get("num_train_docs") or 0)))
+                set_("idf", Q.idf_of(vocab))
             set_("prepare", self.hasher.config.prepare)
 
     # ------------------------------------------------------------------ opening
@@ -131,7 +93,22 @@ class LoadedVersion:
         manifest = X.read_manifest(index_uri, version)            # format, counts, partition order
         X.verify_files(index_uri, version, manifest)              # every shard exists with its size
         hasher, model_error = cls._load_model(index_uri, version, manifest)
-        return cls(index_uri=index_uri, version=version, manifest=manifest, hasher=hasher, model_error=model_error)
+        address_hasher = None
+        if Q.address_from_model(manifest):
+            from semhash_spark import checkpoint
+
+            uri = store.join(X.version_prefix(index_uri, version),
+                             manifest["address_model"].get("path") or ADDRESS_MODEL_DIR)
+            try:
+                address_hasher = checkpoint.load_model(uri)
+            except checkpoint.CheckpointError as e:
+                model_error = model_error or f"version {version} has no usable address model ({e}); query by ids"
+            else:
+                if address_hasher.bits != int(manifest["address_bits"]):
+                    raise X.IndexFormatError(f"{uri}: the address model makes {address_hasher.bits}-bit codes, "
+                                             f"the index holds {manifest['address_bits']}-bit addresses")
+        return cls(index_uri=index_uri, version=version, manifest=manifest, hasher=hasher, model_error=model_error,
+                   address_hasher=address_hasher)
 
     @staticmethod
     def _load_model(index_uri: str, version: str, manifest: dict):
@@ -158,76 +135,34 @@ class LoadedVersion:
 
     def prefix_distances(self, qpart: int) -> np.ndarray:
         """Hamming distance from a query's partition prefix to every partition's (``int32[npartitions]``)."""
-        x = (self.part_vals ^ np.uint64(qpart)).reshape(-1, 1)
-        return C.popcount64(x)
+        return Q.prefix_distances(self.part_vals, qpart)
 
-    # ------------------------------------------------------------------ reading a partition
+    # ------------------------------------------------------------------ reading and searching
     def read_partition(self, p: int) -> Partition:
-        """Reads partition ``p``'s shards, checks them against the manifest, and builds its search structure."""
-        import pyarrow as pa
-
-        vp = X.version_prefix(self.index_uri, self.version)
-        entry = self.manifest["partitions"][p]
-        tables = []
-        for f in entry["files"]:
-            uri = store.join(vp, f["path"])
-            try:
-                data = store.read_bytes(uri)
-            except store.NotFound:
-                raise X.IndexFormatError(f"{uri}: listed in the manifest but missing") from None
-            if len(data) != int(f["bytes"]):
-                raise X.ChecksumMismatch(f"{uri}: {len(data)} bytes, the manifest says {f['bytes']}")
-            digest = store.sha256_bytes(data)
-            if digest != f["sha256"]:
-                raise X.ChecksumMismatch(f"{uri}: sha256 {digest}, the manifest says {f['sha256']}")
-            tables.append(self._parse(uri, data, int(f["rows"])))
-        columns = ["id", "code", "address"] + (list(X.WORD_COLUMNS) if self.has_words else [])
-        if tables:
-            table = pa.concat_tables([t.select(columns) for t in tables]).combine_chunks()
-        else:
-            table = X.shard_schema(self.code_bytes, self.has_words).empty_table().select(columns)
-        code = table.column("code").chunk(0) if table.num_rows else None
-        if code is not None:
-            buf = np.frombuffer(code.buffers()[1], dtype=np.uint8)
-            start = code.offset * self.code_bytes
-            codes = buf[start:start + len(code) * self.code_bytes].reshape(-1, self.code_bytes)
-        else:
-            codes = np.zeros((0, self.code_bytes), dtype=np.uint8)
-        address = table.column("address").to_numpy().astype(np.uint64, copy=False)
-        if np.any(C.prefix(codes, self.partition_bits) != self.part_vals[p]):
-            raise X.IndexFormatError(f"partition {entry['partition']} of {vp} holds codes outside it")
-        if np.any(C.prefix(codes, self.address_bits) != address):
-            raise X.IndexFormatError(f"partition {entry['partition']} of {vp}: address column disagrees with codes")
-        suffix = self.partition_bits < self.bits
-        mih = MultiIndexHash(codes, self.bits, start_bit=self.partition_bits if suffix else 0)
-        ids = table.column("id").chunk(0) if table.num_rows else pa.array([], pa.string())
-        hashes = np.fromiter((hash(s) for s in ids.to_pylist()), dtype=np.int64, count=len(ids))
-        order = np.argsort(hashes, kind="stable").astype(np.int32)
-        words = {}
-        if self.has_words:
-            for c in X.WORD_COLUMNS:
-                words[c] = table.column(c).chunk(0) if table.num_rows else pa.array([], pa.binary())
-        part = Partition(number=p, name=entry["partition"], offset=int(self.part_off[p]), mih=mih, suffix=suffix,
-                         address=np.ascontiguousarray(address), ids=ids, word_ids=words.get("word_ids"),
-                         word_counts=words.get("word_counts"), id_hash=hashes[order], id_order=order)
-        log.debug("read partition %s of %s: %d rows, %d bytes in memory", part.name, vp, len(part), part.nbytes)
+        """Reads partition ``p``'s shards and checks them against the manifest (size, sha256, schema, prefix)."""
+        part = Q.read_partition(self.index_uri, self.version, self.manifest, p, verify=True)
+        log.debug("read partition %s of %s: %d rows, %d bytes in memory", part.name, self.version, len(part),
+                  part.nbytes)
         return part
 
-    def _parse(self, uri: str, data: bytes, rows: int):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def current_structure(self) -> Q.Loaded:
+        """The version's search structure as it is now (over the partitions loaded so far)."""
+        return self._shared["loaded"]
 
-        try:
-            table = pq.read_table(pa.BufferReader(data))
-        except Exception as e:  # noqa: BLE001 - any parse failure is a format error naming the file
-            raise X.IndexFormatError(f"{uri}: not a readable Parquet shard ({e})") from None
-        if table.num_rows != rows:
-            raise X.IndexFormatError(f"{uri}: {table.num_rows} rows, the manifest says {rows}")
-        names = set(table.column_names)
-        if not set(X.BASE_COLUMNS) <= names or table.schema.field("code").type != pa.binary(self.code_bytes):
-            raise X.IndexFormatError(f"{uri}: schema {table.schema} is not a {self.bits}-bit shard")
-        if self.has_words and not set(X.WORD_COLUMNS) <= names:
-            raise X.IndexFormatError(f"{uri}: lacks the word columns the manifest lists")
-        if table.column("code").null_count or table.column("id").null_count:
-            raise X.IndexFormatError(f"{uri}: null ids or codes")
-        return table
+    def loaded(self, parts: list[Partition], cached: list[Partition] = ()) -> Q.Loaded:
+        """The version's one search structure, holding at least ``parts``: the current one when it does, else
+        rebuilt over ``parts`` and the partitions still ``cached`` (so evicted ones leave it)."""
+        current = self._shared["loaded"]
+        if all(p.number in current.numbers for p in parts):
+            return current
+        with self._shared["lock"]:
+            current = self._shared["loaded"]
+            if all(p.number in current.numbers for p in parts):
+                return current
+            by_number = {p.number: p for p in cached}
+            by_number.update((p.number, p) for p in parts)
+            new = Q.Loaded(list(by_number.values()), self.bits, self.address_bits)
+            self._shared["loaded"] = new
+            log.debug("version %s: search structure over %d partitions, %d codes", self.version,
+                      len(new.numbers), new.ntotal)
+            return new

@@ -22,7 +22,7 @@ _ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"
 def search(body: SearchRequest, svc: Service = Depends(service)) -> SearchResponse:
     t0 = time.perf_counter()
     q = Query(kind=body.kind, values=list(getattr(body, body.kind)), k=body.k, radius=body.radius,
-              rerank=body.rerank, eps=body.eps)
+              rerank=body.rerank, eps=body.eps, address_radius=body.address_radius)
     try:
         out = svc.search(q)
     except UnknownId as e:
