@@ -197,7 +197,9 @@ class Loaded:
         self.parts = sorted(parts, key=lambda p: p.offset)
         self.bits, self.address_bits = int(bits), int(address_bits)
         self.numbers = frozenset(p.number for p in self.parts)
-        self._number_array = np.array(sorted(self.numbers), dtype=np.int64)
+        nums = np.array(sorted(self.numbers), dtype=np.int64)
+        self._has = np.zeros(int(nums.max()) + 1 if nums.size else 0, dtype=bool)
+        self._has[nums[nums >= 0]] = True
         cb = C.code_bytes(bits)
         lens = np.array([len(p) for p in self.parts], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)        # position of each piece
@@ -209,14 +211,17 @@ class Loaded:
         self.ordinal = np.repeat(self.offsets - self.starts[:-1], lens) + np.arange(self.ntotal, dtype=np.int64)
         self.mih = MultiIndexHash(codes, bits) if self.ntotal else None
         self._addr_table = None
+        self._ids = None
         self._lock = threading.Lock()
 
     def holds(self, numbers: np.ndarray) -> bool:
         """True when every partition in ``numbers`` is in this structure."""
         numbers = np.asarray(numbers, dtype=np.int64)
-        if numbers.size > self._number_array.size:
+        if numbers.size == 0:
+            return True
+        if numbers.size > len(self.numbers) or int(numbers.max()) >= self._has.size:
             return False
-        return bool(np.isin(numbers, self._number_array, assume_unique=True).all())
+        return bool(self._has[numbers].all())
 
     @property
     def nbytes(self) -> int:
@@ -286,8 +291,18 @@ class Loaded:
         return np.where(ok, piece, -1), row
 
     def ids(self, pos: np.ndarray) -> list[str]:
-        piece, row = self.locate(pos)
-        return [self.parts[int(p)].ids[int(r)].as_py() for p, r in zip(piece, row)]
+        pos = np.asarray(pos, dtype=np.int64)
+        if pos.size == 0:
+            return []
+        if self._ids is None:   # the ids' UTF-8 bytes and offsets, read without a per-call Arrow kernel
+            import pyarrow as pa
+
+            arr = pa.concat_arrays([p.ids for p in self.parts]) if len(self.parts) > 1 else self.parts[0].ids
+            offs = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+            data = arr.buffers()[2]
+            self._ids = (offs.astype(np.int64), data.to_pybytes() if data is not None else b"")
+        offs, data = self._ids
+        return [data[a:b].decode() for a, b in zip(offs[pos].tolist(), offs[pos + 1].tolist())]
 
     def bags(self, pos: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         piece, row = self.locate(pos)
@@ -341,10 +356,10 @@ class Answer:
 
     def hits(self) -> list[dict[str, Any]]:
         """``[{"id", "distance"[, "score"]}]``: the shape of ``POST /search`` results and ``semhash query --json``."""
+        dist = self.distance.tolist()
         if self.score is None:
-            return [{"id": i, "distance": int(d)} for i, d in zip(self.ids, self.distance)]
-        return [{"id": i, "distance": int(d), "score": round(float(s), 6)}
-                for i, d, s in zip(self.ids, self.distance, self.score)]
+            return [{"id": i, "distance": d} for i, d in zip(self.ids, dist)]
+        return [{"id": i, "distance": d, "score": round(s, 6)} for i, d, s in zip(self.ids, dist, self.score.tolist())]
 
 
 def check(k: int | None, radius: int | None, address_radius: int | None, rerank: str | None, eps: float,
