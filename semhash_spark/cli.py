@@ -97,11 +97,8 @@ def cmd_encode(args) -> dict:
     if _is_image_data(args.data):
         from .image_encode import encode_images_to_index
 
-        if args.address_model:
-            raise ValueError("--address-model is not supported for image indexes yet (their address is the "
-                             "ranking code's prefix)")
         return encode_images_to_index(spark, args.model, args.data, args.index, cfg,
-                                      patch_model_uri=args.patch_model)
+                                      patch_model_uri=args.patch_model, address_model_uri=args.address_model)
     return encode_to_index(spark, args.model, args.data, args.index, cfg, address_model_uri=args.address_model)
 
 

@@ -40,6 +40,7 @@ ENCODED_SCHEMA = "id string, code binary, address long, part string, patch_codes
 FILES_SCHEMA = "partition string, path string, rows long, bytes long, sha256 string, columns array<string>"
 PATCH_DIR = "patches"
 PATCH_MODEL_DIR = "patch_model"
+ADDRESS_MODEL_DIR = "address_model"
 
 _WORKER_MODELS: dict[str, Hasher] = {}
 
@@ -72,17 +73,23 @@ def decode_png_column(values, height: int, width: int, channels: int) -> np.ndar
 
 
 def encode_image_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, patch_hasher: Hasher | None,
-                        images_cfg: ImagesConfig, address_bits: int, partition_bits: int) -> Iterator[pd.DataFrame]:
+                        images_cfg: ImagesConfig, address_bits: int, partition_bits: int,
+                        address_hasher: Hasher | None = None) -> Iterator[pd.DataFrame]:
+    """Image rows -> id, ranking code, address (``address_hasher``'s code, else the ranking code's prefix),
+    partition key (the address's prefix) and, with a patch model, the 81 glimpse codes."""
     for pdf in frames:
         if len(pdf) == 0:
             continue
         pixels = decode_png_column(pdf["image"].tolist(), images_cfg.height, images_cfg.width, images_cfg.channels)
-        packed = hasher.codes(pixels.reshape(len(pixels), -1))
+        flat = pixels.reshape(len(pixels), -1)
+        packed = hasher.codes(flat)
+        address = C.prefix(address_hasher.codes(flat) if address_hasher is not None else packed, address_bits)
+        part = address >> np.uint64(address_bits - partition_bits)
         out = pd.DataFrame({
             "id": pdf["id"].astype(str).to_numpy(),
             "code": [row.tobytes() for row in packed],
-            "address": C.prefix(packed, address_bits).view(np.int64),
-            "part": [C.partition_name(int(p), partition_bits) for p in C.prefix(packed, partition_bits)],
+            "address": address.view(np.int64),
+            "part": [C.partition_name(int(p), partition_bits) for p in part],
         })
         if patch_hasher is not None:
             pc = msh.patch_codes(patch_hasher, pixels, images_cfg)
@@ -147,8 +154,12 @@ def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.n
 
 
 def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *,
-                           patch_model_uri: str | None = None, version: str | None = None) -> dict[str, Any]:
-    """Encodes every image of ``data_uri`` (train and test) and publishes a new index version."""
+                           patch_model_uri: str | None = None, version: str | None = None,
+                           address_model_uri: str | None = None) -> dict[str, Any]:
+    """Encodes every image of ``data_uri`` (train and test) and publishes a new index version.
+
+    ``address_model_uri``: a short image model (the papers' 28 bits) whose code is each image's address, copied
+    into the version as ``address_model/``; without it the address is the ranking code's prefix."""
     from . import images as im
 
     t0 = time.time()
@@ -177,6 +188,16 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
                                      "patch_fovea": pcfg["patch_fovea"]})
     bits = int(meta["bits"])
     address_bits = min(cfg.index.address_bits, bits)
+    address_raw, address_meta = None, None
+    if address_model_uri:
+        from .encode import _address_model
+
+        address_raw, address_meta = _address_model(address_model_uri, meta)
+        if address_meta["sizes"][0] != meta["sizes"][0]:
+            raise ValueError(f"the address model {address_model_uri!r} takes {address_meta['sizes'][0]} inputs, "
+                             f"the ranking model {meta['sizes'][0]}")
+        address_bits = int(address_meta["bits"])
+    address_version = address_meta["model_version"] if address_meta else None
     partition_bits = min(cfg.index.partition_bits, address_bits)
     code_bytes = C.code_bytes(bits)
     version = version or ix.new_version_id()
@@ -184,19 +205,22 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
     model_version = meta["model_version"]
     patch_version = patch_meta["model_version"] if patch_meta else None
     patch_bytes = C.code_bytes(int(patch_meta["bits"])) if patch_meta else 0
-    blobs = spark.sparkContext.broadcast({"model": blobs_raw, "patch": patch_raw})
+    blobs = spark.sparkContext.broadcast({"model": blobs_raw, "patch": patch_raw, "address": address_raw})
     s3_env = store.driver_s3_env()
 
     def encode(frames):
         b = blobs.value
         hasher = _hasher(model_version, b["model"])
         patch_hasher = _hasher(patch_version, b["patch"]) if patch_version else None
-        yield from encode_image_frames(frames, hasher, patch_hasher, images_cfg, address_bits, partition_bits)
+        address_hasher = _hasher(address_version, b["address"]) if address_version else None
+        yield from encode_image_frames(frames, hasher, patch_hasher, images_cfg, address_bits, partition_bits,
+                                       address_hasher)
 
     def write(frames):
         store.apply_s3_env(s3_env)
         for pdf in frames:
-            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[["id", "code", "address"]])
+            metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[["id", "code", "address"]],
+                                   address_bits=address_bits)
             if metas:
                 yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
                                     for m in metas])
@@ -224,6 +248,9 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
             .sortWithinPartitions("part", "address", "id").mapInPandas(write, FILES_SCHEMA)
         files = [r.asDict() for r in files_df.collect()]     # file metadata only
         extra: dict[str, Any] = {"kind": "images"}
+        if address_meta:
+            extra["address_model"] = {"uri": address_model_uri, "version": address_version,
+                                      "path": ADDRESS_MODEL_DIR, "kind": "images", "bits": address_bits}
         if patch_version:
             pfiles = [r.asDict() for r in encoded.select("id", "code", "patch_codes")
                       .mapInPandas(write_patches, FILES_SCHEMA).collect()]
@@ -238,6 +265,8 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
             data={"uri": data_uri, "name": dmeta.get("name"), "shape": list(shape)}, **extra)
         store.write_bytes(store.join(version_uri, "model", WEIGHTS), blobs_raw[WEIGHTS])
         store.write_bytes(store.join(version_uri, "model", META), blobs_raw[META])
+        for name, blob in (address_raw or {}).items():
+            store.write_bytes(store.join(version_uri, ADDRESS_MODEL_DIR, name), blob)
         if patch_raw:
             store.write_bytes(store.join(version_uri, PATCH_MODEL_DIR, WEIGHTS), patch_raw[WEIGHTS])
             store.write_bytes(store.join(version_uri, PATCH_MODEL_DIR, META), patch_raw[META])
@@ -258,4 +287,5 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
     return {"version": version, "index": index_uri, "kind": "images", "bits": bits, "address_bits": address_bits,
             "partition_bits": partition_bits, "count": count, "partitions": len(manifest["partitions"]),
             "files": len(files), "patch_codes": bool(patch_version), "seconds": round(seconds, 2),
-            "images_per_second": round(count / max(seconds, 1e-9), 1), "model_version": model_version}
+            "images_per_second": round(count / max(seconds, 1e-9), 1), "model_version": model_version,
+            "address_model_version": address_version}

@@ -34,6 +34,7 @@ class ImageSearcher:
     hasher: Hasher
     images_cfg: ImagesConfig
     patch_hasher: Hasher | None = None
+    address_hasher: Hasher | None = None      # the 28-bit address model, when the index has one
     _patches: tuple | None = field(default=None, repr=False)
 
     @classmethod
@@ -53,7 +54,10 @@ class ImageSearcher:
             pc = patch_hasher.meta["config"]["images"]
             icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"])
         icfg.update(height=data["height"], width=data["width"], channels=data["channels"])
-        return cls(index, hasher, ImagesConfig(**icfg), patch_hasher)
+        address_hasher = None
+        if index.address_from_model:
+            address_hasher = load_model(store.join(vuri, manifest["address_model"].get("path") or "address_model"))
+        return cls(index, hasher, ImagesConfig(**icfg), patch_hasher, address_hasher)
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def load_images(self, blobs: list[bytes]) -> np.ndarray:
@@ -82,7 +86,11 @@ class ImageSearcher:
         if msh_lookup:
             return self._search_msh(pixels, q, k)
         Q.check(k, radius, address_radius, None, 0.0, self.index.address_bits)
-        qa = self.index.query_addresses(q) if address_radius is not None else None
+        qa = None
+        if address_radius is not None:
+            qa = None if self.address_hasher is None else C.prefix(
+                self.address_hasher.codes(pixels.reshape(len(pixels), -1)), self.address_hasher.bits)
+            qa = self.index.query_addresses(q, qa)
         need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
                                    address_radius=address_radius)
         return [a.hits() for a in Q.answer(self.index.loaded(need), q, k=k, radius=radius,

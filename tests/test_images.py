@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semhash_spark import codes as C
 from semhash_spark import data as data_mod
 from semhash_spark import image_sources, images
 from semhash_spark.config import ImagesConfig
@@ -213,6 +214,23 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
 
     _check_service_image_queries(str(index), query_file.read_bytes(), query_id)
 
+    # The papers' two codes: the 28-bit model's code as the address, the 32-bit code ranks (library and service).
+    index2 = tmp_path / "index2"
+    assert cli.main(["encode", "--model", str(model), "--address-model", str(short_model), "--data",
+                     str(small_image_data), "--index", str(index2)]) == 0
+    rep2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep2["bits"] == 32 and rep2["address_bits"] == 28 and rep2["address_model_version"]
+    s2 = ImageSearcher.open(str(index2))
+    assert s2.address_hasher is not None and s2.index.address_from_model
+    own = s2.search_images(pixels, k=None, address_radius=0)[0]
+    assert query_id in [h["id"] for h in own if h["distance"] == 0]
+    qa = int(C.prefix(s2.address_hasher.codes(pixels.reshape(1, -1)), 28)[0])
+    I = np.arange(s2.index.ntotal)
+    same = {i for i, a in zip(s2.index.ids_of(I), s2.index.addresses_of(I)) if int(a) == qa}
+    assert {h["id"] for h in own} == same
+    _check_service_image_queries(str(index2), query_file.read_bytes(), query_id,
+                                 address_ball=sorted(same))
+
     res = evaluate_image_model(str(model), str(small_image_data), max_queries=40, baseline_bits=(32,),
                                patch_model_uri=str(patch_model), short_model_uri=str(short_model), msh_queries=20,
                                grid_path=str(tmp_path / "grid.png"))
@@ -224,7 +242,8 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     assert 0 < res["msh"]["msh"]["map_at_1000"] <= 1
 
 
-def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: str) -> None:
+def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: str,
+                                 address_ball: list | None = None) -> None:
     """POST /search with base64 images through the real HTTP server; non-image bytes are a 422."""
     import base64
     import time
@@ -259,6 +278,9 @@ def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: s
         assert status == 200, body
         assert body["results"][0][0]["distance"] == 0 and query_id in [h["id"] for h in body["results"][0]
                                                                        if h["distance"] == 0]
+        if address_ball is not None:          # the image's address by the address model, as the library
+            status, body = post(url, {"images": [base64.b64encode(image_bytes).decode()], "address_radius": 0})
+            assert status == 200 and sorted(h["id"] for h in body["results"][0]) == address_ball, body
         status, body = post(url, {"images": [base64.b64encode(b"GIF89a not really").decode()], "k": 3})
         assert status == 422 and "images[0]" in body["detail"]
         status, body = post(url, {"images": ["%%% not base64"], "k": 3})

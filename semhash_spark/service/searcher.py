@@ -164,6 +164,9 @@ class Searcher:
             return codes, bags, None
         if not v.address_from_model:
             return codes, bags, C.prefix(codes, v.address_bits)
+        if q.kind == "images" and v.address_hasher is not None:
+            pixels = self._image_pixels(v, q.values)
+            return codes, bags, C.prefix(v.address_hasher.codes(pixels), v.address_bits)
         if q.kind in ("codes", "images") or v.address_hasher is None:
             raise QueryError(f"address_radius needs the query's address code, which version {v.version} makes with "
                              "an address model of its own: query by ids, texts or word_counts")
@@ -196,9 +199,14 @@ class Searcher:
             dense[i, ids] = counts
         return v.hasher.codes(dense), bags
 
-    @staticmethod
-    def _image_codes(v: LoadedVersion, values: list) -> np.ndarray:
+    @classmethod
+    def _image_codes(cls, v: LoadedVersion, values: list) -> np.ndarray:
         """Base64 image files -> codes with the version's image model (resized as at prepare time)."""
+        return v.hasher.codes(cls._image_pixels(v, values))
+
+    @staticmethod
+    def _image_pixels(v: LoadedVersion, values: list) -> np.ndarray:
+        """Base64 image files -> pixels ``[n, H*W*C]`` at the size of the version's image model."""
         import base64
         import binascii
 
@@ -222,7 +230,7 @@ class Searcher:
                 pixels.append(decode_image(raw, None, cfg))
             except ValueError as e:
                 raise QueryError(f"images[{i}] is not an image this index can read: {e}") from None
-        return v.hasher.codes(np.stack(pixels).reshape(len(pixels), -1))
+        return np.stack(pixels).reshape(len(pixels), -1)
 
     @staticmethod
     def _bag(v: LoadedVersion, kind: str, i: int, x) -> tuple[np.ndarray, np.ndarray]:
