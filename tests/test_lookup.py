@@ -176,3 +176,24 @@ def test_encode_with_an_address_model(spark, small_dataset, tmp_path):
     ids = index.ids_of(I[:3])
     for j in range(3):
         assert (ids[j], 0) in _pairs(hits[j])
+
+
+def test_semhash_serve_and_python_m_service_take_one_set_of_flags():
+    import argparse
+    import subprocess
+    import sys
+
+    from semhash_spark.service.settings import add_serve_arguments, settings_from_args
+
+    argv = ["--index", "s3://bucket/index", "--cache-bytes", "2G", "--no-preload", "--poll-seconds", "3"]
+    via_cli = settings_from_args(cli.build_parser().parse_args(["serve", *argv]))
+    via_module = settings_from_args(add_serve_arguments(argparse.ArgumentParser()).parse_args(argv))
+    assert via_cli == via_module
+    assert via_cli.cache_bytes == 2 << 30 and not via_cli.preload and via_cli.poll_seconds == 3
+    defaults = settings_from_args(cli.build_parser().parse_args(["serve", "--index", "x"]))
+    assert defaults.poll_seconds == 10 and defaults.preload
+    helps = [subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.split("options:")[1]
+             for cmd in ([sys.executable, "-m", "semhash_spark.cli", "serve", "--help"],
+                         [sys.executable, "-m", "semhash_spark.service", "--help"])]
+    flags = [sorted(set(w for w in h.split() if w.startswith("--"))) for h in helps]
+    assert flags[0] == flags[1] and "--no-preload" in flags[0]
