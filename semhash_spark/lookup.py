@@ -108,8 +108,11 @@ class Searcher:
         qa = None
         if address_radius is not None:
             qa = self.index.query_addresses(q, addresses)
-        need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
-                                   address_radius=address_radius)
-        loaded = self.index.loaded(need)
+        if k is not None and radius is None and address_radius is None and not rerank:
+            loaded, _ = self.index._knn_rings(q, k)      # reads rings of partitions only as far as needed
+        else:
+            need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
+                                       address_radius=address_radius)
+            loaded = self.index.loaded(need)
         return Q.answer(loaded, q, k=k, radius=radius, address_radius=address_radius, q_address=qa, rerank=rerank,
                         bags=query_vectors, idf=self.idf, candidates=candidates, eps=eps, max_results=max_results)
