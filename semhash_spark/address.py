@@ -1,0 +1,149 @@
+"""The papers' memory-address lookup: every item stored under a short address code, a query visiting every address
+within a small Hamming radius of its own.
+
+Salakhutdinov & Hinton, "Semantic hashing" (2009): a 20-bit code learned for each document is a memory address;
+the documents at the addresses within Hamming distance ``r`` of the query's address are its shortlist, found in a
+time that does not depend on the size of the collection. Torralba, Fergus & Weiss (CVPR 2008) do the same with
+28-bit image codes.
+
+``AddressTable`` keeps the item rows sorted by (address, row). Up to ``DIRECT_MAX_BITS`` address bits it is the
+papers' memory: a direct table of ``2**bits + 1`` offsets indexed by address. Wider addresses keep the sorted
+distinct addresses and a directory over their top bits (about ``log2`` of their count), so a probe is one directory
+read and a short binary search. ``ball`` enumerates the ``sum(C(bits, i), i <= radius)`` addresses of the ball
+shell by shell and returns CSR results like faiss ``range_search``, ordered by (address distance, row).
+"""
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+try:  # the compiled probe loop; without numba ``ball`` takes the numpy path below
+    from semhash_spark import _address_kernels as _K
+except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
+    _K = None
+
+USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
+DIRECT_MAX_BITS = 24            # direct table up to 2**24 + 1 offsets (128 MiB); wider: sorted distinct addresses
+_MAX_BITS = 64
+
+
+def _as_addresses(a, bits: int, what: str) -> np.ndarray:
+    """``a`` as ``uint64[n]``, checked to be non-negative integers below ``2**bits``."""
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be a 1-d array of integer addresses, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{what} must be integers (the address bits' value), got dtype {a.dtype}")
+    if a.size and np.issubdtype(a.dtype, np.signedinteger) and int(a.min()) < 0:
+        raise ValueError(f"{what} must be non-negative, got {int(a.min())}")
+    a = a.astype(np.uint64, copy=False)
+    if a.size and bits < 64 and int(a.max()) >= (1 << bits):
+        raise ValueError(f"{what} must be below 2**{bits} for {bits}-bit addresses, got {int(a.max())}; "
+                         f"pass the address code's bits, not a longer code")
+    return a
+
+
+def ball_size(bits: int, radius: int) -> int:
+    """Addresses within Hamming distance ``radius`` of one ``bits``-bit address."""
+    return sum(comb(bits, i) for i in range(radius + 1))
+
+
+class AddressTable:
+    """Item rows by address code; ``ball`` finds every item whose address is within a Hamming radius of a query's.
+
+    ``addresses``: one address per item (``uint64``, the integer value of its address bits, e.g.
+    :func:`semhash_spark.codes.prefix` of packed codes); the item's row number is its position.
+    """
+
+    def __init__(self, addresses: np.ndarray, bits: int):
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= _MAX_BITS:
+            raise ValueError(f"address bits must be an integer in 1..{_MAX_BITS}, got {bits!r}")
+        self.bits = int(bits)
+        a = _as_addresses(addresses, self.bits, "addresses")
+        self._n = a.shape[0]
+        self.ids_ = np.argsort(a, kind="stable").astype(np.int64)      # rows by (address, row)
+        sa = a[self.ids_]
+        self.direct = self.bits <= DIRECT_MAX_BITS
+        if self.direct:
+            self.offsets_ = np.zeros((1 << self.bits) + 1, np.int64)
+            np.cumsum(np.bincount(a.astype(np.int64), minlength=1 << self.bits), out=self.offsets_[1:])
+            self.keys_ = np.zeros(0, np.uint64)
+            self.dir_ = np.zeros(1, np.int64)
+            self.shift_ = 0
+        else:
+            first = np.ones(sa.shape[0], bool)
+            first[1:] = sa[1:] != sa[:-1]
+            self.keys_ = sa[first]                                       # distinct addresses, ascending
+            self.offsets_ = np.append(np.flatnonzero(first), sa.shape[0]).astype(np.int64)
+            dbits = int(min(DIRECT_MAX_BITS, self.bits, max(1, int(np.ceil(np.log2(max(2, self.keys_.size)))))))
+            self.shift_ = self.bits - dbits
+            top = self.keys_ >> np.uint64(self.shift_)
+            self.dir_ = np.searchsorted(top, np.arange((1 << dbits) + 1, dtype=np.uint64)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def ball(self, q_addresses: np.ndarray, radius: int):
+        """Every item within address distance ``radius`` of each query's address.
+
+        Returns ``(lims, ids, address_distances)``: query ``i``'s items are ``ids[lims[i]:lims[i+1]]`` (int64 rows)
+        at ``address_distances[lims[i]:lims[i+1]]`` (int32), ordered by (distance, row).
+        """
+        if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
+            raise TypeError(f"radius must be an integer, got {radius!r}")
+        radius = int(radius)
+        if not 0 <= radius <= self.bits:
+            raise ValueError(f"radius must be in 0..{self.bits} (the address bits), got {radius}")
+        q = _as_addresses(np.asarray(q_addresses).reshape(-1) if np.ndim(q_addresses) == 0 else q_addresses,
+                          self.bits, "query addresses")
+        if USE_COMPILED and _K is not None:
+            return _K.ball(self.offsets_, self.ids_, self.keys_, self.dir_, self.shift_, self.direct,
+                           self.bits, np.ascontiguousarray(q), radius)
+        return self._ball_numpy(q, radius)
+
+    def _ball_numpy(self, q: np.ndarray, radius: int):
+        flips, dist = _flip_masks(self.bits, radius)
+        lims = np.zeros(q.shape[0] + 1, np.int64)
+        out_i, out_d = [], []
+        for j, qa in enumerate(q):
+            cand = qa ^ flips
+            if self.direct:
+                lo, hi = self.offsets_[cand.astype(np.int64)], self.offsets_[cand.astype(np.int64) + 1]
+            else:
+                k = np.searchsorted(self.keys_, cand)
+                hit = k < self.keys_.size
+                hit[hit] = self.keys_[k[hit]] == cand[hit]
+                lo = np.where(hit, self.offsets_[np.minimum(k, self.keys_.size)], 0)
+                hi = np.where(hit, self.offsets_[np.minimum(k + 1, self.keys_.size)], 0)
+            cnt = hi - lo
+            tot = int(cnt.sum())
+            # positions lo[b]..hi[b] of every probed bucket b, end to end
+            pos = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
+            ids = self.ids_[pos]
+            d = np.repeat(dist, cnt)
+            o = np.lexsort((ids, d))
+            out_i.append(ids[o])
+            out_d.append(d[o])
+            lims[j + 1] = lims[j] + tot
+        ids = np.concatenate(out_i) if out_i else np.zeros(0, np.int64)
+        d = np.concatenate(out_d) if out_d else np.zeros(0, np.int32)
+        return lims, ids.astype(np.int64), d.astype(np.int32)
+
+
+def _flip_masks(bits: int, radius: int):
+    """Every XOR mask of at most ``radius`` of ``bits`` bits (``uint64``), by weight, and its weight (int32)."""
+    masks, dist = [np.zeros(1, np.uint64)], [np.zeros(1, np.int32)]
+    cur = np.zeros(1, np.uint64)        # masks of weight w whose highest set bit is ``top[i]``
+    top = np.full(1, -1, np.int64)
+    one = np.uint64(1)
+    for w in range(1, radius + 1):
+        new, ntop = [], []
+        for b in range(bits):
+            sel = top < b
+            new.append(cur[sel] | (one << np.uint64(b)))
+            ntop.append(np.full(int(sel.sum()), b, np.int64))
+        cur, top = np.concatenate(new), np.concatenate(ntop)
+        masks.append(cur)
+        dist.append(np.full(cur.size, w, np.int32))
+    return np.concatenate(masks), np.concatenate(dist)
