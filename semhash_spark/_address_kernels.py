@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from semhash_spark._mih_kernels import _insert, _popc
+
 
 @njit(inline="always", cache=True)
 def _run(a, offsets, keys, dirs, shift, direct):
@@ -77,3 +79,63 @@ def ball(offsets, ids, keys, dirs, shift, direct, bits, qs, radius):
                 out_i[start:cnt] = np.sort(out_i[start:cnt])
         lims[j + 1] = cnt
     return lims, out_i[:cnt].copy(), out_d[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def ball_masks(offsets, ids, keys, dirs, shift, direct, masks, shell_end, qs, ordered):
+    """As :func:`ball`, the ball's XOR masks given (``masks`` by weight, weight ``w`` ending at ``shell_end[w]``):
+    one sequential pass of independent probes, which the CPU overlaps. Not ``ordered``: rows of one distance
+    stay in address order."""
+    nq = qs.shape[0]
+    lims = np.zeros(nq + 1, np.int64)
+    cap = 1024
+    out_i = np.empty(cap, np.int64)
+    out_d = np.empty(cap, np.int32)
+    cnt = 0
+    for j in range(nq):
+        q = qs[j]
+        t0 = 0
+        for w in range(shell_end.shape[0]):
+            start = cnt
+            for t in range(t0, shell_end[w]):
+                lo, hi = _run(q ^ masks[t], offsets, keys, dirs, shift, direct)
+                if hi > lo:
+                    if cnt + (hi - lo) > cap:
+                        while cnt + (hi - lo) > cap:
+                            cap *= 2
+                        ni = np.empty(cap, np.int64)
+                        nd = np.empty(cap, np.int32)
+                        ni[:cnt] = out_i[:cnt]
+                        nd[:cnt] = out_d[:cnt]
+                        out_i, out_d = ni, nd
+                    for p in range(lo, hi):
+                        out_i[cnt] = ids[p]
+                        out_d[cnt] = w
+                        cnt += 1
+            t0 = shell_end[w]
+            if ordered and cnt - start > 1:
+                out_i[start:cnt] = np.sort(out_i[start:cnt])
+        lims[j + 1] = cnt
+    return lims, out_i[:cnt].copy(), out_d[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def ball_topk(offsets, keys, dirs, shift, direct, masks, shell_end, qs, qw, words, ids, k):
+    """The ``k`` items of each query's ball closest to its ranking code ``qw[j]`` (``uint64[w]``), by (distance,
+    row): ``(D int32[nq, k], I int64[nq, k])`` padded with -1. ``words uint64[n, w]`` are the codes in ``ids``
+    order, so a bucket's codes are read in sequence."""
+    nq = qs.shape[0]
+    D = np.full((nq, k), -1, np.int32)
+    I = np.full((nq, k), -1, np.int64)
+    nw = words.shape[1]
+    for j in range(nq):
+        q = qs[j]
+        cnt = 0
+        for t in range(masks.shape[0]):
+            lo, hi = _run(q ^ masks[t], offsets, keys, dirs, shift, direct)
+            for p in range(lo, hi):
+                d = 0
+                for u in range(nw):
+                    d += _popc(words[p, u] ^ qw[j, u])
+                cnt = _insert(D[j], I[j], cnt, np.int32(d), ids[p])
+    return D, I

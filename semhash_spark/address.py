@@ -10,13 +10,17 @@ time that does not depend on the size of the collection. Torralba, Fergus & Weis
 papers' memory: a direct table of ``2**bits + 1`` offsets indexed by address. Wider addresses keep the sorted
 distinct addresses and a directory over their top bits (about ``log2`` of their count), so a probe is one directory
 read and a short binary search. ``ball`` enumerates the ``sum(C(bits, i), i <= radius)`` addresses of the ball
-shell by shell and returns CSR results like faiss ``range_search``, ordered by (address distance, row).
+shell by shell and returns CSR results like faiss ``range_search``, ordered by (address distance, row). Built
+with the items' ranking codes, ``search`` returns the ``k`` items of the ball closest to a query's ranking code
+(the shortlist re-ranked, faiss-shaped ``(D, I)``), reading each probed address's codes in sequence.
 """
 from __future__ import annotations
 
 from math import comb
 
 import numpy as np
+
+from semhash_spark import codes as C
 
 try:  # the compiled probe loop; without numba ``ball`` takes the numpy path below
     from semhash_spark import _address_kernels as _K
@@ -25,6 +29,7 @@ except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
 
 USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
 DIRECT_MAX_BITS = 24            # direct table up to 2**24 + 1 offsets (128 MiB); wider: sorted distinct addresses
+_MASKS_MAX = 1 << 21            # balls up to this many addresses are probed from a cached table of XOR masks
 _MAX_BITS = 64
 
 
@@ -53,10 +58,11 @@ class AddressTable:
     """Item rows by address code; ``ball`` finds every item whose address is within a Hamming radius of a query's.
 
     ``addresses``: one address per item (``uint64``, the integer value of its address bits, e.g.
-    :func:`semhash_spark.codes.prefix` of packed codes); the item's row number is its position.
+    :func:`semhash_spark.codes.prefix` of packed codes); the item's row number is its position. ``codes``
+    (optional): the items' packed ranking codes ``uint8[n, nbytes]``, kept in address order for :meth:`search`.
     """
 
-    def __init__(self, addresses: np.ndarray, bits: int):
+    def __init__(self, addresses: np.ndarray, bits: int, *, codes: np.ndarray | None = None):
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= _MAX_BITS:
             raise ValueError(f"address bits must be an integer in 1..{_MAX_BITS}, got {bits!r}")
         self.bits = int(bits)
@@ -80,16 +86,19 @@ class AddressTable:
             self.shift_ = self.bits - dbits
             top = self.keys_ >> np.uint64(self.shift_)
             self.dir_ = np.searchsorted(top, np.arange((1 << dbits) + 1, dtype=np.uint64)).astype(np.int64)
+        self._masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.words_ = None
+        if codes is not None:
+            codes = np.asarray(codes)
+            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[0] != self._n:
+                raise ValueError(f"codes must be packed uint8[{self._n}, nbytes], one per address; got "
+                                 f"{codes.dtype}{list(codes.shape)}")
+            self.words_ = np.ascontiguousarray(C.to_words(codes)[self.ids_])     # codes in (address, row) order
 
     def __len__(self) -> int:
         return self._n
 
-    def ball(self, q_addresses: np.ndarray, radius: int):
-        """Every item within address distance ``radius`` of each query's address.
-
-        Returns ``(lims, ids, address_distances)``: query ``i``'s items are ``ids[lims[i]:lims[i+1]]`` (int64 rows)
-        at ``address_distances[lims[i]:lims[i+1]]`` (int32), ordered by (distance, row).
-        """
+    def _check(self, q_addresses, radius) -> tuple[np.ndarray, int]:
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
             raise TypeError(f"radius must be an integer, got {radius!r}")
         radius = int(radius)
@@ -97,10 +106,63 @@ class AddressTable:
             raise ValueError(f"radius must be in 0..{self.bits} (the address bits), got {radius}")
         q = _as_addresses(np.asarray(q_addresses).reshape(-1) if np.ndim(q_addresses) == 0 else q_addresses,
                           self.bits, "query addresses")
+        return np.ascontiguousarray(q), radius
+
+    def _mask_table(self, radius: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ball's XOR masks by weight and where each weight ends, or None when the ball is too large."""
+        if radius not in self._masks:
+            if ball_size(self.bits, radius) > _MASKS_MAX:
+                return None
+            masks, dist = _flip_masks(self.bits, radius)
+            self._masks[radius] = (masks, np.cumsum(np.bincount(dist, minlength=radius + 1)).astype(np.int64))
+        return self._masks[radius]
+
+    def ball(self, q_addresses: np.ndarray, radius: int, *, ordered: bool = True):
+        """Every item within address distance ``radius`` of each query's address.
+
+        Returns ``(lims, ids, address_distances)``: query ``i``'s items are ``ids[lims[i]:lims[i+1]]`` (int64 rows)
+        at ``address_distances[lims[i]:lims[i+1]]`` (int32), ordered by (distance, row); ``ordered=False`` leaves
+        the rows of one distance in address order (for a caller that ranks them anyway).
+        """
+        q, radius = self._check(q_addresses, radius)
         if USE_COMPILED and _K is not None:
+            mt = self._mask_table(radius)
+            if mt is not None:
+                return _K.ball_masks(self.offsets_, self.ids_, self.keys_, self.dir_, self.shift_, self.direct,
+                                     mt[0], mt[1], q, bool(ordered))
             return _K.ball(self.offsets_, self.ids_, self.keys_, self.dir_, self.shift_, self.direct,
-                           self.bits, np.ascontiguousarray(q), radius)
+                           self.bits, q, radius)
         return self._ball_numpy(q, radius)
+
+    def search(self, q_addresses: np.ndarray, q_codes: np.ndarray, radius: int, k: int):
+        """The ``k`` items of each query's ball (address distance <= ``radius``) closest to its ranking code:
+        faiss-shaped ``(D int32[nq, k], I int64[nq, k])`` by (code distance, row), padded with -1."""
+        if self.words_ is None:
+            raise ValueError("search needs the items' ranking codes: build the AddressTable with codes=")
+        q, radius = self._check(q_addresses, radius)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        qw = np.asarray(q_codes)
+        if qw.dtype != np.uint8 or qw.ndim != 2 or qw.shape[0] != q.shape[0] or \
+                C.to_words(qw).shape[1] != self.words_.shape[1]:
+            raise ValueError(f"q_codes must be packed uint8[{q.shape[0]}, nbytes] like the table's codes, got "
+                             f"{qw.dtype}{list(qw.shape)}")
+        qw = np.ascontiguousarray(C.to_words(qw))
+        mt = self._mask_table(radius) if USE_COMPILED and _K is not None else None
+        if mt is not None:
+            return _K.ball_topk(self.offsets_, self.keys_, self.dir_, self.shift_, self.direct, mt[0], mt[1], q, qw,
+                                self.words_, self.ids_, int(k))
+        D = np.full((q.shape[0], k), -1, np.int32)
+        I = np.full((q.shape[0], k), -1, np.int64)
+        order = np.empty(self._n, np.int64)
+        order[self.ids_] = np.arange(self._n)                   # row -> its position in address order
+        lims, ids, _ = self.ball(q, radius)
+        for j in range(q.shape[0]):
+            rows = ids[lims[j]:lims[j + 1]]
+            d = C.popcount64(self.words_[order[rows]] ^ qw[j]).astype(np.int32)
+            o = np.lexsort((rows, d))[:k]
+            D[j, :o.size], I[j, :o.size] = d[o], rows[o]
+        return D, I
 
     def _ball_numpy(self, q: np.ndarray, radius: int):
         flips, dist = _flip_masks(self.bits, radius)

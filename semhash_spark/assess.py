@@ -8,21 +8,26 @@ from typing import Any
 from . import dataset as ds
 from . import store
 from .checkpoint import load_model
-from .evaluate import evaluate_codes
+from .evaluate import evaluate_codes, hamming_method, subsample_queries, tfidf_method
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = None, max_queries: int = 0,
-                   tie_seed: int = 0, baselines: tuple[str, ...] = ("tfidf", "lsa", "lsh")) -> dict[str, Any]:
-    """Test documents are the queries, train documents the database; relevant = shares a label."""
+                   tie_seed: int = 0, baselines: tuple[str, ...] = ("tfidf", "lsa", "lsh", "binary_lsa"),
+                   address_model_uri: str | None = None) -> dict[str, Any]:
+    """Test documents are the queries, train documents the database; relevant = shares a label.
+
+    With ``address_model_uri`` (a short-code model, e.g. 20 bits) also the papers' lookup: ``address_lookup``."""
     t0 = time.time()
     hasher = load_model(model_uri)
+    address_hasher = load_model(address_model_uri) if address_model_uri else None
     data_dir = store.local_copy(data_uri)
     meta = ds.read_metadata(data_dir)
-    model_fp = hasher.meta.get("vocab", {}).get("fingerprint")
-    if model_fp and meta.get("vocab_fingerprint") and model_fp != meta["vocab_fingerprint"]:
-        raise ValueError(f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r}")
+    for uri, h in ((model_uri, hasher), (address_model_uri, address_hasher)):
+        model_fp = h.meta.get("vocab", {}).get("fingerprint") if h is not None else None
+        if model_fp and meta.get("vocab_fingerprint") and model_fp != meta["vocab_fingerprint"]:
+            raise ValueError(f"the model {uri!r} was trained on another vocabulary than {data_uri!r}")
     words, doc_freq, n_train = ds.read_vocab(data_dir)
     train = ds.read_split(data_dir, "train", columns=(ds.ID, ds.LABELS, "counts"))
     test = ds.read_split(data_dir, "test", columns=(ds.ID, ds.LABELS, "counts"))
@@ -32,9 +37,29 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
     test_codes = hasher.codes_from_csr(test.counts)
     result = evaluate_codes(train_codes, test_codes, hasher.bits, train, test, ds.idf(doc_freq, n_train),
                             max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path)
+    if address_hasher is not None:
+        result["address_lookup"] = _address_lookup(address_hasher, hasher, train, test, train_codes, test_codes,
+                                                    ds.idf(doc_freq, n_train), max_queries, tie_seed)
+        result["address_lookup"]["model_version"] = address_hasher.version
     result["model_version"] = hasher.version
     result["dataset"] = meta.get("name")
     if plot_path:
         result["plot"] = str(plot_path)
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def _address_lookup(address_hasher, hasher, train, test, train_codes, test_codes, idf, max_queries, tie_seed):
+    """The address ball at r = 0..4 of the address model's codes, re-ranked by the ranking codes and by TF-IDF."""
+    from .address_eval import address_lookup_metrics, addresses_of
+
+    abits = address_hasher.bits
+    if abits > 32:
+        raise ValueError(f"the address model has {abits}-bit codes; an address is a short code (the papers: 20 bits)")
+    rankers = {"code": hamming_method(train_codes, test_codes, hasher.bits),
+               "tfidf": tfidf_method(train.counts, test.counts, idf)}
+    return address_lookup_metrics(addresses_of(address_hasher.codes_from_csr(train.counts), abits),
+                                  addresses_of(address_hasher.codes_from_csr(test.counts), abits), abits, rankers,
+                                  train.labels, test.labels, radii=range(min(4, abits) + 1),
+                                  queries=subsample_queries(len(test.labels), max_queries, tie_seed),
+                                  tie_seed=tie_seed)

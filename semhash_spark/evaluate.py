@@ -30,7 +30,7 @@ RECALL_LEVELS: tuple[float, ...] = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
 )
 AP_CUTOFF = 1000
-BASELINES = ("tfidf", "lsa", "lsh")
+BASELINES = ("tfidf", "lsa", "lsh", "binary_lsa")
 _CHUNK_ELEMENTS = 1 << 21  # query chunk size * database size; ~16 MB per int64 [chunk, N] array
 
 
@@ -346,6 +346,23 @@ def lsa_method(train_counts, test_counts, idf, dims: int, *, seed: int = 0) -> R
     return cosine_method(train_z, test_z, dims=int(dims))
 
 
+def binary_lsa_codes(train_counts, test_counts, idf, bits: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Binary LSA (the semantic hashing paper's third baseline): the ``bits``-component LSA projection of TF-IDF,
+    each component thresholded at its median over the train documents; packed ``(train_codes, test_codes)``."""
+    from sklearn.decomposition import TruncatedSVD
+
+    svd = TruncatedSVD(n_components=bits, algorithm="randomized", n_iter=7, random_state=seed)
+    train_z = svd.fit_transform(tfidf(train_counts, idf))
+    test_z = svd.transform(tfidf(test_counts, idf))
+    med = np.median(train_z, axis=0)
+    return (np.packbits(train_z > med, axis=1, bitorder="big"), np.packbits(test_z > med, axis=1, bitorder="big"))
+
+
+def binary_lsa_method(train_counts, test_counts, idf, bits: int, *, seed: int = 0) -> RankingMethod:
+    """Binary LSA codes (:func:`binary_lsa_codes`), Hamming ranking."""
+    return hamming_method(*binary_lsa_codes(train_counts, test_counts, idf, bits, seed=seed), bits)
+
+
 def lsh_codes(counts, idf, bits: int, *, seed: int = 0) -> np.ndarray:
     """Random-hyperplane LSH (Charikar's SimHash) of TF-IDF rows: packed ``uint8[n, ceil(bits/8)]``."""
     planes = np.random.default_rng(seed).standard_normal((np.asarray(idf).size, bits)).astype(np.float32)
@@ -362,7 +379,8 @@ def lsh_method(train_counts, test_counts, idf, bits: int, *, seed: int = 0) -> R
 def baseline_methods(
     names: Sequence[str], train: LabelledCounts, test: LabelledCounts, idf: np.ndarray, bits: int, *, seed: int = 0
 ) -> dict[str, RankingMethod]:
-    """The text baselines by name (``tfidf``, ``lsa`` with ``bits`` dims, ``lsh`` with ``bits`` bits)."""
+    """The text baselines by name (``tfidf``, ``lsa`` with ``bits`` dims, ``lsh`` and ``binary_lsa`` with ``bits``
+    bits)."""
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
@@ -370,6 +388,7 @@ def baseline_methods(
         "tfidf": lambda: tfidf_method(train.counts, test.counts, idf),
         "lsa": lambda: lsa_method(train.counts, test.counts, idf, bits, seed=seed),
         "lsh": lambda: lsh_method(train.counts, test.counts, idf, bits, seed=seed),
+        "binary_lsa": lambda: binary_lsa_method(train.counts, test.counts, idf, bits, seed=seed),
     }
     return {name: makers[name]() for name in names}
 
@@ -432,7 +451,8 @@ def evaluate_codes(
 
 
 def _label(name: str, bits: int) -> str:
-    return {"tfidf": "TF-IDF", "lsa": f"LSA {bits} dims", "lsh": f"LSH {bits} bits"}.get(name, name)
+    return {"tfidf": "TF-IDF", "lsa": f"LSA {bits} dims", "lsh": f"LSH {bits} bits",
+            "binary_lsa": f"binary LSA {bits} bits"}.get(name, name)
 
 
 def plot_pr_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, title: str = "") -> Path:

@@ -113,3 +113,42 @@ def test_ball_size():
 def test_bad_input_is_named(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@pytest.mark.parametrize("abits, cbits", [(12, 64), (20, 128), (28, 40)])
+def test_search_is_the_ball_ranked_by_the_ranking_code(path, abits, cbits):
+    """``search``: the k items of the address ball closest to the ranking code, as brute force finds them."""
+    rng = np.random.default_rng(abits + cbits)
+    n = 3000
+    addr = clustered_addresses(abits, n + 10, rng)
+    codes = C.pack_bits(rng.integers(0, 2, size=(n + 10, cbits)))
+    table = AddressTable(addr[:n], abits, codes=codes[:n])
+    Ha = brute(addr[n:], addr[:n], abits)
+    Hc = C.hamming(codes[n:], codes[:n])
+    for r in (0, 2, 4):
+        D, I = table.search(addr[n:], codes[n:], r, 7)
+        assert D.shape == I.shape == (10, 7)
+        for i in range(10):
+            ball = np.flatnonzero(Ha[i] <= r)
+            want = ball[np.lexsort((ball, Hc[i][ball]))][:7]
+            assert np.array_equal(I[i, :want.size], want) and np.array_equal(D[i, :want.size], Hc[i][want])
+            assert np.all(I[i, want.size:] == -1) and np.all(D[i, want.size:] == -1)
+
+
+def test_unordered_ball_holds_the_same_rows_by_distance(path):
+    rng = np.random.default_rng(3)
+    db = clustered_addresses(20, 5000, rng)
+    table = AddressTable(db, 20)
+    q = db[:5]
+    a, b = table.ball(q, 3), table.ball(q, 3, ordered=False)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[2], b[2])
+    for i in range(5):
+        s = slice(a[0][i], a[0][i + 1])
+        assert np.array_equal(a[1][s], b[1][s][np.lexsort((b[1][s], b[2][s]))])
+
+
+def test_search_needs_codes():
+    with pytest.raises(ValueError, match="codes="):
+        AddressTable(np.array([1, 2], np.uint64), 20).search(np.array([1], np.uint64), np.zeros((1, 8), np.uint8), 1, 5)
+    with pytest.raises(ValueError, match="one per address"):
+        AddressTable(np.array([1, 2], np.uint64), 20, codes=np.zeros((3, 8), np.uint8))

@@ -289,11 +289,12 @@ def test_evaluate_codes_reports_codes_and_baselines(tmp_path):
     assert json.loads(json.dumps(out)) == out
     figures = {"precision_at_100", "map", "map_at_1000", "pr_curve", "num_queries", "num_database", "skipped_queries"}
     assert figures | {"bits", "baselines"} <= set(out)
-    assert set(out["baselines"]) == {"tfidf", "lsa", "lsh"}
+    assert set(out["baselines"]) == {"tfidf", "lsa", "lsh", "binary_lsa"}
     for r in out["baselines"].values():
         assert figures <= set(r)
         assert (r["num_queries"], r["num_database"], r["skipped_queries"]) == (119, 400, 1)
     assert out["baselines"]["lsa"]["dims"] == bits and out["baselines"]["lsh"]["bits"] == bits
+    assert out["baselines"]["binary_lsa"]["bits"] == bits
     assert (out["bits"], out["num_queries"], out["skipped_queries"]) == (bits, 119, 1)
     assert out["map"] == pytest.approx(1.0)  # label codes: every relevant document ranks first
     assert [r for r, _ in out["pr_curve"]] == list(RECALL_LEVELS)
