@@ -113,7 +113,8 @@ def main() -> int:
         this, base = report["trees"]["this"], report["trees"]["base"]
         report["ratio_this_over_base"] = {k: round(this[k]["qps"] / base[k]["qps"], 2)
                                           for k in ("k10", "radius2") if k in this and k in base}
-        report["ratio_this_over_base"]["batch1000_k10"] = round(this["batch1000_k10_qps"] / base["batch1000_k10_qps"], 2)
+        batch = round(this["batch1000_k10_qps"] / base["batch1000_k10_qps"], 2)
+        report["ratio_this_over_base"]["batch1000_k10"] = batch
     print(json.dumps(report, indent=1))
     return 0
 

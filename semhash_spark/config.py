@@ -89,7 +89,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    address_bits: int = 20         # the papers' 20-bit memory addresses
+    address_bits: int = 20         # the papers' 20-bit memory addresses (without an address model: the code's prefix)
     partition_bits: int = 8        # leading bits that name a shard folder
     store_counts: bool = True      # keep word counts in shards for TF-IDF re-ranking
     rerank_candidates: int = 100   # shortlist size before TF-IDF re-ranking

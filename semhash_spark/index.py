@@ -440,7 +440,8 @@ class HammingIndex:
                            for v, c in zip(vals, counts)],
         }
         index = cls(manifest)
-        piece = Q.PartData(number=-1, name="*", offset=0, codes=codes, address=addr, ids=pa.array(ids_list, pa.string()),
+        piece = Q.PartData(number=-1, name="*", offset=0, codes=codes, address=addr,
+                           ids=pa.array(ids_list, pa.string()),
                            word_ids=pa.array([bytes(x) for x in word_ids], pa.binary()) if has_words else None,
                            word_counts=pa.array([bytes(x) for x in word_counts], pa.binary()) if has_words else None)
         index._loaded_struct = Q.Loaded([piece], bits, address_bits)

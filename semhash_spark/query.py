@@ -172,7 +172,8 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
         codes, ids = np.zeros((0, cb), dtype=np.uint8), pa.array([], pa.string())
     address = np.ascontiguousarray(table.column("address").to_numpy().astype(np.uint64, copy=False))
     value = int(entry["partition"], 16)
-    if np.any(partition_of_address(address, ab, pb) != np.uint64(value)) or (ab < 64 and np.any(address >> np.uint64(ab))):
+    outside = ab < 64 and bool(np.any(address >> np.uint64(ab)))
+    if outside or np.any(partition_of_address(address, ab, pb) != np.uint64(value)):
         raise X.IndexFormatError(f"partition {entry['partition']} of {vp} holds addresses outside it")
     if not address_from_model(manifest) and np.any(C.prefix(codes, ab) != address):
         raise X.IndexFormatError(f"partition {entry['partition']} of {vp}: address column disagrees with the "
