@@ -6,7 +6,8 @@ Test documents are the queries and train documents the database, a database docu
 share a label, as in :mod:`semhash_spark.evaluate`. For each radius: the shortlist size (mean, median), its recall
 (relevant documents found over all relevant in the database) and precision, and the precision of the top
 ``min(100, shortlist)`` after ranking the shortlist by the ranking code (Hamming, ties in ``evaluate``'s fixed
-order) or by TF-IDF cosine. An empty shortlist counts 0 in every precision. Queries with no relevant database
+order) or by TF-IDF cosine, and the ranked shortlist's AP over its top 1000 (``evaluate``'s ``map_at_1000``
+definition; the images' figure). An empty shortlist counts 0 in every precision. Queries with no relevant database
 document are skipped, as in ``evaluate``.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 from semhash_spark import codes as C
 from semhash_spark.address import AddressTable
-from semhash_spark.evaluate import (_CHUNK_ELEMENTS, RankingMethod, label_matrices, relevance, tie_permutation)
+from semhash_spark.evaluate import (_CHUNK_ELEMENTS, AP_CUTOFF, RankingMethod, label_matrices, relevance,
+                                    tie_permutation)
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,13 @@ def address_lookup_metrics(
                 top = min(RERANK_TOP, short.size)
                 for name, (sc, desc) in scores.items():
                     if top == 0:
-                        rerank[r][name].append(0.0)
+                        rerank[r][name].append((0.0, 0.0))
                         continue
                     v = sc[i, short]
-                    order = np.lexsort((tie_rank[short], -v if desc else v))[:top]
-                    rerank[r][name].append(hits[order].mean())
+                    ranked = hits[np.lexsort((tie_rank[short], -v if desc else v))[:AP_CUTOFF]]
+                    nth = np.cumsum(ranked)
+                    ap = float((nth / np.arange(1, ranked.size + 1))[ranked].sum() / max(1, nth[-1]))
+                    rerank[r][name].append((ranked[:top].mean(), ap))
         log.debug("address lookup: queries %d-%d of %d", s, s + q.size, rows.size)
 
     by_radius = {}
@@ -94,7 +98,9 @@ def address_lookup_metrics(
         res = {"shortlist_mean": float(np.mean(size[r])), "shortlist_median": float(np.median(size[r])),
                "recall": float(np.mean(recall[r])), "precision": float(np.mean(prec[r]))}
         for name in rankers:
-            res[f"rerank_{name}_precision_at_{RERANK_TOP}"] = float(np.mean(rerank[r][name]))
+            p_at, ap = np.asarray(rerank[r][name]).reshape(-1, 2).T
+            res[f"rerank_{name}_precision_at_{RERANK_TOP}"] = float(p_at.mean())
+            res[f"rerank_{name}_map_at_1000"] = float(ap.mean())
         by_radius[str(r)] = res
         log.info("address r=%d: shortlist mean %.0f median %.0f recall %.3f precision %.3f %s", r,
                  res["shortlist_mean"], res["shortlist_median"], res["recall"], res["precision"],

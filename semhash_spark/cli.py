@@ -170,14 +170,11 @@ def cmd_evaluate(args) -> dict:
     if _is_image_data(args.data):
         from .image_assess import evaluate_image_model
 
-        if args.address_model:
-            raise ValueError("--address-model is for document datasets; for images pass the 28-bit model as "
-                             "--short-model")
-
         grid = args.grid if args.grid is not None else "semhash-grid.png"
         return evaluate_image_model(args.model, args.data, plot_path=plot or None, grid_path=grid or None,
                                     max_queries=args.max_queries, patch_model_uri=args.patch_model,
-                                    short_model_uri=args.short_model, msh_queries=args.msh_queries)
+                                    short_model_uri=args.short_model, msh_queries=args.msh_queries,
+                                    address_model_uri=args.address_model)
     return evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries,
                           address_model_uri=args.address_model)
 
@@ -360,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object (always the last line)")
     sp.add_argument("--plot", help="PNG of the precision-recall curves (default semhash-pr.png; '' for none)")
     sp.add_argument("--max-queries", type=int, default=0, help="subsample the test queries (0: all)")
-    sp.add_argument("--address-model", help="documents: a short-code model (e.g. 20 bits) whose Hamming balls at "
-                    "r = 0..4 are re-ranked by --model's codes and by TF-IDF ('address_lookup')")
+    sp.add_argument("--address-model", help="a short-code model (20 bits for documents, 28 for images) whose "
+                    "Hamming balls (r = 0..4; images 0..5) are re-ranked by --model's codes (and documents by "
+                    "TF-IDF): 'address_lookup'")
     sp.add_argument("--grid", help="images: PNG grid of queries and their top-10 per method (default "
                     "semhash-grid.png; '' for none)")
     sp.add_argument("--patch-model", help="images: the glimpse model, to add multiple semantic hashing ('msh')")

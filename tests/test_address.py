@@ -152,3 +152,19 @@ def test_search_needs_codes():
         AddressTable(np.array([1, 2], np.uint64), 20).search(np.array([1], np.uint64), np.zeros((1, 8), np.uint8), 1, 5)
     with pytest.raises(ValueError, match="one per address"):
         AddressTable(np.array([1, 2], np.uint64), 20, codes=np.zeros((3, 8), np.uint8))
+
+
+def test_enumerated_ball_equals_the_mask_table(monkeypatch):
+    """Balls too large for a table of masks are enumerated one combination at a time: the same results."""
+    if address._K is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(17)
+    db = clustered_addresses(28, 4000, rng)
+    q = np.concatenate([db[:3], clustered_addresses(28, 5, rng)])
+    want = [AddressTable(db, 28).ball(q, r) for r in range(5)]
+    monkeypatch.setattr(address, "_MASKS_MAX", 0)
+    table = AddressTable(db, 28)
+    for r in range(5):
+        assert table._mask_table(r) is None
+        for a, b in zip(table.ball(q, r), want[r]):
+            assert np.array_equal(a, b)

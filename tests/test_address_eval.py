@@ -36,6 +36,8 @@ def test_full_radius_is_the_whole_database_ranking(small):
     assert full["recall"] == pytest.approx(1.0)
     assert full["rerank_code_precision_at_100"] == pytest.approx(whole["code"]["precision_at_100"])
     assert full["rerank_tfidf_precision_at_100"] == pytest.approx(whole["tfidf"]["precision_at_100"])
+    assert full["rerank_code_map_at_1000"] == pytest.approx(whole["code"]["map_at_1000"])
+    assert full["rerank_tfidf_map_at_1000"] == pytest.approx(whole["tfidf"]["map_at_1000"])
     assert out["num_queries"] == whole["code"]["num_queries"]
 
 

@@ -233,13 +233,18 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
 
     res = evaluate_image_model(str(model), str(small_image_data), max_queries=40, baseline_bits=(32,),
                                patch_model_uri=str(patch_model), short_model_uri=str(short_model), msh_queries=20,
-                               grid_path=str(tmp_path / "grid.png"))
+                               grid_path=str(tmp_path / "grid.png"), address_model_uri=str(short_model))
     assert set(res["baselines"]) == {"euclidean", "lsh", "sh", "pcah", "pca_itq"}
     for key in ("precision_at_100", "map", "map_at_1000", "pr_curve"):
         assert key in res and all(key in b for b in res["baselines"].values())
     assert res["num_queries"] == 40 and (tmp_path / "grid.png").stat().st_size > 0
     assert set(res["msh"]) >= {"msh", "single_28", "deep"} and res["msh"]["num_queries"] == 20
     assert 0 < res["msh"]["msh"]["map_at_1000"] <= 1
+    al = res["address_lookup"]      # the 28-bit ball at r = 0..5 ranked by the 32-bit codes, beside the codes alone
+    assert al["bits"] == 28 and sorted(al["by_radius"]) == [str(r) for r in range(6)]
+    sizes = [al["by_radius"][str(r)]["shortlist_mean"] for r in range(6)]
+    assert sizes == sorted(sizes) and sizes[-1] <= 380 and al["code_alone_map_at_1000"] == res["map_at_1000"]
+    assert all(0 <= v["rerank_code_map_at_1000"] <= 1 for v in al["by_radius"].values())
 
 
 def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: str,
