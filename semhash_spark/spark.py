@@ -94,7 +94,8 @@ def stage(name: str) -> Iterator[None]:
         return
     keys = ("spark.job.description", "callSite.short", "callSite.long")
     before = {k: sc.getLocalProperty(k) for k in keys}
-    describe_jobs(name)
+    outer = before["spark.job.description"]             # the command's name: "semhash prepare: write Parquet ..."
+    describe_jobs(f"{outer}: {name}" if outer and not name.startswith(outer) else name)
     try:
         yield
     finally:
