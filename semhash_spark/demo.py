@@ -93,7 +93,8 @@ def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: i
         local_data = work / "data-20ng"
         report = prepare_dataset(spark, dataset, source, str(local_data), cfg.prepare)
         store.upload_dir(str(local_data), data_uri)
-        print(f"    kept {report['kept']}, quarantined {report['quarantined']} -> {data_uri} "
+        kept, bad = report["kept"], sum(report["quarantined"].values())
+        print(f"    kept {kept['train']} train and {kept['test']} test documents, quarantined {bad} -> {data_uri} "
               f"({time.time() - t:.0f}s)", flush=True)
         summary["prepare"] = {k: report[k] for k in ("kept", "quarantined", "vocab_size")}
 
