@@ -52,13 +52,17 @@ def main() -> None:
     p.add_argument("--wheel", required=True, help="dist/semhash_spark-*.whl")
     p.add_argument("--python", default=sys.executable, help="interpreter the environments are made with")
     p.add_argument("--torch", default="torch==2.13.0", help="the torch the full set installs first")
+    p.add_argument("--service-only", action="store_true", help="only the [service] environment (a quick check)")
     args = p.parse_args()
     wheel = str(Path(args.wheel).resolve())
     with tempfile.TemporaryDirectory(prefix="semhash-size-") as tmp:
         base = Path(tmp)
+        service = _env(base, "service", args.python, [[f"{wheel}[service]"]])
+        if args.service_only:
+            print(json.dumps({"service": service}))
+            return
         full = _env(base, "full", args.python, [[args.torch], ["-r", str(ROOT / "requirements.txt")],
                                                 ["--no-deps", wheel]])
-        service = _env(base, "service", args.python, [[f"{wheel}[service]"]])
     print(json.dumps({"full": full, "service": service,
                       "ratio_full_over_service": round(full["site_packages_mb"] / service["site_packages_mb"], 2)}))
 
