@@ -126,3 +126,12 @@ def test_prepare_20_newsgroups_stderr_has_no_spark_warn(shared_data, tmp_path):
     noise = [line for line in proc.stderr.splitlines()
              if re.search(r"\bWARN\b|log4j|Setting default log level|NativeCodeLoader", line)]
     assert not noise, "\n".join(noise[:20])
+
+
+def test_evaluate_baselines_flag():
+    known = ("tfidf", "lsa", "lsh")
+    pick = lambda text: cli._baselines(parse("evaluate", "--model", "m", "--data", "d", "--baselines", text), known)  # noqa: E731
+    assert pick("all") == known and pick("none") == () and pick("lsa, tfidf") == ("lsa", "tfidf")
+    assert cli._baselines(parse("evaluate", "--model", "m", "--data", "d"), known) == known     # default: all
+    with pytest.raises(ValueError, match=r"unknown \['pcah'\].*choose from tfidf, lsa, lsh"):
+        pick("tfidf,pcah")
