@@ -1,10 +1,11 @@
-# Two entry points for a fresh machine (Python 3.11, Java 17): `make demo` and `make test`.
-# Both run scripts/setup.sh first (a no-op when .venv is already up to date).
+# Two entry points for a fresh machine (Python 3.11 or 3.12, Java 17): `make demo` and `make test`.
+# Both run scripts/setup.sh first (a no-op when .venv is already up to date). `make wheel` builds
+# dist/semhash_spark-*.whl (with conf/ and jobs/ inside) to install elsewhere, e.g. 'dist/...whl[service]'.
 SHELL := /bin/bash
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SEMHASH_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test
+.PHONY: setup demo test wheel
 setup:
 	bash scripts/setup.sh
 
@@ -13,3 +14,6 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+wheel: setup
+	.venv/bin/python -m pip wheel --no-deps --no-build-isolation -w dist .

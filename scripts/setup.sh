@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with every dependency pinned, builds Horovod (gloo, PyTorch), installs the package.
+# Creates .venv with every dependency pinned (requirements.txt: the development lock), builds Horovod (gloo, PyTorch;
+# SEMHASH_HOROVOD=0 skips it), installs the package editable. Packages come from pip's own configuration.
 # Idempotent: re-running it with unchanged requirements does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,15 +17,15 @@ echo "[setup] creating $VENV with $($PY --version)"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 export PIP_NO_WARN_SCRIPT_LOCATION=1
 $PIP install --upgrade "pip==24.2" "setuptools==69.5.1" wheel
-echo "[setup] torch (CPU build)"
-if [[ -d /opt/wheels ]]; then
-  $PIP install --find-links /opt/wheels "$TORCH_PIN"
-else
-  $PIP install --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple "$TORCH_PIN"
-fi
+echo "[setup] torch"
+# pip's own configuration (pip.conf, PIP_INDEX_URL, PIP_FIND_LINKS) says where packages come from; on a CPU-only
+# machine point it at a CPU build of torch (e.g. PIP_FIND_LINKS=<folder of wheels>) before running this.
+$PIP install "$TORCH_PIN"
 echo "[setup] pinned requirements"
 $PIP install -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
-if ! "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
+if [[ "${SEMHASH_HOROVOD:-1}" == "0" ]]; then
+  echo "[setup] Horovod skipped (SEMHASH_HOROVOD=0): --launcher local and torch only"
+elif ! "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
   echo "[setup] building $HOROVOD_PIN (gloo, PyTorch; about 2-4 minutes)"
   wrapdir=$(mktemp -d)
   printf '#!/bin/sh\nexec %s "$@" -std=c++17\n' "$(command -v g++)" > "$wrapdir/cxx17"
@@ -36,5 +37,5 @@ if ! "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
 fi
 echo "[setup] semhash_spark (editable)"
 $PIP install --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "import torch, pyspark, petastorm, horovod.torch, boto3, semhash_spark; print('[setup] ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'petastorm', petastorm.__version__)"
+"$VENV/bin/python" -c "import torch, pyspark, petastorm, boto3, semhash_spark; print('[setup] ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'petastorm', petastorm.__version__)"
 echo "$stamp_key" > "$VENV/.semhash-setup"

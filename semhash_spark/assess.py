@@ -35,8 +35,10 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
         raise ValueError(f"{data_uri!r} has no test documents to use as queries")
     train_codes = hasher.codes_from_csr(train.counts)
     test_codes = hasher.codes_from_csr(test.counts)
+    title = f"{meta.get('name') or data_uri}: model {hasher.version}, {hasher.bits}-bit codes"
     result = evaluate_codes(train_codes, test_codes, hasher.bits, train, test, ds.idf(doc_freq, n_train),
-                            max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path)
+                            max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path,
+                            plot_title=title)
     if address_hasher is not None:
         result["address_lookup"] = _address_lookup(address_hasher, hasher, train, test, train_codes, test_codes,
                                                     ds.idf(doc_freq, n_train), max_queries, tie_seed)

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 log = logging.getLogger("semhash")
 SPARK_COMMANDS = ("prepare", "encode", "dedup", "reindex")
@@ -22,20 +22,17 @@ IMAGE_CONF = "images.yaml"
 
 
 def _default_conf(args) -> str | None:
-    """The configuration when no --conf is given: conf/images.yaml to train on an image dataset, else built-in."""
+    """The configuration when no --config is given: conf/images.yaml to train on an image dataset, else built-in."""
     data = getattr(args, "data", None)
-    if getattr(args, "conf", None) or not data or getattr(args, "fn", None) is not cmd_train:
-        return getattr(args, "conf", None)
+    if getattr(args, "config", None) or not data or getattr(args, "fn", None) is not cmd_train:
+        return getattr(args, "config", None)
     from . import store
 
     meta_uri = store.join(data, "dataset.json")
     if store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images":
-        from pathlib import Path
+        from .resources import conf_file
 
-        path = Path(__file__).resolve().parents[1] / "conf" / IMAGE_CONF
-        if not path.is_file():
-            raise ValueError(f"{str(path)!r} not found: pass the image configuration with --conf")
-        return str(path)
+        return str(conf_file(IMAGE_CONF))
     return None
 
 
@@ -49,7 +46,46 @@ def _config(args) -> Any:
 
 
 def _print(result: dict, as_json: bool = True) -> None:
-    print(json.dumps(result, default=str))
+    print(json.dumps(result, default=str), flush=True)
+
+
+def parse_size(text: str) -> int:
+    """A byte count written as 1073741824, 512M, 2G or 1.5GiB (binary multiples)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        n = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 2G)") from None
+    if n < 0 or n != n:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (must be >= 0)")
+    return int(n)
+
+
+def _spark_conf(args) -> dict[str, str]:
+    """Spark properties given as ``--conf KEY=VALUE``."""
+    return dict(getattr(args, "spark_conf", None) or {})
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout while the block runs -- by Python, native code, the JVM or child processes
+    (Petastorm's ``Cache cleanup complete.``, the demo's narration) -- goes to stderr, so that stdout carries
+    only the command's JSON line."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:                      # no file descriptors (embedded interpreters): Python-level only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 # --------------------------------------------------------------------------------------------------- commands
@@ -60,7 +96,7 @@ def cmd_prepare(args) -> dict:
     from .spark import get_spark
 
     cfg = _config(args)
-    spark = get_spark("semhash-prepare", master=args.master)
+    spark = get_spark("semhash-prepare", master=args.master, conf=_spark_conf(args))
     # --source and --out: local paths or s3:// (the executors read the source and write the dataset themselves)
     if args.dataset in IMAGE_DATASETS:
         report = prepare_images(spark, args.dataset, args.source, args.out, cfg.images)
@@ -81,11 +117,11 @@ def cmd_train(args) -> dict | None:
         master = args.master
         if master is None and not os.environ.get("SEMHASH_UNDER_SUBMIT"):
             master = f"local[{max(2, args.np)}]"    # one task slot per rank
-        get_spark("semhash-train", master=master)
+        get_spark("semhash-train", master=master, conf=_spark_conf(args))
     # --launcher horovodrun outside a Horovod job re-runs this very command under `horovodrun -np N`
     command = [sys.executable, "-m", "semhash_spark.cli", *args.argv]
     return train_model(args.data, args.out, cfg, np=args.np, launcher=args.launcher,
-                       progress=not args.no_progress, command=command)
+                       progress=not (args.no_progress or args.quiet), command=command)
 
 
 def cmd_encode(args) -> dict:
@@ -93,7 +129,7 @@ def cmd_encode(args) -> dict:
     from .spark import get_spark
 
     cfg = _config(args)
-    spark = get_spark("semhash-encode", master=args.master)
+    spark = get_spark("semhash-encode", master=args.master, conf=_spark_conf(args))
     if _is_image_data(args.data):
         from .image_encode import encode_images_to_index
 
@@ -149,16 +185,48 @@ def cmd_query(args) -> dict | None:
     return _show_results(args, results[0], searcher.index.version)
 
 
-def _show_results(args, hits: list[dict], version: str | None) -> dict | None:
-    """``--json``: prints ``{"version", "results": [hits]}``, the shape of ``POST /search``; else a table."""
-    if args.json:
-        print(json.dumps({"version": version, "results": [hits]}))
-        return None
-    print(f"index version {version}: {len(hits)} result(s)")
-    for rank, h in enumerate(hits, 1):
-        extra = f"  tfidf={h['score']:.3f}" if "score" in h else ""
-        print(f"{rank:4d}. {h['id']}  hamming={h['distance']}{extra}")
+def _show_results(args, hits: list[dict], version: str | None) -> dict:
+    """The summary is ``{"version", "results": [hits]}``, the shape of ``POST /search``; a table on stderr."""
+    if _human(args):
+        print(f"index version {version}: {len(hits)} result(s)", file=sys.stderr)
+        for rank, h in enumerate(hits, 1):
+            extra = f"  tfidf={h['score']:.3f}" if "score" in h else ""
+            print(f"{rank:4d}. {h['id']}  hamming={h['distance']}{extra}", file=sys.stderr)
     return {"version": version, "results": [hits]}
+
+
+def _human(args) -> bool:
+    """Whether to write a human-readable summary (to stderr): not with --json or --quiet."""
+    return not (getattr(args, "json", False) or getattr(args, "quiet", False))
+
+
+def _baselines(args, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``--baselines``: 'all', 'none' or a comma-separated subset of ``known``."""
+    text = (args.baselines or "all").strip().lower()
+    if text == "all":
+        return known
+    if text == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--baselines {args.baselines!r}: unknown {unknown} for this data set; choose from "
+                         f"{', '.join(known)}, or all / none")
+    return names
+
+
+def _show_evaluation(args, result: dict) -> None:
+    if not _human(args):
+        return
+    rows = [(f"{result.get('bits')}-bit codes", result)] + list((result.get("baselines") or {}).items())
+    print(f"{result.get('dataset')}: model {result.get('model_version')}, {result.get('num_queries')} queries",
+          file=sys.stderr)
+    print(f"  {'method':22s} {'P@100':>7s} {'mAP':>7s}", file=sys.stderr)
+    for name, r in rows:
+        print(f"  {name:22s} {r['precision_at_100']:7.3f} {r['map']:7.3f}", file=sys.stderr)
+    for key in ("plot", "grid"):
+        if result.get(key):
+            print(f"  {key}: {result[key]}", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> dict:
@@ -169,21 +237,29 @@ def cmd_evaluate(args) -> dict:
         plot = "semhash-pr.png"
     if _is_image_data(args.data):
         from .image_assess import evaluate_image_model
+        from .image_eval import IMAGE_BASELINES
 
         grid = args.grid if args.grid is not None else "semhash-grid.png"
-        return evaluate_image_model(args.model, args.data, plot_path=plot or None, grid_path=grid or None,
-                                    max_queries=args.max_queries, patch_model_uri=args.patch_model,
-                                    short_model_uri=args.short_model, msh_queries=args.msh_queries,
-                                    address_model_uri=args.address_model)
-    return evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries,
-                          address_model_uri=args.address_model)
+        bits = tuple(int(b) for b in (args.baseline_bits or "").split(",") if b.strip())
+        result = evaluate_image_model(args.model, args.data, plot_path=plot or None, grid_path=grid or None,
+                                      max_queries=args.max_queries, patch_model_uri=args.patch_model,
+                                      short_model_uri=args.short_model, msh_queries=args.msh_queries,
+                                      baselines=_baselines(args, IMAGE_BASELINES), baseline_bits=bits,
+                                      address_model_uri=args.address_model)
+    else:
+        from .evaluate import BASELINES
+
+        result = evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries,
+                                baselines=_baselines(args, BASELINES), address_model_uri=args.address_model)
+    _show_evaluation(args, result)
+    return result
 
 
 def cmd_dedup(args) -> dict:
     from .dedup import dedup_job
     from .spark import get_spark
 
-    spark = get_spark("semhash-dedup", master=args.master)
+    spark = get_spark("semhash-dedup", master=args.master, conf=_spark_conf(args))
     return dedup_job(spark, args.index, args.radius, args.out, args.verify, version=args.version, data_uri=args.data)
 
 
@@ -192,7 +268,7 @@ def cmd_reindex(args) -> dict:
     from .spark import get_spark
 
     cfg = _config(args)
-    spark = get_spark("semhash-reindex", master=args.master)
+    spark = get_spark("semhash-reindex", master=args.master, conf=_spark_conf(args))
     kwargs = {"full": args.full}
     if args.retention_days is not None:
         kwargs["retention_days"] = args.retention_days
@@ -209,7 +285,17 @@ def cmd_rollback(args) -> dict:
     current = ix.read_current(args.index)["version"]
     versions = ix.list_versions(args.index)
     if args.list:
-        return {"index": args.index, "current": current, "versions": versions}
+        details = []
+        for v in versions:
+            try:
+                m = ix.read_manifest(args.index, v)
+                row = {"version": v, "created_at": m.get("created_at"), "count": int(m["count"]), "bits": m["bits"],
+                       "partitions": len(m["partitions"]), "model": (m.get("model") or {}).get("version")}
+            except Exception as e:                  # an unreadable manifest is listed with its reason
+                row = {"version": v, "error": f"{type(e).__name__}: {e}"}
+            details.append(row | {"current": v == current})
+        _show_versions(args, details)
+        return {"index": args.index, "current": current, "versions": versions, "details": details}
     if args.previous:
         older = [v for v in versions if v < current]
         if not older:
@@ -226,6 +312,22 @@ def cmd_rollback(args) -> dict:
     manifest = ix.rollback(args.index, target, verify_checksums=args.verify_checksums)
     return {"index": args.index, "version": target, "previous": current, "count": manifest["count"],
             "partitions": len(manifest["partitions"])}
+
+
+def _show_versions(args, details: list[dict]) -> None:
+    """``rollback --list`` for people: one row per version, oldest first, CURRENT marked."""
+    if not _human(args):
+        return
+    print(f"  {'VERSION':32s} {'CREATED (UTC)':20s} {'CODES':>11s} {'BITS':>5s} {'PARTS':>6s}  MODEL", file=sys.stderr)
+    for d in details:
+        mark = "*" if d["current"] else " "
+        if "error" in d:
+            print(f"{mark} {d['version']:32s} unreadable: {d['error']}", file=sys.stderr)
+            continue
+        created = (d.get("created_at") or "")[:19].replace("T", " ")
+        print(f"{mark} {d['version']:32s} {created:20s} {d['count']:>11,d} {d['bits']:>5} {d['partitions']:>6}  "
+              f"{d.get('model') or ''}", file=sys.stderr)
+    print("  (* = CURRENT)", file=sys.stderr)
 
 
 def cmd_generate(args) -> dict:
@@ -248,7 +350,7 @@ def cmd_generate(args) -> dict:
         source = str(d / "20newsgroups" / "20news-bydate.tar.gz") if docs else str(
             d / {"cifar10": "cifar10-jpeg/cifar10-jpeg.tar.gz", "mnist": "mnist"}.get(dataset, ""))
     size = args.size if args.size is not None else (DEFAULT_DOCUMENTS if docs else DEFAULT_IMAGES)
-    spark = get_spark("semhash-generate", master=args.master)
+    spark = get_spark("semhash-generate", master=args.master, conf=_spark_conf(args))
     with tempfile.TemporaryDirectory(prefix="semhash-generate-") as tmp:
         out_dir = str(Path(tmp) / "out") if store.is_s3(args.out) else store.local_path(args.out)
         if docs:
@@ -285,19 +387,73 @@ def cmd_serve(args) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- parser
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in its help unless there is none to show (None, False) or the help names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+class _ConfAction(argparse.Action):
+    """``--conf KEY=VALUE``: a Spark property (repeatable), as for spark-submit. ``--conf FILE`` (a YAML file, the
+    old spelling of ``--config``) still works for one release, with a deprecation warning."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        key, eq, _ = value.partition("=")
+        if eq and key.strip() and not os.path.exists(value):
+            props = dict(getattr(namespace, "spark_conf", None) or {})
+            props[key.strip()] = value.split("=", 1)[1]
+            namespace.spark_conf = props
+            return
+        if not eq and not value.endswith((".yaml", ".yml", ".json")) and not os.path.exists(value):
+            parser.error(f"--conf {value!r}: not KEY=VALUE (a Spark property) nor a config file; "
+                         "the YAML configuration is --config FILE")
+        log.warning("--conf FILE is deprecated (it will mean only Spark properties): use --config %s", value)
+        namespace.config = value
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _global_flags(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """-v/-q/--json, accepted before and after the subcommand; the subcommand's copies only set what is given."""
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", default=d(False), help="debug logging on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False),
+                   help="only warnings and errors on stderr; no progress bars")
+    p.add_argument("--json", action="store_true", default=d(False),
+                   help="no human-readable summary on stderr: only the JSON line on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semhash", description="Semantic hashing on Spark: prepare, train, encode, "
-                                "query, evaluate and serve binary-code indexes.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p = argparse.ArgumentParser(prog="semhash", formatter_class=_Formatter,
+                                description="Semantic hashing on Spark: prepare, train, encode, query, evaluate and "
+                                "serve binary-code indexes. Every command prints one JSON line on stdout; logs and "
+                                "progress go to stderr.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _global_flags(p, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, defaults=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        # "resolve": a subcommand may define its own --json etc. over the common flags
+        sp = sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Formatter,
+                            conflict_handler="resolve")
         sp.set_defaults(fn=fn)
         return sp
 
     def conf_args(sp):
-        sp.add_argument("--conf", help="YAML config (default: the built-in document configuration, conf/documents.yaml)")
+        sp.add_argument("--config", metavar="FILE", help="YAML configuration (default: the built-in document "
+                        "configuration, conf/documents.yaml; conf/images.yaml to train on images)")
+        sp.add_argument("--conf", action=_ConfAction, metavar="KEY=VALUE",
+                        help="a Spark property, as for spark-submit (repeatable)")
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
 
     sp = add("prepare", cmd_prepare, "turn a raw corpus into a Petastorm-readable Parquet dataset (Spark job)")
@@ -349,17 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rerank", choices=["tfidf"], help="order the shortlist by TF-IDF cosine")
     sp.add_argument("--eps", type=float, help="k nearest alone: stop early, each result within 1 + eps of the "
                     "true distance of its rank (default 0: exact)")
-    sp.add_argument("--json", action="store_true", help="print only {\"version\", \"results\"}, as POST /search")
 
     sp = add("evaluate", cmd_evaluate, "precision/recall of a model's codes against TF-IDF, LSA and LSH")
     sp.add_argument("--model", required=True)
     sp.add_argument("--data", required=True)
-    sp.add_argument("--json", action="store_true", help="print one JSON object (always the last line)")
     sp.add_argument("--plot", help="PNG of the precision-recall curves (default semhash-pr.png; '' for none)")
     sp.add_argument("--max-queries", type=int, default=0, help="subsample the test queries (0: all)")
     sp.add_argument("--address-model", help="a short-code model (20 bits for documents, 28 for images) whose "
                     "Hamming balls (r = 0..4; images 0..5) are re-ranked by --model's codes (and documents by "
                     "TF-IDF): 'address_lookup'")
+    sp.add_argument("--baselines", default="all", help="what the codes are compared with: 'all', 'none', or a "
+                    "comma-separated list (documents: tfidf,lsa,lsh; images: euclidean,lsh,sh,pcah,pca_itq), each at "
+                    "the model's bit count")
+    sp.add_argument("--baseline-bits", metavar="BITS,...", help="images: also run the hashing baselines at these "
+                    "code lengths, e.g. 28,64,256 (the papers'); by default only at the model's")
     sp.add_argument("--grid", help="images: PNG grid of queries and their top-10 per method (default "
                     "semhash-grid.png; '' for none)")
     sp.add_argument("--patch-model", help="images: the glimpse model, to add multiple semantic hashing ('msh')")
@@ -390,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("rollback", cmd_rollback, "point CURRENT at another published version (re-verified first)")
     sp.add_argument("--index", required=True)
-    which = sp.add_mutually_exclusive_group()
+    which = sp.add_mutually_exclusive_group(required=True)
     which.add_argument("--version", help="the version to serve (see --list)")
     which.add_argument("--previous", action="store_true", help="the newest version older than CURRENT")
     which.add_argument("--list", action="store_true", help="only list the versions and CURRENT")
@@ -419,17 +578,35 @@ def build_parser() -> argparse.ArgumentParser:
     from .service.settings import add_serve_arguments   # the one set of flags (python -m semhash_spark.service too)
 
     add_serve_arguments(sp)
+    for sp in sub.choices.values():     # options without help still show their default
+        for action in sp._actions:
+            if action.help is None and action.option_strings and action.default not in (None, False):
+                action.help = "default: %(default)s"
+    p.command_parsers = sub.choices     # main() reports usage errors with the subcommand's usage
     return p
+
+
+# per command: a check of the parsed flags that argparse cannot express; returns a usage error or None
+USAGE_CHECKS: dict[str, Callable[[argparse.Namespace], str | None]] = {
+    "query": lambda a: None if (getattr(a, "index", None) or getattr(a, "server", None))
+    else "give --index INDEX_URI (library lookup) or --server URL (a running semhash serve)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check = USAGE_CHECKS.get(args.command)
+    problem = check(args) if check else None
+    if problem:
+        parser.command_parsers[args.command].error(problem)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "botocore", "urllib3", "petastorm", "matplotlib", "s3transfer", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.quiet:
+        os.environ.setdefault("SEMHASH_PROGRESS_SECONDS", "0")
     t0 = time.time()
     try:
         progress = contextlib.nullcontext()
@@ -437,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .spark import spark_progress
 
             progress = spark_progress(float(os.environ.get("SEMHASH_PROGRESS_SECONDS", "10")))
-        with progress:
+        with _stdout_to_stderr(), progress:
             result = args.fn(args)
     except KeyboardInterrupt:
         print(f"semhash {args.command}: interrupted", file=sys.stderr)

@@ -12,6 +12,8 @@ row went missing (Petastorm's thread pool is known to lose rows silently, so the
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import random
@@ -45,6 +47,22 @@ class DocBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
+
+@contextlib.contextmanager
+def _closing(reader) -> Iterator:
+    """A Petastorm reader closed as its ``__exit__`` does (stop, join, cache cleanup), without the ``Cache cleanup
+    complete.`` that Petastorm prints on stdout once per reader (per epoch in training); other output is logged."""
+    try:
+        yield reader
+    finally:
+        reader.stop()
+        reader.join()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            reader.cleanup_cache()
+        for line in out.getvalue().splitlines():
+            if line.strip() and line.strip() != "Cache cleanup complete.":
+                log.warning("petastorm: %s", line)
 
 def _split_url(data_dir: str | os.PathLike, split: str) -> str:
     d = ds.split_dir(data_dir, split)
@@ -148,10 +166,10 @@ def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cu
     # Without shuffling, batches go out as soon as they are full; with it, rows wait in a buffer of
     # ``shuffle_buffer`` rows and half the buffer stays behind to mix with the next row groups.
     trigger, keep = (buffer_rows + batch_size, buffer_rows // 2) if shuffle else (batch_size, 0)
-    with make_batch_reader(_split_url(data_dir, split), schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
-                           reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
-                           shuffle_row_groups=shuffle, num_epochs=num_epochs,
-                           cur_shard=cur_shard, shard_count=shard_count) as reader:
+    with _closing(make_batch_reader(_split_url(data_dir, split), schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
+                                    reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
+                                    shuffle_row_groups=shuffle, num_epochs=num_epochs,
+                                    cur_shard=cur_shard, shard_count=shard_count)) as reader:
         for rg in reader:
             pending.append(_to_batch(rg.id, rg.word_ids, rg.word_counts, vocab_size))
             n_pending += len(rg.id)
@@ -284,9 +302,9 @@ def read_image_shard(data_dir: str | os.PathLike, split: str, *, cur_shard: int 
     ids, labels, images = [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        with make_reader(url, reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
-                         shuffle_row_groups=shuffle, num_epochs=1, cur_shard=cur_shard,
-                         shard_count=shard_count) as reader:
+        with _closing(make_reader(url, reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
+                                  shuffle_row_groups=shuffle, num_epochs=1, cur_shard=cur_shard,
+                                  shard_count=shard_count)) as reader:
             for row in reader:
                 ids.append(row.id)
                 labels.append(row.label)

@@ -416,12 +416,14 @@ def evaluate_codes(
     tie_seed: int = 0,
     baselines: Sequence[str] = BASELINES,
     plot_path: str | Path | None = None,
+    plot_title: str = "",
 ) -> dict:
     """Hamming-ranking metrics of the codes and of the baselines, on the same queries, relevance and tie order.
 
     Test documents are the queries, train documents the database. Returns a JSON-serialisable dict: ``bits``,
     ``precision_at_100``, ``map``, ``map_at_1000``, ``pr_curve``, ``num_queries``, ``num_database``,
-    ``skipped_queries`` and ``baselines = {name: {same figures}}``. Writes the PR curves to ``plot_path`` if given.
+    ``skipped_queries`` and ``baselines = {name: {same figures}}``. Writes the PR curves to ``plot_path`` if given,
+    titled ``plot_title`` (e.g. data set, model and bits) over the number of queries.
     """
     train_codes = as_codes(train_codes, bits)
     test_codes = as_codes(test_codes, bits)
@@ -446,8 +448,13 @@ def evaluate_codes(
     if plot_path is not None:
         curves = {f"{bits}-bit codes": out["pr_curve"]}
         curves.update({_label(name, bits): r["pr_curve"] for name, r in res.items()})
-        plot_pr_curves(curves, plot_path, title=f"Precision-recall, {out['num_queries']} queries")
+        plot_pr_curves(curves, plot_path, title=pr_title(plot_title, out["num_queries"]))
     return out
+
+
+def pr_title(head: str, num_queries: int) -> str:
+    """The PR plot's title: ``head`` (data set, model, bits) over the number of queries."""
+    return f"{head}\nprecision-recall over {num_queries} queries" if head else f"Precision-recall, {num_queries} queries"
 
 
 def _label(name: str, bits: int) -> str:

@@ -1,7 +1,7 @@
 """``semhash evaluate`` on an image dataset: deep codes against pixel baselines, plus multiple semantic hashing.
 
 Test images are the queries, train images the database, relevant = same label. The deep codes of the model and
-the baselines (Euclidean on pixels, LSH, SH, PCAH, PCA-ITQ, at the model's bit count and at ``baseline_bits``) are
+the baselines (Euclidean on pixels, LSH, SH, PCAH, PCA-ITQ, at the model's bit count and at any ``baseline_bits``) are
 ranked over the same queries by :func:`semhash_spark.image_eval.evaluate_image_codes`.
 
 With a patch model, ``msh`` compares on ``msh_queries`` of the same queries (MSH costs 81 ball lookups a query):
@@ -27,11 +27,11 @@ from . import store
 from .checkpoint import Hasher, load_model
 from .config import ImagesConfig
 from .evaluate import RankingMethod
-from .image_eval import evaluate_image_codes
+from .image_eval import IMAGE_BASELINES, evaluate_image_codes
 
 log = logging.getLogger(__name__)
 
-BASELINE_BITS = (28, 64, 256)
+BASELINE_BITS = (28, 64, 256)     # the papers' code lengths: ask for them with baseline_bits=BASELINE_BITS
 
 
 def _check_model(hasher: Hasher, uri: str, dmeta: dict, kinds: tuple[str, ...]) -> None:
@@ -78,7 +78,8 @@ def _load(model_uri: str, data_uri: str):
 
 def evaluate_image_model(model_uri: str, data_uri: str, *, plot_path: str | None = None,
                          grid_path: str | None = None, max_queries: int = 0, tie_seed: int = 0,
-                         baseline_bits: tuple[int, ...] = BASELINE_BITS, patch_model_uri: str | None = None,
+                         baselines: tuple[str, ...] = IMAGE_BASELINES, baseline_bits: tuple[int, ...] = (),
+                         patch_model_uri: str | None = None,
                          short_model_uri: str | None = None, msh_queries: int = 1000,
                          address_model_uri: str | None = None) -> dict[str, Any]:
     t0 = time.time()
@@ -88,7 +89,9 @@ def evaluate_image_model(model_uri: str, data_uri: str, *, plot_path: str | None
     flat_train, flat_test = train.pixels.reshape(len(train), -1), test.pixels.reshape(len(test), -1)
     deep = (hasher.codes(flat_train), hasher.codes(flat_test))
     result = evaluate_image_codes(flat_train, train.labels, flat_test, test.labels, deep, hasher.bits,
-                                  baseline_bits=baseline_bits, max_queries=max_queries, tie_seed=tie_seed,
+                                  baselines=baselines, baseline_bits=baseline_bits,
+                                  plot_title=f"{dmeta.get('name') or data_uri}: model {hasher.version}, "
+                                             f"{hasher.bits}-bit codes", max_queries=max_queries, tie_seed=tie_seed,
                                   plot_path=plot_path, grid_path=grid_path,
                                   images_for_grid=(train.pixels, test.pixels) if grid_path else None)
     if address_model_uri:

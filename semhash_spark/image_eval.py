@@ -23,6 +23,7 @@ import numpy as np
 from .codes import as_codes
 from .evaluate import (
     RankingMethod,
+    pr_title,
     euclidean_method,
     evaluate_methods,
     hamming_method,
@@ -40,7 +41,9 @@ IMAGE_BASELINES = ("euclidean", "lsh", "sh", "pcah", "pca_itq")
 GRID_QUERIES = 5
 GRID_TOP = 10
 _NAMES = {"euclidean": "Euclidean", "lsh": "LSH", "sh": "SH", "pcah": "PCAH", "pca_itq": "PCA-ITQ"}
-_GOOD, _BAD = (40, 170, 60), (215, 40, 40)  # frame colours: same label as the query / another label
+# frames: same label as the query / another label. Okabe-Ito blue and vermillion, told apart without colour vision
+# too: the frame of another label's image is dashed
+_GOOD, _BAD = (0, 114, 178), (213, 94, 0)
 
 CodePair = tuple[np.ndarray, np.ndarray]
 
@@ -116,6 +119,7 @@ def evaluate_image_codes(
     images_for_grid: tuple[np.ndarray, np.ndarray] | None = None,
     grid_queries: int = GRID_QUERIES,
     plot_path: str | Path | None = None,
+    plot_title: str = "",
 ) -> dict:
     """Metrics of the deep codes, the pixel baselines and any extra codes over the same queries; JSON-serialisable.
 
@@ -171,7 +175,7 @@ def evaluate_image_codes(
               **{f"{n}@{bits}": f"{_NAMES[n]} {bits}-bit" for n in hashing}}
     if plot_path is not None:
         plot_pr_curves({labels[m]: res[m]["pr_curve"] for m in shown}, plot_path,
-                       title=f"Precision-recall, {out['num_queries']} queries")
+                       title=pr_title(plot_title, out["num_queries"]))
         out["plot"] = str(plot_path)
     if grid_path is not None:
         if images_for_grid is None:
@@ -219,9 +223,9 @@ def retrieval_mosaic(
 ) -> tuple[np.ndarray, list[str], list[float]]:
     """The grid as one RGB array, its row titles and the x centres of its columns (query, then ranks 1..k).
 
-    One row per (query, method): the query image (grey frame), then the method's top retrievals, framed green when
-    they share a label with the query and red otherwise. ``top[method]`` is ``int64[len(query_rows), k]`` database
-    indices, best first. Rows run query by query, methods in the order of ``top``.
+    One row per (query, method): the query image (grey frame), then the method's top retrievals, framed solid blue
+    when they share a label with the query and dashed vermillion otherwise. ``top[method]`` is
+    ``int64[len(query_rows), k]`` database indices, best first. Rows run query by query, methods in the order of ``top``.
     """
     train_img, test_img = _as_rgb(images[0], "train images"), _as_rgb(images[1], "test images")
     if train_img.shape[0] != len(db_labels) or test_img.shape[0] != len(q_labels):
@@ -239,6 +243,9 @@ def retrieval_mosaic(
     def put(r: int, c: int, img: np.ndarray, colour) -> None:
         y, x = r * ch, c * cw + (pad if c > 0 else 0)  # a gap between the query and its retrievals
         canvas[y : y + ch, x : x + cw] = colour
+        if colour == _BAD:                              # dashes: white where (row + column) // 3 is odd
+            yy, xx = np.mgrid[0:ch, 0:cw]
+            canvas[y : y + ch, x : x + cw][((yy + xx) // 3) % 2 == 1] = 255
         canvas[y + pad : y + pad + h, x + pad : x + pad + w] = img
 
     r = 0
@@ -282,7 +289,8 @@ def write_retrieval_grid(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title("Top retrievals per method: green = same label as the query, red = another", fontsize=8, pad=14)
+    ax.set_title("Top retrievals per method: solid blue frame = same label as the query, dashed orange = another",
+                 fontsize=8, pad=14)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

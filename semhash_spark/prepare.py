@@ -378,5 +378,8 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
                       records_read=n_read, quarantine_reasons=quarantined, skipped=skipped, prepare=asdict(cfg))
     report = {"name": name, "records_read": n_read, "kept": kept, "quarantined": quarantined, "skipped": skipped,
               "vocab_size": len(words), "vocab_fingerprint": fingerprint, "out_dir": str(out)}
-    log.info("prepare %s: %s", dataset, report)
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(quarantined.items(), key=lambda x: -x[1])) or "none"
+    log.info("prepare %s: %d records read; kept %d train and %d test documents; quarantined %d (%s); "
+             "%d-word vocabulary -> %s", dataset, n_read, kept["train"], kept["test"], n_quarantined, reasons,
+             len(words), out)
     return report

@@ -54,11 +54,53 @@ def get_spark(app_name: str = "semhash", master: str | None = None, conf: dict[s
             "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
             "spark.driver.bindAddress": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
         })
-    for k, v in {**defaults, **(conf or {})}.items():
+    settings = {**defaults, **(conf or {})}
+    java_opts = settings.get("spark.driver.extraJavaOptions", "")
+    if not under_submit and "log4j2.configurationFile" not in java_opts:
+        # the JVM starts with this (pyspark passes the builder's settings to spark-submit): no banner, no routine WARNs
+        settings["spark.driver.extraJavaOptions"] = f"{java_opts} {_log4j2_option()}".strip()
+    for k, v in settings.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SEMHASH_SPARK_LOG_LEVEL", "WARN"))
+    describe_jobs(app_name.replace("-", " "), spark)
     return spark
+
+
+def _log4j2_option() -> str:
+    from .resources import log4j2_file
+
+    return f"-Dlog4j2.configurationFile={log4j2_file().as_uri()}"
+
+
+def describe_jobs(name: str, spark: SparkSession | None = None) -> None:
+    """Names the Spark jobs this thread runs from now on after a stage of the project (``semhash encode: shards``):
+    the job description in the UI and the stage names that :func:`spark_progress` logs, instead of call sites such as
+    ``parquet at NativeMethodAccessorImpl.java:0``."""
+    sc = spark.sparkContext if spark is not None else SparkContext._active_spark_context
+    if sc is None:
+        return
+    sc.setJobDescription(name)
+    sc.setLocalProperty("callSite.short", name)
+    sc.setLocalProperty("callSite.long", name)
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """:func:`describe_jobs` for the jobs of one block; the previous names come back after it."""
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        yield
+        return
+    keys = ("spark.job.description", "callSite.short", "callSite.long")
+    before = {k: sc.getLocalProperty(k) for k in keys}
+    outer = before["spark.job.description"]             # the command's name: "semhash prepare: write Parquet ..."
+    describe_jobs(f"{outer}: {name}" if outer and not name.startswith(outer) else name)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            sc.setLocalProperty(k, v)
 
 
 @contextlib.contextmanager

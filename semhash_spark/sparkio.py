@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from . import store
+from .spark import stage
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), c
     paths = [p for p in paths if os.path.exists(p)]      # a cluster reading local paths needs a shared file system
     if not paths:
         raise FileNotFoundError(f"no Parquet files under {root!r} ({', '.join(parts) or 'root'})")
-    df = spark.read.parquet(*paths)
+    with stage(f"read Parquet {root}"):          # the stage name, not 'parquet at NativeMethodAccessorImpl.java:0'
+        df = spark.read.parquet(*paths)
     cols = [F.col(c) for c in (columns or df.columns)]
     if path_column:                                      # input_file_name() is a URI: file:/<base>/<rel>
         cols.append(F.regexp_extract(F.input_file_name(), re.escape(base) + "/(.*)$", 1).alias(PATH_COLUMN))
@@ -191,14 +193,15 @@ def write_parquet(df: DataFrame, out_uri: str, *, executors: bool | None = None)
     spark = df.sparkSession
     if not store.is_s3(out_uri):
         root = store.local_path(out_uri).rstrip("/")
-        df.write.mode("overwrite").parquet(root)
+        with stage(f"write Parquet {out_uri}"):
+            df.write.mode("overwrite").parquet(root)
         remove_crc(root)
         return
     store.delete_prefix(out_uri)
     if not through_executors(spark, out_uri, executors):
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="semhash-out-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="semhash-out-") as tmp, stage(f"write Parquet {out_uri}"):
             df.write.mode("overwrite").parquet(tmp)
             remove_crc(tmp)
             store.upload_dir(tmp, out_uri)
@@ -239,8 +242,9 @@ def _write_with_store(df: DataFrame, out_uri: str, compression: str = "snappy") 
         store.write_bytes(store.join(out_uri, name), buf.getvalue())
         yield pa.RecordBatch.from_pydict({"path": [name], "rows": [table.num_rows]})
 
-    written = sorted((r.asDict() for r in df.mapInArrow(write, "path string, rows long").collect()),
-                     key=lambda r: r["path"])
+    with stage(f"write Parquet {out_uri}"):
+        written = sorted((r.asDict() for r in df.mapInArrow(write, "path string, rows long").collect()),
+                         key=lambda r: r["path"])
     if not written:
         buf = io.BytesIO()
         pq.write_table(schema.empty_table(), buf, compression=compression)

@@ -22,6 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import codes as codes_mod
+from . import progress
 from . import store
 from .config import Config
 from .distributed import Dist
@@ -366,8 +367,15 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
                 validator: Validator | None = None, device: torch.device = torch.device("cpu"),
                 progress_bar: bool = True) -> tuple[DeepAutoencoder, dict[str, Any]]:
     """Pretrains the RBM stack greedily, unrolls it and fine-tunes it; returns the model and its metrics."""
-    from tqdm.auto import tqdm
+    with progress.logs_above_bars(progress_bar and dist.is_chief):
+        return _train_stack(source, cfg, sizes=sizes, first_kind=first_kind, output=output, code_mode=code_mode,
+                            dist=dist, out_uri=out_uri, fingerprint=fingerprint, validator=validator, device=device,
+                            progress_bar=progress_bar)
 
+
+def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kind: str, output: str,
+                 code_mode: str, dist: Dist, out_uri: str, fingerprint: str, validator: Validator | None,
+                 device: torch.device, progress_bar: bool) -> tuple[DeepAutoencoder, dict[str, Any]]:
     seed = cfg.train.seed
     torch.manual_seed(seed + dist.rank)
     scale = lr_scale(cfg.train.lr_scaling, dist.size)
@@ -400,9 +408,9 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         if prog.epoch > 0 and f"opt.velocity.W" in tensors:
             opt.load_state_dict({k[len("opt."):]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")})
         lr = cfg.pretrain.lr * (cfg.pretrain.poisson_lr_scale if i == 0 and first_kind != "binary" else 1.0) * scale
-        bar = tqdm(range(prog.epoch, cfg.pretrain.epochs), desc=f"pretrain layer {i + 1}/{len(rbms)}",
-                   disable=not show, leave=False, initial=prog.epoch, total=cfg.pretrain.epochs)
-        for epoch in bar:
+        # rows of this rank, moved per batch; the total is known once the first epoch has been read
+        bar = progress.bar(f"pretrain layer {i + 1}/{len(rbms)}", enabled=show)
+        for epoch in range(prog.epoch, cfg.pretrain.epochs):
             momentum = cfg.pretrain.momentum_start if epoch < cfg.pretrain.momentum_switch_epoch else cfg.pretrain.momentum_final
             t0, sums, n = time.time(), np.zeros(3), 0
             gen.manual_seed(_epoch_seed(seed, dist.rank, i, epoch))
@@ -422,6 +430,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
                     st = finish()
                 sums += (st.recon_error * v.shape[0], st.saturated * v.shape[0], st.hidden_mean * v.shape[0])
                 n += v.shape[0]
+                bar.update(v.shape[0])
                 v = v_next
             err, sat, hmean, rows = dist.allreduce_scalars([*(sums / max(n, 1)), n], name=f"pt{i}.{epoch}")
             what = f"pretraining layer {i + 1} ({rbm.n_visible}x{rbm.n_hidden}), epoch {epoch + 1}"
@@ -430,7 +439,10 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
             rec = {"layer": i + 1, "epoch": epoch + 1, "recon_error": err, "saturated": sat, "hidden_mean": hmean,
                    "seconds": time.time() - t0, "rows_per_rank": rows}
             metrics["pretrain"].append(rec)
-            bar.set_postfix(recon=f"{err:.4f}", sat=f"{sat:.2f}")
+            if bar.total is None:
+                bar.total = n * cfg.pretrain.epochs
+                bar.n = n * (epoch + 1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.pretrain.epochs}", recon=f"{err:.4f}", sat=f"{sat:.2f}")
             if dist.is_chief:
                 log.info("layer %d/%d epoch %d/%d recon %.4f saturated %.3f (%.1fs)", i + 1, len(rbms), epoch + 1,
                          cfg.pretrain.epochs, err, sat, rec["seconds"])
@@ -472,8 +484,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
     has_val = dist.broadcast_object(validator is not None, name="has_val")  # distributed: only rank 0 validates
     noise_std = cfg.finetune.noise_std if code_mode == "noise" else 0.0
     phase_epochs = {1: cfg.finetune.epochs, 2: cfg.finetune.binarize_epochs}
-    bar = tqdm(total=cfg.finetune.epochs + cfg.finetune.binarize_epochs, desc="fine-tune", disable=not show,
-               leave=False, initial=prog.epoch + (cfg.finetune.epochs if prog.phase == 2 else 0))
+    bar = progress.bar("fine-tune", enabled=show)     # rows of this rank, per batch, across both phases
     stop = prog.bad_epochs >= cfg.finetune.patience     # a run resumed after its early stop goes on from there
     while prog.stage == "finetune":
         if stop or prog.epoch >= phase_epochs[prog.phase]:
@@ -482,8 +493,6 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
                 model.code_mode = "round"
                 optimizer = _finetune_optimizer(model, cfg, scale, 2)
                 prog.phase, prog.epoch, prog.bad_epochs, stop = 2, 0, 0, False
-                bar.reset(total=bar.total)
-                bar.update(cfg.finetune.epochs)
                 if dist.is_chief:
                     log.info("fine-tune phase 2: rounding the codes (straight-through), code layer lr x%g",
                              cfg.finetune.binarize_code_lr_scale)
@@ -504,6 +513,7 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
             batch = following()                 # the next batch, while the gradients are averaged
             total += finish() * x.shape[0]
             n += x.shape[0]
+            bar.update(x.shape[0])
         loss, rows = dist.allreduce_scalars([total / max(n, 1), n], name=f"ft{prog.phase}.{epoch}")
         what = f"fine-tuning{' phase 2' if prog.phase == 2 else ''}, epoch {epoch + 1}"
         _check_finite(loss, what, prog.first_error)
@@ -524,8 +534,10 @@ def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kin
         else:
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         metrics["finetune"].append(rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", val=f"{rec.get('val_precision', float('nan')):.3f}")
+        if bar.total is None:
+            bar.total = n * (cfg.finetune.epochs + cfg.finetune.binarize_epochs)
+        bar.set_postfix(phase=prog.phase, epoch=f"{epoch + 1}/{phase_epochs[prog.phase]}", loss=f"{loss:.4f}",
+                        val=f"{rec.get('val_precision', float('nan')):.3f}")
         if dist.is_chief:
             log.info("fine-tune%s epoch %d/%d loss %.4f val %s (%.1fs)", " phase 2" if prog.phase == 2 else "",
                      epoch + 1, phase_epochs[prog.phase], loss, rec.get("val_precision"), rec["seconds"])

@@ -261,7 +261,7 @@ def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus,
         _s3_parquet(f"{PREFIX}/prep-local/docs/split=test")[0]
 
     store.upload_dir(tiny_cifar, f"{PREFIX}/raw/images")
-    img_sets = ["--conf", str(ROOT / "conf" / "images.yaml"), "--set", "images.files_per_split=2"]
+    img_sets = ["--config", str(ROOT / "conf" / "images.yaml"), "--set", "images.files_per_split=2"]
     i_local = _local(capsys, "prepare", "--dataset", "imagefolder", "--source", f"{PREFIX}/raw/images",
                      "--out", f"{PREFIX}/img-local", *img_sets)
     i_remote = _summary(_submit(cluster, "prepare", "--dataset", "imagefolder", "--source", f"{PREFIX}/raw/images",

@@ -93,6 +93,13 @@ def test_batch_sizes_and_epochs(data_dir):
     assert set(collections.Counter(i for b in batches for i in b.ids).values()) == {2}
 
 
+def test_readers_print_nothing_on_stdout(data_dir, capfd):
+    """Petastorm prints 'Cache cleanup complete.' when a reader closes; commands keep stdout for their JSON line."""
+    assert sum(len(b) for b in data.iter_batches(data_dir, "train", 128, seed=1)) == N_DOCS
+    out, _ = capfd.readouterr()
+    assert out == ""
+
+
 def test_sparse_rows_round_trip(data_dir):
     full = ds.read_split(data_dir, "train", columns=("id", "counts"))
     row_of = {i: k for k, i in enumerate(full.ids)}

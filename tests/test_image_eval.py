@@ -156,8 +156,10 @@ def test_retrieval_mosaic_frames_mark_same_label_retrievals(cifar):
             j = top[r // 2, c - 1]
             x0 = c * cell + 2
             corner = canvas[r * cell, x0]  # the frame's top-left pixel
-            want = (40, 170, 60) if y_train[j] == y_test[q] else (215, 40, 40)
-            assert tuple(corner) == want
+            same = y_train[j] == y_test[q]
+            assert tuple(corner) == ((0, 114, 178) if same else (213, 94, 0))   # blue / vermillion
+            edge = canvas[r * cell, x0 : x0 + cell]                               # the frame's top edge
+            assert (edge == 255).all(axis=1).any() != same                        # dashed only for another label
             assert np.array_equal(canvas[r * cell + 2 : r * cell + 34, x0 + 2 : x0 + 34], x_train[j])
     assert titles[0].startswith("oracle (10/10)")
 

@@ -154,6 +154,13 @@ def test_semhash_rollback_lists_and_repoints_current(tmp_path, capsys):
 
     code, out = run("--list")
     assert code == 0 and out["current"] == v2 and out["versions"] == [v1, v2]
+    assert [(d["version"], d["count"], d["current"]) for d in out["details"]] == [(v1, 50, False), (v2, 70, True)]
+    assert main(["rollback", "--index", uri, "--list"]) == 0
+    table = capsys.readouterr().err.splitlines()               # for people: a table on stderr, CURRENT starred
+    assert "CREATED (UTC)" in table[0] and "CODES" in table[0]
+    row1, row2 = (next(line for line in table if v in line) for v in (v1, v2))
+    assert row2.startswith("* ") and not row1.startswith("*") and " 70 " in row2 and " 50 " in row1
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", row1)
     code, out = run("--previous", "--verify-checksums")
     assert code == 0 and (out["version"], out["previous"], out["count"]) == (v1, v2, 50)
     assert ix.read_current(uri)["version"] == v1

@@ -90,3 +90,24 @@ def test_write_objects_and_the_executors_path_in_local_mode(spark, s3_server):
     assert len(store.list_prefix(out)) == 1
     assert sorted(r["id"] for r in sparkio.read_parquet(spark, out, executors=True).collect()) == \
         [f"d{i:02d}" for i in range(5)]
+
+
+def test_spark_jobs_are_named_after_the_project_stage(spark, tmp_path):
+    """Stage names read 'semhash ...: write Parquet <uri>', not 'parquet at NativeMethodAccessorImpl.java:0'."""
+    from semhash_spark import sparkio
+    from semhash_spark.spark import stage
+
+    sc = spark.sparkContext
+    tracker = sc.statusTracker()
+    before = sc.getLocalProperty("callSite.short")
+    sc.setLocalProperty("spark.jobGroup.id", "naming-test")          # to find the jobs afterwards
+    try:
+        with stage("semhash test"):
+            sparkio.write_parquet(spark.range(50).repartition(2), str(tmp_path / "out"))
+        assert sc.getLocalProperty("callSite.short") == before         # restored after the block
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    names = {tracker.getStageInfo(s).name for j in tracker.getJobIdsForGroup("naming-test")
+             for s in tracker.getJobInfo(j).stageIds if tracker.getStageInfo(s) is not None}
+    want = f"semhash test: write Parquet {tmp_path / 'out'}"
+    assert names and all(want in n and "NativeMethodAccessorImpl" not in n for n in names), names

@@ -112,9 +112,12 @@ class LoadedVersion:
 
     @staticmethod
     def _load_model(index_uri: str, version: str, manifest: dict):
-        from semhash_spark import checkpoint
-
         uri = store.join(X.version_prefix(index_uri, version), MODEL_DIR)
+        try:
+            from semhash_spark import checkpoint     # torch: the [train] extra; a [service] install has none
+        except ImportError as e:
+            return None, (f"version {version}: text and image queries need the model's runtime, which is not "
+                          f"installed ({e}; pip install 'semhash_spark[train]'); query by codes or ids")
         try:
             hasher = checkpoint.load_model(uri)
         except checkpoint.CheckpointError as e:
