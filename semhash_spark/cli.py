@@ -110,9 +110,6 @@ def _is_image_data(data_uri: str) -> bool:
 
 
 def cmd_query(args) -> dict:
-    from .codes import from_hex
-    from .lookup import Searcher
-
     if args.server:
         from .client import Client  # the HTTP client of `semhash serve`
 
@@ -136,6 +133,9 @@ def cmd_query(args) -> dict:
         return _show_results(args, results[0], searcher.index.version)
     if not (args.text or args.code):
         raise ValueError("give --text, --image or --code (or --server URL with --id)")
+    from .codes import from_hex
+    from .lookup import Searcher
+
     searcher = Searcher.open(args.index)
     k = args.k if args.k is not None else (None if args.radius is not None else 10)
     if args.text:

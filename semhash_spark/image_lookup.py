@@ -17,7 +17,7 @@ import numpy as np
 from . import codes as C
 from . import msh
 from . import store
-from .checkpoint import Hasher, load_model
+from .inference import Encoder, load_encoder
 from .config import ImagesConfig
 from .images import decode_image
 from .index import HammingIndex, read_current, read_manifest, version_prefix
@@ -30,9 +30,9 @@ class NotAnImage(ValueError):
 @dataclass
 class ImageSearcher:
     index: HammingIndex
-    hasher: Hasher
+    hasher: Encoder                  # the version's model(s), in numpy (no torch in a lookup process)
     images_cfg: ImagesConfig
-    patch_hasher: Hasher | None = None
+    patch_hasher: Encoder | None = None
     _patches: tuple | None = field(default=None, repr=False)
 
     @classmethod
@@ -43,12 +43,12 @@ class ImageSearcher:
             raise ValueError(f"{index_uri!r} (version {version}) is not an image index; query it with --text")
         index = HammingIndex.open(index_uri, version=version)
         vuri = version_prefix(index_uri, version)
-        hasher = load_model(store.join(vuri, "model"))
+        hasher = load_encoder(store.join(vuri, "model"))
         data = hasher.meta["data"]
         icfg = dict(hasher.meta["config"]["images"])
         patch_hasher = None
         if manifest.get("patches"):
-            patch_hasher = load_model(store.join(vuri, manifest["patches"]["model"]))
+            patch_hasher = load_encoder(store.join(vuri, manifest["patches"]["model"]))
             pc = patch_hasher.meta["config"]["images"]
             icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"])
         icfg.update(height=data["height"], width=data["width"], channels=data["channels"])

@@ -19,7 +19,7 @@ import numpy as np
 from . import codes as C
 from . import dataset as ds
 from . import store
-from .checkpoint import Hasher, load_model
+from .inference import Encoder, load_encoder
 from .config import PrepareConfig
 from .index import HammingIndex, read_current, version_prefix
 
@@ -27,13 +27,13 @@ from .index import HammingIndex, read_current, version_prefix
 @dataclass
 class Searcher:
     index: HammingIndex
-    hasher: Hasher
+    hasher: Encoder                  # the version's model, in numpy (no torch in a lookup process)
 
     @classmethod
     def open(cls, index_uri: str, version: str | None = None) -> "Searcher":
         version = version or read_current(index_uri)["version"]
         index = HammingIndex.open(index_uri, version=version)
-        hasher = load_model(store.join(version_prefix(index_uri, version), "model"))
+        hasher = load_encoder(store.join(version_prefix(index_uri, version), "model"))
         return cls(index, hasher)
 
     @property

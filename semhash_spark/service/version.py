@@ -76,7 +76,7 @@ class LoadedVersion:
     index_uri: str
     version: str
     manifest: dict
-    hasher: Any = None                 # checkpoint.Hasher
+    hasher: Any = None                 # inference.Encoder (numpy: the service does not import torch)
     model_error: str | None = None     # why text queries cannot be served, when hasher is None
 
     # derived in __post_init__
@@ -135,12 +135,12 @@ class LoadedVersion:
 
     @staticmethod
     def _load_model(index_uri: str, version: str, manifest: dict):
-        from semhash_spark import checkpoint
+        from semhash_spark import inference
 
         uri = store.join(X.version_prefix(index_uri, version), MODEL_DIR)
         try:
-            hasher = checkpoint.load_model(uri)
-        except checkpoint.CheckpointError as e:
+            hasher = inference.load_encoder(uri)
+        except inference.CheckpointError as e:
             return None, f"version {version} has no usable model ({e}); query by codes or ids"
         if hasher.bits != int(manifest["bits"]):
             raise X.IndexFormatError(f"{uri}: the model makes {hasher.bits}-bit codes, the index holds "
