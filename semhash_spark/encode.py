@@ -39,7 +39,8 @@ _WORKER_MODELS: dict[str, Hasher] = {}
 
 
 def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
-    """The model for this Python worker, built once per model version and device (``spark.python.worker.reuse``)."""
+    """The model for this Python worker, built once per model version and device (``spark.python.worker.reuse``),
+    on the GPU Spark gave the task when it has one (documents and images alike)."""
     device = _task_device()
     hasher = _WORKER_MODELS.get(f"{version}@{device}")
     if hasher is None:
@@ -53,7 +54,8 @@ def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
         if device != "cpu":
             hasher.model.to(device)
             log.info("encoding on %s", device)
-        _WORKER_MODELS.clear()
+        while len(_WORKER_MODELS) >= 2:     # room for an image model and its patch model
+            _WORKER_MODELS.pop(next(iter(_WORKER_MODELS)))
         _WORKER_MODELS[f"{version}@{device}"] = hasher
     return hasher
 
