@@ -35,7 +35,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semhash_spark import allocator  # noqa: E402
 from semhash_spark import data as data_mod  # noqa: E402
 from semhash_spark import dataset as ds  # noqa: E402
 from semhash_spark.config import load_config  # noqa: E402
@@ -96,7 +95,6 @@ def reader_rate(data_dir: str, batch_size: int, n_batches: int, seed: int, pool:
 
 
 def consumer_rates(batches: list, sizes: list[int], cfg, n_batches: int) -> dict:
-    allocator.keep_freed_memory()   # as a training rank does
     dist: Dist = current(1)
     g = torch.Generator().manual_seed(0)
     rbms = [(ConstrainedPoissonRBM if i == 0 else BinaryRBM)(a, b, init_std=0.01, generator=g)

@@ -1,6 +1,7 @@
 """Self-describing model checkpoints: ``model.safetensors`` (weights, no pickle) + ``model.json`` (everything else).
 
-``model.json`` holds the format, kind, layer sizes, bit count, the whole config, the vocabulary and its
+``model.json`` holds the format, kind, layer sizes, bit count, the encoder's layer stack (``encoder``, read by
+:mod:`semhash_spark.inference` for torch-free queries), the whole config, the vocabulary and its
 fingerprint (documents), the idf statistics, training metrics and a model version (hash of the weights).
 :func:`load_model` rebuilds a :class:`Hasher` from the two files alone.
 """
@@ -20,15 +21,8 @@ from safetensors.torch import save as st_save
 from . import codes as codes_mod
 from . import store
 from .config import Config, config_from_dict
+from .inference import FORMAT, META, WEIGHTS, CheckpointError, encoder_spec  # noqa: F401 - names of this format
 from .models.autoencoder import DeepAutoencoder
-
-FORMAT = "semhash-model/1"
-WEIGHTS = "model.safetensors"
-META = "model.json"
-
-
-class CheckpointError(ValueError):
-    """A model location is missing, unreadable or of another format."""
 
 
 def weights_version(tensors: dict[str, torch.Tensor]) -> str:
@@ -105,6 +99,7 @@ def save_model(uri: str, model: DeepAutoencoder, config: Config, extra: dict[str
         "bits": model.bits,
         "threshold": 0.5,
         "config": config.to_dict(),
+        "encoder": encoder_spec({"sizes": model.sizes, "threshold": 0.5}),   # what inference.Encoder computes
         "model_version": weights_version(tensors),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,

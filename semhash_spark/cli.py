@@ -145,10 +145,7 @@ def _is_image_data(data_uri: str) -> bool:
     return store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images"
 
 
-def cmd_query(args) -> dict | None:
-    from .codes import from_hex
-    from .lookup import Searcher
-
+def cmd_query(args) -> dict:
     k = args.k if args.k is not None else (None if args.radius is not None or args.address_radius is not None else 10)
     if args.server:
         from .client import Client  # the HTTP client of `semhash serve`
@@ -175,6 +172,9 @@ def cmd_query(args) -> dict | None:
         return _show_results(args, results[0], searcher.index.version)
     if not (args.text or args.code):
         raise ValueError("give --text, --image or --code (or --server URL with --id)")
+    from .codes import from_hex
+    from .lookup import Searcher
+
     searcher = Searcher.open(args.index)
     if args.text:
         results = searcher.search_texts([args.text], radius=args.radius, k=k, address_radius=args.address_radius,

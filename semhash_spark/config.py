@@ -80,11 +80,9 @@ class TrainConfig:
     seed: int = 1234
     lr_scaling: str = "linear"     # how learning rates scale with the world size: linear | sqrt | none
     device: str = "auto"           # auto | cpu | cuda
-    threads: int = 0               # torch intra-op threads per process; 0 = leave torch's default
+    threads: int = 0               # torch threads per process; 0 = cores divided by ranks
     checkpoint_every: int = 1      # epochs between resumable checkpoints
     reader_pool: str = "dummy"     # petastorm reader pool: dummy | process (the thread pool can lose rows)
-    local_allreduce: str = "shm"   # ranks on one host average through: shm (shared memory) | network (Horovod)
-    shm_slot_mb: int = 16          # shared memory per rank for local_allreduce=shm ((ranks + 1) slots in all)
 
 
 @dataclass(frozen=True)

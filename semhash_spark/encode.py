@@ -40,7 +40,8 @@ _WORKER_MODELS: dict[str, Hasher] = {}
 
 
 def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
-    """The model for this Python worker, built once per model version and device (``spark.python.worker.reuse``)."""
+    """The model for this Python worker, built once per model version and device (``spark.python.worker.reuse``),
+    on the GPU Spark gave the task when it has one (documents and images alike)."""
     device = _task_device()
     hasher = _WORKER_MODELS.get(f"{version}@{device}")
     if hasher is None:
@@ -54,8 +55,8 @@ def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
         if device != "cpu":
             hasher.model.to(device)
             log.info("encoding on %s", device)
-        if len(_WORKER_MODELS) >= 2:                  # the ranking and the address model of one job
-            _WORKER_MODELS.clear()
+        while len(_WORKER_MODELS) >= 2:     # a job's two models: ranking + address, or image + patch
+            _WORKER_MODELS.pop(next(iter(_WORKER_MODELS)))
         _WORKER_MODELS[f"{version}@{device}"] = hasher
     return hasher
 

@@ -1,8 +1,10 @@
-"""Training a document model from a prepared dataset: one process, or N ranks each reading its shard.
+"""Training a model from a prepared dataset (documents or images): one process, or N ranks each reading its shard.
 
-``train_model`` is what ``semhash train`` and ``jobs/train.py`` call. Every launcher runs :func:`rank_main` in
-each rank: it stages the dataset locally, reads its Petastorm shard (``cur_shard=rank``, ``shard_count=size``),
-trains with :func:`train.train_stack`, and rank 0 alone writes checkpoints and the final model.
+``train_model`` is what ``semhash train`` and ``jobs/train.py`` call, for either modality. Every launcher runs
+:func:`rank_main` in each rank: it sets up the rank (engine, threads, device), stages the dataset locally and
+runs the modality's rank function (documents: :func:`train_documents_rank`; images:
+:func:`semhash_spark.image_fit.train_images_rank`), which reads its Petastorm shard (``cur_shard=rank``,
+``shard_count=size``) and trains with :func:`train.train_stack`; rank 0 alone writes checkpoints and the model.
 
 Launchers (``--launcher``):
 
@@ -26,14 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import allocator
 from . import data as data_mod
 from . import dataset as ds
 from . import store
 from .checkpoint import save_model
 from .config import Config, config_from_dict
-from .distributed import Dist, configure_local_allreduce, current, device_for, inside_horovod, launched_rank, \
-    run_horovodrun, run_on_spark, run_processes
+from .distributed import Dist, current, device_for, inside_horovod, launched_rank, run_horovodrun, run_on_spark, \
+    run_processes
 from .models.autoencoder import id_keys
 from .train import STATE_DIR, Validator, is_validation_id, train_stack
 
@@ -104,11 +105,20 @@ class ShardLog:
         return out
 
 
+MODALITIES = ("documents", "images")
+
+
 def rank_main(data_uri: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool,
-              engine: str = "horovod", s3_env: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """Everything one rank does, under any launcher. Returns the run summary (on every rank)."""
+              engine: str = "horovod", s3_env: dict[str, str] | None = None,
+              modality: str = "documents") -> dict[str, Any] | None:
+    """Everything one rank does, under any launcher and for either modality. Returns the run summary (every rank).
+
+    ``engine`` is ``horovod`` (Horovod ranks, or one process without it) or ``torch`` (``torch.distributed``
+    under TorchDistributor)."""
     if s3_env:
         store.apply_s3_env(s3_env)         # executors without their own S3 settings use the driver's
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     cfg = config_from_dict(cfg_dict)
     if engine == "torch":
         from .torch_dist import TorchDist   # no horovod on this path
@@ -116,23 +126,30 @@ def rank_main(data_uri: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
         want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
         dist: Dist = TorchDist(backend="nccl" if want_cuda else "gloo")
     else:
-        dist = current(np_expected, cfg.train.local_allreduce)
+        dist = current(np_expected)
     try:
-        return _train_rank(dist, data_uri, out_uri, cfg, progress)
+        device = rank_device(dist, cfg)
+        data_dir = store.local_copy(data_uri)  # each rank stages the dataset on its own host (cached by content)
+        if modality == "images":
+            from .image_fit import train_images_rank
+
+            return train_images_rank(dist, data_dir, out_uri, cfg, progress, device)
+        return train_documents_rank(dist, data_dir, out_uri, cfg, progress, device)
     finally:
         if engine == "torch":
             dist.shutdown()
 
 
-def _train_rank(dist: Dist, data_uri: str, out_uri: str, cfg: Config, progress: bool) -> dict[str, Any]:
-    allocator.keep_freed_memory()   # a step's large tensors are reused, not page-faulted in again each time
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    elif dist.size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // dist.size))
-    device = device_for(dist, cfg.train.device)
-    configure_local_allreduce(dist, cfg.train.local_allreduce, cfg.train.shm_slot_mb)
-    data_dir = store.local_copy(data_uri)  # each rank stages the dataset on its own host (cached by content)
+def rank_device(dist: Dist, cfg: Config) -> torch.device:
+    """Sets this rank's torch threads (``train.threads``; 0: the cores divided among the ranks) and picks its device."""
+    threads = cfg.train.threads if cfg.train.threads > 0 else max(1, (os.cpu_count() or 1) // max(1, dist.size))
+    torch.set_num_threads(threads)
+    return device_for(dist, cfg.train.device)
+
+
+def train_documents_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, progress: bool,
+                         device: torch.device) -> dict[str, Any]:
+    """One rank of document training on a staged dataset."""
     meta = ds.read_metadata(data_dir)
     words, doc_freq, n_train = ds.read_vocab(data_dir)
     vocab_size = len(words)
@@ -209,7 +226,8 @@ def with_dataset_prepare(cfg: Config, meta: dict[str, Any]) -> Config:
 
 def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launcher: str = "local",
                 progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Trains the document model on ``data_uri``'s train split and writes it to ``out_uri``.
+    """Trains a model on ``data_uri``'s train split (documents, or images when its ``dataset.json`` says
+    ``kind: images``) and writes it to ``out_uri``.
 
     ``launcher`` says how the ``np`` ranks start (module docstring). ``horovodrun`` outside a Horovod job runs
     ``horovodrun -np N`` over ``command`` (the CLI passes its own command line), whose copies land in the branch
@@ -224,38 +242,37 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
         raise ValueError(f"--bits must be positive, got {cfg.model.bits}")
     meta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
     if meta.get("kind") == "images":            # Krizhevsky & Hinton 2011: semhash_spark.image_fit
-        from .image_fit import train_image_model
+        from .image_fit import image_config
 
-        if launcher != "local":
-            raise ValueError(f"image models train with --launcher local (--np N), not {launcher!r}")
-        return train_image_model(store.local_copy(data_uri), out_uri, cfg, np=np, progress=progress)
-    if meta.get("counts", {}).get("train", 1) == 0:
-        raise ValueError(f"{data_uri!r} has no training documents")
-    cfg = with_dataset_prepare(cfg, meta)
+        modality, cfg = "images", image_config(data_uri, meta, cfg)
+    else:
+        if meta.get("counts", {}).get("train", 1) == 0:
+            raise ValueError(f"{data_uri!r} has no training documents")
+        modality, cfg = "documents", with_dataset_prepare(cfg, meta)
     s3_env = store.driver_s3_env() if store.is_s3(data_uri) or store.is_s3(out_uri) else {}
     args = (data_uri, out_uri, cfg.to_dict(), np, progress)
     t0 = time.time()
     if launcher == "horovodrun" and inside_horovod():
-        result = rank_main(*args)
+        result = rank_main(*args, "horovod", None, modality)
         return result if launched_rank() == 0 else None
     if launcher in ("local", "horovodrun", "torch"):
         store.local_copy(data_uri)         # ranks on this host then find the dataset staged
     if launcher == "local":
         if np == 1:
-            return rank_main(*args)
-        results = run_processes(rank_main, args, np)
+            return rank_main(*args, "horovod", None, modality)
+        results = run_processes(rank_main, (*args, "horovod", None, modality), np)
         return next(r for r in results if r is not None)
     if launcher == "horovodrun":
         if not command:
             raise ValueError("--launcher horovodrun outside a horovodrun job needs the command each rank runs")
         run_horovodrun(command, np)
     elif launcher == "spark":
-        results = run_on_spark(rank_main, (*args, "horovod", s3_env), np)
+        results = run_on_spark(rank_main, (*args, "horovod", s3_env, modality), np)
         return next(r for r in results if r is not None)
     else:
         from .torch_dist import run_torch_distributor
 
-        return run_torch_distributor(rank_main, (*args, "torch", s3_env), np)
+        return run_torch_distributor(rank_main, (*args, "torch", s3_env, modality), np)
     result = summary(out_uri, store.read_json(store.join(out_uri, "model.json")))
     result["launcher_seconds"] = round(time.time() - t0, 1)
     return result

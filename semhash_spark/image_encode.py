@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 import uuid
 from typing import Any, Iterator
@@ -33,6 +32,7 @@ from . import msh
 from . import sparkio, store
 from .checkpoint import META, WEIGHTS, Hasher
 from .config import ImagesConfig
+from .encode import _hasher_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,10 @@ PATCH_DIR = "patches"
 PATCH_MODEL_DIR = "patch_model"
 ADDRESS_MODEL_DIR = "address_model"
 
-_WORKER_MODELS: dict[str, Hasher] = {}
-
-
 def _hasher(version: str, blobs: dict[str, bytes]) -> Hasher:
-    """One model per Python worker and model version (``spark.python.worker.reuse``)."""
-    hasher = _WORKER_MODELS.get(version)
-    if hasher is None:
-        import torch
-        from safetensors.torch import load as st_load
-
-        from .checkpoint import hasher_from_parts
-
-        torch.set_num_threads(int(os.environ.get("SEMHASH_ENCODE_THREADS", "1")))
-        hasher = hasher_from_parts(st_load(blobs[WEIGHTS]), json.loads(blobs[META]))
-        _WORKER_MODELS[version] = hasher
-    return hasher
+    """One model per Python worker, model version and device: on the task's GPU when Spark gave it one
+    (``TaskContext.resources()``), as document encode does."""
+    return _hasher_from_bytes(version, blobs)
 
 
 def decode_png_column(values, height: int, width: int, channels: int) -> np.ndarray:

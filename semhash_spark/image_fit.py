@@ -17,21 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import allocator
 from . import data as data_mod
 from . import images as im
 from . import msh
 from . import store
 from .checkpoint import save_model
 from .config import Config, config_from_dict
-from .distributed import Dist, configure_local_allreduce, current, device_for, run_processes
+from .distributed import Dist
 from .models.autoencoder import DeepAutoencoder
 from .train import STATE_DIR, Validator, is_validation_id, train_stack
 
@@ -105,16 +103,9 @@ def _validator(pixels: np.ndarray, labels: np.ndarray, ids: np.ndarray, cfg: Con
     return v if v.usable else None
 
 
-def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool) -> dict[str, Any] | None:
-    cfg = config_from_dict(cfg_dict)
-    dist: Dist = current(np_expected, cfg.train.local_allreduce)
-    allocator.keep_freed_memory()   # a step's large tensors are reused, not page-faulted in again each time
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    elif dist.size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // dist.size))
-    device = device_for(dist, cfg.train.device)
-    configure_local_allreduce(dist, cfg.train.local_allreduce, cfg.train.shm_slot_mb)
+def train_images_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, progress: bool,
+                      device: torch.device) -> dict[str, Any] | None:
+    """One rank of image training on a staged dataset (set up by :func:`semhash_spark.fit.rank_main`)."""
     meta = im.read_metadata(data_dir)
     seed = cfg.train.seed
     # distributed: each rank reads its own Petastorm shard once, with the same seed on every rank
@@ -174,22 +165,18 @@ def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
                   "bits": cfg.model.bits, "best_val_precision": metrics.get("best_val_precision"),
                   "best_epoch": metrics.get("best_epoch"), "train_seconds": metrics["train_seconds"],
                   "world_size": dist.size}
-    dist.barrier()
-    return result
+    # every rank returns the summary (TorchDistributor keeps one rank's return value)
+    return dist.broadcast_object(result, name="summary")  # distributed
 
 
-def train_image_model(data_dir: str, out_uri: str, cfg: Config, *, np: int = 1, progress: bool = True) -> dict:
-    """Trains an image model (``model.kind`` images or image_patches) on a local ``semhash-images/1`` dataset."""
-    meta = im.read_metadata(data_dir)
+def image_config(data_uri: str, meta: dict[str, Any], cfg: Config) -> Config:
+    """Checks that ``cfg`` trains an image model on this ``semhash-images/1`` dataset; ``cfg`` with its image size."""
     if cfg.model.kind not in ("images", "image_patches"):
-        raise ValueError(f"model.kind {cfg.model.kind!r} cannot train on the image dataset {data_dir!r}; "
+        raise ValueError(f"model.kind {cfg.model.kind!r} cannot train on the image dataset {data_uri!r}; "
                          "use conf/images.yaml (model.kind: images) or model.kind=image_patches")
-    if meta["counts"].get("train", 0) == 0:
-        raise ValueError(f"{data_dir!r} has no training images")
+    if meta.get("counts", {}).get("train", 0) == 0:
+        raise ValueError(f"{data_uri!r} has no training images")
     if (cfg.images.height, cfg.images.width, cfg.images.channels) != (meta["height"], meta["width"], meta["channels"]):
         cfg = cfg.replace(images=type(cfg.images)(**{**cfg.images.__dict__, "height": meta["height"],
                                                      "width": meta["width"], "channels": meta["channels"]}))
-    if np > 1:
-        results = run_processes(rank_main, (data_dir, out_uri, cfg.to_dict(), np, progress), np)
-        return next(r for r in results if r is not None)
-    return rank_main(data_dir, out_uri, cfg.to_dict(), 1, progress)
+    return cfg

@@ -18,7 +18,7 @@ from . import codes as C
 from . import msh
 from . import query as Q
 from . import store
-from .checkpoint import Hasher, load_model
+from .inference import Encoder, load_encoder
 from .config import ImagesConfig
 from .images import decode_image
 from .index import HammingIndex, read_current, read_manifest, version_prefix
@@ -31,10 +31,10 @@ class NotAnImage(ValueError):
 @dataclass
 class ImageSearcher:
     index: HammingIndex
-    hasher: Hasher
+    hasher: Encoder                  # the version's model(s), in numpy (no torch in a lookup process)
     images_cfg: ImagesConfig
-    patch_hasher: Hasher | None = None
-    address_hasher: Hasher | None = None      # the 28-bit address model, when the index has one
+    patch_hasher: Encoder | None = None
+    address_hasher: Encoder | None = None     # the 28-bit address model, when the index has one
     _patches: tuple | None = field(default=None, repr=False)
 
     @classmethod
@@ -45,18 +45,18 @@ class ImageSearcher:
             raise ValueError(f"{index_uri!r} (version {version}) is not an image index; query it with --text")
         index = HammingIndex.open(index_uri, version=version)
         vuri = version_prefix(index_uri, version)
-        hasher = load_model(store.join(vuri, "model"))
+        hasher = load_encoder(store.join(vuri, "model"))
         data = hasher.meta["data"]
         icfg = dict(hasher.meta["config"]["images"])
         patch_hasher = None
         if manifest.get("patches"):
-            patch_hasher = load_model(store.join(vuri, manifest["patches"]["model"]))
+            patch_hasher = load_encoder(store.join(vuri, manifest["patches"]["model"]))
             pc = patch_hasher.meta["config"]["images"]
             icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"])
         icfg.update(height=data["height"], width=data["width"], channels=data["channels"])
         address_hasher = None
         if index.address_from_model:
-            address_hasher = load_model(store.join(vuri, manifest["address_model"].get("path") or "address_model"))
+            address_hasher = load_encoder(store.join(vuri, manifest["address_model"].get("path") or "address_model"))
         return cls(index, hasher, ImagesConfig(**icfg), patch_hasher, address_hasher)
 
     # -- inputs ---------------------------------------------------------------------------------------------------

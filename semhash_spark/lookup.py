@@ -16,7 +16,7 @@ from . import codes as C
 from . import dataset as ds
 from . import query as Q
 from . import store
-from .checkpoint import Hasher, load_model
+from .inference import Encoder, load_encoder
 from .config import PrepareConfig
 from .index import HammingIndex, read_current, version_prefix
 
@@ -26,18 +26,18 @@ ADDRESS_MODEL_DIR = "address_model"
 @dataclass
 class Searcher:
     index: HammingIndex
-    hasher: Hasher
-    address_hasher: Hasher | None = None     # the address model, when the index has one
+    hasher: Encoder                  # the version's model, in numpy (no torch in a lookup process)
+    address_hasher: Encoder | None = None     # the address model, when the index has one
 
     @classmethod
     def open(cls, index_uri: str, version: str | None = None) -> "Searcher":
         version = version or read_current(index_uri)["version"]
         index = HammingIndex.open(index_uri, version=version)
         vp = version_prefix(index_uri, version)
-        hasher = load_model(store.join(vp, "model"))
+        hasher = load_encoder(store.join(vp, "model"))
         address_hasher = None
         if index.address_from_model:
-            address_hasher = load_model(store.join(vp, index.manifest["address_model"].get("path")
+            address_hasher = load_encoder(store.join(vp, index.manifest["address_model"].get("path")
                                                    or ADDRESS_MODEL_DIR))
         return cls(index, hasher, address_hasher)
 

@@ -76,13 +76,12 @@ def pretrain_step_async(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: f
         dW, db_v, db_h = (torch.zeros_like(t) for t in (rbm.W, rbm.b_v, rbm.b_h))
         stats = CDStats(0.0, 0.0, 0.0)
     else:
-        # the weight gradient is computed straight into the buffer it is averaged in, where the ranks share one
-        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator, out=dist.scratch(rbm.W))
-    wait = dist.allreduce_mean_async([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
+        dW, db_v, db_h, stats = rbm.cd_gradients(v, generator)
+    wait = dist.allreduce_mean_async_([dW, db_v, db_h], name=f"cd{rbm.n_visible}x{rbm.n_hidden}")  # distributed
 
     def finish() -> CDStats:
-        dW_avg, db_v_avg, db_h_avg = wait()     # read once, by the update (shared-memory views when two ranks)
-        opt.step({"W": dW_avg, "b_v": db_v_avg, "b_h": db_h_avg}, lr=lr, momentum=momentum)
+        wait()
+        opt.step({"W": dW, "b_v": db_v, "b_h": db_h}, lr=lr, momentum=momentum)
         return stats
 
     return finish
@@ -95,49 +94,23 @@ def finetune_step(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: t
 
 def finetune_step_async(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                         noise: torch.Tensor | None, dist: Dist) -> Callable[[], float]:
-    """Forward and backward of one batch; returns the function that waits for the gradients' average, steps the
-    optimiser and gives the batch's loss.
-
-    With several ranks each parameter's gradient starts its allreduce as soon as backward has produced it (the
-    decoder's first), so communication overlaps the rest of backward and whatever the caller does before
-    finishing."""
+    """Forward and backward of one batch and the start of the gradients' average over the ranks (one grouped
+    allreduce); returns the function that waits for it, steps the optimiser and gives the batch's loss."""
     model.train()
-    # gradients start as None: backward hands each parameter its gradient instead of adding it to zeros, and the
-    # averages below (shared-memory views) are never written to
     optimizer.zero_grad(set_to_none=True)
     params = list(model.parameters())
-    waits: list[tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]]]] = []
     if x.shape[0] == 0:   # an empty batch (see pretrain_step) contributes zero gradients
         for p in params:
             p.grad = torch.zeros_like(p)
         loss = torch.zeros(())
-        waits.append((params, dist.allreduce_mean_async([p.grad for p in params], name="ae.grad")))  # distributed
-    elif dist.size == 1:
+    else:
         loss = model.loss(x, model(x, noise))
         loss.backward()
-    else:
-        index = {id(p): i for i, p in enumerate(params)}
-
-        def reduce_when_ready(p: torch.Tensor) -> None:
-            waits.append(([p], dist.allreduce_mean_async([p.grad], name=f"ae.grad.{index[id(p)]}")))  # distributed
-
-        hooks = [p.register_post_accumulate_grad_hook(reduce_when_ready) for p in params]
-        try:
-            loss = model.loss(x, model(x, noise))
-            loss.backward()
-        finally:
-            for h in hooks:
-                h.remove()
-        if len(waits) != len(params):   # a parameter without a gradient this step would hang the other ranks
-            raise RuntimeError(f"backward produced {len(waits)} of {len(params)} gradients")
+    wait = dist.allreduce_mean_async_([p.grad for p in params], name="ae.grad")  # distributed
 
     def finish() -> float:
-        for ps, averages in waits:
-            for p, g in zip(ps, averages()):
-                p.grad = g
+        wait()
         optimizer.step()
-        if waits:
-            optimizer.zero_grad(set_to_none=True)   # no reference to shared memory outlives the step
         return float(loss.detach())
 
     return finish
@@ -335,9 +308,8 @@ def _finetune_optimizer(model: DeepAutoencoder, cfg: Config, scale: float, phase
     """Adam over all weights; in phase 2 the code layer's learning rate is ``binarize_code_lr_scale`` times higher.
 
     Fused (one pass over each parameter, its gradient and moments) on CPU and CUDA: torch's default CPU Adam makes
-    several passes over the 10 MB of a 2000-500-500-N model's parameters and as many over each moment, and a bare
-    fine-tuning step on one core took 29.7 ms with it against 22.7 ms fused (``benchmarks/allreduce_step.py``,
-    docs/benchmarks.md)."""
+    several passes over the 10 MB of a 2000-500-500-N model's parameters and as many over each moment
+    (docs/benchmarks.md)."""
     lr = cfg.finetune.lr * scale
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     if phase == 1:

@@ -56,21 +56,18 @@ class BinaryRBM(torch.nn.Module):
         return -(v @ self.b_v) - F.softplus(self.hidden_input(v)).sum(dim=1)
 
     # -- learning -------------------------------------------------------------------------------------------------
-    def cd_gradients(self, v0: torch.Tensor, generator: torch.Generator | None = None,
-                     out: torch.Tensor | None = None):
+    def cd_gradients(self, v0: torch.Tensor, generator: torch.Generator | None = None):
         """Positive minus negative statistics of CD-1 (the ascent direction of the log-likelihood).
 
-        Returns ``(dW, db_v, db_h, stats)``, averaged over the batch; ``dW`` is written into ``out`` when given
-        (``[n_visible, n_hidden]``, e.g. the shared-memory buffer the gradient is averaged in).
+        Returns ``(dW, db_v, db_h, stats)``, averaged over the batch.
         """
         h0 = self.mean_hidden(v0)
         h0_sample = (torch.rand(h0.shape, generator=generator, device=h0.device) < h0).to(h0.dtype)
         v1 = self.mean_visible(h0_sample, v0)
         h1 = self.mean_hidden(v1)
         n = v0.shape[0]
-        # v0'h0/n - v1'h1/n as one product over the stacked batch: no [n_visible, n_hidden] temporaries to subtract
-        # and scale (passes over memory that two ranks sharing a cache pay for twice)
-        dW = torch.mm(torch.cat([v0, v1]).T, torch.cat([h0, -h1]).mul_(1.0 / n), out=out)
+        # v0'h0/n - v1'h1/n as one product over the stacked batch: no [n_visible, n_hidden] temporaries
+        dW = torch.mm(torch.cat([v0, v1]).T, torch.cat([h0, -h1]).mul_(1.0 / n))
         db_v = (v0 - v1).mean(dim=0)
         db_h = (h0 - h1).mean(dim=0)
         stats = CDStats(

@@ -35,9 +35,9 @@ class LoadedVersion:
     index_uri: str
     version: str
     manifest: dict
-    hasher: Any = None                 # checkpoint.Hasher
+    hasher: Any = None                 # inference.Encoder (numpy: the service does not import torch)
     model_error: str | None = None     # why text queries cannot be served, when hasher is None
-    address_hasher: Any = None         # checkpoint.Hasher of the address model, when the index has one
+    address_hasher: Any = None         # inference.Encoder of the address model, when the index has one
 
     # derived in __post_init__
     bits: int = 0
@@ -95,13 +95,13 @@ class LoadedVersion:
         hasher, model_error = cls._load_model(index_uri, version, manifest)
         address_hasher = None
         if Q.address_from_model(manifest):
-            from semhash_spark import checkpoint
+            from semhash_spark import inference
 
             uri = store.join(X.version_prefix(index_uri, version),
                              manifest["address_model"].get("path") or ADDRESS_MODEL_DIR)
             try:
-                address_hasher = checkpoint.load_model(uri)
-            except checkpoint.CheckpointError as e:
+                address_hasher = inference.load_encoder(uri)
+            except inference.CheckpointError as e:
                 model_error = model_error or f"version {version} has no usable address model ({e}); query by ids"
             else:
                 if address_hasher.bits != int(manifest["address_bits"]):
@@ -112,15 +112,12 @@ class LoadedVersion:
 
     @staticmethod
     def _load_model(index_uri: str, version: str, manifest: dict):
+        from semhash_spark import inference
+
         uri = store.join(X.version_prefix(index_uri, version), MODEL_DIR)
         try:
-            from semhash_spark import checkpoint     # torch: the [train] extra; a [service] install has none
-        except ImportError as e:
-            return None, (f"version {version}: text and image queries need the model's runtime, which is not "
-                          f"installed ({e}; pip install 'semhash_spark[train]'); query by codes or ids")
-        try:
-            hasher = checkpoint.load_model(uri)
-        except checkpoint.CheckpointError as e:
+            hasher = inference.load_encoder(uri)
+        except inference.CheckpointError as e:
             return None, f"version {version} has no usable model ({e}); query by codes or ids"
         if hasher.bits != int(manifest["bits"]):
             raise X.IndexFormatError(f"{uri}: the model makes {hasher.bits}-bit codes, the index holds "
