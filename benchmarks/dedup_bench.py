@@ -196,7 +196,12 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
                  *sum((["--set", s] for s in args.train_set), []), cwd=work)
         res["train_seconds"] = round(time.time() - t, 1)
     t = time.time()
-    enc, _ = _semhash("encode", "--model", str(model), "--data", str(data), "--index", str(index), cwd=work)
+    if args.model:       # another corpus's model: the corpus prepared with the model's words, as a nightly reindex does
+        _semhash("reindex", "--dataset", "jsonl", "--data", str(corpus), "--model", str(model), "--index",
+                 str(index), cwd=work)
+        res["model"] = f"{args.model} (trained on another corpus); index built by reindex --dataset jsonl"
+    else:
+        _semhash("encode", "--model", str(model), "--data", str(data), "--index", str(index), cwd=work)
     res["encode_seconds"] = round(time.time() - t, 1)
     print(f"{name}: {len(docs)} documents prepared, encoded ({res})", flush=True)
 

@@ -72,6 +72,7 @@ DEFAULT_MAX_PAIRS = 200_000_000
 DEFAULT_TARGET_RECALL = 0.9
 DEFAULT_CALIBRATION_SAMPLE = 20_000
 CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
+LOCAL_CC_MAX = 2_000_000      # pairs up to this many are clustered on the driver (scipy), more in Spark
 
 
 class DedupError(ValueError):
@@ -545,6 +546,25 @@ def verify_pairs(pairs: DataFrame, docs: DataFrame, verify: Verify, idf: np.ndar
 
 # --------------------------------------------------------------------------------------------------- clusters
 
+def local_components(spark: SparkSession, pairs: DataFrame) -> DataFrame:
+    """``pairs(id_a, id_b)`` -> ``(id, cluster, size)`` as :func:`connected_components`, computed on the driver
+    (scipy) for a pair count the caller has bounded: a few Spark jobs fewer than the label propagation."""
+    import scipy.sparse as sps
+    from scipy.sparse.csgraph import connected_components as components
+
+    pdf = pairs.select("id_a", "id_b").toPandas()
+    ids, inv = np.unique(np.concatenate([pdf["id_a"].to_numpy(object), pdf["id_b"].to_numpy(object)]),
+                         return_inverse=True)
+    m = len(pdf)
+    graph = sps.coo_matrix((np.ones(m, np.int8), (inv[:m], inv[m:])), shape=(ids.size, ids.size))
+    _, comp = components(graph, directed=False)
+    first = np.full(comp.max() + 1 if comp.size else 0, ids.size, np.int64)
+    np.minimum.at(first, comp, np.arange(ids.size))             # ids are sorted: the smallest index is the min id
+    size = np.bincount(comp)
+    out = pd.DataFrame({"id": ids.astype(str), "cluster": ids[first[comp]].astype(str), "size": size[comp]})
+    return spark.createDataFrame(out, "id string, cluster string, size long")
+
+
 def _checkpoint(df: DataFrame) -> DataFrame:
     """Materialises ``df`` and cuts its lineage AND its size estimate.
 
@@ -764,7 +784,8 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
                          max_iterations: int = MAX_CC_ITERATIONS, max_pairs: int | None = DEFAULT_MAX_PAIRS,
                          target_recall: float = DEFAULT_TARGET_RECALL,
                          calibration_sample: int = DEFAULT_CALIBRATION_SAMPLE, since: str | None = None,
-                         previous_uri: str | None = None) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+                         previous_uri: str | None = None,
+                         local_cc_max: int = LOCAL_CC_MAX) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
     """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
     their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
     checkpointed (computed once), the summary holds counts only.
@@ -772,7 +793,8 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
     ``radius=None`` (with ``verify="jaccard:T"``) calibrates the radius on a sample (:func:`calibrate_radius`).
     ``since=V`` pairs only the documents added or changed since version ``V`` with the whole index;
     ``previous_uri`` (the output of the run on ``V``) then adds its pairs whose documents are unchanged and
-    still indexed, and the clusters keep their previous ids (:func:`_stable_names`).
+    still indexed, and the clusters keep their previous ids (:func:`_stable_names`). Up to ``local_cc_max``
+    pairs are clustered on the driver (:func:`local_components`), more in Spark (:func:`connected_components`).
     """
     t0 = time.time()
     check = Verify.parse(verify)
@@ -836,7 +858,10 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
             pairs = pairs.unionByName(kept)
             summary["pairs"] += summary["previous_pairs_kept"]
             previous = sparkio.read_parquet(spark, previous_uri, [CLUSTERS_DIR]).select("id", "cluster")
-    labels, rounds = connected_components(pairs, max_iterations)
+    if summary["pairs"] <= local_cc_max:
+        labels, rounds = local_components(spark, pairs).select("id", "cluster"), 0
+    else:
+        labels, rounds = connected_components(pairs, max_iterations)
     if previous is not None:
         labels = _stable_names(labels.select("id", "cluster"), previous)
     clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()

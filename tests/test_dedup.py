@@ -348,7 +348,7 @@ def test_nothing_but_counts_reaches_the_driver(spark, dup_index, monkeypatch):
                       (RDD, "collect"), (RDD, "toLocalIterator")):
         spy(cls, name)
     pairs, clusters, summary = dedup.find_near_duplicates(spark, dup_index["index"], 3, verify="cosine:0.8",
-                                                          block_size=3)
+                                                          block_size=3, local_cc_max=0)
     assert summary["hot_buckets"] > 0 and summary["pairs"] > 0
     assert seen and all(n <= 1 for _, _, n in seen), seen              # aggregates only (the cluster sizes)
     assert not any(cols and {"id", "code", "id_a", "w0", "word_ids"} & set(cols) for _, cols, _ in seen), seen
