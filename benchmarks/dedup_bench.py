@@ -7,8 +7,9 @@ Three parts, all in one run (``--skip-text`` / ``--skip-reindex`` / ``--skip-sca
 1. **Text corpora with edited copies** (``--corpora``: 20 Newsgroups, Reuters-21578, raw archives under
    ``$SEMHASH_DATA_DIR``). The corpus's texts plus ``--copies`` edited copies (for each rate in
    ``--edit-rates``, that fraction of a document's words replaced by words drawn from the corpus), written as
-   JSONL, prepared, a 64-bit model trained on them (``--train-set`` overrides; or ``--model``) and encoded into
-   an index: built once, not timed. Ground truth: every pair whose word sets (all tokens as ``prepare``
+   JSONL, prepared, a 64-bit model trained on them (``--train-set`` overrides) and encoded into an index; or,
+   with ``--model`` trained elsewhere, indexed by ``reindex --dataset jsonl`` (the model's words): built once,
+   not timed (a ``--workdir`` of an earlier run keeps the dataset and model). Ground truth: every pair whose word sets (all tokens as ``prepare``
    tokenises them) have Jaccard >= ``--jaccard``, computed exactly. Timed side by side, ``--repeats`` times:
    datasketch (``MinHash.bulk`` of the word sets, ``MinHashLSH`` threshold 0.7, 128 permutations, each candidate
    checked on the exact Jaccard) from the token sets in memory, and the whole ``semhash dedup --verify
@@ -170,6 +171,28 @@ def _read_pairs(out: Path) -> set:
     return set(zip(t.column("id_a").to_pylist(), t.column("id_b").to_pylist()))
 
 
+def pcaitq_index(data: Path, index: Path, bits: int = 64) -> None:
+    """An index of the dataset's documents with PCA-ITQ codes of their TF-IDF vectors (the project's baseline
+    hasher), published as encode publishes one: for when no trained model is at hand."""
+    import pandas as pd
+
+    from semhash_spark import index as ix
+    from semhash_spark.evaluate import tfidf
+    from semhash_spark.hashing_baselines import PCAITQ
+
+    split = ds.read_split(str(data), "train", columns=("id", "counts"))
+    _, df, n = ds.read_vocab(str(data))
+    x = tfidf(split.counts, ds.idf(df, n)).toarray()
+    codes = PCAITQ(bits).fit(x).encode(x)
+    version = ix.new_version_id()
+    vp = ix.version_prefix(str(index), version)
+    pdf = pd.DataFrame({"id": list(split.ids), "code": [c.tobytes() for c in codes], "address": C.prefix(codes, 16)})
+    files = []
+    for k in range(4):
+        files += ix.write_shard(vp, 4, C.code_bytes(bits), pdf.iloc[k::4])
+    ix.publish(str(index), version, ix.build_manifest(version, bits, 16, 4, files))
+
+
 def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     """One corpus plus edited copies: prepare, train, encode (untimed, once); the exact answer; datasketch and
     ``semhash dedup --verify jaccard:T`` (automatic radius) timed side by side; then a nightly change of
@@ -186,9 +209,17 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
                  "jaccard": args.jaccard}
     data, model, index = work / "data", work / "model", work / "index"
     t = time.time()
-    _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus), "--out", str(data), cwd=work)
+    if not (data / ds.DATASET_FILE).exists():                   # a --workdir of an earlier run keeps it
+        _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus), "--out", str(data), cwd=work)
     res["prepare_seconds"] = round(time.time() - t, 1)
-    if args.model:
+    own_model = not args.model or (model / "model.json").exists()
+    if args.codes == "pcaitq":
+        t = time.time()
+        if not index.exists():
+            pcaitq_index(data, index)
+        res["codes"] = "PCA-ITQ of TF-IDF (hashing_baselines), 64 bits"
+        res["encode_seconds"] = round(time.time() - t, 1)
+    elif not own_model:
         model = Path(args.model)
     elif not (model / "model.json").exists():
         t = time.time()
@@ -196,7 +227,9 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
                  *sum((["--set", s] for s in args.train_set), []), cwd=work)
         res["train_seconds"] = round(time.time() - t, 1)
     t = time.time()
-    if args.model:       # another corpus's model: the corpus prepared with the model's words, as a nightly reindex does
+    if args.codes == "pcaitq":
+        t -= res["encode_seconds"]
+    elif not own_model:    # another corpus's model: the corpus prepared with the model's words, as a nightly reindex does
         _semhash("reindex", "--dataset", "jsonl", "--data", str(corpus), "--model", str(model), "--index",
                  str(index), cwd=work)
         res["model"] = f"{args.model} (trained on another corpus); index built by reindex --dataset jsonl"
@@ -221,7 +254,8 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
         print(f"{name}: {json.dumps(row)}", flush=True)
         out = work / f"dedup-{rep}"
         summary, secs = _semhash("dedup", "--index", str(index), "--data", str(data), "--verify",
-                                 f"jaccard:{args.jaccard}", "--out", str(out), cwd=work)
+                                 f"jaccard:{args.jaccard}", "--target-recall", str(args.target_recall), "--out",
+                                 str(out), cwd=work)
         found = _read_pairs(out)
         row = {"method": "semhash dedup --verify jaccard (automatic radius)", "run": rep, "seconds": round(secs, 2),
                "radius": summary["radius"], "calibration": summary.get("calibration"),
@@ -231,6 +265,8 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
         print(f"{name}: {json.dumps(row)}", flush=True)
     res["runs"] = rows
 
+    if args.nightly_fraction <= 0:
+        return res
     # nightly: a fraction of the documents edited, the corpus re-prepared with the model's vocabulary and re-indexed
     rng = np.random.default_rng(7)
     changed = set(rng.choice(len(docs), max(1, int(args.nightly_fraction * len(docs))), replace=False).tolist())
@@ -464,6 +500,9 @@ def main() -> None:
     p.add_argument("--corpora", default="20ng,reuters21578", help="text part: raw corpora under SEMHASH_DATA_DIR")
     p.add_argument("--train-set", action="append", default=[], help="text part: a train --set override")
     p.add_argument("--repeats", type=int, default=1, help="text part: timed runs of each method")
+    p.add_argument("--target-recall", type=float, default=0.9, help="text part: semhash dedup --target-recall")
+    p.add_argument("--codes", choices=["model", "pcaitq"], default="model",
+                   help="text part: index codes from a trained model, or PCA-ITQ of TF-IDF (no training)")
     p.add_argument("--nightly-fraction", type=float, default=0.01, help="text part: documents changed overnight")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--json", help="write the results here")
