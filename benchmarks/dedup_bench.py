@@ -1,25 +1,22 @@
-"""Near-duplicates and re-index: the pigeonhole join vs MinHashLSH and exact all-pairs answers; re-index runs.
+"""Near-duplicates and re-index: ``semhash dedup`` vs datasketch and exact all-pairs answers; re-index runs.
 
-    .venv/bin/python benchmarks/dedup_bench.py --data DATA_DIR --model MODEL_DIR [--json OUT.json]
+    .venv/bin/python benchmarks/dedup_bench.py [--corpora 20ng,reuters21578] [--json OUT.json]
 
-Three parts, all in one run (``--skip-20ng`` / ``--skip-reindex`` / ``--skip-scale`` to leave one out):
+Three parts, all in one run (``--skip-text`` / ``--skip-reindex`` / ``--skip-scale`` to leave one out):
 
-1. **20 Newsgroups near-duplicates.** The prepared corpus (train + test) plus injected edited copies: for each
-   edit rate in ``--edit-rates``, ``--copies`` documents are copied with that fraction of their in-vocabulary
-   tokens replaced by random vocabulary words (drawn by document frequency). The copies and the corpus are
-   encoded with the model by the Spark encode job into an index. Ground truth is the exact all-pairs answer:
-   every pair whose word sets have Jaccard similarity >= ``--jaccard`` (this finds 20ng's own cross-posts and
-   quoted replies as well as the injected copies), computed by chunked sparse products. Then, timed in the same
-   run on the same documents and Spark session:
-   - semhash: all pairs within Hamming radius r (exact), verified by Jaccard >= threshold, for each r in
-     ``--radii``; and the whole ``dedup_job`` (pairs, verification, clusters, Parquet output) at the middle r;
-   - Spark MLlib ``MinHashLSH.approxSimilarityJoin`` with Jaccard distance <= 1 - threshold, for each number
-     of hash tables in ``--minhash-tables``.
-   Both start from a cached DataFrame in a warm session (one untimed run of each on 2,000 documents first):
-   semhash from the index's rows (codes made by the encode job, not timed: an index is built once), MinHashLSH
-   from the documents' binary word vectors (it hashes them inside its timed run). Timed: the pairs materialised
-   (checkpointed) and counted; collecting them for scoring is not timed.
-   Recall and precision are against the exact answer; recall is also given per edit rate on the injected pairs.
+1. **Text corpora with edited copies** (``--corpora``: 20 Newsgroups, Reuters-21578, raw archives under
+   ``$SEMHASH_DATA_DIR``). The corpus's texts plus ``--copies`` edited copies (for each rate in
+   ``--edit-rates``, that fraction of a document's words replaced by words drawn from the corpus), written as
+   JSONL, prepared, a 64-bit model trained on them (``--train-set`` overrides) and encoded into an index; or,
+   with ``--model`` trained elsewhere, indexed by ``reindex --dataset jsonl`` (the model's words): built once,
+   not timed (a ``--workdir`` of an earlier run keeps the dataset and model). Ground truth: every pair whose word sets (all tokens as ``prepare``
+   tokenises them) have Jaccard >= ``--jaccard``, computed exactly. Timed side by side, ``--repeats`` times:
+   datasketch (``MinHash.bulk`` of the word sets, ``MinHashLSH`` threshold 0.7, 128 permutations, each candidate
+   checked on the exact Jaccard) from the token sets in memory, and the whole ``semhash dedup --verify
+   jaccard:T`` command (its own process: Spark start-up, radius calibration, pairs, clusters, Parquet out) with
+   the automatic radius. Then a nightly change of ``--nightly-fraction`` of the documents (30% of their words
+   replaced), re-indexed (``semhash reindex --dataset jsonl``), deduplicated ``--since`` the first version
+   with the previous output and in full, at the same radius.
 2. **Scale.** ``N`` random 64-bit codes (1 in 100 a copy of its neighbour with 0-3 bits flipped) generated in
    Spark and written to Parquet; the time of ``near_duplicate_pairs`` (all pairs, materialised and counted) from
    those files, the session warm, at a radius (``N:R`` in ``--scale``)
@@ -53,58 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from semhash_spark import codes as C  # noqa: E402
 from semhash_spark import dataset as ds  # noqa: E402
 
-# --------------------------------------------------------------------------------------------------- 20ng part
-
-
-def load_corpus(data_dir: str):
-    ids, counts = [], []
-    for split in ds.SPLITS:
-        s = ds.read_split(data_dir, split, columns=("id", "counts"))
-        ids.extend(s.ids)
-        counts.append(s.counts)
-    return list(ids), sp.vstack(counts, format="csr")
-
-
-def edited_copies(counts: sp.csr_matrix, ids: list[str], rates: list[float], copies: int, seed: int = 0):
-    """For each rate, ``copies`` random documents with that fraction of their tokens replaced."""
-    rng = np.random.default_rng(seed)
-    df = np.asarray((counts > 0).sum(axis=0)).ravel().astype(np.float64)
-    p = df / df.sum()
-    new_ids, rows, sources = [], [], []
-    for rate in rates:
-        for src in rng.choice(len(ids), copies, replace=False):
-            row = counts[src]
-            tokens = np.repeat(row.indices, row.data.astype(np.int64))
-            hit = rng.random(tokens.size) < rate
-            tokens = tokens.copy()
-            tokens[hit] = rng.choice(counts.shape[1], int(hit.sum()), p=p)
-            words, n = np.unique(tokens, return_counts=True)
-            rows.append((words.astype(np.int32), n.astype(np.float32)))
-            new_ids.append(f"copy-{rate:g}-{ids[src]}")
-            sources.append((ids[src], new_ids[-1], rate))
-    data = np.concatenate([r[1] for r in rows])
-    indices = np.concatenate([r[0] for r in rows])
-    indptr = np.concatenate([[0], np.cumsum([r[0].size for r in rows])])
-    return new_ids, sp.csr_matrix((data, indices, indptr), shape=(len(rows), counts.shape[1])), sources
-
-
-def write_dataset(src_dir: str, out: Path, ids: list[str], counts: sp.csr_matrix, files: int = 8) -> None:
-    """The augmented corpus in the prepared-dataset layout (all in the train split; vocab copied)."""
-    d = out / ds.DOCS_DIR / "split=train"
-    d.mkdir(parents=True)
-    for name in (ds.DATASET_FILE, ds.VOCAB_FILE):
-        shutil.copy(Path(src_dir) / name, out / name)
-    meta = json.loads((out / ds.DATASET_FILE).read_text())
-    meta["counts"] = {"train": len(ids), "test": 0, "quarantined": 0}
-    (out / ds.DATASET_FILE).write_text(json.dumps(meta))
-    for f in range(files):
-        rows = []
-        for r in range(f, len(ids), files):
-            row = counts[r]
-            wi, wc = ds.encode_sparse(row.indices, row.data)
-            rows.append({"id": ids[r], "labels": [], "word_ids": wi, "word_counts": wc, "length": int(row.data.sum()),
-                         "content_hash": ids[r]})
-        pq.write_table(pa.Table.from_pylist(rows, schema=ds.DOC_SCHEMA), d / f"part-{f:03d}.parquet")
+# --------------------------------------------------------------------------------------------------- text corpora
 
 
 def exact_jaccard_pairs(counts: sp.csr_matrix, ids: list[str], threshold: float, chunk: int = 2000) -> set:
@@ -137,106 +83,218 @@ def scores(found: set, truth: set, injected: list) -> dict:
     return out
 
 
-def run_20ng(spark, args, work: Path) -> dict:
-    from pyspark.ml.feature import MinHashLSH
-    from pyspark.ml.linalg import SparseVector, VectorUDT
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
+def corpus_texts(dataset: str, source: str) -> list[tuple[str, str]]:
+    """Every readable record of a raw corpus with some text: ``(id, text)``."""
+    from semhash_spark import corpora
 
-    from semhash_spark import dedup
-    from semhash_spark.config import load_config
-    from semhash_spark.encode import encode_to_index
+    out, seen = [], set()
+    for r in corpora.read_records(dataset, source):
+        if r["error"] is None and r["text"] and r["id"] and r["id"] not in seen:
+            seen.add(r["id"])
+            out.append((r["id"], r["text"]))
+    return out
 
-    model = work / "model"
-    shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("_train_state"))    # read a copy
-    ids, counts = load_corpus(args.data)
+
+def edited_text_copies(docs: list[tuple[str, str]], rates: list[float], copies: int, seed: int = 0):
+    """For each rate, ``copies`` documents of 20 words or more with that fraction of their words replaced by
+    words drawn from the corpus (as a user's edits and boilerplate drift); ``(copies, [(src, copy, rate)])``."""
+    rng = np.random.default_rng(seed)
+    pool = [w for _, t in docs[:2000] for w in t.split()]
+    ok = [k for k, (_, t) in enumerate(docs) if len(t.split()) >= 20]
+    out, injected = [], []
+    for rate in rates:
+        for n, src in enumerate(rng.choice(ok, copies, replace=False)):
+            words = docs[src][1].split()
+            hit = np.flatnonzero(rng.random(len(words)) < rate)
+            for h in hit:
+                words[h] = pool[int(rng.integers(0, len(pool)))]
+            cid = f"copy-{rate:g}-{n}-{docs[src][0]}"
+            out.append((cid, " ".join(words)))
+            injected.append((docs[src][0], cid, rate))
+    return out, injected
+
+
+def token_sets(docs: list[tuple[str, str]]) -> list[set]:
+    """The word set of each document as ``prepare`` tokenises it (all tokens, not only the vocabulary)."""
+    from semhash_spark import corpora
+
+    return [set(corpora.tokenize(t)) for _, t in docs]
+
+
+def exact_set_pairs(sets: list[set], ids: list[str], threshold: float, chunk: int = 2000) -> set:
+    """Every pair whose word sets have Jaccard >= threshold: chunked sparse products (the exact reference)."""
+    vocab: dict[str, int] = {}
+    indptr, indices = [0], []
+    for s in sets:
+        indices.extend(vocab.setdefault(w, len(vocab)) for w in s)
+        indptr.append(len(indices))
+    m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), len(vocab)))
+    return exact_jaccard_pairs(m, ids, threshold, chunk)
+
+
+def datasketch_pairs(sets: list[set], ids: list[str], threshold: float, num_perm: int = 128) -> set:
+    """datasketch: a MinHash of each word set (bulk), MinHashLSH at the threshold, each candidate checked on the
+    exact Jaccard of the word sets."""
+    from datasketch import MinHash, MinHashLSH
+
+    encoded = [[w.encode("utf-8") for w in s] for s in sets]
+    sketches = MinHash.bulk(encoded, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    for i, m in enumerate(sketches):
+        lsh.insert(i, m, check_duplication=False)
+    out = set()
+    for i, m in enumerate(sketches):
+        for j in lsh.query(m):
+            if j > i:
+                a, b = sets[i], sets[j]
+                inter = len(a & b)
+                if inter and inter / (len(a) + len(b) - inter) >= threshold:
+                    out.add((min(ids[i], ids[j]), max(ids[i], ids[j])))
+    return out
+
+
+def _semhash(*argv: str, cwd: Path) -> tuple[dict, float]:
+    """One ``semhash`` command in its own process (Spark start-up included): its JSON summary and wall time."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("semhash")
+    t = time.time()
+    p = subprocess.run([str(exe), *argv], capture_output=True, text=True, cwd=cwd)
+    secs = time.time() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"semhash {' '.join(argv)} failed ({p.returncode}): {p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1]), secs
+
+
+def _read_pairs(out: Path) -> set:
+    t = pq.read_table(out / "pairs", columns=["id_a", "id_b"])
+    return set(zip(t.column("id_a").to_pylist(), t.column("id_b").to_pylist()))
+
+
+def pcaitq_index(data: Path, index: Path, bits: int = 64) -> None:
+    """An index of the dataset's documents with PCA-ITQ codes of their TF-IDF vectors (the project's baseline
+    hasher), published as encode publishes one: for when no trained model is at hand."""
+    import pandas as pd
+
+    from semhash_spark import index as ix
+    from semhash_spark.evaluate import tfidf
+    from semhash_spark.hashing_baselines import PCAITQ
+
+    split = ds.read_split(str(data), "train", columns=("id", "counts"))
+    _, df, n = ds.read_vocab(str(data))
+    x = tfidf(split.counts, ds.idf(df, n)).toarray()
+    codes = PCAITQ(bits).fit(x).encode(x)
+    version = ix.new_version_id()
+    vp = ix.version_prefix(str(index), version)
+    pdf = pd.DataFrame({"id": list(split.ids), "code": [c.tobytes() for c in codes], "address": C.prefix(codes, 16)})
+    files = []
+    for k in range(4):
+        files += ix.write_shard(vp, 4, C.code_bytes(bits), pdf.iloc[k::4])
+    ix.publish(str(index), version, ix.build_manifest(version, bits, 16, 4, files))
+
+
+def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
+    """One corpus plus edited copies: prepare, train, encode (untimed, once); the exact answer; datasketch and
+    ``semhash dedup --verify jaccard:T`` (automatic radius) timed side by side; then a nightly change of
+    ``--nightly-fraction`` of the documents, re-indexed, deduplicated --since the first version and in full."""
+    work.mkdir(parents=True, exist_ok=True)
+    docs = corpus_texts(dataset, source)
     rates = [float(x) for x in args.edit_rates.split(",")]
-    cids, ccounts, injected = edited_copies(counts, ids, rates, args.copies)
-    all_ids, all_counts = ids + cids, sp.vstack([counts, ccounts], format="csr")
-    data = work / "data"
-    write_dataset(args.data, data, all_ids, all_counts)
-    res: dict = {"docs": len(all_ids), "corpus_docs": len(ids), "injected": len(cids), "edit_rates": rates,
+    copies, injected = edited_text_copies(docs, rates, args.copies // len(rates))
+    docs = docs + copies
+    ids = [d for d, _ in docs]
+    corpus = work / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t, "split": "train"}) + "\n" for i, t in docs))
+    res: dict = {"corpus": name, "docs": len(docs), "injected": len(copies), "edit_rates": rates,
                  "jaccard": args.jaccard}
-
+    data, model, index = work / "data", work / "model", work / "index"
     t = time.time()
-    truth = exact_jaccard_pairs(all_counts, all_ids, args.jaccard)
-    res["exact"] = {"pairs": len(truth), "seconds": round(time.time() - t, 2),
-                    "method": "all pairs, chunked sparse products on the driver (numpy/scipy)"}
-    print(f"exact all-pairs: {len(truth)} pairs with Jaccard >= {args.jaccard} in {res['exact']['seconds']} s",
-          flush=True)
-
-    cfg = load_config(None, [])
-    t = time.time()
-    enc = encode_to_index(spark, str(model), str(data), str(work / "index"), cfg)
-    res["encode"] = {"seconds": round(time.time() - t, 2), "bits": enc["bits"], "count": enc["count"]}
-    print(f"encode: {enc['count']} docs in {res['encode']['seconds']} s", flush=True)
-
-    index = str(work / "index")
-    # Both sides start from the same place: the documents in a cached DataFrame, the session warm (one untimed
-    # run of each on a small subset). semhash's input is the written index's rows (id, code, word_ids,
-    # word_counts), read once and cached: the codes were made by the encode job above (not timed), as an index is
-    # built once and deduplicated many times; MinHashLSH's input is the same documents as binary word vectors,
-    # cached; it hashes them inside its timed run (that is its index).
-    docs, manifest = dedup.read_shards(spark, index, columns=("id", "code", "word_ids", "word_counts"))
-    docs = docs.localCheckpoint()
-    bits, vocab = manifest["bits"], all_counts.shape[1]
-    check = dedup.Verify("jaccard", args.jaccard)
-    res["timed"] = ("semhash: near_duplicate_pairs (tiles, pair kernel, Jaccard in the same task, pairs "
-                    "checkpointed and counted) from the cached index rows; MinHashLSH: fit + approxSimilarityJoin, "
-                    "pairs a < b checkpointed and counted, from the cached vectors; collecting the pairs for "
-                    "scoring is not timed")
-    dedup.near_duplicate_pairs(docs.limit(2000), bits, 3, check, vocab_size=vocab)      # warm-up, not timed
-    res["semhash"] = []
-    for r in [int(x) for x in args.radii.split(",")]:
+    if not (data / ds.DATASET_FILE).exists():                   # a --workdir of an earlier run keeps it
+        _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus), "--out", str(data), cwd=work)
+    res["prepare_seconds"] = round(time.time() - t, 1)
+    own_model = not args.model or (model / "model.json").exists()
+    if args.codes == "pcaitq":
         t = time.time()
-        verified, counts = dedup.near_duplicate_pairs(docs, bits, r, check, vocab_size=vocab,
-                                                      block_size=args.block_size)
-        secs = time.time() - t
-        found = {(x.id_a, x.id_b) for x in verified.select("id_a", "id_b").collect()}
-        within = dedup.hamming_pairs(docs, bits, r, args.block_size)                  # not timed: for the record
-        hamming_only = {(x.id_a, x.id_b) for x in within.select("id_a", "id_b").collect()}
-        row = {"radius": r, "seconds": round(secs, 2), "pairs_within_radius": counts["pairs_within_radius"],
-               "hot_buckets": counts["hot_buckets"],
-               "hamming_only_recall": round(len(hamming_only & truth) / max(len(truth), 1), 4),
-               "hamming_only_precision": round(len(hamming_only & truth) / max(len(hamming_only), 1), 4),
+        if not index.exists():
+            pcaitq_index(data, index)
+        res["codes"] = "PCA-ITQ of TF-IDF (hashing_baselines), 64 bits"
+        res["encode_seconds"] = round(time.time() - t, 1)
+    elif not own_model:
+        model = Path(args.model)
+    elif not (model / "model.json").exists():
+        t = time.time()
+        _semhash("train", "--data", str(data), "--bits", "64", "--out", str(model), "--no-progress",
+                 *sum((["--set", s] for s in args.train_set), []), cwd=work)
+        res["train_seconds"] = round(time.time() - t, 1)
+    t = time.time()
+    if args.codes == "pcaitq":
+        t -= res["encode_seconds"]
+    elif not own_model:    # another corpus's model: the corpus prepared with the model's words, as a nightly reindex does
+        _semhash("reindex", "--dataset", "jsonl", "--data", str(corpus), "--model", str(model), "--index",
+                 str(index), cwd=work)
+        res["model"] = f"{args.model} (trained on another corpus); index built by reindex --dataset jsonl"
+    else:
+        _semhash("encode", "--model", str(model), "--data", str(data), "--index", str(index), cwd=work)
+    res["encode_seconds"] = round(time.time() - t, 1)
+    print(f"{name}: {len(docs)} documents prepared, encoded ({res})", flush=True)
+
+    sets = token_sets(docs)
+    t = time.time()
+    truth = exact_set_pairs(sets, ids, args.jaccard)
+    res["exact"] = {"pairs": len(truth), "seconds": round(time.time() - t, 2)}
+    print(f"{name}: exact all pairs: {len(truth)} with Jaccard >= {args.jaccard}", flush=True)
+
+    rows = []
+    for rep in range(args.repeats):
+        t = time.time()
+        found = datasketch_pairs(sets, ids, args.jaccard)
+        row = {"method": "datasketch MinHashLSH(0.7, 128) + exact check", "run": rep,
+               "seconds": round(time.time() - t, 2), **scores(found, truth, injected)}
+        rows.append(row)
+        print(f"{name}: {json.dumps(row)}", flush=True)
+        out = work / f"dedup-{rep}"
+        summary, secs = _semhash("dedup", "--index", str(index), "--data", str(data), "--verify",
+                                 f"jaccard:{args.jaccard}", "--target-recall", str(args.target_recall), "--out",
+                                 str(out), cwd=work)
+        found = _read_pairs(out)
+        row = {"method": "semhash dedup --verify jaccard (automatic radius)", "run": rep, "seconds": round(secs, 2),
+               "radius": summary["radius"], "calibration": summary.get("calibration"),
+               "candidates": summary["candidates"], "job_seconds": summary["seconds"],
                **scores(found, truth, injected)}
-        assert len(hamming_only) == counts["pairs_within_radius"], (len(hamming_only), counts)
-        res["semhash"].append(row)
-        print(f"semhash r={r}: {json.dumps(row)}", flush=True)
-    mid = [int(x) for x in args.radii.split(",")][len(args.radii.split(",")) // 2]
-    t = time.time()
-    job = dedup.dedup_job(spark, index, mid, str(work / "dedup-out"), f"jaccard:{args.jaccard}",
-                          block_size=args.block_size)
-    res["dedup_job"] = {"radius": mid, "seconds": round(time.time() - t, 2), "pairs": job["pairs"],
-                        "clusters": job["clusters"], "largest_cluster": job["largest_cluster"],
-                        "timed": "the whole job: read the index, pairs, verification, clusters, Parquet out"}
-    print(f"dedup_job r={mid}: {json.dumps(res['dedup_job'])}", flush=True)
+        rows.append(row)
+        print(f"{name}: {json.dumps(row)}", flush=True)
+    res["runs"] = rows
 
-    # MinHashLSH on the same documents (binary word-set vectors), same session
-    rows = [(all_ids[i], SparseVector(vocab, all_counts[i].indices.tolist(), [1.0] * all_counts[i].nnz))
-            for i in range(len(all_ids)) if all_counts[i].nnz]
-    schema = StructType([StructField("id", StringType()), StructField("features", VectorUDT())])
-    vec = spark.createDataFrame(rows, schema).repartition(spark.sparkContext.defaultParallelism).localCheckpoint()
-    vec.count()
-
-    def minhash(df, tables):
-        lsh = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=tables, seed=1).fit(df)
-        joined = lsh.approxSimilarityJoin(df, df, 1.0 - args.jaccard + 1e-9, distCol="dist")
-        pairs = joined.select(F.col("datasetA.id").alias("a"), F.col("datasetB.id").alias("b")) \
-            .where(F.col("a") < F.col("b")).localCheckpoint()
-        pairs.count()
-        return pairs
-
-    minhash(vec.limit(2000), 1)                                                        # warm-up, not timed
-    res["minhash"] = []
-    for tables in [int(x) for x in args.minhash_tables.split(",")]:
-        t = time.time()
-        pairs = minhash(vec, tables)
-        secs = time.time() - t
-        found = {(p.a, p.b) for p in pairs.collect()}
-        row = {"hash_tables": tables, "seconds": round(secs, 2), **scores(found, truth, injected)}
-        res["minhash"].append(row)
-        print(f"MinHashLSH tables={tables}: {json.dumps(row)}", flush=True)
+    if args.nightly_fraction <= 0:
+        return res
+    # nightly: a fraction of the documents edited, the corpus re-prepared with the model's vocabulary and re-indexed
+    rng = np.random.default_rng(7)
+    changed = set(rng.choice(len(docs), max(1, int(args.nightly_fraction * len(docs))), replace=False).tolist())
+    pool = [w for _, t in docs[:2000] for w in t.split()]
+    night = [(i, " ".join(w if rng.random() > 0.3 else pool[int(rng.integers(0, len(pool)))] for w in t.split()))
+             if k in changed else (i, t) for k, (i, t) in enumerate(docs)]
+    corpus2 = work / "nightly.jsonl"
+    corpus2.write_text("".join(json.dumps({"id": i, "text": t, "split": "train"}) + "\n" for i, t in night))
+    v1 = json.loads((index / "CURRENT").read_text())["version"]
+    rep2, secs = _semhash("reindex", "--dataset", "jsonl", "--data", str(corpus2), "--model", str(model),
+                          "--index", str(index), cwd=work)
+    night_data = work / "nightly-data"
+    _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus2), "--out", str(night_data), cwd=work)
+    radius = str(rows[-1]["radius"])
+    inc, inc_secs = _semhash("dedup", "--index", str(index), "--data", str(night_data), "--verify",
+                             f"jaccard:{args.jaccard}", "--radius", radius, "--since", v1, "--previous",
+                             str(work / f"dedup-{args.repeats - 1}"), "--out", str(work / "inc"), cwd=work)
+    full, full_secs = _semhash("dedup", "--index", str(index), "--data", str(night_data), "--verify",
+                               f"jaccard:{args.jaccard}", "--radius", radius, "--out", str(work / "full"), cwd=work)
+    same = _read_pairs(work / "inc") == _read_pairs(work / "full")
+    res["nightly"] = {"changed_docs": len(changed), "reindex": {k: rep2.get(k) for k in ("added", "changed",
+                                                                                           "deleted", "seconds")},
+                      "incremental": {"seconds": round(inc_secs, 2), "fresh_docs": inc.get("fresh_docs"),
+                                      "candidates": inc["candidates"], "pairs": inc["pairs"]},
+                      "full": {"seconds": round(full_secs, 2), "candidates": full["candidates"],
+                               "pairs": full["pairs"]},
+                      "same_pairs": same}
+    print(f"{name}: nightly {json.dumps(res['nightly'])}", flush=True)
     return res
 
 
@@ -436,15 +494,21 @@ def run_reindex(spark, args, work: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="prepared 20 Newsgroups dataset (semhash prepare --dataset 20ng)")
-    p.add_argument("--model", help="a document model trained on --data (64 bits)")
+    p.add_argument("--data", help="prepared 20 Newsgroups dataset (semhash prepare --dataset 20ng): re-index part")
+    p.add_argument("--model", help="a 64-bit document model: the re-index part's, and the text part's instead of "
+                                   "one trained on each corpus")
+    p.add_argument("--corpora", default="20ng,reuters21578", help="text part: raw corpora under SEMHASH_DATA_DIR")
+    p.add_argument("--train-set", action="append", default=[], help="text part: a train --set override")
+    p.add_argument("--repeats", type=int, default=1, help="text part: timed runs of each method")
+    p.add_argument("--target-recall", type=float, default=0.9, help="text part: semhash dedup --target-recall")
+    p.add_argument("--codes", choices=["model", "pcaitq"], default="model",
+                   help="text part: index codes from a trained model, or PCA-ITQ of TF-IDF (no training)")
+    p.add_argument("--nightly-fraction", type=float, default=0.01, help="text part: documents changed overnight")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--copies", type=int, default=500, help="injected copies per edit rate")
+    p.add_argument("--copies", type=int, default=2000, help="injected copies in all (the rates share them)")
     p.add_argument("--edit-rates", default="0.02,0.05,0.1,0.2")
     p.add_argument("--jaccard", type=float, default=0.7, help="near-duplicate: Jaccard of word sets >= this")
-    p.add_argument("--radii", default="3,6,10")
-    p.add_argument("--minhash-tables", default="1,2", help="MinHashLSH numHashTables to run (5 took > 20 min)")
     p.add_argument("--block-size", type=int, default=2048)
     p.add_argument("--scale", default="100000,1000000,10000000:1,10000000:2",
                    help="code counts for the scale part, each N or N:RADIUS")
@@ -455,25 +519,30 @@ def main() -> None:
                    help="re-index part: the corpus repeated to this many documents")
     p.add_argument("--reindex-fraction", type=float, default=0.0003,
                    help="re-index part: fraction of documents deleted, changed and added (a third each)")
-    p.add_argument("--skip-20ng", action="store_true")
+    p.add_argument("--skip-text", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
     p.add_argument("--skip-reindex", action="store_true")
     args = p.parse_args()
-    if not (args.skip_20ng and args.skip_reindex) and not (args.data and args.model):
-        p.error("--data and --model are needed for the 20 Newsgroups and re-index parts "
-                "(or --skip-20ng --skip-reindex)")
+    if not args.skip_reindex and not (args.data and args.model):
+        p.error("--data and --model are needed for the re-index part (or --skip-reindex)")
 
     os.environ.setdefault("SEMHASH_DRIVER_MEMORY", "6g")
     from semhash_spark.spark import get_spark
 
-    spark = get_spark("dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": "8"})
+    spark = None                 # the text part runs every semhash command in its own process
+    if not (args.skip_scale and args.skip_reindex):
+        spark = get_spark("dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": "8"})
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dedup-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"cpus": os.cpu_count(), "spark_master": "local[2]"},
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        if not args.skip_20ng:
-            results["20ng"] = run_20ng(spark, args, work / "20ng")
+        if not args.skip_text:
+            root = Path(os.environ.get("SEMHASH_DATA_DIR", "/work/shared/data"))
+            sources = {"20ng": root / "20newsgroups" / "20news-bydate.tar.gz",
+                       "reuters21578": root / "reuters21578" / "reuters21578.tar.gz"}
+            for name in args.corpora.split(","):
+                results[name] = run_text(args, name, name, str(sources[name]), work / name)
         if not args.skip_reindex:
             results["reindex"] = run_reindex(spark, args, work / "reindex")
         if not args.skip_scale:

@@ -29,10 +29,11 @@ def _first_agreeing(words, a, b, segmask, s):
 
 
 @njit(cache=True, nogil=True)
-def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit):
+def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh):
     """Every pair of rows ``a < b`` of rows ``[0, stop)`` that share a tile ``(seg, key, lo, hi)`` (both in the
-    one block of a diagonal tile ``lo == hi``, one in each block of the others), are within ``radius`` and
-    agree first on segment ``seg``. A tile of more than ``limit > 0`` rows is skipped and reported instead.
+    one block of a diagonal tile ``lo == hi``, one in each block of the others), are within ``radius``, agree
+    first on segment ``seg`` and have at least one row with ``fresh`` set (``int8[n]``; all ones pairs every
+    row). A tile of more than ``limit > 0`` rows is skipped and reported instead.
     Returns ``(a int64[k], b int64[k], distance int32[k], skipped_first_row int64[h], skipped_rows int64[h])``;
     each pair once."""
     hot_s = np.empty(16, np.int64)
@@ -65,6 +66,8 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit):
         s = seg[i]
         for a in range(i, j if diagonal else m):
             for b in range(a + 1 if diagonal else m, j):
+                if fresh[a] == 0 and fresh[b] == 0:
+                    continue
                 d = 0
                 for w in range(nw):
                     d += _popc(words[a, w] ^ words[b, w])
@@ -89,7 +92,8 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit):
 
 @njit(cache=True, nogil=True)
 def pair_similarity(indptr, ids, weights, a, b, cosine):
-    """Per pair ``(a[k], b[k])``: cosine of the rows' weight vectors, or Jaccard of their id sets; in [0, 1]."""
+    """Per pair ``(a[k], b[k])``: cosine of the rows' weight vectors, or Jaccard of their id sets (int32 word ids
+    or int64 word hashes, ascending); in [0, 1]."""
     out = np.zeros(a.size, np.float64)
     for k in range(a.size):
         p, pe = indptr[a[k]], indptr[a[k] + 1]

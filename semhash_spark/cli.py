@@ -260,7 +260,10 @@ def cmd_dedup(args) -> dict:
     from .spark import get_spark
 
     spark = get_spark("semhash-dedup", master=args.master, conf=_spark_conf(args))
-    return dedup_job(spark, args.index, args.radius, args.out, args.verify, version=args.version, data_uri=args.data)
+    max_pairs = args.max_pairs if args.max_pairs and args.max_pairs > 0 else None
+    return dedup_job(spark, args.index, args.radius, args.out, args.verify, version=args.version, data_uri=args.data,
+                     max_pairs=max_pairs, target_recall=args.target_recall,
+                     calibration_sample=args.calibration_sample, since=args.since, previous_uri=args.previous)
 
 
 def cmd_reindex(args) -> dict:
@@ -527,9 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("dedup", cmd_dedup, "all pairs of items whose codes lie within Hamming distance R (Spark job)")
     sp.add_argument("--index", required=True, help="INDEX_URI (its current version, or --version)")
-    sp.add_argument("--radius", type=int, required=True)
+    sp.add_argument("--radius", type=int, help="Hamming radius; without it (and with --verify jaccard:T) the radius "
+                                               "that catches --target-recall of a sample's pairs above T")
     sp.add_argument("--out", required=True, help="where pairs/, clusters/ and summary.json go")
     sp.add_argument("--verify", help="check pairs on content: cosine:0.9 (TF-IDF) or jaccard:0.8 (word sets)")
+    sp.add_argument("--target-recall", type=float, default=0.9,
+                    help="with no --radius: the share of a sample's pairs above the Jaccard threshold to catch")
+    sp.add_argument("--calibration-sample", type=int, default=20000, help="documents sampled to pick the radius")
+    sp.add_argument("--max-pairs", type=int, default=200_000_000,
+                    help="stop before pairing when more candidate pairs share buckets (0: no limit)")
+    sp.add_argument("--since", help="pair only the documents added or changed since this index version")
+    sp.add_argument("--previous", help="with --since: the output of the run on that version (its pairs are kept "
+                                       "and its cluster ids stay)")
     sp.add_argument("--version", help="an index version other than CURRENT")
     sp.add_argument("--data", help="DATA_URI with the documents' words, when the shards carry none")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")

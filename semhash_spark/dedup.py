@@ -66,6 +66,13 @@ MAX_CC_ITERATIONS = 64
 PAIRS_DIR, CLUSTERS_DIR, SUMMARY_FILE = "pairs", "clusters", "summary.json"
 MEASURES = ("cosine", "jaccard")
 TILE_KEYS = ("seg", "key", "lo", "hi")
+HASHES = ds.WORD_HASHES       # the documents' whole word sets, hashed (prepare): Jaccard on the text itself
+FRESH = "fresh"               # int8: 1 for the documents a --since run compares against the whole index
+DEFAULT_MAX_PAIRS = 200_000_000
+DEFAULT_TARGET_RECALL = 0.9
+DEFAULT_CALIBRATION_SAMPLE = 20_000
+CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
+LOCAL_CC_MAX = 2_000_000      # pairs up to this many are clustered on the driver (scipy), more in Spark
 
 
 class DedupError(ValueError):
@@ -192,6 +199,15 @@ def _word_lists(ids_col, counts_col=None) -> tuple[np.ndarray, np.ndarray, np.nd
     return rel // 4, ids, counts
 
 
+def _hash_lists(col) -> tuple[np.ndarray, np.ndarray]:
+    """The ``word_hashes`` column -> CSR parts ``(indptr int64[n + 1], hashes int64[nnz])`` (nulls: empty sets)."""
+    offs, data = _binary_buffers(col)
+    rel = offs - offs[0]
+    if np.any(rel % 8):
+        raise DedupError("word_hashes rows must hold 8-byte values")
+    return rel // 8, np.require(data[offs[0]:offs[-1]].view("<i8"), np.int64, "A")
+
+
 def _low_bits(n: int) -> int:
     return _signed((1 << n) - 1)
 
@@ -239,7 +255,7 @@ def bucket_rows(codes_df: DataFrame, bits: int, segs: list[tuple[int, int]]) -> 
     row per code and segment (Spark expressions, no Python)."""
     nwords = n_words(bits)
     words = [f"w{w}" for w in range(nwords)]
-    extra = [c for c in ix.WORD_COLUMNS if c in codes_df.columns]
+    extra = [c for c in (*ix.WORD_COLUMNS, HASHES, FRESH) if c in codes_df.columns]
     wcols = word_columns(F.col("code"), C.code_bytes(bits))
     coded = codes_df.select(F.col("id").cast("string").alias("id"), *(c.alias(n) for c, n in zip(wcols, words)),
                             *extra)
@@ -273,8 +289,9 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
     def pairs(t: pa.Table, stop: int) -> Iterator[pa.RecordBatch]:
         col = functools.partial(col_of, t)
         words = np.stack([col(f"w{w}") for w in range(nwords)], axis=1).view(np.uint64)
+        fresh = t.column(FRESH).to_numpy() if FRESH in t.column_names else np.ones(t.num_rows, np.int8)
         a, b, d, hs, hn = K.tile_pairs(col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask,
-                                       radius, stop, limit)
+                                       radius, stop, limit, fresh)
         if hs.size:
             yield markers(col("seg")[hs], col("key")[hs], hn)
         if a.size == 0:
@@ -282,7 +299,10 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
         ia, ib = t.column("id").take(a), t.column("id").take(b)
         first = pc.less(ia, ib)
         out = {"id_a": pc.if_else(first, ia, ib), "id_b": pc.if_else(first, ib, ia), "distance": pa.array(d)}
-        if measure is not None:
+        if measure == "jaccard" and HASHES in t.column_names:
+            indptr, hashes = _hash_lists(t.column(HASHES))
+            out["similarity"] = pa.array(K.pair_similarity(indptr, hashes, np.ones(hashes.size), a, b, False))
+        elif measure is not None:
             indptr, ids, counts = _word_lists(t.column("word_ids"),
                                               t.column("word_counts") if measure == "cosine" else None)
             if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
@@ -353,9 +373,49 @@ def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwo
     return tiles.repartition(*by).sortWithinPartitions(*keys).mapInArrow(fn, schema)
 
 
+def bucket_census(rows: DataFrame, segs: list[tuple[int, int]], block_size: int, max_pairs: int | None = None,
+                  top: int = 5) -> dict[str, Any]:
+    """Counts the candidate pairs the kernel will examine, per bucket ``(seg, key)``, before any pair is formed:
+    ``candidates`` (pairs sharing a bucket, with a ``fresh`` row when the rows have that column), ``buckets``
+    (of two rows or more), ``largest`` (rows of the biggest), ``hot`` (buckets of more than ``block_size`` rows)
+    and, only when there are more than ``max_pairs`` candidates, ``top``: the ``top`` buckets with the most
+    candidates, as ``(segment, bits, key, rows, candidates)``."""
+    n = F.count(F.lit(1))
+    if FRESH in rows.columns:
+        fresh = F.sum(F.col(FRESH).cast("long"))
+        per = rows.groupBy("seg", "key").agg(n.alias("n"), fresh.alias("f"))
+        cand = F.col("f") * (F.col("n") - F.col("f")) + F.col("f") * (F.col("f") - 1) / 2
+    else:
+        per = rows.groupBy("seg", "key").agg(n.alias("n"))
+        cand = F.col("n") * (F.col("n") - 1) / 2
+    per = per.where(F.col("n") > 1).select("seg", "key", "n", cand.cast("long").alias("c"))
+    agg = per.agg(F.sum("c").alias("c"), F.count(F.lit(1)).alias("b"), F.max("n").alias("m"),
+                  F.count(F.when(F.col("n") > block_size, 1)).alias("h")).first()
+    out = {"candidates": int(agg["c"] or 0), "buckets": int(agg["b"] or 0), "largest": int(agg["m"] or 0),
+           "hot": int(agg["h"] or 0), "top": []}
+    if max_pairs is not None and out["candidates"] > max_pairs:
+        for r in per.orderBy(F.desc("c")).limit(top).collect():
+            s, e = segs[r["seg"]]
+            out["top"].append({"segment": int(r["seg"]), "bits": f"{s}-{e - 1}",
+                               "key": f"{int(r['key']) & ((1 << 64) - 1):x}", "rows": int(r["n"]),
+                               "candidates": int(r["c"])})
+    return out
+
+
+def _budget_error(census: dict[str, Any], radius: int, max_pairs: int) -> DedupError:
+    hot = "; ".join(f"segment {b['segment']} (bits {b['bits']}) = {b['key']}: {b['rows']} codes, "
+                    f"{b['candidates']} pairs" for b in census["top"])
+    return DedupError(
+        f"radius {radius} would compare {census['candidates']} candidate pairs, over the budget max_pairs="
+        f"{max_pairs} (--max-pairs); the largest of {census['buckets']} shared buckets hold {census['largest']} "
+        f"codes. Hottest buckets: {hot}. Many codes equal on a whole segment mean collapsed codes (check the "
+        "model) or a radius too large: lower --radius, or raise --max-pairs")
+
+
 def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
                similarity: str | None = None, idf: np.ndarray | None = None, vocab_size: int | None = None,
-               threshold: float | None = None) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+               threshold: float | None = None,
+               max_pairs: int | None = DEFAULT_MAX_PAIRS) -> tuple[DataFrame, DataFrame, dict[str, int]]:
     """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``, exactly; the hot
     buckets ``(seg, key, n)``; and the counts ``pairs_within_radius``, ``pairs`` (those with ``similarity >=
     threshold`` when a threshold is given) and ``hot_buckets``. The DataFrames are materialised (checkpointed).
@@ -364,15 +424,23 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
     and only counts the bigger ones (hot). Pass 2, only if some bucket was hot: those buckets' rows, tiled by
     :func:`tile_hot`, through the kernel again. A pair comes out of the bucket of its first agreeing segment
     only, so the two passes never repeat a pair. ``similarity="cosine"`` or ``"jaccard"`` (``codes_df`` then
-    has ``word_ids``, and ``word_counts`` for cosine) adds each pair's ``similarity``, computed in the same task
-    (cosine weighs counts by ``idf``); nothing is filtered on it here.
+    has ``word_ids``, and ``word_counts`` for cosine; Jaccard is on ``word_hashes`` instead when ``codes_df`` has
+    them) adds each pair's ``similarity``, computed in the same task (cosine weighs counts by ``idf``); nothing
+    is filtered on it here. With a ``fresh`` column only pairs with a fresh row come out.
+
+    Before any pair is formed, the candidates are counted per bucket (:func:`bucket_census`); more than
+    ``max_pairs`` (None: no limit) stops the job with a :class:`DedupError` naming the radius and the hottest
+    buckets. The counts returned add ``candidates``.
     """
     if block_size < 1:
         raise DedupError(f"block_size must be >= 1, got {block_size}")
-    cols = ["id", "code"]
+    cols = ["id", "code"] + ([FRESH] if FRESH in codes_df.columns else [])
     if similarity is not None:
         if similarity not in MEASURES:
             raise DedupError(f"similarity {similarity!r}: expected one of {', '.join(MEASURES)}")
+    if similarity == "jaccard" and HASHES in codes_df.columns:
+        cols.append(HASHES)
+    elif similarity is not None:
         cols += ["word_ids"] + (["word_counts"] if similarity == "cosine" else [])
         missing = [c for c in cols if c not in codes_df.columns]
         if missing:
@@ -388,6 +456,12 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
         raise DedupError(f"threshold {threshold} needs a similarity (cosine or jaccard)")
     segs, nwords = segments(bits, radius), n_words(bits)
     rows = bucket_rows(codes_df.select(*cols), bits, segs)
+    if FRESH in rows.columns:                 # only the buckets holding a fresh row can hold a pair that counts
+        hit = rows.where(F.col(FRESH) == 1).select("seg", "key").distinct()
+        rows = rows.join(hit, ["seg", "key"], "left_semi")
+    census = bucket_census(rows, segs, block_size, max_pairs)
+    if max_pairs is not None and census["candidates"] > max_pairs:
+        raise _budget_error(census, radius, max_pairs)
     tiles = rows                                  # pass 1: a bucket is one tile (lo = hi = blk = 0, not shipped)
     is_pair = F.col("id_a").isNotNull()
     kept = is_pair & (F.col("similarity") >= F.lit(threshold)) if threshold is not None else is_pair
@@ -398,7 +472,7 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
         return {"pairs_within_radius": int(row["w"]), "pairs": int(row["k"]), "hot_buckets": int(row["h"])}
 
     out = _kernel_pass(tiles, radius, segs, nwords, block_size, similarity, idf).localCheckpoint()
-    counts = counted(out)
+    counts = counted(out) | {"candidates": census["candidates"]}
     pair_cols = [c for c in out.columns if c not in MARKER_TYPES]
     hot = out.where(~is_pair).select(F.col("hot_seg").alias("seg"), F.col("hot_key").alias("key"),
                                      F.col("hot_n").alias("n"))
@@ -471,6 +545,25 @@ def verify_pairs(pairs: DataFrame, docs: DataFrame, verify: Verify, idf: np.ndar
 
 
 # --------------------------------------------------------------------------------------------------- clusters
+
+def local_components(spark: SparkSession, pairs: DataFrame) -> DataFrame:
+    """``pairs(id_a, id_b)`` -> ``(id, cluster, size)`` as :func:`connected_components`, computed on the driver
+    (scipy) for a pair count the caller has bounded: a few Spark jobs fewer than the label propagation."""
+    import scipy.sparse as sps
+    from scipy.sparse.csgraph import connected_components as components
+
+    pdf = pairs.select("id_a", "id_b").toPandas()
+    ids, inv = np.unique(np.concatenate([pdf["id_a"].to_numpy(object), pdf["id_b"].to_numpy(object)]),
+                         return_inverse=True)
+    m = len(pdf)
+    graph = sps.coo_matrix((np.ones(m, np.int8), (inv[:m], inv[m:])), shape=(ids.size, ids.size))
+    _, comp = components(graph, directed=False)
+    first = np.full(comp.max() + 1 if comp.size else 0, ids.size, np.int64)
+    np.minimum.at(first, comp, np.arange(ids.size))             # ids are sorted: the smallest index is the min id
+    size = np.bincount(comp)
+    out = pd.DataFrame({"id": ids.astype(str), "cluster": ids[first[comp]].astype(str), "size": size[comp]})
+    return spark.createDataFrame(out, "id string, cluster string, size long")
+
 
 def _checkpoint(df: DataFrame) -> DataFrame:
     """Materialises ``df`` and cuts its lineage AND its size estimate.
@@ -555,74 +648,222 @@ def _idf_and_vocab(index_uri: str, version: str, data_dir: str | None) -> tuple[
     return None, None
 
 
-def _codes_with_words(spark: SparkSession, index_uri: str, version: str, manifest: dict,
-                      data_uri: str | None) -> tuple[DataFrame, str | None]:
-    """``(id, code, word_ids, word_counts)`` of the version's documents, read once: from the shards (documents
-    indexes keep the words), else the codes joined with the documents of ``data_uri``; and the dataset's folder."""
-    if set(ix.WORD_COLUMNS) <= set(manifest.get("columns", ())):
-        return read_shards(spark, index_uri, version, ("id", "code", *ix.WORD_COLUMNS))[0], None
+def _dataset_docs(spark: SparkSession, data_uri: str, want: list[str]) -> DataFrame:
+    """The prepared dataset's documents, ``id`` and the columns of ``want`` that it has."""
+    docs = sparkio.read_parquet(spark, data_uri, [ds.DOCS_DIR])
+    return docs.select(F.col(ds.ID).alias("id"), *[c for c in want if c in docs.columns])
+
+
+def _codes_with_words(spark: SparkSession, index_uri: str, version: str, manifest: dict, data_uri: str | None,
+                      measure: str = "cosine") -> tuple[DataFrame, str | None, str]:
+    """``(id, code, ...)`` of the version's documents with what ``measure`` checks, read once; the dataset's
+    folder (for its vocab.json); and what the check reads: ``word_hashes`` (Jaccard on the documents' whole word
+    sets, from the shards or the dataset of ``data_uri``) or ``word_ids`` (the model's vocabulary words).
+    """
+    have = set(manifest.get("columns", ()))
+    if measure == "jaccard" and HASHES in have:
+        return read_shards(spark, index_uri, version, ("id", "code", HASHES))[0], None, HASHES
+    root = None
+    if data_uri is not None:
+        on_s3_cluster = store.is_s3(data_uri) and sparkio.on_cluster(spark)
+        root = None if on_s3_cluster else sparkio.readable_root(spark, data_uri)
+    if measure == "jaccard" and data_uri is not None:
+        docs = _dataset_docs(spark, data_uri, [HASHES])
+        if HASHES in docs.columns:
+            return read_shards(spark, index_uri, version)[0].join(docs, "id"), root, HASHES
+    if set(ix.WORD_COLUMNS) <= have:
+        return read_shards(spark, index_uri, version, ("id", "code", *ix.WORD_COLUMNS))[0], None, "word_ids"
     if data_uri is None:
         raise DedupError(f"version {version} of {index_uri} stores no word counts; pass data_uri (--data) "
                          "to verify pairs on the documents")
-    docs = sparkio.read_parquet(spark, data_uri, [ds.DOCS_DIR], [ds.ID, ds.WORD_IDS, ds.WORD_COUNTS])
-    docs = docs.select(F.col(ds.ID).alias("id"), F.col(ds.WORD_IDS).alias("word_ids"),
-                       F.col(ds.WORD_COUNTS).alias("word_counts"))
-    codes = read_shards(spark, index_uri, version)[0].join(docs, "id")
-    on_s3_cluster = store.is_s3(data_uri) and sparkio.on_cluster(spark)
-    return codes, None if on_s3_cluster else sparkio.readable_root(spark, data_uri)
+    docs = _dataset_docs(spark, data_uri, [ds.WORD_IDS, ds.WORD_COUNTS])
+    missing = [c for c in (ds.WORD_IDS, ds.WORD_COUNTS) if c not in docs.columns]
+    if missing:
+        raise DedupError(f"{data_uri}: its documents have no {', '.join(missing)} column")
+    return read_shards(spark, index_uri, version)[0].join(docs, "id"), root, "word_ids"
+
+
+def _fresh_rows(spark: SparkSession, index_uri: str, version: str, manifest: dict, since: str,
+                codes_df: DataFrame) -> tuple[DataFrame, dict[str, Any]]:
+    """``codes_df`` with ``fresh`` = 1 for the documents added or changed since version ``since`` (a new id, or
+    another content hash, or another code where the shards keep no hash), 0 for the others."""
+    if since == version:
+        raise DedupError(f"--since {since} is the version being deduplicated: nothing changed since it")
+    try:
+        old_manifest = ix.read_manifest(index_uri, since)
+    except Exception as e:                        # noqa: BLE001  (a missing or unreadable manifest)
+        raise DedupError(f"--since {since}: no readable version {since} in {index_uri} ({e})") from e
+    key = ix.HASH_COLUMN if all(ix.HASH_COLUMN in m.get("columns", ()) for m in (manifest, old_manifest)) \
+        else "code"
+    old = read_shards(spark, index_uri, since, ("id", key))[0]
+    now = read_shards(spark, index_uri, version, ("id", key))[0]
+    fresh = now.join(old, ["id", key], "left_anti").select("id", F.lit(1).cast("byte").alias(FRESH))
+    marked = codes_df.join(fresh, "id", "left").withColumn(FRESH, F.coalesce(F.col(FRESH), F.lit(0).cast("byte")))
+    return marked, {"since": since, "changed_by": key}
+
+
+def calibrate_radius(codes_df: DataFrame, bits: int, threshold: float, target_recall: float = DEFAULT_TARGET_RECALL,
+                     *, sample: int = DEFAULT_CALIBRATION_SAMPLE, total: int | None = None,
+                     seed: int = 0) -> dict[str, Any]:
+    """The smallest Hamming radius that catches ``target_recall`` of the pairs of Jaccard >= ``threshold`` in a
+    sample of ``sample`` documents of ``codes_df(code, word_hashes)`` (``total`` rows in all).
+
+    The sample's pairs above the threshold are found by MinHash LSH (125 permutations, 25 bands of 5, so a pair at
+    Jaccard 0.7 is a candidate with probability 0.99) and checked exactly on the word-hash sets; the radius is the
+    ``target_recall`` quantile of their code distances. A uniform sample of documents gives a uniform sample of
+    pairs (each kept with the same probability), so the quantile estimates the whole index's.
+    """
+    from . import _dedup_kernels as K
+    from . import wordsets
+
+    if not 0.0 < target_recall <= 1.0:
+        raise DedupError(f"target recall {target_recall} must be in (0, 1]")
+    if sample < 2:
+        raise DedupError(f"calibration sample {sample} must be at least 2 documents")
+    df = codes_df.select("code", HASHES)
+    fraction = 1.0 if total is None or total <= sample else sample / total
+    if fraction < 1.0:
+        df = df.sample(fraction=fraction, seed=seed)
+    pdf = df.toPandas()
+    n = len(pdf)
+    indptr, hashes = wordsets.hash_lists(pdf[HASHES].tolist())
+    sig = wordsets.minhash(indptr, hashes, CALIBRATION_BANDS * CALIBRATION_ROWS, seed=seed + 1)
+    cand = wordsets.lsh_pairs(sig, CALIBRATION_BANDS, CALIBRATION_ROWS, seed=seed + 2)
+    sim = K.pair_similarity(indptr, hashes, np.ones(hashes.size), cand[:, 0], cand[:, 1], False)
+    above = cand[sim >= threshold]
+    out: dict[str, Any] = {"sample_docs": n, "candidates": int(cand.shape[0]), "pairs_above": int(above.shape[0]),
+                           "target_recall": target_recall}
+    if above.shape[0] == 0:
+        raise DedupError(f"no pair of Jaccard >= {threshold:g} among {n} sampled documents: the radius cannot be "
+                         "calibrated; pass --radius (or a larger calibration sample)")
+    codes = np.frombuffer(b"".join(pdf["code"].tolist()), np.uint8).reshape(n, -1)
+    dist = np.sort(np.unpackbits(codes[above[:, 0]] ^ codes[above[:, 1]], axis=1).sum(axis=1))
+    k = max(int(np.ceil(target_recall * dist.size)) - 1, 0)
+    radius = int(min(dist[k], bits - 1))
+    out.update({"radius": radius, "recall_in_sample": round(float(np.mean(dist <= radius)), 4),
+                "distance_quantiles": {q: int(np.quantile(dist, q / 100, method="higher")) for q in (50, 90, 99)}})
+    return out
+
+
+def _stable_names(labels: DataFrame, previous: DataFrame) -> DataFrame:
+    """``labels(id, cluster)`` renamed so a cluster keeps the id it had in ``previous(id, cluster)`` while any of
+    its members stays: each old cluster goes to the new cluster of its smallest surviving member, and a new
+    cluster takes the smallest old id it was given (else its own smallest id)."""
+    old = labels.join(previous.select("id", F.col("cluster").alias("old")), "id")
+    owner = old.groupBy("old").agg(F.min(F.struct("id", "cluster")).alias("m")).select(
+        "old", F.col("m.cluster").alias("cluster"))
+    names = owner.groupBy("cluster").agg(F.min("old").alias("name"))
+    return labels.join(names, "cluster", "left").select("id", F.coalesce("name", "cluster").alias("cluster"))
 
 
 # --------------------------------------------------------------------------------------------------- entry points
 
 def near_duplicate_pairs(codes_df: DataFrame, bits: int, radius: int, verify: "str | Verify | None" = None, *,
                          idf: np.ndarray | None = None, vocab_size: int | None = None,
-                         block_size: int = DEFAULT_BLOCK) -> tuple[DataFrame, dict[str, int]]:
-    """The pairs of ``codes_df(id, code, [word_ids, word_counts])`` within ``radius``, verified in the same task
-    when ``verify`` is given (``similarity >= threshold``), materialised (checkpointed; the verified pairs are a
-    filter over it). Returns them and the counts ``segments``, ``hot_buckets``, ``pairs_within_radius``,
-    ``pairs``."""
+                         block_size: int = DEFAULT_BLOCK,
+                         max_pairs: int | None = DEFAULT_MAX_PAIRS) -> tuple[DataFrame, dict[str, int]]:
+    """The pairs of ``codes_df(id, code, [word_ids, word_counts | word_hashes], [fresh])`` within ``radius``,
+    verified in the same task when ``verify`` is given (``similarity >= threshold``), materialised
+    (checkpointed; the verified pairs are a filter over it). Returns them and the counts ``segments``,
+    ``candidates``, ``hot_buckets``, ``pairs_within_radius``, ``pairs``; more than ``max_pairs`` candidates
+    raise a :class:`DedupError` before any pair is formed."""
     check = Verify.parse(verify)
     if check is None:
-        codes_df = codes_df.select("id", "code")
+        codes_df = codes_df.select("id", "code", *([FRESH] if FRESH in codes_df.columns else []))
     pairs, _, counts = find_pairs(codes_df, bits, radius, block_size, similarity=check and check.measure,
-                                  idf=idf, vocab_size=vocab_size, threshold=check and check.threshold)
+                                  idf=idf, vocab_size=vocab_size, threshold=check and check.threshold,
+                                  max_pairs=max_pairs)
     if check is not None:
         pairs = pairs.where(F.col("similarity") >= F.lit(check.threshold))
     return pairs, {"segments": radius + 1, **counts}
 
 
-def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, version: str | None = None,
-                         verify: "str | Verify | None" = None, data_uri: str | None = None,
-                         block_size: int = DEFAULT_BLOCK,
-                         max_iterations: int = MAX_CC_ITERATIONS) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None = None, *,
+                         version: str | None = None, verify: "str | Verify | None" = None,
+                         data_uri: str | None = None, block_size: int = DEFAULT_BLOCK,
+                         max_iterations: int = MAX_CC_ITERATIONS, max_pairs: int | None = DEFAULT_MAX_PAIRS,
+                         target_recall: float = DEFAULT_TARGET_RECALL,
+                         calibration_sample: int = DEFAULT_CALIBRATION_SAMPLE, since: str | None = None,
+                         previous_uri: str | None = None,
+                         local_cc_max: int = LOCAL_CC_MAX) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
     """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
     their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
-    checkpointed (computed once), the summary holds counts only."""
+    checkpointed (computed once), the summary holds counts only.
+
+    ``radius=None`` (with ``verify="jaccard:T"``) calibrates the radius on a sample (:func:`calibrate_radius`).
+    ``since=V`` pairs only the documents added or changed since version ``V`` with the whole index;
+    ``previous_uri`` (the output of the run on ``V``) then adds its pairs whose documents are unchanged and
+    still indexed, and the clusters keep their previous ids (:func:`_stable_names`). Up to ``local_cc_max``
+    pairs are clustered on the driver (:func:`local_components`), more in Spark (:func:`connected_components`).
+    """
     t0 = time.time()
     check = Verify.parse(verify)
     version = version or ix.read_current(index_uri)["version"]
     manifest = ix.read_manifest(index_uri, version)
     bits = int(manifest["bits"])
+    if previous_uri is not None and since is None:
+        raise DedupError("a previous run's output (--previous) is only used with --since VERSION")
     idf = vocab_size = None
+    checked_on = None
     if check is None:
         codes_df = read_shards(spark, index_uri, version)[0]
     else:
-        codes_df, data_dir = _codes_with_words(spark, index_uri, version, manifest, data_uri)
-        idf, vocab_size = _idf_and_vocab(index_uri, version, data_dir)
-        if vocab_size is None:
-            raise DedupError(f"no vocabulary for version {version} of {index_uri}: its model/{META} has none; "
-                             "pass data_uri (--data)")
+        codes_df, data_dir, checked_on = _codes_with_words(spark, index_uri, version, manifest, data_uri,
+                                                           check.measure)
+        if checked_on != HASHES:
+            idf, vocab_size = _idf_and_vocab(index_uri, version, data_dir)
+            if vocab_size is None:
+                raise DedupError(f"no vocabulary for version {version} of {index_uri}: its model/{META} has none; "
+                                 "pass data_uri (--data)")
+            if check.measure == "jaccard":
+                log.warning("dedup: no word hashes in the index or the dataset (prepared before they were kept): "
+                            "Jaccard is checked on the model's vocabulary words only")
+    calibration = None
+    if radius is None:
+        if check is None or check.measure != "jaccard" or checked_on != HASHES:
+            raise DedupError("the radius can be chosen automatically only for --verify jaccard:T on documents "
+                             "with word hashes (a dataset prepared by this version, --data); else pass --radius")
+        calibration = calibrate_radius(codes_df, bits, check.threshold, target_recall, sample=calibration_sample,
+                                       total=int(manifest["count"]))
+        radius = calibration["radius"]
+        log.info("dedup: radius %d calibrated for jaccard >= %g: %s", radius, check.threshold, calibration)
+    incremental = None
+    if since is not None:
+        codes_df, incremental = _fresh_rows(spark, index_uri, version, manifest, since, codes_df)
+        codes_df = codes_df.localCheckpoint()
+        incremental["fresh_docs"] = int(codes_df.where(F.col(FRESH) == 1).count())
     pairs, counts = near_duplicate_pairs(codes_df, bits, radius, check, idf=idf, vocab_size=vocab_size,
-                                         block_size=block_size)
+                                         block_size=block_size, max_pairs=max_pairs)
     summary: dict[str, Any] = {
         "index": index_uri, "version": version, "bits": bits, "radius": radius, "segments": counts["segments"],
-        "codes": int(manifest["count"]), "block_size": block_size, "hot_buckets": counts["hot_buckets"],
-        "pairs_within_radius": counts["pairs_within_radius"],
+        "codes": int(manifest["count"]), "block_size": block_size, "candidates": counts["candidates"],
+        "hot_buckets": counts["hot_buckets"], "pairs_within_radius": counts["pairs_within_radius"],
     }
+    if calibration is not None:
+        summary["calibration"] = calibration
     if check is not None:
         summary["verify"] = str(check)
+        summary["verified_on"] = "word set" if checked_on == HASHES else "vocabulary words"
     summary["pairs"] = counts["pairs"]
-    labels, rounds = connected_components(pairs, max_iterations)
+    previous = None
+    if incremental is not None:
+        summary.update(incremental)
+        if previous_uri is not None:
+            prev_pairs = sparkio.read_parquet(spark, previous_uri, [PAIRS_DIR])
+            stay = codes_df.where(F.col(FRESH) == 0).select("id")
+            kept = (prev_pairs.join(stay.withColumnRenamed("id", "id_a"), "id_a", "left_semi")
+                    .join(stay.withColumnRenamed("id", "id_b"), "id_b", "left_semi")
+                    .select(*pairs.columns)).localCheckpoint()
+            summary["previous_pairs_kept"] = int(kept.count())
+            pairs = pairs.unionByName(kept)
+            summary["pairs"] += summary["previous_pairs_kept"]
+            previous = sparkio.read_parquet(spark, previous_uri, [CLUSTERS_DIR]).select("id", "cluster")
+    if summary["pairs"] <= local_cc_max:
+        labels, rounds = local_components(spark, pairs).select("id", "cluster"), 0
+    else:
+        labels, rounds = connected_components(pairs, max_iterations)
+    if previous is not None:
+        labels = _stable_names(labels.select("id", "cluster"), previous)
     clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
     sizes = clusters.groupBy("cluster").agg(F.count(F.lit(1)).alias("n")).agg(
         F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest")).first()
@@ -634,15 +875,19 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int, *, ve
     return pairs, clusters, summary
 
 
-def dedup_job(spark: SparkSession, index_uri: str, radius: int, out_uri: str, verify: "str | Verify | None" = None,
-              *, version: str | None = None, data_uri: str | None = None,
-              block_size: int = DEFAULT_BLOCK) -> dict[str, Any]:
-    """Runs :func:`find_near_duplicates`; writes ``OUT/pairs``, ``OUT/clusters`` (Parquet), ``OUT/summary.json``."""
+def dedup_job(spark: SparkSession, index_uri: str, radius: int | None, out_uri: str,
+              verify: "str | Verify | None" = None, *, version: str | None = None, data_uri: str | None = None,
+              block_size: int = DEFAULT_BLOCK, **options: Any) -> dict[str, Any]:
+    """Runs :func:`find_near_duplicates` (``options``: its ``max_pairs``, ``target_recall``,
+    ``calibration_sample``, ``since``, ``previous_uri``); writes ``OUT/pairs``, ``OUT/clusters`` (Parquet),
+    ``OUT/summary.json``."""
     t0 = time.time()
+    if options.get("previous_uri") and str(options["previous_uri"]).rstrip("/") == str(out_uri).rstrip("/"):
+        raise DedupError(f"--out {out_uri} is the previous run's output (--previous): write to another place")
     version = version or ix.read_current(index_uri)["version"]
     with leases.reading(index_uri, version):     # retention keeps the version while the job reads its shards
         pairs, clusters, summary = find_near_duplicates(spark, index_uri, radius, version=version, verify=verify,
-                                                        data_uri=data_uri, block_size=block_size)
+                                                        data_uri=data_uri, block_size=block_size, **options)
         sparkio.write_parquet(pairs, store.join(out_uri, PAIRS_DIR))
         sparkio.write_parquet(clusters.select("id", "cluster", "size"), store.join(out_uri, CLUSTERS_DIR))
     summary.update({"out": out_uri, "seconds": round(time.time() - t0, 2)})

@@ -8,7 +8,8 @@ Stages (all under ``out_dir``'s ``_staging/``, removed at the end; see *Where th
     classify   tokenise (pandas), flag reader errors, duplicate ids (every copy after the first in reading
                order), documents empty after tokenising; skip records outside the split -> _staging/tokens/
     vocab      the vocab_size words with the highest total count in the train candidates (ties: alphabetical)
-    vectorise  sparse counts over the vocabulary; fewer than min_doc_words in-vocabulary words -> quarantine
+    vectorise  sparse counts over the vocabulary, and the hashes of the whole word set (dedup checks pairs on
+               them); fewer than min_doc_words in-vocabulary words -> quarantine
                                                    -> _staging/final/
     write      docs/split=<split>/ (files_per_split files each), quarantine/, vocab.json, dataset.json (last)
 
@@ -50,7 +51,7 @@ from pyspark.sql import types as T
 
 from . import corpora
 from . import dataset as ds
-from . import sparkio, store
+from . import sparkio, store, wordsets
 from .config import PrepareConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ _FINAL_SPARK = T.StructType([
     T.StructField("status", T.StringType()), T.StructField("reason", T.StringType()),
     T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
     T.StructField("word_ids", T.BinaryType()), T.StructField("word_counts", T.BinaryType()),
-    T.StructField("length", T.IntegerType()),
+    T.StructField("length", T.IntegerType()), T.StructField("word_hashes", T.BinaryType()),
 ])
 _DOCFREQ_SPARK = T.StructType([T.StructField("doc_freq", T.BinaryType()), T.StructField("n", T.LongType())])
 
@@ -204,11 +205,12 @@ def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words:
     index = {w: i for i, w in enumerate(vocab_bc.value)}
     for pdf in batches:
         status, reason = pdf["status"].tolist(), pdf["reason"].tolist()
-        word_ids, word_counts, length = [], [], []
+        word_ids, word_counts, length, hashes = [], [], [], []
         for j, tokens in enumerate(pdf["tokens"]):
             if status[j] != CANDIDATE:
-                word_ids.append(None), word_counts.append(None), length.append(None)
+                word_ids.append(None), word_counts.append(None), length.append(None), hashes.append(None)
                 continue
+            hashes.append(wordsets.word_set_hashes(tokens))
             ids, counts = ds.count_vector(tokens, index)     # the same function encodes queries
             b_ids, b_counts = ds.encode_sparse(ids, counts)
             n_words = int(counts.sum())
@@ -221,6 +223,7 @@ def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words:
             "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"], "source": pdf["source"],
             "status": status, "reason": reason, "excerpt": pdf["excerpt"], "content_hash": pdf["content_hash"],
             "word_ids": word_ids, "word_counts": word_counts, "length": pd.array(length, dtype="Int32"),
+            "word_hashes": hashes,
         })
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -278,7 +279,8 @@ def dup_index(tmp_path_factory):
     (data / ds.DOCS_DIR / "split=train").mkdir(parents=True)
     rows = [{"id": i, "labels": [], "word_ids": e[0], "word_counts": e[1], "length": 1, "content_hash": i}
             for i, e in zip(ids, enc)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=ds.DOC_SCHEMA), data / ds.DOCS_DIR / "split=train" / "p.parquet")
+    old_schema = pa.schema([f for f in ds.DOC_SCHEMA if f.name != ds.WORD_HASHES])    # prepared before hashes
+    pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), data / ds.DOCS_DIR / "split=train" / "p.parquet")
     ds.write_vocab(data, [f"w{i}" for i in range(vocab)], doc_freq, len(ids))
     return {"index": index, "version": version, "codes": packed, "ids": ids, "cosine": tfidf @ tfidf.T,
             "jaccard": jaccard, "bare_index": bare, "data": str(data)}
@@ -346,7 +348,7 @@ def test_nothing_but_counts_reaches_the_driver(spark, dup_index, monkeypatch):
                       (RDD, "collect"), (RDD, "toLocalIterator")):
         spy(cls, name)
     pairs, clusters, summary = dedup.find_near_duplicates(spark, dup_index["index"], 3, verify="cosine:0.8",
-                                                          block_size=3)
+                                                          block_size=3, local_cc_max=0)
     assert summary["hot_buckets"] > 0 and summary["pairs"] > 0
     assert seen and all(n <= 1 for _, _, n in seen), seen              # aggregates only (the cluster sizes)
     assert not any(cols and {"id", "code", "id_a", "w0", "word_ids"} & set(cols) for _, cols, _ in seen), seen
@@ -385,3 +387,251 @@ def test_dedup_job_reads_and_writes_s3(spark, dup_index, s3_server):
     keys = [k for k, _ in store.list_prefix(out)]
     assert any(k.startswith("pairs/") and k.endswith(".parquet") for k in keys)
     assert any(k.startswith("clusters/") for k in keys) and not any(k.endswith(".crc") for k in keys)
+
+
+# --------------------------------------------------------------------------------------------------- word sets
+
+def _publish(index: str, ids: list[str], codes: np.ndarray, bits: int = 64) -> str:
+    """Publishes ``(id, code)`` rows as a new version of ``index``; returns the version."""
+    version = ix.new_version_id()
+    vp = ix.version_prefix(index, version)
+    pdf = pd.DataFrame({"id": ids, "code": [c.tobytes() for c in codes], "address": C.prefix(codes, 16)})
+    files = ix.write_shard(vp, 2, C.code_bytes(bits), pdf.iloc[::2]) + \
+        ix.write_shard(vp, 2, C.code_bytes(bits), pdf.iloc[1::2])
+    ix.publish(index, version, ix.build_manifest(version, bits, 16, 2, files))
+    return version
+
+
+def _write_docs(data: Path, ids: list[str], tokens: list[list[str]], vocab: list[str]) -> None:
+    """A prepared dataset of these documents: vocabulary counts and, as prepare writes them, word-set hashes."""
+    from semhash_spark import wordsets
+
+    index = {w: i for i, w in enumerate(vocab)}
+    rows = []
+    for i, toks in zip(ids, tokens):
+        wi, wc = ds.count_vector(toks, index)
+        b_ids, b_counts = ds.encode_sparse(wi, wc)
+        rows.append({"id": i, "labels": [], "word_ids": b_ids, "word_counts": b_counts, "length": int(wc.sum()),
+                     "content_hash": str(hash(tuple(toks))), "word_hashes": wordsets.word_set_hashes(toks)})
+    d = data / ds.DOCS_DIR / "split=train"
+    d.mkdir(parents=True, exist_ok=True)
+    for f in d.glob("*.parquet"):
+        f.unlink()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ds.DOC_SCHEMA), d / "p.parquet")
+    ds.write_vocab(data, vocab, np.ones(len(vocab), np.int64), len(ids))
+
+
+def _text_corpus(rng, n: int = 300, copies: int = 140, lookalikes: int = 30, prefix: str = "t"):
+    """Documents of 15 vocabulary words and 25 others; edited copies (m of 40 tokens replaced, code flips that
+    grow with m); look-alikes that keep the vocabulary words but replace all the others (vocabulary Jaccard 1,
+    word-set Jaccard about 0.2), codes 0-2 bits away."""
+    universe = [f"w{i:04d}" for i in range(3000)]
+    vocab = universe[:300]
+    docs = [list(rng.choice(vocab, 15, replace=False)) + list(rng.choice(universe[300:], 25, replace=False))
+            for _ in range(n)]
+    codes = list(rng.integers(0, 2, (n, 64)))
+    for k in range(copies + lookalikes):
+        src = int(rng.integers(0, len(docs)))
+        toks, c = list(docs[src]), codes[src].copy()
+        if k < copies:
+            m = int(rng.integers(0, 13))
+            for p in rng.choice(len(toks), m, replace=False):
+                toks[p] = str(rng.choice(universe))
+            flips = min(m // 2 + int(rng.integers(0, 3)), 10)
+        else:
+            toks = toks[:15] + list(rng.choice(universe[300:], 25, replace=False))
+            flips = int(rng.integers(0, 3))
+        c[rng.choice(64, flips, replace=False)] ^= 1
+        docs.append(toks)
+        codes.append(c)
+    ids = [f"{prefix}{i:04d}" for i in range(len(docs))]
+    return ids, docs, C.pack_bits(np.array(codes)), vocab
+
+
+def _set_jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+@pytest.fixture(scope="module")
+def text_index(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    ids, docs, codes, vocab = _text_corpus(rng)
+    index = str(tmp_path_factory.mktemp("dedup-text") / "index")
+    version = _publish(index, ids, codes)
+    data = tmp_path_factory.mktemp("dedup-text-data")
+    _write_docs(data, ids, docs, vocab)
+    return {"index": index, "version": version, "data": str(data), "ids": ids, "docs": docs, "codes": codes,
+            "vocab": vocab}
+
+
+def _truth(t: dict, threshold: float) -> dict[tuple[str, str], int]:
+    """Every pair with word-set Jaccard >= threshold, exactly, with its code distance."""
+    ids, docs = t["ids"], t["docs"]
+    d = C.hamming(t["codes"], t["codes"])
+    out = {}
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            if _set_jaccard(docs[i], docs[j]) >= threshold:
+                out[(min(ids[i], ids[j]), max(ids[i], ids[j]))] = int(d[i, j])
+    return out
+
+
+def test_prepare_keeps_the_hashes_of_every_token_of_a_document(spark, tmp_path):
+    """The real prepare job on a JSONL corpus: word_hashes cover the words outside the vocabulary too, and their
+    Jaccard is the word sets' own."""
+    from semhash_spark import corpora, wordsets
+    from semhash_spark.config import PrepareConfig
+    from semhash_spark.prepare import prepare_dataset
+
+    rng = np.random.default_rng(3)
+    words = [f"word{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}{chr(97 + i // 676)}" for i in range(2000)]
+    texts = [" ".join(rng.choice(words, 60)) for _ in range(40)]
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    prepare_dataset(spark, "jsonl", str(src), str(tmp_path / "data"),
+                    PrepareConfig(vocab_size=50, min_doc_words=1, files_per_split=1, test_fraction=0.0))
+    t = pq.read_table(tmp_path / "data" / ds.DOCS_DIR).to_pylist()
+    assert len(t) == 40
+    tokens = {f"j{i}": corpora.tokenize(x) for i, x in enumerate(texts)}
+    by_id = {r["id"]: r for r in t}
+    for i, r in by_id.items():
+        hashes = np.frombuffer(r["word_hashes"], "<i8")
+        assert hashes.size == len(set(tokens[i])) > np.frombuffer(r["word_ids"], "<i4").size
+        assert r["word_hashes"] == wordsets.word_set_hashes(tokens[i])
+        assert np.all(np.diff(hashes) > 0)
+    a, b = "j0", "j1"
+    ha, hb = (set(np.frombuffer(by_id[x]["word_hashes"], "<i8").tolist()) for x in (a, b))
+    assert len(ha & hb) / len(ha | hb) == pytest.approx(_set_jaccard(tokens[a], tokens[b]))
+
+
+def test_jaccard_is_checked_on_the_documents_whole_word_sets(spark, text_index, tmp_path):
+    """Against the exact word-set Jaccard of every pair: precision 1 and every pair within the radius above the
+    threshold found; the look-alikes whose vocabulary words agree (vocabulary Jaccard 1) are rejected."""
+    t, radius = text_index, 6
+    summary = dedup.dedup_job(spark, t["index"], radius, str(tmp_path / "out"), "jaccard:0.7", data_uri=t["data"])
+    truth = _truth(t, 0.7)
+    want = {p for p, d in truth.items() if d <= radius}
+    got = pq.read_table(tmp_path / "out" / "pairs").to_pylist()
+    assert {(r["id_a"], r["id_b"]) for r in got} == want and summary["pairs"] == len(want) > 50
+    assert summary["verified_on"] == "word set"
+    pos = {x: i for i, x in enumerate(t["ids"])}
+    assert all(abs(r["similarity"] - _set_jaccard(t["docs"][pos[r["id_a"]]], t["docs"][pos[r["id_b"]]])) < 1e-9
+               for r in got)
+    # the same pairs checked on vocabulary words only: the look-alikes pass there (what the word sets fix)
+    vocab_only = dedup.find_near_duplicates(spark, t["index"], radius, verify="jaccard:0.7",
+                                            data_uri=str(_vocab_only_copy(t, tmp_path)))[2]
+    assert vocab_only["verified_on"] == "vocabulary words" and vocab_only["pairs"] > summary["pairs"]
+
+
+def _vocab_only_copy(t: dict, tmp_path: Path) -> Path:
+    """The text index's dataset without word_hashes (as prepared before they were kept)."""
+    data = tmp_path / "vocab-only"
+    shutil.copytree(t["data"], data)
+    f = next((data / ds.DOCS_DIR / "split=train").glob("*.parquet"))
+    pq.write_table(pq.read_table(f).drop(["word_hashes"]), f)
+    return data
+
+
+def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_path):
+    """No --radius: the radius is the target-recall quantile of the code distances of the pairs above the
+    threshold (here the sample is the whole index), reported in the summary; the recall reached follows."""
+    t = text_index
+    truth = _truth(t, 0.7)
+    dist = np.sort(list(truth.values()))
+    for target in (0.5, 0.9):
+        want = int(dist[int(np.ceil(target * dist.size)) - 1])
+        summary = dedup.dedup_job(spark, t["index"], None, str(tmp_path / f"out{target}"), "jaccard:0.7",
+                                  data_uri=t["data"], target_recall=target)
+        cal = summary["calibration"]
+        assert summary["radius"] == want and cal["radius"] == want, (target, cal)
+        assert cal["pairs_above"] == len(truth) and cal["sample_docs"] == len(t["ids"])
+        got = {(r["id_a"], r["id_b"]) for r in pq.read_table(tmp_path / f"out{target}" / "pairs").to_pylist()}
+        assert got <= set(truth) and len(got) / len(truth) >= target
+    # a sample smaller than the index still finds a radius near the whole index's
+    part = dedup.find_near_duplicates(spark, t["index"], None, verify="jaccard:0.7", data_uri=t["data"],
+                                      calibration_sample=300)[2]
+    assert part["calibration"]["sample_docs"] < len(t["ids"]) and abs(part["radius"] - want) <= 2
+    with pytest.raises(dedup.DedupError, match="only for --verify jaccard"):
+        dedup.find_near_duplicates(spark, t["index"], None, verify="cosine:0.9", data_uri=t["data"])
+    with pytest.raises(dedup.DedupError, match="only for --verify jaccard"):
+        dedup.find_near_duplicates(spark, t["index"], None, verify="jaccard:0.7",
+                                   data_uri=str(_vocab_only_copy(t, tmp_path)))
+
+
+def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, tmp_path, capsys):
+    """A skewed index (codes collapsed onto two points, a few bits of noise): the candidates are counted per
+    bucket first and the job stops with a message naming the radius, the count and the hottest buckets."""
+    rng = np.random.default_rng(2)
+    centers = rng.integers(0, 2, (2, 64))
+    raw = centers[rng.integers(0, 2, 6000)]
+    raw[np.arange(6000), rng.integers(0, 64, 6000)] ^= rng.integers(0, 2, 6000)
+    codes = C.pack_bits(raw)
+    ids = [f"s{i:05d}" for i in range(len(codes))]
+    index = str(tmp_path / "index")
+    _publish(index, ids, codes)
+    with pytest.raises(dedup.DedupError) as err:
+        dedup.dedup_job(spark, index, 2, str(tmp_path / "out"), max_pairs=1_000_000)
+    msg = str(err.value)
+    assert "radius 2 would compare" in msg and "max_pairs=1000000" in msg and "--max-pairs" in msg
+    assert "Hottest buckets: segment" in msg and "codes" in msg, msg
+    counted = int(msg.split("would compare ")[1].split()[0])
+    n = np.bincount(np.unique(raw, axis=0, return_inverse=True)[1].ravel())
+    assert counted >= (n.max() * (n.max() - 1)) // 2 > 1_000_000            # at least the largest code's pairs
+    assert not (tmp_path / "out").exists()                                  # nothing written
+    from semhash_spark.cli import main
+
+    assert main(["dedup", "--index", index, "--radius", "1", "--out", str(tmp_path / "cli"), "--max-pairs",
+                 "1000"]) != 0
+    assert "radius 1 would compare" in capsys.readouterr().err
+
+
+def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_index, tmp_path):
+    """A nightly change (deletions, changed texts and codes, additions) deduplicated --since the old version with
+    the old output: the same pairs and clusters as a full run, the old clusters keep their ids, even one whose
+    naming (smallest) member was deleted."""
+    t, radius = text_index, 6
+    index = str(tmp_path / "index")
+    v1 = _publish(index, t["ids"], t["codes"])
+    old = dedup.dedup_job(spark, index, radius, str(tmp_path / "v1"), "jaccard:0.7", data_uri=t["data"])
+    old_clusters = pq.read_table(tmp_path / "v1" / "clusters").to_pandas()
+    old_of = dict(zip(old_clusters["id"], old_clusters["cluster"]))
+    # a cluster that stays one without its smallest member (the cluster's name): a pair of two other members
+    big = next(old_of[r["id_a"]] for r in pq.read_table(tmp_path / "v1" / "pairs").to_pylist()
+               if old_of[r["id_a"]] not in (r["id_a"], r["id_b"]))
+    rng = np.random.default_rng(8)
+    ids, docs, codes = list(t["ids"]), [list(d) for d in t["docs"]], t["codes"].copy()
+    gone = {big} | set(rng.choice([i for i in ids if old_of.get(i) != big], 9, replace=False).tolist())
+    changed = rng.choice([k for k, i in enumerate(ids) if i not in gone and old_of.get(i) != big], 20,
+                         replace=False)
+    for k in changed:
+        docs[k] = docs[k][:20] + [f"new{k}-{j}" for j in range(20)]
+        codes[k] = np.flip(codes[k])
+    extra_ids, extra_docs, extra_codes, _ = _text_corpus(np.random.default_rng(9), n=20, copies=20, lookalikes=0,
+                                                         prefix="u")
+    keep = [k for k, i in enumerate(ids) if i not in gone]
+    ids2 = [ids[k] for k in keep] + extra_ids
+    docs2 = [docs[k] for k in keep] + extra_docs
+    codes2 = np.concatenate([codes[keep], extra_codes])
+    v2 = _publish(index, ids2, codes2)
+    data2 = tmp_path / "data2"
+    _write_docs(data2, ids2, docs2, t["vocab"])
+    full = dedup.dedup_job(spark, index, radius, str(tmp_path / "full"), "jaccard:0.7", data_uri=str(data2))
+    inc = dedup.dedup_job(spark, index, radius, str(tmp_path / "inc"), "jaccard:0.7", data_uri=str(data2),
+                          since=v1, previous_uri=str(tmp_path / "v1"))
+    assert inc["fresh_docs"] == 20 + len(extra_ids) and inc["since"] == v1 and full["version"] == inc["version"] == v2
+    pairs = {name: {(r["id_a"], r["id_b"]) for r in pq.read_table(tmp_path / name / "pairs").to_pylist()}
+             for name in ("full", "inc")}
+    assert pairs["inc"] == pairs["full"] and inc["pairs"] == full["pairs"] == len(pairs["full"])
+    assert inc["candidates"] < full["candidates"]
+    cl = {name: pq.read_table(tmp_path / name / "clusters").to_pandas() for name in ("full", "inc")}
+    groups = {name: sorted(sorted(g["id"]) for _, g in c.groupby("cluster")) for name, c in cl.items()}
+    assert groups["inc"] == groups["full"]
+    inc_of = dict(zip(cl["inc"]["id"], cl["inc"]["cluster"]))
+    stayed = [i for i in old_of if i in inc_of]
+    # a cluster keeps its id while any member stays (unless merged into one with a smaller old id)
+    assert sum(inc_of[i] == old_of[i] for i in stayed) >= 0.9 * len(stayed)
+    members_of_big = [i for i in stayed if old_of[i] == big]
+    assert members_of_big and big not in inc_of and {inc_of[i] for i in members_of_big} & {big}
+    with pytest.raises(dedup.DedupError, match="is the version being deduplicated"):
+        dedup.find_near_duplicates(spark, index, radius, since=v2)
