@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SEMHASH_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup:
 	bash scripts/setup.sh
 
@@ -12,4 +12,9 @@ demo: setup
 	.venv/bin/semhash demo
 
 test: setup
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The edit-test loop: everything but tests marked slow (Spark, S3, multi-process, end to end; see tests/conftest.py).
+test-fast: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)

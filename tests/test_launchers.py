@@ -2,7 +2,6 @@
 shards are disjoint and cover the train split) and rank 0 alone writes checkpoints."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -521,7 +521,6 @@ def _random_image_model(out) -> str:
 
 def _index_codes(index_uri: str) -> dict[str, bytes]:
     from semhash_spark import index as ix
-    from semhash_spark import store
 
     version = ix.read_current(index_uri)["version"]
     root = ix.version_prefix(index_uri, version)
