@@ -6,6 +6,7 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import missing_data
 
 from semhash_spark import codes as C
 from semhash_spark.evaluate import evaluate_methods, hamming_method
@@ -33,7 +34,7 @@ def mnist(shared_data):
     """The first 3000 train and 500 test MNIST digits: uint8 [n, 784] pixels and int labels."""
     d = shared_data / "mnist"
     if not (d / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"no MNIST idx files under {d}")
+        missing_data(f"no MNIST idx files under {d}")
     x_train = read_idx(d / "train-images-idx3-ubyte.gz")[:3000].reshape(3000, -1)
     y_train = read_idx(d / "train-labels-idx1-ubyte.gz")[:3000]
     x_test = read_idx(d / "t10k-images-idx3-ubyte.gz")[:500].reshape(500, -1)

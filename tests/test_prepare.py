@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import missing_data
 
 from semhash_spark import corpora
 from semhash_spark import dataset as ds
@@ -426,7 +427,7 @@ def tiny_cifar(shared_data, tmp_path_factory):
 
     archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
-        pytest.skip("no CIFAR-10 archive")
+        missing_data("no CIFAR-10 archive")
     root = tmp_path_factory.mktemp("tiny-cifar")
     want: dict[tuple[str, str], int] = {}
     with tarfile.open(archive) as tar:
