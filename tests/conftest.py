@@ -11,6 +11,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The test tiers: `make test` runs everything, `make test-fast` (-m "not slow") leaves out tests marked slow.
+# A test is marked slow by hand, or here when it needs a slow fixture (directly or through another fixture) or
+# lives in a module that launches training processes through launch_util.
+SLOW_FIXTURES = frozenset({"spark", "s3_server", "cluster"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        launches = module is not None and any(getattr(v, "__module__", None) == "launch_util"
+                                              for v in vars(module).values())
+        if launches or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def missing_data(reason: str) -> None:
     """Skips a test whose data set is absent; under CI (CI=true) fails instead, so a missing mount is seen."""
     if os.environ.get("CI") == "true":
