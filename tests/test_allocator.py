@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import resource, sys, torch
 from semhash_spark import allocator
@@ -35,6 +37,7 @@ def _faults_per_step(mode: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess probe: tens of seconds
 def test_a_cd_step_reuses_freed_memory_instead_of_page_faulting():
     default, tuned = _faults_per_step("default"), _faults_per_step("tuned")
     # with glibc's initial thresholds the 4 MB gradient and its temporaries get fresh pages every step (the probe sees

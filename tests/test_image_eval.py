@@ -58,6 +58,7 @@ def label_codes(labels, classes):
     return C.pack_bits(eye[[classes.index(y) for y in labels]])
 
 
+@pytest.mark.slow  # a full evaluation with baselines: tens of seconds
 def test_evaluate_image_codes_reports_deep_codes_baselines_and_extras(cifar, tmp_path):
     x_train, y_train, x_test, y_test = cifar
     classes = sorted(set(y_train))

@@ -46,6 +46,7 @@ def _train_rbm(rbm, data, epochs, lr, seed=0):
     return errs
 
 
+@pytest.mark.slow  # trains an RBM on real documents: tens of seconds
 def test_poisson_rbm_free_energy_falls_on_real_documents(news_counts):
     x, _ = news_counts
     torch.manual_seed(0)

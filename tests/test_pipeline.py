@@ -36,8 +36,18 @@ def test_prepare_train_encode_query_evaluate(spark, s3_server, small_corpus, tmp
     res = _run(capsys, ["query", "--index", index, "--text", "the goalie stopped the puck in the playoff game",
                         "--k", "5", "--json"])
     assert res["version"] == enc["version"] and len(res["results"]) == 5
-    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--radius", "2", "--json"])
-    assert all(h["distance"] >= 0 for h in ball["results"])
+    # The Hamming ball around the query's address holds every code within that radius of the full query code
+    # (an address is part of the code): so the ball of radius = the 5th-nearest distance holds the 5 nearest.
+    near = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "5", "--json"])
+    assert len(near["results"]) == 5
+    radius = max(h["distance"] for h in near["results"])
+    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--radius", str(radius),
+                         "--json"])
+    ball_ids = [h["id"] for h in ball["results"]]
+    assert {h["id"] for h in near["results"]} <= set(ball_ids), (near["results"], ball["results"])
+    assert len(ball_ids) == len(set(ball_ids))
+    distances = [h["distance"] for h in ball["results"]]
+    assert distances == sorted(distances)
     rr = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "3",
                        "--rerank", "tfidf", "--json"])
     assert len(rr["results"]) == 3 and all("score" in h for h in rr["results"])
