@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SEMHASH_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test wheel
+.PHONY: setup demo test test-fast wheel
 setup:
 	bash scripts/setup.sh
 
@@ -13,7 +13,12 @@ demo: setup
 	.venv/bin/semhash demo
 
 test: setup
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 wheel: setup
 	.venv/bin/python -m pip wheel --no-deps --no-build-isolation -w dist .
+
+# The edit-test loop: everything but tests marked slow (Spark, S3, multi-process, end to end; see tests/conftest.py).
+test-fast: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)

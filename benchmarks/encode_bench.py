@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -113,7 +112,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="semhash-encode-bench-"))
     cfg = load_config(None)
     rows = []
-    with PeakRSS() as mem_startup:
+    with PeakRSS():
         spark = get_spark("encode-bench", master="local[2]")
     for n_docs in args.docs:
         data = work / f"data-{n_docs}"

@@ -318,7 +318,7 @@ class MultiIndexHash:
         if not 0 <= start_bit < end_bit <= bits:
             raise ValueError(f"need 0 <= start_bit ({start_bit}) < end_bit ({end_bit}) <= bits ({bits})")
         self.bits, self.start_bit, self.end_bit = bits, start_bit, end_bit
-        self.ntotal = n = codes.shape[0]
+        self.ntotal = codes.shape[0]
         words = C.to_words(codes)
         self._w = words.shape[1]
         self._words = np.ascontiguousarray(words[:, 0] if self._w == 1 else words)

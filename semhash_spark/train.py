@@ -377,7 +377,7 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
         i = prog.layer
         rbm = rbms[i]
         opt = MomentumSGD(rbm, cfg.pretrain.weight_decay)
-        if prog.epoch > 0 and f"opt.velocity.W" in tensors:
+        if prog.epoch > 0 and "opt.velocity.W" in tensors:
             opt.load_state_dict({k[len("opt."):]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")})
         lr = cfg.pretrain.lr * (cfg.pretrain.poisson_lr_scale if i == 0 and first_kind != "binary" else 1.0) * scale
         # rows of this rank, moved per batch; the total is known once the first epoch has been read

@@ -11,6 +11,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The test tiers: `make test` runs everything, `make test-fast` (-m "not slow") leaves out tests marked slow.
+# A test is marked slow by hand, or here when it needs a slow fixture (directly or through another fixture) or
+# lives in a module that launches training processes through launch_util.
+SLOW_FIXTURES = frozenset({"spark", "s3_server", "cluster"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        launches = module is not None and any(getattr(v, "__module__", None) == "launch_util"
+                                              for v in vars(module).values())
+        if launches or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def missing_data(reason: str) -> None:
+    """Skips a test whose data set is absent; under CI (CI=true) fails instead, so a missing mount is seen."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the data sets are required)", pytrace=False)
+    pytest.skip(reason)
+
+
 def data_dir() -> Path:
     """The real data sets: $SEMHASH_DATA_DIR, else ../shared/data beside the checkout."""
     return Path(os.environ.get("SEMHASH_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -20,7 +42,7 @@ def data_dir() -> Path:
 def shared_data() -> Path:
     d = data_dir()
     if not d.is_dir():
-        pytest.skip(f"data directory {d} not found (set SEMHASH_DATA_DIR)")
+        missing_data(f"data directory {d} not found (set SEMHASH_DATA_DIR)")
     return d
 
 
@@ -61,7 +83,7 @@ def small_corpus(shared_data, tmp_path_factory):
     """400 train / 160 test real 20 Newsgroups posts of four groups, as JSONL, plus three bad lines."""
     archive = shared_data / "20newsgroups" / "20news-bydate.tar.gz"
     if not archive.is_file():
-        pytest.skip("no 20 Newsgroups archive")
+        missing_data(f"no 20 Newsgroups archive at {archive}")
     want = {("train", g): 100 for g in GROUPS} | {("test", g): 40 for g in GROUPS}
     out = tmp_path_factory.mktemp("corpus") / "small.jsonl"
     with tarfile.open(archive) as tar, out.open("w") as f:

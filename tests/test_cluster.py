@@ -18,7 +18,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -231,8 +230,8 @@ def test_encode_and_dedup_on_a_standalone_cluster_equal_local_mode(spark, s3_ser
 
 
 @pytest.mark.slow
-def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus, tiny_cifar, cluster, tmp_path,
-                                                         capsys):
+def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus, cluster, tmp_path, capsys,
+                                                         tiny_cifar):  # noqa: F811 - the fixture from test_prepare
     """Documents (one JSONL object) and images (class folders, one prefix per label) prepared on the cluster from
     S3 to S3 equal local mode's; the image dataset the cluster wrote is encoded by the cluster from S3 into the
     codes local mode gives."""

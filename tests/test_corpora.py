@@ -74,6 +74,7 @@ def test_20ng_latin1_and_strip_headers(shared_data):
     assert "\ufffd" not in non_ascii["text"]
 
 
+@pytest.mark.slow  # extracts the whole 20 Newsgroups archive: tens of seconds
 def test_20ng_extracted_folder_reads_like_the_archive(shared_data, tmp_path):
     wanted = {"sci.space", "rec.autos"}
     with tarfile.open(_ng_archive(shared_data)) as tar:

@@ -150,6 +150,7 @@ def test_errors_and_empty_split(data_dir, monkeypatch):
         list(data.iter_batches(data_dir, "train", 100))
 
 
+@pytest.mark.slow  # a process pool: tens of seconds
 def test_process_pool_delivers_all_rows(data_dir):
     ids = [i for b in data.iter_batches(data_dir, "train", 100, reader_pool="process", workers_count=2, seed=0)
            for i in b.ids]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import missing_data
 import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
 
@@ -341,7 +342,7 @@ def test_baselines_on_20newsgroups_match_quality_notes(shared_data):
     """TF-IDF, LSA-64 and LSH-64 near the calibration figures (QUALITY-NOTES.md); random codes at chance."""
     home = shared_data / "20newsgroups" / "sklearn_data_home"
     if not (home / "20news-bydate_py3.pkz").is_file():
-        pytest.skip(f"20 Newsgroups cache not found under {home}")
+        missing_data(f"20 Newsgroups cache not found under {home}")
     from sklearn.datasets import fetch_20newsgroups
     from sklearn.feature_extraction.text import CountVectorizer
 

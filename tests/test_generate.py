@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import missing_data
 
 from semhash_spark import data
 from semhash_spark import dataset as ds
@@ -167,7 +168,7 @@ def image_folder(shared_data, tmp_path_factory):
     """6 train and 3 test real CIFAR-10 JPEGs of each of three classes, in the imagefolder layout."""
     archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
-        pytest.skip("no CIFAR-10 archive")
+        missing_data("no CIFAR-10 archive")
     want = {(s, c): n for c in ("airplane", "cat", "ship") for s, n in (("train", 6), ("test", 3))}
     root = tmp_path_factory.mktemp("cifar-small")
     with tarfile.open(archive) as tar:

@@ -7,6 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import missing_data
 
 from semhash_spark import codes as C
 from semhash_spark.evaluate import (
@@ -31,7 +32,7 @@ def cifar(shared_data):
 
     archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
-        pytest.skip(f"no CIFAR-10 JPEG archive at {archive}")
+        missing_data(f"no CIFAR-10 JPEG archive at {archive}")
     got: dict[tuple[str, str], int] = {}
     out = {"train": ([], []), "test": ([], [])}
     with tarfile.open(archive) as tar:
@@ -57,6 +58,7 @@ def label_codes(labels, classes):
     return C.pack_bits(eye[[classes.index(y) for y in labels]])
 
 
+@pytest.mark.slow  # a full evaluation with baselines: tens of seconds
 def test_evaluate_image_codes_reports_deep_codes_baselines_and_extras(cifar, tmp_path):
     x_train, y_train, x_test, y_test = cifar
     classes = sorted(set(y_train))

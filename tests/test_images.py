@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing_data
 from PIL import Image
 
 from semhash_spark import codes as C
@@ -30,7 +31,7 @@ def small_cifar(shared_data, tmp_path_factory) -> Path:
     """30 train / 8 test real CIFAR-10 JPEGs per class in the class-folder layout (300 / 80 images)."""
     archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
-        pytest.skip("no CIFAR-10 archive")
+        missing_data("no CIFAR-10 archive")
     root = tmp_path_factory.mktemp("cifar-small")
     want: dict[tuple[str, str], int] = {}
     with tarfile.open(archive) as tar:
@@ -61,7 +62,7 @@ def small_image_data(spark, small_cifar, tmp_path_factory) -> Path:
 def test_mnist_idx_records_and_grey_to_rgb(shared_data):
     folder = shared_data / "mnist"
     if not (folder / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("no MNIST files")
+        missing_data("no MNIST files")
     recs = list(itertools.islice(image_sources.read_mnist(str(folder)), 3))
     assert [r["label"] for r in recs] == ["5", "0", "4"]          # MNIST's first three training digits
     assert recs[0]["shape"] == "28,28,1" and len(recs[0]["data"]) == 784 and recs[0]["split"] == "train"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import missing_data
 import torch
 
 from semhash_spark import codes
@@ -19,7 +20,7 @@ def news_counts(shared_data):
 
     home = shared_data / "20newsgroups" / "sklearn_data_home"
     if not home.is_dir():
-        pytest.skip("no sklearn 20 Newsgroups cache in the data directory")
+        missing_data("no sklearn 20 Newsgroups cache in the data directory")
     b = fetch_20newsgroups(data_home=str(home), subset="train", download_if_missing=False)
     cv = CountVectorizer(max_features=2000, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
     x = cv.fit_transform(b.data[:1500]).astype(np.float32).toarray()
@@ -45,6 +46,7 @@ def _train_rbm(rbm, data, epochs, lr, seed=0):
     return errs
 
 
+@pytest.mark.slow  # trains an RBM on real documents: tens of seconds
 def test_poisson_rbm_free_energy_falls_on_real_documents(news_counts):
     x, _ = news_counts
     torch.manual_seed(0)

@@ -36,9 +36,22 @@ def test_prepare_train_encode_query_evaluate(spark, s3_server, small_corpus, tmp
     res = _run(capsys, ["query", "--index", index, "--text", "the goalie stopped the puck in the playoff game",
                         "--k", "5", "--json"])
     assert res["version"] == enc["version"] and len(res["results"][0]) == 5
-    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--address-radius", "2",
+    # The radius search on the ranking code, with radius = the 5th-nearest distance, holds the 5 nearest.
+    near = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "5", "--json"])
+    assert len(near["results"][0]) == 5
+    radius = max(h["distance"] for h in near["results"][0])
+    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--radius", str(radius),
                          "--json"])
-    assert all(h["distance"] >= 0 for h in ball["results"][0])
+    ball_ids = [h["id"] for h in ball["results"][0]]
+    assert {h["id"] for h in near["results"][0]} <= set(ball_ids), (near["results"][0], ball["results"][0])
+    assert len(ball_ids) == len(set(ball_ids))
+    distances = [h["distance"] for h in ball["results"][0]]
+    assert distances == sorted(distances)
+    # Without an address model the address is the code's first bits: its ball of radius r holds every code
+    # within r of the query's code, so it holds the radius search's results.
+    addr = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--address-radius",
+                         str(radius), "--json"])
+    assert set(ball_ids) <= {h["id"] for h in addr["results"][0]}
     rr = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "3",
                        "--rerank", "tfidf", "--json"])
     assert len(rr["results"][0]) == 3 and all("score" in h for h in rr["results"][0])

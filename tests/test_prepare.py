@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import missing_data
 
 from semhash_spark import corpora
 from semhash_spark import dataset as ds
@@ -426,7 +427,7 @@ def tiny_cifar(shared_data, tmp_path_factory):
 
     archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
-        pytest.skip("no CIFAR-10 archive")
+        missing_data("no CIFAR-10 archive")
     root = tmp_path_factory.mktemp("tiny-cifar")
     want: dict[tuple[str, str], int] = {}
     with tarfile.open(archive) as tar:
@@ -521,7 +522,6 @@ def _random_image_model(out) -> str:
 
 def _index_codes(index_uri: str) -> dict[str, bytes]:
     from semhash_spark import index as ix
-    from semhash_spark import store
 
     version = ix.read_current(index_uri)["version"]
     root = ix.version_prefix(index_uri, version)

@@ -1,26 +1,15 @@
-"""A short (10 s) run of benchmarks/service_load.py: a fixed request rate with zero errors while a new version is
-published and the S3 server is restarted (the 60 s run is the benchmark: see docs/benchmarks.md)."""
+"""A short (10 s) run of the service load scenario (tests/load_util.py, shared with benchmarks/service_load.py):
+a fixed request rate with zero errors while a new version is published and the S3 server is restarted (the 60 s
+run is the benchmark: see docs/benchmarks.md)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("service_load", ROOT / "benchmarks" / "service_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from load_util import scenario
 
 
 @pytest.mark.slow
 def test_fixed_rate_through_publish_and_s3_restart(s3_server, tmp_path):
-    bench = _load_bench()
-    report = bench.scenario(s3_server, tmp_path, duration=10.0, rate=30.0, n=5000, bits=64, threads=6)
+    report = scenario(s3_server, tmp_path, duration=10.0, rate=30.0, n=5000, bits=64, threads=6)
     assert report["errors"] == 0, report
     assert report["completed"] == report["planned"] == 300
     assert [e.get("error") for e in report["events"]] == [None, None], report["events"]
