@@ -206,7 +206,8 @@ def main(argv=None) -> int:
                                   args.budget, j % 2 == 1)
             report(f"faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) nflip={nflip}",
                    nflip, lat, outs, lambda o: o[0][0][o[1][0] >= 0])
-    del fh, fm
+    fh.clear()
+    fm.clear()
     gc.collect()
 
     if args.wide_bits:

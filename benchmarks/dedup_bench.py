@@ -47,6 +47,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from semhash_spark import codes as C  # noqa: E402
 from semhash_spark import dataset as ds  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- text corpora

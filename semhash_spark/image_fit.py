@@ -28,7 +28,7 @@ from . import images as im
 from . import msh
 from . import store
 from .checkpoint import save_model
-from .config import Config, config_from_dict
+from .config import Config
 from .distributed import Dist
 from .models.autoencoder import DeepAutoencoder
 from .train import STATE_DIR, Validator, is_validation_id, train_stack

@@ -593,7 +593,7 @@ def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_in
     t, radius = text_index, 6
     index = str(tmp_path / "index")
     v1 = _publish(index, t["ids"], t["codes"])
-    old = dedup.dedup_job(spark, index, radius, str(tmp_path / "v1"), "jaccard:0.7", data_uri=t["data"])
+    dedup.dedup_job(spark, index, radius, str(tmp_path / "v1"), "jaccard:0.7", data_uri=t["data"])
     old_clusters = pq.read_table(tmp_path / "v1" / "clusters").to_pandas()
     old_of = dict(zip(old_clusters["id"], old_clusters["cluster"]))
     # a cluster that stays one without its smallest member (the cluster's name): a pair of two other members
