@@ -207,7 +207,10 @@ def test_address_radius_is_the_address_ball(main):
     ({"ids": ["no-such-doc"], "k": 3}, 404, "unknown id"),
     ({"texts": ["   "], "k": 3}, 422, "texts[0] is empty"),
     ({"texts": ["the of and"], "k": 3}, 422, "no word of the index"),
-    ({"codes": ["00000000"] * 300, "k": 3}, 413, "at most 256"),
+    ({"codes": ["00000000"] * 10001, "k": 3}, 413, "at most 10000"),
+    ({"codes": ["00000000", 7], "k": 3}, 422, "codes[1] must be a hex string"),
+    ({"codes": "00000000", "k": 3}, 422, "codes must be a list"),
+    ({"codes": ["00000000"], "k": "3"}, 422, "k='3'"),
     ({"codes": ["00000000"]}, 422, "give k"),
     ({"codes": ["00000000"], "k": 100000}, 422, "out of range"),
     ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
@@ -234,6 +237,42 @@ def test_not_json_is_4xx(main):
     conn = http.client.HTTPConnection(main["url"].split("//")[1])
     conn.request("POST", "/search", body=b"{not json", headers={"Content-Type": "application/json"})
     assert conn.getresponse().status == 422
+
+
+def test_batch_of_10000_codes_is_one_request_and_exact(main):
+    rng = np.random.default_rng(5)
+    q = main["codes"][rng.integers(0, len(main["codes"]), 10000)]
+    out = main["client"].search(codes=hexes(q), k=10)
+    assert len(out["results"]) == 10000 and out["codes"] == hexes(q)
+    pick = rng.choice(10000, 20, replace=False)
+    want = lib_knn(main, q[pick], 10)
+    for j, i in enumerate(pick):
+        assert [d for _, d in pairs(out["results"][i])] == [d for _, d in want[j]]
+
+
+def test_binary_body_answers_as_hex(main):
+    rng = np.random.default_rng(6)
+    q = np.concatenate([main["codes"][rng.choice(len(main["codes"]), 5)],
+                        C.pack_bits(rng.integers(0, 2, size=(3, 32)))])
+    for kw in ({"k": 7}, {"radius": 3}):
+        assert main["client"].search_codes(q, **kw)["results"] == main["client"].search(codes=hexes(q), **kw)["results"]
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search?k=3", b"\x00" * 6, content_type="application/octet-stream")
+    assert e.value.status == 422 and "whole number of 32-bit codes" in e.value.message
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search?k=3&colour=red", b"\x00" * 4, content_type="application/octet-stream")
+    assert e.value.status == 422 and "colour" in e.value.message
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search", b"k=3", content_type="text/plain")
+    assert e.value.status == 415
+
+
+def test_search_many_streams_batches_in_order(main):
+    ids = [main["ids"][i] for i in range(0, 2000, 37)]
+    got = list(main["client"].search_many("ids", iter(ids), batch_size=7, k=3))
+    assert [r["query"] for r in got] == ids
+    assert [r["results"] for r in got] == main["client"].search(ids=ids, k=3)["results"]
+    assert all(r["results"][0]["distance"] == 0 for r in got)
 
 
 def test_openapi_and_health(main):
