@@ -302,6 +302,66 @@ def test_query_server_function(main, capsys):
     assert got["version"] == main["version"] and got["results"][0][0]["distance"] == 0
 
 
+def test_cli_streams_an_ids_file(main, tmp_path, capsys):
+    from semhash_spark.cli import main as cli_main   # semhash query --server URL --ids-file F --batch-size 4 --k 2
+
+    ids = [main["ids"][i] for i in range(0, 2000, 97)]
+    f = tmp_path / "ids.txt"
+    f.write_text("\n".join(ids) + "\n\n")
+    assert cli_main(["query", "--server", main["url"], "--ids-file", str(f), "--batch-size", "4", "--k", "2"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines() if x.startswith("{")]
+    assert [r["query"] for r in lines] == ids
+    assert [r["results"] for r in lines] == main["client"].search(ids=ids, k=2)["results"]
+
+
+def test_spark_map_in_pandas_searches_through_the_service(spark, main):
+    from semhash_spark.client import SPARK_SCHEMA, spark_search
+
+    rng = np.random.default_rng(8)
+    q = list(dict.fromkeys(hexes(main["codes"][rng.choice(len(main["codes"]), 60, replace=False)])))
+    df = spark.createDataFrame([(h,) for h in q], "code string").repartition(3)
+    rows = df.mapInPandas(spark_search(main["url"], "code", k=4, batch_size=16), SPARK_SCHEMA).collect()
+    got: dict[str, list] = {}
+    for r in sorted(rows, key=lambda r: (r.query, r.rank)):
+        assert r.version == main["version"]
+        got.setdefault(r.query, []).append((r.id, r.distance))
+    want = main["client"].search(codes=q, k=4)["results"]
+    assert {h: got[h] for h in q} == {h: pairs(w) for h, w in zip(q, want)}
+
+
+def test_client_retries_503_then_answers(s3_server, main):
+    import http.server
+
+    calls = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            calls.append(time.monotonic())
+            body = b'{"detail": "busy"}' if len(calls) < 3 else b'{"status": "ok"}'
+            self.send_response(503 if len(calls) < 3 else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = SemhashClient(f"http://127.0.0.1:{srv.server_port}", retries=3, backoff_s=0.05)
+        assert c.health() == {"status": "ok"} and len(calls) == 3
+        assert calls[2] - calls[1] >= 0.09          # backoff doubles
+        calls.clear()
+        with pytest.raises(ServiceError) as e:
+            SemhashClient(f"http://127.0.0.1:{srv.server_port}", retries=1, backoff_s=0.01).health()
+        assert e.value.status == 503 and len(calls) == 2
+    finally:
+        srv.shutdown()
+
+
 # --------------------------------------------------------------------------------------------- token
 
 def test_bearer_token_guards_search(s3_server, main):
