@@ -129,15 +129,18 @@ class Searcher:
                                   + "; ".join(f"{k}: {m}" for k, m in sorted(req.missing.items())[:5]))
             cached = [x for x in (self.cache.peek((v.version, p)) for p in range(v.npartitions)) if x is not None]
             loaded = v.loaded(parts, cached)
-        answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
-                           q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
-                           candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps)
-        results = [a.hits() for a in answers]
+        if q.k is not None and q.radius is None and q.address_radius is None and q.rerank is None:
+            results, truncated = Q.knn_hits(loaded, codes, q.k, eps=q.eps), False    # the batch in one pass
+        else:
+            answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
+                               q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
+                               candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps)
+            results, truncated = [a.hits() for a in answers], any(a.truncated for a in answers)
         if req.missing:
             log.warning("partial answer: %d partitions missing", len(req.missing),
                         extra={"version": v.version, "missing": sorted(req.missing)[:20]})
         return Outcome(version=v.version, results=results, codes=_hex_rows(codes), partial=bool(req.missing),
-                       missing_partitions=sorted(req.missing), truncated=any(a.truncated for a in answers))
+                       missing_partitions=sorted(req.missing), truncated=truncated)
 
     def _check(self, q: Query) -> None:
         s = self.settings

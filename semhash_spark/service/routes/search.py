@@ -18,6 +18,7 @@ from ..searcher import BatchTooLarge, QueryError, Unavailable, UnknownId
 from .deps import require_token, service
 
 router = APIRouter()
+_INLINE = 64     # hex codes (or packed bytes) up to which a request is answered on the event loop
 
 _ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
            413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
@@ -45,7 +46,10 @@ async def search(request: Request, svc: Service = Depends(service)) -> Response:
         else:
             raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                                 f"content-type {ctype!r}: send {codec.JSON} or {codec.OCTETS} (packed codes)")
-        out = await run_in_threadpool(svc.search, q)
+        if q.kind == "codes" and len(q.values) <= _INLINE and _all_loaded(svc):
+            out = svc.search(q)          # a few codes, nothing to read: cheaper than a hop to the thread pool
+        else:
+            out = await run_in_threadpool(svc.search, q)
     except UnknownId as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
     except BatchTooLarge as e:
@@ -55,3 +59,9 @@ async def search(request: Request, svc: Service = Depends(service)) -> Response:
     except (Unavailable, NotReady) as e:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e), headers={"Retry-After": "1"}) from None
     return Response(codec.encode(out, round(1000 * (time.perf_counter() - t0), 3)), media_type=codec.JSON)
+
+
+def _all_loaded(svc: Service) -> bool:
+    """Every partition of the served version is in its search structure (a search reads nothing)."""
+    v = svc.current
+    return v is not None and len(v.current_structure().numbers) == v.npartitions
