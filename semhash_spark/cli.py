@@ -151,6 +151,12 @@ def cmd_query(args) -> dict:
         from .client import Client  # the HTTP client of `semhash serve`
 
         client = Client(args.server, token=os.environ.get("SEMHASH_TOKEN"))
+        if getattr(args, "ids_file", None):
+            from .client import stream_ids_file
+
+            stream_ids_file(client, args.ids_file, sys.stdout, batch_size=args.batch_size, radius=args.radius, k=k,
+                            address_radius=args.address_radius, rerank=args.rerank)
+            return None
         payload = client.search(texts=[args.text] if args.text else None,
                                 codes=[args.code] if args.code else None,
                                 ids=[args.id] if args.id else None, radius=args.radius, k=k,
@@ -501,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "radius 3, scores 2^(3-d), ranked with the full code); the index needs patch codes")
     sp.add_argument("--code", help="a hex code")
     sp.add_argument("--id", help="a document id (with --server)")
+    sp.add_argument("--ids-file", help="with --server: a file of document ids, one a line ('-': stdin), searched in "
+                    "batches; prints one JSON line {query, version, results} per id")
+    sp.add_argument("--batch-size", type=int, default=1000, help="queries per request with --ids-file")
     sp.add_argument("--radius", type=int, help="Hamming radius on the ranking code: every item within it")
     sp.add_argument("--address-radius", type=int, help="Hamming radius on the address code: the papers' lookup "
                     "(every item whose address is within it), ordered by the ranking code")

@@ -363,6 +363,23 @@ class Answer:
         return [{"id": i, "distance": d, "score": round(s, 6)} for i, d, s in zip(self.ids, dist, self.score.tolist())]
 
 
+def knn_hits(loaded: Loaded, q: np.ndarray, k: int, eps: float = 0.0) -> list[list[dict[str, Any]]]:
+    """``answer(loaded, q, k=k, eps=eps)`` as :meth:`Answer.hits` lists, built for the whole batch at once (one
+    search call, one id lookup): the bulk path of plain k nearest."""
+    if loaded.mih is None:
+        return [[] for _ in range(len(q))]
+    D, I = loaded.mih.search(q, k, eps=eps)
+    ok = I >= 0
+    ids = loaded.ids(I[ok])
+    dist = D[ok].tolist()
+    ends = np.cumsum(ok.sum(axis=1)).tolist()
+    out, a = [], 0
+    for b in ends:
+        out.append([{"id": i, "distance": d} for i, d in zip(ids[a:b], dist[a:b])])
+        a = b
+    return out
+
+
 def check(k: int | None, radius: int | None, address_radius: int | None, rerank: str | None, eps: float,
           address_bits: int) -> None:
     """The meaning shared by every entry point; raises :class:`QueryError` naming the parameter."""

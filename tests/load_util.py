@@ -30,7 +30,7 @@ def run_load(url: str, bodies: list[dict], rate: float, duration: float, events=
     records: list[tuple[float, float, int, str | None, bool, str | None]] = []
 
     def worker():
-        c = SemhashClient(url, timeout=timeout)
+        c = SemhashClient(url, timeout=timeout, retries=0)   # every error counts
         while True:
             with lock:
                 i = nxt[0]

@@ -207,7 +207,10 @@ def test_address_radius_is_the_address_ball(main):
     ({"ids": ["no-such-doc"], "k": 3}, 404, "unknown id"),
     ({"texts": ["   "], "k": 3}, 422, "texts[0] is empty"),
     ({"texts": ["the of and"], "k": 3}, 422, "no word of the index"),
-    ({"codes": ["00000000"] * 300, "k": 3}, 413, "at most 256"),
+    ({"codes": ["00000000"] * 10001, "k": 3}, 413, "at most 10000"),
+    ({"codes": ["00000000", 7], "k": 3}, 422, "codes[1] must be a hex string"),
+    ({"codes": "00000000", "k": 3}, 422, "codes must be a list"),
+    ({"codes": ["00000000"], "k": "3"}, 422, "k='3'"),
     ({"codes": ["00000000"]}, 422, "give k"),
     ({"codes": ["00000000"], "k": 100000}, 422, "out of range"),
     ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
@@ -236,6 +239,42 @@ def test_not_json_is_4xx(main):
     assert conn.getresponse().status == 422
 
 
+def test_batch_of_10000_codes_is_one_request_and_exact(main):
+    rng = np.random.default_rng(5)
+    q = main["codes"][rng.integers(0, len(main["codes"]), 10000)]
+    out = main["client"].search(codes=hexes(q), k=10)
+    assert len(out["results"]) == 10000 and out["codes"] == hexes(q)
+    pick = rng.choice(10000, 20, replace=False)
+    want = lib_knn(main, q[pick], 10)
+    for j, i in enumerate(pick):
+        assert [d for _, d in pairs(out["results"][i])] == [d for _, d in want[j]]
+
+
+def test_binary_body_answers_as_hex(main):
+    rng = np.random.default_rng(6)
+    q = np.concatenate([main["codes"][rng.choice(len(main["codes"]), 5)],
+                        C.pack_bits(rng.integers(0, 2, size=(3, 32)))])
+    for kw in ({"k": 7}, {"radius": 3}):
+        assert main["client"].search_codes(q, **kw)["results"] == main["client"].search(codes=hexes(q), **kw)["results"]
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search?k=3", b"\x00" * 6, content_type="application/octet-stream")
+    assert e.value.status == 422 and "whole number of 32-bit codes" in e.value.message
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search?k=3&colour=red", b"\x00" * 4, content_type="application/octet-stream")
+    assert e.value.status == 422 and "colour" in e.value.message
+    with pytest.raises(ServiceError) as e:
+        main["client"].request("POST", "/search", b"k=3", content_type="text/plain")
+    assert e.value.status == 415
+
+
+def test_search_many_streams_batches_in_order(main):
+    ids = [main["ids"][i] for i in range(0, 2000, 37)]
+    got = list(main["client"].search_many("ids", iter(ids), batch_size=7, k=3))
+    assert [r["query"] for r in got] == ids
+    assert [r["results"] for r in got] == main["client"].search(ids=ids, k=3)["results"]
+    assert all(r["results"][0]["distance"] == 0 for r in got)
+
+
 def test_openapi_and_health(main):
     spec = main["client"].request("GET", "/openapi.json")
     assert "/search" in spec["paths"] and "SearchRequest" in json.dumps(spec)
@@ -261,6 +300,66 @@ def test_query_server_function(main, capsys):
                      "--eps", "0.5", "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["version"] == main["version"] and got["results"][0][0]["distance"] == 0
+
+
+def test_cli_streams_an_ids_file(main, tmp_path, capsys):
+    from semhash_spark.cli import main as cli_main   # semhash query --server URL --ids-file F --batch-size 4 --k 2
+
+    ids = [main["ids"][i] for i in range(0, 2000, 97)]
+    f = tmp_path / "ids.txt"
+    f.write_text("\n".join(ids) + "\n\n")
+    assert cli_main(["query", "--server", main["url"], "--ids-file", str(f), "--batch-size", "4", "--k", "2"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines() if x.startswith("{")]
+    assert [r["query"] for r in lines] == ids
+    assert [r["results"] for r in lines] == main["client"].search(ids=ids, k=2)["results"]
+
+
+def test_spark_map_in_pandas_searches_through_the_service(spark, main):
+    from semhash_spark.client import SPARK_SCHEMA, spark_search
+
+    rng = np.random.default_rng(8)
+    q = list(dict.fromkeys(hexes(main["codes"][rng.choice(len(main["codes"]), 60, replace=False)])))
+    df = spark.createDataFrame([(h,) for h in q], "code string").repartition(3)
+    rows = df.mapInPandas(spark_search(main["url"], "code", k=4, batch_size=16), SPARK_SCHEMA).collect()
+    got: dict[str, list] = {}
+    for r in sorted(rows, key=lambda r: (r.query, r.rank)):
+        assert r.version == main["version"]
+        got.setdefault(r.query, []).append((r.id, r.distance))
+    want = main["client"].search(codes=q, k=4)["results"]
+    assert {h: got[h] for h in q} == {h: pairs(w) for h, w in zip(q, want)}
+
+
+def test_client_retries_503_then_answers(s3_server, main):
+    import http.server
+
+    calls = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            calls.append(time.monotonic())
+            body = b'{"detail": "busy"}' if len(calls) < 3 else b'{"status": "ok"}'
+            self.send_response(503 if len(calls) < 3 else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = SemhashClient(f"http://127.0.0.1:{srv.server_port}", retries=3, backoff_s=0.05)
+        assert c.health() == {"status": "ok"} and len(calls) == 3
+        assert calls[2] - calls[1] >= 0.09          # backoff doubles
+        calls.clear()
+        with pytest.raises(ServiceError) as e:
+            SemhashClient(f"http://127.0.0.1:{srv.server_port}", retries=1, backoff_s=0.01).health()
+        assert e.value.status == 503 and len(calls) == 2
+    finally:
+        srv.shutdown()
 
 
 # --------------------------------------------------------------------------------------------- token

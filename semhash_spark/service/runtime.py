@@ -76,7 +76,7 @@ class Service:
             raise NotReady("no index version is loaded yet")
         out = self.searcher.run(v, q)
         self.metrics.cache_bytes.set(self.cache.bytes)
-        self.metrics.queries.labels(q.kind).inc(len(q.values))
+        self.metrics.queries.labels(q.kind).inc(len(out.codes))
         if out.partial:
             self.metrics.partial.inc()
         return out

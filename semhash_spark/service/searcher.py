@@ -68,11 +68,18 @@ class Hit:
 @dataclass
 class Outcome:
     version: str
-    results: list[list[Hit]]
+    results: list[list[dict]]          # per query: {"id", "distance"[, "score"]} (the shape of Hit), best first
     codes: list[str]                   # each query's code, hex
     partial: bool = False
     missing_partitions: list[str] = field(default_factory=list)
     truncated: bool = False
+
+
+def _hex_rows(codes: np.ndarray) -> list[str]:
+    """Each row of ``uint8[n, nb]`` as hex (one conversion for the whole batch)."""
+    h = np.ascontiguousarray(codes, dtype=np.uint8).tobytes().hex()
+    w = 2 * codes.shape[1]
+    return [h[i:i + w] for i in range(0, len(h), w)]
 
 
 class _Request:
@@ -110,6 +117,8 @@ class Searcher:
         s = self.settings
         req = _Request(v, self.cache, time.monotonic() + s.fetch_timeout_s)
         codes, bags, addresses = self._resolve(v, q, req)
+        if len(codes) > s.max_batch:
+            raise BatchTooLarge(f"{len(codes)} queries in one request; at most {s.max_batch} (split the batch)")
         need = Q.needed_partitions(v.manifest, v.part_vals, codes, addresses, k=q.k, radius=q.radius,
                                    address_radius=q.address_radius)
         loaded = v.current_structure()
@@ -120,23 +129,26 @@ class Searcher:
                                   + "; ".join(f"{k}: {m}" for k, m in sorted(req.missing.items())[:5]))
             cached = [x for x in (self.cache.peek((v.version, p)) for p in range(v.npartitions)) if x is not None]
             loaded = v.loaded(parts, cached)
-        answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
-                           q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
-                           candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps)
-        results = [[Hit(**h) for h in a.hits()] for a in answers]
+        if q.k is not None and q.radius is None and q.address_radius is None and q.rerank is None:
+            results, truncated = Q.knn_hits(loaded, codes, q.k, eps=q.eps), False    # the batch in one pass
+        else:
+            answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
+                               q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
+                               candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps)
+            results, truncated = [a.hits() for a in answers], any(a.truncated for a in answers)
         if req.missing:
             log.warning("partial answer: %d partitions missing", len(req.missing),
                         extra={"version": v.version, "missing": sorted(req.missing)[:20]})
-        return Outcome(version=v.version, results=results, codes=C.to_hex(codes), partial=bool(req.missing),
-                       missing_partitions=sorted(req.missing), truncated=any(a.truncated for a in answers))
+        return Outcome(version=v.version, results=results, codes=_hex_rows(codes), partial=bool(req.missing),
+                       missing_partitions=sorted(req.missing), truncated=truncated)
 
     def _check(self, q: Query) -> None:
         s = self.settings
         if q.kind not in KINDS:
             raise QueryError(f"unknown query kind {q.kind!r}; send one of {list(KINDS)}")
-        if not q.values:
+        if len(q.values) == 0:
             raise QueryError(f"{q.kind} is empty: send at least one query")
-        if len(q.values) > s.max_batch:
+        if not isinstance(q.values, np.ndarray) and len(q.values) > s.max_batch:
             raise BatchTooLarge(f"{len(q.values)} queries in one request; at most {s.max_batch} (split the batch)")
         if q.k is not None and not 1 <= q.k <= s.max_k:
             raise QueryError(f"k={q.k} is out of range: 1..{s.max_k}")
@@ -180,15 +192,10 @@ class Searcher:
             raise QueryError(f"version {v.version} cannot re-rank by TF-IDF: "
                              + ("its shards store no word counts" if not v.has_words else "it has no vocabulary"))
         if q.kind == "codes":
-            out = []
-            for i, h in enumerate(q.values):
-                if not isinstance(h, str):
-                    raise QueryError(f"codes[{i}] must be a hex string, got {type(h).__name__}")
-                try:
-                    out.append(C.from_hex(h, v.bits))
-                except ValueError as e:
-                    raise QueryError(f"codes[{i}]: {e} (this index holds {v.bits}-bit codes)") from None
-            return np.concatenate(out), [None] * len(out)
+            from .codec import codes_array
+
+            out = codes_array(q.values, v.bits)
+            return out, [None] * len(out)
         if q.kind == "images":
             return self._image_codes(v, q.values), [None] * len(q.values)
         if v.hasher is None or v.vocab_index is None:

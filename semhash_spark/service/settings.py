@@ -23,7 +23,7 @@ class Settings:
     fetch_timeout_s: float = 5.0       # how long a request waits for partitions before answering partial
     failure_backoff_s: float = 2.0     # a partition that failed to load is not tried again for this long
     preload: bool = True               # read partitions into the cache before serving a version (up to the budget)
-    max_batch: int = 256               # queries per request
+    max_batch: int = 10000             # queries per request (one batch through the compiled search)
     max_k: int = 1000
     max_radius: int = 16
     max_results: int = 1000            # per query, for radius-only queries (nearest kept, `truncated` set)
@@ -79,7 +79,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--fetch-timeout", type=float, default=5.0,
                    help="seconds a request waits for partitions before answering partial")
     p.add_argument("--no-preload", action="store_true", help="read partitions only when a query needs them")
-    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--max-batch", type=int, default=10000,
+                   help="queries per request, run as one batch (default 10000)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -91,7 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     cache_bytes=get("cache_bytes", 1 << 30),
                     token=get("token", None) or os.environ.get("SEMHASH_TOKEN") or None,
                     poll_seconds=get("poll_seconds", 10.0), fetch_timeout_s=get("fetch_timeout", 5.0),
-                    preload=not get("no_preload", False), max_batch=get("max_batch", 256))
+                    preload=not get("no_preload", False), max_batch=get("max_batch", 10000))
 
 
 def _size(text: str) -> int:

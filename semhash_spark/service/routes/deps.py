@@ -11,12 +11,12 @@ from ..runtime import Service
 _bearer = HTTPBearer(auto_error=False, description="Required when the service was started with a token")
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:   # async: no thread-pool hop per request
     return request.app.state.service
 
 
-def require_token(svc: Service = Depends(service),
-                  creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_token(svc: Service = Depends(service),
+                        creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     token = svc.settings.token
     if token is None:
         return
