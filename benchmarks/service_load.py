@@ -33,7 +33,7 @@ from fastapi import Request, Response
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from load_util import passed, scenario  # noqa: E402  (the scenario, shared with tests/test_service_load.py)
+from load_util import ServiceProcess, passed, scenario  # noqa: E402  (shared with tests/test_service_load.py)
 from semhash_spark.client import SemhashClient, ServiceError  # noqa: E402
 from semhash_spark.embedded import LocalS3Server  # noqa: E402
 from semhash_spark.service.app import free_port  # noqa: E402
