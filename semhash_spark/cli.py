@@ -43,7 +43,7 @@ def _config(args) -> Any:
     from .config import load_config
 
     cfg = load_config(_default_conf(args), getattr(args, "set", None) or ())
-    if getattr(args, "bits", None):
+    if getattr(args, "bits", None) is not None:
         cfg = cfg.with_bits(args.bits)
     return cfg
 
@@ -197,11 +197,14 @@ def cmd_reindex(args) -> dict:
 def cmd_rollback(args) -> dict:
     from . import index as ix
 
-    current = ix.read_current(args.index)["version"]
+    current = ix.current_version(args.index)             # None: CURRENT was deleted; --version restores it
     versions = ix.list_versions(args.index)
     if args.list:
         return {"index": args.index, "current": current, "versions": versions}
     if args.previous:
+        if current is None:
+            raise ValueError(f"{args.index}: no CURRENT to go back from; restore it with --version V "
+                             f"(versions: {', '.join(versions) or 'none'})")
         older = [v for v in versions if v < current]
         if not older:
             raise ValueError(f"{args.index}: no version older than CURRENT {current} to roll back to "
@@ -404,7 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8080)
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--cache-bytes", type=int, default=1 << 30)
-    sp.add_argument("--token", default=os.environ.get("SEMHASH_TOKEN"), help="bearer token for query endpoints")
+    sp.add_argument("--token", help="bearer token for query endpoints (visible in ps: prefer --token-file or "
+                    "$SEMHASH_TOKEN)")
+    sp.add_argument("--token-file", help="file holding the bearer token (default: $SEMHASH_TOKEN_FILE)")
+    sp.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit in bytes (413 past it)")
     sp.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for a new version")
     return p
 

@@ -18,10 +18,9 @@ import numpy as np
 
 from . import codes as C
 from . import dataset as ds
-from . import store
-from .checkpoint import Hasher, load_model
+from .checkpoint import Hasher
 from .config import PrepareConfig
-from .index import HammingIndex, read_current, version_prefix
+from .index import HammingIndex, load_version_model, read_current
 
 
 @dataclass
@@ -33,7 +32,7 @@ class Searcher:
     def open(cls, index_uri: str, version: str | None = None) -> "Searcher":
         version = version or read_current(index_uri)["version"]
         index = HammingIndex.open(index_uri, version=version)
-        hasher = load_model(store.join(version_prefix(index_uri, version), "model"))
+        hasher = load_version_model(index_uri, version, index.manifest)      # checked against the manifest
         return cls(index, hasher)
 
     @property

@@ -16,10 +16,12 @@ import time
 from typing import Iterator, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
 
+from .limits import GuardMiddleware
 from .routes import health, search
 from .runtime import Service
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 log = logging.getLogger("semhash_spark.service")
 
@@ -37,10 +39,11 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
         finally:
             svc.stop()
 
-    app = FastAPI(title="semhash lookup service", version="1", lifespan=lifespan,
+    app = FastAPI(title="semhash lookup service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic hashing lookup over a published index: exact Hamming k-NN and range "
                               "search, the papers' address lookup, TF-IDF re-ranking.")
     app.state.service = svc
+    _local_docs(app)
     app.include_router(search.router)
     app.include_router(health.router)
 
@@ -62,7 +65,39 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
                 log.info("request", extra={"method": request.method, "path": path, "status": status,
                                            "ms": round(1000 * dt, 3), "version": v.version if v else None})
 
+    app.add_middleware(GuardMiddleware, settings=settings)     # outermost: before any body is read
     return app
+
+
+def _local_docs(app: FastAPI) -> None:
+    """``/docs`` from assets served by this process (an air-gapped cluster reaches no CDN).
+
+    With the ``swagger-ui-bundle`` package, the Swagger UI page with its bundled script and styles under
+    ``/docs/static``; without it, a plain page pointing at ``/openapi.json``.
+    """
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        from fastapi.openapi.docs import get_swagger_ui_html
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                       swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                       swagger_css_url="/docs/static/swagger-ui.css",
+                                       swagger_favicon_url="/docs/static/favicon-32x32.png")
+        return
+
+    @app.get("/docs", include_in_schema=False)
+    def docs_plain() -> HTMLResponse:
+        return HTMLResponse(f"<!doctype html><title>{app.title}</title><h1>{app.title}</h1><p>The interactive "
+                            "page needs the swagger-ui-bundle package; the API description is at "
+                            f"<a href='{app.openapi_url}'>{app.openapi_url}</a>.</p>")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -73,13 +108,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--cache-bytes", type=_size, default=1 << 30, help="partition cache budget, e.g. 2G, 512M")
-    p.add_argument("--token", default=None,
-                   help="bearer token required on /search (default: $SEMHASH_TOKEN; none: open)")
+    p.add_argument("--token", default=None, help="bearer token required on /search (visible in ps: prefer "
+                   "--token-file or $SEMHASH_TOKEN; none: open)")
+    p.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEMHASH_TOKEN_FILE)")
+    p.add_argument("--max-body-bytes", type=_size, default=8 << 20, help="request body limit, e.g. 8M (413 past it)")
     p.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
     p.add_argument("--fetch-timeout", type=float, default=5.0,
                    help="seconds a request waits for partitions before answering partial")
     p.add_argument("--no-preload", action="store_true", help="read partitions only when a query needs them")
-    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--max-batch", type=int, default=10_000, help="queries per request")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -88,10 +125,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags; flags a caller's parser lacks take the defaults of :func:`add_serve_arguments`."""
     get = lambda name, default: getattr(args, name, default)  # noqa: E731
     return Settings(index_uri=args.index, host=get("host", "127.0.0.1"), port=get("port", 8080),
-                    cache_bytes=get("cache_bytes", 1 << 30),
-                    token=get("token", None) or os.environ.get("SEMHASH_TOKEN") or None,
+                    cache_bytes=get("cache_bytes", 1 << 30), token=resolve_token(args),
                     poll_seconds=get("poll_seconds", 10.0), fetch_timeout_s=get("fetch_timeout", 5.0),
-                    preload=not get("no_preload", False), max_batch=get("max_batch", 256))
+                    preload=not get("no_preload", False), max_batch=get("max_batch", 10_000),
+                    max_body_bytes=get("max_body_bytes", 8 << 20))
+
+
+def resolve_token(args: argparse.Namespace, environ=None) -> str | None:
+    """--token, else --token-file, else $SEMHASH_TOKEN, else $SEMHASH_TOKEN_FILE (a file keeps it out of ps)."""
+    env = os.environ if environ is None else environ
+    if getattr(args, "token", None):
+        return args.token
+    path = getattr(args, "token_file", None) or env.get("SEMHASH_TOKEN_FILE")
+    if not path and env.get("SEMHASH_TOKEN"):
+        return env["SEMHASH_TOKEN"]
+    if not path:
+        return None
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except OSError as e:
+        raise SettingsError(f"token file {path!r} cannot be read: {e.strerror}") from None
+    if not token:
+        raise SettingsError(f"token file {path!r} is empty")
+    return token
 
 
 def serve_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:

@@ -20,8 +20,12 @@ class Settings:
     fetch_timeout_s: float = 5.0       # how long a request waits for partitions before answering partial
     failure_backoff_s: float = 2.0     # a partition that failed to load is not tried again for this long
     preload: bool = True               # read partitions into the cache before serving a version (up to the budget)
-    max_batch: int = 256               # queries per request
+    max_batch: int = 10_000            # queries per request
     max_k: int = 1000
+    max_body_bytes: int = 8 << 20      # request body, counted while it arrives (413 past it)
+    max_work: int = 100_000            # queries x k (x max_results without k) per request: 10,000 codes at k=10
+    max_text_chars: int = 100_000      # characters per text query
+    max_image_pixels: int = 1 << 24    # width x height of one image query, read from its header before decoding
     max_radius: int = 16
     max_results: int = 1000            # per query, for radius-only queries (nearest kept, `truncated` set)
     rerank_candidates: int = 100       # shortlist size re-ranked by TF-IDF when no radius is given
@@ -43,7 +47,8 @@ class Settings:
                 raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.failure_backoff_s < 0:
             raise SettingsError(f"failure_backoff_s: must be >= 0, got {self.failure_backoff_s}")
-        for name in ("max_batch", "max_k", "max_results", "rerank_candidates", "load_threads"):
+        for name in ("max_batch", "max_k", "max_results", "rerank_candidates", "load_threads", "max_body_bytes",
+                     "max_work", "max_text_chars", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.lease_ttl_s < 3 * self.poll_seconds:
