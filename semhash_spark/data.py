@@ -68,13 +68,14 @@ class _SchemaUnpickler(pickle.Unpickler):
 
         if (module, name) in _SCHEMA_CLASSES:
             return super().find_class(module, name)
-        if module == "numpy" and isinstance(getattr(np, name, None), type) and issubclass(getattr(np, name), np.generic):
-            return getattr(np, name)
+        found = getattr(np, name, None) if module == "numpy" else None
+        if isinstance(found, type) and issubclass(found, np.generic):
+            return found
         if module == "pyspark.sql.types" and isinstance(getattr(T, name, None), type) \
                 and issubclass(getattr(T, name), T.DataType):
             return getattr(T, name)
-        raise UntrustedSchema(f"the dataset's Petastorm metadata (_common_metadata) names {module}.{name}, which "
-                              "is not a Petastorm schema class; refusing to unpickle it (was the dataset tampered with?)")
+        raise UntrustedSchema(f"the dataset's Petastorm metadata (_common_metadata) names {module}.{name}, which is "
+                              "not a Petastorm schema class; refusing to unpickle it (was the dataset tampered with?)")
 
 
 def _get_schema(dataset):

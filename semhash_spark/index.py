@@ -293,8 +293,10 @@ def _now() -> str:
 
 # --------------------------------------------------------------------------------------------------- publish
 
-def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False) -> None:
-    """Every file the manifest lists exists with its size (and sha256 when ``verify_checksums``)."""
+def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *,
+                 verify_models: bool = True) -> None:
+    """Every file the manifest lists exists with its size (shards' sha256 when ``verify_checksums``; the model
+    files' sha256 unless ``verify_models`` is False: a publisher that has just hashed what it wrote)."""
     vp = version_prefix(index_uri, version)
     present = dict(store.list_prefix(vp))                        # one listing instead of a HEAD per file
     for p in manifest["partitions"]:
@@ -306,7 +308,12 @@ def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums:
                 raise IndexFormatError(f"{uri}: {present[f['path']]} bytes, the manifest says {f['bytes']}")
             if verify_checksums:
                 _check_sha(uri, store.read_bytes(uri), f["sha256"])
-    verify_model_files(index_uri, version, manifest)
+    for f in manifest.get("model_files") or ():
+        uri = store.join(vp, f["path"])
+        if present.get(f["path"]) != int(f["bytes"]):
+            raise IndexFormatError(f"{uri}: {present.get(f['path'], 'no')} bytes, the manifest says {f['bytes']}")
+    if verify_models or verify_checksums:
+        verify_model_files(index_uri, version, manifest)
 
 
 def verify_model_files(index_uri: str, version: str, manifest: dict, directory: str | None = None) -> dict[str, bytes]:
@@ -352,7 +359,7 @@ def publish(index_uri: str, version: str, manifest: dict, verify_checksums: bool
     if manifest.get("version") != version:
         raise IndexFormatError(f"manifest is for version {manifest.get('version')!r}, publishing {version!r}")
     validate_manifest(manifest, f"manifest of {version}")
-    verify_files(index_uri, version, manifest, verify_checksums)
+    verify_files(index_uri, version, manifest, verify_checksums, verify_models=False)   # sizes: hashed when written
     store.write_json(manifest_uri(index_uri, version), manifest)
     _write_current(index_uri, version, base)
     log.info("published %s version %s (%d codes, %d partitions)", index_uri, version, manifest["count"],

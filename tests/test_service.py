@@ -207,7 +207,7 @@ def test_rerank_code_is_the_address_ball(main):
     ({"ids": ["no-such-doc"], "k": 3}, 404, "unknown id"),
     ({"texts": ["   "], "k": 3}, 422, "texts[0] is empty"),
     ({"texts": ["the of and"], "k": 3}, 422, "no word of the index"),
-    ({"codes": ["00000000"] * 300, "k": 3}, 413, "at most 256"),
+    ({"codes": ["00000000"] * 10_001, "k": 3}, 413, "at most 10000"),
     ({"codes": ["00000000"]}, 422, "give k"),
     ({"codes": ["00000000"], "k": 100000}, 422, "out of range"),
     ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
