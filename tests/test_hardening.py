@@ -46,9 +46,11 @@ def test_planted_pickle_in_a_document_dataset_never_runs(small_dataset, tmp_path
     shutil.copytree(small_dataset, d)
     marker = tmp_path / "marker"
     _plant(ds.split_dir(d, "train"), marker)
-    n = sum(len(b) for b in data.iter_batches(d, "train", 64, shuffle=False))
+    try:
+        n = sum(len(b) for b in data.iter_batches(d, "train", 64, shuffle=False))
+    finally:
+        assert not marker.exists(), "the dataset's pickle ran"
     assert n == data.count_rows(d, "train") > 0
-    assert not marker.exists(), "the dataset's pickle ran"
 
 
 def test_planted_pickle_in_an_image_dataset_never_runs(spark, tmp_path):
@@ -65,9 +67,11 @@ def test_planted_pickle_in_an_image_dataset_never_runs(spark, tmp_path):
                                                                               files_per_split=1), name="planted")
     marker = tmp_path / "marker"
     _plant(tmp_path / "img" / "images" / "split=train", marker)
-    shard = data.read_image_shard(tmp_path / "img", "train")          # the schema comes from dataset.json
+    try:
+        shard = data.read_image_shard(tmp_path / "img", "train")      # the schema comes from dataset.json
+    finally:
+        assert not marker.exists(), "the dataset's pickle ran"
     assert shard.pixels.shape == (6, 4, 4, 3)
-    assert not marker.exists(), "the dataset's pickle ran"
     # Petastorm's own reader, called directly, meets the restricted unpickler: a clear error, no code run.
     with pytest.raises(data.UntrustedSchema, match="builtins.exec"):
         with make_reader(data.image_split_url(tmp_path / "img", "train"), reader_pool_type="dummy") as reader:
