@@ -49,14 +49,17 @@ class GuardMiddleware:
             if scheme.lower() != "bearer" or not given.strip():
                 await _reply(send, 401, "missing bearer token (Authorization: Bearer <token>)",
                              {"www-authenticate": "Bearer"})
+                await _drain(receive)
                 return
             if not secrets.compare_digest(given.strip().encode(), token.encode()):
                 await _reply(send, 403, "wrong bearer token")
+                await _drain(receive)
                 return
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _reply(send, 413, _too_large(int(declared), limit))
+            await _drain(receive)
             return
         seen, started, refused = 0, False, False
 
@@ -69,6 +72,8 @@ class GuardMiddleware:
                     refused = True
                     if not started:
                         await _reply(send, 413, _too_large(seen, limit, streamed=True))
+                    if message.get("more_body"):
+                        await _drain(receive)
                     return {"type": "http.disconnect"}    # the app stops reading; its own answer is dropped
             return message
 
@@ -80,6 +85,26 @@ class GuardMiddleware:
             await send(message)
 
         await self.app(scope, counted, guarded_send)
+
+
+DRAIN_BYTES = 16 << 20             # after a refusal, this much more of the body is read and dropped
+DRAIN_SECONDS = 2.0
+
+
+async def _drain(receive: Receive) -> None:
+    """Reads and drops what the client is still sending (bounded in bytes and time), so that closing the connection
+    does not reset it before the client has read the refusal; nothing is kept."""
+    import anyio
+
+    dropped = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while dropped < DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
 
 
 def _too_large(n: int, limit: int, streamed: bool = False) -> str:
