@@ -113,10 +113,24 @@ def load_model(uri: str) -> Hasher:
     return hasher_from_parts(tensors, meta, uri)
 
 
+def _check_sizes(sizes: Any, tensors: dict[str, torch.Tensor], uri: str) -> None:
+    """``sizes`` in model.json must be positive integers that the stored weights have, layer by layer."""
+    if not (isinstance(sizes, list) and len(sizes) >= 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)):
+        raise CheckpointError(f"{META} in {uri!r}: 'sizes' must be a list of at least two positive integers, "
+                              f"got {sizes!r:.200}")
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = tensors.get(f"ae.encoder.{i}.weight")
+        if w is None or tuple(w.shape) != (b, a):
+            raise CheckpointError(f"{META} in {uri!r}: sizes {sizes} say layer {i} is {a} -> {b}, the weights hold "
+                                  f"{None if w is None else tuple(w.shape)[::-1]}")
+
+
 def hasher_from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], uri: str = "model") -> Hasher:
     """Rebuilds the model from its weights and ``model.json`` contents (checks format and weights version)."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{uri!r} holds format {meta.get('format')!r}, expected {FORMAT!r}")
+    _check_sizes(meta.get("sizes"), tensors, uri)          # before the model allocates a single layer
     model = DeepAutoencoder(meta["sizes"], output=meta["output"], code_mode=meta["code_mode"])
     state = {k[len("ae.") :]: v for k, v in tensors.items() if k.startswith("ae.")}
     try:

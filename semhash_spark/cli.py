@@ -40,7 +40,7 @@ def _config(args) -> Any:
     from .config import load_config
 
     cfg = load_config(_default_conf(args), getattr(args, "set", None) or ())
-    if getattr(args, "bits", None):
+    if getattr(args, "bits", None) is not None:
         cfg = cfg.with_bits(args.bits)
     return cfg
 
@@ -291,7 +291,7 @@ def cmd_reindex(args) -> dict:
 def cmd_rollback(args) -> dict:
     from . import index as ix
 
-    current = ix.read_current(args.index)["version"]
+    current = ix.current_version(args.index)             # None: CURRENT was deleted; --version restores it
     versions = ix.list_versions(args.index)
     if args.list:
         details = []
@@ -306,6 +306,9 @@ def cmd_rollback(args) -> dict:
         _show_versions(args, details)
         return {"index": args.index, "current": current, "versions": versions, "details": details}
     if args.previous:
+        if current is None:
+            raise ValueError(f"{args.index}: no CURRENT to go back from; restore it with --version V "
+                             f"(versions: {', '.join(versions) or 'none'})")
         older = [v for v in versions if v < current]
         if not older:
             raise ValueError(f"{args.index}: no version older than CURRENT {current} to roll back to "

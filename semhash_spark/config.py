@@ -144,6 +144,54 @@ class Config:
         return self.replace(model=dataclasses.replace(self.model, bits=bits))
 
 
+# Ranges checked at load, by section.key: (lowest, highest) inclusive (None: unbounded), or a tuple of choices.
+# A value outside names its key: `model.bits=0` is refused, never trained as some default.
+_INF = None
+RANGES: dict[str, Any] = {
+    "prepare.vocab_size": (1, _INF), "prepare.min_token_len": (1, _INF), "prepare.max_token_len": (1, _INF),
+    "prepare.min_doc_words": (0, _INF),
+    "prepare.test_fraction": (0.0, 1.0), "prepare.files_per_split": (1, _INF),
+    "images.height": (1, _INF), "images.width": (1, _INF), "images.channels": (1, 3),
+    "images.files_per_split": (1, _INF), "images.patch_side": (1, _INF), "images.patch_fovea": (1, _INF),
+    "model.kind": ("documents", "images", "image_patches"), "model.hidden": (1, _INF), "model.bits": (1, _INF),
+    "pretrain.epochs": (0, _INF), "pretrain.batch_size": (1, _INF), "pretrain.lr": (0.0, _INF),
+    "pretrain.poisson_lr_scale": (0.0, _INF), "pretrain.momentum_start": (0.0, 1.0),
+    "pretrain.momentum_final": (0.0, 1.0), "pretrain.momentum_switch_epoch": (0, _INF),
+    "pretrain.weight_decay": (0.0, _INF), "pretrain.init_std": (0.0, _INF),
+    "finetune.epochs": (0, _INF), "finetune.batch_size": (1, _INF), "finetune.lr": (0.0, _INF),
+    "finetune.noise_std": (0.0, _INF), "finetune.val_fraction": (0.0, 1.0), "finetune.patience": (0, _INF),
+    "finetune.binarize_epochs": (0, _INF), "finetune.binarize_code_lr_scale": (0.0, _INF),
+    "finetune.val_queries": (1, _INF),
+    "train.lr_scaling": ("linear", "sqrt", "none"),
+    "train.threads": (0, _INF), "train.checkpoint_every": (1, _INF),
+    "train.reader_pool": ("dummy", "process", "thread"),
+    "train.shm_slot_mb": (1, _INF),
+    "index.address_bits": (0, 64), "index.partition_bits": (0, 24), "index.rerank_candidates": (1, _INF),
+    "encode.batch_size": (1, _INF), "encode.shuffle_partitions": (0, _INF), "evaluate.max_queries": (0, _INF),
+    "generate.topics": (1, _INF), "generate.lda_iterations": (1, _INF), "generate.docs_per_task": (1, _INF),
+    "generate.images_per_task": (1, _INF), "generate.max_shift": (0, _INF), "generate.min_crop": (0.0, 1.0),
+    "generate.noise_std": (0.0, _INF),
+}
+
+
+def _check_range(key: str, value: Any) -> None:
+    rule = RANGES.get(key)
+    if rule is None:
+        return
+    if isinstance(value, tuple):                     # a list of layer sizes: every item in range
+        for v in value:
+            _check_range(key, v)
+        return
+    if isinstance(rule[0], str):
+        if value not in rule:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(rule)}")
+        return
+    lo, hi = rule
+    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):   # NaN too
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{key}: {value!r} is out of range (must be {bound})")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is tuple:
@@ -198,7 +246,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(tp, value, key + ".")
         else:
             kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
+            _check_range(key, kwargs[name])
+    obj = cls(**kwargs)
+    if isinstance(obj, PrepareConfig) and obj.max_token_len < obj.min_token_len:
+        raise ConfigError(f"{prefix}max_token_len: {obj.max_token_len} is below {prefix}min_token_len "
+                          f"({obj.min_token_len})")
+    if isinstance(obj, ImagesConfig) and (obj.channels not in (1, 3) or obj.patch_fovea > obj.patch_side):
+        raise ConfigError(f"{prefix}channels must be 1 or 3 and {prefix}patch_fovea ({obj.patch_fovea}) at most "
+                          f"{prefix}patch_side ({obj.patch_side}); got channels={obj.channels}")
+    return obj
 
 
 def _set_override(tree: dict[str, Any], assignment: str) -> None:

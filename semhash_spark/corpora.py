@@ -266,6 +266,15 @@ def hash_split(doc_id: str, test_fraction: float) -> str:
 
 
 def _jsonl_record(line: bytes, where: str, test_fraction: float) -> dict:
+    """One line -> a record; any failure (a RecursionError on deep nesting, a lone surrogate...) is its error."""
+    try:
+        return _jsonl_fields(line, where, test_fraction)
+    except Exception as e:  # noqa: BLE001 - one bad record never aborts the batch: it is quarantined
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:EXCERPT_CHARS]
+        return _record(None, _excerpt(line.rstrip(b"\r\n")), [], None, where, f"unreadable record: {where}: {detail}")
+
+
+def _jsonl_fields(line: bytes, where: str, test_fraction: float) -> dict:
     def bad(kind: str, detail: str, id_: str | None = None) -> dict:
         return _record(id_, _excerpt(line.rstrip(b"\r\n")), [], None, where, f"{kind}: {where}: {detail}")
 
@@ -298,6 +307,8 @@ def _jsonl_record(line: bytes, where: str, test_fraction: float) -> dict:
         split = hash_split(doc_id, test_fraction)
     elif split not in SPLITS:
         return bad("bad split", f"'split' must be 'train' or 'test', got {split!r}"[:EXCERPT_CHARS], doc_id)
+    for v in (doc_id, obj["text"], *labels):
+        v.encode("utf-8")                        # a lone surrogate ("\\ud800") is valid JSON but no UTF-8 string
     return _record(doc_id, obj["text"], labels, split, where)
 
 

@@ -13,9 +13,11 @@ row went missing (Petastorm's thread pool is known to lose rows silently, so the
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import os
+import pickle
 import random
 import warnings
 from dataclasses import dataclass
@@ -37,6 +39,69 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 log = logging.getLogger(__name__)
 
 READER_POOLS = ("dummy", "process", "thread")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No code from data: Petastorm keeps a dataset's Unischema as a pickle in ``_common_metadata`` and unpickles it
+# with a filter that still admits ``builtins`` (``exec``, ``eval``). Here the schema comes from this module's own
+# code (images: :func:`image_schema` from dataset.json; documents: inferred from the Parquet schema), and any other
+# caller of Petastorm's loader gets an unpickler that admits only the classes a Unischema is made of.
+# ---------------------------------------------------------------------------------------------------------------
+class UntrustedSchema(ValueError):
+    """A dataset's ``_common_metadata`` holds a pickle that names something other than Petastorm schema classes."""
+
+
+_NO_SCHEMA = object()                    # read as plain Parquet: Petastorm infers the fields from the Arrow schema
+_schema_override: contextvars.ContextVar = contextvars.ContextVar("semhash_petastorm_schema", default=None)
+_SCHEMA_CLASSES = {
+    ("collections", "OrderedDict"), ("petastorm.unischema", "Unischema"), ("petastorm.unischema", "UnischemaField"),
+    ("petastorm.codecs", "ScalarCodec"), ("petastorm.codecs", "CompressedImageCodec"),
+    ("petastorm.codecs", "NdarrayCodec"), ("petastorm.codecs", "CompressedNdarrayCodec"), ("decimal", "Decimal"),
+}
+
+
+class _SchemaUnpickler(pickle.Unpickler):
+    """Admits Unischema, UnischemaField, Petastorm's codecs, numpy scalar types and Spark SQL data types only."""
+
+    def find_class(self, module: str, name: str):
+        import pyspark.sql.types as T
+
+        if (module, name) in _SCHEMA_CLASSES:
+            return super().find_class(module, name)
+        found = getattr(np, name, None) if module == "numpy" else None
+        if isinstance(found, type) and issubclass(found, np.generic):
+            return found
+        if module == "pyspark.sql.types" and isinstance(getattr(T, name, None), type) \
+                and issubclass(getattr(T, name), T.DataType):
+            return getattr(T, name)
+        raise UntrustedSchema(f"the dataset's Petastorm metadata (_common_metadata) names {module}.{name}, which is "
+                              "not a Petastorm schema class; refusing to unpickle it (was the dataset tampered with?)")
+
+
+def _get_schema(dataset):
+    """Replaces ``petastorm.etl.dataset_metadata.get_schema``: never runs code from the dataset folder."""
+    override = _schema_override.get()
+    if override is _NO_SCHEMA:
+        raise dataset_metadata.PetastormMetadataError("semhash reads this dataset as plain Parquet")
+    if override is not None:
+        return override
+    md = dataset.common_metadata.metadata if dataset.common_metadata else None
+    if not md or dataset_metadata.UNISCHEMA_KEY not in md:
+        raise dataset_metadata.PetastormMetadataError("no Unischema in the dataset's _common_metadata")
+    return _SchemaUnpickler(io.BytesIO(md[dataset_metadata.UNISCHEMA_KEY])).load()
+
+
+dataset_metadata.get_schema = _get_schema
+
+
+@contextlib.contextmanager
+def _schema(schema) -> Iterator[None]:
+    """Within the block, Petastorm's readers use ``schema`` (or plain Parquet for ``_NO_SCHEMA``) for this thread."""
+    token = _schema_override.set(schema)
+    try:
+        yield
+    finally:
+        _schema_override.reset(token)
 
 
 @dataclass(frozen=True)
@@ -166,10 +231,10 @@ def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cu
     # Without shuffling, batches go out as soon as they are full; with it, rows wait in a buffer of
     # ``shuffle_buffer`` rows and half the buffer stays behind to mix with the next row groups.
     trigger, keep = (buffer_rows + batch_size, buffer_rows // 2) if shuffle else (batch_size, 0)
-    with _closing(make_batch_reader(_split_url(data_dir, split), schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
-                                    reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
-                                    shuffle_row_groups=shuffle, num_epochs=num_epochs,
-                                    cur_shard=cur_shard, shard_count=shard_count)) as reader:
+    with _schema(_NO_SCHEMA), _closing(make_batch_reader(
+            _split_url(data_dir, split), schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
+            reader_pool_type=reader_pool, workers_count=workers_count, seed=seed, shuffle_row_groups=shuffle,
+            num_epochs=num_epochs, cur_shard=cur_shard, shard_count=shard_count)) as reader:
         for rg in reader:
             pending.append(_to_batch(rg.id, rg.word_ids, rg.word_counts, vocab_size))
             n_pending += len(rg.id)
@@ -299,8 +364,12 @@ def read_image_shard(data_dir: str | os.PathLike, split: str, *, cur_shard: int 
     from petastorm import make_reader
 
     url = image_split_url(data_dir, split)
+    from .images import read_metadata as read_image_metadata
+
+    meta = read_image_metadata(data_dir)
+    schema = image_schema(int(meta["height"]), int(meta["width"]), int(meta["channels"]))   # never the pickle
     ids, labels, images = [], [], []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _schema(schema):
         warnings.simplefilter("ignore", FutureWarning)
         with _closing(make_reader(url, reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
                                   shuffle_row_groups=shuffle, num_epochs=1, cur_shard=cur_shard,

@@ -14,6 +14,7 @@ Plan (nothing but file metadata reaches the driver):
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -144,8 +145,7 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
             f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r} "
             f"(fingerprints {meta['vocab']['fingerprint'][:12]} vs {fp[:12]}); re-prepare or retrain")
     vocab_size = int(dmeta["vocab_size"])
-    version = version or ix.new_version_id()
-    version_uri = ix.version_prefix(index_uri, version)
+    base = ix.current_version(index_uri)                     # CURRENT must still be here when we publish
     model_version = meta["model_version"]
     blobs = spark.sparkContext.broadcast({WEIGHTS: tensors_blob, META: meta_blob})
     address_bc = spark.sparkContext.broadcast(address_blobs) if address_blobs else None
@@ -160,7 +160,7 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
         yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words,
                                  address_hasher)
 
-    def write(frames):
+    def write(frames, version_uri: str):
         store.apply_s3_env(s3_env)
         for pdf in frames:
             cols = ["id", "code", "address"] + (["word_ids", "word_counts"] if keep_words else []) + \
@@ -179,39 +179,34 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     docs = docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if keep_hash else []))
     n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
     n_tasks = min(n_tasks, 1 << partition_bits)
-    try:
+
+    def write_version(version: str, version_uri: str) -> dict:
         encoded = docs.mapInPandas(encode, ENCODED_SCHEMA)
         # One shard task per group of address partitions; a partition lives in exactly one task, sorted inside.
         files_df = encoded.repartition(n_tasks, "part").sortWithinPartitions("part", "address", "id") \
-            .mapInPandas(write, FILES_SCHEMA)
+            .mapInPandas(functools.partial(write, version_uri=version_uri), FILES_SCHEMA)
         files = [r.asDict() for r in files_df.collect()]     # file metadata only: O(partitions), never codes
-        manifest = ix.build_manifest(
-            version, bits, address_bits, partition_bits, files,
-            model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
-            data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
-            has_words=keep_words,
-            **({"address_model": {"uri": address_model_uri, "version": address_version, "path": ADDRESS_MODEL_DIR,
-                                  "kind": address_meta.get("kind"), "bits": address_bits}} if address_meta else {}),
-        )
-        log.info("wrote %d shard files: %d partitions, %d codes under %s", len(files), len(manifest["partitions"]),
-                 manifest["count"], version_uri)
+        log.info("wrote %d shard files under %s", len(files), version_uri)
+        return dict(bits=bits, address_bits=address_bits, partition_bits=partition_bits, files=files,
+                    model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
+                    data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
+                    has_words=keep_words,
+                    **({"address_model": {"uri": address_model_uri, "version": address_version,
+                                          "path": ADDRESS_MODEL_DIR, "kind": address_meta.get("kind"),
+                                          "bits": address_bits}} if address_meta else {}))
+
+    try:
         # The index carries the model that made its codes, so a reader can encode queries with it.
-        store.write_bytes(store.join(version_uri, "model", WEIGHTS), tensors_blob)
-        store.write_bytes(store.join(version_uri, "model", META), meta_blob)
-        for name, blob in (address_blobs or {}).items():
-            store.write_bytes(store.join(version_uri, ADDRESS_MODEL_DIR, name), blob)
-        ix.publish(index_uri, version, manifest, verify_checksums=False)
-    except BaseException:
-        log.error("encode failed; removing the unpublished version %s", version)
-        try:
-            store.delete_prefix(version_uri)
-        except Exception as cleanup:  # the version was never published: readers cannot see it either way
-            log.warning("could not remove %s: %s", version_uri, cleanup)
-        raise
+        models = {"model": {WEIGHTS: tensors_blob, META: meta_blob}}
+        if address_blobs:
+            models[ADDRESS_MODEL_DIR] = address_blobs
+        manifest = ix.publish_version(index_uri, write_version, base=base, version=version, models=models)
     finally:
         blobs.unpersist()
         if address_bc is not None:
             address_bc.unpersist()
+    version = manifest["version"]
+    files = [f for p in manifest["partitions"] for f in p["files"]]
     seconds = time.time() - t0
     count = int(manifest["count"])
     return {

@@ -16,6 +16,7 @@ Plan (nothing but file metadata reaches the driver):
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -188,8 +189,7 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
     address_version = address_meta["model_version"] if address_meta else None
     partition_bits = min(cfg.index.partition_bits, address_bits)
     code_bytes = C.code_bytes(bits)
-    version = version or ix.new_version_id()
-    version_uri = ix.version_prefix(index_uri, version)
+    base = ix.current_version(index_uri)                     # CURRENT must still be here when we publish
     model_version = meta["model_version"]
     patch_version = patch_meta["model_version"] if patch_meta else None
     patch_bytes = C.code_bytes(int(patch_meta["bits"])) if patch_meta else 0
@@ -204,7 +204,7 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
         yield from encode_image_frames(frames, hasher, patch_hasher, images_cfg, address_bits, partition_bits,
                                        address_hasher)
 
-    def write(frames):
+    def write(frames, version_uri: str):
         store.apply_s3_env(s3_env)
         for pdf in frames:
             metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[["id", "code", "address"]],
@@ -213,7 +213,7 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
                 yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
                                     for m in metas])
 
-    def write_patches(frames):
+    def write_patches(frames, version_uri: str):
         store.apply_s3_env(s3_env)
         for pdf in frames:
             m = write_patch_table(version_uri, code_bytes, patch_bytes, pdf)
@@ -227,13 +227,17 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
     except FileNotFoundError:
         raise ValueError(f"{data_uri!r} has no images (no images/split=* files); run semhash prepare") from None
     n_tasks = min(cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism), 1 << partition_bits)
-    try:
+    cached = []
+
+    def write_version(version: str, version_uri: str) -> dict:
         encoded = imgs.mapInPandas(encode, ENCODED_SCHEMA)
         if patch_version:
             # Encoding the 81 glimpses is the expensive part: do it once, then feed both writers from the result.
             encoded = encoded.cache()
+            cached.append(encoded)
         files_df = encoded.drop("patch_codes").repartition(n_tasks, "part") \
-            .sortWithinPartitions("part", "address", "id").mapInPandas(write, FILES_SCHEMA)
+            .sortWithinPartitions("part", "address", "id") \
+            .mapInPandas(functools.partial(write, version_uri=version_uri), FILES_SCHEMA)
         files = [r.asDict() for r in files_df.collect()]     # file metadata only
         extra: dict[str, Any] = {"kind": "images"}
         if address_meta:
@@ -241,35 +245,26 @@ def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str,
                                       "path": ADDRESS_MODEL_DIR, "kind": "images", "bits": address_bits}
         if patch_version:
             pfiles = [r.asDict() for r in encoded.select("id", "code", "patch_codes")
-                      .mapInPandas(write_patches, FILES_SCHEMA).collect()]
+                      .mapInPandas(functools.partial(write_patches, version_uri=version_uri), FILES_SCHEMA).collect()]
             pfiles.sort(key=lambda f: f["path"])
             extra["patches"] = {"bits": int(patch_meta["bits"]), "code_bytes": patch_bytes,
                                 "count": sum(int(f["rows"]) for f in pfiles), "model": PATCH_MODEL_DIR,
                                 "model_version": patch_version, "glimpses": msh.describe(images_cfg),
                                 "files": [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in pfiles]}
-        manifest = ix.build_manifest(
-            version, bits, address_bits, partition_bits, files,
-            model={"uri": model_uri, "version": model_version, "path": "model", "kind": "images"},
-            data={"uri": data_uri, "name": dmeta.get("name"), "shape": list(shape)}, **extra)
-        store.write_bytes(store.join(version_uri, "model", WEIGHTS), blobs_raw[WEIGHTS])
-        store.write_bytes(store.join(version_uri, "model", META), blobs_raw[META])
-        for name, blob in (address_raw or {}).items():
-            store.write_bytes(store.join(version_uri, ADDRESS_MODEL_DIR, name), blob)
-        if patch_raw:
-            store.write_bytes(store.join(version_uri, PATCH_MODEL_DIR, WEIGHTS), patch_raw[WEIGHTS])
-            store.write_bytes(store.join(version_uri, PATCH_MODEL_DIR, META), patch_raw[META])
-        ix.publish(index_uri, version, manifest, verify_checksums=False)
-    except BaseException:
-        log.error("encode failed; removing the unpublished version %s", version)
-        try:
-            store.delete_prefix(version_uri)
-        except Exception as cleanup:
-            log.warning("could not remove %s: %s", version_uri, cleanup)
-        raise
+        return dict(bits=bits, address_bits=address_bits, partition_bits=partition_bits, files=files,
+                    model={"uri": model_uri, "version": model_version, "path": "model", "kind": "images"},
+                    data={"uri": data_uri, "name": dmeta.get("name"), "shape": list(shape)}, **extra)
+
+    models = {"model": blobs_raw} | ({PATCH_MODEL_DIR: patch_raw} if patch_raw else {}) \
+        | ({ADDRESS_MODEL_DIR: address_raw} if address_raw else {})
+    try:
+        manifest = ix.publish_version(index_uri, write_version, base=base, version=version, models=models)
     finally:
-        if patch_version:
-            encoded.unpersist()
+        for df in cached:
+            df.unpersist()
         blobs.unpersist()
+    version = manifest["version"]
+    files = [f for p in manifest["partitions"] for f in p["files"]]
     seconds = time.time() - t0
     count = int(manifest["count"])
     return {"version": version, "index": index_uri, "kind": "images", "bits": bits, "address_bits": address_bits,

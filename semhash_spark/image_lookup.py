@@ -17,11 +17,10 @@ import numpy as np
 from . import codes as C
 from . import msh
 from . import query as Q
-from . import store
-from .inference import Encoder, load_encoder
+from .inference import Encoder
 from .config import ImagesConfig
 from .images import decode_image
-from .index import HammingIndex, read_current, read_manifest, version_prefix
+from .index import HammingIndex, load_version_model, read_current, read_manifest
 
 
 class NotAnImage(ValueError):
@@ -44,19 +43,19 @@ class ImageSearcher:
         if manifest.get("kind") != "images":
             raise ValueError(f"{index_uri!r} (version {version}) is not an image index; query it with --text")
         index = HammingIndex.open(index_uri, version=version)
-        vuri = version_prefix(index_uri, version)
-        hasher = load_encoder(store.join(vuri, "model"))
+        hasher = load_version_model(index_uri, version, manifest)          # checked against the manifest
         data = hasher.meta["data"]
         icfg = dict(hasher.meta["config"]["images"])
         patch_hasher = None
         if manifest.get("patches"):
-            patch_hasher = load_encoder(store.join(vuri, manifest["patches"]["model"]))
+            patch_hasher = load_version_model(index_uri, version, manifest, manifest["patches"]["model"])
             pc = patch_hasher.meta["config"]["images"]
             icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"])
         icfg.update(height=data["height"], width=data["width"], channels=data["channels"])
         address_hasher = None
         if index.address_from_model:
-            address_hasher = load_encoder(store.join(vuri, manifest["address_model"].get("path") or "address_model"))
+            address_hasher = load_version_model(index_uri, version, manifest,
+                                                manifest["address_model"].get("path") or "address_model")
         return cls(index, hasher, ImagesConfig(**icfg), patch_hasher, address_hasher)
 
     # -- inputs ---------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ address is its prefix, reads only the partitions whose prefix is within the radi
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import secrets
@@ -29,7 +30,7 @@ import threading
 import uuid as _uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -45,6 +46,7 @@ BASE_COLUMNS = ("id", "code", "address")
 WORD_COLUMNS = ("word_ids", "word_counts")
 HASH_COLUMN = "content_hash"                  # optional: the document's content hash, for incremental re-indexing
 _FILE_KEYS = ("path", "rows", "bytes", "sha256")
+_MODEL_FILE_KEYS = ("path", "bytes", "sha256")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LOAD_THREADS = 8
 
@@ -63,6 +65,10 @@ class IndexFormatError(IndexStoreError):
 
 class ChecksumMismatch(IndexStoreError):
     """A shard's bytes do not match the sha256 recorded in the manifest."""
+
+
+class ConcurrentPublish(IndexStoreError):
+    """Another writer moved ``CURRENT`` while this job ran: publishing would lose its update."""
 
 
 # --------------------------------------------------------------------------------------------------- layout
@@ -242,7 +248,18 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> None:
                 missing = [k for k in _FILE_KEYS if k not in f]
                 if missing:
                     raise IndexFormatError(f"{where}: file entry {f} lacks {missing}")
+                _check_relative(f["path"], where)
             total += rows
+        patches = manifest.get("patches") or {}
+        for f in patches.get("files") or ():
+            _check_relative(f["path"], where)
+        if patches.get("model") is not None:
+            _check_relative(patches["model"], where)
+        for f in manifest.get("model_files") or ():
+            missing = [k for k in _MODEL_FILE_KEYS if k not in f]
+            if missing:
+                raise IndexFormatError(f"{where}: model file entry {f} lacks {missing}")
+            _check_relative(f["path"], where)
         if total != int(manifest["count"]):
             raise IndexFormatError(f"{where}: count {manifest['count']} but partitions hold {total} rows")
         if not set(BASE_COLUMNS) <= set(manifest.get("columns", BASE_COLUMNS)):
@@ -251,6 +268,14 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> None:
         raise
     except (KeyError, TypeError, ValueError) as e:
         raise IndexFormatError(f"{where}: malformed ({type(e).__name__}: {e})") from None
+
+
+def _check_relative(path: str, where: str) -> None:
+    """A file path in a manifest stays inside its version folder: relative, no ``..``, no scheme."""
+    if not isinstance(path, str) or not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path \
+            or any(part in ("", ".", "..") for part in path.split("/")):
+        raise IndexFormatError(f"{where}: file path {path!r} leaves the version folder (relative paths only, "
+                               "no '..')")
 
 
 def _check_bits(bits: int, address_bits: int, partition_bits: int) -> None:
@@ -277,8 +302,10 @@ def _now() -> str:
 
 # --------------------------------------------------------------------------------------------------- publish
 
-def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False) -> None:
-    """Every file the manifest lists exists with its size (and sha256 when ``verify_checksums``)."""
+def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *,
+                 verify_models: bool = True) -> None:
+    """Every file the manifest lists exists with its size (shards' sha256 when ``verify_checksums``; the model
+    files' sha256 unless ``verify_models`` is False: a publisher that has just hashed what it wrote)."""
     vp = version_prefix(index_uri, version)
     present = dict(store.list_prefix(vp))                        # one listing instead of a HEAD per file
     for p in manifest["partitions"]:
@@ -290,26 +317,135 @@ def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums:
                 raise IndexFormatError(f"{uri}: {present[f['path']]} bytes, the manifest says {f['bytes']}")
             if verify_checksums:
                 _check_sha(uri, store.read_bytes(uri), f["sha256"])
+    for f in manifest.get("model_files") or ():
+        uri = store.join(vp, f["path"])
+        if present.get(f["path"]) != int(f["bytes"]):
+            raise IndexFormatError(f"{uri}: {present.get(f['path'], 'no')} bytes, the manifest says {f['bytes']}")
+    if verify_models or verify_checksums:
+        verify_model_files(index_uri, version, manifest)
 
 
-def publish(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False) -> None:
+def verify_model_files(index_uri: str, version: str, manifest: dict, directory: str | None = None) -> dict[str, bytes]:
+    """Reads the model files the manifest lists (those under ``directory``, or all) and checks their sha256.
+
+    Returns ``{path: bytes}``; raises :class:`ChecksumMismatch` naming the file when one was edited.
+    """
+    vp = version_prefix(index_uri, version)
+    out = {}
+    for f in manifest.get("model_files") or ():
+        if directory is not None and not f["path"].startswith(directory.rstrip("/") + "/"):
+            continue
+        uri = store.join(vp, f["path"])
+        try:
+            data = store.read_bytes(uri)
+        except store.NotFound:
+            raise IndexFormatError(f"{uri}: listed in the manifest but missing") from None
+        _check_sha(uri, data, f["sha256"])
+        out[f["path"]] = data
+    return out
+
+
+def load_version_model(index_uri: str, version: str, manifest: dict, directory: str = "model"):
+    """The numpy encoder (:class:`inference.Encoder`, no torch) of the model a version carries
+    (``versions/V/<directory>/``), built from the very bytes checked against the manifest."""
+    from . import inference
+
+    uri = store.join(version_prefix(index_uri, version), directory)
+    files = verify_model_files(index_uri, version, manifest, directory)
+    d = directory.rstrip("/")
+    weights, meta = files.get(f"{d}/{inference.WEIGHTS}"), files.get(f"{d}/{inference.META}")
+    if weights is None or meta is None:              # a version written before model files were listed
+        return inference.load_encoder(uri)
+    return inference.encoder_from_parts(weights, json.loads(meta), uri)
+
+
+_READ = object()
+
+
+def publish(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *,
+            base: Any = _READ) -> None:
     """Publishes a version whose shards are written: verify files, write the manifest, then ``CURRENT`` last.
 
-    Any failure before the final write leaves ``CURRENT`` (and so every reader) on the previous version.
+    ``CURRENT`` is written by compare-and-swap: it must still point at ``base`` (the version the job started from,
+    None for an empty index; by default whatever it points at now), else :class:`ConcurrentPublish` is raised and
+    nothing is published. Any failure before the final write leaves ``CURRENT`` (and every reader) where it was.
     """
     if manifest.get("version") != version:
         raise IndexFormatError(f"manifest is for version {manifest.get('version')!r}, publishing {version!r}")
     validate_manifest(manifest, f"manifest of {version}")
-    verify_files(index_uri, version, manifest, verify_checksums)
+    verify_files(index_uri, version, manifest, verify_checksums, verify_models=False)   # sizes: hashed when written
     store.write_json(manifest_uri(index_uri, version), manifest)
-    _write_current(index_uri, version)
+    _write_current(index_uri, version, base)
     log.info("published %s version %s (%d codes, %d partitions)", index_uri, version, manifest["count"],
              len(manifest["partitions"]))
 
 
-def _write_current(index_uri: str, version: str) -> None:
-    store.write_json(store.join(index_uri, CURRENT),
-                     {"version": version, "manifest": f"versions/{version}/{MANIFEST}", "published_at": _now()})
+def current_version(index_uri: str) -> str | None:
+    """The version ``CURRENT`` points at, None for an index with nothing published (a job's ``base``)."""
+    try:
+        return read_current(index_uri)["version"]
+    except IndexNotFound:
+        return None
+
+
+def _write_current(index_uri: str, version: str, base: Any = _READ) -> None:
+    uri = store.join(index_uri, CURRENT)
+    got = store.read_tagged(uri)
+    tag = got[1] if got is not None else None
+    now = None
+    if got is not None:
+        try:
+            now = json.loads(got[0])["version"]
+        except (ValueError, KeyError, TypeError):
+            raise IndexFormatError(f"{uri}: not a CURRENT pointer ({got[0][:200]!r})") from None
+    if base is not _READ and now != base:
+        raise ConcurrentPublish(f"{uri} moved from {base or 'nothing'} to {now or 'nothing'} while this job ran "
+                                f"(another writer published); not publishing {version} over it: run the job again "
+                                "to include both changes")
+    body = (json.dumps({"version": version, "manifest": f"versions/{version}/{MANIFEST}", "published_at": _now()},
+                       indent=1, sort_keys=True) + "\n").encode()
+    try:
+        store.write_bytes_if(uri, body, tag)
+    except store.PreconditionFailed:
+        raise ConcurrentPublish(f"{uri} was changed by another writer while version {version} was being "
+                                "published; not published: run the job again to include both changes") from None
+
+
+def publish_version(index_uri: str, write: Callable[[str, str], dict], *, models: dict[str, dict[str, bytes]],
+                    base: Any = _READ, version: str | None = None, verify_checksums: bool = False) -> dict:
+    """The one way a job publishes a new version; returns its manifest.
+
+    ``write(version, version_uri)`` writes the shards and returns the manifest's fields (``bits``,
+    ``address_bits``, ``partition_bits``, ``files`` and any extra keys for :func:`build_manifest`). Then the
+    models (``{folder: {file name: bytes}}``) are copied into the version and listed with their sha256 under
+    ``model_files``, the manifest is written, and ``CURRENT`` is swapped from ``base`` (see :func:`publish`;
+    by default the version current when this call started). On any failure the unpublished version folder is
+    removed and ``CURRENT`` is untouched.
+    """
+    if base is _READ:
+        base = current_version(index_uri)
+    version = version or new_version_id()
+    vuri = version_prefix(index_uri, version)
+    try:
+        fields = dict(write(version, vuri))
+        model_files = []
+        for folder, blobs in models.items():
+            for name, blob in blobs.items():
+                path = f"{folder}/{name}"
+                store.write_bytes(store.join(vuri, path), blob)
+                model_files.append({"path": path, "bytes": len(blob), "sha256": store.sha256_bytes(blob)})
+        manifest = build_manifest(version, fields.pop("bits"), fields.pop("address_bits"),
+                                  fields.pop("partition_bits"), fields.pop("files"), model_files=model_files,
+                                  **fields)
+        publish(index_uri, version, manifest, verify_checksums, base=base)
+    except BaseException:
+        log.error("publishing version %s of %s failed; removing the unpublished version", version, index_uri)
+        try:
+            store.delete_prefix(vuri)
+        except Exception as cleanup:  # noqa: BLE001 - never published: readers cannot see it either way
+            log.warning("could not remove %s: %s", vuri, cleanup)
+        raise
+    return manifest
 
 
 def read_current(index_uri: str) -> dict:
@@ -345,10 +481,11 @@ def list_versions(index_uri: str) -> list[str]:
 
 
 def rollback(index_uri: str, version: str, verify_checksums: bool = False) -> dict:
-    """Points ``CURRENT`` at an older version after re-verifying its files; returns its manifest."""
+    """Points ``CURRENT`` at another version (also when ``CURRENT`` is missing) after re-verifying its files."""
+    base = current_version(index_uri)
     manifest = read_manifest(index_uri, version)
     verify_files(index_uri, version, manifest, verify_checksums)
-    _write_current(index_uri, version)
+    _write_current(index_uri, version, base)
     log.info("rolled %s back to version %s", index_uri, version)
     return manifest
 

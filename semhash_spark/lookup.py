@@ -15,10 +15,9 @@ import numpy as np
 from . import codes as C
 from . import dataset as ds
 from . import query as Q
-from . import store
-from .inference import Encoder, load_encoder
+from .inference import Encoder
 from .config import PrepareConfig
-from .index import HammingIndex, read_current, version_prefix
+from .index import HammingIndex, load_version_model, read_current
 
 ADDRESS_MODEL_DIR = "address_model"
 
@@ -33,12 +32,11 @@ class Searcher:
     def open(cls, index_uri: str, version: str | None = None) -> "Searcher":
         version = version or read_current(index_uri)["version"]
         index = HammingIndex.open(index_uri, version=version)
-        vp = version_prefix(index_uri, version)
-        hasher = load_encoder(store.join(vp, "model"))
+        hasher = load_version_model(index_uri, version, index.manifest)      # checked against the manifest
         address_hasher = None
         if index.address_from_model:
-            address_hasher = load_encoder(store.join(vp, index.manifest["address_model"].get("path")
-                                                   or ADDRESS_MODEL_DIR))
+            address_hasher = load_version_model(index_uri, version, index.manifest,
+                                                index.manifest["address_model"].get("path") or ADDRESS_MODEL_DIR)
         return cls(index, hasher, address_hasher)
 
     @property

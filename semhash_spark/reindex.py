@@ -32,6 +32,7 @@ executors through the store).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -220,8 +221,6 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         return report
 
     # 2. encode what is new or changed
-    version = ix.new_version_id()
-    version_uri = ix.version_prefix(index_uri, version)
     blobs = spark.sparkContext.broadcast({WEIGHTS: tensors_blob, META: meta_blob})
 
     def encode(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -234,7 +233,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     write_cols = list(columns)                                         # what write_shard gets, in shard order
     s3_env = store.driver_s3_env()
 
-    def flush(pieces: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def flush(pieces: list[pd.DataFrame], version_uri: str) -> Iterator[pd.DataFrame]:
         pdf = pd.concat(pieces, ignore_index=True)
         codes = ix.codes_from_column(pdf["code"].tolist(), code_bytes)
         pdf = pdf.assign(address=C.prefix(codes, address_bits))         # carried rows: recomputed, not read
@@ -243,7 +242,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
             yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
                                 for m in metas])
 
-    def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def write(frames: Iterator[pd.DataFrame], version_uri: str) -> Iterator[pd.DataFrame]:
         """Rows sorted by partition -> one shard file per partition (one partition's rows in memory at a time)."""
         store.apply_s3_env(s3_env)                                     # tasks write the shards straight to the store
         pending: list[pd.DataFrame] = []
@@ -254,13 +253,15 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
             cuts = np.concatenate([[0], np.flatnonzero(part[1:] != part[:-1]) + 1, [len(pdf)]])
             for s, e in zip(cuts[:-1], cuts[1:]):
                 if pending and pending[-1]["part"].iat[0] != part[s]:
-                    yield from flush(pending)
+                    yield from flush(pending, version_uri)
                     pending = []
                 pending.append(pdf.iloc[s:e])
         if pending:
-            yield from flush(pending)
+            yield from flush(pending, version_uri)
 
-    try:
+    done: dict[str, Any] = {}
+
+    def write_version(version: str, version_uri: str) -> dict:
         if reason is not None:
             to_encode = tonight
         else:
@@ -283,7 +284,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
         n_tasks = max(1, min(n_tasks, 1 << partition_bits, len(affected) if affected is not None else 1 << 30))
         files = [r.asDict() for r in rows.repartition(n_tasks, "part").sortWithinPartitions("part")
-                 .mapInPandas(write, FILES_SCHEMA).collect()]
+                 .mapInPandas(functools.partial(write, version_uri=version_uri), FILES_SCHEMA).collect()]
 
         # 4. carry the untouched partitions over: copies at the same relative paths
         copies = [] if affected is None else [
@@ -296,28 +297,25 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
 
         with ThreadPoolExecutor(max_workers=_COPY_THREADS) as pool:
             list(pool.map(carry, copies))
-        store.write_bytes(store.join(version_uri, "model", WEIGHTS), tensors_blob)
-        store.write_bytes(store.join(version_uri, "model", META), meta_blob)
         hook("shards_written")
+        done.update(files=files, copies=copies, affected=affected)
+        return dict(bits=bits, address_bits=address_bits, partition_bits=partition_bits, files=files + copies,
+                    model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
+                    data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
+                    has_words=keep_words,
+                    reindex={"base_version": base, "full": reason is not None, "reason": reason, **counts})
 
-        # 5. publish
-        manifest = ix.build_manifest(
-            version, bits, address_bits, partition_bits, files + copies,
-            model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
-            data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
-            has_words=keep_words,
-            reindex={"base_version": base, "full": reason is not None, "reason": reason, **counts},
-        )
-        ix.publish(index_uri, version, manifest)
+    # 5. publish: CURRENT must still be at ``base`` (a concurrent run that published first makes this one fail)
+    try:
+        manifest = ix.publish_version(index_uri, write_version, base=base,
+                                      models={"model": {WEIGHTS: tensors_blob, META: meta_blob}})
     except BaseException:
-        log.error("re-index failed; CURRENT stays on %s; removing the unpublished version %s", base, version)
-        try:
-            store.delete_prefix(version_uri)
-        except Exception as cleanup:  # noqa: BLE001 - never published; a later run's retention removes it
-            log.warning("could not remove %s: %s", version_uri, cleanup)
+        log.error("re-index failed; CURRENT stays where it was (this run started from %s)", base)
         raise
     finally:
         blobs.unpersist()
+    version = manifest["version"]
+    files, copies, affected = done["files"], done["copies"], done["affected"]
 
     rewritten = {f["partition"] for f in files} | (affected or set())
     report.update({"published": True, "version": version, "count": int(manifest["count"]),

@@ -45,6 +45,10 @@ class NotFound(StoreError):
     """The object (or the bucket holding it) does not exist."""
 
 
+class PreconditionFailed(StoreError):
+    """A conditional write found the object changed (or present, or absent) since it was read."""
+
+
 # ----------------------------------------------------------------------------------------------- URIs
 
 def is_s3(uri: str) -> bool:
@@ -278,6 +282,83 @@ def write_bytes(uri: str, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def read_tagged(uri: str) -> tuple[bytes, str] | None:
+    """``(bytes, tag)`` of the object, None when there is none; pass the tag to :func:`write_bytes_if`."""
+    with _errors(uri, "read"):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                r = client().get_object(Bucket=bucket, Key=key)
+            except Exception as e:  # noqa: BLE001 - translated by _errors unless it is a missing key
+                if _is_missing(e):
+                    return None
+                raise
+            return r["Body"].read(), r["ETag"]
+        try:
+            with open(local_path(uri), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, sha256_bytes(data)
+
+
+LOCK_STALE_SECONDS = 30.0          # a local conditional write's lock file older than this is a crashed writer's
+
+
+def write_bytes_if(uri: str, data: bytes, tag: str | None) -> None:
+    """Writes ``data`` only if the object is still as read: ``tag`` from :func:`read_tagged`, None for "absent".
+
+    On S3 a conditional PUT (``If-Match`` / ``If-None-Match: *``); locally a lock file created exclusively beside
+    the object for the compare and the rename (a lock older than :data:`LOCK_STALE_SECONDS` is a crashed writer's
+    and is broken). Raises :class:`PreconditionFailed` when another writer got there first.
+    """
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        cond = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        try:
+            client().put_object(Bucket=bucket, Key=key, Body=data, **cond)
+        except Exception as e:  # noqa: BLE001
+            from botocore.exceptions import ClientError
+
+            if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code")) in (
+                    "PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise PreconditionFailed(uri, "changed by another writer since it was read", "write") from None
+            raise _translate(e, uri, "write") from None
+        return
+    path = local_path(uri)
+    lock = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = _take_lock(lock, uri)
+    try:
+        now = read_tagged(uri)
+        if (now[1] if now is not None else None) != tag:
+            raise PreconditionFailed(uri, "changed by another writer since it was read", "write")
+        write_bytes(uri, data)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+
+
+def _take_lock(lock: str, uri: str, wait_s: float = 10.0) -> int:
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                if time.time() - os.path.getmtime(lock) > LOCK_STALE_SECONDS:
+                    os.unlink(lock)              # the writer that made it died holding it
+                    continue
+            except FileNotFoundError:
+                continue
+            if time.monotonic() > deadline:
+                raise StoreError(uri, f"lock {lock} held by another writer for over {wait_s:.0f}s", "write") from None
+            time.sleep(0.01)
 
 
 def write_json(uri: str, obj) -> None:

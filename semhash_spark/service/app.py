@@ -16,10 +16,12 @@ import time
 from typing import Iterator, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
 
+from .limits import GuardMiddleware
 from .routes import health, search
 from .runtime import Service
-from .settings import Settings, add_serve_arguments, settings_from_args  # noqa: F401 - the one set of flags
+from .settings import Settings, SettingsError, add_serve_arguments, resolve_token, settings_from_args  # noqa: F401
 
 log = logging.getLogger("semhash_spark.service")
 
@@ -37,10 +39,11 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
         finally:
             svc.stop()
 
-    app = FastAPI(title="semhash lookup service", version="1", lifespan=lifespan,
+    app = FastAPI(title="semhash lookup service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic hashing lookup over a published index: exact Hamming k-NN and range "
                               "search, the papers' address lookup, TF-IDF re-ranking.")
     app.state.service = svc
+    _local_docs(app)
     app.include_router(search.router)
     app.include_router(health.router)
 
@@ -62,7 +65,39 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
                 log.info("request", extra={"method": request.method, "path": path, "status": status,
                                            "ms": round(1000 * dt, 3), "version": v.version if v else None})
 
+    app.add_middleware(GuardMiddleware, settings=settings)     # outermost: before any body is read
     return app
+
+
+def _local_docs(app: FastAPI) -> None:
+    """``/docs`` from assets served by this process (an air-gapped cluster reaches no CDN).
+
+    With the ``swagger-ui-bundle`` package, the Swagger UI page with its bundled script and styles under
+    ``/docs/static``; without it, a plain page pointing at ``/openapi.json``.
+    """
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        from fastapi.openapi.docs import get_swagger_ui_html
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                       swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                       swagger_css_url="/docs/static/swagger-ui.css",
+                                       swagger_favicon_url="/docs/static/favicon-32x32.png")
+        return
+
+    @app.get("/docs", include_in_schema=False)
+    def docs_plain() -> HTMLResponse:
+        return HTMLResponse(f"<!doctype html><title>{app.title}</title><h1>{app.title}</h1><p>The interactive "
+                            "page needs the swagger-ui-bundle package; the API description is at "
+                            f"<a href='{app.openapi_url}'>{app.openapi_url}</a>.</p>")
 
 
 # ---------------------------------------------------------------------------------------------- running

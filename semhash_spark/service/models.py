@@ -72,6 +72,8 @@ class HealthResponse(BaseModel):
     cache_bytes: int | None = None
     cache_partitions: int | None = None
     last_poll_error: str | None = None
+    refused: str | None = Field(None, description="Why the version CURRENT names is not served (it did not "
+                                                   "verify: a shard or model file differs from its manifest)")
 
 
 class ErrorResponse(BaseModel):

@@ -28,7 +28,8 @@ from semhash_spark import store
 
 from .cache import PartitionCache
 from .metrics import Metrics
-from .searcher import Outcome, Query, Searcher
+from .limits import LimitExceeded, check_work
+from .searcher import BatchTooLarge, Outcome, Query, QueryError, Searcher
 from .settings import Settings
 from .version import LoadedVersion
 
@@ -46,6 +47,7 @@ class Service:
         self.searcher = Searcher(self.cache, settings)
         self.current: LoadedVersion | None = None
         self.ready = False                      # the first version is loaded and warmed
+        self.refused: str | None = None         # why CURRENT's version is not served (it did not verify)
         self.last_poll_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,6 +76,10 @@ class Service:
         v = self.current                         # taken once: the whole request sees this version
         if v is None:
             raise NotReady("no index version is loaded yet")
+        try:
+            check_work(q.kind, q.values, q.k, q.rerank, self.settings)     # before any work is done
+        except LimitExceeded as e:
+            raise (BatchTooLarge(str(e)) if e.status == 413 else QueryError(str(e))) from None
         out = self.searcher.run(v, q)
         self.metrics.cache_bytes.set(self.cache.bytes)
         self.metrics.queries.labels(q.kind).inc(len(out.codes))
@@ -112,6 +118,7 @@ class Service:
             self._retired = None
         self._renew()
         if self.current is not None and self.current.version == version:
+            self.refused = None
             return False
         if version in self._refused:
             try:
@@ -135,8 +142,10 @@ class Service:
                 log.error("refusing version %s of %s until its manifest changes: %s", version, uri, e,
                           extra={"version": version})
                 self._refused[version] = manifest_sha
+                self.refused = f"version {version} refused: {e}"
             return False
         self._refused.pop(version, None)
+        self.refused = None
         if new.model_error:
             log.warning("%s", new.model_error, extra={"version": version})
         if not self._warm(new):

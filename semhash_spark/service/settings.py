@@ -25,6 +25,10 @@ class Settings:
     preload: bool = True               # read partitions into the cache before serving a version (up to the budget)
     max_batch: int = 10000             # queries per request (one batch through the compiled search)
     max_k: int = 1000
+    max_body_bytes: int = 8 << 20      # request body, counted while it arrives (413 past it)
+    max_work: int = 100_000            # queries x k (x max_results without k) per request: 10,000 codes at k=10
+    max_text_chars: int = 100_000      # characters per text query
+    max_image_pixels: int = 1 << 24    # width x height of one image query, read from its header before decoding
     max_radius: int = 16
     max_results: int = 1000            # per query, for radius-only queries (nearest kept, `truncated` set)
     rerank_candidates: int = 100       # shortlist size re-ranked by TF-IDF when no radius is given
@@ -46,7 +50,8 @@ class Settings:
                 raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.failure_backoff_s < 0:
             raise SettingsError(f"failure_backoff_s: must be >= 0, got {self.failure_backoff_s}")
-        for name in ("max_batch", "max_k", "max_results", "rerank_candidates", "load_threads"):
+        for name in ("max_batch", "max_k", "max_results", "rerank_candidates", "load_threads", "max_body_bytes",
+                     "max_work", "max_text_chars", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.lease_ttl_s < 3 * self.poll_seconds:
@@ -73,8 +78,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--cache-bytes", type=_size, default=1 << 30, help="partition cache budget, e.g. 2G, 512M")
-    p.add_argument("--token", default=None,
-                   help="bearer token required on /search (default: $SEMHASH_TOKEN; none: open)")
+    p.add_argument("--token", default=None, help="bearer token required on /search (visible in ps: prefer "
+                   "--token-file or $SEMHASH_TOKEN; none: open)")
+    p.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEMHASH_TOKEN_FILE)")
+    p.add_argument("--max-body-bytes", type=_size, default=8 << 20, help="request body limit, e.g. 8M (413 past it)")
     p.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
     p.add_argument("--fetch-timeout", type=float, default=5.0,
                    help="seconds a request waits for partitions before answering partial")
@@ -89,10 +96,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags; flags a caller's parser lacks take the defaults of :func:`add_serve_arguments`."""
     get = lambda name, default: getattr(args, name, default)  # noqa: E731
     return Settings(index_uri=args.index, host=get("host", "127.0.0.1"), port=get("port", 8080),
-                    cache_bytes=get("cache_bytes", 1 << 30),
-                    token=get("token", None) or os.environ.get("SEMHASH_TOKEN") or None,
+                    cache_bytes=get("cache_bytes", 1 << 30), token=resolve_token(args),
                     poll_seconds=get("poll_seconds", 10.0), fetch_timeout_s=get("fetch_timeout", 5.0),
-                    preload=not get("no_preload", False), max_batch=get("max_batch", 10000))
+                    preload=not get("no_preload", False), max_batch=get("max_batch", 10000),
+                    max_body_bytes=get("max_body_bytes", 8 << 20))
+
+
+def resolve_token(args: argparse.Namespace, environ=None) -> str | None:
+    """--token, else --token-file, else $SEMHASH_TOKEN, else $SEMHASH_TOKEN_FILE (a file keeps it out of ps)."""
+    env = os.environ if environ is None else environ
+    if getattr(args, "token", None):
+        return args.token
+    path = getattr(args, "token_file", None) or env.get("SEMHASH_TOKEN_FILE")
+    if not path and env.get("SEMHASH_TOKEN"):
+        return env["SEMHASH_TOKEN"]
+    if not path:
+        return None
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except OSError as e:
+        raise SettingsError(f"token file {path!r} cannot be read: {e.strerror}") from None
+    if not token:
+        raise SettingsError(f"token file {path!r} is empty")
+    return token
 
 
 def _size(text: str) -> int:

@@ -17,7 +17,7 @@ def _health(svc: Service, ok: bool, response: Response) -> HealthResponse:
     return HealthResponse(status="ok" if ok else "loading", version=v.version if v else None,
                           codes=v.count if v else None, partitions=v.npartitions if v else None,
                           cache_bytes=svc.cache.bytes, cache_partitions=len(svc.cache),
-                          last_poll_error=svc.last_poll_error)
+                          last_poll_error=svc.last_poll_error, refused=svc.refused)
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="200 once an index version is loaded")
@@ -27,6 +27,7 @@ def healthz(response: Response, svc: Service = Depends(service)) -> HealthRespon
 
 @router.get("/readyz", response_model=HealthResponse, summary="200 once a version is loaded and warmed")
 def readyz(response: Response, svc: Service = Depends(service)) -> HealthResponse:
+    """``refused`` says why the version CURRENT names is not served (the version loaded before goes on serving)."""
     return _health(svc, svc.ready and svc.current is not None, response)
 
 
