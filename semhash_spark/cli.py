@@ -650,8 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"semhash {args.command}: error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
     if isinstance(result, dict):
-        result.setdefault("command", args.command)
-        result.setdefault("elapsed_seconds", round(time.time() - t0, 1))
+        if args.command != "query":      # query prints exactly POST /search's {"version", "results"}
+            result.setdefault("command", args.command)
+            result.setdefault("elapsed_seconds", round(time.time() - t0, 1))
         _print(result)
     return 0
 
