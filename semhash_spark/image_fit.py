@@ -181,9 +181,16 @@ def rank_main(data_dir: str, out_uri: str, cfg_dict: dict, np_expected: int, pro
 def train_image_model(data_dir: str, out_uri: str, cfg: Config, *, np: int = 1, progress: bool = True) -> dict:
     """Trains an image model (``model.kind`` images or image_patches) on a local ``semhash-images/1`` dataset."""
     meta = im.read_metadata(data_dir)
+    if cfg.model.kind == "image_kmeans":           # k-means patch features + code layer: semhash_spark.kmeans_fit
+        from .kmeans_fit import train_kmeans_model
+
+        if np != 1:
+            raise ValueError(f"model.kind image_kmeans trains in one process (--np 1), not --np {np}")
+        return train_kmeans_model(data_dir, out_uri, cfg)
     if cfg.model.kind not in ("images", "image_patches"):
         raise ValueError(f"model.kind {cfg.model.kind!r} cannot train on the image dataset {data_dir!r}; "
-                         "use conf/images.yaml (model.kind: images) or model.kind=image_patches")
+                         "use conf/images.yaml (model.kind: images), conf/images-best.yaml (image_kmeans) "
+                         "or model.kind=image_patches")
     if meta["counts"].get("train", 0) == 0:
         raise ValueError(f"{data_dir!r} has no training images")
     if (cfg.images.height, cfg.images.width, cfg.images.channels) != (meta["height"], meta["width"], meta["channels"]):
