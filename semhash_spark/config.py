@@ -53,11 +53,12 @@ class ModelConfig:
 class FeaturesConfig:
     """``model.kind: image_kmeans``: k-means patch features (Coates, Lee & Ng 2011) under a binary code layer."""
     patch: int = 6                  # patch side (the paper's 6 x 6)
-    stride: int = 2                 # between patches (the paper: 1; 2 costs a quarter)
+    stride: int = 3                 # between patches (the paper: 1; 3 costs a ninth)
     centroids: int = 400            # K
     pool: int = 2                   # activations summed over pool x pool cells (the paper's quadrants)
-    patch_samples: int = 200_000    # random training patches for whitening and k-means
+    patch_samples: int = 100_000    # random training patches for whitening and k-means
     kmeans_iters: int = 10
+    fit_images: int = 20_000        # training images whose features fit the code layer (0: all)
     zca_eps: float = 0.1            # added to the eigenvalues of the patch covariance before whitening
     itq_iters: int = 50             # the code layer starts as PCA + ITQ of the features
     balance_weight: float = 0.1     # code-layer fine-tuning (finetune.epochs): per-bit mean^2 ...

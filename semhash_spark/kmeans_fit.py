@@ -98,7 +98,8 @@ def _code_fn(layer: torch.nn.Linear):
 
 def finetune_code_layer(layer: torch.nn.Linear, feats: np.ndarray, cfg: Config, validator: Validator | None,
                         seed: int) -> dict[str, Any]:
-    """Straight-through fine-tuning of the code layer on ``feats`` (module docstring, step 3); keeps the best epoch."""
+    """Straight-through fine-tuning of the code layer on ``feats`` (module docstring, step 3); keeps the best
+    epoch."""
     bits, fc, ft = layer.out_features, cfg.features, cfg.finetune
     code = _code_fn(layer)
     best = {"epoch": 0, "precision": validator.precision(code) if validator else None,
@@ -166,6 +167,12 @@ def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, An
     shard = data_mod.read_image_shard(data_dir, "train", seed=seed, reader_pool=cfg.train.reader_pool)
     val = is_validation_id(shard.ids, cfg.finetune.val_fraction)
     train_px = shard.pixels[~val]
+    # the code layer is fitted on the features of fit_images training images (and every validation image)
+    fit = np.flatnonzero(~val)
+    if 0 < fc.fit_images < len(fit):
+        fit = np.sort(rng.choice(fit, size=fc.fit_images, replace=False))
+    rows = np.sort(np.concatenate([fit, np.flatnonzero(val)]))
+    labels, val = shard.labels[rows], val[rows]
     h, w, c = meta["height"], meta["width"], meta["channels"]
     model = KMeansFeatureHasher(h, w, c, fc.patch, fc.stride, fc.centroids, fc.pool, cfg.model.bits)
     with torch.no_grad():
@@ -176,7 +183,8 @@ def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, An
         model.centroids.copy_(kmeans(model.whiten(p), fc.centroids, fc.kmeans_iters, gen))
         del p
         t_kmeans = time.time() - t0
-        pooled = model.pooled(torch.from_numpy(shard.pixels.reshape(len(shard), -1))).numpy()
+        log.info("whitening and %d centroids in %.1fs; features of %d images", fc.centroids, t_kmeans, len(rows))
+        pooled = model.pooled(torch.from_numpy(shard.pixels[rows].reshape(len(rows), -1))).numpy()
         t_feats = time.time() - t0 - t_kmeans
         fmean, fstd = pooled[~val].mean(0), pooled[~val].std(0) + 1e-3
         model.feature_mean.copy_(torch.from_numpy(fmean))
@@ -190,14 +198,16 @@ def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, An
         proj = itq.pca_.components_[:, :cfg.model.bits] @ itq.rotation_             # [F, bits]
         model.code.weight.copy_(torch.from_numpy(proj.T.astype(np.float32)))
         model.code.bias.copy_(torch.from_numpy((-(itq.pca_.mean_ @ proj)).astype(np.float32)))
-    validator = _validator(feats, shard.labels, val, cfg)
+    log.info("features in %.1fs; PCA + ITQ code layer fitted", t_feats)
+    validator = _validator(feats, labels, val, cfg)
     tuned = finetune_code_layer(model.code, feats[~val], cfg, validator, seed)
     stats = bit_statistics(_code_fn(model.code)(feats[~val]), cfg.model.bits, cfg.index.address_bits)
     if stats["bit_mean_min"] < 0.05 or stats["bit_mean_max"] > 0.95 or stats["largest_bucket_share"] > 0.05:
         log.warning("the codes concentrate on the training images: %s", stats)
     metrics = {"kmeans_seconds": round(t_kmeans, 1), "feature_seconds": round(t_feats, 1),
                "train_seconds": round(time.time() - t0, 1), "best_epoch": tuned["best_epoch"],
-               "val_precision": tuned["val_precision"], "best_val_precision": tuned["val_precision"][tuned["best_epoch"]],
+               "val_precision": tuned["val_precision"],
+               "best_val_precision": tuned["val_precision"][tuned["best_epoch"]],
                "itq_loss": [round(itq.loss_[0], 2), round(itq.loss_[-1], 2)], "bit_statistics": stats}
     tensors = {f"kf.{k}": v for k, v in model.state_dict().items()}
     model_meta = {

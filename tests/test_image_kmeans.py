@@ -40,7 +40,8 @@ def cifar_data(spark, shared_data, tmp_path_factory) -> Path:
             out = root / "src" / split / label / name
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(tar.extractfile(m).read())
-    images.prepare_images(spark, "imagefolder", str(root / "src"), str(root / "data"), ImagesConfig(files_per_split=2))
+    images.prepare_images(spark, "imagefolder", str(root / "src"), str(root / "data"),
+                          ImagesConfig(files_per_split=2))
     return root / "data"
 
 
@@ -85,7 +86,16 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     assert bits.min() > 0.15 and bits.max() < 0.85, bits            # balanced bits on the training images
 
     res = evaluate_image_model(str(model), str(cifar_data), baseline_bits=(16,))
-    rng = np.random.default_rng(0)
     # 10 balanced classes: random codes have mAP@1000 near the 0.1 chance level on 400 database images
     assert res["num_queries"] == 100 and res["map_at_1000"] > 0.13, res["map_at_1000"]
-    assert res["baselines"]["lsh"]["map_at_1000"] > 0 and rng is not None
+
+    # encode + query --image: a training image finds itself at distance 0 through the published index
+    index = tmp_path / "index"
+    capsys.readouterr()
+    assert cli.main(["encode", "--model", str(model), "--data", str(cifar_data), "--index", str(index)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 500
+    query_file = sorted((cifar_data.parent / "src" / "train" / "ship").iterdir())[3]
+    assert cli.main(["query", "--index", str(index), "--image", str(query_file), "--k", "5", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert hits[0]["distance"] == 0 and f"train/ship/{query_file.name}" in [h["id"] for h in hits
+                                                                             if h["distance"] == 0]

@@ -42,7 +42,7 @@ class KMeansFeatureHasher(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "KMeansFeatureHasher":
-        """Rebuilds the network of a ``network: kmeans_triangle`` checkpoint (weights ``kf.*``, ``meta["features"]``)."""
+        """Rebuilds a ``network: kmeans_triangle`` checkpoint (weights ``kf.*``, shape ``meta["features"]``)."""
         model = cls(**meta["features"])
         model.load_state_dict({k[len("kf."):]: v for k, v in tensors.items() if k.startswith("kf.")})
         return model
