@@ -3,7 +3,8 @@
 1. Random ``patch x patch`` training patches, contrast-normalised, give the ZCA whitening; mini-batch-free
    k-means (Lloyd's iterations, the paper's initialisation: small random centroids, empty clusters re-seeded from
    data) gives ``features.centroids`` centroids.
-2. Every training image is encoded once (:meth:`KMeansFeatureHasher.pooled`); the features' mean and std are kept.
+2. ``features.fit_images`` training images (all with 0) and the validation images are encoded once
+   (:meth:`KMeansFeatureHasher.pooled`); the training features' mean and std are kept.
 3. The code layer starts as PCA + ITQ of the standardised features (Gong & Lazebnik), then ``finetune.epochs`` of
    Adam with straight-through sign codes on a loss that asks code inner products to match feature cosines, with
    bit-balance and decorrelation terms. A validation split carved from train (``finetune.val_fraction``, by id
@@ -159,6 +160,8 @@ def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, An
     """Trains ``model.kind: image_kmeans`` on a local ``semhash-images/1`` dataset and writes it to ``out_uri``."""
     t0 = time.time()
     meta = im.read_metadata(data_dir)
+    if meta["counts"].get("train", 0) == 0:
+        raise ValueError(f"{data_dir!r} has no training images")
     fc, seed = cfg.features, cfg.train.seed
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
