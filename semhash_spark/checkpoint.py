@@ -23,6 +23,7 @@ from . import store
 from .config import Config, config_from_dict
 from .inference import FORMAT, META, WEIGHTS, CheckpointError, encoder_spec  # noqa: F401 - names of this format
 from .models.autoencoder import DeepAutoencoder
+from .models.kmeans_features import KMeansFeatureHasher
 
 
 def weights_version(tensors: dict[str, torch.Tensor]) -> str:
@@ -130,11 +131,13 @@ def hasher_from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], ur
     """Rebuilds the model from its weights and ``model.json`` contents (checks format and weights version)."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{uri!r} holds format {meta.get('format')!r}, expected {FORMAT!r}")
-    _check_sizes(meta.get("sizes"), tensors, uri)          # before the model allocates a single layer
-    model = DeepAutoencoder(meta["sizes"], output=meta["output"], code_mode=meta["code_mode"])
-    state = {k[len("ae.") :]: v for k, v in tensors.items() if k.startswith("ae.")}
     try:
-        model.load_state_dict(state)
+        if meta.get("network") == "kmeans_triangle":        # model.kind image_kmeans: semhash_spark.kmeans_fit
+            model = KMeansFeatureHasher.from_checkpoint(tensors, meta)
+        else:
+            _check_sizes(meta.get("sizes"), tensors, uri)      # before the model allocates a single layer
+            model = DeepAutoencoder(meta["sizes"], output=meta["output"], code_mode=meta["code_mode"])
+            model.load_state_dict({k[len("ae.") :]: v for k, v in tensors.items() if k.startswith("ae.")})
     except RuntimeError as e:
         raise CheckpointError(f"weights in {uri!r} do not fit the model described in {META}: {e}") from None
     if weights_version(tensors) != meta["model_version"]:

@@ -44,9 +44,25 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "documents"         # documents | images | image_patches
+    kind: str = "documents"         # documents | images | image_patches | image_kmeans
     hidden: tuple[int, ...] = (500, 500)   # 2000-500-500-{bits}
     bits: int = 64
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """``model.kind: image_kmeans``: k-means patch features (Coates, Lee & Ng 2011) under a binary code layer."""
+    patch: int = 6                  # patch side (the paper's 6 x 6)
+    stride: int = 3                 # between patches (the paper: 1; 3 costs a ninth)
+    centroids: int = 400            # K
+    pool: int = 2                   # activations summed over pool x pool cells (the paper's quadrants)
+    patch_samples: int = 100_000    # random training patches for whitening and k-means
+    kmeans_iters: int = 10
+    fit_images: int = 20_000        # training images whose features fit the code layer (0: all)
+    zca_eps: float = 0.1            # added to the eigenvalues of the patch covariance before whitening
+    itq_iters: int = 50             # the code layer starts as PCA + ITQ of the features
+    balance_weight: float = 0.1     # code-layer fine-tuning (finetune.epochs): per-bit mean^2 ...
+    decorrelation_weight: float = 0.1   # ... and squared off-diagonal bit correlations, beside the similarity loss
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

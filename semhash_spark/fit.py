@@ -245,6 +245,12 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
         from .image_fit import image_config
 
         modality, cfg = "images", image_config(data_uri, meta, cfg)
+        if cfg.model.kind == "image_kmeans":    # k-means patch features + code layer (semhash_spark.kmeans_fit)
+            from .kmeans_fit import train_kmeans_model
+
+            if np != 1:
+                raise ValueError(f"model.kind image_kmeans trains in one process (--np 1), not --np {np}")
+            return train_kmeans_model(store.local_copy(data_uri), out_uri, cfg)
     else:
         if meta.get("counts", {}).get("train", 1) == 0:
             raise ValueError(f"{data_uri!r} has no training documents")

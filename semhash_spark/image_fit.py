@@ -171,9 +171,10 @@ def train_images_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, prog
 
 def image_config(data_uri: str, meta: dict[str, Any], cfg: Config) -> Config:
     """Checks that ``cfg`` trains an image model on this ``semhash-images/1`` dataset; ``cfg`` with its image size."""
-    if cfg.model.kind not in ("images", "image_patches"):
+    if cfg.model.kind not in ("images", "image_patches", "image_kmeans"):
         raise ValueError(f"model.kind {cfg.model.kind!r} cannot train on the image dataset {data_uri!r}; "
-                         "use conf/images.yaml (model.kind: images) or model.kind=image_patches")
+                         "use conf/images.yaml (model.kind: images), conf/images-best.yaml (image_kmeans) "
+                         "or model.kind=image_patches")
     if meta.get("counts", {}).get("train", 0) == 0:
         raise ValueError(f"{data_uri!r} has no training images")
     if (cfg.images.height, cfg.images.width, cfg.images.channels) != (meta["height"], meta["width"], meta["channels"]):
