@@ -24,7 +24,6 @@ import torch
 from . import codes as codes_mod
 from . import data as data_mod
 from . import images as im
-from . import store
 from .checkpoint import FORMAT, save_tensors, weights_version
 from .config import Config
 from .hashing_baselines import PCAITQ
