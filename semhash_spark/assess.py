@@ -7,6 +7,7 @@ from typing import Any
 
 from . import dataset as ds
 from . import store
+from .bitstats import bit_statistics
 from .checkpoint import load_model
 from .evaluate import evaluate_codes
 
@@ -32,6 +33,7 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
     test_codes = hasher.codes_from_csr(test.counts)
     result = evaluate_codes(train_codes, test_codes, hasher.bits, train, test, ds.idf(doc_freq, n_train),
                             max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path)
+    result["bit_stats"] = bit_statistics(train_codes, hasher.bits, hasher.config.index.address_bits)  # of the database
     result["model_version"] = hasher.version
     result["dataset"] = meta.get("name")
     if plot_path:
