@@ -86,6 +86,14 @@ def _validator(train: ds.SplitData, val: np.ndarray, cfg: Config) -> Validator |
     return v if v.usable else None
 
 
+def _dropped(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Word dropout: each present word's count zeroed with probability ``p`` (every document keeps one word)."""
+    if p <= 0:
+        return x
+    keep = (torch.rand_like(x) >= p) | (x == x.max(dim=1, keepdim=True).values)
+    return x * keep
+
+
 @torch.no_grad()
 def _codes(model: BernoulliHasher, counts: sp.csr_matrix, batch: int = 2048) -> np.ndarray:
     model.eval()
@@ -146,7 +154,7 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
             idx = order[s : s + v.batch_size]
             if len(idx) < 2:
                 continue
-            x = torch.from_numpy(counts[idx].toarray())
+            x = _dropped(torch.from_numpy(counts[idx].toarray()), v.word_dropout)
             t = torch.from_numpy(targets[idx].toarray())
             q, b, logp = model(x)
             recon = -(t * logp).sum(1).mean()
@@ -154,7 +162,7 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
                 + v.decorrelation_weight * decorrelation_penalty(b)
             if v.contrast_weight > 0 and nbrs is not None:
                 pos = nbrs[idx, rng.integers(0, nbrs.shape[1], len(idx))]     # one neighbour of each document
-                _, b_pos = model.sample_bits(torch.from_numpy(counts[pos].toarray()))
+                _, b_pos = model.sample_bits(_dropped(torch.from_numpy(counts[pos].toarray()), v.word_dropout))
                 loss = loss + v.contrast_weight * neighbour_contrast(b, b_pos, v.contrast_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
