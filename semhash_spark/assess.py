@@ -7,6 +7,7 @@ from typing import Any
 
 from . import dataset as ds
 from . import store
+from .bitstats import bit_statistics
 from .checkpoint import load_model
 from .evaluate import evaluate_codes, hamming_method, subsample_queries, tfidf_method
 
@@ -43,6 +44,7 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
         result["address_lookup"] = _address_lookup(address_hasher, hasher, train, test, train_codes, test_codes,
                                                     ds.idf(doc_freq, n_train), max_queries, tie_seed)
         result["address_lookup"]["model_version"] = address_hasher.version
+    result["bit_stats"] = bit_statistics(train_codes, hasher.bits, hasher.config.index.address_bits)  # of the database
     result["model_version"] = hasher.version
     result["dataset"] = meta.get("name")
     if plot_path:

@@ -131,6 +131,8 @@ def hasher_from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], ur
     """Rebuilds the model from its weights and ``model.json`` contents (checks format and weights version)."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{uri!r} holds format {meta.get('format')!r}, expected {FORMAT!r}")
+    if (meta.get("encoder") or {}).get("input"):     # model.kind documents_vae: an input transform, then layers
+        return _encoder_hasher(tensors, meta, uri)
     try:
         if meta.get("network") == "kmeans_triangle":        # model.kind image_kmeans: semhash_spark.kmeans_fit
             model = KMeansFeatureHasher.from_checkpoint(tensors, meta)
@@ -143,4 +145,16 @@ def hasher_from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], ur
     if weights_version(tensors) != meta["model_version"]:
         raise CheckpointError(f"weights in {uri!r} do not match model_version {meta['model_version']}")
     model.eval()
+    return Hasher(model=model, meta=meta, config=config_from_dict(meta["config"]))
+
+
+def _encoder_hasher(tensors: dict[str, torch.Tensor], meta: dict[str, Any], uri: str) -> Hasher:
+    from .models.vae import CodeEncoder
+
+    if weights_version(tensors) != meta["model_version"]:
+        raise CheckpointError(f"weights in {uri!r} do not match model_version {meta['model_version']}")
+    try:
+        model = CodeEncoder.from_description(meta["encoder"], tensors)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"weights in {uri!r} do not fit the encoder described in {META}: {e}") from None
     return Hasher(model=model, meta=meta, config=config_from_dict(meta["config"]))

@@ -44,7 +44,7 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "documents"         # documents | images | image_patches | image_kmeans
+    kind: str = "documents"         # documents | documents_vae | images | image_patches | image_kmeans
     hidden: tuple[int, ...] = (500, 500)   # 2000-500-500-{bits}
     bits: int = 64
 
@@ -89,6 +89,27 @@ class FinetuneConfig:
     binarize_epochs: int = 5       # phase 2: noise + straight-through rounded codes, from phase 1's best (0: off)
     binarize_code_lr_scale: float = 10.0   # phase 2: the code layer's learning rate multiplier
     val_queries: int = 1000
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """``model.kind: documents_vae`` (semhash_spark.vae_fit); validation uses finetune.val_fraction/val_queries."""
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-3               # Adam
+    activation: str = "relu"       # hidden layers: relu | tanh | sigmoid
+    neighbours: int = 10           # TF-IDF nearest training neighbours mixed into each target (0: own words only)
+    neighbour_weight: float = 0.5  # target = (1 - w) own word distribution + w neighbours' mean
+    neighbour_pool: int = 20000    # neighbours are searched among at most this many training documents
+    kl_weight: float = 0.02        # KL(q || Bernoulli(0.5)) per document
+    balance_weight: float = 0.1    # batch bit-balance term
+    decorrelation_weight: float = 0.1
+    contrast_weight: float = 0.0   # InfoNCE pulling each document's bits towards one of its neighbours' (0: off)
+    contrast_temperature: float = 0.2
+    word_dropout: float = 0.0      # training only: each word's count dropped with this probability (input noise)
+    patience: int = 6              # epochs without validation gain before stopping
+    collapse_bucket_share: float = 0.2      # warn (and defend) when the largest address holds more of the codes
+    collapse_constant_fraction: float = 0.25   # ... or more than this fraction of bits is nearly constant
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)

@@ -255,6 +255,16 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
         if meta.get("counts", {}).get("train", 1) == 0:
             raise ValueError(f"{data_uri!r} has no training documents")
         modality, cfg = "documents", with_dataset_prepare(cfg, meta)
+        if cfg.model.kind == "documents_vae":        # semhash_spark.vae_fit: one process
+            from .vae_fit import train_vae
+
+            if np != 1 or launcher != "local":
+                raise ValueError(f"model.kind documents_vae trains in one process (--np 1 --launcher local), "
+                                 f"not --np {np} --launcher {launcher}")
+            return train_vae(data_uri, out_uri, cfg, progress=progress)
+        if cfg.model.kind != "documents":
+            raise ValueError(f"model.kind {cfg.model.kind!r} cannot train on the document dataset {data_uri!r}; "
+                             "expected documents or documents_vae")
     s3_env = store.driver_s3_env() if store.is_s3(data_uri) or store.is_s3(out_uri) else {}
     args = (data_uri, out_uri, cfg.to_dict(), np, progress)
     t0 = time.time()

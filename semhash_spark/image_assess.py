@@ -24,6 +24,7 @@ from . import data as data_mod
 from . import images as im
 from . import msh
 from . import store
+from .bitstats import bit_statistics
 from .checkpoint import Hasher, load_model
 from .config import ImagesConfig
 from .evaluate import RankingMethod
@@ -101,6 +102,7 @@ def evaluate_image_model(model_uri: str, data_uri: str, *, plot_path: str | None
     if patch_model_uri:
         result["msh"] = _evaluate_msh(hasher, deep, train, test, patch_model_uri, short_model_uri, dmeta,
                                       msh_queries, tie_seed)
+    result["bit_stats"] = bit_statistics(deep[0], hasher.bits, hasher.config.index.address_bits)
     result.update(model_version=hasher.version, dataset=dmeta.get("name"), kind="images",
                   seconds=round(time.time() - t0, 1))
     return result

@@ -48,7 +48,9 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda a: np.maximum(a, 0),
     "tanh": np.tanh,
     "linear": lambda a: a,
+    "identity": lambda a: a,
 }
+INPUT_TRANSFORMS = ("log1p_idf_l2",)   # documents_vae: l2_normalise(log(1 + counts) * idf); none: the raw input
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class Encoder:
     threshold: float
     meta: dict[str, Any]
     config: Config
+    input_transform: str | None = None      # one of INPUT_TRANSFORMS, applied before the first layer
+    input_scale: np.ndarray | None = None   # its per-input weights (idf), float32 [n_input]
 
     @property
     def bits(self) -> int:
@@ -134,11 +138,17 @@ class Encoder:
             raise ValueError(f"the encoder takes inputs of width {self.n_input}, got shape {x.shape}")
         out = []
         for s in range(0, x.shape[0], batch_size):
-            h = x[s : s + batch_size]
+            h = self._transform(x[s : s + batch_size])
             for layer in self.layers:
                 h = ACTIVATIONS[layer.activation](h @ layer.weight.T + layer.bias)
             out.append(h.astype(np.float32, copy=False))
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        if self.input_transform is None:
+            return x
+        h = np.log1p(np.maximum(x, 0)) * self.input_scale
+        return h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-8)
 
     def codes(self, x: np.ndarray) -> np.ndarray:
         """Dense inputs -> packed codes ``uint8[n, ceil(bits/8)]`` (MSB first)."""
@@ -162,8 +172,19 @@ def encoder_from_parts(weights: bytes, meta: dict[str, Any], uri: str = "model")
     if weights_version(tensors) != meta.get("model_version"):
         raise CheckpointError(f"weights in {uri!r} do not match model_version {meta.get('model_version')}")
     spec = encoder_spec(meta)
-    return Encoder(encoder_layers(tensors, spec, uri), float(spec.get("threshold", 0.5)), meta,
-                   config_from_dict(meta["config"]))
+    layers = encoder_layers(tensors, spec, uri)
+    transform, scale = spec.get("input"), None
+    if transform is not None:
+        if transform not in INPUT_TRANSFORMS:
+            raise CheckpointError(f"{uri!r}: unknown encoder input transform {transform!r}; expected one of "
+                                  f"{INPUT_TRANSFORMS}")
+        scale = tensors.get(spec.get("input_scale"))
+        if scale is None or scale.shape != (layers[0].weight.shape[1],):
+            raise CheckpointError(f"{uri!r}: the input transform needs its scale tensor "
+                                  f"{spec.get('input_scale')!r} of {layers[0].weight.shape[1]} values")
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+    return Encoder(layers, float(spec.get("threshold", 0.5)), meta, config_from_dict(meta["config"]),
+                   transform, scale)
 
 
 def load_encoder(uri: str) -> Encoder:

@@ -1,0 +1,99 @@
+"""model.kind documents_vae on real posts: it beats random codes and the chance level, its bits are balanced, its
+checkpoint is a plain layer stack any runtime can rebuild, and collapse is detected; bit statistics."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semhash_spark import bitstats, codes
+from semhash_spark import dataset as ds
+from semhash_spark.checkpoint import load_model
+from semhash_spark.cli import main
+from semhash_spark.evaluate import evaluate_codes
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "model.hidden=[128]", "--set", "vae.epochs=25", "--set", "vae.neighbours=5",
+         "--set", "vae.patience=25", "--set", "finetune.val_fraction=0.15"]
+
+
+@pytest.fixture(scope="module")
+def vae_model(small_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae") / "model"
+    assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
+                 "--bits", "16", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def _numpy_codes(model_dir: Path, counts: np.ndarray) -> np.ndarray:
+    """The query-time encoder rebuilt from model.json's description alone (no project model code)."""
+    from safetensors.numpy import load_file
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    t = load_file(str(model_dir / "model.safetensors"))
+    enc = meta["encoder"]
+    assert enc["input"] == "log1p_idf_l2"
+    x = np.log1p(counts) * t[enc["input_scale"]]
+    h = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+    acts = {"relu": lambda a: np.maximum(a, 0), "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "tanh": np.tanh}
+    for layer in enc["layers"]:
+        h = acts[layer["activation"]](h @ t[layer["weight"]].T + t[layer["bias"]])
+    return codes.pack_bits(h > enc["threshold"])
+
+
+def test_vae_codes_beat_random_codes_and_are_balanced(vae_model, small_dataset):
+    hasher = load_model(str(vae_model))
+    assert hasher.meta["kind"] == "documents_vae" and hasher.bits == 16
+    words, doc_freq, n = ds.read_vocab(small_dataset)
+    train = ds.read_split(small_dataset, "train", columns=(ds.ID, ds.LABELS, "counts"))
+    test = ds.read_split(small_dataset, "test", columns=(ds.ID, ds.LABELS, "counts"))
+    tr, te = hasher.codes_from_csr(train.counts), hasher.codes_from_csr(test.counts)
+    res = evaluate_codes(tr, te, 16, train, test, ds.idf(doc_freq, n), baselines=("lsh",))
+    rng = np.random.default_rng(0)
+    rand = evaluate_codes(rng.integers(0, 256, tr.shape, dtype=np.uint8), rng.integers(0, 256, te.shape, dtype=np.uint8),
+                          16, train, test, ds.idf(doc_freq, n), baselines=())
+    # four groups of equal size: chance precision is about 0.25
+    assert res["precision_at_100"] > rand["precision_at_100"] + 0.2, (res["precision_at_100"], rand["precision_at_100"])
+    assert res["precision_at_100"] > res["baselines"]["lsh"]["precision_at_100"]
+    st = bitstats.bit_statistics(tr, 16, address_bits=16)
+    assert st["constant_bits"] == 0 and st["balance_max"] < 0.35, st
+    assert st["largest_bucket_share"] < 0.2, st
+    m = hasher.meta["metrics"]
+    assert m["best_epoch"] >= 1 and m["bit_stats"]["codes"] > 0 and not m["collapse_warnings"]
+
+
+def test_vae_checkpoint_is_a_plain_layer_stack(vae_model, small_dataset):
+    test = ds.read_split(small_dataset, "test", columns=("counts",))
+    x = test.counts.toarray()
+    assert np.array_equal(_numpy_codes(vae_model, x), load_model(str(vae_model)).codes(x))
+
+
+def test_vae_collapse_is_reported_and_defended(small_dataset, tmp_path, caplog):
+    out = tmp_path / "m"
+    with caplog.at_level(logging.WARNING, logger="semhash_spark.vae_fit"):
+        assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
+                     "--bits", "16", "--out", str(out), *SMALL, "--set", "vae.epochs=2",
+                     "--set", "vae.collapse_bucket_share=0.0"]) == 0
+    warnings = json.loads((out / "model.json").read_text())["metrics"]["collapse_warnings"]
+    assert [w["epoch"] for w in warnings] == [1, 2]
+    assert warnings[1]["lr"] == pytest.approx(warnings[0]["lr"] / 2)
+    assert any("collapsing" in r.getMessage() for r in caplog.records)
+
+
+def test_bit_statistics_on_known_codes():
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 2, (4000, 16)).astype(np.uint8)
+    b[:, 3] = 1                 # a constant bit
+    b[:, 5] = b[:, 4]           # two identical bits
+    st = bitstats.bit_statistics(codes.pack_bits(b), 16, address_bits=4)
+    assert st["constant_bits"] == 1 and st["balance_max"] == 0.5 and st["balance_min"] < 0.02
+    # pairs among the 15 live bits: one of 105 has |corr| 1, the rest about 0.01
+    assert 1 / 105 < st["mean_abs_correlation"] < 1 / 105 + 0.03
+    assert st["largest_bucket_share"] == pytest.approx(1 / 8, abs=0.02)   # bit 3 of the 4-bit address is constant
+    same = codes.pack_bits(np.ones((50, 16), np.uint8))
+    s2 = bitstats.bit_statistics(same, 16)
+    assert s2["largest_bucket_share"] == 1.0 and bitstats.collapse_signs(s2, max_bucket_share=0.2,
+                                                                          max_constant_fraction=0.25, bits=16)
