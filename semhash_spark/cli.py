@@ -67,21 +67,36 @@ def _spark_conf(args) -> dict[str, str]:
     return dict(getattr(args, "spark_conf", None) or {})
 
 
+_RESULT_STREAM: list = []                # the command's real stdout while _stdout_to_stderr redirects it
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Everything written to stdout while the block runs -- by Python, native code, the JVM or child processes
     (Petastorm's ``Cache cleanup complete.``, the demo's narration) -- goes to stderr, so that stdout carries
     only the command's JSON line."""
-    sys.stdout.flush()
+    out = sys.stdout
+    out.flush()
     try:
         saved = os.dup(1)
         os.dup2(2, 1)
     except OSError:                      # no file descriptors (embedded interpreters): Python-level only
         saved = None
+    stream = out                         # where a command that streams its results writes (query --ids-file)
+    try:
+        if saved is not None and out.fileno() == 1:
+            stream = os.fdopen(os.dup(saved), "w")
+    except (OSError, ValueError):        # a captured stdout (pytest) has no file descriptor: write to it
+        pass
+    _RESULT_STREAM.append(stream)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
+        _RESULT_STREAM.pop()
+        stream.flush()
+        if stream is not out:
+            stream.close()
         sys.stdout.flush()
         if saved is not None:
             os.dup2(saved, 1)
@@ -154,7 +169,8 @@ def cmd_query(args) -> dict:
         if getattr(args, "ids_file", None):
             from .client import stream_ids_file
 
-            stream_ids_file(client, args.ids_file, sys.stdout, batch_size=args.batch_size, radius=args.radius, k=k,
+            out = _RESULT_STREAM[-1] if _RESULT_STREAM else sys.stdout     # one JSON line per query
+            stream_ids_file(client, args.ids_file, out, batch_size=args.batch_size, radius=args.radius, k=k,
                             address_radius=args.address_radius, rerank=args.rerank)
             return None
         payload = client.search(texts=[args.text] if args.text else None,
