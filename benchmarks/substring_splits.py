@@ -4,7 +4,7 @@ model, not a timing. It explains why the 10M/1M latency ratio of exact k=10 on u
     .venv/bin/python benchmarks/substring_splits.py
 
 For each split of 64 bits into 2-7 substrings of 8-26 bits, and each 10th-neighbour distance typical of the size
-(13-15 bits at 10M, 14-16 at 1M, as measured in docs/benchmarks.md), it takes the cheapest per-table radii whose
+(13-15 bits at 10M, 14-16 at 1M, as measured in docs/benchmarks-log.md), it takes the cheapest per-table radii whose
 pigeonhole cover reaches that distance (``sum(radius_j + 1) >= distance + 1``, as the search's shells do) and
 costs them as probes times ``probe_cost`` plus the codes in the probed buckets (``n * ball(bits, r) / 2**bits``
 per table: uniform codes). Prints the best splits at each size and the ones ``MultiIndexHash`` chooses.

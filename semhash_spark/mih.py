@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
 USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
 # Compiled loops, in units of one row of the vectorised linear scan: a bucket probe (misses on the offsets and on
 # the bucket's first codes) and each candidate it finds (read in sequence, checked, de-duplicated). Set on 64-bit
-# uniform, clustered and model-produced codes at 1M and 10M (docs/benchmarks.md "Lookup").
+# uniform, clustered and model-produced codes at 1M and 10M (docs/benchmarks-log.md "Lookup").
 _COMPILED_PROBE_COST = 1000.0   # range search
 _COMPILED_ROW_COST = 1.0
 _KNN_PROBE_COST = 300.0         # k-NN

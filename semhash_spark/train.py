@@ -309,7 +309,7 @@ def _finetune_optimizer(model: DeepAutoencoder, cfg: Config, scale: float, phase
 
     Fused (one pass over each parameter, its gradient and moments) on CPU and CUDA: torch's default CPU Adam makes
     several passes over the 10 MB of a 2000-500-500-N model's parameters and as many over each moment
-    (docs/benchmarks.md)."""
+    (docs/benchmarks-log.md)."""
     lr = cfg.finetune.lr * scale
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     if phase == 1:
