@@ -73,7 +73,7 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     model = tmp_path / "m"
     small = ["--set", "features.centroids=64", "--set", "features.patch_samples=20000", "--set", "finetune.epochs=1",
              "--set", "finetune.val_fraction=0.2", "--set", "finetune.val_queries=60"]
-    assert cli.main(["train", "--conf", str(ROOT / "conf" / "images-best.yaml"), "--data", str(cifar_data),
+    assert cli.main(["train", "--config", str(ROOT / "conf" / "images-best.yaml"), "--data", str(cifar_data),
                      "--bits", "16", "--out", str(model), *small]) == 0
     meta = json.loads((model / "model.json").read_text())
     assert meta["kind"] == "images" and meta["network"] == "kmeans_triangle" and meta["sizes"] == [3072, 256, 16]
@@ -97,7 +97,7 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 500
     query_file = sorted((cifar_data.parent / "src" / "train" / "ship").iterdir())[3]
     assert cli.main(["query", "--index", str(index), "--image", str(query_file), "--k", "5", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
     assert hits[0]["distance"] == 0 and f"train/ship/{query_file.name}" in [h["id"] for h in hits
                                                                              if h["distance"] == 0]
 
