@@ -14,7 +14,14 @@ stack itself (any model kind)::
                 "threshold": 0.5}
 
 Without it the stack is the deep autoencoder's: ``ae.encoder.<i>.weight`` / ``.bias`` for ``i`` over
-``sizes``, every layer logistic, threshold ``threshold`` (0.5). This module imports neither torch nor pyspark.
+``sizes``, every layer logistic, threshold ``threshold`` (0.5).
+
+``"network": "kmeans_triangle"`` (model kind ``image_kmeans``, :mod:`semhash_spark.kmeans_fit`) puts a fixed
+feature extractor in front of a one-layer stack: :class:`KMeansFeatures` computes in numpy what
+:meth:`semhash_spark.models.kmeans_features.KMeansFeatureHasher.features` computes in torch (contrast-normalised,
+ZCA-whitened patches, triangle activations against the centroids, ``adaptive_avg_pool2d``, square root,
+standardisation); the code layer ``kf.code`` (sigmoid, threshold 0.5) follows. This module imports neither torch
+nor pyspark.
 """
 from __future__ import annotations
 
@@ -31,6 +38,9 @@ from . import store
 from .config import Config, config_from_dict
 
 FORMAT = "semhash-model/1"
+KMEANS_NETWORK = "kmeans_triangle"      # kmeans_fit.NETWORK (kept here: importing kmeans_fit would load torch)
+CONTRAST_EPS = 10.0                     # models.kmeans_features.CONTRAST_EPS
+IMAGES_PER_STEP = 128                   # images whose patches are featurised at once (128 x L x K floats)
 WEIGHTS = "model.safetensors"
 META = "model.json"
 
@@ -104,6 +114,107 @@ def encoder_layers(tensors: dict[str, np.ndarray], spec: dict[str, Any], uri: st
     return layers
 
 
+def _adaptive_bins(n: int, out: int) -> list[tuple[int, int]]:
+    """The input ranges of ``adaptive_avg_pool`` 's ``out`` bins over ``n`` positions (they may overlap)."""
+    return [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]
+
+
+@dataclass(frozen=True)
+class KMeansFeatures:
+    """The fixed feature extractor of a ``network: kmeans_triangle`` checkpoint, in numpy (float32 throughout,
+    the operations of :class:`semhash_spark.models.kmeans_features.KMeansFeatureHasher` in the same order)."""
+
+    height: int
+    width: int
+    channels: int
+    patch: int
+    stride: int
+    pool: int
+    zca_mean: np.ndarray        # [d]
+    zca: np.ndarray             # [d, d]
+    centroids: np.ndarray       # [K, d]
+    feature_mean: np.ndarray    # [K * pool^2]
+    feature_std: np.ndarray     # [K * pool^2]
+
+    @property
+    def n_input(self) -> int:
+        return self.height * self.width * self.channels
+
+    @property
+    def n_features(self) -> int:
+        return int(self.centroids.shape[0]) * self.pool * self.pool
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        """Raw pixels ``[n, H*W*C]`` -> contrast-normalised patches ``[n, L, C*patch*patch]`` (``F.unfold``'s
+        order: positions row-major, patch values channel, row, column)."""
+        h, w, c, p, s = self.height, self.width, self.channels, self.patch, self.stride
+        img = np.asarray(x, dtype=np.float32).reshape(-1, h, w, c)
+        win = np.lib.stride_tricks.sliding_window_view(img, (p, p), axis=(1, 2))[:, ::s, ::s]  # [n, r, q, C, p, p]
+        n, rows, cols = win.shape[:3]
+        pt = np.ascontiguousarray(win).reshape(n, rows * cols, c * p * p)
+        mean = pt.mean(-1, keepdims=True)
+        var = pt.var(-1, keepdims=True, ddof=1)          # torch.var is unbiased
+        return (pt - mean) / np.sqrt(var + np.float32(CONTRAST_EPS))
+
+    def triangle(self, wp: np.ndarray) -> np.ndarray:
+        """Whitened patches ``[..., d]`` -> triangle activations ``[..., K]``."""
+        c = self.centroids
+        c2 = (c * c).sum(1)
+        z = np.sqrt(np.maximum((wp * wp).sum(-1, keepdims=True) - 2 * (wp @ c.T) + c2, 0))
+        return np.maximum(z.mean(-1, keepdims=True) - z, 0)
+
+    def pooled(self, x: np.ndarray) -> np.ndarray:
+        """Raw pixels -> ``sqrt`` of the activations averaged over ``pool x pool`` cells, ``[n, K * pool^2]``
+        (``F.adaptive_avg_pool2d``'s bins)."""
+        rows = (self.height - self.patch) // self.stride + 1
+        cols = (self.width - self.patch) // self.stride + 1
+        rbins, cbins = _adaptive_bins(rows, self.pool), _adaptive_bins(cols, self.pool)
+        k = int(self.centroids.shape[0])
+        out = []
+        for s in range(0, x.shape[0], IMAGES_PER_STEP):
+            p = self.patches(x[s : s + IMAGES_PER_STEP])
+            n = p.shape[0]
+            f = self.triangle((p - self.zca_mean) @ self.zca)                       # [n, L, K]
+            f = f.transpose(0, 2, 1).reshape(n, k, rows, cols)
+            cells = np.empty((n, k, self.pool, self.pool), np.float32)
+            for i, (r0, r1) in enumerate(rbins):
+                for j, (c0, c1) in enumerate(cbins):
+                    cells[:, :, i, j] = f[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+            out.append(cells.reshape(n, -1))
+        if not out:
+            return np.zeros((0, self.n_features), np.float32)
+        return np.sqrt(np.concatenate(out))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Raw pixels ``[n, H*W*C]`` (HWC, 0-255) -> standardised features, the code layer's input."""
+        return ((self.pooled(x) - self.feature_mean) / self.feature_std).astype(np.float32, copy=False)
+
+
+def kmeans_features(tensors: dict[str, np.ndarray], meta: dict[str, Any], uri: str = "model") -> KMeansFeatures:
+    """The feature extractor of a ``network: kmeans_triangle`` checkpoint (weights ``kf.*``, shape
+    ``meta["features"]``), its tensors checked against that shape."""
+    spec = meta.get("features") or {}
+    try:
+        h, w, c, p, s, k, pool = (int(spec[n]) for n in ("height", "width", "channels", "patch", "stride",
+                                                         "centroids", "pool"))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{uri!r}: {META} describes no k-means features ('features' with height, width, "
+                              f"channels, patch, stride, centroids, pool), got {spec!r:.200}") from None
+    if min(h, w, c, p, s, k, pool) < 1 or min(h, w) < p:
+        raise CheckpointError(f"{uri!r}: k-means features {spec!r:.200} are not a valid shape")
+    d, nf = c * p * p, k * pool * pool
+    want = {"kf.zca_mean": (d,), "kf.zca": (d, d), "kf.centroids": (k, d), "kf.feature_mean": (nf,),
+            "kf.feature_std": (nf,)}
+    bad = {n: (None if n not in tensors else tuple(tensors[n].shape)) for n, shape in want.items()
+           if n not in tensors or tuple(tensors[n].shape) != shape}
+    if bad:
+        raise CheckpointError(f"{uri!r}: the k-means tensors do not fit the features in {META}: expected "
+                              f"{ {n: want[n] for n in bad} }, got {bad}")
+    t = {n: np.ascontiguousarray(tensors[n], dtype=np.float32) for n in want}
+    return KMeansFeatures(h, w, c, p, s, pool, t["kf.zca_mean"], t["kf.zca"], t["kf.centroids"],
+                          t["kf.feature_mean"], t["kf.feature_std"])
+
+
 @dataclass
 class Encoder:
     """A trained encoder, ready to turn dense inputs into packed codes with numpy alone."""
@@ -114,6 +225,7 @@ class Encoder:
     config: Config
     input_transform: str | None = None      # one of INPUT_TRANSFORMS, applied before the first layer
     input_scale: np.ndarray | None = None   # its per-input weights (idf), float32 [n_input]
+    features: KMeansFeatures | None = None     # raw pixels -> the code layer's input (network kmeans_triangle)
 
     @property
     def bits(self) -> int:
@@ -121,6 +233,8 @@ class Encoder:
 
     @property
     def n_input(self) -> int:
+        if self.features is not None:
+            return int(self.features.n_input)
         return int(self.layers[0].weight.shape[1])
 
     @property
@@ -139,6 +253,8 @@ class Encoder:
         out = []
         for s in range(0, x.shape[0], batch_size):
             h = self._transform(x[s : s + batch_size])
+            if self.features is not None:
+                h = self.features(h)
             for layer in self.layers:
                 h = ACTIVATIONS[layer.activation](h @ layer.weight.T + layer.bias)
             out.append(h.astype(np.float32, copy=False))
@@ -171,6 +287,15 @@ def encoder_from_parts(weights: bytes, meta: dict[str, Any], uri: str = "model")
         raise CheckpointError(f"{uri!r}: {WEIGHTS} is unreadable: {e}") from None
     if weights_version(tensors) != meta.get("model_version"):
         raise CheckpointError(f"weights in {uri!r} do not match model_version {meta.get('model_version')}")
+    if meta.get("network") == KMEANS_NETWORK:       # model kind image_kmeans: features, then the code layer
+        feats = kmeans_features(tensors, meta, uri)
+        spec = {"layers": [{"weight": "kf.code.weight", "bias": "kf.code.bias", "activation": "sigmoid"}],
+                "threshold": float(meta.get("threshold", 0.5))}
+        layers = encoder_layers(tensors, spec, uri)
+        if layers[0].weight.shape[1] != feats.n_features:
+            raise CheckpointError(f"{uri!r}: the code layer takes {layers[0].weight.shape[1]} inputs, the k-means "
+                                  f"features are {feats.n_features}")
+        return Encoder(layers, spec["threshold"], meta, config_from_dict(meta["config"]), features=feats)
     spec = encoder_spec(meta)
     layers = encoder_layers(tensors, spec, uri)
     transform, scale = spec.get("input"), None

@@ -15,6 +15,7 @@ from semhash_spark import data as data_mod
 from semhash_spark import image_sources, images
 from semhash_spark.config import ImagesConfig
 from semhash_spark.kmeans_fit import bit_statistics, kmeans
+from test_images import small_cifar, small_image_data  # noqa: F401 - the tiny image dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_CLASS_TRAIN, PER_CLASS_TEST = 40, 10
@@ -72,7 +73,7 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     model = tmp_path / "m"
     small = ["--set", "features.centroids=64", "--set", "features.patch_samples=20000", "--set", "finetune.epochs=1",
              "--set", "finetune.val_fraction=0.2", "--set", "finetune.val_queries=60"]
-    assert cli.main(["train", "--conf", str(ROOT / "conf" / "images-best.yaml"), "--data", str(cifar_data),
+    assert cli.main(["train", "--config", str(ROOT / "conf" / "images-best.yaml"), "--data", str(cifar_data),
                      "--bits", "16", "--out", str(model), *small]) == 0
     meta = json.loads((model / "model.json").read_text())
     assert meta["kind"] == "images" and meta["network"] == "kmeans_triangle" and meta["sizes"] == [3072, 256, 16]
@@ -96,6 +97,51 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 500
     query_file = sorted((cifar_data.parent / "src" / "train" / "ship").iterdir())[3]
     assert cli.main(["query", "--index", str(index), "--image", str(query_file), "--k", "5", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
     assert hits[0]["distance"] == 0 and f"train/ship/{query_file.name}" in [h["id"] for h in hits
                                                                              if h["distance"] == 0]
+
+
+def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, small_cifar, small_image_data, tmp_path,
+                                                                     capsys):
+    """The lookup side's numpy forward pass (semhash_spark.inference) of a k-means model against the torch one, on
+    600 images (the tiny set's real ones, then flipped, shifted and noised copies), and an ImageSearcher over an
+    index encoded with that model answering a query image."""
+    from semhash_spark import cli, inference
+    from semhash_spark.checkpoint import load_model
+    from semhash_spark.config import load_config
+    from semhash_spark.image_lookup import ImageSearcher
+    from semhash_spark.kmeans_fit import train_kmeans_model
+
+    model = tmp_path / "m"
+    cfg = load_config(ROOT / "conf" / "images-best.yaml",
+                      ["features.centroids=32", "features.patch_samples=5000", "finetune.epochs=1",
+                       "finetune.val_fraction=0.2", "finetune.val_queries=50"]).with_bits(16)
+    train_kmeans_model(str(small_image_data), str(model), cfg)
+    enc = inference.load_encoder(str(model))
+    assert enc.features is not None and enc.bits == 16 and enc.n_input == 3072
+    pixels = np.concatenate([data_mod.read_image_shard(str(small_image_data), s).pixels for s in ("train", "test")])
+    rng = np.random.default_rng(0)
+    extra = pixels[rng.integers(0, len(pixels), size=600 - len(pixels))]
+    extra = np.roll(extra[:, :, ::-1], rng.integers(-3, 4), axis=2).astype(np.int16)
+    extra = np.clip(extra + rng.integers(-12, 13, size=extra.shape), 0, 255).astype(np.uint8)
+    x = np.concatenate([pixels, extra]).reshape(600, -1).astype(np.float32)
+    hasher = load_model(str(model))
+    np.testing.assert_allclose(enc.code_probabilities(x, batch_size=250), hasher.code_probabilities(x),
+                               rtol=1e-4, atol=1e-5)
+    numpy_codes, torch_codes = enc.codes(x), hasher.codes(x)
+    assert numpy_codes.shape == torch_codes.shape == (600, 2) and numpy_codes.dtype == np.uint8
+    assert np.array_equal(numpy_codes, torch_codes), int((numpy_codes != torch_codes).any(axis=1).sum())
+    assert len(np.unique(numpy_codes, axis=0)) > 10
+    with pytest.raises(ValueError, match="width 3072"):
+        enc.codes(x[:, :100])
+
+    index = tmp_path / "index"
+    assert cli.main(["encode", "--model", str(model), "--data", str(small_image_data), "--index", str(index)]) == 0
+    capsys.readouterr()
+    searcher = ImageSearcher.open(str(index))
+    assert searcher.hasher.features is not None                     # the numpy k-means path, no torch model
+    query_file = sorted((small_cifar / "train" / "ship").iterdir())[3]
+    query_id = f"train/ship/{query_file.name}"
+    hits = searcher.search_images(searcher.load_images([query_file.read_bytes()]), k=5)[0]
+    assert len(hits) == 5 and hits[0]["distance"] == 0 and query_id in [h["id"] for h in hits if h["distance"] == 0]
