@@ -25,12 +25,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse as sp
+
+if TYPE_CHECKING:                      # scipy is imported where sparse rows are built (not by the service)
+    import scipy.sparse as sp
 
 from . import store
 from .config import PrepareConfig
@@ -168,6 +170,7 @@ def decode_sparse(ids_bytes: bytes, counts_bytes: bytes) -> tuple[np.ndarray, np
 
 def csr_from_binary(word_ids: Sequence[bytes], word_counts: Sequence[bytes], vocab_size: int) -> sp.csr_matrix:
     """Rows of encoded sparse vectors -> csr_matrix float32 [n, vocab_size] (one copy of the values, no densify)."""
+    import scipy.sparse as sp          # here, not at import: a [service] install (query by code) has no scipy
     n = len(word_ids)
     if len(word_counts) != n:
         raise ValueError(f"{n} word_ids rows but {len(word_counts)} word_counts rows")
@@ -243,6 +246,8 @@ def read_split(data_dir: str | os.PathLike, split: str,
             mats.append(csr_from_binary(t.column(WORD_IDS).to_pylist(), t.column(WORD_COUNTS).to_pylist(), vocab_size))
     counts = None
     if "counts" in columns:
+        import scipy.sparse as sp
+
         counts = sp.vstack(mats, format="csr", dtype=np.float32) if mats else \
             sp.csr_matrix((0, vocab_size), dtype=np.float32)
     return SplitData(
