@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+from .service.settings import parse_size  # noqa: F401 - the one size parser (semhash serve's flags use it)
+
 log = logging.getLogger("semhash")
 SPARK_COMMANDS = ("prepare", "encode", "dedup", "reindex")
 
@@ -47,19 +49,6 @@ def _config(args) -> Any:
 
 def _print(result: dict, as_json: bool = True) -> None:
     print(json.dumps(result, default=str), flush=True)
-
-
-def parse_size(text: str) -> int:
-    """A byte count written as 1073741824, 512M, 2G or 1.5GiB (binary multiples)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    try:
-        n = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 2G)") from None
-    if n < 0 or n != n:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (must be >= 0)")
-    return int(n)
 
 
 def _spark_conf(args) -> dict[str, str]:

@@ -77,11 +77,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index URI holding CURRENT, e.g. s3://bucket/index")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--cache-bytes", type=_size, default=1 << 30, help="partition cache budget, e.g. 2G, 512M")
+    p.add_argument("--cache-bytes", type=parse_size, default=1 << 30, help="partition cache budget, e.g. 2G, 512M")
     p.add_argument("--token", default=None, help="bearer token required on /search (visible in ps: prefer "
                    "--token-file or $SEMHASH_TOKEN; none: open)")
     p.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEMHASH_TOKEN_FILE)")
-    p.add_argument("--max-body-bytes", type=_size, default=8 << 20, help="request body limit, e.g. 8M (413 past it)")
+    p.add_argument("--max-body-bytes", type=parse_size, default=8 << 20, help="request body limit, e.g. 8M (413 past it)")
     p.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
     p.add_argument("--fetch-timeout", type=float, default=5.0,
                    help="seconds a request waits for partitions before answering partial")
@@ -121,12 +121,14 @@ def resolve_token(args: argparse.Namespace, environ=None) -> str | None:
     return token
 
 
-def _size(text: str) -> int:
-    t = text.strip().upper().removesuffix("B")
+def parse_size(text: str) -> int:
+    """A byte count written as 1073741824, 512M, 2G or 1.5GiB (binary multiples)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     try:
-        if t and t[-1] in mult:
-            return int(float(t[:-1]) * mult[t[-1]])
-        return int(t)
+        n = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 2G)") from None
+    if n < 0 or n != n:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (must be >= 0)")
+    return int(n)
