@@ -186,7 +186,8 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
         files_df = encoded.repartition(n_tasks, "part").sortWithinPartitions("part", "address", "id") \
             .mapInPandas(functools.partial(write, version_uri=version_uri), FILES_SCHEMA)
         files = [r.asDict() for r in files_df.collect()]     # file metadata only: O(partitions), never codes
-        log.info("wrote %d shard files under %s", len(files), version_uri)
+        log.info("wrote %d shard files: %d partitions, %d codes under %s", len(files),
+                 len({f["partition"] for f in files}), sum(int(f["rows"]) for f in files), version_uri)
         return dict(bits=bits, address_bits=address_bits, partition_bits=partition_bits, files=files,
                     model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
                     data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
