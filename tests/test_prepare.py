@@ -168,7 +168,7 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
         t = pq.read_table(files[0])
         assert t.schema.names == list(ds.DOC_COLUMNS)
         assert [str(f.type) for f in t.schema] == ["string", "list<element: string>", "binary", "binary", "int32",
-                                                   "string"]
+                                                   "string", "binary"]
     train = ds.read_split(out, "train")
     assert train.counts.shape == (n_train, len(words)) and train.counts.dtype == np.float32
     assert np.array_equal(np.asarray((train.counts > 0).sum(axis=0)).ravel(), doc_freq)
