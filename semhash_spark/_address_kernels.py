@@ -1,9 +1,13 @@
-"""Compiled (numba) probe loop of :class:`semhash_spark.address.AddressTable`: the same results as its numpy path,
-one query at a time, enumerating the ball's addresses without materialising them.
+"""Compiled (numba) loops of :class:`semhash_spark.address.AddressTable`: the same results as its numpy path, one
+query at a time, in two stages: ``visit_*`` enumerate the ball's addresses and read each one's run of rows (a cost
+fixed by the address bits and the radius), ``gather`` and ``rerank`` read the rows of those runs (a cost that grows
+with the shortlist).
 
 Arrays: ``ids int64[n]`` item rows sorted by (address, row); direct tables: ``offsets int64[2**bits + 1]`` indexed
 by address; otherwise ``keys uint64[u]`` the distinct addresses ascending, ``offsets int64[u + 1]`` their runs in
-``ids``, and ``dirs int64[2**dbits + 1]`` the runs of ``keys`` per top ``dbits = bits - shift`` bits.
+``ids``, and ``dirs int64[2**dbits + 1]`` the runs of ``keys`` per top ``dbits = bits - shift`` bits. Runs: CSR
+``(lims int64[nq + 1], starts int64[m], ends int64[m], dist int32[m])``, the non-empty runs of query ``j`` at
+``lims[j]:lims[j + 1]``, by address distance.
 """
 from __future__ import annotations
 
@@ -32,20 +36,61 @@ def _run(a, offsets, keys, dirs, shift, direct):
     return 0, 0
 
 
+@njit(inline="always", cache=True)
+def _append(starts, ends, dist, cnt, lo, hi, w):
+    """Run ``(lo, hi)`` at distance ``w`` appended at ``cnt``, the buffers doubled when full; returns them."""
+    if cnt == starts.shape[0]:
+        ns = np.empty(2 * cnt, np.int64)
+        ne = np.empty(2 * cnt, np.int64)
+        nd = np.empty(2 * cnt, np.int32)
+        ns[:cnt] = starts
+        ne[:cnt] = ends
+        nd[:cnt] = dist
+        starts, ends, dist = ns, ne, nd
+    starts[cnt] = lo
+    ends[cnt] = hi
+    dist[cnt] = w
+    return starts, ends, dist
+
+
 @njit(cache=True, nogil=True)
-def ball(offsets, ids, keys, dirs, shift, direct, bits, qs, radius):
-    """CSR ``(lims, ids, distances)`` of every item within address distance ``radius`` of each of ``qs``."""
+def visit_masks(offsets, keys, dirs, shift, direct, masks, shell_end, qs):
+    """The non-empty runs of every address within the ball, its XOR masks given (``masks`` by weight, weight
+    ``w`` ending at ``shell_end[w]``): one sequential pass of independent probes, which the CPU overlaps."""
     nq = qs.shape[0]
     lims = np.zeros(nq + 1, np.int64)
-    cap = 1024
-    out_i = np.empty(cap, np.int64)
-    out_d = np.empty(cap, np.int32)
+    starts = np.empty(1024, np.int64)
+    ends = np.empty(1024, np.int64)
+    dist = np.empty(1024, np.int32)
+    cnt = 0
+    for j in range(nq):
+        q = qs[j]
+        t0 = 0
+        for w in range(shell_end.shape[0]):
+            for t in range(t0, shell_end[w]):
+                lo, hi = _run(q ^ masks[t], offsets, keys, dirs, shift, direct)
+                if hi > lo:
+                    starts, ends, dist = _append(starts, ends, dist, cnt, lo, hi, w)
+                    cnt += 1
+            t0 = shell_end[w]
+        lims[j + 1] = cnt
+    return lims, starts[:cnt].copy(), ends[:cnt].copy(), dist[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def visit_enum(offsets, keys, dirs, shift, direct, bits, qs, radius):
+    """As :func:`visit_masks`, enumerating the ball's addresses one combination of flipped bits at a time (for
+    balls too large for a table of masks)."""
+    nq = qs.shape[0]
+    lims = np.zeros(nq + 1, np.int64)
+    starts = np.empty(1024, np.int64)
+    ends = np.empty(1024, np.int64)
+    dist = np.empty(1024, np.int32)
     cnt = 0
     pos = np.empty(max(radius, 1), np.int64)      # the flipped bit positions, ascending
     for j in range(nq):
         q = qs[j]
         for w in range(radius + 1):
-            start = cnt
             for t in range(w):
                 pos[t] = t
             while True:
@@ -54,18 +99,8 @@ def ball(offsets, ids, keys, dirs, shift, direct, bits, qs, radius):
                     m |= np.uint64(1) << np.uint64(pos[t])
                 lo, hi = _run(q ^ m, offsets, keys, dirs, shift, direct)
                 if hi > lo:
-                    if cnt + (hi - lo) > cap:
-                        while cnt + (hi - lo) > cap:
-                            cap *= 2
-                        ni = np.empty(cap, np.int64)
-                        nd = np.empty(cap, np.int32)
-                        ni[:cnt] = out_i[:cnt]
-                        nd[:cnt] = out_d[:cnt]
-                        out_i, out_d = ni, nd
-                    for p in range(lo, hi):
-                        out_i[cnt] = ids[p]
-                        out_d[cnt] = w
-                        cnt += 1
+                    starts, ends, dist = _append(starts, ends, dist, cnt, lo, hi, w)
+                    cnt += 1
                 # next combination of w positions among bits (lexicographic); done after the last
                 t = w - 1
                 while t >= 0 and pos[t] == bits - w + t:
@@ -75,65 +110,51 @@ def ball(offsets, ids, keys, dirs, shift, direct, bits, qs, radius):
                 pos[t] += 1
                 for u in range(t + 1, w):
                     pos[u] = pos[u - 1] + 1
-            if cnt - start > 1:  # rows of one shell come from several addresses: order them
-                out_i[start:cnt] = np.sort(out_i[start:cnt])
         lims[j + 1] = cnt
-    return lims, out_i[:cnt].copy(), out_d[:cnt].copy()
+    return lims, starts[:cnt].copy(), ends[:cnt].copy(), dist[:cnt].copy()
 
 
 @njit(cache=True, nogil=True)
-def ball_masks(offsets, ids, keys, dirs, shift, direct, masks, shell_end, qs, ordered):
-    """As :func:`ball`, the ball's XOR masks given (``masks`` by weight, weight ``w`` ending at ``shell_end[w]``):
-    one sequential pass of independent probes, which the CPU overlaps. Not ``ordered``: rows of one distance
-    stay in address order."""
-    nq = qs.shape[0]
-    lims = np.zeros(nq + 1, np.int64)
-    cap = 1024
-    out_i = np.empty(cap, np.int64)
-    out_d = np.empty(cap, np.int32)
+def gather(ids, lims, starts, ends, dist, ordered):
+    """CSR ``(lims, rows, distances)`` of the runs' rows; ``ordered``: the rows of one distance sorted."""
+    nq = lims.shape[0] - 1
+    total = 0
+    for g in range(starts.shape[0]):
+        total += ends[g] - starts[g]
+    out_lims = np.zeros(nq + 1, np.int64)
+    out_i = np.empty(total, np.int64)
+    out_d = np.empty(total, np.int32)
     cnt = 0
     for j in range(nq):
-        q = qs[j]
-        t0 = 0
-        for w in range(shell_end.shape[0]):
-            start = cnt
-            for t in range(t0, shell_end[w]):
-                lo, hi = _run(q ^ masks[t], offsets, keys, dirs, shift, direct)
-                if hi > lo:
-                    if cnt + (hi - lo) > cap:
-                        while cnt + (hi - lo) > cap:
-                            cap *= 2
-                        ni = np.empty(cap, np.int64)
-                        nd = np.empty(cap, np.int32)
-                        ni[:cnt] = out_i[:cnt]
-                        nd[:cnt] = out_d[:cnt]
-                        out_i, out_d = ni, nd
-                    for p in range(lo, hi):
-                        out_i[cnt] = ids[p]
-                        out_d[cnt] = w
-                        cnt += 1
-            t0 = shell_end[w]
-            if ordered and cnt - start > 1:
-                out_i[start:cnt] = np.sort(out_i[start:cnt])
-        lims[j + 1] = cnt
-    return lims, out_i[:cnt].copy(), out_d[:cnt].copy()
+        g = lims[j]
+        while g < lims[j + 1]:
+            w = dist[g]
+            first = cnt
+            while g < lims[j + 1] and dist[g] == w:
+                for p in range(starts[g], ends[g]):
+                    out_i[cnt] = ids[p]
+                    out_d[cnt] = w
+                    cnt += 1
+                g += 1
+            if ordered and cnt - first > 1:  # rows of one shell come from several addresses: order them
+                out_i[first:cnt] = np.sort(out_i[first:cnt])
+        out_lims[j + 1] = cnt
+    return out_lims, out_i, out_d
 
 
 @njit(cache=True, nogil=True)
-def ball_topk(offsets, keys, dirs, shift, direct, masks, shell_end, qs, qw, words, ids, k):
-    """The ``k`` items of each query's ball closest to its ranking code ``qw[j]`` (``uint64[w]``), by (distance,
+def rerank(lims, starts, ends, qw, words, ids, k):
+    """The ``k`` items of each query's runs closest to its ranking code ``qw[j]`` (``uint64[w]``), by (distance,
     row): ``(D int32[nq, k], I int64[nq, k])`` padded with -1. ``words uint64[n, w]`` are the codes in ``ids``
-    order, so a bucket's codes are read in sequence."""
-    nq = qs.shape[0]
+    order, so a run's codes are read in sequence."""
+    nq = lims.shape[0] - 1
     D = np.full((nq, k), -1, np.int32)
     I = np.full((nq, k), -1, np.int64)
     nw = words.shape[1]
     for j in range(nq):
-        q = qs[j]
         cnt = 0
-        for t in range(masks.shape[0]):
-            lo, hi = _run(q ^ masks[t], offsets, keys, dirs, shift, direct)
-            for p in range(lo, hi):
+        for g in range(lims[j], lims[j + 1]):
+            for p in range(starts[g], ends[g]):
                 d = 0
                 for u in range(nw):
                     d += _popc(words[p, u] ^ qw[j, u])

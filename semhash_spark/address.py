@@ -9,10 +9,11 @@ time that does not depend on the size of the collection. Torralba, Fergus & Weis
 ``AddressTable`` keeps the item rows sorted by (address, row). Up to ``DIRECT_MAX_BITS`` address bits it is the
 papers' memory: a direct table of ``2**bits + 1`` offsets indexed by address. Wider addresses keep the sorted
 distinct addresses and a directory over their top bits (about ``log2`` of their count), so a probe is one directory
-read and a short binary search. ``ball`` enumerates the ``sum(C(bits, i), i <= radius)`` addresses of the ball
-shell by shell and returns CSR results like faiss ``range_search``, ordered by (address distance, row). Built
-with the items' ranking codes, ``search`` returns the ``k`` items of the ball closest to a query's ranking code
-(the shortlist re-ranked, faiss-shaped ``(D, I)``), reading each probed address's codes in sequence.
+read and a short binary search. A lookup has two stages: ``visit`` enumerates the ``sum(C(bits, i), i <= radius)``
+addresses of the ball shell by shell and reads each one's run of rows (a cost fixed by the bits and the radius);
+``gather`` reads the runs' rows (``ball``: CSR results like faiss ``range_search``, ordered by (address distance,
+row)) and ``rerank`` their ranking codes (``search``: the ``k`` items of the ball closest to a query's ranking
+code, faiss-shaped ``(D, I)``), both growing with the shortlist.
 """
 from __future__ import annotations
 
@@ -117,57 +118,88 @@ class AddressTable:
             self._masks[radius] = (masks, np.cumsum(np.bincount(dist, minlength=radius + 1)).astype(np.int64))
         return self._masks[radius]
 
-    def ball(self, q_addresses: np.ndarray, radius: int, *, ordered: bool = True):
-        """Every item within address distance ``radius`` of each query's address.
+    def visit(self, q_addresses: np.ndarray, radius: int):
+        """The ball's addresses visited: each query's non-empty addresses within ``radius`` of its own, as runs of
+        positions in the address order. A cost fixed by the address bits and the radius, whatever the size.
 
-        Returns ``(lims, ids, address_distances)``: query ``i``'s items are ``ids[lims[i]:lims[i+1]]`` (int64 rows)
-        at ``address_distances[lims[i]:lims[i+1]]`` (int32), ordered by (distance, row); ``ordered=False`` leaves
-        the rows of one distance in address order (for a caller that ranks them anyway).
+        Returns ``(lims, starts, ends, address_distances)``: query ``i``'s runs are ``lims[i]:lims[i+1]``, run
+        ``g`` holding the rows ``ids_[starts[g]:ends[g]]`` at address distance ``address_distances[g]`` (int32),
+        by distance. :meth:`gather` reads their rows, :meth:`rerank` their ranking codes.
         """
         q, radius = self._check(q_addresses, radius)
         if USE_COMPILED and _K is not None:
             mt = self._mask_table(radius)
             if mt is not None:
-                return _K.ball_masks(self.offsets_, self.ids_, self.keys_, self.dir_, self.shift_, self.direct,
-                                     mt[0], mt[1], q, bool(ordered))
-            return _K.ball(self.offsets_, self.ids_, self.keys_, self.dir_, self.shift_, self.direct,
-                           self.bits, q, radius)
-        return self._ball_numpy(q, radius)
+                return _K.visit_masks(self.offsets_, self.keys_, self.dir_, self.shift_, self.direct, mt[0], mt[1], q)
+            return _K.visit_enum(self.offsets_, self.keys_, self.dir_, self.shift_, self.direct, self.bits, q, radius)
+        return self._visit_numpy(q, radius)
 
-    def search(self, q_addresses: np.ndarray, q_codes: np.ndarray, radius: int, k: int):
-        """The ``k`` items of each query's ball (address distance <= ``radius``) closest to its ranking code:
-        faiss-shaped ``(D int32[nq, k], I int64[nq, k])`` by (code distance, row), padded with -1."""
+    def gather(self, runs, *, ordered: bool = True):
+        """The rows of :meth:`visit`'s runs: ``(lims, ids, address_distances)`` as :meth:`ball` returns them."""
+        lims, starts, ends, dist = runs
+        if USE_COMPILED and _K is not None:
+            return _K.gather(self.ids_, lims, starts, ends, dist, bool(ordered))
+        cnt = ends - starts
+        pos = _positions(starts, cnt)
+        ids, d = self.ids_[pos], np.repeat(dist, cnt).astype(np.int32)
+        out_lims = np.concatenate([[0], np.cumsum(cnt)]).astype(np.int64)[lims]    # rows before each query's runs
+        if ordered:
+            for j in range(lims.shape[0] - 1):
+                s = slice(out_lims[j], out_lims[j + 1])
+                o = np.lexsort((ids[s], d[s]))
+                ids[s], d[s] = ids[s][o], d[s][o]
+        return out_lims, ids.astype(np.int64), d
+
+    def rerank(self, runs, q_codes: np.ndarray, k: int):
+        """The ``k`` items of :meth:`visit`'s runs closest to each query's ranking code: faiss-shaped
+        ``(D int32[nq, k], I int64[nq, k])`` by (code distance, row), padded with -1."""
         if self.words_ is None:
-            raise ValueError("search needs the items' ranking codes: build the AddressTable with codes=")
-        q, radius = self._check(q_addresses, radius)
+            raise ValueError("rerank needs the items' ranking codes: build the AddressTable with codes=")
+        lims, starts, ends, _ = runs
+        nq = lims.shape[0] - 1
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         qw = np.asarray(q_codes)
-        if qw.dtype != np.uint8 or qw.ndim != 2 or qw.shape[0] != q.shape[0] or \
+        if qw.dtype != np.uint8 or qw.ndim != 2 or qw.shape[0] != nq or \
                 C.to_words(qw).shape[1] != self.words_.shape[1]:
-            raise ValueError(f"q_codes must be packed uint8[{q.shape[0]}, nbytes] like the table's codes, got "
+            raise ValueError(f"q_codes must be packed uint8[{nq}, nbytes] like the table's codes, got "
                              f"{qw.dtype}{list(qw.shape)}")
         qw = np.ascontiguousarray(C.to_words(qw))
-        mt = self._mask_table(radius) if USE_COMPILED and _K is not None else None
-        if mt is not None:
-            return _K.ball_topk(self.offsets_, self.keys_, self.dir_, self.shift_, self.direct, mt[0], mt[1], q, qw,
-                                self.words_, self.ids_, int(k))
-        D = np.full((q.shape[0], k), -1, np.int32)
-        I = np.full((q.shape[0], k), -1, np.int64)
-        order = np.empty(self._n, np.int64)
-        order[self.ids_] = np.arange(self._n)                   # row -> its position in address order
-        lims, ids, _ = self.ball(q, radius)
-        for j in range(q.shape[0]):
-            rows = ids[lims[j]:lims[j + 1]]
-            d = C.popcount64(self.words_[order[rows]] ^ qw[j]).astype(np.int32)
+        if USE_COMPILED and _K is not None:
+            return _K.rerank(lims, starts, ends, qw, self.words_, self.ids_, int(k))
+        D = np.full((nq, k), -1, np.int32)
+        I = np.full((nq, k), -1, np.int64)
+        for j in range(nq):
+            s = slice(lims[j], lims[j + 1])
+            pos = _positions(starts[s], ends[s] - starts[s])
+            rows = self.ids_[pos]
+            d = C.popcount64(self.words_[pos] ^ qw[j]).astype(np.int32)
             o = np.lexsort((rows, d))[:k]
             D[j, :o.size], I[j, :o.size] = d[o], rows[o]
         return D, I
 
-    def _ball_numpy(self, q: np.ndarray, radius: int):
+    def ball(self, q_addresses: np.ndarray, radius: int, *, ordered: bool = True):
+        """Every item within address distance ``radius`` of each query's address (:meth:`visit`, then
+        :meth:`gather`).
+
+        Returns ``(lims, ids, address_distances)``: query ``i``'s items are ``ids[lims[i]:lims[i+1]]`` (int64 rows)
+        at ``address_distances[lims[i]:lims[i+1]]`` (int32), ordered by (distance, row); ``ordered=False`` leaves
+        the rows of one distance in address order (for a caller that ranks them anyway).
+        """
+        return self.gather(self.visit(q_addresses, radius), ordered=ordered)
+
+    def search(self, q_addresses: np.ndarray, q_codes: np.ndarray, radius: int, k: int):
+        """The ``k`` items of each query's ball (address distance <= ``radius``) closest to its ranking code
+        (:meth:`visit`, then :meth:`rerank`): faiss-shaped ``(D int32[nq, k], I int64[nq, k])`` by (code
+        distance, row), padded with -1."""
+        if self.words_ is None:
+            raise ValueError("search needs the items' ranking codes: build the AddressTable with codes=")
+        return self.rerank(self.visit(q_addresses, radius), q_codes, k)
+
+    def _visit_numpy(self, q: np.ndarray, radius: int):
         flips, dist = _flip_masks(self.bits, radius)
         lims = np.zeros(q.shape[0] + 1, np.int64)
-        out_i, out_d = [], []
+        out_s, out_e, out_d = [], [], []
         for j, qa in enumerate(q):
             cand = qa ^ flips
             if self.direct:
@@ -178,19 +210,18 @@ class AddressTable:
                 hit[hit] = self.keys_[k[hit]] == cand[hit]
                 lo = np.where(hit, self.offsets_[np.minimum(k, self.keys_.size)], 0)
                 hi = np.where(hit, self.offsets_[np.minimum(k + 1, self.keys_.size)], 0)
-            cnt = hi - lo
-            tot = int(cnt.sum())
-            # positions lo[b]..hi[b] of every probed bucket b, end to end
-            pos = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
-            ids = self.ids_[pos]
-            d = np.repeat(dist, cnt)
-            o = np.lexsort((ids, d))
-            out_i.append(ids[o])
-            out_d.append(d[o])
-            lims[j + 1] = lims[j] + tot
-        ids = np.concatenate(out_i) if out_i else np.zeros(0, np.int64)
-        d = np.concatenate(out_d) if out_d else np.zeros(0, np.int32)
-        return lims, ids.astype(np.int64), d.astype(np.int32)
+            keep = hi > lo
+            out_s.append(lo[keep])
+            out_e.append(hi[keep])
+            out_d.append(dist[keep])
+            lims[j + 1] = lims[j] + int(keep.sum())
+        cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)  # noqa: E731
+        return lims, cat(out_s, np.int64), cat(out_e, np.int64), cat(out_d, np.int32)
+
+
+def _positions(starts: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """Positions ``starts[g]..starts[g] + cnt[g]`` of every run ``g``, end to end."""
+    return np.repeat(starts - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
 
 
 def _flip_masks(bits: int, radius: int):

@@ -168,3 +168,33 @@ def test_enumerated_ball_equals_the_mask_table(monkeypatch):
         assert table._mask_table(r) is None
         for a, b in zip(table.ball(q, r), want[r]):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bits", [16, 30])
+def test_visit_returns_one_run_per_occupied_address_of_the_ball(path, bits):
+    """``visit``: one run per occupied address within the radius, holding exactly that address's rows; at most
+    ``ball_size`` runs a query whatever the table's size (the stage whose cost is fixed by bits and radius)."""
+    rng = np.random.default_rng(bits)
+    db = clustered_addresses(bits, 6000, rng)
+    q = np.concatenate([db[:2], clustered_addresses(bits, 4, rng)])
+    table = AddressTable(db, bits)
+    for r in (0, 2, 3):
+        lims, starts, ends, dist = table.visit(q, r)
+        assert lims.shape == (len(q) + 1,) and lims[-1] == starts.size == ends.size == dist.size
+        assert np.all(ends > starts) and dist.dtype == np.int32
+        for i in range(len(q)):
+            s = slice(lims[i], lims[i + 1])
+            assert lims[i + 1] - lims[i] <= ball_size(bits, r)
+            assert np.all(np.diff(dist[s]) >= 0)                   # by address distance
+            seen = set()
+            for a, b, w in zip(starts[s], ends[s], dist[s]):
+                addrs = db[table.ids_[a:b]]
+                assert np.all(addrs == addrs[0]) and addrs[0] not in seen
+                seen.add(addrs[0])
+                assert bin(int(addrs[0]) ^ int(q[i])).count("1") == w
+                assert b - a == np.sum(db == addrs[0])             # the whole bucket
+            want = {int(a) for a in np.unique(db) if bin(int(a) ^ int(q[i])).count("1") <= r}
+            assert {int(a) for a in seen} == want
+        g = table.gather((lims, starts, ends, dist))
+        for a, b in zip(g, table.ball(q, r)):
+            assert np.array_equal(a, b)
