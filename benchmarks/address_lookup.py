@@ -10,12 +10,18 @@ codes); the 1M set is the first 1M of the 10M set. The address is 20 bits of the
 ``IndexBinaryHash`` hashes (bytes 0 and 1 and the low 4 bits of byte 2), so both probe the same ball and must
 return the same top-k distances (checked). ``--wide-bits 24`` adds a 24-bit address at the large size.
 
-Per radius, one query per call, each query on both sizes back to back (which goes first alternates): ``probe``
-(``ball(ordered=False)``: the ball's addresses visited and their rows gathered, no ranking), ``lookup``
-(``AddressTable.search``: the ball's items ranked by their 128-bit codes, read bucket by bucket, top ``k``), faiss ``IndexBinaryHash.search(q, k)`` with ``nflip = r`` (within ``--budget``
-seconds per task), and ``IndexBinaryMultiHash(nhash=6, b=20)`` at nflip 0 and 1. Recall is by distance against
-the exact top ``k`` (faiss ``IndexBinaryFlat``): results no farther than the true k-th. Prints Markdown tables with
-p50 and p99 in microseconds and the large/small ratio of the p50, and writes JSON with ``--json``.
+Per radius, the lookup's stages are timed apart, one query per call: ``visit`` (``AddressTable.visit``: the
+ball's addresses enumerated and each one's run of rows read; a cost fixed by the bits and the radius), ``gather``
+(``AddressTable.gather`` of those runs, unordered: the shortlist's row ids, growing with the collection),
+``rerank`` (``AddressTable.rerank`` of those runs: the shortlist's 128-bit codes read and the top ``k`` kept), the
+whole ``lookup`` (``AddressTable.search`` = visit + rerank), faiss ``IndexBinaryHash.search(q, k)`` with
+``nflip = r``, and ``IndexBinaryMultiHash(nhash=6, b=20)`` at nflip 0 and 1. ``--wide-bits 24`` adds the large
+size with a 24-bit address to visit and lookup. Every round times every query on every index back to back (the
+order rotating from query to query), so a change in the machine's speed hits all sizes alike; a round's p50 is
+its median, the reported p50 the median over ``--rounds`` rounds, the p99 of all rounds' latencies, and the
+large/small ratio the median of the rounds' p50 ratios. ``--budget`` caps the seconds of one task's round (at
+least 20 queries). Recall is by distance against the exact top ``k`` (faiss ``IndexBinaryFlat``): results no
+farther than the true k-th. Prints Markdown tables in microseconds, and writes JSON with ``--json``.
 """
 from __future__ import annotations
 
@@ -74,20 +80,22 @@ class Lookup:
         return D[0][I[0] >= 0], I[0][I[0] >= 0]
 
 
-def time_pair(fns: dict, nq: int, budget: float, flip: bool):
-    """Per-query latencies (us) of each size's ``fns[size](i)``, the sizes back to back per query, within
-    ``budget`` seconds (at least 5 queries); and the results."""
-    sizes = list(fns)
-    lat = {s: [] for s in sizes}
-    out = {s: [] for s in sizes}
+def time_sets(fns: dict, nq: int, budget: float, shift: int):
+    """Per-query latencies (us) of each index's ``fns[name](i)``, the indexes back to back per query (the order
+    rotating from query to query, starting at ``shift``), within ``budget`` seconds (at least 20 queries); and
+    the results."""
+    names = list(fns)
+    lat = {s: [] for s in names}
+    out = {s: [] for s in names}
     t_end = time.perf_counter() + budget
     for i in range(nq):
-        for s in (sizes if (i % 2 == 0) != flip else sizes[::-1]):
+        rot = (i + shift) % len(names)
+        for s in names[rot:] + names[:rot]:
             t = time.perf_counter()
             res = fns[s](i)
             lat[s].append(time.perf_counter() - t)
             out[s].append(res)
-        if time.perf_counter() > t_end and i >= 4:
+        if time.perf_counter() > t_end and i >= 19:
             break
     return {s: np.array(v) * 1e6 for s, v in lat.items()}, out
 
@@ -103,9 +111,10 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--radii", default="0,1,2,3,4")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--centres", type=int, default=10_000)
     p.add_argument("--flip", type=float, default=0.06)
-    p.add_argument("--budget", type=float, default=20.0, help="seconds per timed task and size pair")
+    p.add_argument("--budget", type=float, default=10.0, help="seconds per timed task and round")
     p.add_argument("--wide-bits", type=int, default=24, help="also a wider address at the large size (0: none)")
     p.add_argument("--no-multihash", action="store_true")
     p.add_argument("--json")
@@ -117,7 +126,8 @@ def main(argv=None) -> int:
     radii = [int(r) for r in args.radii.split(",")]
     k, nq = args.k, args.queries
     print(f"python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}; "
-          f"{args.centres} centres, flip {args.flip}, {nq} queries, k={k}", flush=True)
+          f"{args.centres} centres, flip {args.flip}, {nq} queries, k={k}, {args.rounds} rounds; "
+          f"loadavg {Path('/proc/loadavg').read_text().strip()}", flush=True)
 
     rng = np.random.default_rng(0)
     centres = rng.integers(0, 2 ** 63, size=(args.centres, BITS // 64), dtype=np.int64).view(np.uint64) * \
@@ -127,114 +137,107 @@ def main(argv=None) -> int:
     q = clustered_codes(nq, rng, centres, args.flip)
     q8 = q.view(np.uint8)
     print(f"codes drawn in {time.perf_counter() - t:.0f}s", flush=True)
-    sets = {small: db[:small], large: db}
+    S, L, W = f"{small:,}", f"{large:,}", f"{large:,} / {args.wide_bits} bits"
+    sets = {S: (db[:small], ADDRESS_BITS), L: (db, ADDRESS_BITS)}
+    if args.wide_bits:
+        sets[W] = (db, args.wide_bits)
 
     ours, exact_kth, fh, fm, rows = {}, {}, {}, {}, []
-    for n, w in sets.items():
+    for name, (w, ab) in sets.items():
         t = time.perf_counter()
-        ours[n] = Lookup(w, ADDRESS_BITS)
+        ours[name] = Lookup(w, ab)
         tb = time.perf_counter() - t
-        occ = np.diff(ours[n].table.offsets_)
+        occ = np.diff(ours[name].table.offsets_)
         occ = occ[occ > 0]
-        print(f"{n:,}: address table built in {tb:.1f}s; {occ.size:,} occupied addresses of {1 << ADDRESS_BITS:,}, "
+        print(f"{name}: {ab}-bit address table built in {tb:.1f}s; {occ.size:,} occupied addresses of {1 << ab:,}, "
               f"items per occupied address mean {occ.mean():.1f}, max {occ.max()}", flush=True)
+        if name == W:
+            continue
         flat = faiss.IndexBinaryFlat(BITS)
         flat.add(w.view(np.uint8))
         D, _ = flat.search(q8, k)
-        exact_kth[n] = D[:, k - 1]
+        exact_kth[name] = D[:, k - 1]
         del flat
         t = time.perf_counter()
-        fh[n] = faiss.IndexBinaryHash(BITS, ADDRESS_BITS)
-        fh[n].add(w.view(np.uint8))
+        fh[name] = faiss.IndexBinaryHash(BITS, ADDRESS_BITS)
+        fh[name].add(w.view(np.uint8))
         print(f"  faiss IndexBinaryHash(b={ADDRESS_BITS}) built in {time.perf_counter() - t:.1f}s", flush=True)
         if not args.no_multihash:
             t = time.perf_counter()
-            fm[n] = faiss.IndexBinaryMultiHash(BITS, BITS // ADDRESS_BITS, ADDRESS_BITS)
-            fm[n].add(w.view(np.uint8))
+            fm[name] = faiss.IndexBinaryMultiHash(BITS, BITS // ADDRESS_BITS, ADDRESS_BITS)
+            fm[name].add(w.view(np.uint8))
             print(f"  faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) built in "
                   f"{time.perf_counter() - t:.1f}s", flush=True)
         gc.collect()
-    qa = {ADDRESS_BITS: faiss_address(q8, ADDRESS_BITS)}
-    for lk in ours.values():       # compile (or load from numba's cache) before timing
-        lk.lookup(qa[ADDRESS_BITS][:1], q8[:1], 1, k)
+    if args.wide_bits:
+        exact_kth[W] = exact_kth[L]
+    qa = {name: faiss_address(q8, ab) for name, (_, ab) in sets.items()}
+    for name, lk in ours.items():       # compile (or load from numba's cache) before timing
+        lk.lookup(qa[name][:1], q8[:1], 1, k)
+        lk.table.gather(lk.table.visit(qa[name][:1], 1), ordered=False)
 
-    def report(method, r, lat, outs, dists_of, shortlist=None):
-        row = {"method": method, "radius": r}
-        for n in (small, large):
-            row[n] = {"p50_us": float(np.median(lat[n])), "p99_us": float(np.percentile(lat[n], 99)),
-                      "queries": int(lat[n].size)}
+    def timed(method, r, fns, names, dists_of=None, shortlist=None):
+        """Rounds of ``fns`` over ``names``; one row: p50 (median of round medians), p99, ratio large/small."""
+        lats, ratios, outs = {n: [] for n in names}, [], None
+        for rnd in range(args.rounds):
+            lat, outs = time_sets({n: fns[n] for n in names}, nq, args.budget, rnd)
+            for n in names:
+                lats[n].append(lat[n])
+            if S in names and L in names:
+                ratios.append(float(np.median(lat[L]) / np.median(lat[S])))
+        row = {"method": method, "radius": r, "round_ratios": ratios,
+               "ratio_p50": float(np.median(ratios)) if ratios else None}
+        for n in names:
+            row[n] = {"p50_us": float(np.median([np.median(v) for v in lats[n]])),
+                      "p99_us": float(np.percentile(np.concatenate(lats[n]), 99)),
+                      "queries": int(lats[n][-1].size)}
             if dists_of is not None:
-                row[n]["recall"] = recall_by_distance([dists_of(o) for o in outs[n]], exact_kth[n], k)
+                m = len(outs[n])
+                row[n]["recall"] = recall_by_distance([dists_of(o) for o in outs[n]], exact_kth[n][:m], k)
             if shortlist is not None:
                 row[n]["shortlist_mean"] = float(np.mean([shortlist(o) for o in outs[n]]))
-        row["ratio_p50"] = row[large]["p50_us"] / row[small]["p50_us"]
         rows.append(row)
-        cells = " | ".join(f"{row[n]['p50_us']:.0f} / {row[n]['p99_us']:.0f}" for n in (small, large))
-        rec = " / ".join(f"{row[n]['recall']:.3f}" for n in (small, large)) if dists_of is not None else ""
-        sl = " / ".join(f"{row[n]['shortlist_mean']:.0f}" for n in (small, large)) if shortlist else ""
-        print(f"| {method} | {r} | {cells} | {row['ratio_p50']:.2f} | {rec} | {sl} | "
-              f"{row[small]['queries']} |", flush=True)
+        cells = " | ".join(f"{row[n]['p50_us']:.0f} / {row[n]['p99_us']:.0f}" if n in names else ""
+                           for n in sets)
+        ratio = (f"{row['ratio_p50']:.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "")
+        rec = " / ".join(f"{row[n]['recall']:.3f}" for n in names) if dists_of is not None else ""
+        sl = " / ".join(f"{row[n]['shortlist_mean']:.0f}" for n in names) if shortlist else ""
+        print(f"| {method} | {r} | {cells} | {ratio} | {rec} | {sl} |", flush=True)
+        return outs
 
-    print(f"\n| method | r | {small:,}: p50 / p99 us | {large:,}: p50 / p99 us | p50 ratio | recall@{k} | "
-          f"shortlist | queries |\n|---|---|---|---|---|---|---|---|", flush=True)
-    for j, r in enumerate(radii):
-        a = qa[ADDRESS_BITS]
-        lat, outs = time_pair({n: (lambda i, n=n: ours[n].probe(a[i:i + 1], r)) for n in sets}, nq, args.budget,
-                              j % 2 == 1)
-        report("AddressTable.ball (probe)", r, lat, outs, None, shortlist=lambda o: o[1].size)
-        lat, outs = time_pair({n: (lambda i, n=n: ours[n].lookup(a[i:i + 1], q8[i:i + 1], r, k)) for n in sets}, nq,
-                              args.budget, j % 2 == 1)
-        report(f"ball + 128-bit top-{k} (lookup)", r, lat, outs, lambda o: o[0])
-        ours_d = outs
-        for n in sets:
+    head = " | ".join(f"{n}: p50 / p99 us" for n in sets)
+    print(f"\n| stage | r | {head} | {L}/{S} p50 (rounds) | recall@{k} | shortlist / runs |\n"
+          f"|---|---|{'---|' * len(sets)}---|---|---|", flush=True)
+    ours_names = list(sets)
+    for r in radii:
+        runs = {n: [ours[n].table.visit(qa[n][i:i + 1], r) for i in range(nq)] for n in ours_names}
+        timed("visit", r, {n: (lambda i, n=n: ours[n].table.visit(qa[n][i:i + 1], r)) for n in ours_names},
+              ours_names, shortlist=lambda o: o[1].size)
+        timed("gather", r, {n: (lambda i, n=n: ours[n].table.gather(runs[n][i], ordered=False))
+                            for n in ours_names}, ours_names, shortlist=lambda o: o[1].size)
+        timed(f"rerank (128-bit top-{k})", r, {n: (lambda i, n=n: ours[n].table.rerank(runs[n][i], q8[i:i + 1], k))
+                                               for n in ours_names}, ours_names)
+        ours_d = timed("lookup (visit + rerank)", r, {n: (lambda i, n=n: ours[n].lookup(qa[n][i:i + 1], q8[i:i + 1],
+                                                                                        r, k)) for n in ours_names},
+                       ours_names, dists_of=lambda o: o[0])
+        for n in fh:
             fh[n].nflip = r
-        lat, outs = time_pair({n: (lambda i, n=n: fh[n].search(q8[i:i + 1], k)) for n in sets}, nq, args.budget,
-                              j % 2 == 1)
-        report(f"faiss IndexBinaryHash(b={ADDRESS_BITS}) nflip={r}", r, lat, outs,
-               lambda o: o[0][0][o[1][0] >= 0])
-        for n in sets:  # the same ball: the same top-k distances
+        outs = timed(f"faiss IndexBinaryHash(b={ADDRESS_BITS}) nflip={r}", r,
+                     {n: (lambda i, n=n: fh[n].search(q8[i:i + 1], k)) for n in fh}, list(fh),
+                     dists_of=lambda o: o[0][0][o[1][0] >= 0])
+        for n in fh:  # the same ball: the same top-k distances
             for i, (mine, theirs) in enumerate(zip(ours_d[n], outs[n])):
                 fd = theirs[0][0][theirs[1][0] >= 0]
                 if not np.array_equal(np.sort(mine[0]), np.sort(fd)):
-                    raise SystemExit(f"r={r}, {n:,} codes, query {i}: lookup distances {mine[0].tolist()} differ "
+                    raise SystemExit(f"r={r}, {n} codes, query {i}: lookup distances {mine[0].tolist()} differ "
                                      f"from IndexBinaryHash's {fd.tolist()}")
-    if fm:
-        for j, nflip in enumerate((0, 1)):
-            for n in sets:
-                fm[n].nflip = nflip
-            lat, outs = time_pair({n: (lambda i, n=n: fm[n].search(q8[i:i + 1], k)) for n in sets}, nq,
-                                  args.budget, j % 2 == 1)
-            report(f"faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) nflip={nflip}",
-                   nflip, lat, outs, lambda o: o[0][0][o[1][0] >= 0])
-    fh.clear()
-    fm.clear()
-    gc.collect()
-
-    if args.wide_bits:
-        wb = args.wide_bits
-        wide = Lookup(db, wb)
-        qa[wb] = faiss_address(q8, wb)
-        wide.lookup(qa[wb][:1], q8[:1], 1, k)
-        print(f"\n{large:,} codes with a {wb}-bit address (beside the {ADDRESS_BITS}-bit one):\n"
-              f"| method | r | {ADDRESS_BITS}-bit: p50 / p99 us | {wb}-bit: p50 / p99 us | p50 ratio | recall@{k} | "
-              f"shortlist | queries |\n|---|---|---|---|---|---|---|---|", flush=True)
-        for j, r in enumerate(radii):
-            lat, outs = time_pair({"narrow": lambda i: ours[large].lookup(qa[ADDRESS_BITS][i:i + 1], q8[i:i + 1], r, k),
-                                   "wide": lambda i: wide.lookup(qa[wb][i:i + 1], q8[i:i + 1], r, k)}, nq, args.budget,
-                                  j % 2 == 1)
-            sl = {s: np.mean([ours[large].table.ball(qa[ADDRESS_BITS][i:i + 1], r)[1].size for i in range(nq)])
-                  for s in ("narrow",)}
-            sl["wide"] = np.mean([wide.table.ball(qa[wb][i:i + 1], r)[1].size for i in range(nq)])
-            rec = {s: recall_by_distance([o[0] for o in outs[s]], exact_kth[large], k) for s in outs}
-            row = {"method": f"lookup at {large:,}, address {ADDRESS_BITS} vs {wb} bits", "radius": r}
-            for s in ("narrow", "wide"):
-                row[s] = {"p50_us": float(np.median(lat[s])), "p99_us": float(np.percentile(lat[s], 99)),
-                          "recall": rec[s], "shortlist_mean": float(sl[s]), "queries": int(lat[s].size)}
-            rows.append(row)
-            print(f"| lookup | {r} | {row['narrow']['p50_us']:.0f} / {row['narrow']['p99_us']:.0f} | "
-                  f"{row['wide']['p50_us']:.0f} / {row['wide']['p99_us']:.0f} | "
-                  f"{row['wide']['p50_us'] / row['narrow']['p50_us']:.2f} | {rec['narrow']:.3f} / {rec['wide']:.3f} | "
-                  f"{sl['narrow']:.0f} / {sl['wide']:.0f} | {row['narrow']['queries']} |", flush=True)
+    for nflip in (0, 1) if fm else ():
+        for n in fm:
+            fm[n].nflip = nflip
+        timed(f"faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) nflip={nflip}", nflip,
+              {n: (lambda i, n=n: fm[n].search(q8[i:i + 1], k)) for n in fm}, list(fm),
+              dists_of=lambda o: o[0][0][o[1][0] >= 0])
+    print(f"loadavg {Path('/proc/loadavg').read_text().strip()}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "faiss": faiss.__version__, "rows": rows},
                                               indent=1, default=str))
