@@ -37,6 +37,13 @@ def _run(a, offsets, keys, dirs, shift, direct):
 
 
 @njit(inline="always", cache=True)
+def _new_runs(nq):
+    """Empty run buffers for ``nq`` queries: ``lims`` and room for 1024 runs (:func:`_append` grows them)."""
+    return (np.zeros(nq + 1, np.int64), np.empty(1024, np.int64), np.empty(1024, np.int64),
+            np.empty(1024, np.int32))
+
+
+@njit(inline="always", cache=True)
 def _append(starts, ends, dist, cnt, lo, hi, w):
     """Run ``(lo, hi)`` at distance ``w`` appended at ``cnt``, the buffers doubled when full; returns them."""
     if cnt == starts.shape[0]:
@@ -58,10 +65,7 @@ def visit_masks(offsets, keys, dirs, shift, direct, masks, shell_end, qs):
     """The non-empty runs of every address within the ball, its XOR masks given (``masks`` by weight, weight
     ``w`` ending at ``shell_end[w]``): one sequential pass of independent probes, which the CPU overlaps."""
     nq = qs.shape[0]
-    lims = np.zeros(nq + 1, np.int64)
-    starts = np.empty(1024, np.int64)
-    ends = np.empty(1024, np.int64)
-    dist = np.empty(1024, np.int32)
+    lims, starts, ends, dist = _new_runs(nq)
     cnt = 0
     for j in range(nq):
         q = qs[j]
@@ -82,10 +86,7 @@ def visit_enum(offsets, keys, dirs, shift, direct, bits, qs, radius):
     """As :func:`visit_masks`, enumerating the ball's addresses one combination of flipped bits at a time (for
     balls too large for a table of masks)."""
     nq = qs.shape[0]
-    lims = np.zeros(nq + 1, np.int64)
-    starts = np.empty(1024, np.int64)
-    ends = np.empty(1024, np.int64)
-    dist = np.empty(1024, np.int32)
+    lims, starts, ends, dist = _new_runs(nq)
     cnt = 0
     pos = np.empty(max(radius, 1), np.int64)      # the flipped bit positions, ascending
     for j in range(nq):
