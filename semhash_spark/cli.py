@@ -283,7 +283,7 @@ def cmd_reindex(args) -> dict:
 
     cfg = _config(args)
     spark = get_spark("semhash-reindex", master=args.master, conf=_spark_conf(args))
-    kwargs = {"full": args.full}
+    kwargs = {"full": args.full, "address_model_uri": args.address_model}
     if args.retention_days is not None:
         kwargs["retention_days"] = args.retention_days
     if args.dataset:                  # a raw corpus: prepared first with the model's vocabulary
@@ -571,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(bad records are kept under INDEX_URI/quarantine/)")
     sp.add_argument("--model", required=True)
     sp.add_argument("--index", required=True)
+    sp.add_argument("--address-model", help="ADDRESS_MODEL (default: the current version's, if it has one); a "
+                    "new one re-encodes everything")
     sp.add_argument("--full", action="store_true", help="re-encode everything")
     sp.add_argument("--retention-days", type=float, help="delete versions older than this (never CURRENT or leased)")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")

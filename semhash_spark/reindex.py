@@ -25,6 +25,11 @@ publishes nothing (idempotent). Retention then deletes versions older than ``ret
 ``CURRENT`` and never one with a live reader lease (:mod:`semhash_spark.leases`). Run one re-index per index at
 a time (the schedules in ``infra/schedule`` make sure of it).
 
+An index encoded with an address model (``semhash encode --address-model``) keeps one: new and changed documents
+get their address from the address model copied into the current version (or from ``address_model_uri``, whose
+new weights version forces a full rebuild), carried rows keep their stored addresses, shards stay partitioned by
+the address code, and the address model is copied into the new version.
+
 When tonight's dataset was prepared with a vocabulary other than the model's (a nightly ``semhash prepare``
 picks it from tonight's corpus), new and changed documents are mapped onto the model's words (:func:`remap_words`).
 Shards and documents are read with :func:`semhash_spark.sparkio.read_parquet` (on a cluster, ``s3://`` by the
@@ -52,7 +57,7 @@ from . import index as ix
 from . import leases
 from . import sparkio, store
 from .checkpoint import META, WEIGHTS
-from .encode import ENCODED_SCHEMA, FILES_SCHEMA, _hasher_from_bytes, encode_frames
+from .encode import ADDRESS_MODEL_DIR, ENCODED_SCHEMA, FILES_SCHEMA, _address_model, _hasher_from_bytes, encode_frames
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,12 @@ def _shard_rows(spark: SparkSession, index_uri: str, version: str, files: list[s
         return spark.createDataFrame([], schema)
     df = sparkio.read_parquet(spark, ix.version_prefix(index_uri, version), files, columns, path_column=True)
     return df.select(*columns, F.regexp_extract(F.col(sparkio.PATH_COLUMN), _PART_RE, 1).alias("part"))
+
+
+def _signed_long(col):
+    """A shard's ``uint64`` address column (Spark reads it as ``decimal(20,0)``) as the int64 of the same bits."""
+    half, full = (F.lit(str(v)).cast("decimal(21,0)") for v in (2 ** 63, 2 ** 64))
+    return F.when(col >= half, col - full).otherwise(col).cast("long")
 
 
 def _files_of(manifest: dict, partitions: set[str] | None = None) -> list[str]:
@@ -135,7 +146,7 @@ def remap_words(frames: Iterator[pd.DataFrame], remap: np.ndarray) -> Iterator[p
 
 
 def _full_reason(old: dict | None, full: bool, model_version: str, layout: tuple[int, int, int],
-                 columns: list[str]) -> str | None:
+                 columns: list[str], address_version: str | None = None) -> str | None:
     if old is None:
         return "no published version"
     if full:
@@ -143,6 +154,9 @@ def _full_reason(old: dict | None, full: bool, model_version: str, layout: tuple
     old_model = (old.get("model") or {}).get("version")
     if old_model != model_version:
         return f"model changed ({old_model} -> {model_version})"
+    old_address = (old.get("address_model") or {}).get("version")
+    if old_address != address_version:
+        return f"address model changed ({old_address} -> {address_version})"
     if (int(old["bits"]), int(old["address_bits"]), int(old["partition_bits"])) != layout:
         return "index layout changed (bits, address_bits or partition_bits)"
     if list(old.get("columns", [])) != columns:
@@ -155,8 +169,10 @@ def _full_reason(old: dict | None, full: bool, model_version: str, layout: tuple
 def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, cfg, *, full: bool = False,
             retention_days: float = DEFAULT_RETENTION_DAYS, now: datetime | None = None,
             orphan_hours: float = DEFAULT_ORPHAN_HOURS, splits: tuple[str, ...] = ds.SPLITS,
-            hook: Hook | None = None) -> dict[str, Any]:
+            hook: Hook | None = None, address_model_uri: str | None = None) -> dict[str, Any]:
     """Brings ``index_uri`` up to date with the prepared dataset ``data_uri``; returns the run report.
+
+    ``address_model_uri``: the address model (default: the one in the current version, if it has one).
 
     ``hook(stage)`` is called after "diffed", "encoded" and "shards_written" (tests use it to simulate a crash).
     ``now`` is the clock for retention and leases (default: the real UTC time).
@@ -168,8 +184,6 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     tensors_blob, meta_blob, meta = _model(model_uri)
     model_version = meta["model_version"]
     bits = int(meta["bits"])
-    address_bits = min(cfg.index.address_bits, bits)
-    partition_bits = min(cfg.index.partition_bits, address_bits)
     code_bytes = C.code_bytes(bits)
     keep_words = cfg.index.store_counts and meta.get("kind", "documents") == "documents"
     columns = list(ix.BASE_COLUMNS) + (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN]
@@ -189,10 +203,16 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         old = ix.read_manifest(index_uri, base)
     except ix.IndexNotFound:
         base, old = None, None
-    if old is not None and old.get("address_model"):
-        raise ValueError(f"{index_uri!r} version {base} has addresses from an address model, which reindex does not "
-                         "carry yet: re-encode with semhash encode --model M --address-model A")
-    reason = _full_reason(old, full, model_version, (bits, address_bits, partition_bits), columns)
+    if address_model_uri is None and old is not None and old.get("address_model"):
+        address_model_uri = store.join(ix.version_prefix(index_uri, base), old["address_model"]["path"])
+        address_source = old["address_model"].get("uri") or address_model_uri
+    else:
+        address_source = address_model_uri
+    address_blobs, address_meta = _address_model(address_model_uri, meta) if address_model_uri else (None, None)
+    address_version = address_meta["model_version"] if address_meta else None
+    address_bits = int(address_meta["bits"]) if address_meta else min(cfg.index.address_bits, bits)
+    partition_bits = min(cfg.index.partition_bits, address_bits)
+    reason = _full_reason(old, full, model_version, (bits, address_bits, partition_bits), columns, address_version)
 
     # 1. diff by id and content hash
     new_side = tonight.select(ds.ID, F.col(ds.CONTENT_HASH).alias("new_hash"), F.lit(True).alias("in_new"))
@@ -222,22 +242,29 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
 
     # 2. encode what is new or changed
     blobs = spark.sparkContext.broadcast({WEIGHTS: tensors_blob, META: meta_blob})
+    address_bc = spark.sparkContext.broadcast(address_blobs) if address_blobs else None
 
     def encode(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         hasher = _hasher_from_bytes(model_version, blobs.value)
+        address_hasher = _hasher_from_bytes(address_version, address_bc.value) if address_bc is not None else None
         if remap is not None:
             frames = remap_words(frames, remap)
-        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words)
+        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words,
+                                 address_hasher)
 
-    row_cols = ["id", "code", "part"] + (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN]
+    # an address model's addresses cannot be recomputed from the code: carried rows keep their stored ones
+    row_cols = ["id", "code", "part"] + (["address"] if address_meta else []) + \
+        (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN]
     write_cols = list(columns)                                         # what write_shard gets, in shard order
     s3_env = store.driver_s3_env()
 
     def flush(pieces: list[pd.DataFrame], version_uri: str) -> Iterator[pd.DataFrame]:
         pdf = pd.concat(pieces, ignore_index=True)
         codes = ix.codes_from_column(pdf["code"].tolist(), code_bytes)
-        pdf = pdf.assign(address=C.prefix(codes, address_bits))         # carried rows: recomputed, not read
-        metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[write_cols])
+        if address_meta is None:
+            pdf = pdf.assign(address=C.prefix(codes, address_bits))     # carried rows: recomputed, not read
+        metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[write_cols],
+                               address_bits=address_bits if address_meta else None)
         if metas:
             yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
                                 for m in metas])
@@ -279,6 +306,8 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
             stored = [c for c in row_cols if c != "part"]
             carried = _shard_rows(spark, index_uri, base, _files_of(old, affected), stored)
             carried = carried.join(gone.select("id"), "id", "left_anti")
+            if address_meta:
+                carried = carried.withColumn("address", _signed_long(F.col("address")))
             rows = encoded.unionByName(carried.select(*row_cols))
         hook("encoded")
         n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
@@ -303,17 +332,24 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
                     model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
                     data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
                     has_words=keep_words,
+                    **({"address_model": {"uri": address_source, "version": address_version,
+                                          "path": ADDRESS_MODEL_DIR, "kind": address_meta.get("kind"),
+                                          "bits": address_bits}} if address_meta else {}),
                     reindex={"base_version": base, "full": reason is not None, "reason": reason, **counts})
 
     # 5. publish: CURRENT must still be at ``base`` (a concurrent run that published first makes this one fail)
     try:
-        manifest = ix.publish_version(index_uri, write_version, base=base,
-                                      models={"model": {WEIGHTS: tensors_blob, META: meta_blob}})
+        models = {"model": {WEIGHTS: tensors_blob, META: meta_blob}}
+        if address_blobs:
+            models[ADDRESS_MODEL_DIR] = address_blobs
+        manifest = ix.publish_version(index_uri, write_version, base=base, models=models)
     except BaseException:
         log.error("re-index failed; CURRENT stays where it was (this run started from %s)", base)
         raise
     finally:
         blobs.unpersist()
+        if address_bc is not None:
+            address_bc.unpersist()
     version = manifest["version"]
     files, copies, affected = done["files"], done["copies"], done["affected"]
 
@@ -321,7 +357,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     report.update({"published": True, "version": version, "count": int(manifest["count"]),
                    "partitions": len(manifest["partitions"]), "partitions_rewritten": len(rewritten),
                    "partitions_carried": len({c["partition"] for c in copies}), "files_copied": len(copies),
-                   "model_version": model_version})
+                   "model_version": model_version, "address_model_version": address_version})
     report["retention"] = _retention(index_uri, retention_days, now, orphan_hours)
     report["seconds"] = round(time.time() - t0, 2)
     log.info("re-indexed %s: version %s (%s)", index_uri, version,

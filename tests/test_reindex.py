@@ -55,14 +55,14 @@ def _write_dataset(out: Path, n_docs: int, vocab_size: int, seed: int = 0) -> Pa
     return out
 
 
-def _model(out: Path, words, doc_freq, n_train, seed: int, cfg) -> str:
+def _model(out: Path, words, doc_freq, n_train, seed: int, cfg, bits: int = 16) -> str:
     import torch
 
     from semhash_spark.checkpoint import save_model
     from semhash_spark.models.autoencoder import DeepAutoencoder
 
     torch.manual_seed(seed)
-    ae = DeepAutoencoder([len(words), 32, 16])
+    ae = DeepAutoencoder([len(words), 32, bits])
     with torch.no_grad():                      # large random weights: codes spread over the partitions
         for layer in ae.encoder:
             torch.nn.init.normal_(layer.weight, std=1.0)
@@ -356,3 +356,67 @@ def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp
     tonight.write_text("\n".join([json.dumps(edited)] + lines[1:]) + "\n")
     run = reindex_corpus(spark, "jsonl", str(tonight), model, index, cfg)
     assert (run["added"], run["changed"], run["deleted"], run["unchanged"]) == (0, 1, 0, n - 1)
+
+
+def _s3_rows(index_uri: str, version: str) -> dict[str, dict]:
+    """id -> {code, address, hash, partition} read straight from the version's files on the store."""
+    out = {}
+    for p in ix.read_manifest(index_uri, version)["partitions"]:
+        for f in p["files"]:
+            blob = store.read_bytes(store.join(ix.version_prefix(index_uri, version), f["path"]))
+            for r in pq.read_table(pa.BufferReader(blob)).to_pylist():
+                out[r["id"]] = {"code": r["code"], "address": r["address"], "hash": r["content_hash"],
+                                "part": p["partition"]}
+    return out
+
+
+def _expected_addresses(data_dir: str, model_uri: str, bits: int) -> dict[str, int]:
+    from semhash_spark import codes as C
+    from semhash_spark.checkpoint import load_model
+
+    hasher = load_model(model_uri)
+    out = {}
+    for split in ds.SPLITS:
+        s = ds.read_split(data_dir, split, columns=("id", "counts"))
+        out.update(zip(s.ids, (int(a) for a in C.prefix(hasher.codes_from_csr(s.counts), bits))))
+    return out
+
+
+def test_reindex_keeps_the_address_model_on_s3(spark, env, s3_server, tmp_path):
+    """An index encoded with an 8-bit address model: the nightly run re-encodes the changed documents with the
+    version's own two models, keeps the carried rows' addresses, partitions by the address code, copies the
+    address model into the new version; a new address model rebuilds everything."""
+    from semhash_spark.encode import encode_to_index
+
+    words, doc_freq, n_train = ds.read_vocab(env["base"])
+    addr_a = _model(tmp_path / "addr_a", words, doc_freq, n_train, 3, env["cfg"], bits=8)
+    addr_b = _model(tmp_path / "addr_b", words, doc_freq, n_train, 4, env["cfg"], bits=8)
+    index = "s3://semhash/reindex-address/index"
+    store.ensure_bucket("semhash")
+    first = encode_to_index(spark, env["model_a"], env["base"], index, env["cfg"], address_model_uri=addr_a)
+    assert first["address_bits"] == 8 and first["address_model_version"]
+    before = _s3_rows(index, first["version"])
+
+    run = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])
+    assert run["published"] and not run["full"], run
+    assert (run["added"], run["changed"], run["deleted"]) == (len(ADD), len(CHANGE), len(DELETE))
+    assert run["address_model_version"] == first["address_model_version"]
+    m = ix.read_manifest(index, run["version"])
+    assert m["address_bits"] == 8 and m["partition_bits"] == 3
+    assert m["address_model"]["version"] == first["address_model_version"] and m["address_model"]["bits"] == 8
+    assert store.exists(store.join(ix.version_prefix(index, run["version"]), "address_model", "model.json"))
+    after = _s3_rows(index, run["version"])
+    assert {k: v["code"] for k, v in after.items()} == _expected_codes(env["tonight"], env["model_a"])
+    want = _expected_addresses(env["tonight"], addr_a, 8)
+    assert {k: v["address"] for k, v in after.items()} == want
+    assert all(v["part"] == f"{v['address'] >> 5:x}" for v in after.values())     # partitioned by the address
+    assert all(after[i]["address"] == before[i]["address"] for i in after if i in before and i not in CHANGE)
+    assert run["partitions_rewritten"] < len(m["partitions"]) and run["files_copied"] > 0
+    opened = ix.HammingIndex.open(index)
+    assert opened.load_all().ntotal == N_DOCS - len(DELETE) + len(ADD)
+
+    assert not reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])["published"]
+    new = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"], address_model_uri=addr_b)
+    assert new["published"] and new["full"] and new["reason"].startswith("address model changed")
+    assert {k: v["address"] for k, v in _s3_rows(index, new["version"]).items()} == \
+        _expected_addresses(env["tonight"], addr_b, 8)
