@@ -36,6 +36,12 @@ _MAX_BITS = 64
 
 def _as_addresses(a, bits: int, what: str) -> np.ndarray:
     """``a`` as ``uint64[n]``, checked to be non-negative integers below ``2**bits``."""
+    if type(a) is np.ndarray and a.dtype == np.uint64 and a.ndim == 1:     # the common case, checked cheaply
+        top = int(a[0]) if a.size == 1 else int(a.max()) if a.size else 0
+        if bits < 64 and top >= (1 << bits):
+            raise ValueError(f"{what} must be below 2**{bits} for {bits}-bit addresses, got {top}; "
+                             f"pass the address code's bits, not a longer code")
+        return a
     a = np.asarray(a)
     if a.ndim != 1:
         raise ValueError(f"{what} must be a 1-d array of integer addresses, got shape {a.shape}")
@@ -160,11 +166,11 @@ class AddressTable:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         qw = np.asarray(q_codes)
-        if qw.dtype != np.uint8 or qw.ndim != 2 or qw.shape[0] != nq or \
-                C.to_words(qw).shape[1] != self.words_.shape[1]:
+        words = C.to_words(qw) if qw.dtype == np.uint8 and qw.ndim == 2 and qw.shape[0] == nq else None
+        if words is None or words.shape[1] != self.words_.shape[1]:
             raise ValueError(f"q_codes must be packed uint8[{nq}, nbytes] like the table's codes, got "
                              f"{qw.dtype}{list(qw.shape)}")
-        qw = np.ascontiguousarray(C.to_words(qw))
+        qw = np.ascontiguousarray(words)
         if USE_COMPILED and _K is not None:
             return _K.rerank(lims, starts, ends, qw, self.words_, self.ids_, int(k))
         D = np.full((nq, k), -1, np.int32)
