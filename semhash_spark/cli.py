@@ -162,10 +162,14 @@ def cmd_query(args) -> dict:
             stream_ids_file(client, args.ids_file, out, batch_size=args.batch_size, radius=args.radius, k=k,
                             address_radius=args.address_radius, rerank=args.rerank)
             return None
+        from pathlib import Path
+
         payload = client.search(texts=[args.text] if args.text else None,
                                 codes=[args.code] if args.code else None,
                                 ids=[args.id] if args.id else None, radius=args.radius, k=k,
-                                address_radius=args.address_radius, rerank=args.rerank, eps=args.eps)
+                                address_radius=args.address_radius, rerank=args.rerank, eps=args.eps,
+                                images=[Path(args.image).read_bytes()] if args.image else None,
+                                msh=True if args.msh else None)
         return _show_results(args, payload["results"][0], payload.get("version"))
     if not args.index:
         raise ValueError("give --index INDEX_URI (library lookup) or --server URL (through the service)")

@@ -49,15 +49,22 @@ class SemhashClient:
     def search(self, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
                radius: int | None = None, k: int | None = None, rerank: str | None = None,
-               eps: float | None = None, address_radius: int | None = None) -> dict:
-        """POST /search with exactly one of ids / texts / codes / word_counts (``eps > 0``: k nearest stops early,
-        each result within ``1 + eps`` of the true distance of its rank)."""
+               eps: float | None = None, address_radius: int | None = None,
+               images: Sequence[bytes] | None = None, msh: bool | None = None) -> dict:
+        """POST /search with exactly one of ids / texts / codes / word_counts / images (image file bytes; ``msh``:
+        multiple semantic hashing) (``eps > 0``: k nearest stops early, each result within ``1 + eps`` of the
+        true distance of its rank)."""
+        import base64
+
         body: dict[str, Any] = {}
-        for name, value in (("ids", ids), ("texts", texts), ("codes", codes), ("word_counts", word_counts)):
+        if images is not None:
+            images = [base64.b64encode(b).decode("ascii") for b in images]
+        for name, value in (("ids", ids), ("texts", texts), ("codes", codes), ("word_counts", word_counts),
+                            ("images", images)):
             if value is not None:
                 body[name] = list(value)
         for name, value in (("radius", radius), ("address_radius", address_radius), ("k", k), ("rerank", rerank),
-                            ("eps", eps)):
+                            ("eps", eps), ("msh", msh)):
             if value is not None:
                 body[name] = value
         return self.request("POST", "/search", body)

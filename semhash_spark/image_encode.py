@@ -34,6 +34,7 @@ from . import sparkio, store
 from .checkpoint import META, WEIGHTS, Hasher
 from .config import ImagesConfig
 from .encode import _hasher_from_bytes
+from .query import read_patch_table  # noqa: F401 - the one reader of patch tables, where it was
 
 log = logging.getLogger(__name__)
 
@@ -116,30 +117,6 @@ def write_patch_table(version_uri: str, code_bytes: int, patch_bytes: int, pdf: 
     store.write_bytes(store.join(version_uri, path), data)
     return {"partition": "", "path": path, "rows": len(pdf), "bytes": len(data), "sha256": store.sha256_bytes(data),
             "columns": list(schema.names)}
-
-
-def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids object[n], codes uint8[n, code_bytes], patch codes uint8[n, 81, patch_bytes]), checksums verified."""
-    import pyarrow.parquet as pq
-
-    info = manifest.get("patches")
-    if not info:
-        raise ValueError(f"index version {version} has no patch codes: encode with --patch-model for multiple "
-                         "semantic hashing")
-    vuri = ix.version_prefix(index_uri, version)
-    ids, codes, patches = [], [], []
-    for f in info["files"]:
-        data = store.read_bytes(store.join(vuri, f["path"]))
-        if store.sha256_bytes(data) != f["sha256"]:
-            raise ix.ChecksumMismatch(f"{f['path']}: sha256 does not match the manifest")
-        t = pq.read_table(io.BytesIO(data))
-        ids.extend(t.column("id").to_pylist())
-        codes.append(ix.codes_from_column(t.column("code").to_pylist(), manifest["code_bytes"]))
-        pb = info["code_bytes"]
-        patches.append(ix.codes_from_column(t.column("patch_codes").to_pylist(), msh.N_PATCHES * pb)
-                       .reshape(-1, msh.N_PATCHES, pb))
-    return (np.asarray(ids, dtype=object), np.concatenate(codes),
-            np.concatenate(patches))
 
 
 def encode_images_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *,

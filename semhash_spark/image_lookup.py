@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from . import codes as C
-from . import msh
 from . import query as Q
 from .inference import Encoder
 from .config import ImagesConfig
@@ -95,27 +94,14 @@ class ImageSearcher:
         return [a.hits() for a in Q.answer(self.index.loaded(need), q, k=k, radius=radius,
                                            address_radius=address_radius, q_address=qa)]
 
-    def patch_index(self) -> tuple[np.ndarray, np.ndarray, msh.PatchIndex]:
-        """(ids, long codes, PatchIndex) of the version's patch table, read once."""
+    def patch_table(self) -> Q.PatchTable:
+        """The version's patch table and model for multiple semantic hashing, read once."""
         if self.patch_hasher is None:
             raise ValueError("this index has no patch codes: encode with --patch-model for multiple semantic hashing")
         if self._patches is None:
-            from .image_encode import read_patch_table
-
-            ids, codes, patches = read_patch_table(self.index.index_uri, self.index.version, self.index.manifest)
-            self._patches = (ids, codes, msh.PatchIndex.build(patches, self.patch_hasher.bits))
+            ix = self.index
+            self._patches = Q.PatchTable.read(ix.index_uri, ix.version, ix.manifest, self.hasher, self.patch_hasher)
         return self._patches
 
     def _search_msh(self, pixels: np.ndarray, q: np.ndarray, k: int | None) -> list[list[dict[str, Any]]]:
-        ids, long_codes, pindex = self.patch_index()
-        qp = msh.patch_codes(self.patch_hasher, pixels, self.images_cfg)
-        out = []
-        for r in range(len(pixels)):
-            scores = pindex.scores(qp[r])
-            found = np.flatnonzero(scores > 0)
-            d = C.hamming(q[r:r + 1], long_codes[found])[0] if len(found) else np.zeros(0, np.int64)
-            s = scores[found]
-            order = np.lexsort((found, d, -s))
-            order = order[:k] if k else order
-            out.append([{"id": ids[found[j]], "score": float(s[j]), "distance": int(d[j])} for j in order])
-        return out
+        return Q.msh_hits(self.patch_table(), pixels, q, k)

@@ -444,3 +444,80 @@ def answer(loaded: Loaded, q: np.ndarray, *, k: int | None = None, radius: int |
                           truncated=cut))
     assert len(out) == nq
     return out
+
+
+# --------------------------------------------------------------------------------------------------- MSH (images)
+
+def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The version's patch table: (ids object[n], codes uint8[n, code_bytes], patch codes uint8[n, 81,
+    patch_bytes]), checksums verified."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from semhash_spark import msh
+
+    info = manifest.get("patches")
+    if not info:
+        raise QueryError(f"index version {version} has no patch codes: encode with --patch-model for multiple "
+                         "semantic hashing")
+    vuri = X.version_prefix(index_uri, version)
+    ids, codes, patches = [], [], []
+    for f in info["files"]:
+        data = store.read_bytes(store.join(vuri, f["path"]))
+        if store.sha256_bytes(data) != f["sha256"]:
+            raise X.ChecksumMismatch(f"{f['path']}: sha256 does not match the manifest")
+        t = pq.read_table(io.BytesIO(data))
+        ids.extend(t.column("id").to_pylist())
+        codes.append(X.codes_from_column(t.column("code").to_pylist(), manifest["code_bytes"]))
+        pb = info["code_bytes"]
+        patches.append(X.codes_from_column(t.column("patch_codes").to_pylist(), msh.N_PATCHES * pb)
+                       .reshape(-1, msh.N_PATCHES, pb))
+    return np.asarray(ids, dtype=object), np.concatenate(codes), np.concatenate(patches)
+
+
+@dataclass(eq=False)
+class PatchTable:
+    """Multiple semantic hashing over one image version: its patch model, glimpse geometry and patch table."""
+
+    ids: np.ndarray                    # object[n]
+    codes: np.ndarray                  # uint8[n, code_bytes], the images' ranking codes
+    index: Any                         # msh.PatchIndex over the images' glimpse codes
+    patch_encoder: Any                 # the version's patch model (inference.Encoder or checkpoint.Hasher)
+    images_cfg: Any                    # config.ImagesConfig: image size and glimpse geometry
+
+    @classmethod
+    def read(cls, index_uri: str, version: str, manifest: dict, encoder, patch_encoder) -> "PatchTable":
+        """From the version's patch files and models (``encoder`` the image model: the image size)."""
+        from semhash_spark import msh
+        from semhash_spark.config import ImagesConfig
+
+        ids, codes, patches = read_patch_table(index_uri, version, manifest)
+        icfg = dict(encoder.meta["config"]["images"])
+        pc = patch_encoder.meta["config"]["images"]
+        d = encoder.meta["data"]
+        icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"], height=d["height"],
+                    width=d["width"], channels=d["channels"])
+        return cls(ids, codes, msh.PatchIndex.build(patches, patch_encoder.bits), patch_encoder,
+                   ImagesConfig(**icfg))
+
+
+def msh_hits(table: PatchTable, pixels: np.ndarray, q: np.ndarray, k: int | None) -> list[list[dict[str, Any]]]:
+    """Multiple semantic hashing: every image found by a radius-3 lookup of any of a query's 81 glimpses scores
+    ``2^(3-d)``, summed over glimpses; ordered by score, then the ranking code's distance, then row; images no
+    glimpse found are not returned. ``pixels`` uint8 [n, H, W, C], ``q`` their ranking codes; at most ``k``."""
+    from semhash_spark import msh
+
+    if k is not None and k < 1:
+        raise QueryError(f"k={k}: must be at least 1")
+    qp = msh.patch_codes(table.patch_encoder, pixels, table.images_cfg)
+    out = []
+    for r in range(len(pixels)):
+        scores = table.index.scores(qp[r])
+        found = np.flatnonzero(scores > 0)
+        d = C.hamming(q[r:r + 1], table.codes[found])[0] if len(found) else np.zeros(0, np.int64)
+        s = scores[found]
+        order = np.lexsort((found, d, -s))
+        order = order[:k] if k else order
+        out.append([{"id": table.ids[found[j]], "distance": int(d[j]), "score": float(s[j])} for j in order])
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import time
 import tarfile
 from pathlib import Path
 
@@ -208,6 +209,29 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     top = [h for h in found if h["score"] == found[0]["score"]]
     assert found[0]["score"] == 81 * 8 and query_id in [h["id"] for h in top]
     assert [h["score"] for h in found] == sorted((h["score"] for h in found), reverse=True)
+    # MSH means the same through semhash query --index, the service and semhash query --server (one query module)
+    assert cli.main(["query", "--index", str(index), "--image", str(query_file), "--k", "20", "--msh", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0] == found
+    from semhash_spark.client import SemhashClient, ServiceError
+    from semhash_spark.service import Settings, build_app, running_server
+
+    with running_server(build_app(Settings(index_uri=str(index), poll_seconds=0.2, log_requests=False))) as url:
+        client = SemhashClient(url)
+        deadline = time.monotonic() + 120
+        while True:                                          # 503 until the first version is loaded
+            try:
+                if client.ready()["status"] == "ok":
+                    break
+            except ServiceError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+        svc = client.search(images=[query_file.read_bytes()], k=20, msh=True)
+        assert svc["version"] == searcher.index.version and svc["results"][0] == found
+        assert cli.main(["query", "--server", url, "--image", str(query_file), "--k", "20", "--msh", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0] == found
+        with pytest.raises(Exception, match="msh is a query by images"):
+            client.search(texts=["a ship"], k=5, msh=True)
     ball = searcher.search_images(pixels, k=None, radius=2)[0]
     assert query_id in [h["id"] for h in ball] and all(h["distance"] <= 32 for h in ball)
     with pytest.raises(ValueError, match="query image 0"):

@@ -223,6 +223,9 @@ def test_address_radius_is_the_address_ball(main):
     ({"codes": ["00000000"], "k": 1, "colour": "red"}, 422, "colour"),
     ({"codes": ["00000000"], "k": 1, "eps": -0.5}, 422, "eps=-0.5"),
     ({"codes": ["00000000"], "radius": 2, "eps": 0.5}, 422, "eps applies to k nearest"),
+    ({"codes": ["00000000"], "k": 1, "msh": True}, 422, "msh is a query by images"),
+    ({"images": ["aGk="], "k": 1, "msh": "yes"}, 422, "msh='yes'"),
+    ({"images": ["aGk="], "k": 1, "msh": True}, 422, "not an image index"),
 ])
 def test_malformed_queries_get_4xx_with_a_message(main, body, status, needle):
     with pytest.raises(ServiceError) as e:

@@ -25,7 +25,7 @@ from .searcher import Outcome, Query, QueryError
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
-_SCALARS = ("k", "radius", "address_radius", "eps", "rerank")
+_SCALARS = ("k", "radius", "address_radius", "eps", "rerank", "msh")
 
 
 def parse_json(body: bytes) -> Query:
@@ -49,8 +49,11 @@ def parse_json(body: bytes) -> Query:
     rerank = obj.get("rerank")
     if rerank is not None and rerank != "tfidf":
         raise QueryError(f"rerank={rerank!r}: the one re-ranking is 'tfidf'")
+    msh = obj.get("msh", False)
+    if not isinstance(msh, bool):
+        raise QueryError(f"msh={msh!r}: must be true or false")
     return Query(kind=kind, values=values, k=_int(obj, "k"), radius=_int(obj, "radius"),
-                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank)
+                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank, msh=msh)
 
 
 def parse_octets(body: bytes, params: Mapping[str, str]) -> Query:

@@ -32,6 +32,8 @@ class SearchRequest(BaseModel):
                                                          "ranking code")
     eps: float = Field(0.0, description="k nearest only: 0 (default) is exact; eps > 0 stops early, each result "
                                         "within (1 + eps) times the true distance of its rank")
+    msh: bool = Field(False, description="images only: multiple semantic hashing (the 81 glimpses' patch codes "
+                                         "vote; results by score, then ranking distance); with k alone")
     rerank: Literal["tfidf"] | None = Field(
         None, description="'tfidf': order the shortlist (address ball, radius ball, else the nearest candidates) by "
                           "TF-IDF cosine of the items' words")
@@ -51,7 +53,7 @@ class SearchRequest(BaseModel):
 class HitOut(BaseModel):
     id: str
     distance: int = Field(description="Hamming distance of the ranking code")
-    score: float | None = Field(None, description="TF-IDF cosine (rerank='tfidf' only)")
+    score: float | None = Field(None, description="TF-IDF cosine (rerank='tfidf') or the glimpses' votes (msh)")
 
 
 class SearchResponse(BaseModel):

@@ -56,6 +56,7 @@ class Query:
     rerank: str | None = None
     eps: float = 0.0                   # k nearest: 0 exact; > 0 each result within (1 + eps) of the true distance
     address_radius: int | None = None  # ball on the address code (the papers' lookup)
+    msh: bool = False                  # images: multiple semantic hashing over the version's patch table
 
 
 @dataclass
@@ -116,6 +117,8 @@ class Searcher:
         self._check(q)
         s = self.settings
         req = _Request(v, self.cache, time.monotonic() + s.fetch_timeout_s)
+        if q.msh:
+            return self._run_msh(v, q)
         codes, bags, addresses = self._resolve(v, q, req)
         if len(codes) > s.max_batch:
             raise BatchTooLarge(f"{len(codes)} queries in one request; at most {s.max_batch} (split the batch)")
@@ -142,6 +145,23 @@ class Searcher:
         return Outcome(version=v.version, results=results, codes=_hex_rows(codes), partial=bool(req.missing),
                        missing_partitions=sorted(req.missing), truncated=truncated)
 
+    def _run_msh(self, v: LoadedVersion, q: Query) -> Outcome:
+        """Multiple semantic hashing (:func:`semhash_spark.query.msh_hits`, the library's): at most ``k``, else
+        ``max_results``."""
+        pixels = self._image_pixels(v, q.values)
+        codes = v.hasher.codes(pixels)
+        try:
+            table = v.patch_table()
+        except ValueError as e:
+            raise QueryError(str(e)) from None
+        d = v.hasher.meta["data"]
+        limit = q.k or self.settings.max_results
+        results = Q.msh_hits(table, pixels.reshape(len(pixels), d["height"], d["width"], d["channels"]), codes,
+                             limit + (q.k is None))
+        truncated = q.k is None and any(len(r) > limit for r in results)
+        return Outcome(version=v.version, results=[r[:limit] for r in results], codes=_hex_rows(codes),
+                       truncated=truncated)
+
     def _check(self, q: Query) -> None:
         s = self.settings
         if q.kind not in KINDS:
@@ -158,6 +178,10 @@ class Searcher:
                 raise QueryError(f"{name}={value} is out of range: 0..{s.max_radius}")
         if not (isinstance(q.eps, (int, float)) and math.isfinite(q.eps) and q.eps >= 0):
             raise QueryError(f"eps={q.eps!r}: must be a finite number >= 0 (0: exact)")
+        if q.msh:
+            if q.kind != "images" or q.radius is not None or q.address_radius is not None or q.rerank or q.eps:
+                raise QueryError("msh is a query by images with k alone (no radius, address_radius, rerank or eps)")
+            return
         Q.check(q.k, q.radius, q.address_radius, q.rerank, q.eps, 64)
         if q.rerank == "tfidf" and q.kind in ("codes", "images"):
             raise QueryError("rerank='tfidf' needs words: query by ids, texts or word_counts, not codes")

@@ -124,6 +124,21 @@ class LoadedVersion:
                                      f"{manifest['bits']}-bit codes")
         return hasher, None
 
+    def patch_table(self) -> Q.PatchTable:
+        """The version's patch table and patch model (multiple semantic hashing), read and verified once."""
+        if not self.manifest.get("patches"):
+            raise ValueError(f"version {self.version} has no patch codes: encode with --patch-model for multiple "
+                             "semantic hashing")
+        if self.hasher is None:
+            raise ValueError(self.model_error or f"version {self.version} has no model")
+        with self._shared["lock"]:
+            if "patches" not in self._shared:
+                patch = X.load_version_model(self.index_uri, self.version, self.manifest,
+                                             self.manifest["patches"]["model"])
+                self._shared["patches"] = Q.PatchTable.read(self.index_uri, self.version, self.manifest,
+                                                            self.hasher, patch)
+            return self._shared["patches"]
+
     # ------------------------------------------------------------------ geometry
     @property
     def npartitions(self) -> int:
