@@ -33,7 +33,7 @@ class ImageSearcher:
     images_cfg: ImagesConfig
     patch_hasher: Encoder | None = None
     address_hasher: Encoder | None = None     # the 28-bit address model, when the index has one
-    _patches: tuple | None = field(default=None, repr=False)
+    _patches: Q.PatchTable | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, index_uri: str, version: str | None = None) -> "ImageSearcher":
