@@ -110,6 +110,30 @@ def _skip_far(tw, j, p, end, q, mask, thr):
     return p
 
 
+_GROUPED = 256  # buckets of at least this many entries are read group by group (see _group_end)
+
+
+@njit(inline="always", cache=True)
+def _group_end(tw, j, p, end, sm, x):
+    """The end of the group of entries from ``p`` (one-word codes) whose bits under ``sm`` equal ``x``: a bucket's
+    entries are grouped by another table's substring (:meth:`mih.MultiIndexHash._build`), so a group that cannot
+    hold a result is passed over by a galloping search instead of read."""
+    lo, step = p, 1
+    hi = p + 1
+    while hi < end and (tw[j, hi] & sm) == x:
+        lo = hi
+        step *= 2
+        hi = p + step
+    hi = min(hi, end)
+    while hi - lo > 1:          # entry lo is in the group, entry hi is not (or is the end)
+        mid = (lo + hi) // 2
+        if (tw[j, mid] & sm) == x:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 @njit(cache=True, nogil=True)
 def _radix_sort(a, tmp, nbits):
     """Sorts the non-negative ``a`` (keys below ``2**nbits``) in place, by bytes from the lowest (stable)."""
@@ -230,13 +254,17 @@ def _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad
 
 
 @njit(cache=True, nogil=True)
-def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost):
+def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost,
+                sub):
     """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it.
 
     ``tw uint64[m, n * w]``: each table's own copy of the codes in its bucket order, so a bucket's candidates are
     read sequentially (``perm`` maps an entry back to its row only for results). With ``tmax >= 0`` each query
     gets its own radii per table (:func:`_allocate`, ``ballsz[j, t]`` the probes of radius ``t`` in table ``j``);
-    else the even split ``radius = m*s + a``."""
+    else the even split ``radius = m*s + a``. ``sub[j]`` (one-word codes; -1: none): the table whose substring
+    groups the entries of each bucket of table ``j``; in a bucket of at least ``_GROUPED`` entries a group is
+    passed over whole when that substring alone puts it beyond the radius, or when it was reached through that
+    (earlier) table already."""
     nq, m = qw.shape[0], perm.shape[0]
     s, a = radius // m, radius % m
     rad = np.empty(m, np.int64)
@@ -265,18 +293,36 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
             rj = rad[j]
             nb = nbits[j]
             limit = np.int64(1) << nb
+            js = sub[j]
+            sm = submask[js, 0] if js >= 0 else np.uint64(0)
+            # a group's rows are all within rad[js] of the query on table js (so reached there, if js < j): skip
+            dup_r = rad[js] if js >= 0 and js < j else np.int64(-1)
             for t in range(min(rj, nb) + 1):
                 v = (np.int64(1) << t) - 1
                 while v < limit:
                     key = base[j] + (qsub[qi, j] ^ v)
                     p, end = np.int64(offs[key]), np.int64(offs[key + 1])
                     nxt = p                    # where the next vectorised count starts
+                    grouped = js >= 0 and end - p >= _GROUPED
+                    gx = np.uint64(0)
+                    ingroup = False            # entry p is in the group gx, which was found worth reading
                     while p < end:
                         if p >= nxt:
                             p = _skip_far(tw, j, p, end, q, mask, radius + 1)
                             nxt = p + _CHUNK
+                            ingroup = False
                             if p >= end:
                                 break
+                        if grouped:
+                            x = tw[j, p] & sm
+                            if not ingroup or x != gx:
+                                gx = x
+                                ds = _popc((x ^ q[0]) & sm)
+                                if t + ds > radius or ds <= dup_r:
+                                    p = _group_end(tw, j, p, end, sm, x)
+                                    ingroup = False
+                                    continue
+                                ingroup = True
                         d = _tdist(tw, j, p, q, mask)
                         p += 1
                         if d > radius:

@@ -245,6 +245,15 @@ def choose_substrings(codes: np.ndarray, bits: int, start_bit: int = 0, end_bit:
     return (m if worst[m0] > _AUTO_GAIN * worst[m] else m0), costs
 
 
+def _sub_table(spans: list[tuple[int, int]], j: int) -> int:
+    """The table whose substring groups the rows inside table ``j``'s buckets (-1: none): the one before it, so a
+    group already reached through that table is skipped whole; table 0 takes table 1."""
+    s = j - 1 if j else 1
+    if s >= len(spans) or (spans[j][1] - spans[j][0]) + (spans[s][1] - spans[s][0]) > 63:
+        return -1
+    return s
+
+
 @lru_cache(maxsize=512)
 def shell(nbits: int, s: int) -> np.ndarray:
     """Every ``nbits``-bit value with exactly ``s`` bits set (``uint64``, read-only)."""
@@ -333,8 +342,11 @@ class MultiIndexHash:
             self.m = int(m)
         if not 0 <= self.m <= nbits:
             raise ValueError(f"m={self.m} substrings for {nbits} bits")
-        self._tables = [self._build(codes, a, b) for a, b in (split_bits(start_bit, end_bit, self.m) if self.m
-                                                                else [])]
+        spans = split_bits(start_bit, end_bit, self.m) if self.m else []
+        # each bucket's rows grouped by another table's substring (the one before it; table 0: table 1), so that the
+        # compiled range search skips a whole group of a hot bucket at once (one-word codes; see _sub_table)
+        self._sub = np.array([_sub_table(spans, j) if self._w == 1 else -1 for j in range(len(spans))], np.int64)
+        self._tables = [self._build(codes, a, b, spans[s] if s >= 0 else None) for (a, b), s in zip(spans, self._sub)]
         masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
         self._kern = self._compiled_layout(mask, masks) if _K is not None else None
@@ -384,11 +396,13 @@ class MultiIndexHash:
             return _K.scan_knn1(k["words1"], k["mask1"], qw2[:, 0].copy(), kk)
         return _K.scan_knn(k["words"], k["mask"], qw2, kk)
 
-    def _build(self, codes: np.ndarray, a: int, b: int) -> _Table:
+    def _build(self, codes: np.ndarray, a: int, b: int, within: tuple[int, int] | None = None) -> _Table:
+        """A table on bits ``[a, b)``; with ``within``, each bucket's rows ordered by their value on those bits."""
         vals = substring_values(codes, a, b)
         n, nb = codes.shape[0], b - a
         idx_t = np.int32 if n < 2 ** 31 - 1 else np.int64
-        perm = np.argsort(vals, kind="stable").astype(idx_t)
+        key = vals if within is None else (vals << np.uint64(within[1] - within[0])) | substring_values(codes, *within)
+        perm = np.argsort(key, kind="stable").astype(idx_t)
         if nb <= _DIRECT_MAX_BITS and (1 << nb) <= max(8 * n, 1 << 16):
             offsets = np.zeros((1 << nb) + 1, dtype=idx_t)
             np.cumsum(np.bincount(vals.astype(np.int64), minlength=1 << nb), out=offsets[1:])
@@ -479,7 +493,7 @@ class MultiIndexHash:
                 return self._scan_range(qw2, radius)
             return _K.range_batch(k["tw"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
                                   k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan,
-                                  _ALLOC_PROBE_COST)
+                                  _ALLOC_PROBE_COST, self._sub)
         qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
