@@ -3,14 +3,16 @@
     PYTHONPATH=. .venv/bin/python benchmarks/mih_tails.py --baseline 74c03fd --sizes 1000000,10000000
     PYTHONPATH=. .venv/bin/python benchmarks/mih_tails.py --baseline 74c03fd --codes C.npy --queries Q.npy
 
-Codes: ``skewed`` (synthetic, 64-bit: codes scattered around 20,000 centres drawn with Zipf(1.1) weights, the
-centres' bits set with probabilities uniform in 0.02-0.6, each bit then flipped with probability 0.04: hot
-substring buckets like a trained model's, measured and printed), or packed codes from ``--codes`` (e.g. the model
+Codes: ``skewed`` (synthetic, 64-bit: codes scattered around 100,000 centres drawn with Zipf(0.9) weights, the
+centres' bits set with probabilities uniform in 0.02-0.6, each bit then flipped with probability 0.05: hot
+substring buckets like a trained model's, measured and printed; at 1M codes the largest bucket holds about 15,000
+and a query has about 230 codes within radius 2 and 1,070 within 4 on average, against 9,457, 167 and 605 for the
+model codes of docs/benchmarks-log.md's 2026-12-06 run), or packed codes from ``--codes`` (e.g. the model
 codes cached by ``lookup_bench.py``) with queries from ``--queries``. Both indexes (``MultiIndexHash`` of this tree
 and of ``--baseline``, its ``mih.py`` and ``_mih_kernels.py`` read with ``git show``) are built on the same codes
 with the same substring count. Each query is timed on both back to back, one query per call, the order
-alternating; both answers must be equal. Prints median / p99 / max latency per radius (and k=10), the result
-counts, and writes JSON with ``--json``.
+alternating; both answers must be equal. Prints median / p99 / max latency per radius (and k=10), also in thread
+CPU time (less disturbed by other work on a shared machine), the result counts, and writes JSON with ``--json``.
 """
 from __future__ import annotations
 
@@ -34,17 +36,17 @@ from semhash_spark import mih  # noqa: E402
 
 def skewed_codes(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    nc = 20_000
+    nc = 100_000
     p = rng.uniform(0.02, 0.6, size=64)
     bits = (rng.random((nc, 64)) < p).astype(np.uint64)
     centres = (bits << np.arange(64, dtype=np.uint64)).sum(1).astype(np.uint64)
-    w = 1.0 / np.arange(1, nc + 1) ** 1.1
+    w = 1.0 / np.arange(1, nc + 1) ** 0.9
     w /= w.sum()
 
     def draw(k: int) -> np.ndarray:
         words = centres[rng.choice(nc, size=k, p=w)]
         for b in range(64):
-            words ^= (rng.random(k) < 0.04).astype(np.uint64) << np.uint64(b)
+            words ^= (rng.random(k) < 0.05).astype(np.uint64) << np.uint64(b)
         return words.view(np.uint8).reshape(k, 8)
     return draw(n), draw(nq)
 
@@ -87,30 +89,36 @@ def run(db: np.ndarray, q: np.ndarray, base_mod, label: str) -> dict:
         call(new, q[:4])
         call(old, q[:4])
         lat = {"this": [], "baseline": []}
+        cpu = {"this": [], "baseline": []}
         nres = []
         for i in range(q.shape[0]):
             qq = q[i:i + 1]
             order = [("this", new), ("baseline", old)][:: 1 if i % 2 == 0 else -1]
             res = {}
             for name, ix in order:
-                t = time.perf_counter()
+                c, t = time.thread_time(), time.perf_counter()
                 res[name] = call(ix, qq)
                 lat[name].append(time.perf_counter() - t)
+                cpu[name].append(time.thread_time() - c)
             if not all(np.array_equal(a, b) for a, b in zip(res["this"], res["baseline"])):
                 raise SystemExit(f"{label} {kind} {val}: query {i} answered differently")
             nres.append(int(res["this"][0][-1]) if kind == "radius" else val)
         row = {}
         for name, v in lat.items():
-            v = np.array(v) * 1e6
+            v, c = np.array(v) * 1e6, np.array(cpu[name]) * 1e6
             row[name] = {"p50_us": round(float(np.median(v)), 1), "p99_us": round(float(np.percentile(v, 99)), 1),
-                         "max_us": round(float(v.max()), 1)}
+                         "max_us": round(float(v.max()), 1), "cpu_p50_us": round(float(np.median(c)), 1),
+                         "cpu_p99_us": round(float(np.percentile(c, 99)), 1)}
         row["results"] = {"mean": round(float(np.mean(nres)), 1), "p99": float(np.percentile(nres, 99)),
                           "max": int(max(nres))}
         out["tasks"][f"{kind}{val}"] = row
         print(f"  {kind} {val}: this {row['this']['p50_us']:.0f} / {row['this']['p99_us']:.0f} / "
               f"{row['this']['max_us']:.0f} us (p50 / p99 / max), baseline {row['baseline']['p50_us']:.0f} / "
               f"{row['baseline']['p99_us']:.0f} / {row['baseline']['max_us']:.0f} us; p99 ratio "
-              f"{row['baseline']['p99_us'] / row['this']['p99_us']:.2f}x; results mean {row['results']['mean']:,.0f}"
+              f"{row['baseline']['p99_us'] / row['this']['p99_us']:.2f}x; thread CPU p50 / p99 this "
+              f"{row['this']['cpu_p50_us']:.0f} / {row['this']['cpu_p99_us']:.0f}, baseline "
+              f"{row['baseline']['cpu_p50_us']:.0f} / {row['baseline']['cpu_p99_us']:.0f} us (p99 ratio "
+              f"{row['baseline']['cpu_p99_us'] / row['this']['cpu_p99_us']:.2f}x); results mean {row['results']['mean']:,.0f}"
               f", p99 {row['results']['p99']:,.0f}, max {row['results']['max']:,}", flush=True)
     return out
 

@@ -91,20 +91,23 @@ def _tdist(tw, j, p, q, mask):
     return d
 
 
-_BLOCK = 32     # bucket entries left that are worth a vectorised count (fewer: checked one by one)
-_CHUNK = 256    # bucket entries counted together: the scalar pass reads only a chunk in which the count finds one
+_BLOCK = 32     # bucket entries counted together inside a chunk that has a hit; fewer are checked one by one
+_CHUNK = 256    # bucket entries counted together first: a chunk without a hit is skipped whole
 
 
 @njit(inline="always", cache=True)
 def _skip_far(tw, j, p, end, q, mask, thr):
     """For one-word codes: skips, from entry ``p`` of table ``j``'s bucket ending at ``end``, every whole chunk of
-    up to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each); returns the start of
-    the first chunk that has one, or of a tail too short to count, or ``end``. Other codes: ``p``."""
+    up to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each), then, inside the chunk
+    that has one, every block of ``_BLOCK`` entries that has none; returns the start of the first block that has
+    one, or of a tail too short to count, or ``end``. Other codes: ``p``."""
     if q.shape[0] != 1:
         return p
     while end - p >= _BLOCK:
         e = min(end, p + _CHUNK)
         if _count_below1(tw[j, p:e], mask[0], q[0], thr) != 0:
+            while e - p >= _BLOCK and _count_below1(tw[j, p:p + _BLOCK], mask[0], q[0], thr) == 0:
+                p += _BLOCK
             return p
         p = e
     return p
@@ -309,7 +312,7 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
                     while p < end:
                         if p >= nxt:
                             p = _skip_far(tw, j, p, end, q, mask, radius + 1)
-                            nxt = p + _CHUNK
+                            nxt = p + _BLOCK
                             ingroup = False
                             if p >= end:
                                 break
@@ -392,7 +395,7 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         while p < end:
                             if cnt == k and p >= nxt:
                                 p = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1)
-                                nxt = p + _CHUNK
+                                nxt = p + _BLOCK
                                 if p >= end:
                                     break
                             d = _tdist(tw, j, p, q, mask)
