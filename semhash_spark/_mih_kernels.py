@@ -96,21 +96,25 @@ _CHUNK = 256    # bucket entries counted together first: a chunk without a hit i
 
 
 @njit(inline="always", cache=True)
-def _skip_far(tw, j, p, end, q, mask, thr):
-    """For one-word codes: skips, from entry ``p`` of table ``j``'s bucket ending at ``end``, every whole chunk of
-    up to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each), then, inside the chunk
-    that has one, every block of ``_BLOCK`` entries that has none; returns the start of the first block that has
-    one, or of a tail too short to count, or ``end``. Other codes: ``p``."""
+def _skip_far(tw, j, p, end, q, mask, thr, lim):
+    """For one-word codes: from entry ``p`` of table ``j``'s bucket ending at ``end``, skips every whole chunk of up
+    to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each), and, inside a chunk that
+    has one (entries before ``lim``), every block of ``_BLOCK`` entries that has none. Returns the start of the
+    first block that has one (or of a tail too short to count, or ``end``) and the new ``lim``. Other codes:
+    ``(p, lim)``."""
     if q.shape[0] != 1:
-        return p
+        return p, lim
     while end - p >= _BLOCK:
-        e = min(end, p + _CHUNK)
-        if _count_below1(tw[j, p:e], mask[0], q[0], thr) != 0:
-            while e - p >= _BLOCK and _count_below1(tw[j, p:p + _BLOCK], mask[0], q[0], thr) == 0:
-                p += _BLOCK
-            return p
-        p = e
-    return p
+        if p >= lim:
+            e = min(end, p + _CHUNK)
+            if _count_below1(tw[j, p:e], mask[0], q[0], thr) == 0:
+                p = e
+                continue
+            lim = e
+        if _count_below1(tw[j, p:p + _BLOCK], mask[0], q[0], thr) != 0:
+            return p, lim
+        p += _BLOCK
+    return p, lim
 
 
 _GROUPED = 256  # buckets of at least this many entries are read group by group (see _group_end)
@@ -258,7 +262,7 @@ def _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad
 
 @njit(cache=True, nogil=True)
 def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost,
-                sub):
+                sub, hot_tmax, hot_cost):
     """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it.
 
     ``tw uint64[m, n * w]``: each table's own copy of the codes in its bucket order, so a bucket's candidates are
@@ -267,11 +271,13 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
     else the even split ``radius = m*s + a``. ``sub[j]`` (one-word codes; -1: none): the table whose substring
     groups the entries of each bucket of table ``j``; in a bucket of at least ``_GROUPED`` entries a group is
     passed over whole when that substring alone puts it beyond the radius, or when it was reached through that
-    (earlier) table already."""
+    (earlier) table already. A query whose radii would read candidates costing more than ``hot_cost`` (the even
+    split's exact buckets when ``s = 0``, else :func:`_allocate`'s estimate) gets radii up to ``hot_tmax`` instead
+    (-1: never), so that a table whose bucket is hot can be probed not at all."""
     nq, m = qw.shape[0], perm.shape[0]
     s, a = radius // m, radius % m
     rad = np.empty(m, np.int64)
-    cnts = np.zeros((m, max(tmax, 0) + 1), np.int64)
+    cnts = np.zeros((m, max(tmax, hot_tmax, 0) + 1), np.int64)
     best = np.empty((m + 1, radius + 2), np.float64)
     how = np.zeros((m + 1, radius + 2, 2), np.int64)
     dbits = 1
@@ -286,10 +292,18 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
     for qi in range(nq):
         start = cnt
         q = qw[qi]
-        if tmax < 0 or not _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts,
-                                     best, how):
+        if tmax >= 0 and _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts, best,
+                                   how):
+            cost = best[m, radius + 1]
+        else:
+            cost = 0.0 if s == 0 else np.inf   # s = 0: the even split's buckets, counted below
             for j in range(m):
                 rad[j] = s if j <= a else s - 1
+                if s == 0 and j <= a:
+                    key = base[j] + qsub[qi, j]
+                    cost += offs[key + 1] - offs[key]
+        if hot_tmax >= 0 and cost > hot_cost:
+            _allocate(offs, base, nbits, ballsz, qsub, qi, radius, hot_tmax, probe_cost, rad, cnts, best, how)
         for j in range(m):
             acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, 0, rad[j], q.shape[0])
         for j in range(m):
@@ -306,12 +320,13 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
                     key = base[j] + (qsub[qi, j] ^ v)
                     p, end = np.int64(offs[key]), np.int64(offs[key + 1])
                     nxt = p                    # where the next vectorised count starts
+                    lim = p                    # the end of the chunk known to hold a hit
                     grouped = js >= 0 and end - p >= _GROUPED
                     gx = np.uint64(0)
                     ingroup = False            # entry p is in the group gx, which was found worth reading
                     while p < end:
                         if p >= nxt:
-                            p = _skip_far(tw, j, p, end, q, mask, radius + 1)
+                            p, lim = _skip_far(tw, j, p, end, q, mask, radius + 1, lim)
                             nxt = p + _BLOCK
                             ingroup = False
                             if p >= end:
@@ -392,9 +407,10 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         key = base[j] + (qsub[qi, j] ^ v)
                         p, end = np.int64(offs[key]), np.int64(offs[key + 1])
                         nxt = p                # where the next vectorised count starts (once the top k is full)
+                        lim = p                # the end of the chunk known to hold a hit
                         while p < end:
                             if cnt == k and p >= nxt:
-                                p = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1)
+                                p, lim = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1, lim)
                                 nxt = p + _BLOCK
                                 if p >= end:
                                     break

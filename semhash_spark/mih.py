@@ -51,6 +51,7 @@ _KNN_PROBE_COST = 300.0         # k-NN
 _KNN_ROW_COST = 2.0
 _ALLOC_PROBE_COST = 64.0        # range search's per-query radii: a probe against one candidate read
 _ALLOC_MAX_PROBES = 1024        # ... chosen only when counting a table's candidates takes at most this many probes
+_HOT_FACTOR = 1.0               # ... wider for a query whose plan reads more than this times what counting them costs
 
 _SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
 _DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
@@ -350,7 +351,7 @@ class MultiIndexHash:
         masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
         self._kern = self._compiled_layout(mask, masks) if _K is not None else None
-        self._range_plans: dict[int, int] = {}
+        self._range_plans: dict[int, tuple[int, int, float]] = {}
 
     def _compiled_layout(self, mask: np.ndarray, masks: list[np.ndarray]) -> dict | None:
         """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept), and
@@ -467,16 +468,25 @@ class MultiIndexHash:
                 cost += nb * (probe_cost + row_cost * self.ntotal / float(1 << t.nbits))
         return cost
 
-    def _range_plan(self, radius: int) -> int:
-        """Compiled range search of ``radius``: -2 to scan, else the largest per-query table radius (-1: none, the
-        even split ``radius = m*s + a``). Per-query radii go up to ``s`` when ``s >= 1`` and counting the buckets
-        within ``s`` takes few probes (with ``s = 0`` the even split probes one bucket a table: nothing to gain)."""
+    def _range_plan(self, radius: int) -> tuple[int, int, float]:
+        """Compiled range search of ``radius``: ``(tmax, hot_tmax, hot_cost)``. ``tmax``: -2 to scan, else the largest
+        per-query table radius (-1: none, the even split ``radius = m*s + a``). Per-query radii go up to ``s`` when
+        ``s >= 1`` and counting the buckets within ``s`` takes few probes (with ``s = 0`` the even split probes one
+        bucket a table). A query whose plan would still read more than ``hot_cost`` (in candidate reads) gets radii
+        up to ``hot_tmax`` instead (wider balls, so that a hot bucket can be left out), the largest radius whose
+        buckets take at most ``_ALLOC_MAX_PROBES`` probes a table to count; ``hot_cost`` is what counting them
+        costs (-1: no such radius above ``tmax``)."""
         if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST, _COMPILED_ROW_COST) > self.ntotal:
-            return -2
+            return -2, -1, 0.0
         tmax = radius // self.m
         if tmax < 1 or any(C.ball_size(t.nbits, tmax) > _ALLOC_MAX_PROBES for t in self._tables):
-            return -1
-        return tmax
+            tmax = -1
+        hot = max(tmax, 0)
+        while hot < radius and all(C.ball_size(t.nbits, hot + 1) <= _ALLOC_MAX_PROBES for t in self._tables):
+            hot += 1
+        if hot <= max(tmax, 0) or self.m * (hot + 1) < radius + 1:   # no wider radii, or too few to cover
+            return tmax, -1, 0.0
+        return tmax, hot, _HOT_FACTOR * _ALLOC_PROBE_COST * sum(C.ball_size(t.nbits, hot) for t in self._tables)
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row within ``radius``: CSR ``(lims int64[nq+1], D int32, I int64)``, per query by (distance, row)."""
@@ -489,11 +499,11 @@ class MultiIndexHash:
             plan = self._range_plans.get(radius)
             if plan is None:
                 plan = self._range_plans[radius] = self._range_plan(radius)
-            if plan < -1:
+            if plan[0] < -1:
                 return self._scan_range(qw2, radius)
             return _K.range_batch(k["tw"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
-                                  k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan,
-                                  _ALLOC_PROBE_COST, self._sub)
+                                  k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan[0],
+                                  _ALLOC_PROBE_COST, self._sub, plan[1], plan[2])
         qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])

@@ -244,10 +244,14 @@ def test_chosen_substring_count_on_wide_codes_with_a_prefix():
         assert np.array_equal(I[j], want) and np.array_equal(D[j], H[j][want])
 
 
-def test_grouped_hot_buckets_skip_only_what_cannot_be_a_new_result(path):
+@pytest.mark.parametrize("hot", [False, True], ids=["plain", "wider-radii"])
+def test_grouped_hot_buckets_skip_only_what_cannot_be_a_new_result(path, hot, monkeypatch):
     """Buckets of thousands of rows (one value on every substring but the last few bits), their rows grouped by
     another substring: groups beyond the radius and groups already reached through an earlier table are passed over
-    whole, and every other row is still found (range search and k-NN against brute force)."""
+    whole, and every other row is still found (range search and k-NN against brute force). ``wider-radii``: every
+    query takes the per-query radii meant for hot queries (up to the widest countable ball)."""
+    if hot:
+        monkeypatch.setattr(mih, "_HOT_FACTOR", 0.0)
     rng = np.random.default_rng(5)
     n = 6000
     q = rng.integers(0, 2, size=(8, 64)).astype(bool)
