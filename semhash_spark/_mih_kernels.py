@@ -367,7 +367,7 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
 
 @njit(cache=True, nogil=True)
 def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost,
-              eps):
+              eps, sub):
     """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
     the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
     distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row (a
@@ -376,7 +376,10 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
 
     ``eps > 0`` stops early: once the k-th distance found is below ``(1 + eps)`` times the distance every unseen
     code is at least at, so the i-th result is within ``(1 + eps)`` of the true i-th distance, for every i (a
-    true i-th neighbour not yet seen is at least that far; one seen is among the results or beaten by them)."""
+    true i-th neighbour not yet seen is at least that far; one seen is among the results or beaten by them).
+    ``sub``: as in :func:`range_batch`; in a bucket of at least ``_GROUPED`` entries a group is passed over whole
+    when that substring alone puts it beyond the current k-th distance, or makes it reached in another (shell,
+    table) first."""
     nq, m, n = qw.shape[0], perm.shape[0], perm.shape[1]
     need_scan = np.zeros(nq, np.bool_)
     D = np.full((nq, k), -1, np.int32)
@@ -398,6 +401,8 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
         for s in range(maxnb + 1):
             for j in range(m):
                 nb = nbits[j]
+                js = sub[j]
+                sm = submask[js, 0] if js >= 0 else np.uint64(0)
                 if s <= nb:
                     acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, s, s, q.shape[0])
                     limit = np.int64(1) << nb
@@ -408,12 +413,27 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         p, end = np.int64(offs[key]), np.int64(offs[key + 1])
                         nxt = p                # where the next vectorised count starts (once the top k is full)
                         lim = p                # the end of the chunk known to hold a hit
+                        grouped = js >= 0 and end - p >= _GROUPED
+                        gx = np.uint64(0)
+                        ingroup = False        # entry p is in the group gx, which was found worth reading
                         while p < end:
                             if cnt == k and p >= nxt:
                                 p, lim = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1, lim)
                                 nxt = p + _BLOCK
+                                ingroup = False
                                 if p >= end:
                                     break
+                            if grouped:
+                                x = tw[j, p] & sm
+                                if not ingroup or x != gx:
+                                    gx = x
+                                    ds = _popc((x ^ q[0]) & sm)
+                                    if ((cnt == k and s + ds > bd[k - 1]) or (js < j and ds <= s)
+                                            or (js > j and ds < s)):
+                                        p = _group_end(tw, j, p, end, sm, x)
+                                        ingroup = False
+                                        continue
+                                    ingroup = True
                             d = _tdist(tw, j, p, q, mask)
                             p += 1
                             if cnt == k and d > bd[k - 1]:

@@ -554,7 +554,7 @@ class MultiIndexHash:
             else:
                 Dk, Ik, slow = _K.knn_batch(kern["tw"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
                                             kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
-                                            _KNN_PROBE_COST, _KNN_ROW_COST, float(eps))
+                                            _KNN_PROBE_COST, _KNN_ROW_COST, float(eps), self._sub)
                 if slow.any():  # covering their k-th distance would cost more probes than a scan
                     Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
             D[:, :kk], I[:, :kk] = Dk, Ik
