@@ -91,23 +91,54 @@ def _tdist(tw, j, p, q, mask):
     return d
 
 
-_BLOCK = 32     # bucket entries left that are worth a vectorised count (fewer: checked one by one)
-_CHUNK = 256    # bucket entries counted together: the scalar pass reads only a chunk in which the count finds one
+_BLOCK = 32     # bucket entries counted together inside a chunk that has a hit; fewer are checked one by one
+_CHUNK = 256    # bucket entries counted together first: a chunk without a hit is skipped whole
 
 
 @njit(inline="always", cache=True)
-def _skip_far(tw, j, p, end, q, mask, thr):
-    """For one-word codes: skips, from entry ``p`` of table ``j``'s bucket ending at ``end``, every whole chunk of
-    up to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each); returns the start of
-    the first chunk that has one, or of a tail too short to count, or ``end``. Other codes: ``p``."""
+def _skip_far(tw, j, p, end, q, mask, thr, lim):
+    """For one-word codes: from entry ``p`` of table ``j``'s bucket ending at ``end``, skips every whole chunk of up
+    to ``_CHUNK`` entries none of which is closer than ``thr`` (a vectorised count each), and, inside a chunk that
+    has one (entries before ``lim``), every block of ``_BLOCK`` entries that has none. Returns the start of the
+    first block that has one (or of a tail too short to count, or ``end``) and the new ``lim``. Other codes:
+    ``(p, lim)``."""
     if q.shape[0] != 1:
-        return p
+        return p, lim
     while end - p >= _BLOCK:
-        e = min(end, p + _CHUNK)
-        if _count_below1(tw[j, p:e], mask[0], q[0], thr) != 0:
-            return p
-        p = e
-    return p
+        if p >= lim:
+            e = min(end, p + _CHUNK)
+            if _count_below1(tw[j, p:e], mask[0], q[0], thr) == 0:
+                p = e
+                continue
+            lim = e
+        if _count_below1(tw[j, p:p + _BLOCK], mask[0], q[0], thr) != 0:
+            return p, lim
+        p += _BLOCK
+    return p, lim
+
+
+_GROUPED = 256  # buckets of at least this many entries are read group by group (see _group_end)
+
+
+@njit(inline="always", cache=True)
+def _group_end(tw, j, p, end, sm, x):
+    """The end of the group of entries from ``p`` (one-word codes) whose bits under ``sm`` equal ``x``: a bucket's
+    entries are grouped by another table's substring (:meth:`mih.MultiIndexHash._build`), so a group that cannot
+    hold a result is passed over by a galloping search instead of read."""
+    lo, step = p, 1
+    hi = p + 1
+    while hi < end and (tw[j, hi] & sm) == x:
+        lo = hi
+        step *= 2
+        hi = p + step
+    hi = min(hi, end)
+    while hi - lo > 1:          # entry lo is in the group, entry hi is not (or is the end)
+        mid = (lo + hi) // 2
+        if (tw[j, mid] & sm) == x:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 @njit(cache=True, nogil=True)
@@ -230,17 +261,23 @@ def _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad
 
 
 @njit(cache=True, nogil=True)
-def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost):
+def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost,
+                sub, hot_tmax, hot_cost):
     """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it.
 
     ``tw uint64[m, n * w]``: each table's own copy of the codes in its bucket order, so a bucket's candidates are
     read sequentially (``perm`` maps an entry back to its row only for results). With ``tmax >= 0`` each query
     gets its own radii per table (:func:`_allocate`, ``ballsz[j, t]`` the probes of radius ``t`` in table ``j``);
-    else the even split ``radius = m*s + a``."""
+    else the even split ``radius = m*s + a``. ``sub[j]`` (one-word codes; -1: none): the table whose substring
+    groups the entries of each bucket of table ``j``; in a bucket of at least ``_GROUPED`` entries a group is
+    passed over whole when that substring alone puts it beyond the radius, or when it was reached through that
+    (earlier) table already. A query whose radii would read candidates costing more than ``hot_cost`` (the even
+    split's exact buckets when ``s = 0``, else :func:`_allocate`'s estimate) gets radii up to ``hot_tmax`` instead
+    (-1: never), so that a table whose bucket is hot can be probed not at all."""
     nq, m = qw.shape[0], perm.shape[0]
     s, a = radius // m, radius % m
     rad = np.empty(m, np.int64)
-    cnts = np.zeros((m, max(tmax, 0) + 1), np.int64)
+    cnts = np.zeros((m, max(tmax, hot_tmax, 0) + 1), np.int64)
     best = np.empty((m + 1, radius + 2), np.float64)
     how = np.zeros((m + 1, radius + 2, 2), np.int64)
     dbits = 1
@@ -255,28 +292,55 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
     for qi in range(nq):
         start = cnt
         q = qw[qi]
-        if tmax < 0 or not _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts,
-                                     best, how):
+        if tmax >= 0 and _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts, best,
+                                   how):
+            cost = best[m, radius + 1]
+        else:
+            cost = 0.0 if s == 0 else np.inf   # s = 0: the even split's buckets, counted below
             for j in range(m):
                 rad[j] = s if j <= a else s - 1
+                if s == 0 and j <= a:
+                    key = base[j] + qsub[qi, j]
+                    cost += offs[key + 1] - offs[key]
+        if hot_tmax >= 0 and cost > hot_cost:
+            _allocate(offs, base, nbits, ballsz, qsub, qi, radius, hot_tmax, probe_cost, rad, cnts, best, how)
         for j in range(m):
             acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, 0, rad[j], q.shape[0])
         for j in range(m):
             rj = rad[j]
             nb = nbits[j]
             limit = np.int64(1) << nb
+            js = sub[j]
+            sm = submask[js, 0] if js >= 0 else np.uint64(0)
+            # a group's rows are all within rad[js] of the query on table js (so reached there, if js < j): skip
+            dup_r = rad[js] if js >= 0 and js < j else np.int64(-1)
             for t in range(min(rj, nb) + 1):
                 v = (np.int64(1) << t) - 1
                 while v < limit:
                     key = base[j] + (qsub[qi, j] ^ v)
                     p, end = np.int64(offs[key]), np.int64(offs[key + 1])
                     nxt = p                    # where the next vectorised count starts
+                    lim = p                    # the end of the chunk known to hold a hit
+                    grouped = js >= 0 and end - p >= _GROUPED
+                    gx = np.uint64(0)
+                    ingroup = False            # entry p is in the group gx, which was found worth reading
                     while p < end:
                         if p >= nxt:
-                            p = _skip_far(tw, j, p, end, q, mask, radius + 1)
-                            nxt = p + _CHUNK
+                            p, lim = _skip_far(tw, j, p, end, q, mask, radius + 1, lim)
+                            nxt = p + _BLOCK
+                            ingroup = False
                             if p >= end:
                                 break
+                        if grouped:
+                            x = tw[j, p] & sm
+                            if not ingroup or x != gx:
+                                gx = x
+                                ds = _popc((x ^ q[0]) & sm)
+                                if t + ds > radius or ds <= dup_r:
+                                    p = _group_end(tw, j, p, end, sm, x)
+                                    ingroup = False
+                                    continue
+                                ingroup = True
                         d = _tdist(tw, j, p, q, mask)
                         p += 1
                         if d > radius:
@@ -303,7 +367,7 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
 
 @njit(cache=True, nogil=True)
 def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost,
-              eps):
+              eps, sub):
     """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
     the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
     distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row (a
@@ -312,7 +376,10 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
 
     ``eps > 0`` stops early: once the k-th distance found is below ``(1 + eps)`` times the distance every unseen
     code is at least at, so the i-th result is within ``(1 + eps)`` of the true i-th distance, for every i (a
-    true i-th neighbour not yet seen is at least that far; one seen is among the results or beaten by them)."""
+    true i-th neighbour not yet seen is at least that far; one seen is among the results or beaten by them).
+    ``sub``: as in :func:`range_batch`; in a bucket of at least ``_GROUPED`` entries a group is passed over whole
+    when that substring alone puts it beyond the current k-th distance, or makes it reached in another (shell,
+    table) first."""
     nq, m, n = qw.shape[0], perm.shape[0], perm.shape[1]
     need_scan = np.zeros(nq, np.bool_)
     D = np.full((nq, k), -1, np.int32)
@@ -334,6 +401,8 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
         for s in range(maxnb + 1):
             for j in range(m):
                 nb = nbits[j]
+                js = sub[j]
+                sm = submask[js, 0] if js >= 0 else np.uint64(0)
                 if s <= nb:
                     acc ^= _touch(tw, offs, base, nbits, qsub, qi, j, s, s, q.shape[0])
                     limit = np.int64(1) << nb
@@ -343,12 +412,28 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         key = base[j] + (qsub[qi, j] ^ v)
                         p, end = np.int64(offs[key]), np.int64(offs[key + 1])
                         nxt = p                # where the next vectorised count starts (once the top k is full)
+                        lim = p                # the end of the chunk known to hold a hit
+                        grouped = js >= 0 and end - p >= _GROUPED
+                        gx = np.uint64(0)
+                        ingroup = False        # entry p is in the group gx, which was found worth reading
                         while p < end:
                             if cnt == k and p >= nxt:
-                                p = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1)
-                                nxt = p + _CHUNK
+                                p, lim = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1, lim)
+                                nxt = p + _BLOCK
+                                ingroup = False
                                 if p >= end:
                                     break
+                            if grouped:
+                                x = tw[j, p] & sm
+                                if not ingroup or x != gx:
+                                    gx = x
+                                    ds = _popc((x ^ q[0]) & sm)
+                                    if ((cnt == k and s + ds > bd[k - 1]) or (js < j and ds <= s)
+                                            or (js > j and ds < s)):
+                                        p = _group_end(tw, j, p, end, sm, x)
+                                        ingroup = False
+                                        continue
+                                    ingroup = True
                             d = _tdist(tw, j, p, q, mask)
                             p += 1
                             if cnt == k and d > bd[k - 1]:

@@ -51,6 +51,7 @@ _KNN_PROBE_COST = 300.0         # k-NN
 _KNN_ROW_COST = 2.0
 _ALLOC_PROBE_COST = 64.0        # range search's per-query radii: a probe against one candidate read
 _ALLOC_MAX_PROBES = 1024        # ... chosen only when counting a table's candidates takes at most this many probes
+_HOT_FACTOR = 1.0               # ... wider for a query whose plan reads more than this times what counting them costs
 
 _SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
 _DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
@@ -245,6 +246,15 @@ def choose_substrings(codes: np.ndarray, bits: int, start_bit: int = 0, end_bit:
     return (m if worst[m0] > _AUTO_GAIN * worst[m] else m0), costs
 
 
+def _sub_table(spans: list[tuple[int, int]], j: int) -> int:
+    """The table whose substring groups the rows inside table ``j``'s buckets (-1: none): the one before it, so a
+    group already reached through that table is skipped whole; table 0 takes table 1."""
+    s = j - 1 if j else 1
+    if s >= len(spans) or (spans[j][1] - spans[j][0]) + (spans[s][1] - spans[s][0]) > 63:
+        return -1
+    return s
+
+
 @lru_cache(maxsize=512)
 def shell(nbits: int, s: int) -> np.ndarray:
     """Every ``nbits``-bit value with exactly ``s`` bits set (``uint64``, read-only)."""
@@ -333,12 +343,15 @@ class MultiIndexHash:
             self.m = int(m)
         if not 0 <= self.m <= nbits:
             raise ValueError(f"m={self.m} substrings for {nbits} bits")
-        self._tables = [self._build(codes, a, b) for a, b in (split_bits(start_bit, end_bit, self.m) if self.m
-                                                                else [])]
+        spans = split_bits(start_bit, end_bit, self.m) if self.m else []
+        # each bucket's rows grouped by another table's substring (the one before it; table 0: table 1), so that the
+        # compiled range search skips a whole group of a hot bucket at once (one-word codes; see _sub_table)
+        self._sub = np.array([_sub_table(spans, j) if self._w == 1 else -1 for j in range(len(spans))], np.int64)
+        self._tables = [self._build(codes, a, b, spans[s] if s >= 0 else None) for (a, b), s in zip(spans, self._sub)]
         masks = [range_mask(codes.shape[1], t.start, t.stop) for t in self._tables]
         self._sub_masks = [mk[0] if self._w == 1 else mk for mk in masks]
         self._kern = self._compiled_layout(mask, masks) if _K is not None else None
-        self._range_plans: dict[int, int] = {}
+        self._range_plans: dict[int, tuple[int, int, float]] = {}
 
     def _compiled_layout(self, mask: np.ndarray, masks: list[np.ndarray]) -> dict | None:
         """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept), and
@@ -384,11 +397,13 @@ class MultiIndexHash:
             return _K.scan_knn1(k["words1"], k["mask1"], qw2[:, 0].copy(), kk)
         return _K.scan_knn(k["words"], k["mask"], qw2, kk)
 
-    def _build(self, codes: np.ndarray, a: int, b: int) -> _Table:
+    def _build(self, codes: np.ndarray, a: int, b: int, within: tuple[int, int] | None = None) -> _Table:
+        """A table on bits ``[a, b)``; with ``within``, each bucket's rows ordered by their value on those bits."""
         vals = substring_values(codes, a, b)
         n, nb = codes.shape[0], b - a
         idx_t = np.int32 if n < 2 ** 31 - 1 else np.int64
-        perm = np.argsort(vals, kind="stable").astype(idx_t)
+        key = vals if within is None else (vals << np.uint64(within[1] - within[0])) | substring_values(codes, *within)
+        perm = np.argsort(key, kind="stable").astype(idx_t)
         if nb <= _DIRECT_MAX_BITS and (1 << nb) <= max(8 * n, 1 << 16):
             offsets = np.zeros((1 << nb) + 1, dtype=idx_t)
             np.cumsum(np.bincount(vals.astype(np.int64), minlength=1 << nb), out=offsets[1:])
@@ -453,16 +468,25 @@ class MultiIndexHash:
                 cost += nb * (probe_cost + row_cost * self.ntotal / float(1 << t.nbits))
         return cost
 
-    def _range_plan(self, radius: int) -> int:
-        """Compiled range search of ``radius``: -2 to scan, else the largest per-query table radius (-1: none, the
-        even split ``radius = m*s + a``). Per-query radii go up to ``s`` when ``s >= 1`` and counting the buckets
-        within ``s`` takes few probes (with ``s = 0`` the even split probes one bucket a table: nothing to gain)."""
+    def _range_plan(self, radius: int) -> tuple[int, int, float]:
+        """Compiled range search of ``radius``: ``(tmax, hot_tmax, hot_cost)``. ``tmax``: -2 to scan, else the largest
+        per-query table radius (-1: none, the even split ``radius = m*s + a``). Per-query radii go up to ``s`` when
+        ``s >= 1`` and counting the buckets within ``s`` takes few probes (with ``s = 0`` the even split probes one
+        bucket a table). A query whose plan would still read more than ``hot_cost`` (in candidate reads) gets radii
+        up to ``hot_tmax`` instead (wider balls, so that a hot bucket can be left out), the largest radius whose
+        buckets take at most ``_ALLOC_MAX_PROBES`` probes a table to count; ``hot_cost`` is what counting them
+        costs (-1: no such radius above ``tmax``)."""
         if self.m == 0 or self._probe_cost(radius, _COMPILED_PROBE_COST, _COMPILED_ROW_COST) > self.ntotal:
-            return -2
+            return -2, -1, 0.0
         tmax = radius // self.m
         if tmax < 1 or any(C.ball_size(t.nbits, tmax) > _ALLOC_MAX_PROBES for t in self._tables):
-            return -1
-        return tmax
+            tmax = -1
+        hot = max(tmax, 0)
+        while hot < radius and all(C.ball_size(t.nbits, hot + 1) <= _ALLOC_MAX_PROBES for t in self._tables):
+            hot += 1
+        if hot <= max(tmax, 0) or self.m * (hot + 1) < radius + 1:   # no wider radii, or too few to cover
+            return tmax, -1, 0.0
+        return tmax, hot, _HOT_FACTOR * _ALLOC_PROBE_COST * sum(C.ball_size(t.nbits, hot) for t in self._tables)
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row within ``radius``: CSR ``(lims int64[nq+1], D int32, I int64)``, per query by (distance, row)."""
@@ -475,11 +499,11 @@ class MultiIndexHash:
             plan = self._range_plans.get(radius)
             if plan is None:
                 plan = self._range_plans[radius] = self._range_plan(radius)
-            if plan < -1:
+            if plan[0] < -1:
                 return self._scan_range(qw2, radius)
             return _K.range_batch(k["tw"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
-                                  k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan,
-                                  _ALLOC_PROBE_COST)
+                                  k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan[0],
+                                  _ALLOC_PROBE_COST, self._sub, plan[1], plan[2])
         qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
@@ -530,7 +554,7 @@ class MultiIndexHash:
             else:
                 Dk, Ik, slow = _K.knn_batch(kern["tw"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
                                             kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
-                                            _KNN_PROBE_COST, _KNN_ROW_COST, float(eps))
+                                            _KNN_PROBE_COST, _KNN_ROW_COST, float(eps), self._sub)
                 if slow.any():  # covering their k-th distance would cost more probes than a scan
                     Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
             D[:, :kk], I[:, :kk] = Dk, Ik

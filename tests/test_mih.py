@@ -242,3 +242,37 @@ def test_chosen_substring_count_on_wide_codes_with_a_prefix():
     for j in range(len(q)):
         want = np.lexsort((np.arange(len(db)), H[j]))[:5]
         assert np.array_equal(I[j], want) and np.array_equal(D[j], H[j][want])
+
+
+@pytest.mark.parametrize("hot", [False, True], ids=["plain", "wider-radii"])
+def test_grouped_hot_buckets_skip_only_what_cannot_be_a_new_result(path, hot, monkeypatch):
+    """Buckets of thousands of rows (one value on every substring but the last few bits), their rows grouped by
+    another substring: groups beyond the radius and groups already reached through an earlier table are passed over
+    whole, and every other row is still found (range search and k-NN against brute force). ``wider-radii``: every
+    query takes the per-query radii meant for hot queries (up to the widest countable ball)."""
+    if hot:
+        monkeypatch.setattr(mih, "_HOT_FACTOR", 0.0)
+    rng = np.random.default_rng(5)
+    n = 6000
+    q = rng.integers(0, 2, size=(8, 64)).astype(bool)
+    base = q[rng.integers(0, len(q), size=n)]
+    flips = np.zeros((n, 64), dtype=bool)
+    for i in range(n):                  # 0-6 flips, often all in one substring (m=4: 16 bits each)
+        span = [(0, 16), (16, 32), (32, 48), (48, 64), (0, 64)][rng.integers(0, 5)]
+        flips[i, rng.choice(np.arange(*span), size=rng.integers(0, 7), replace=False)] = True
+    db = C.pack_bits(base ^ flips)
+    qc = C.pack_bits(q)
+    ix = MultiIndexHash(db, 64, m=4)
+    assert min(np.diff(t.offsets).max() for t in ix._tables) >= 500
+    H = exact(qc, db, 0, 64)
+    for r in (0, 1, 2, 3, 4, 5, 6, 8):
+        lims, D, I = ix.range_search(qc, r)
+        for j in range(len(qc)):
+            want = np.flatnonzero(H[j] <= r)
+            assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
+            assert np.array_equal(D[lims[j]:lims[j + 1]], H[j][want[np.lexsort((want, H[j][want]))]])
+    for k in (1, 10, 200):
+        D, I = ix.search(qc, k)
+        for j in range(len(qc)):
+            want = np.lexsort((np.arange(n), H[j]))[:k]
+            assert np.array_equal(I[j], want) and np.array_equal(D[j], H[j][want])
