@@ -356,7 +356,8 @@ def guarded(tmp_path_factory):
                              log_requests=False))
     with running_server(app) as url:
         c = SemhashClient(url, token="s3cret", timeout=300)   # 10,000 queries on a shared 2-core machine
-        wait_for(lambda: c.ready()["status"] == "ok", what="first version")
+        # the first version took over 20 s to load in `make test-fast` while other work shared the 2 cores
+        wait_for(lambda: c.ready()["status"] == "ok", timeout=180, what="first version")
         info.update(url=url, client=c)
         yield info
 
