@@ -30,8 +30,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Any, Iterator
@@ -191,7 +189,7 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
               F.lit(f"{WRONG_SIZE} (expected {nbytes} bytes)"))
         .when(rank > 1, F.lit(DUPLICATE_ID))
     ).withColumn("source", F.col("source") if has_source else F.lit(None).cast("string"))
-    with _staging(spark, out, "_staging") as staging:
+    with sparkio.staging(spark, out, "_staging") as staging:
         _write(checked, store.join(staging, "checked"))
         checked = _read(spark, store.join(staging, "checked"))
         kept = checked.where(F.col("reason").isNull())
@@ -200,7 +198,7 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
         if counts.get("train", 0) == 0:
             raise ValueError(f"no training image survived in {out!r}; quarantine reasons: "
                              f"{_reasons(checked.where(F.col('reason').isNotNull()))}")
-        _remove(store.join(out, IMAGES_DIR))
+        sparkio.remove(store.join(out, IMAGES_DIR))
         for split in SPLITS:
             if counts.get(split, 0):
                 split_uri = store.join(out, IMAGES_DIR, f"split={split}")
@@ -236,31 +234,6 @@ def _out_uri(out_dir: str | os.PathLike) -> str:
     return path
 
 
-class _staging:
-    """``with _staging(spark, out, name) as uri``: where intermediate Parquet goes, removed on exit: ``out/name``
-    for a local out and for ``s3://`` on a cluster (the executors reach it), a local temporary folder for ``s3://``
-    in local mode."""
-
-    def __init__(self, spark: SparkSession, out: str, name: str):
-        self.tmp = tempfile.mkdtemp(prefix="semhash-images-") if store.is_s3(out) and not sparkio.on_cluster(spark) \
-            else None
-        self.uri = self.tmp or store.join(out, name)
-
-    def __enter__(self) -> str:
-        _remove(self.uri)
-        return self.uri
-
-    def __exit__(self, *exc) -> None:
-        _remove(self.uri)
-
-
-def _remove(uri: str) -> None:
-    if store.is_s3(uri):
-        store.delete_prefix(uri)
-    else:
-        shutil.rmtree(uri, ignore_errors=True)
-
-
 def _write(df: DataFrame, uri: str) -> None:
     sparkio.write_parquet(df, uri, executors=True)     # s3://: the tasks write the objects, in any mode
 
@@ -288,7 +261,7 @@ def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str,
     else:
         units, records = None, image_sources.read_source(dataset, source)
     out = _out_uri(out_dir)
-    with _staging(spark, out, "_prepare") as work:
+    with sparkio.staging(spark, out, "_prepare") as work:
         if units is not None:
             log.info("prepare %s: reading %d unit(s) of %s on executors", dataset, len(units), source)
             n_read = sparkio.stage_units(spark, units, image_sources.read_unit, _STAGE_ARROW, store.join(work, "raw"))

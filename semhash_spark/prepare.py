@@ -34,8 +34,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -219,31 +217,13 @@ def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str
         out = str(out_dir).rstrip("/")
         store.split_s3(out)                              # names a bad URI (no bucket) before any work
         store.delete(store.join(out, ds.DATASET_FILE))   # a failed run must not look like a finished dataset
-        if sparkio.on_cluster(spark):                    # executors stage under out/_staging/ (removed below)
-            staging, local_tmp = store.join(out, "_staging"), None
-        else:                                            # local mode: the driver's disk is the executors' disk
-            local_tmp = tempfile.mkdtemp(prefix="semhash-prepare-")
-            staging = local_tmp
     else:
         path = Path(store.local_path(str(out_dir))).absolute()
         path.mkdir(parents=True, exist_ok=True)
         (path / ds.DATASET_FILE).unlink(missing_ok=True)
-        out, local_tmp = str(path), None
-        staging = str(path / "_staging")
-    _remove(staging)
-    try:
+        out = str(path)
+    with sparkio.staging(spark, out) as staging:       # executors stage under out/_staging/ (removed after)
         return _run(spark, dataset, source, units, out, staging, cfg, name or dataset, vocab)
-    finally:
-        _remove(staging)
-        if local_tmp:
-            shutil.rmtree(local_tmp, ignore_errors=True)
-
-
-def _remove(uri: str) -> None:
-    if store.is_s3(uri):
-        store.delete_prefix(uri)
-    else:
-        shutil.rmtree(uri, ignore_errors=True)
 
 
 def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: str, staging: str,

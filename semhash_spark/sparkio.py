@@ -21,11 +21,14 @@ to the driver's (:func:`store.driver_s3_env`), exactly like the encode job's sha
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -258,6 +261,28 @@ def _write_with_store(df: DataFrame, out_uri: str, compression: str = "snappy") 
 
 
 # ---------------------------------------------------------------------------------------------------- staging
+def remove(uri: str) -> None:
+    """Removes a local folder or everything under an ``s3://`` prefix; nothing there is fine."""
+    if store.is_s3(uri):
+        store.delete_prefix(uri)
+    else:
+        shutil.rmtree(uri, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(spark: SparkSession, out: str, name: str = "_staging") -> Iterator[str]:
+    """``with staging(spark, out) as uri``: where a job's intermediate Parquet goes, emptied before and removed
+    after: ``out/name`` for a local ``out`` and for ``s3://`` on a cluster (the executors reach it), a local
+    temporary folder for ``s3://`` in local mode (the driver's disk is the executors' disk)."""
+    uri = tempfile.mkdtemp(prefix="semhash-staging-") if store.is_s3(out) and not on_cluster(spark) \
+        else store.join(out, name)
+    remove(uri)
+    try:
+        yield uri
+    finally:
+        remove(uri)
+
+
 def stage_records(records: Iterable[dict], schema, staging: str) -> int:
     """The driver streams ``records`` (dicts with the fields of the pyarrow ``schema`` but ``seq``, which numbers
     them in reading order) into Parquet files of :data:`STAGE_ROWS` rows under ``staging`` (local or ``s3://``);
