@@ -20,7 +20,7 @@ import numpy as np
 from semhash_spark import codes as C
 from semhash_spark.address import AddressTable
 from semhash_spark.evaluate import (_CHUNK_ELEMENTS, AP_CUTOFF, RankingMethod, label_matrices, relevance,
-                                    tie_permutation)
+                                    subsample_queries, tie_permutation)
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +111,21 @@ def address_lookup_metrics(
 def addresses_of(codes: np.ndarray, bits: int) -> np.ndarray:
     """``uint64`` address values of packed ``bits``-bit address codes (all their bits, MSB first)."""
     return C.prefix(C.as_codes(codes, bits), bits)
+
+
+def address_model_lookup(address_hasher, train_x, test_x, rankers: dict[str, RankingMethod],
+                         db_labels: Sequence[Sequence[str]], query_labels: Sequence[Sequence[str]], *,
+                         max_radius: int, max_queries: int = 0, tie_seed: int = 0, papers_bits: int = 20,
+                         encode=None) -> dict:
+    """``evaluate --address-model`` for any modality: the address model's codes of the inputs (``encode``, by
+    default its ``codes``) as addresses, the ball at r = 0..``max_radius`` re-ranked by ``rankers``."""
+    abits = address_hasher.bits
+    encode = encode or address_hasher.codes
+    if abits > 32:
+        raise ValueError(f"the address model has {abits}-bit codes; an address is a short code (the papers: "
+                         f"{papers_bits} bits)")
+    out = address_lookup_metrics(addresses_of(encode(train_x), abits), addresses_of(encode(test_x), abits), abits,
+                                 rankers, db_labels, query_labels, radii=range(min(max_radius, abits) + 1),
+                                 queries=subsample_queries(len(query_labels), max_queries, tie_seed), tie_seed=tie_seed)
+    out["model_version"] = address_hasher.version
+    return out

@@ -9,7 +9,7 @@ from . import dataset as ds
 from . import store
 from .bitstats import bit_statistics
 from .checkpoint import load_model
-from .evaluate import evaluate_codes, hamming_method, subsample_queries, tfidf_method
+from .evaluate import evaluate_codes, hamming_method, tfidf_method
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,14 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
                             max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path,
                             plot_title=title)
     if address_hasher is not None:
-        result["address_lookup"] = _address_lookup(address_hasher, hasher, train, test, train_codes, test_codes,
-                                                    ds.idf(doc_freq, n_train), max_queries, tie_seed)
-        result["address_lookup"]["model_version"] = address_hasher.version
+        from .address_eval import address_model_lookup
+
+        rankers = {"code": hamming_method(train_codes, test_codes, hasher.bits),
+                   "tfidf": tfidf_method(train.counts, test.counts, ds.idf(doc_freq, n_train))}
+        result["address_lookup"] = address_model_lookup(address_hasher, train.counts, test.counts, rankers,
+                                                        train.labels, test.labels, max_radius=4,
+                                                        max_queries=max_queries, tie_seed=tie_seed,
+                                                        encode=address_hasher.codes_from_csr)
     result["bit_stats"] = bit_statistics(train_codes, hasher.bits, hasher.config.index.address_bits)  # of the database
     result["model_version"] = hasher.version
     result["dataset"] = meta.get("name")
@@ -51,19 +56,3 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
         result["plot"] = str(plot_path)
     result["seconds"] = round(time.time() - t0, 1)
     return result
-
-
-def _address_lookup(address_hasher, hasher, train, test, train_codes, test_codes, idf, max_queries, tie_seed):
-    """The address ball at r = 0..4 of the address model's codes, re-ranked by the ranking codes and by TF-IDF."""
-    from .address_eval import address_lookup_metrics, addresses_of
-
-    abits = address_hasher.bits
-    if abits > 32:
-        raise ValueError(f"the address model has {abits}-bit codes; an address is a short code (the papers: 20 bits)")
-    rankers = {"code": hamming_method(train_codes, test_codes, hasher.bits),
-               "tfidf": tfidf_method(train.counts, test.counts, idf)}
-    return address_lookup_metrics(addresses_of(address_hasher.codes_from_csr(train.counts), abits),
-                                  addresses_of(address_hasher.codes_from_csr(test.counts), abits), abits, rankers,
-                                  train.labels, test.labels, radii=range(min(4, abits) + 1),
-                                  queries=subsample_queries(len(test.labels), max_queries, tie_seed),
-                                  tie_seed=tie_seed)

@@ -134,12 +134,8 @@ def cmd_encode(args) -> dict:
 
     cfg = _config(args)
     spark = get_spark("semhash-encode", master=args.master, conf=_spark_conf(args))
-    if _is_image_data(args.data):
-        from .image_encode import encode_images_to_index
-
-        return encode_images_to_index(spark, args.model, args.data, args.index, cfg,
-                                      patch_model_uri=args.patch_model, address_model_uri=args.address_model)
-    return encode_to_index(spark, args.model, args.data, args.index, cfg, address_model_uri=args.address_model)
+    return encode_to_index(spark, args.model, args.data, args.index, cfg, address_model_uri=args.address_model,
+                           patch_model_uri=args.patch_model)
 
 
 def _is_image_data(data_uri: str) -> bool:

@@ -96,8 +96,15 @@ def evaluate_image_model(model_uri: str, data_uri: str, *, plot_path: str | None
                                   plot_path=plot_path, grid_path=grid_path,
                                   images_for_grid=(train.pixels, test.pixels) if grid_path else None)
     if address_model_uri:
-        result["address_lookup"] = _address_lookup(address_model_uri, dmeta, hasher, deep, flat_train, flat_test,
-                                                   train.labels, test.labels, max_queries, tie_seed)
+        from .address_eval import address_model_lookup
+        from .evaluate import hamming_method
+
+        short = load_model(address_model_uri)
+        _check_model(short, address_model_uri, dmeta, ("images",))
+        result["address_lookup"] = address_model_lookup(short, flat_train, flat_test,
+                                                        {"code": hamming_method(*deep, hasher.bits)}, train.labels,
+                                                        test.labels, max_radius=5, max_queries=max_queries,
+                                                        tie_seed=tie_seed, papers_bits=28)
         result["address_lookup"]["code_alone_map_at_1000"] = result["map_at_1000"]
     if patch_model_uri:
         result["msh"] = _evaluate_msh(hasher, deep, train, test, patch_model_uri, short_model_uri, dmeta,
@@ -106,26 +113,6 @@ def evaluate_image_model(model_uri: str, data_uri: str, *, plot_path: str | None
     result.update(model_version=hasher.version, dataset=dmeta.get("name"), kind="images",
                   seconds=round(time.time() - t0, 1))
     return result
-
-
-def _address_lookup(address_model_uri, dmeta, hasher, deep, flat_train, flat_test, train_labels, test_labels,
-                    max_queries, tie_seed):
-    """The papers' 28-bit lookup: the address model's ball at r = 0..5, ranked by the model's (256-bit) codes."""
-    from .address_eval import address_lookup_metrics, addresses_of
-    from .evaluate import hamming_method, subsample_queries
-
-    short = load_model(address_model_uri)
-    _check_model(short, address_model_uri, dmeta, ("images",))
-    if short.bits > 32:
-        raise ValueError(f"the address model has {short.bits}-bit codes; an address is a short code (the papers: "
-                         f"28 bits for images)")
-    out = address_lookup_metrics(addresses_of(short.codes(flat_train), short.bits),
-                                 addresses_of(short.codes(flat_test), short.bits), short.bits,
-                                 {"code": hamming_method(*deep, hasher.bits)}, train_labels, test_labels,
-                                 radii=range(min(5, short.bits) + 1),
-                                 queries=subsample_queries(len(test_labels), max_queries, tie_seed), tie_seed=tie_seed)
-    out["model_version"] = short.version
-    return out
 
 
 def _evaluate_msh(hasher, deep, train, test, patch_model_uri, short_model_uri, dmeta, msh_queries, tie_seed):

@@ -16,10 +16,11 @@ import numpy as np
 
 from . import codes as C
 from . import query as Q
-from .inference import Encoder
 from .config import ImagesConfig
 from .images import decode_image
-from .index import HammingIndex, load_version_model, read_current, read_manifest
+from .index import load_version_model
+from .inference import Encoder
+from .lookup import Searcher
 
 
 class NotAnImage(ValueError):
@@ -27,35 +28,28 @@ class NotAnImage(ValueError):
 
 
 @dataclass
-class ImageSearcher:
-    index: HammingIndex
-    hasher: Encoder                  # the version's model(s), in numpy (no torch in a lookup process)
-    images_cfg: ImagesConfig
+class ImageSearcher(Searcher):
+    """:class:`semhash_spark.lookup.Searcher` with image inputs: the same open, kNN, balls and address model."""
+
+    images_cfg: ImagesConfig | None = None
     patch_hasher: Encoder | None = None
-    address_hasher: Encoder | None = None     # the 28-bit address model, when the index has one
     _patches: Q.PatchTable | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, index_uri: str, version: str | None = None) -> "ImageSearcher":
-        version = version or read_current(index_uri)["version"]
-        manifest = read_manifest(index_uri, version)
+        self = super().open(index_uri, version)
+        manifest, version = self.index.manifest, self.index.version
         if manifest.get("kind") != "images":
             raise ValueError(f"{index_uri!r} (version {version}) is not an image index; query it with --text")
-        index = HammingIndex.open(index_uri, version=version)
-        hasher = load_version_model(index_uri, version, manifest)          # checked against the manifest
-        data = hasher.meta["data"]
-        icfg = dict(hasher.meta["config"]["images"])
-        patch_hasher = None
+        data = self.hasher.meta["data"]
+        icfg = dict(self.hasher.meta["config"]["images"])
         if manifest.get("patches"):
-            patch_hasher = load_version_model(index_uri, version, manifest, manifest["patches"]["model"])
-            pc = patch_hasher.meta["config"]["images"]
+            self.patch_hasher = load_version_model(index_uri, version, manifest, manifest["patches"]["model"])
+            pc = self.patch_hasher.meta["config"]["images"]
             icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"])
         icfg.update(height=data["height"], width=data["width"], channels=data["channels"])
-        address_hasher = None
-        if index.address_from_model:
-            address_hasher = load_version_model(index_uri, version, manifest,
-                                                manifest["address_model"].get("path") or "address_model")
-        return cls(index, hasher, ImagesConfig(**icfg), patch_hasher, address_hasher)
+        self.images_cfg = ImagesConfig(**icfg)
+        return self
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def load_images(self, blobs: list[bytes]) -> np.ndarray:
@@ -83,16 +77,10 @@ class ImageSearcher:
         q = self.codes(pixels)
         if msh_lookup:
             return self._search_msh(pixels, q, k)
-        Q.check(k, radius, address_radius, None, 0.0, self.index.address_bits)
-        qa = None
-        if address_radius is not None:
-            qa = None if self.address_hasher is None else C.prefix(
-                self.address_hasher.codes(pixels.reshape(len(pixels), -1)), self.address_hasher.bits)
-            qa = self.index.query_addresses(q, qa)
-        need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
-                                   address_radius=address_radius)
-        return [a.hits() for a in Q.answer(self.index.loaded(need), q, k=k, radius=radius,
-                                           address_radius=address_radius, q_address=qa)]
+        addresses = None
+        if address_radius is not None and self.address_hasher is not None:
+            addresses = C.prefix(self.address_hasher.codes(pixels.reshape(len(pixels), -1)), self.address_hasher.bits)
+        return self.search_codes(q, k=k, radius=radius, address_radius=address_radius, addresses=addresses)
 
     def patch_table(self) -> Q.PatchTable:
         """The version's patch table and model for multiple semantic hashing, read once."""

@@ -30,8 +30,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Any, Iterator
@@ -39,7 +37,6 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -57,7 +54,6 @@ IMAGES_DIR = "images"
 QUARANTINE_DIR = "quarantine"
 DATASET_FILE = "dataset.json"
 SPLITS = ("train", "test")
-STAGE_ROWS = 5000
 
 EMPTY_FILE = "empty file"
 DUPLICATE_ID = "duplicate id"
@@ -193,7 +189,7 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
               F.lit(f"{WRONG_SIZE} (expected {nbytes} bytes)"))
         .when(rank > 1, F.lit(DUPLICATE_ID))
     ).withColumn("source", F.col("source") if has_source else F.lit(None).cast("string"))
-    with _staging(spark, out, "_staging") as staging:
+    with sparkio.staging(spark, out, "_staging") as staging:
         _write(checked, store.join(staging, "checked"))
         checked = _read(spark, store.join(staging, "checked"))
         kept = checked.where(F.col("reason").isNull())
@@ -202,7 +198,7 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
         if counts.get("train", 0) == 0:
             raise ValueError(f"no training image survived in {out!r}; quarantine reasons: "
                              f"{_reasons(checked.where(F.col('reason').isNotNull()))}")
-        _remove(store.join(out, IMAGES_DIR))
+        sparkio.remove(store.join(out, IMAGES_DIR))
         for split in SPLITS:
             if counts.get(split, 0):
                 split_uri = store.join(out, IMAGES_DIR, f"split={split}")
@@ -238,31 +234,6 @@ def _out_uri(out_dir: str | os.PathLike) -> str:
     return path
 
 
-class _staging:
-    """``with _staging(spark, out, name) as uri``: where intermediate Parquet goes, removed on exit: ``out/name``
-    for a local out and for ``s3://`` on a cluster (the executors reach it), a local temporary folder for ``s3://``
-    in local mode."""
-
-    def __init__(self, spark: SparkSession, out: str, name: str):
-        self.tmp = tempfile.mkdtemp(prefix="semhash-images-") if store.is_s3(out) and not sparkio.on_cluster(spark) \
-            else None
-        self.uri = self.tmp or store.join(out, name)
-
-    def __enter__(self) -> str:
-        _remove(self.uri)
-        return self.uri
-
-    def __exit__(self, *exc) -> None:
-        _remove(self.uri)
-
-
-def _remove(uri: str) -> None:
-    if store.is_s3(uri):
-        store.delete_prefix(uri)
-    else:
-        shutil.rmtree(uri, ignore_errors=True)
-
-
 def _write(df: DataFrame, uri: str) -> None:
     sparkio.write_parquet(df, uri, executors=True)     # s3://: the tasks write the objects, in any mode
 
@@ -278,52 +249,6 @@ def _reasons(df: DataFrame) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------------- prepare
-def _stage(records: Iterator[dict], staging: str) -> int:
-    """The driver streams a local source's records into Parquet files under ``staging`` (local or ``s3://``)."""
-    cols: dict[str, list] = {f.name: [] for f in _STAGE_ARROW}
-    seq = part = 0
-
-    def flush():
-        nonlocal part, cols
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pydict(cols, schema=_STAGE_ARROW), buf)
-        store.write_bytes(store.join(staging, f"part-{part:05d}.parquet"), buf.getvalue())
-        part += 1
-        cols = {f.name: [] for f in _STAGE_ARROW}
-
-    for rec in records:
-        cols["seq"].append(seq)
-        for k in ("id", "label", "split", "source", "data", "shape", "error"):
-            cols[k].append(rec[k])
-        seq += 1
-        if len(cols["seq"]) >= STAGE_ROWS:
-            flush()
-    if cols["seq"] or part == 0:
-        flush()
-    return seq
-
-
-def _read_units(indexed_units: Iterator[tuple[int, tuple]], s3_env: dict) -> Iterator[tuple]:
-    """Runs in Spark tasks: the staged rows of each ``s3://`` unit; seq = unit index << 40 | record index."""
-    store.apply_s3_env(s3_env)
-    for k, unit in indexed_units:
-        for i, rec in enumerate(image_sources.read_unit(unit)):
-            yield ((k << 40) | i, rec["id"], rec["label"], rec["split"], rec["source"], rec["data"], rec["shape"],
-                   rec["error"])
-
-
-def _stage_on_executors(spark: SparkSession, units: list[tuple], staging: str) -> int:
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
-        functools.partial(_read_units, s3_env=store.driver_s3_env()))
-    try:
-        _write(spark.createDataFrame(rdd, from_arrow_schema(_STAGE_ARROW)), staging)
-    except Exception as e:           # a reader's ValueError (bad idx file, not an archive, ...) as one line
-        raise sparkio.task_error(e) from None
-    return _read(spark, staging).count()
-
-
 def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str, cfg: ImagesConfig) -> dict:
     """``semhash prepare --dataset {cifar10,mnist,imagefolder}``: raw images -> ``semhash-images/1`` at out_dir.
 
@@ -336,12 +261,12 @@ def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str,
     else:
         units, records = None, image_sources.read_source(dataset, source)
     out = _out_uri(out_dir)
-    with _staging(spark, out, "_prepare") as work:
+    with sparkio.staging(spark, out, "_prepare") as work:
         if units is not None:
             log.info("prepare %s: reading %d unit(s) of %s on executors", dataset, len(units), source)
-            n_read = _stage_on_executors(spark, units, store.join(work, "raw"))
+            n_read = sparkio.stage_units(spark, units, image_sources.read_unit, _STAGE_ARROW, store.join(work, "raw"))
         else:
-            n_read = _stage(records, store.join(work, "raw"))
+            n_read = sparkio.stage_records(records, _STAGE_ARROW, store.join(work, "raw"))
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
         raw = _read(spark, store.join(work, "raw")).select(*_STAGE_ARROW.names)
         decoded = raw.repartition(max(2, spark.sparkContext.defaultParallelism)).mapInPandas(

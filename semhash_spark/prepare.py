@@ -4,7 +4,7 @@ Stages (all under ``out_dir``'s ``_staging/``, removed at the end; see *Where th
 
     read       corpus records -> _staging/records/   (executors read when the source has several files or is on
                                                       S3; a local single archive is streamed by the driver in
-                                                      chunks of STAGE_ROWS)
+                                                      chunks of sparkio.STAGE_ROWS)
     classify   tokenise (pandas), flag reader errors, duplicate ids (every copy after the first in reading
                order), documents empty after tokenising; skip records outside the split -> _staging/tokens/
     vocab      the vocab_size words with the highest total count in the train candidates (ties: alphabetical)
@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -44,7 +41,6 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -56,8 +52,6 @@ from .config import PrepareConfig
 
 log = logging.getLogger(__name__)
 
-STAGE_ROWS = 5000              # records per staged file when the driver streams a single archive
-_UNIT_SHIFT = 40               # seq = unit index << 40 | record index, when executors read the units
 
 KEPT, QUARANTINED, SKIPPED, CANDIDATE = "kept", "quarantined", "skipped", "candidate"
 DUPLICATE_ID = "duplicate id"
@@ -68,11 +62,6 @@ NOT_IN_SPLIT = "not in split"
 _RECORD_ARROW = pa.schema([
     ("seq", pa.int64()), ("id", pa.string()), ("text", pa.string()), ("labels", pa.list_(pa.string())),
     ("split", pa.string()), ("source", pa.string()), ("error", pa.string()),
-])
-_RECORD_SPARK = T.StructType([
-    T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()), T.StructField("text", T.StringType()),
-    T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
-    T.StructField("source", T.StringType()), T.StructField("error", T.StringType()),
 ])
 _TOKENS_SPARK = T.StructType([
     T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()),
@@ -93,54 +82,6 @@ _DOCFREQ_SPARK = T.StructType([T.StructField("doc_freq", T.BinaryType()), T.Stru
 
 
 # ---------------------------------------------------------------------------------------------------- read
-def _stage_on_driver(units: list[str], dataset: str, cfg: PrepareConfig, staging: str) -> int:
-    """Streams the records into Parquet files of STAGE_ROWS rows under ``staging`` (a local folder, or ``s3://``
-    when the executors of a cluster read the stage); returns how many records were read."""
-    cols: dict[str, list] = {f.name: [] for f in _RECORD_ARROW}
-    seq, part = 0, 0
-
-    def flush() -> None:
-        nonlocal part, cols
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pydict(cols, schema=_RECORD_ARROW), buf)
-        store.write_bytes(store.join(staging, f"part-{part:05d}.parquet"), buf.getvalue())
-        part += 1
-        cols = {f.name: [] for f in _RECORD_ARROW}
-
-    for unit in units:
-        for rec in corpora.read_unit(dataset, unit, strip_headers=cfg.strip_headers, test_fraction=cfg.test_fraction):
-            cols["seq"].append(seq)
-            for k in ("id", "text", "labels", "split", "source", "error"):
-                cols[k].append(rec[k])
-            seq += 1
-            if len(cols["seq"]) >= STAGE_ROWS:
-                flush()
-    if cols["seq"]:
-        flush()
-    return seq
-
-
-def _read_units(indexed_units: Iterator[tuple[int, str]], dataset: str, strip_headers: bool,
-                test_fraction: float, s3_env: dict | None = None) -> Iterator[tuple]:
-    store.apply_s3_env(s3_env or {})          # S3 units: the driver's settings where the worker has none
-    for k, unit in indexed_units:
-        for i, rec in enumerate(corpora.read_unit(dataset, unit, strip_headers=strip_headers,
-                                                  test_fraction=test_fraction)):
-            yield ((k << _UNIT_SHIFT) | i, rec["id"], rec["text"], rec["labels"], rec["split"], rec["source"],
-                   rec["error"])
-
-
-def _stage_on_executors(spark: SparkSession, units: list[str], dataset: str, cfg: PrepareConfig, staging: str) -> int:
-    rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
-        functools.partial(_read_units, dataset=dataset, strip_headers=cfg.strip_headers,
-                          test_fraction=cfg.test_fraction, s3_env=store.driver_s3_env()))
-    try:
-        _write(spark.createDataFrame(rdd, _RECORD_SPARK), staging)
-    except Exception as e:              # a reader's ValueError (not an archive, ...) as one line naming the unit
-        raise sparkio.task_error(e) from None
-    return _read(spark, staging).count()
-
-
 # Staged and final Parquet: Spark's reader and writer for local paths; for s3:// the executors' store client, in
 # local mode as on a cluster (so no stage passes through the driver's disk).
 def _write(df: DataFrame, uri: str) -> None:
@@ -276,47 +217,31 @@ def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str
         out = str(out_dir).rstrip("/")
         store.split_s3(out)                              # names a bad URI (no bucket) before any work
         store.delete(store.join(out, ds.DATASET_FILE))   # a failed run must not look like a finished dataset
-        if sparkio.on_cluster(spark):                    # executors stage under out/_staging/ (removed below)
-            staging, local_tmp = store.join(out, "_staging"), None
-        else:                                            # local mode: the driver's disk is the executors' disk
-            local_tmp = tempfile.mkdtemp(prefix="semhash-prepare-")
-            staging = local_tmp
     else:
         path = Path(store.local_path(str(out_dir))).absolute()
         path.mkdir(parents=True, exist_ok=True)
         (path / ds.DATASET_FILE).unlink(missing_ok=True)
-        out, local_tmp = str(path), None
-        staging = str(path / "_staging")
-    _remove(staging)
-    try:
+        out = str(path)
+    with sparkio.staging(spark, out) as staging:       # executors stage under out/_staging/ (removed after)
         return _run(spark, dataset, source, units, out, staging, cfg, name or dataset, vocab)
-    finally:
-        _remove(staging)
-        if local_tmp:
-            shutil.rmtree(local_tmp, ignore_errors=True)
-
-
-def _remove(uri: str) -> None:
-    if store.is_s3(uri):
-        store.delete_prefix(uri)
-    else:
-        shutil.rmtree(uri, ignore_errors=True)
 
 
 def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: str, staging: str,
          cfg: PrepareConfig, name: str, fixed_vocab: list[str] | None = None) -> dict:
     records_dir = store.join(staging, "records")
+    read_unit = functools.partial(corpora.read_unit, dataset, strip_headers=cfg.strip_headers,
+                                  test_fraction=cfg.test_fraction)
     if len(units) == 1 and not store.is_s3(source):
         log.info("prepare %s: streaming %s on the driver", dataset, units[0])
-        n_read = _stage_on_driver(units, dataset, cfg, records_dir)
+        n_read = sparkio.stage_records(read_unit(units[0]), _RECORD_ARROW, records_dir)
     else:
         log.info("prepare %s: reading %d input unit(s) of %s on executors", dataset, len(units), source)
-        n_read = _stage_on_executors(spark, units, dataset, cfg, records_dir)
+        n_read = sparkio.stage_units(spark, units, read_unit, _RECORD_ARROW, records_dir)
     if n_read == 0:
         raise ValueError(f"source {source!r} holds no {dataset} records")
     log.info("prepare %s: %d records read", dataset, n_read)
 
-    records = _read(spark, records_dir).select(*_RECORD_SPARK.fieldNames())
+    records = _read(spark, records_dir).select(*_RECORD_ARROW.names)
     parallelism = spark.sparkContext.defaultParallelism
     if len(units) < parallelism and store.is_s3(source):     # one task read a whole archive: spread its records
         records = records.repartition(parallelism)

@@ -21,12 +21,16 @@ to the driver's (:func:`store.driver_s3_env`), exactly like the encode job's sha
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import os
 import re
+import shutil
+import tempfile
 import uuid
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -37,6 +41,8 @@ from .spark import stage
 log = logging.getLogger(__name__)
 
 PATH_COLUMN = "_file"             # optional column: the file a row came from, relative to the root read
+STAGE_ROWS = 5000                 # records per staged file when the driver streams a source
+UNIT_SHIFT = 40                   # seq = unit index << 40 | record index, when executors read the units
 
 
 def task_error(e: Exception) -> Exception:
@@ -252,3 +258,82 @@ def _write_with_store(df: DataFrame, out_uri: str, compression: str = "snappy") 
         written = [{"path": f"part-00000-{run}.parquet", "rows": 0}]
     log.info("wrote %d Parquet files (%d rows) to %s", len(written), sum(r["rows"] for r in written), out_uri)
     return written
+
+
+# ---------------------------------------------------------------------------------------------------- staging
+def remove(uri: str) -> None:
+    """Removes a local folder or everything under an ``s3://`` prefix; nothing there is fine."""
+    if store.is_s3(uri):
+        store.delete_prefix(uri)
+    else:
+        shutil.rmtree(uri, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(spark: SparkSession, out: str, name: str = "_staging") -> Iterator[str]:
+    """``with staging(spark, out) as uri``: where a job's intermediate Parquet goes, emptied before and removed
+    after: ``out/name`` for a local ``out`` and for ``s3://`` on a cluster (the executors reach it), a local
+    temporary folder for ``s3://`` in local mode (the driver's disk is the executors' disk)."""
+    uri = tempfile.mkdtemp(prefix="semhash-staging-") if store.is_s3(out) and not on_cluster(spark) \
+        else store.join(out, name)
+    remove(uri)
+    try:
+        yield uri
+    finally:
+        remove(uri)
+
+
+def stage_records(records: Iterable[dict], schema, staging: str) -> int:
+    """The driver streams ``records`` (dicts with the fields of the pyarrow ``schema`` but ``seq``, which numbers
+    them in reading order) into Parquet files of :data:`STAGE_ROWS` rows under ``staging`` (local or ``s3://``);
+    returns how many it read. No record still leaves one file with the schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = [n for n in schema.names if n != "seq"]
+    cols: dict[str, list] = {n: [] for n in schema.names}
+    seq = part = 0
+
+    def flush() -> None:
+        nonlocal part, cols
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pydict(cols, schema=schema), buf)
+        store.write_bytes(store.join(staging, f"part-{part:05d}.parquet"), buf.getvalue())
+        part += 1
+        cols = {n: [] for n in schema.names}
+
+    for rec in records:
+        cols["seq"].append(seq)
+        for k in fields:
+            cols[k].append(rec[k])
+        seq += 1
+        if len(cols["seq"]) >= STAGE_ROWS:
+            flush()
+    if cols["seq"] or part == 0:
+        flush()
+    return seq
+
+
+def _read_units(indexed_units: Iterator[tuple[int, Any]], read_unit: Callable[[Any], Iterable[dict]],
+                fields: list[str], s3_env: dict) -> Iterator[tuple]:
+    store.apply_s3_env(s3_env)          # S3 units: the driver's settings where the worker has none
+    for k, unit in indexed_units:
+        for i, rec in enumerate(read_unit(unit)):
+            yield ((k << UNIT_SHIFT) | i, *(rec[f] for f in fields))
+
+
+def stage_units(spark: SparkSession, units: list, read_unit: Callable[[Any], Iterable[dict]], schema,
+                staging: str) -> int:
+    """Spark tasks read the ``units`` (one task each; ``read_unit(unit)`` yields records as for
+    :func:`stage_records`) into Parquet under ``staging``; returns how many records were read. A reader's
+    ``ValueError`` (not an archive, a bad file, ...) is raised as one line naming the unit."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
+        functools.partial(_read_units, read_unit=read_unit, fields=[n for n in schema.names if n != "seq"],
+                          s3_env=store.driver_s3_env()))
+    try:
+        write_parquet(spark.createDataFrame(rdd, from_arrow_schema(schema)), staging, executors=True)
+    except Exception as e:
+        raise task_error(e) from None
+    return read_parquet(spark, staging, executors=True).count()

@@ -151,6 +151,14 @@ def test_encode_with_an_address_model(spark, small_dataset, tmp_path):
     checkpoint.save_model(ranking, make_model(len(words), 16, 1), cfg, extra={"vocab": vocab})
     checkpoint.save_model(address, make_model(len(words), 8, 2), cfg, extra={"vocab": vocab})
     index_uri = str(tmp_path / "index")
+    # refused before anything is written: a patch model on documents, an address model of other inputs
+    with pytest.raises(ValueError, match="--patch-model is for image datasets"):
+        encode_to_index(spark, ranking, str(small_dataset), index_uri, cfg, patch_model_uri=address)
+    other = str(tmp_path / "m8-other")
+    checkpoint.save_model(other, make_model(len(words) + 1, 8, 3), cfg, extra={})
+    with pytest.raises(ValueError, match=f"takes {len(words) + 1} inputs, the ranking model {len(words)}"):
+        encode_to_index(spark, ranking, str(small_dataset), index_uri, cfg, address_model_uri=other)
+    assert not store.exists(store.join(index_uri, "CURRENT"))
     rep = encode_to_index(spark, ranking, str(small_dataset), index_uri, cfg, address_model_uri=address)
     assert rep["bits"] == 16 and rep["address_bits"] == 8 and rep["partition_bits"] == 3
     m = X.read_manifest(index_uri, rep["version"])
