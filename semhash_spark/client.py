@@ -49,9 +49,10 @@ class SemhashClient:
     def search(self, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
                radius: int | None = None, k: int | None = None, rerank: str | None = None,
-               eps: float | None = None, address_radius: int | None = None) -> dict:
+               eps: float | None = None, address_radius: int | None = None, details: bool = False) -> dict:
         """POST /search with exactly one of ids / texts / codes / word_counts (``eps > 0``: k nearest stops early,
-        each result within ``1 + eps`` of the true distance of its rank)."""
+        each result within ``1 + eps`` of the true distance of its rank; ``details``: hits carry their stored
+        labels and snippet)."""
         body: dict[str, Any] = {}
         for name, value in (("ids", ids), ("texts", texts), ("codes", codes), ("word_counts", word_counts)):
             if value is not None:
@@ -60,6 +61,8 @@ class SemhashClient:
                             ("eps", eps)):
             if value is not None:
                 body[name] = value
+        if details:                     # sent only when asked: older services reject unknown fields
+            body["details"] = True
         return self.request("POST", "/search", body)
 
     def search_codes(self, codes, *, k: int | None = None, radius: int | None = None,

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 ADDRESS_MODEL_DIR = "address_model"
 
 ENCODED_SCHEMA = ("id string, code binary, address long, part string, word_ids binary, word_counts binary, "
-                  "content_hash string")
+                  "content_hash string, labels array<string>, snippet string")
 FILES_SCHEMA = "partition string, path string, rows long, bytes long, sha256 string, columns array<string>"
 
 _WORKER_MODELS: dict[str, Hasher] = {}
@@ -86,7 +86,8 @@ def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: in
     The address is ``address_hasher``'s code (``address_bits`` = its bits) or, without one, the first
     ``address_bits`` bits of the ranking code; the partition key is the address's first ``partition_bits`` bits.
 
-    The documents' ``content_hash`` passes through when the batch has it (re-indexing compares it), else null.
+    The documents' ``content_hash`` passes through when the batch has it (re-indexing compares it), else null;
+    so do ``labels`` and ``snippet`` (what ``semhash query`` shows beside a hit).
     """
     for pdf in frames:
         if len(pdf) == 0:
@@ -109,6 +110,8 @@ def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: in
             out["word_ids"] = None
             out["word_counts"] = None
         out["content_hash"] = pdf[ds.CONTENT_HASH].to_numpy() if ds.CONTENT_HASH in pdf.columns else None
+        for c in ix.TEXT_COLUMNS:
+            out[c] = pdf[c].to_numpy() if c in pdf.columns else None
         yield out
 
 
@@ -164,7 +167,7 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
         store.apply_s3_env(s3_env)
         for pdf in frames:
             cols = ["id", "code", "address"] + (["word_ids", "word_counts"] if keep_words else []) + \
-                ([ds.CONTENT_HASH] if keep_hash else [])
+                ([ds.CONTENT_HASH] if keep_hash else []) + (list(ix.TEXT_COLUMNS) if keep_text else [])
             metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[cols], address_bits=address_bits)
             if metas:
                 yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
@@ -176,7 +179,9 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     except FileNotFoundError:
         raise ValueError(f"{data_uri!r} has no documents (no docs/split=* files); run semhash prepare") from None
     keep_hash = ds.CONTENT_HASH in docs.columns              # shards keep it so `semhash reindex` can diff
-    docs = docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if keep_hash else []))
+    keep_text = ds.SNIPPET in docs.columns                   # labels + snippet for people (datasets since snippets)
+    docs = docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if keep_hash else []),
+                       *(ix.TEXT_COLUMNS if keep_text else []))
     n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
     n_tasks = min(n_tasks, 1 << partition_bits)
 

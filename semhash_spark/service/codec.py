@@ -25,7 +25,7 @@ from .searcher import Outcome, Query, QueryError
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
-_SCALARS = ("k", "radius", "address_radius", "eps", "rerank")
+_SCALARS = ("k", "radius", "address_radius", "eps", "rerank", "details")
 
 
 def parse_json(body: bytes) -> Query:
@@ -49,8 +49,12 @@ def parse_json(body: bytes) -> Query:
     rerank = obj.get("rerank")
     if rerank is not None and rerank != "tfidf":
         raise QueryError(f"rerank={rerank!r}: the one re-ranking is 'tfidf'")
+    details = obj.get("details", False)
+    if not isinstance(details, bool):
+        raise QueryError(f"details={details!r}: must be true or false")
     return Query(kind=kind, values=values, k=_int(obj, "k"), radius=_int(obj, "radius"),
-                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank)
+                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank,
+                 details=details)
 
 
 def parse_octets(body: bytes, params: Mapping[str, str]) -> Query:
