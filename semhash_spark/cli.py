@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -163,11 +164,18 @@ def cmd_query(args) -> dict:
             stream_ids_file(client, args.ids_file, out, batch_size=args.batch_size, radius=args.radius, k=k,
                             address_radius=args.address_radius, rerank=args.rerank)
             return None
-        payload = client.search(texts=[args.text] if args.text else None,
-                                codes=[args.code] if args.code else None,
-                                ids=[args.id] if args.id else None, radius=args.radius, k=k,
-                                address_radius=args.address_radius, rerank=args.rerank, eps=args.eps,
-                                details=details)
+        from .client import ServiceError
+
+        search = functools.partial(client.search, texts=[args.text] if args.text else None,
+                                   codes=[args.code] if args.code else None, ids=[args.id] if args.id else None,
+                                   radius=args.radius, k=k, address_radius=args.address_radius, rerank=args.rerank,
+                                   eps=args.eps)
+        try:
+            payload = search(details=details)
+        except ServiceError as e:        # a service from before `details`: the table without labels and snippets
+            if not details or args.details or e.status != 422 or "details" not in e.message:
+                raise
+            payload = search()
         return _show_results(args, payload["results"][0], payload.get("version"))
     if not args.index:
         raise ValueError("give --index INDEX_URI (library lookup) or --server URL (through the service)")

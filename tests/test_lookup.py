@@ -243,15 +243,16 @@ def test_details_and_address_distance_agree_between_library_and_service(both, ca
                     assert "labels" not in h and "snippet" not in h
         assert sum(len(r) for r in lib) > 0, params
     # the CLI's table shows them on stderr; its JSON carries them with --details only
-    assert cli.main(["query", "--index", both["uri"], "--text", texts[0], "--k", "3"]) == 0
-    cap = capsys.readouterr()
-    first = json.loads(cap.out.strip().splitlines()[-1])["results"][0][0]
-    assert "snippet" not in first
-    if both["layout"] == "model":
-        t = row[first["id"]]
-        assert f"[{', '.join(both['labels'][t])}]" in cap.err
-        if both["snippets"][t]:
-            assert both["snippets"][t] in cap.err
+    for where in (["--index", both["uri"]], ["--server", both["url"]]):
+        assert cli.main(["query", *where, "--text", texts[0], "--k", "3"]) == 0
+        cap = capsys.readouterr()
+        first = json.loads(cap.out.strip().splitlines()[-1])["results"][0][0]
+        assert "snippet" not in first and f"1. {first['id']}  hamming={first['distance']}" in cap.err
+        if both["layout"] == "model":
+            t = row[first["id"]]
+            assert f"[{', '.join(both['labels'][t])}]" in cap.err
+            if both["snippets"][t]:
+                assert both["snippets"][t] in cap.err
     for where in (["--index", both["uri"]], ["--server", both["url"]]):
         assert cli.main(["query", *where, "--text", texts[0], "--address-radius", "2", "--details", "--json"]) == 0
         cap = capsys.readouterr()
