@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -147,6 +148,7 @@ def _is_image_data(data_uri: str) -> bool:
 
 def cmd_query(args) -> dict:
     k = args.k if args.k is not None else (None if args.radius is not None or args.address_radius is not None else 10)
+    details = bool(args.details) or _human(args)      # the table shows labels and snippets; JSON only with --details
     if args.server:
         from .client import Client  # the HTTP client of `semhash serve`
 
@@ -160,12 +162,19 @@ def cmd_query(args) -> dict:
             return None
         from pathlib import Path
 
-        payload = client.search(texts=[args.text] if args.text else None,
-                                codes=[args.code] if args.code else None,
-                                ids=[args.id] if args.id else None, radius=args.radius, k=k,
-                                address_radius=args.address_radius, rerank=args.rerank, eps=args.eps,
-                                images=[Path(args.image).read_bytes()] if args.image else None,
-                                msh=True if args.msh else None)
+        from .client import ServiceError
+
+        search = functools.partial(client.search, texts=[args.text] if args.text else None,
+                                   codes=[args.code] if args.code else None, ids=[args.id] if args.id else None,
+                                   radius=args.radius, k=k, address_radius=args.address_radius, rerank=args.rerank,
+                                   eps=args.eps, images=[Path(args.image).read_bytes()] if args.image else None,
+                                   msh=True if args.msh else None)
+        try:
+            payload = search(details=details)
+        except ServiceError as e:        # a service from before `details`: the table without labels and snippets
+            if not details or args.details or e.status != 422 or "details" not in e.message:
+                raise
+            payload = search()
         return _show_results(args, payload["results"][0], payload.get("version"))
     if not args.index:
         raise ValueError("give --index INDEX_URI (library lookup) or --server URL (through the service)")
@@ -189,20 +198,27 @@ def cmd_query(args) -> dict:
     searcher = Searcher.open(args.index)
     if args.text:
         results = searcher.search_texts([args.text], radius=args.radius, k=k, address_radius=args.address_radius,
-                                        rerank=args.rerank)
+                                        rerank=args.rerank, details=details)
     else:
         results = searcher.search_codes(from_hex(args.code, searcher.index.bits), radius=args.radius, k=k,
-                                        address_radius=args.address_radius, eps=args.eps or 0.0)
+                                        address_radius=args.address_radius, eps=args.eps or 0.0, details=details)
     return _show_results(args, results[0], searcher.index.version)
 
 
 def _show_results(args, hits: list[dict], version: str | None) -> dict:
-    """The summary is ``{"version", "results": [hits]}``, the shape of ``POST /search``; a table on stderr."""
+    """The summary is ``{"version", "results": [hits]}``, the shape of ``POST /search``; a table on stderr with
+    each hit's distances, labels and first words (where the index keeps them)."""
     if _human(args):
         print(f"index version {version}: {len(hits)} result(s)", file=sys.stderr)
         for rank, h in enumerate(hits, 1):
-            extra = f"  tfidf={h['score']:.3f}" if "score" in h else ""
+            extra = f"  address={h['address_distance']}" if "address_distance" in h else ""
+            extra += f"  tfidf={h['score']:.3f}" if "score" in h else ""
+            extra += f"  [{', '.join(h['labels'])}]" if h.get("labels") else ""
             print(f"{rank:4d}. {h['id']}  hamming={h['distance']}{extra}", file=sys.stderr)
+            if h.get("snippet"):
+                print(f"      {h['snippet']}", file=sys.stderr)
+    if not getattr(args, "details", False):
+        hits = [{k: v for k, v in h.items() if k not in ("labels", "snippet")} for h in hits]
     return {"version": version, "results": [hits]}
 
 
@@ -525,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rerank", choices=["tfidf"], help="order the shortlist by TF-IDF cosine")
     sp.add_argument("--eps", type=float, help="k nearest alone: stop early, each result within 1 + eps of the "
                     "true distance of its rank (default 0: exact)")
+    sp.add_argument("--details", action="store_true", help="the JSON hits also carry each item's labels and "
+                    "snippet (the table on stderr always shows them where the index keeps them)")
 
     sp = add("evaluate", cmd_evaluate, "precision/recall of a model's codes against TF-IDF, LSA and LSH")
     sp.add_argument("--model", required=True)

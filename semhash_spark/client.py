@@ -50,10 +50,10 @@ class SemhashClient:
                codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
                radius: int | None = None, k: int | None = None, rerank: str | None = None,
                eps: float | None = None, address_radius: int | None = None,
-               images: Sequence[bytes] | None = None, msh: bool | None = None) -> dict:
+               images: Sequence[bytes] | None = None, msh: bool | None = None, details: bool = False) -> dict:
         """POST /search with exactly one of ids / texts / codes / word_counts / images (image file bytes; ``msh``:
         multiple semantic hashing) (``eps > 0``: k nearest stops early, each result within ``1 + eps`` of the
-        true distance of its rank)."""
+        true distance of its rank; ``details``: hits carry their stored labels and snippet)."""
         import base64
 
         body: dict[str, Any] = {}
@@ -67,6 +67,8 @@ class SemhashClient:
                             ("eps", eps), ("msh", msh)):
             if value is not None:
                 body[name] = value
+        if details:                     # sent only when asked: older services reject unknown fields
+            body["details"] = True
         return self.request("POST", "/search", body)
 
     def search_codes(self, codes, *, k: int | None = None, radius: int | None = None,

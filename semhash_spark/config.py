@@ -29,6 +29,8 @@ class PrepareConfig:
     strip_headers: bool = False     # 20ng: keep headers (as in the quality notes' baselines)
     test_fraction: float = 0.2      # jsonl without a split field: deterministic split by id hash
     files_per_split: int = 8        # Parquet files per split (row groups feed Petastorm shards)
+    snippet_words: int = 30         # the stored snippet: the text's first words (0: no snippet) ...
+    snippet_chars: int = 200        # ... cut to at most this many characters
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,15 @@ def tokenize(text: str, min_len: int = 2, max_len: int = 30, stop_words: frozens
     return [w for w in pattern.findall(text.lower()) if min_len <= len(w) <= max_len and w not in stop_words]
 
 
+def snippet(text: str | None, words: int = 30, chars: int = 200) -> str | None:
+    """The first ``words`` words of ``text`` (whitespace collapsed), cut to ``chars`` characters: what a person
+    sees beside a hit. None for no text or ``words`` <= 0 (snippets off)."""
+    if text is None or words <= 0 or chars <= 0:
+        return None
+    out = " ".join(text.split(maxsplit=words)[:words])
+    return out[:chars]
+
+
 def _record(id_: str | None, text: str | None, labels: list[str], split: str | None, source: str,
             error: str | None = None) -> dict[str, Any]:
     return {"id": id_, "text": text, "labels": labels, "split": split, "source": source, "error": error}

@@ -8,7 +8,9 @@
     data_dir/docs/split=<split>/*.parquet
         id string, labels list<string>, word_ids binary (int32 LE, ascending), word_counts binary (float32 LE),
         length int32 (in-vocabulary word count), content_hash string (sha1 of the raw text),
-        word_hashes binary (int64 LE, ascending: the 64-bit hashes of the distinct tokens, vocabulary or not)
+        word_hashes binary (int64 LE, ascending: the 64-bit hashes of the distinct tokens, vocabulary or not),
+        snippet string (the text's first prepare.snippet_words words, at most snippet_chars; null when off;
+        absent in datasets prepared before it)
     data_dir/quarantine/*.parquet   id string (nullable), source string, reason string, excerpt string
 
 Sparse count vectors are two binary columns because Petastorm's batch reader needs columns of equal-length
@@ -48,10 +50,11 @@ QUARANTINE_DIR = "quarantine"
 ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH = "id", "labels", "word_ids", "word_counts", "length", \
     "content_hash"
 WORD_HASHES = "word_hashes"     # the document's whole word set (every token, not only the vocabulary), hashed
-DOC_COLUMNS = (ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH, WORD_HASHES)
+SNIPPET = "snippet"             # the text's first words (prepare.snippet_words; null when off): shown beside hits
+DOC_COLUMNS = (ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH, WORD_HASHES, SNIPPET)
 DOC_SCHEMA = pa.schema([
     (ID, pa.string()), (LABELS, pa.list_(pa.string())), (WORD_IDS, pa.binary()), (WORD_COUNTS, pa.binary()),
-    (LENGTH, pa.int32()), (CONTENT_HASH, pa.string()), (WORD_HASHES, pa.binary()),
+    (LENGTH, pa.int32()), (CONTENT_HASH, pa.string()), (WORD_HASHES, pa.binary()), (SNIPPET, pa.string()),
 ])
 QUARANTINE_COLUMNS = ("id", "source", "reason", "excerpt")
 QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in QUARANTINE_COLUMNS])

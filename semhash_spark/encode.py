@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 ADDRESS_MODEL_DIR = "address_model"
 
 ENCODED_SCHEMA = ("id string, code binary, address long, part string, word_ids binary, word_counts binary, "
-                  "content_hash string")
+                  "content_hash string, labels array<string>, snippet string")
 FILES_SCHEMA = "partition string, path string, rows long, bytes long, sha256 string, columns array<string>"
 
 _WORKER_MODELS: dict[str, Hasher] = {}
@@ -84,6 +84,9 @@ def code_frame(ids, x: np.ndarray, hasher: Hasher, address_bits: int, partition_
 
     The address is ``address_hasher``'s code (``address_bits`` = its bits) or, without one, the first
     ``address_bits`` bits of the ranking code; the partition key is the address's first ``partition_bits`` bits.
+
+    The documents' ``content_hash`` passes through when the batch has it (re-indexing compares it), else null;
+    so do ``labels`` and ``snippet`` (what ``semhash query`` shows beside a hit).
     """
     packed = hasher.codes(x)
     address = C.prefix(address_hasher.codes(x) if address_hasher is not None else packed, address_bits)
@@ -109,6 +112,8 @@ def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: in
         for col in (ds.WORD_IDS, ds.WORD_COUNTS):
             out[col] = pdf[col].to_numpy() if keep_words else None
         out["content_hash"] = pdf[ds.CONTENT_HASH].to_numpy() if ds.CONTENT_HASH in pdf.columns else None
+        for c in ix.TEXT_COLUMNS:
+            out[c] = pdf[c].to_numpy() if c in pdf.columns else None
         yield out
 
 
@@ -165,9 +170,11 @@ class DocumentEncode(Modality):
             raise ValueError(f"{self.data_uri!r} has no documents (no docs/split=* files); run semhash prepare"
                              ) from None
         self.keep_hash = ds.CONTENT_HASH in docs.columns         # shards keep it so `semhash reindex` can diff
+        keep_text = ds.SNIPPET in docs.columns                   # labels + snippet for people (datasets since snippets)
+        text = list(ix.TEXT_COLUMNS) if keep_text else []
         self.shard_columns = ["id", "code", "address"] + ([ds.WORD_IDS, ds.WORD_COUNTS] if self.keep_words else []) \
-            + ([ds.CONTENT_HASH] if self.keep_hash else [])
-        return docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if self.keep_hash else []))
+            + ([ds.CONTENT_HASH] if self.keep_hash else []) + text
+        return docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if self.keep_hash else []), *text)
 
     def encode(self, frames, hashers, address_bits, partition_bits):
         return encode_frames(frames, hashers["model"], self.vocab_size, address_bits, partition_bits,

@@ -6,7 +6,8 @@ Layout (the contract in docs/architecture.md)::
     INDEX_URI/versions/V/manifest.json              format, bits, address_bits, partition_bits, count, columns,
                                                     model, data, partitions[{partition, rows, files[...]}]
     INDEX_URI/versions/V/part=<hex>/<uuid>.parquet  id, code fixed_size_binary(code_bytes), address uint64,
-                                                    [word_ids binary, word_counts binary]
+                                                    [word_ids binary, word_counts binary],
+                                                    [content_hash string], [labels list<string>, snippet string]
 
 ``address`` is the item's address code: the first ``address_bits`` bits of its code, or, when the manifest names an
 ``address_model`` (copied into ``versions/V/address_model/``), that model's code of ``address_bits`` bits. An item's
@@ -45,6 +46,7 @@ MANIFEST = "manifest.json"
 BASE_COLUMNS = ("id", "code", "address")
 WORD_COLUMNS = ("word_ids", "word_counts")
 HASH_COLUMN = "content_hash"                  # optional: the document's content hash, for incremental re-indexing
+TEXT_COLUMNS = ("labels", "snippet")          # optional: what a person reads beside a hit (labels, first words)
 _FILE_KEYS = ("path", "rows", "bytes", "sha256")
 _MODEL_FILE_KEYS = ("path", "bytes", "sha256")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -99,7 +101,7 @@ def _check_version(version: str) -> None:
         raise ValueError(f"bad index version id {version!r}: letters, digits, '.', '_' and '-' only")
 
 
-def shard_schema(code_bytes: int, with_words: bool = False, with_hash: bool = False):
+def shard_schema(code_bytes: int, with_words: bool = False, with_hash: bool = False, with_text: bool = False):
     import pyarrow as pa
 
     fields = [pa.field("id", pa.string(), nullable=False),
@@ -109,6 +111,8 @@ def shard_schema(code_bytes: int, with_words: bool = False, with_hash: bool = Fa
         fields += [pa.field("word_ids", pa.binary()), pa.field("word_counts", pa.binary())]
     if with_hash:
         fields.append(pa.field(HASH_COLUMN, pa.string()))
+    if with_text:
+        fields += [pa.field("labels", pa.list_(pa.string())), pa.field("snippet", pa.string())]
     return pa.schema(fields)
 
 
@@ -132,7 +136,8 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, add
     ``address_bits``: of its code, the layout of indexes whose address is the code's prefix).
 
     Runs inside executors (e.g. from ``mapInPandas``). ``pdf`` has columns ``id``, ``code`` (bytes),
-    ``address`` (uint64) and optionally ``word_ids``/``word_counts`` (bytes) and ``content_hash`` (str). Returns
+    ``address`` (uint64) and optionally ``word_ids``/``word_counts`` (bytes), ``content_hash`` (str) and
+    ``labels`` (lists of str) with ``snippet`` (str). Returns
     ``[{partition, path (relative to version_uri), rows, bytes, sha256, columns}]``.
     """
     import pyarrow as pa
@@ -143,6 +148,7 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, add
         raise ValueError(f"write_shard needs columns {list(BASE_COLUMNS)}; missing {missing}")
     with_words = all(c in pdf.columns for c in WORD_COLUMNS)
     with_hash = HASH_COLUMN in pdf.columns
+    with_text = all(c in pdf.columns for c in TEXT_COLUMNS)
     n = len(pdf)
     if n == 0:
         return []
@@ -159,8 +165,9 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, add
     codes, ids, address, part = codes[order], ids[order], address[order], part[order]
     words = [pdf[c].to_numpy(dtype=object)[order] for c in WORD_COLUMNS] if with_words else None
     hashes = pdf[HASH_COLUMN].to_numpy(dtype=object)[order] if with_hash else None
+    texts = [pdf[c].to_numpy(dtype=object)[order] for c in TEXT_COLUMNS] if with_text else None
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(part)) + 1, [n]])
-    schema = shard_schema(code_bytes, with_words, with_hash)
+    schema = shard_schema(code_bytes, with_words, with_hash, with_text)
     metas = []
     for s, e in zip(bounds[:-1], bounds[1:]):
         cols = [pa.array(ids[s:e], pa.string()),
@@ -171,6 +178,9 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, add
             cols += [pa.array([bytes(v) for v in w[s:e]], pa.binary()) for w in words]
         if hashes is not None:
             cols.append(pa.array(hashes[s:e], pa.string()))
+        if texts is not None:
+            cols += [pa.array([None if v is None else list(v) for v in texts[0][s:e]], pa.list_(pa.string())),
+                     pa.array(texts[1][s:e], pa.string())]
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_arrays(cols, schema=schema), buf, compression="zstd")
         data = buf.getvalue()

@@ -3,7 +3,8 @@
 The library face of the one query module (``semhash query --index`` and ``Searcher``): ``k`` nearest by the ranking
 code, ``radius`` the ranking-code ball, ``address_radius`` the papers' address ball (20-bit address, radius 4),
 ``rerank="tfidf"`` the shortlist ordered by TF-IDF cosine on the stored word counts (sec. 4.3 of the paper). The
-service answers the same parameters with the same meaning and the same ``{"id", "distance"[, "score"]}`` hits.
+service answers the same parameters with the same meaning and the same ``{"id", "distance"[, "score"]}`` hits
+(address lookups add ``address_distance``; ``details=True`` adds the stored ``labels`` and ``snippet``).
 """
 from __future__ import annotations
 
@@ -78,25 +79,28 @@ class Searcher:
 
     def search_texts(self, texts: list[str], *, radius: int | None = None, k: int | None = 10,
                      address_radius: int | None = None, rerank: str | None = None,
-                     candidates: int = 100, max_results: int | None = None) -> list[list[dict[str, Any]]]:
+                     candidates: int = 100, max_results: int | None = None, details: bool = False
+                     ) -> list[list[dict[str, Any]]]:
         vecs = self.vectorize(texts)
         return self.search_codes(self.encode_counts(vecs), radius=radius, k=k, address_radius=address_radius,
                                  rerank=rerank, query_vectors=vecs, candidates=candidates,
-                                 addresses=self.address_counts(vecs), max_results=max_results)
+                                 addresses=self.address_counts(vecs), max_results=max_results, details=details)
 
     def search_codes(self, q: np.ndarray, *, radius: int | None = None, k: int | None = 10,
                      address_radius: int | None = None, rerank: str | None = None, query_vectors=None,
                      candidates: int = 100, addresses: np.ndarray | None = None, eps: float = 0.0,
-                     max_results: int | None = None) -> list[list[dict[str, Any]]]:
-        """Hits ``[{"id", "distance"[, "score"]}]`` per query (the shape of ``POST /search`` results).
-        ``max_results``: keep a ball's nearest that many (the service's ``max_results``); None: all."""
+                     max_results: int | None = None, details: bool = False) -> list[list[dict[str, Any]]]:
+        """Hits ``[{"id", "distance"[, "address_distance"][, "score"]}]`` per query (the shape of ``POST /search``
+        results). ``max_results``: keep a ball's nearest that many (the service's ``max_results``); None: all.
+        ``details``: each hit also carries its stored ``labels`` and ``snippet`` (indexes that keep them)."""
         return [a.hits() for a in self.answer(q, radius=radius, k=k, address_radius=address_radius, rerank=rerank,
                                               query_vectors=query_vectors, candidates=candidates,
-                                              addresses=addresses, eps=eps, max_results=max_results)]
+                                              addresses=addresses, eps=eps, max_results=max_results,
+                                              details=details)]
 
     def answer(self, q: np.ndarray, *, radius=None, k=10, address_radius=None, rerank=None, query_vectors=None,
-               candidates: int = 100, addresses=None, eps: float = 0.0, max_results: int | None = None
-               ) -> list[Q.Answer]:
+               candidates: int = 100, addresses=None, eps: float = 0.0, max_results: int | None = None,
+               details: bool = False) -> list[Q.Answer]:
         q = C.as_codes(q, self.index.bits)
         Q.check(k, radius, address_radius, rerank, eps, self.index.address_bits)
         if rerank and query_vectors is None:
@@ -113,4 +117,5 @@ class Searcher:
                                        address_radius=address_radius)
             loaded = self.index.loaded(need)
         return Q.answer(loaded, q, k=k, radius=radius, address_radius=address_radius, q_address=qa, rerank=rerank,
-                        bags=query_vectors, idf=self.idf, candidates=candidates, eps=eps, max_results=max_results)
+                        bags=query_vectors, idf=self.idf, candidates=candidates, eps=eps, max_results=max_results,
+                        details=details)

@@ -5,7 +5,8 @@ Stages (all under ``out_dir``'s ``_staging/``, removed at the end; see *Where th
     read       corpus records -> _staging/records/   (executors read when the source has several files or is on
                                                       S3; a local single archive is streamed by the driver in
                                                       chunks of sparkio.STAGE_ROWS)
-    classify   tokenise (pandas), flag reader errors, duplicate ids (every copy after the first in reading
+    classify   tokenise (Spark ML's RegexTokenizer + StopWordsRemover: :func:`ml_tokenize`, the same tokens as
+               :func:`corpora.tokenize`), flag reader errors, duplicate ids (every copy after the first in reading
                order), documents empty after tokenising; skip records outside the split -> _staging/tokens/
     vocab      the vocab_size words with the highest total count in the train candidates (ties: alphabetical)
     vectorise  sparse counts over the vocabulary, and the hashes of the whole word set (dedup checks pairs on
@@ -63,12 +64,19 @@ _RECORD_ARROW = pa.schema([
     ("seq", pa.int64()), ("id", pa.string()), ("text", pa.string()), ("labels", pa.list_(pa.string())),
     ("split", pa.string()), ("source", pa.string()), ("error", pa.string()),
 ])
+_TEXT_SPARK = T.StructType([
+    T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()),
+    T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
+    T.StructField("source", T.StringType()), T.StructField("reason", T.StringType()),
+    T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
+    T.StructField("usable_text", T.StringType()), T.StructField("snippet", T.StringType()),
+])
 _TOKENS_SPARK = T.StructType([
     T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()),
     T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
     T.StructField("source", T.StringType()), T.StructField("reason", T.StringType()),
     T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
-    T.StructField("tokens", T.ArrayType(T.StringType())),
+    T.StructField("tokens", T.ArrayType(T.StringType())), T.StructField("snippet", T.StringType()),
 ])
 _FINAL_SPARK = T.StructType([
     T.StructField("id", T.StringType()), T.StructField("labels", T.ArrayType(T.StringType())),
@@ -77,6 +85,7 @@ _FINAL_SPARK = T.StructType([
     T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
     T.StructField("word_ids", T.BinaryType()), T.StructField("word_counts", T.BinaryType()),
     T.StructField("length", T.IntegerType()), T.StructField("word_hashes", T.BinaryType()),
+    T.StructField("snippet", T.StringType()),
 ])
 _DOCFREQ_SPARK = T.StructType([T.StructField("doc_freq", T.BinaryType()), T.StructField("n", T.LongType())])
 
@@ -93,28 +102,58 @@ def _read(spark: SparkSession, uri: str) -> DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------- classify
-def _tokenize_batches(batches: Iterator[pd.DataFrame], min_len: int, max_len: int,
-                      pattern: str = "letters") -> Iterator[pd.DataFrame]:
-    """Per record: reader-error kind, excerpt, sha1 of the text and its tokens (none for errors and skips)."""
+def _describe_batches(batches: Iterator[pd.DataFrame], snippet_words: int = 0, snippet_chars: int = 0
+                      ) -> Iterator[pd.DataFrame]:
+    """Per record: reader-error kind, excerpt, sha1 of the text, the text to tokenise ("" for errors and skips)
+    and its snippet (the first words, for people reading query results)."""
     for pdf in batches:
         texts, errors, splits = pdf["text"].tolist(), pdf["error"].tolist(), pdf["split"].tolist()
-        reason, excerpt, chash, tokens = [], [], [], []
+        reason, excerpt, chash, usable_text, snippets = [], [], [], [], []
         for text, err, split in zip(texts, errors, splits):
             usable = err is None and split is not None and text is not None
             reason.append(corpora.error_kind(err) if err is not None else None)
             excerpt.append(text[:corpora.EXCERPT_CHARS] if text is not None else None)
             chash.append(hashlib.sha1(text.encode("utf-8")).hexdigest() if usable else None)
-            tokens.append(corpora.tokenize(text, min_len, max_len, tokens=pattern) if usable else [])
+            usable_text.append(text if usable else "")
+            snippets.append(corpora.snippet(text, snippet_words, snippet_chars) if usable else None)
         yield pd.DataFrame({
             "seq": pdf["seq"], "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"],
-            "source": pdf["source"], "reason": reason, "excerpt": excerpt, "content_hash": chash, "tokens": tokens,
+            "source": pdf["source"], "reason": reason, "excerpt": excerpt, "content_hash": chash,
+            "usable_text": usable_text, "snippet": snippets,
         })
 
 
+# Spark ML's RegexTokenizer runs Java regular expressions: these classes are the code points Python's
+# TOKEN_PATTERNS match (letters: str.isalnum() but not a decimal digit or '_'; alnum: str.isalnum()).
+ML_TOKEN_PATTERNS = {"letters": r"[\p{L}\p{Nl}\p{No}]+", "alnum": r"[\p{L}\p{N}]+"}
+
+
+def ml_tokenize(df: DataFrame, input_col: str, output_col: str, cfg: PrepareConfig) -> DataFrame:
+    """``corpora.tokenize`` as Spark ML transformers: ``RegexTokenizer`` (lower-cased runs of
+    :data:`ML_TOKEN_PATTERNS`), the token-length bounds in code points (``length``; the tokenizer's own
+    ``minTokenLength`` counts UTF-16 units), ``StopWordsRemover`` with :data:`corpora.STOP_WORDS`. A test checks
+    the tokens equal ``corpora.tokenize``'s, which queries are tokenised with."""
+    from pyspark.ml.feature import RegexTokenizer, StopWordsRemover
+
+    if cfg.tokens not in ML_TOKEN_PATTERNS:
+        raise ValueError(f"prepare.tokens: unknown token pattern {cfg.tokens!r}; use one of "
+                         f"{sorted(ML_TOKEN_PATTERNS)}")
+    raw, sized = f"_{output_col}_raw", f"_{output_col}_sized"
+    tokenizer = RegexTokenizer(inputCol=input_col, outputCol=raw, pattern=ML_TOKEN_PATTERNS[cfg.tokens],
+                               gaps=False, toLowercase=True, minTokenLength=1)
+    remover = StopWordsRemover(inputCol=sized, outputCol=output_col, stopWords=sorted(corpora.STOP_WORDS),
+                               caseSensitive=True)
+    lo, hi = cfg.min_token_len, cfg.max_token_len
+    out = tokenizer.transform(df).withColumn(
+        sized, F.filter(raw, lambda t: (F.length(t) >= lo) & (F.length(t) <= hi)))
+    return remover.transform(out).drop(raw, sized)
+
+
 def _classify(records: DataFrame, cfg: PrepareConfig) -> DataFrame:
-    tok = records.mapInPandas(
-        functools.partial(_tokenize_batches, min_len=cfg.min_token_len, max_len=cfg.max_token_len,
-                          pattern=cfg.tokens), _TOKENS_SPARK)
+    described = records.mapInPandas(
+        functools.partial(_describe_batches, snippet_words=cfg.snippet_words, snippet_chars=cfg.snippet_chars),
+        _TEXT_SPARK)
+    tok = ml_tokenize(described, "usable_text", "tokens", cfg).select(*_TOKENS_SPARK.fieldNames())
     candidate = F.col("reason").isNull() & F.col("split").isNotNull()
     # First copy of an id in reading order wins. Rows that are not candidates are keyed by their own seq, so
     # they form groups of one instead of one huge group.
@@ -164,7 +203,7 @@ def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words:
             "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"], "source": pdf["source"],
             "status": status, "reason": reason, "excerpt": pdf["excerpt"], "content_hash": pdf["content_hash"],
             "word_ids": word_ids, "word_counts": word_counts, "length": pd.array(length, dtype="Int32"),
-            "word_hashes": hashes,
+            "word_hashes": hashes, "snippet": pdf["snippet"],
         })
 
 
@@ -192,6 +231,9 @@ def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
         raise ValueError(f"prepare.test_fraction must be in [0, 1), got {cfg.test_fraction}")
     if cfg.files_per_split < 1:
         raise ValueError(f"prepare.files_per_split must be at least 1, got {cfg.files_per_split}")
+    if cfg.snippet_words < 0 or cfg.snippet_chars < 0:
+        raise ValueError(f"prepare.snippet_words and prepare.snippet_chars must be >= 0 (0: no snippet), got "
+                         f"{cfg.snippet_words}, {cfg.snippet_chars}")
     units = corpora.input_units(dataset, source)  # raises for an unknown dataset or a missing source
     if not units:
         raise ValueError(f"source {source!r} holds no {dataset} input files")

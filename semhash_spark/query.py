@@ -94,6 +94,8 @@ class PartData:
     ids: Any                           # pyarrow StringArray
     word_ids: Any = None               # pyarrow BinaryArray (int32 LE) or None
     word_counts: Any = None            # pyarrow BinaryArray (float32 LE) or None
+    labels: Any = None                 # pyarrow ListArray of strings or None (shards without text columns)
+    snippet: Any = None                # pyarrow StringArray or None
     _id_index: dict | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -101,7 +103,7 @@ class PartData:
 
     @property
     def nbytes(self) -> int:
-        arrow = [a for a in (self.ids, self.word_ids, self.word_counts) if a is not None]
+        arrow = [a for a in (self.ids, self.word_ids, self.word_counts, self.labels, self.snippet) if a is not None]
         return int(self.codes.nbytes + self.address.nbytes + sum(a.nbytes for a in arrow) + 256)
 
     def find_ids(self, wanted: Sequence[str]) -> dict[str, int]:
@@ -116,6 +118,12 @@ class PartData:
         counts = np.frombuffer(self.word_counts[row].as_py() or b"", dtype="<f4")
         return ids, counts
 
+    def text_of(self, row: int) -> dict[str, Any]:
+        """What a person reads beside a hit: ``{"labels", "snippet"}`` (empty when the shards keep no text)."""
+        if self.labels is None:
+            return {}
+        return {"labels": self.labels[row].as_py() or [], "snippet": self.snippet[row].as_py()}
+
 
 def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, verify: bool = True) -> PartData:
     """Reads partition ``p`` of a version and checks it: each file's size (and sha256 when ``verify``) against the
@@ -128,6 +136,7 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
     bits, ab, pb = int(manifest["bits"]), int(manifest["address_bits"]), int(manifest["partition_bits"])
     cb = C.code_bytes(bits)
     has_words = set(X.WORD_COLUMNS) <= set(manifest.get("columns", ()))
+    has_text = set(X.TEXT_COLUMNS) <= set(manifest.get("columns", ()))       # indexes encoded before: without
     vp = X.version_prefix(index_uri, version)
     entry = manifest["partitions"][p]
     tables = []
@@ -154,14 +163,17 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
             raise X.IndexFormatError(f"{uri}: schema {table.schema} is not a {bits}-bit shard")
         if has_words and not set(X.WORD_COLUMNS) <= names:
             raise X.IndexFormatError(f"{uri}: lacks the word columns the manifest lists")
+        if has_text and not set(X.TEXT_COLUMNS) <= names:
+            raise X.IndexFormatError(f"{uri}: lacks the text columns the manifest lists")
         if table.column("code").null_count or table.column("id").null_count:
             raise X.IndexFormatError(f"{uri}: null ids or codes")
         tables.append(table)
-    columns = ["id", "code", "address"] + (list(X.WORD_COLUMNS) if has_words else [])
+    columns = ["id", "code", "address"] + (list(X.WORD_COLUMNS) if has_words else []) + \
+        (list(X.TEXT_COLUMNS) if has_text else [])
     if tables:
         table = pa.concat_tables([t.select(columns) for t in tables]).combine_chunks()
     else:
-        table = X.shard_schema(cb, has_words).empty_table().select(columns)
+        table = X.shard_schema(cb, has_words, with_text=has_text).empty_table().select(columns)
     if table.num_rows:
         code = table.column("code").chunk(0)
         buf = np.frombuffer(code.buffers()[1], dtype=np.uint8)
@@ -182,9 +194,14 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
     if has_words:
         for c in X.WORD_COLUMNS:
             words[c] = table.column(c).chunk(0) if table.num_rows else pa.array([], pa.binary())
+    text = {}
+    if has_text:
+        for c in X.TEXT_COLUMNS:
+            text[c] = table.column(c).chunk(0) if table.num_rows else table.column(c).combine_chunks()
     offset = int(sum(int(q["rows"]) for q in manifest["partitions"][:p]))
     return PartData(number=p, name=entry["partition"], offset=offset, codes=codes, address=address, ids=ids,
-                    word_ids=words.get("word_ids"), word_counts=words.get("word_counts"))
+                    word_ids=words.get("word_ids"), word_counts=words.get("word_counts"),
+                    labels=text.get("labels"), snippet=text.get("snippet"))
 
 
 # --------------------------------------------------------------------------------------------------- searching
@@ -309,6 +326,11 @@ class Loaded:
         piece, row = self.locate(pos)
         return [self.parts[int(p)].words_of(int(r)) for p, r in zip(piece, row)]
 
+    def texts(self, pos: np.ndarray) -> list[dict[str, Any]]:
+        """Each position's ``{"labels", "snippet"}`` (``{}`` where its shards keep no text columns)."""
+        piece, row = self.locate(pos)
+        return [self.parts[int(p)].text_of(int(r)) for p, r in zip(piece, row)]
+
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.empty(0, np.int32), np.empty(0, np.int64)
@@ -347,20 +369,35 @@ def tfidf_cosine(idf: np.ndarray, query_bag: tuple[np.ndarray, np.ndarray],
 
 @dataclass
 class Answer:
-    """One query's results: ordinals, ranking distances and (re-ranked) scores, best first; ``ids`` by ordinal."""
+    """One query's results: ordinals, ranking distances and (re-ranked) scores, best first; ``ids`` by ordinal.
+    ``address_distance``: each hit's address-code distance (address lookups); ``texts``: each hit's labels and
+    snippet (when asked for, on an index that keeps them)."""
 
     ordinal: np.ndarray
     distance: np.ndarray
     ids: list[str]
     score: np.ndarray | None = None
     truncated: bool = False
+    address_distance: np.ndarray | None = None
+    texts: list[dict[str, Any]] | None = None
 
     def hits(self) -> list[dict[str, Any]]:
-        """``[{"id", "distance"[, "score"]}]``: the shape of ``POST /search`` results and ``semhash query --json``."""
+        """``[{"id", "distance"[, "address_distance"][, "score"][, "labels", "snippet"]}]``: the shape of
+        ``POST /search`` results and ``semhash query --json``."""
         dist = self.distance.tolist()
-        if self.score is None:
+        if self.score is None and self.address_distance is None and self.texts is None:
             return [{"id": i, "distance": d} for i, d in zip(self.ids, dist)]
-        return [{"id": i, "distance": d, "score": round(s, 6)} for i, d, s in zip(self.ids, dist, self.score.tolist())]
+        out = [{"id": i, "distance": d} for i, d in zip(self.ids, dist)]
+        if self.address_distance is not None:
+            for h, a in zip(out, self.address_distance.tolist()):
+                h["address_distance"] = a
+        if self.score is not None:
+            for h, s in zip(out, self.score.tolist()):
+                h["score"] = round(s, 6)
+        if self.texts is not None:
+            for h, t in zip(out, self.texts):
+                h.update(t)
+        return out
 
 
 def knn_hits(loaded: Loaded, q: np.ndarray, k: int, eps: float = 0.0) -> list[list[dict[str, Any]]]:
@@ -403,11 +440,12 @@ def check(k: int | None, radius: int | None, address_radius: int | None, rerank:
 def answer(loaded: Loaded, q: np.ndarray, *, k: int | None = None, radius: int | None = None,
            address_radius: int | None = None, q_address: np.ndarray | None = None, rerank: str | None = None,
            bags: Sequence | None = None, bags_of=None, idf: np.ndarray | None = None, candidates: int = 100,
-           max_results: int | None = None, eps: float = 0.0) -> list[Answer]:
+           max_results: int | None = None, eps: float = 0.0, details: bool = False) -> list[Answer]:
     """Every query of a batch over one :class:`Loaded`, with the meaning of the module docstring.
 
     ``bags``: the queries' words for ``rerank="tfidf"``; ``bags_of(positions)`` the stored words of items (default:
     the loaded partitions'). ``max_results`` caps a list without ``k`` (``truncated`` set when it cut).
+    ``details``: add each hit's stored labels and snippet. Address lookups carry each hit's address distance.
     """
     nq = len(q)
     if address_radius is not None:
@@ -440,8 +478,11 @@ def answer(loaded: Loaded, q: np.ndarray, *, k: int | None = None, radius: int |
             if limit is not None and len(d) > limit:
                 cut = k is None
                 d, pos = d[:limit], pos[:limit]
+        adist = None
+        if address_radius is not None:
+            adist = C.popcount64((loaded.address[pos] ^ np.uint64(q_address[i])).reshape(-1, 1)).astype(np.int32)
         out.append(Answer(ordinal=loaded.ordinal[pos], distance=d.astype(np.int32), ids=loaded.ids(pos), score=score,
-                          truncated=cut))
+                          truncated=cut, address_distance=adist, texts=loaded.texts(pos) if details else None))
     assert len(out) == nq
     return out
 

@@ -89,7 +89,7 @@ def _model(model_uri: str) -> tuple[bytes, bytes, dict]:
 def _shard_rows(spark: SparkSession, index_uri: str, version: str, files: list[str], columns: list[str]) -> DataFrame:
     """Rows of the given shard files of ``version`` with their partition (from the file's folder) as ``part``."""
     if not files:
-        types = {"code": "binary", "word_ids": "binary", "word_counts": "binary"}
+        types = {"code": "binary", "word_ids": "binary", "word_counts": "binary", "labels": "array<string>"}
         schema = ", ".join(f"{c} {types.get(c, 'string')}" for c in [*columns, "part"])
         return spark.createDataFrame([], schema)
     df = sparkio.read_parquet(spark, ix.version_prefix(index_uri, version), files, columns, path_column=True)
@@ -196,7 +196,10 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         raise ValueError(f"{data_uri!r} has no documents (no docs/split=* files); run semhash prepare") from None
     if ds.CONTENT_HASH not in tonight.columns:
         raise ValueError(f"{data_uri!r} has no {ds.CONTENT_HASH} column; re-run semhash prepare")
-    tonight = tonight.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, ds.CONTENT_HASH)
+    keep_text = ds.SNIPPET in tonight.columns                         # labels + snippet, as encode keeps them
+    text_cols = list(ix.TEXT_COLUMNS) if keep_text else []
+    columns += text_cols
+    tonight = tonight.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, ds.CONTENT_HASH, *text_cols)
 
     try:
         base = ix.read_current(index_uri)["version"]
@@ -254,7 +257,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
 
     # an address model's addresses cannot be recomputed from the code: carried rows keep their stored ones
     row_cols = ["id", "code", "part"] + (["address"] if address_meta else []) + \
-        (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN]
+        (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN] + text_cols
     write_cols = list(columns)                                         # what write_shard gets, in shard order
     s3_env = store.driver_s3_env()
 

@@ -1,6 +1,8 @@
-"""Parquet under store URIs as Spark DataFrames, on any master, with nothing on the JVM classpath but Spark.
+"""Parquet under store URIs as Spark DataFrames, on any master, with or without an S3 connector on the classpath.
 
-Where the bytes go, by master and URI:
+When the session has an S3 connector (:func:`s3_connector`: ``s3a`` from hadoop-aws, or a configured ``fs.s3.impl``
+such as EMRFS or Databricks'), ``s3://`` URIs are read and written by Spark's own Parquet reader and writer (split
+planning, column pruning, predicate pushdown); the table below is the path where it has none:
 
 =============  =====================================  ==============================================================
 master         local path                             ``s3://bucket/prefix``
@@ -18,6 +20,11 @@ returns the objects it wrote (for Petastorm's row-group metadata).
 
 On a cluster the executors use their own S3 settings (instance role, ``spark.executorEnv.AWS_*``) and fall back
 to the driver's (:func:`store.driver_s3_env`), exactly like the encode job's shard writer.
+
+``spark.semhash.s3.connector`` chooses: ``auto`` (default: detected from the JVM's classpath and Hadoop
+configuration), ``s3a`` or ``s3`` (use that scheme; an error when its file system class cannot be loaded), ``none``
+(always the store path). :func:`write_objects` (one row group per object, for Petastorm's metadata) always uses
+the store path.
 """
 from __future__ import annotations
 
@@ -50,6 +57,64 @@ def task_error(e: Exception) -> Exception:
     in it), instead of the JVM's multi-line wrapper; any other failure as it is."""
     found = re.findall(r"ValueError: (.+)", str(e))
     return ValueError(found[-1].strip()) if found else e
+
+
+CONNECTOR_CONF = "spark.semhash.s3.connector"
+CONNECTORS = ("auto", "s3a", "s3", "none")
+S3A_CLASS = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
+
+def _class_loadable(spark: SparkSession, name: str) -> bool:
+    return bool(spark.sparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable(name))
+
+
+def s3_connector(spark: SparkSession) -> str | None:
+    """The Hadoop scheme through which Spark itself reads ``s3://`` here (``"s3a"`` or ``"s3"``), or None (the
+    store path). ``auto``: ``s3`` where the Hadoop configuration names an ``fs.s3.impl`` whose class loads (EMRFS,
+    Databricks, or one set by the user), else ``s3a`` where hadoop-aws's S3AFileSystem is on the classpath."""
+    choice = (spark.conf.get(CONNECTOR_CONF, "auto") or "auto").strip().lower()
+    if choice not in CONNECTORS:
+        raise ValueError(f"{CONNECTOR_CONF}={choice!r}: use one of {', '.join(CONNECTORS)}")
+    if choice == "none":
+        return None
+    hconf = spark.sparkContext._jsc.hadoopConfiguration()
+    s3_impl = hconf.get("fs.s3.impl")
+    if choice == "s3a" or (choice == "auto" and not s3_impl):
+        if _class_loadable(spark, hconf.get("fs.s3a.impl") or S3A_CLASS):
+            _fill_s3a_settings(hconf)
+            return "s3a"
+        if choice == "s3a":
+            raise ValueError(f"{CONNECTOR_CONF}=s3a but {S3A_CLASS} is not on the classpath: add hadoop-aws "
+                             f"(--packages org.apache.hadoop:hadoop-aws:<your Hadoop version>) or set it to auto")
+        return None
+    if s3_impl and _class_loadable(spark, s3_impl):
+        return "s3"
+    if choice == "s3":
+        raise ValueError(f"{CONNECTOR_CONF}=s3 but the Hadoop configuration's fs.s3.impl ({s3_impl}) does not "
+                         "load: set spark.hadoop.fs.s3.impl to a file system on the classpath, or use auto")
+    return None
+
+
+def _fill_s3a_settings(hconf) -> None:
+    """The store's endpoint (``AWS_ENDPOINT_URL``: path-style, as :mod:`store` uses it) for S3A where the session
+    sets none; credentials come from S3A's own provider chain (environment, instance role)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and not hconf.get("fs.s3a.endpoint"):
+        hconf.set("fs.s3a.endpoint", endpoint)
+        hconf.set("fs.s3a.path.style.access", "true")
+        hconf.set("fs.s3a.connection.ssl.enabled", str(endpoint.startswith("https:")).lower())
+    region = os.environ.get("AWS_DEFAULT_REGION")
+    if region and not hconf.get("fs.s3a.endpoint.region"):
+        hconf.set("fs.s3a.endpoint.region", region)
+
+
+def hadoop_uri(uri: str, scheme: str | None) -> str:
+    """``uri`` as Spark's reader takes it: ``s3://bucket/key`` with the connector's scheme, a local path as
+    ``file:`` URI (``scheme`` unused)."""
+    if store.is_s3(uri):
+        bucket, key = store.split_s3(uri)
+        return f"{scheme}://{bucket}/{key}".rstrip("/")
+    return "file://" + os.path.abspath(store.local_path(uri)).rstrip("/")
 
 
 def on_cluster(spark: SparkSession) -> bool:
@@ -94,18 +159,32 @@ def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), c
     ``executors=True`` reads ``s3://`` through the tasks' store client in local mode too (see
     :func:`through_executors`).
     """
+    scheme = s3_connector(spark) if store.is_s3(root) else None
+    if scheme:                                           # Spark's own reader through the session's S3 connector
+        keys = [k for k, _ in _parquet_files(root, parts)]          # one listing: which parts hold files
+        have = [p for p in parts if any(not p.strip("/") or k == p.strip("/") or k.startswith(p.strip("/") + "/")
+                                        for k in keys)]
+        return _read_with_spark(spark, root, hadoop_uri(root, scheme), have, columns, path_column)
     if through_executors(spark, root, executors):
         return _read_with_store(spark, root, parts, columns, path_column)
     base = os.path.abspath(readable_root(spark, root)).rstrip("/")
-    paths = [os.path.join(base, p.strip("/")) if p.strip("/") else base for p in parts]
-    paths = [p for p in paths if os.path.exists(p)]      # a cluster reading local paths needs a shared file system
+    have = [p for p in parts if os.path.exists(os.path.join(base, p.strip("/")) if p.strip("/") else base)]
+    return _read_with_spark(spark, root, hadoop_uri(base, None), have, columns, path_column)
+
+
+def _read_with_spark(spark: SparkSession, root: str, base: str, parts: Sequence[str], columns: Sequence[str] | None,
+                     path_column: bool) -> DataFrame:
+    """Spark's Parquet reader over ``base`` (a ``file:``, ``s3a:`` or ``s3:`` URI) and the ``parts`` under it that
+    exist (a cluster reading local paths needs a shared file system)."""
+    paths = [f"{base}/{p.strip('/')}" if p.strip("/") else base for p in parts]
     if not paths:
-        raise FileNotFoundError(f"no Parquet files under {root!r} ({', '.join(parts) or 'root'})")
+        raise FileNotFoundError(f"no Parquet files under {root!r}")
     with stage(f"read Parquet {root}"):          # the stage name, not 'parquet at NativeMethodAccessorImpl.java:0'
         df = spark.read.parquet(*paths)
     cols = [F.col(c) for c in (columns or df.columns)]
-    if path_column:                                      # input_file_name() is a URI: file:/<base>/<rel>
-        cols.append(F.regexp_extract(F.input_file_name(), re.escape(base) + "/(.*)$", 1).alias(PATH_COLUMN))
+    if path_column:                                      # input_file_name() is a URI: <scheme>:/<base>/<rel>
+        tail = re.escape(base.split(":", 1)[1].lstrip("/"))
+        cols.append(F.regexp_extract(F.input_file_name(), tail + "/(.*)$", 1).alias(PATH_COLUMN))
     return df.select(*cols)
 
 
@@ -197,6 +276,10 @@ def write_parquet(df: DataFrame, out_uri: str, *, executors: bool | None = None)
     ``executors=True`` has the tasks write ``s3://`` objects themselves in local mode too (no local staging).
     """
     spark = df.sparkSession
+    scheme = s3_connector(spark) if store.is_s3(out_uri) else None
+    if scheme:                                           # Spark's own writer through the session's S3 connector
+        _write_with_spark(df, out_uri, hadoop_uri(out_uri, scheme))
+        return
     if not store.is_s3(out_uri):
         root = store.local_path(out_uri).rstrip("/")
         with stage(f"write Parquet {out_uri}"):
@@ -213,6 +296,12 @@ def write_parquet(df: DataFrame, out_uri: str, *, executors: bool | None = None)
             store.upload_dir(tmp, out_uri)
         return
     _write_with_store(df, out_uri)
+
+
+def _write_with_spark(df: DataFrame, out_uri: str, target: str) -> None:
+    """Spark's Parquet writer to a ``file:``, ``s3a:`` or ``s3:`` URI (what the S3 connector branch runs)."""
+    with stage(f"write Parquet {out_uri}"):
+        df.write.mode("overwrite").parquet(target)
 
 
 def write_objects(df: DataFrame, out_uri: str, *, compression: str = "snappy") -> list[dict]:

@@ -54,10 +54,11 @@ def text_of(bag) -> str:
 
 def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: int = 32, address_bits: int = 16,
                 partition_bits: int = 4, seed: int = 0, tasks: int = 3, with_model: bool = True,
-                model_seed: int = 7, address_model_bits: int | None = None) -> dict:
+                model_seed: int = 7, address_model_bits: int | None = None, with_text: bool = False) -> dict:
     """Writes shards, the model copy and the manifest of a new version, then publishes it; returns what a test
     needs to check answers: version, ids, codes, bags, hasher. ``address_model_bits``: the addresses come from
-    an address model of that many bits of its own (copied into ``address_model/``), not the codes' prefix."""
+    an address model of that many bits of its own (copied into ``address_model/``), not the codes' prefix.
+    ``with_text``: the shards also keep each item's labels and snippet (``labels``/``snippets`` in the result)."""
     rng = np.random.default_rng(seed)
     words = [word(i) for i in range(vocab_size)]
     bags = make_docs(n, vocab_size, rng)
@@ -92,6 +93,10 @@ def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: i
     pdf = pd.DataFrame({"id": ids, "code": [bytes(r) for r in codes], "address": addresses,
                         "word_ids": [b[0].astype("<i4").tobytes() for b in bags],
                         "word_counts": [b[1].astype("<f4").tobytes() for b in bags]})
+    labels = [[f"class-{i % 5}"] + ([f"extra-{i % 3}"] if i % 2 else []) for i in range(n)]
+    snippets = [None if i % 7 == 0 else " ".join(words[int(w)] for w in bags[i][0][:6]) for i in range(n)]
+    if with_text:
+        pdf["labels"], pdf["snippet"] = labels, snippets
     metas = []
     for chunk in np.array_split(np.arange(n), tasks):
         metas += X.write_shard(vp, partition_bits, C.code_bytes(bits), pdf.iloc[chunk],
@@ -104,7 +109,8 @@ def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: i
     X.publish(index_uri, version, manifest)
     return {"version": version, "ids": ids, "codes": codes, "bags": bags, "hasher": hasher, "bits": bits,
             "manifest": manifest, "address_bits": address_bits, "partition_bits": partition_bits,
-            "addresses": addresses, "address_hasher": address_hasher}
+            "addresses": addresses, "address_hasher": address_hasher,
+            **({"labels": labels, "snippets": snippets} if with_text else {})}
 
 
 def brute_force(db: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from semhash_spark import cli
@@ -47,7 +48,8 @@ def both(request, s3_server):
     address models) or from a 12-bit address model of their own."""
     uri = s3_server.uri(f"lookup-{request.param}")
     info = build_index(uri, n=1500, bits=32, address_bits=12, partition_bits=4, seed=3,
-                       address_model_bits=12 if request.param == "model" else None)
+                       address_model_bits=12 if request.param == "model" else None,
+                       with_text=request.param == "model")     # the prefix layout: written before text columns
     with running_server(build_app(Settings(index_uri=uri, **FAST))) as url:
         client = SemhashClient(url)
         _wait_ready(client)
@@ -184,6 +186,16 @@ def test_encode_with_an_address_model(spark, small_dataset, tmp_path):
     ids = index.ids_of(I[:3])
     for j in range(3):
         assert (ids[j], 0) in _pairs(hits[j])
+    # the shards carry each document's labels and snippet from the prepared data set; details returns them
+    assert set(X.TEXT_COLUMNS) <= set(m["columns"])
+    want = {}
+    for split in ds.SPLITS:
+        for f in ds.split_files(str(small_dataset), split):
+            for r in pq.read_table(f, columns=[ds.ID, ds.LABELS, ds.SNIPPET]).to_pylist():
+                want[r[ds.ID]] = {"labels": r[ds.LABELS], "snippet": r[ds.SNIPPET]}
+    shown = s.search_codes(codes[:50], k=3, details=True)
+    assert all({"labels": h["labels"], "snippet": h["snippet"]} == want[h["id"]] for r in shown for h in r)
+    assert sum(bool(h["snippet"]) for r in shown for h in r) > 100
 
 
 def test_semhash_serve_and_python_m_service_take_one_set_of_flags():
@@ -206,3 +218,55 @@ def test_semhash_serve_and_python_m_service_take_one_set_of_flags():
     common = {"--json", "--quiet", "--verbose", "--help"}      # every semhash subcommand takes these
     flags = [sorted(set(w.rstrip(",") for w in h.split() if w.startswith("--")) - common) for h in helps]
     assert flags[0] == flags[1] and "--no-preload" in flags[0]
+
+
+def test_details_and_address_distance_agree_between_library_and_service(both, capsys):
+    """Hits of address lookups carry the address distance (checked by brute force); with ``details`` they also
+    carry the stored labels and snippet, identically through the library, the service and the CLI. An index
+    written without the text columns answers ``details`` with the plain hits."""
+    texts = [text_of(both["bags"][i]) for i in (3, 41)]
+    row = {i: t for t, i in enumerate(both["ids"])}
+    lib_q = both["lib"].address_counts(both["lib"].vectorize(texts))
+    if lib_q is None:
+        lib_q = C.prefix(both["lib"].encode_counts(both["lib"].vectorize(texts)), both["address_bits"])
+    for params in ({"k": 5}, {"address_radius": 2}, {"radius": 5, "k": 8}, {"address_radius": 3, "k": 6}):
+        lib = both["lib"].search_texts(texts, details=True, max_results=1000, **{"k": None, **params})
+        svc = both["client"].search(texts=texts, details=True, **params)["results"]
+        assert svc == lib, params
+        plain = both["client"].search(texts=texts, **params)["results"]
+        assert [[(h["id"], h["distance"]) for h in r] for r in plain] == \
+            [[(h["id"], h["distance"]) for h in r] for r in lib]
+        assert all("snippet" not in h for r in plain for h in r)        # only when asked
+        for j, hits in enumerate(lib):
+            for h in hits:
+                t = row[h["id"]]
+                if "address_radius" in params:
+                    assert h["address_distance"] == int(C.int_hamming(both["addresses"][t:t + 1], int(lib_q[j]))[0])
+                    assert h["address_distance"] <= params["address_radius"]
+                else:
+                    assert "address_distance" not in h
+                if both["layout"] == "model":
+                    assert h["labels"] == both["labels"][t] and h["snippet"] == both["snippets"][t]
+                else:
+                    assert "labels" not in h and "snippet" not in h
+        assert sum(len(r) for r in lib) > 0, params
+    # the CLI's table shows them on stderr; its JSON carries them with --details only
+    for where in (["--index", both["uri"]], ["--server", both["url"]]):
+        assert cli.main(["query", *where, "--text", texts[0], "--k", "3"]) == 0
+        cap = capsys.readouterr()
+        first = json.loads(cap.out.strip().splitlines()[-1])["results"][0][0]
+        assert "snippet" not in first and f"1. {first['id']}  hamming={first['distance']}" in cap.err
+        if both["layout"] == "model":
+            t = row[first["id"]]
+            assert f"[{', '.join(both['labels'][t])}]" in cap.err
+            if both["snippets"][t]:
+                assert both["snippets"][t] in cap.err
+    for where in (["--index", both["uri"]], ["--server", both["url"]]):
+        assert cli.main(["query", *where, "--text", texts[0], "--address-radius", "2", "--details", "--json"]) == 0
+        cap = capsys.readouterr()
+        out = json.loads(cap.out.strip().splitlines()[-1])
+        assert out["results"][0][:1000] == lib_first_ball(both, texts[0]) and cap.err.strip() == ""
+
+
+def lib_first_ball(both, text):
+    return both["lib"].search_texts([text], k=None, address_radius=2, details=True, max_results=1000)[0]

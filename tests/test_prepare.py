@@ -168,7 +168,7 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
         t = pq.read_table(files[0])
         assert t.schema.names == list(ds.DOC_COLUMNS)
         assert [str(f.type) for f in t.schema] == ["string", "list<element: string>", "binary", "binary", "int32",
-                                                   "string", "binary"]
+                                                   "string", "binary", "string"]
     train = ds.read_split(out, "train")
     assert train.counts.shape == (n_train, len(words)) and train.counts.dtype == np.float32
     assert np.array_equal(np.asarray((train.counts > 0).sum(axis=0)).ravel(), doc_freq)
@@ -195,6 +195,51 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
             assert d["split"] == "train"
         else:
             assert corpora.hash_split(doc_id, CFG.test_fraction) == "train"
+    # each document keeps its first words for people reading query results
+    rows = [r for f in ds.split_files(out, "train") for r in pq.read_table(f, columns=[ds.ID, ds.SNIPPET]).to_pylist()]
+    assert len(rows) == n_train and all(
+        r[ds.SNIPPET] == corpora.snippet(by_id[r[ds.ID]]["text"], CFG.snippet_words, CFG.snippet_chars) for r in rows)
+    assert 0 < max(len(r[ds.SNIPPET]) for r in rows) <= CFG.snippet_chars
+
+
+UNICODE_TEXTS = [
+    "Café naïve résumé: e\u0301te\u0301 ΟΔΟΣ straße İstanbul x² 𝐀𝐁𝐂 hello_world don't Ⅻ ǅemal ﬁne Ⅷ½",
+    "हिन्दी भाषा ਪੰਜਾਬੀ 日本語のテキスト 一二三 ١٢٣ abc١٢٣ x11 486 3d KELVIN\u212a İI ı ΣΑΣ", "", "a I the of 42",
+]
+
+
+def test_spark_ml_tokenizer_gives_the_tokens_and_counts_of_the_python_tokenizer(spark, shared_data):
+    """prepare tokenises with Spark ML (RegexTokenizer, StopWordsRemover), queries with corpora.tokenize: on real
+    20 Newsgroups posts and on texts of other scripts (combining marks, supplementary-plane letters, numerals,
+    ligatures) both give the same tokens, and CountVectorizer over the vocabulary the same counts."""
+    from pyspark.ml.feature import CountVectorizerModel
+
+    from semhash_spark.prepare import ml_tokenize
+
+    texts = [d["text"] for d in _real_docs(shared_data, n_per_group=40)] + UNICODE_TEXTS
+    df = spark.createDataFrame(list(enumerate(texts)), "i long, text string")
+    for cfg in (CFG, dataclasses.replace(CFG, tokens="alnum", min_token_len=1, max_token_len=5)):
+        rows = {r["i"]: r["tokens"] for r in ml_tokenize(df, "text", "tokens", cfg).collect()}
+        want = [corpora.tokenize(t, cfg.min_token_len, cfg.max_token_len, tokens=cfg.tokens) for t in texts]
+        assert [rows[i] for i in range(len(texts))] == want, cfg
+        assert sum(len(w) for w in want[-len(UNICODE_TEXTS):]) > 10
+    vocab = sorted({w for t in want for w in t})[::3]
+    index = {w: i for i, w in enumerate(vocab)}
+    cv = CountVectorizerModel.from_vocabulary(vocab, inputCol="tokens", outputCol="counts")
+    for r in cv.transform(ml_tokenize(df, "text", "tokens", CFG)).collect():
+        ids, counts = ds.count_vector(corpora.tokenize(texts[r["i"]], CFG.min_token_len, CFG.max_token_len), index)
+        assert r["counts"].indices.tolist() == ids.tolist() and r["counts"].values.tolist() == counts.tolist()
+
+
+def test_snippet_is_the_first_words_bounded_and_can_be_off():
+    text = "  Subject:\tRe: engines\n\nmy  car's engine\u00a0stalls when cold " + "word " * 100
+    assert corpora.snippet(text, 4, 200) == "Subject: Re: engines my"
+    assert corpora.snippet(text, 30, 40) == "Subject: Re: engines my car's engine sta"
+    assert len(corpora.snippet(text, 30, 200).split()) == 30
+    assert corpora.snippet("short text", 30, 200) == "short text"
+    assert corpora.snippet(text, 0, 200) is None and corpora.snippet(None, 30, 200) is None
+    with pytest.raises(ValueError, match="snippet_words"):
+        prepare_dataset(None, "jsonl", "/nonexistent", "/tmp/x", dataclasses.replace(CFG, snippet_words=-1))
 
 
 def test_single_file_on_driver_matches_files_on_executors(spark, jsonl_corpus, prepared_jsonl, tmp_path):

@@ -22,7 +22,7 @@ DELETE = ["doc000", "doc001", "doc002", "doc003", "doc004"]
 CHANGE = ["doc010", "doc011", "doc012", "doc013"]
 ADD = {"new000": "doc050", "new001": "doc051", "new002": "doc052", "new003": "doc090", "new004": "doc091",
        "new005": "doc117"}                                   # new id -> the document whose words it gets
-COLUMNS = ["id", "code", "address", "word_ids", "word_counts", "content_hash"]
+COLUMNS = ["id", "code", "address", "word_ids", "word_counts", "content_hash", "labels", "snippet"]
 
 
 def _write_dataset(out: Path, n_docs: int, vocab_size: int, seed: int = 0) -> Path:

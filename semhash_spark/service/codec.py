@@ -25,7 +25,7 @@ from .searcher import Outcome, Query, QueryError
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
-_SCALARS = ("k", "radius", "address_radius", "eps", "rerank", "msh")
+_SCALARS = ("k", "radius", "address_radius", "eps", "rerank", "msh", "details")
 
 
 def parse_json(body: bytes) -> Query:
@@ -52,8 +52,12 @@ def parse_json(body: bytes) -> Query:
     msh = obj.get("msh", False)
     if not isinstance(msh, bool):
         raise QueryError(f"msh={msh!r}: must be true or false")
+    details = obj.get("details", False)
+    if not isinstance(details, bool):
+        raise QueryError(f"details={details!r}: must be true or false")
     return Query(kind=kind, values=values, k=_int(obj, "k"), radius=_int(obj, "radius"),
-                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank, msh=msh)
+                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank, msh=msh,
+                 details=details)
 
 
 def parse_octets(body: bytes, params: Mapping[str, str]) -> Query:

@@ -34,6 +34,8 @@ class SearchRequest(BaseModel):
                                         "within (1 + eps) times the true distance of its rank")
     msh: bool = Field(False, description="images only: multiple semantic hashing (the 81 glimpses' patch codes "
                                          "vote; results by score, then ranking distance); with k alone")
+    details: bool = Field(False, description="Each hit also carries its stored labels and snippet (the first words "
+                                             "of its text), when the index keeps them")
     rerank: Literal["tfidf"] | None = Field(
         None, description="'tfidf': order the shortlist (address ball, radius ball, else the nearest candidates) by "
                           "TF-IDF cosine of the items' words")
@@ -54,6 +56,10 @@ class HitOut(BaseModel):
     id: str
     distance: int = Field(description="Hamming distance of the ranking code")
     score: float | None = Field(None, description="TF-IDF cosine (rerank='tfidf') or the glimpses' votes (msh)")
+    address_distance: int | None = Field(None, description="Hamming distance of the address code (address_radius "
+                                                           "lookups only)")
+    labels: list[str] | None = Field(None, description="The item's labels (details=true, indexes that keep them)")
+    snippet: str | None = Field(None, description="The first words of the item's text (details=true)")
 
 
 class SearchResponse(BaseModel):

@@ -57,6 +57,7 @@ class Query:
     eps: float = 0.0                   # k nearest: 0 exact; > 0 each result within (1 + eps) of the true distance
     address_radius: int | None = None  # ball on the address code (the papers' lookup)
     msh: bool = False                  # images: multiple semantic hashing over the version's patch table
+    details: bool = False              # hits carry their stored labels and snippet
 
 
 @dataclass
@@ -64,12 +65,16 @@ class Hit:
     id: str
     distance: int
     score: float | None = None
+    address_distance: int | None = None
+    labels: list[str] | None = None
+    snippet: str | None = None
 
 
 @dataclass
 class Outcome:
     version: str
-    results: list[list[dict]]          # per query: {"id", "distance"[, "score"]} (the shape of Hit), best first
+    results: list[list[dict]]          # per query: {"id", "distance"[, "address_distance"][, "score"]
+                                       # [, "labels", "snippet"]} (the shape of Hit), best first
     codes: list[str]                   # each query's code, hex
     partial: bool = False
     missing_partitions: list[str] = field(default_factory=list)
@@ -132,12 +137,13 @@ class Searcher:
                                   + "; ".join(f"{k}: {m}" for k, m in sorted(req.missing.items())[:5]))
             cached = [x for x in (self.cache.peek((v.version, p)) for p in range(v.npartitions)) if x is not None]
             loaded = v.loaded(parts, cached)
-        if q.k is not None and q.radius is None and q.address_radius is None and q.rerank is None:
+        if q.k is not None and q.radius is None and q.address_radius is None and q.rerank is None and not q.details:
             results, truncated = Q.knn_hits(loaded, codes, q.k, eps=q.eps), False    # the batch in one pass
         else:
             answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
                                q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
-                               candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps)
+                               candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps,
+                               details=q.details)
             results, truncated = [a.hits() for a in answers], any(a.truncated for a in answers)
         if req.missing:
             log.warning("partial answer: %d partitions missing", len(req.missing),
