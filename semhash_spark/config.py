@@ -58,6 +58,7 @@ class FeaturesConfig:
     stride: int = 3                 # between patches (the paper: 1; 3 costs a ninth)
     centroids: int = 400            # K
     pool: int = 2                   # activations summed over pool x pool cells (the paper's quadrants)
+    pool_candidates: tuple[int, ...] = ()   # pooling grids training picks from by validation precision (() = pool)
     patch_samples: int = 100_000    # random training patches for whitening and k-means
     kmeans_iters: int = 10
     fit_images: int = 20_000        # training images whose features fit the code layer (0: all)

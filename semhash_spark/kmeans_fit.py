@@ -155,6 +155,25 @@ def _validator(feats: np.ndarray, labels: np.ndarray, val: np.ndarray, cfg: Conf
     return v if v.usable else None
 
 
+def _itq_candidate(pooled: np.ndarray, val: np.ndarray, cfg: Config, seed: int) -> dict[str, Any]:
+    """Standardised features and their PCA + ITQ code layer (fitted on the non-validation rows) for one pooling
+    grid."""
+    bits = cfg.model.bits
+    fmean, fstd = pooled[~val].mean(0), pooled[~val].std(0) + 1e-3
+    feats = ((pooled - fmean) / fstd).astype(np.float32)
+    if bits > min(feats.shape[1], int((~val).sum())):
+        raise ValueError(f"--bits {bits} exceeds the {feats.shape[1]} features (or training images); "
+                         "raise features.centroids or use fewer bits")
+    itq = PCAITQ(bits, n_iter=cfg.features.itq_iters, seed=seed).fit(feats[~val])
+    proj = itq.pca_.components_[:, :bits] @ itq.rotation_                          # [F, bits]
+    layer = torch.nn.Linear(feats.shape[1], bits)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(proj.T.astype(np.float32)))
+        layer.bias.copy_(torch.from_numpy((-(itq.pca_.mean_ @ proj)).astype(np.float32)))
+    return {"feats": feats, "mean": fmean.astype(np.float32), "std": fstd.astype(np.float32), "itq": itq,
+            "layer": layer}
+
+
 def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, Any]:
     """Trains ``model.kind: image_kmeans`` on a local ``semhash-images/1`` dataset and writes it to ``out_uri``."""
     t0 = time.time()
@@ -176,7 +195,8 @@ def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, An
     rows = np.sort(np.concatenate([fit, np.flatnonzero(val)]))
     labels, val = shard.labels[rows], val[rows]
     h, w, c = meta["height"], meta["width"], meta["channels"]
-    model = KMeansFeatureHasher(h, w, c, fc.patch, fc.stride, fc.centroids, fc.pool, cfg.model.bits)
+    pools = tuple(fc.pool_candidates) or (fc.pool,)
+    model = KMeansFeatureHasher(h, w, c, fc.patch, fc.stride, fc.centroids, pools[0], cfg.model.bits)
     with torch.no_grad():
         p = sample_patches(model, train_px, fc.patch_samples, rng)
         zca_mean, zca = fit_whitening(p, fc.zca_eps)
@@ -186,28 +206,37 @@ def train_kmeans_model(data_dir: str, out_uri: str, cfg: Config) -> dict[str, An
         del p
         t_kmeans = time.time() - t0
         log.info("whitening and %d centroids in %.1fs; features of %d images", fc.centroids, t_kmeans, len(rows))
-        pooled = model.pooled(torch.from_numpy(shard.pixels[rows].reshape(len(rows), -1))).numpy()
+        grids = model.pooled_grids(torch.from_numpy(shard.pixels[rows].reshape(len(rows), -1)), pools)
         t_feats = time.time() - t0 - t_kmeans
-        fmean, fstd = pooled[~val].mean(0), pooled[~val].std(0) + 1e-3
-        model.feature_mean.copy_(torch.from_numpy(fmean))
-        model.feature_std.copy_(torch.from_numpy(fstd))
-        feats = ((pooled - fmean) / fstd).astype(np.float32)
-        del pooled
-        if cfg.model.bits > min(feats.shape[1], int((~val).sum())):
-            raise ValueError(f"--bits {cfg.model.bits} exceeds the {feats.shape[1]} features (or training images); "
-                             "raise features.centroids or use fewer bits")
-        itq = PCAITQ(cfg.model.bits, n_iter=fc.itq_iters, seed=seed).fit(feats[~val])
-        proj = itq.pca_.components_[:, :cfg.model.bits] @ itq.rotation_             # [F, bits]
-        model.code.weight.copy_(torch.from_numpy(proj.T.astype(np.float32)))
-        model.code.bias.copy_(torch.from_numpy((-(itq.pca_.mean_ @ proj)).astype(np.float32)))
+    best, pool_val = None, {}
+    for pool, pooled in zip(pools, grids):
+        cand = _itq_candidate(pooled.numpy(), val, cfg, seed)
+        cand["validator"] = _validator(cand["feats"], labels, val, cfg)
+        p = cand["validator"].precision(_code_fn(cand["layer"])) if cand["validator"] else None
+        pool_val[str(pool)] = p
+        log.info("pooling grid %d x %d: %d features, PCA + ITQ validation precision@100 %s", pool, pool,
+                 cand["feats"].shape[1], p)
+        if best is None or (p is not None and p > best[1]):
+            best = (pool, p if p is not None else -1.0, cand)
+    del grids
+    pool, _, cand = best
+    feats, itq, validator = cand["feats"], cand["itq"], cand["validator"]
+    chosen = KMeansFeatureHasher(h, w, c, fc.patch, fc.stride, fc.centroids, pool, cfg.model.bits)
+    with torch.no_grad():
+        for name in ("zca_mean", "zca", "centroids"):
+            getattr(chosen, name).copy_(getattr(model, name))
+        chosen.feature_mean.copy_(torch.from_numpy(cand["mean"]))
+        chosen.feature_std.copy_(torch.from_numpy(cand["std"]))
+        chosen.code.load_state_dict(cand["layer"].state_dict())
+    model = chosen
     log.info("features in %.1fs; PCA + ITQ code layer fitted", t_feats)
-    validator = _validator(feats, labels, val, cfg)
     tuned = finetune_code_layer(model.code, feats[~val], cfg, validator, seed)
     stats = bit_statistics(_code_fn(model.code)(feats[~val]), cfg.model.bits, cfg.index.address_bits)
     if stats["bit_mean_min"] < 0.05 or stats["bit_mean_max"] > 0.95 or stats["largest_bucket_share"] > 0.05:
         log.warning("the codes concentrate on the training images: %s", stats)
     metrics = {"kmeans_seconds": round(t_kmeans, 1), "feature_seconds": round(t_feats, 1),
-               "train_seconds": round(time.time() - t0, 1), "best_epoch": tuned["best_epoch"],
+               "train_seconds": round(time.time() - t0, 1), "pool": pool, "pool_val_precision": pool_val,
+               "best_epoch": tuned["best_epoch"],
                "val_precision": tuned["val_precision"],
                "best_val_precision": tuned["val_precision"][tuned["best_epoch"]],
                "itq_loss": [round(itq.loss_[0], 2), round(itq.loss_[-1], 2)], "bit_statistics": stats}

@@ -76,7 +76,13 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     assert cli.main(["train", "--config", str(ROOT / "conf" / "images-best.yaml"), "--data", str(cifar_data),
                      "--bits", "16", "--out", str(model), *small]) == 0
     meta = json.loads((model / "model.json").read_text())
-    assert meta["kind"] == "images" and meta["network"] == "kmeans_triangle" and meta["sizes"] == [3072, 256, 16]
+    # training picks the pooling grid from the configuration's candidates by validation precision
+    cands = [int(g) for g in meta["config"]["features"]["pool_candidates"]]
+    pool, pool_val = meta["metrics"]["pool"], meta["metrics"]["pool_val_precision"]
+    assert len(cands) > 1 and sorted(int(g) for g in pool_val) == sorted(cands)
+    assert pool_val[str(pool)] == max(pool_val.values()) and meta["features"]["pool"] == pool
+    assert meta["kind"] == "images" and meta["network"] == "kmeans_triangle"
+    assert meta["sizes"] == [3072, 64 * pool * pool, 16]
     assert meta["metrics"]["best_epoch"] in (0, 1)
 
     hasher = load_model(str(model))
@@ -116,10 +122,11 @@ def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, sma
     model = tmp_path / "m"
     cfg = load_config(ROOT / "conf" / "images-best.yaml",
                       ["features.centroids=32", "features.patch_samples=5000", "finetune.epochs=1",
+                       "features.pool_candidates=[4]",               # overlapping adaptive bins on the 9 x 9 grid
                        "finetune.val_fraction=0.2", "finetune.val_queries=50"]).with_bits(16)
     train_kmeans_model(str(small_image_data), str(model), cfg)
     enc = inference.load_encoder(str(model))
-    assert enc.features is not None and enc.bits == 16 and enc.n_input == 3072
+    assert enc.features is not None and enc.bits == 16 and enc.n_input == 3072 and enc.features.pool == 4
     pixels = np.concatenate([data_mod.read_image_shard(str(small_image_data), s).pixels for s in ("train", "test")])
     rng = np.random.default_rng(0)
     extra = pixels[rng.integers(0, len(pixels), size=600 - len(pixels))]

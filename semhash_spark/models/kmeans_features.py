@@ -76,17 +76,20 @@ class KMeansFeatureHasher(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Raw pixels ``[n, H*W*C]`` -> features ``[n, K * pool^2]`` (activations summed per cell, square-rooted)."""
-        out = []
+        return self.pooled_grids(x, (self.pool,))[0]
+
+    def pooled_grids(self, x: torch.Tensor, pools: tuple[int, ...]) -> list[torch.Tensor]:
+        """:meth:`pooled` at several pooling grids from one pass over the patches (training's candidates)."""
+        out: list[list[torch.Tensor]] = [[] for _ in pools]
         for s in range(0, x.shape[0], IMAGES_PER_STEP):
             p = self.patches(x[s:s + IMAGES_PER_STEP])
             n, L, _ = p.shape
             f = self.triangle(self.whiten(p))                              # [n, L, K]
             rows = (self.shape[0] - self.patch) // self.stride + 1
             f = f.transpose(1, 2).reshape(n, self.n_centroids, rows, L // rows)
-            out.append(F.adaptive_avg_pool2d(f, self.pool).reshape(n, -1))  # means, not sums: same up to scale
-        if not out:
-            return torch.zeros(0, self.n_features)
-        return torch.cat(out).sqrt()
+            for o, g in zip(out, pools):
+                o.append(F.adaptive_avg_pool2d(f, g).reshape(n, -1))       # means, not sums: same up to scale
+        return [torch.cat(o).sqrt() if o else torch.zeros(0, self.n_centroids * g * g) for o, g in zip(out, pools)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised features: the code layer's input."""
