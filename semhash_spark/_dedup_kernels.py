@@ -91,13 +91,23 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh
 
 
 @njit(cache=True, nogil=True)
-def pair_similarity(indptr, ids, weights, a, b, cosine):
+def pair_similarity(indptr, ids, weights, a, b, cosine, min_sim=0.0):
     """Per pair ``(a[k], b[k])``: cosine of the rows' weight vectors, or Jaccard of their id sets (int32 word ids
-    or int64 word hashes, ascending); in [0, 1]."""
+    or int64 word hashes, ascending); in [0, 1]. Jaccard with ``min_sim > 0``: a pair that cannot reach it (the
+    smaller set too small, or too few ids left in the merge) stops early and gets an upper bound below
+    ``min_sim`` instead of its value (the set-similarity join's size and prefix bounds)."""
     out = np.zeros(a.size, np.float64)
+    bound = not cosine and min_sim > 0.0
     for k in range(a.size):
         p, pe = indptr[a[k]], indptr[a[k] + 1]
         q, qe = indptr[b[k]], indptr[b[k] + 1]
+        la, lb = pe - p, qe - q
+        # inter / (la + lb - inter) >= min_sim needs inter >= min_sim (la + lb) / (1 + min_sim); one below, safe
+        need = int(np.floor(min_sim * (la + lb) / (1.0 + min_sim))) - 1 if bound else -1
+        if bound and min(la, lb) < need:
+            m = min(la, lb)
+            out[k] = m / (la + lb - m) if la + lb - m > 0 else 0.0
+            continue
         na = nb = dot = 0.0
         if cosine:
             for t in range(p, pe):
@@ -105,7 +115,11 @@ def pair_similarity(indptr, ids, weights, a, b, cosine):
             for t in range(q, qe):
                 nb += weights[t] * weights[t]
         inter = 0
+        cut = False
         while p < pe and q < qe:
+            if bound and inter + min(pe - p, qe - q) < need:
+                cut = True
+                break
             if ids[p] == ids[q]:
                 dot += weights[p] * weights[q]
                 inter += 1
@@ -115,11 +129,13 @@ def pair_similarity(indptr, ids, weights, a, b, cosine):
                 p += 1
             else:
                 q += 1
+        if cut:
+            inter += min(pe - p, qe - q)                    # at most this many in common: the upper bound
         if cosine:
             den = np.sqrt(na) * np.sqrt(nb)
             sim = dot / den if den > 0 else 0.0
         else:
-            union = (indptr[a[k] + 1] - indptr[a[k]]) + (indptr[b[k] + 1] - indptr[b[k]]) - inter
+            union = la + lb - inter
             sim = inter / union if union > 0 else 0.0
         out[k] = min(max(sim, 0.0), 1.0)
     return out

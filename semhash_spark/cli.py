@@ -286,7 +286,9 @@ def cmd_dedup(args) -> dict:
     from .dedup import dedup_job
     from .spark import get_spark
 
-    spark = get_spark("semhash-dedup", master=args.master, conf=_spark_conf(args))
+    # the shard files are listed by the manifest: listed on the driver, not by a Spark job of one task per file
+    conf = {"spark.sql.sources.parallelPartitionDiscovery.threshold": "1024", **_spark_conf(args)}
+    spark = get_spark("semhash-dedup", master=args.master, conf=conf)
     max_pairs = args.max_pairs if args.max_pairs and args.max_pairs > 0 else None
     return dedup_job(spark, args.index, args.radius, args.out, args.verify, version=args.version, data_uri=args.data,
                      max_pairs=max_pairs, target_recall=args.target_recall,

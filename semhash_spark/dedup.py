@@ -57,7 +57,7 @@ from . import codes as C
 from . import dataset as ds
 from . import index as ix
 from . import leases, sparkio, store
-from .checkpoint import META
+from .inference import META     # not from .checkpoint: that imports torch into every Spark worker
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,13 @@ def tile_hot(rows: DataFrame, hot: DataFrame, block_size: int) -> DataFrame:
 
 
 def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.ndarray, nwords: int,
-                  limit: int, measure: str | None, idf: np.ndarray | None) -> Iterator[pa.RecordBatch]:
+                  limit: int, measure: str | None, idf: np.ndarray | None,
+                  min_sim: float = 0.0) -> Iterator[pa.RecordBatch]:
     """A task's rows sorted by ``(key, seg, lo, hi, blk)`` -> its kept pairs, and (``limit > 0``) a marker row
     ``(hot_seg, hot_key, hot_n)`` for each bucket of more than ``limit`` rows, whose pairs it skips. A tile cut
-    by a batch boundary is held back and finished with the next batch; a hot bucket is counted, never held."""
+    by a batch boundary is held back and finished with the next batch; a hot bucket is counted, never held.
+    Each kernel call also yields a count row ``(-1, 0, pairs within the radius)``. With ``min_sim > 0`` only the
+    pairs of similarity >= ``min_sim`` leave the task (a Jaccard pair that cannot reach it stops early)."""
     from . import _dedup_kernels as K
 
     def col_of(t: pa.Table, c: str) -> np.ndarray:          # one chunk: no copy; tiles of pass 1 are all (0, 0)
@@ -296,19 +299,28 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
             yield markers(col("seg")[hs], col("key")[hs], hn)
         if a.size == 0:
             return
-        ia, ib = t.column("id").take(a), t.column("id").take(b)
-        first = pc.less(ia, ib)
-        out = {"id_a": pc.if_else(first, ia, ib), "id_b": pc.if_else(first, ib, ia), "distance": pa.array(d)}
+        yield markers([-1], [0], [a.size])
+        sim = None
         if measure == "jaccard" and HASHES in t.column_names:
             indptr, hashes = _hash_lists(t.column(HASHES))
-            out["similarity"] = pa.array(K.pair_similarity(indptr, hashes, np.ones(hashes.size), a, b, False))
+            sim = K.pair_similarity(indptr, hashes, np.ones(hashes.size), a, b, False, min_sim)
         elif measure is not None:
             indptr, ids, counts = _word_lists(t.column("word_ids"),
                                               t.column("word_counts") if measure == "cosine" else None)
             if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
                 raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
             weights = counts.astype(np.float64) * idf[ids] if counts is not None else np.ones(ids.size)
-            out["similarity"] = pa.array(K.pair_similarity(indptr, ids, weights, a, b, measure == "cosine"))
+            sim = K.pair_similarity(indptr, ids, weights, a, b, measure == "cosine", min_sim)
+        if sim is not None and min_sim > 0:
+            keep = np.flatnonzero(sim >= min_sim)
+            a, b, d, sim = a[keep], b[keep], d[keep], sim[keep]
+            if a.size == 0:
+                return
+        ia, ib = t.column("id").take(a), t.column("id").take(b)
+        first = pc.less(ia, ib)
+        out = {"id_a": pc.if_else(first, ia, ib), "id_b": pc.if_else(first, ib, ia), "distance": pa.array(d)}
+        if sim is not None:
+            out["similarity"] = pa.array(sim)
         out = {k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()}
         yield pa.RecordBatch.from_pydict(out | {c: pa.nulls(a.size, typ) for c, typ in MARKER_TYPES.items()},
                                          schema=schema)
@@ -360,7 +372,7 @@ MARKER_TYPES = {"hot_seg": pa.int32(), "hot_key": pa.int64(), "hot_n": pa.int64(
 
 
 def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwords: int, limit: int,
-                 measure: str | None, idf: np.ndarray | None) -> DataFrame:
+                 measure: str | None, idf: np.ndarray | None, min_sim: float = 0.0) -> DataFrame:
     """One shuffle (by tile), a sort, and the pair kernel over each task's rows."""
     # the key first: Spark sorts on a prefix of the first column, and 4..r+1 segment numbers make a poor one
     keys = [c for c in ("key", "seg", "lo", "hi", "blk") if c in tiles.columns]
@@ -368,7 +380,7 @@ def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwo
     schema = ("id_a string, id_b string, distance int" + (", similarity double" if measure else "")
               + ", hot_seg int, hot_key long, hot_n long")
     fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=nwords, limit=limit,
-                           measure=measure, idf=idf)
+                           measure=measure, idf=idf, min_sim=min_sim)
     by = [c for c in keys if c != "blk"]                      # a tile's rows in one task, its blocks in order
     return tiles.repartition(*by).sortWithinPartitions(*keys).mapInArrow(fn, schema)
 
@@ -425,8 +437,9 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
     :func:`tile_hot`, through the kernel again. A pair comes out of the bucket of its first agreeing segment
     only, so the two passes never repeat a pair. ``similarity="cosine"`` or ``"jaccard"`` (``codes_df`` then
     has ``word_ids``, and ``word_counts`` for cosine; Jaccard is on ``word_hashes`` instead when ``codes_df`` has
-    them) adds each pair's ``similarity``, computed in the same task (cosine weighs counts by ``idf``); nothing
-    is filtered on it here. With a ``fresh`` column only pairs with a fresh row come out.
+    them) adds each pair's ``similarity``, computed in the same task (cosine weighs counts by ``idf``); with a
+    ``threshold`` only the pairs at or above it leave the task (the others are only counted). With a ``fresh``
+    column only pairs with a fresh row come out.
 
     Before any pair is formed, the candidates are counted per bucket (:func:`bucket_census`); more than
     ``max_pairs`` (None: no limit) stops the job with a :class:`DedupError` naming the radius and the hottest
@@ -463,28 +476,29 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
     if max_pairs is not None and census["candidates"] > max_pairs:
         raise _budget_error(census, radius, max_pairs)
     tiles = rows                                  # pass 1: a bucket is one tile (lo = hi = blk = 0, not shipped)
-    is_pair = F.col("id_a").isNotNull()
+    is_pair, is_hot = F.col("id_a").isNotNull(), F.col("hot_seg") >= 0
     kept = is_pair & (F.col("similarity") >= F.lit(threshold)) if threshold is not None else is_pair
 
     def counted(df: DataFrame) -> dict[str, int]:                  # one job for the three counts
-        row = df.agg(F.count(F.when(is_pair, 1)).alias("w"), F.count(F.when(kept, 1)).alias("k"),
-                     F.count(F.when(~is_pair, 1)).alias("h")).first()
-        return {"pairs_within_radius": int(row["w"]), "pairs": int(row["k"]), "hot_buckets": int(row["h"])}
+        row = df.agg(F.sum(F.when(F.col("hot_seg") == -1, F.col("hot_n"))).alias("w"),
+                     F.count(F.when(kept, 1)).alias("k"), F.count(F.when(is_hot, 1)).alias("h")).first()
+        return {"pairs_within_radius": int(row["w"] or 0), "pairs": int(row["k"]), "hot_buckets": int(row["h"])}
 
-    out = _kernel_pass(tiles, radius, segs, nwords, block_size, similarity, idf).localCheckpoint()
+    min_sim = float(threshold) if threshold is not None else 0.0        # Jaccard below it: bounded, not computed
+    out = _kernel_pass(tiles, radius, segs, nwords, block_size, similarity, idf, min_sim).localCheckpoint()
     counts = counted(out) | {"candidates": census["candidates"]}
     pair_cols = [c for c in out.columns if c not in MARKER_TYPES]
-    hot = out.where(~is_pair).select(F.col("hot_seg").alias("seg"), F.col("hot_key").alias("key"),
+    hot = out.where(is_hot).select(F.col("hot_seg").alias("seg"), F.col("hot_key").alias("key"),
                                      F.col("hot_n").alias("n"))
     pairs = out.where(is_pair).select(*pair_cols)
     if counts["hot_buckets"]:
         hot = hot.localCheckpoint()
-        more = _kernel_pass(tile_hot(rows, hot, block_size), radius, segs, nwords, 0, similarity, idf)
+        more = _kernel_pass(tile_hot(rows, hot, block_size), radius, segs, nwords, 0, similarity, idf, min_sim)
         more = more.localCheckpoint()
         extra = counted(more)
         counts["pairs_within_radius"] += extra["pairs_within_radius"]
         counts["pairs"] += extra["pairs"]
-        pairs = pairs.unionByName(more.select(*pair_cols))
+        pairs = pairs.unionByName(more.where(is_pair).select(*pair_cols))
     return pairs, hot, counts
 
 

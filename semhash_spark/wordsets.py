@@ -38,29 +38,50 @@ def hash_lists(rows: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True)
 def _minhash(indptr, hashes, a, b):
+    """Per row and permutation ``j``: the least ``mix_j(x)`` over the row's hashes ``x``, with
+    ``mix_j(x) = y ^ (y >> 29)``, ``y = (x ^ b_j) * a_j mod 2^64`` (``a_j`` odd): a bijection of 64-bit values
+    per ``j``, three integer operations where a modular hash needs divisions."""
     n, k = indptr.size - 1, a.size
     out = np.full((n, k), np.iinfo(np.uint64).max, np.uint64)
-    p = np.uint64((1 << 61) - 1)
+    s = np.uint64(29)
     for r in range(n):
+        row = out[r]
         for t in range(indptr[r], indptr[r + 1]):
-            x = np.uint64(hashes[t]) % p
+            x = np.uint64(hashes[t])
             for j in range(k):
-                # (a x + b) mod p, without overflow: x and a below 2^61, split a into 31-bit halves
-                hi = (a[j] >> np.uint64(31)) * x % p
-                hi = (hi << np.uint64(31)) % p
-                lo = (a[j] & np.uint64(0x7FFFFFFF)) * x % p
-                v = (hi + lo + b[j]) % p
-                if v < out[r, j]:
-                    out[r, j] = v
+                y = (x ^ b[j]) * a[j]
+                v = y ^ (y >> s)
+                if v < row[j]:
+                    row[j] = v
     return out
 
 
 def minhash(indptr: np.ndarray, hashes: np.ndarray, num_perm: int = 125, seed: int = 1) -> np.ndarray:
-    """MinHash signatures ``uint64[n, num_perm]`` of the rows' hash sets (universal hashing mod 2^61 - 1)."""
+    """MinHash signatures ``uint64[n, num_perm]`` of the rows' hash sets (random 64-bit bijections: the word
+    hashes are already uniform, so each permutation's minimum is as good as a universal hash's)."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, MERSENNE, num_perm, dtype=np.uint64)
-    b = rng.integers(0, MERSENNE, num_perm, dtype=np.uint64)
+    a = rng.integers(0, np.iinfo(np.uint64).max, num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
+    b = rng.integers(0, np.iinfo(np.uint64).max, num_perm, dtype=np.uint64, endpoint=True)
     return _minhash(indptr, hashes, a, b)
+
+
+@njit(cache=True, nogil=True)
+def _group_pairs(order, starts, ends):
+    """All pairs ``(min, max)`` of the rows ``order[s:e]`` of each group ``(s, e)``."""
+    total = 0
+    for g in range(starts.size):
+        m = ends[g] - starts[g]
+        total += m * (m - 1) // 2
+    out = np.empty((total, 2), np.int64)
+    k = 0
+    for g in range(starts.size):
+        for p in range(starts[g], ends[g]):
+            for q in range(p + 1, ends[g]):
+                x, y = order[p], order[q]
+                out[k, 0] = min(x, y)
+                out[k, 1] = max(x, y)
+                k += 1
+    return out
 
 
 def lsh_pairs(sig: np.ndarray, bands: int, rows: int, max_group: int = 256, seed: int = 1) -> np.ndarray:
@@ -77,12 +98,13 @@ def lsh_pairs(sig: np.ndarray, bands: int, rows: int, max_group: int = 256, seed
             sk = keys[order]
             starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
             ends = np.r_[starts[1:], n]
-            for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-                members = order[s:e]
-                if members.size > max_group:
-                    members = rng.choice(members, max_group, replace=False)
+            size = ends - starts
+            small = (size > 1) & (size <= max_group)
+            out.append(_group_pairs(order, starts[small], ends[small]))
+            for s, e in zip(starts[size > max_group], ends[size > max_group]):
+                members = rng.choice(order[s:e], max_group, replace=False)
                 i, j = np.triu_indices(members.size, 1)
                 out.append(np.stack([np.minimum(members[i], members[j]), np.maximum(members[i], members[j])], 1))
-    if not out:
-        return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(out).astype(np.int64), axis=0)
+    pairs = np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+    code = np.unique(pairs[:, 0] * np.int64(max(n, 1)) + pairs[:, 1])      # a < b < n: one int64 per pair
+    return np.stack([code // max(n, 1), code % max(n, 1)], 1).astype(np.int64)

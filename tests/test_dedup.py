@@ -207,8 +207,61 @@ def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
         rows = out.to_pylist()
         got = [(r["id_a"], r["id_b"], r["distance"]) for r in rows if r["id_a"] is not None]
         assert len(got) == len(set(got)) and set(got) == want_pairs, size
-        hot_rows = sorted(((r["hot_seg"], r["hot_key"]), r["hot_n"]) for r in rows if r["id_a"] is None)
+        hot_rows = sorted(((r["hot_seg"], r["hot_key"]), r["hot_n"]) for r in rows
+                          if r["id_a"] is None and r["hot_seg"] >= 0)
         assert hot_rows == sorted(want_hot.items()), size                  # each once, with its full size
+        assert sum(r["hot_n"] for r in rows if r["hot_seg"] == -1) == len(want_pairs), size   # the count rows
+
+
+def test_jaccard_with_a_threshold_is_exact_above_it_and_bounded_below():
+    """pair_similarity with min_sim: the same value as without for every pair at or above the threshold, and a
+    value below it for every other pair (the size and merge bounds never drop a pair that reaches it)."""
+    from semhash_spark import _dedup_kernels as K
+
+    rng = np.random.default_rng(3)
+    sets = []
+    for _ in range(300):
+        base = rng.choice(400, rng.integers(5, 120), replace=False)
+        sets.append(np.unique(base))
+        keep = base[rng.random(base.size) > rng.uniform(0, 0.5)]       # a near copy: some words dropped, some new
+        sets.append(np.unique(np.concatenate([keep, rng.integers(400, 800, rng.integers(0, 10))])))
+    indptr = np.r_[0, np.cumsum([x.size for x in sets])].astype(np.int64)
+    ids = np.concatenate(sets).astype(np.int64)
+    a, b = rng.integers(0, len(sets), 20000), rng.integers(0, len(sets), 20000)
+    a, b = np.r_[a, np.arange(0, len(sets), 2)], np.r_[b, np.arange(1, len(sets), 2)]
+    full = K.pair_similarity(indptr, ids, np.ones(ids.size), a, b, False)
+    for t in (0.3, 0.7, 0.9):
+        fast = K.pair_similarity(indptr, ids, np.ones(ids.size), a, b, False, t)
+        above = full >= t
+        assert above.sum() > 50 and (~above).sum() > 50
+        np.testing.assert_array_equal(fast[above], full[above])
+        assert np.all(fast[~above] < t)
+
+
+def test_minhash_estimates_jaccard_and_lsh_finds_the_close_pairs():
+    """The calibration's MinHash: the share of equal values estimates the Jaccard of the word-hash sets, and the
+    LSH bands (25 of 5) make nearly every pair of Jaccard >= 0.7 a candidate."""
+    from semhash_spark import _dedup_kernels as K
+    from semhash_spark import wordsets
+
+    rng = np.random.default_rng(5)
+    vocab = rng.integers(-(1 << 63), 1 << 63, 5000, dtype=np.int64)
+    sets = []
+    for _ in range(400):
+        words = rng.choice(vocab, rng.integers(30, 200), replace=False)
+        sets.append(np.unique(words))
+        cut = words[rng.random(words.size) > rng.uniform(0.0, 0.4)]
+        sets.append(np.unique(np.concatenate([cut, rng.choice(vocab, rng.integers(0, 20))])))
+    indptr = np.r_[0, np.cumsum([x.size for x in sets])].astype(np.int64)
+    hashes = np.concatenate(sets).astype(np.int64)
+    sig = wordsets.minhash(indptr, hashes, 125, seed=1)
+    a, b = np.arange(0, len(sets), 2), np.arange(1, len(sets), 2)
+    exact = K.pair_similarity(indptr, hashes, np.ones(hashes.size), a, b, False)
+    est = (sig[a] == sig[b]).mean(axis=1)
+    assert np.abs(est - exact).mean() < 0.05 and np.corrcoef(est, exact)[0, 1] > 0.95
+    cand = {tuple(p) for p in wordsets.lsh_pairs(sig, 25, 5, seed=2).tolist()}
+    close = [(int(x), int(y)) for x, y, j in zip(a, b, exact) if j >= 0.7]
+    assert len(close) > 50 and sum(p in cand for p in close) >= 0.97 * len(close)
 
 
 def test_connected_components_match_union_find(spark):
