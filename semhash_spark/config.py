@@ -109,6 +109,8 @@ class VaeConfig:
     decorrelation_weight: float = 0.1
     contrast_weight: float = 0.0   # InfoNCE pulling each document's bits towards one of its neighbours' (0: off)
     contrast_temperature: float = 0.2
+    contrast_neighbours: int = 0   # positives drawn from the nearest this many of the neighbours (0: all of them)
+    contrast_positives: int = 1    # positives per document in each batch, one InfoNCE term each (averaged)
     word_dropout: float = 0.0      # training only: each word's count dropped with this probability (input noise)
     patience: int = 6              # epochs without validation gain before stopping
     collapse_bucket_share: float = 0.2      # warn (and defend) when the largest address holds more of the codes

@@ -113,6 +113,9 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
         raise ValueError(f"vae.epochs must be >= 1 and vae.batch_size >= 2, got {v.epochs} and {v.batch_size}")
     if not 0.0 <= v.neighbour_weight <= 1.0:
         raise ValueError(f"vae.neighbour_weight must lie in [0, 1], got {v.neighbour_weight}")
+    if v.contrast_neighbours < 0 or v.contrast_positives < 1:
+        raise ValueError(f"vae.contrast_neighbours must be >= 0 and vae.contrast_positives >= 1, got "
+                         f"{v.contrast_neighbours} and {v.contrast_positives}")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed = cfg.train.seed
@@ -138,6 +141,9 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
     log.info("%d training documents, %d neighbours each, targets ready in %.1fs", len(fit_rows),
              0 if nbrs is None else nbrs.shape[1], prep_seconds)
     validator = _validator(train, val, cfg)
+    n_pos = 0 if nbrs is None else nbrs.shape[1]
+    if v.contrast_neighbours > 0:
+        n_pos = min(n_pos, v.contrast_neighbours)
 
     model = BernoulliHasher(len(words), list(cfg.model.hidden), cfg.model.bits, v.activation, torch.from_numpy(idf))
     lr, balance_w = v.lr, v.balance_weight
@@ -161,9 +167,11 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
             loss = recon + v.kl_weight * kl_to_half(q) + balance_w * balance_penalty(q) \
                 + v.decorrelation_weight * decorrelation_penalty(b)
             if v.contrast_weight > 0 and nbrs is not None:
-                pos = nbrs[idx, rng.integers(0, nbrs.shape[1], len(idx))]     # one neighbour of each document
-                _, b_pos = model.sample_bits(_dropped(torch.from_numpy(counts[pos].toarray()), v.word_dropout))
-                loss = loss + v.contrast_weight * neighbour_contrast(b, b_pos, v.contrast_temperature)
+                for _ in range(v.contrast_positives):
+                    pos = nbrs[idx, rng.integers(0, n_pos, len(idx))]     # one of each document's nearest n_pos
+                    _, b_pos = model.sample_bits(_dropped(torch.from_numpy(counts[pos].toarray()), v.word_dropout))
+                    loss = loss + v.contrast_weight / v.contrast_positives * neighbour_contrast(
+                        b, b_pos, v.contrast_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

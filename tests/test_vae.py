@@ -97,3 +97,22 @@ def test_bit_statistics_on_known_codes():
     s2 = bitstats.bit_statistics(same, 16)
     assert s2["largest_bucket_share"] == 1.0 and bitstats.collapse_signs(s2, max_bucket_share=0.2,
                                                                           max_constant_fraction=0.25, bits=16)
+
+
+def test_vae_several_positives_from_the_nearest_neighbours(small_dataset, tmp_path):
+    out = tmp_path / "m"
+    assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
+                 "--bits", "16", "--out", str(out), *SMALL, "--set", "vae.epochs=3",
+                 "--set", "vae.contrast_neighbours=2", "--set", "vae.contrast_positives=2"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["config"]["vae"]["contrast_positives"] == 2 and meta["metrics"]["best_val_precision"] > 0.3
+    x = ds.read_split(small_dataset, "test", columns=("counts",)).counts.toarray()
+    assert np.array_equal(_numpy_codes(out, x), load_model(str(out)).codes(x))
+
+
+@pytest.mark.parametrize("bad", ["vae.contrast_positives=0", "vae.contrast_neighbours=-1"])
+def test_vae_rejects_bad_contrast_options(small_dataset, tmp_path, bad, capsys):
+    assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
+                 "--bits", "16", "--out", str(tmp_path / "m"), *SMALL, "--set", bad]) == 1
+    assert "ValueError: vae.contrast_neighbours must be >= 0 and vae.contrast_positives >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
