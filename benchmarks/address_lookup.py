@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semhash_spark.address import AddressTable  # noqa: E402
+from semhash_spark.index.address import AddressTable  # noqa: E402
 
 BITS = 128
 ADDRESS_BITS = 20

@@ -48,7 +48,7 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semhash_spark import codes as C  # noqa: E402
-from semhash_spark import dataset as ds  # noqa: E402
+from semhash_spark.data import dataset as ds  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- text corpora
 
@@ -85,7 +85,7 @@ def scores(found: set, truth: set, injected: list) -> dict:
 
 def corpus_texts(dataset: str, source: str) -> list[tuple[str, str]]:
     """Every readable record of a raw corpus with some text: ``(id, text)``."""
-    from semhash_spark import corpora
+    from semhash_spark.data import corpora
 
     out, seen = [], set()
     for r in corpora.read_records(dataset, source):
@@ -116,7 +116,7 @@ def edited_text_copies(docs: list[tuple[str, str]], rates: list[float], copies: 
 
 def token_sets(docs: list[tuple[str, str]]) -> list[set]:
     """The word set of each document as ``prepare`` tokenises it (all tokens, not only the vocabulary)."""
-    from semhash_spark import corpora
+    from semhash_spark.data import corpora
 
     return [set(corpora.tokenize(t)) for _, t in docs]
 
@@ -176,9 +176,9 @@ def pcaitq_index(data: Path, index: Path, bits: int = 64) -> None:
     hasher), published as encode publishes one: for when no trained model is at hand."""
     import pandas as pd
 
-    from semhash_spark import index as ix
-    from semhash_spark.evaluate import tfidf
-    from semhash_spark.hashing_baselines import PCAITQ
+    from semhash_spark.index import published as ix
+    from semhash_spark.evaluation.evaluate import tfidf
+    from semhash_spark.evaluation.hashing_baselines import PCAITQ
 
     split = ds.read_split(str(data), "train", columns=("id", "counts"))
     _, df, n = ds.read_vocab(str(data))
@@ -371,7 +371,7 @@ def _brute_kernel():
 
 
 def run_scale(spark, args, work: Path) -> dict:
-    from semhash_spark import dedup
+    from semhash_spark.index import dedup
 
     out = {"bits": 64, "rows": []}
     # the brute-force pair rate, measured on a warm kernel
@@ -467,7 +467,7 @@ def edit_dataset(src: Path, out: Path, fraction: float, seed: int = 0) -> dict:
 
 def run_reindex(spark, args, work: Path) -> dict:
     from semhash_spark.config import load_config
-    from semhash_spark.reindex import reindex
+    from semhash_spark.index.reindex import reindex
 
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model"
@@ -527,7 +527,7 @@ def main() -> None:
         p.error("--data and --model are needed for the re-index part (or --skip-reindex)")
 
     os.environ.setdefault("SEMHASH_DRIVER_MEMORY", "6g")
-    from semhash_spark.spark import get_spark
+    from semhash_spark.io.spark import get_spark
 
     spark = None                 # the text part runs every semhash command in its own process
     if not (args.skip_scale and args.skip_reindex):

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semhash_spark import dataset as ds  # noqa: E402
+from semhash_spark.data import dataset as ds  # noqa: E402
 
 
 def replicate(data_dir: str, out_dir: Path, n_docs: int, files: int = 16) -> None:
@@ -83,7 +83,7 @@ class PeakRSS:
 def torch_baseline(data_dir: Path, model_uri: str, threads: int) -> tuple[int, float]:
     import torch
 
-    from semhash_spark.checkpoint import load_model
+    from semhash_spark.models.checkpoint import load_model
 
     torch.set_num_threads(threads)
     hasher = load_model(model_uri)
@@ -106,8 +106,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from semhash_spark.config import load_config
-    from semhash_spark.encode import encode_to_index
-    from semhash_spark.spark import get_spark
+    from semhash_spark.index.encode import encode_to_index
+    from semhash_spark.io.spark import get_spark
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="semhash-encode-bench-"))
     cfg = load_config(None)

@@ -5,7 +5,7 @@
 
 Test images are the queries, train images the database, relevant = same class. One run computes exact Euclidean
 distance on the raw pixels and LSH, spectral hashing, PCA hashing and PCA-ITQ at each bit count, all fitted on the
-train pixels (3072 uint8 values, HWC order) and evaluated by :func:`semhash_spark.evaluate.evaluate_methods` on the
+train pixels (3072 uint8 values, HWC order) and evaluated by :func:`semhash_spark.evaluation.evaluate.evaluate_methods` on the
 same queries and tie order as ``semhash evaluate`` uses. Prints a Markdown table and, last, a JSON summary.
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semhash_spark.evaluate import (  # noqa: E402
+from semhash_spark.evaluation.evaluate import (  # noqa: E402
     euclidean_method,
     evaluate_methods,
     rank_database,
     subsample_queries,
     tie_permutation,
 )
-from semhash_spark.image_eval import grid_query_rows, hashing_baseline_methods, write_retrieval_grid  # noqa: E402
+from semhash_spark.evaluation.image_eval import grid_query_rows, hashing_baseline_methods, write_retrieval_grid  # noqa: E402
 
 log = logging.getLogger("image_baselines")
 HASHING = ("lsh", "sh", "pcah", "pca_itq")

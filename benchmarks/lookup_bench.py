@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from semhash_spark.mih import MultiIndexHash, default_substrings, scan_distances  # noqa: E402
+from semhash_spark.index.mih import MultiIndexHash, default_substrings, scan_distances  # noqa: E402
 
 BITS = 64
 
@@ -60,9 +60,9 @@ MODEL_BATCH = 8192          # documents per random stream; the stream of batch j
 def load_topic_model(source: str, cache: Path, seed: int = 0):
     """``semhash generate``'s topic model of the prepared corpus ``source`` (default GenerateConfig), fitted once and
     kept in ``cache`` as plain arrays (no pickle)."""
-    from semhash_spark import dataset as ds
+    from semhash_spark.data import dataset as ds
     from semhash_spark.config import GenerateConfig
-    from semhash_spark.generate import TopicModel, fit_topic_model
+    from semhash_spark.data.generate import TopicModel, fit_topic_model
 
     meta = ds.read_metadata(source)
     path = cache / f"topics-{meta['vocab_fingerprint'][:16]}-seed{seed}.npz"
@@ -89,7 +89,7 @@ _WORKER: dict = {}
 def _init_worker(source: str, model_dir: str, cache: Path, seed: int) -> None:
     import torch
 
-    from semhash_spark.checkpoint import load_model
+    from semhash_spark.models.checkpoint import load_model
 
     torch.set_num_threads(1)        # one process per core instead
     _WORKER.update(hasher=load_model(model_dir), topics=load_topic_model(source, cache, seed), seed=seed)
@@ -98,7 +98,7 @@ def _init_worker(source: str, model_dir: str, cache: Path, seed: int) -> None:
 def _encode_batch(task: tuple[int, int, int]) -> tuple[int, np.ndarray]:
     """Batch ``j`` of ``stream``: MODEL_BATCH documents drawn like ``semhash generate``'s, the first ``size`` encoded
     by the model's own forward (``Hasher.codes``)."""
-    from semhash_spark.generate import sample_counts
+    from semhash_spark.data.generate import sample_counts
 
     stream, j, size = task
     _, counts = sample_counts(_WORKER["topics"], np.random.default_rng([_WORKER["seed"], stream, j]), MODEL_BATCH)
@@ -112,7 +112,7 @@ def model_codes(n: int, stream: int, source: str, model_dir: str, cache: Path, w
     cached in ``cache`` (a shorter request reads the prefix of a longer cached one)."""
     import multiprocessing
 
-    from semhash_spark import dataset as ds
+    from semhash_spark.data import dataset as ds
 
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     stem = f"codes-{meta['model_version']}-seed{seed}-stream{stream}-"
@@ -343,7 +343,7 @@ def service_bench(n: int, duration: float, threads: int) -> dict:
     import threading
 
     from semhash_spark.client import SemhashClient
-    from semhash_spark.embedded import LocalS3Server
+    from semhash_spark.io.embedded import LocalS3Server
     import service_load  # noqa: E402 - benchmarks/ is beside this file
     from service_util import build_index
 

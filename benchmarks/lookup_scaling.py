@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lookup_bench import BITS, make  # noqa: E402
 
-from semhash_spark.mih import MultiIndexHash  # noqa: E402
+from semhash_spark.index.mih import MultiIndexHash  # noqa: E402
 
 TASKS = (("radius 2", lambda ix, x: ix.range_search(x, 2)), ("radius 4", lambda ix, x: ix.range_search(x, 4)),
          ("k=10", lambda ix, x: ix.search(x, 10)))

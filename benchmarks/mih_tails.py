@@ -9,7 +9,7 @@ substring buckets like a trained model's, measured and printed; at 1M codes the 
 and a query has about 230 codes within radius 2 and 1,070 within 4 on average, against 9,457, 167 and 605 for the
 model codes of docs/benchmarks-log.md's 2026-12-06 run), or packed codes from ``--codes`` (e.g. the model
 codes cached by ``lookup_bench.py``) with queries from ``--queries``. Both indexes (``MultiIndexHash`` of this tree
-and of ``--baseline``, its ``mih.py`` and ``_mih_kernels.py`` read with ``git show``) are built on the same codes
+and of ``--baseline``, its ``index/mih.py`` and ``index/_mih_kernels.py`` read with ``git show``) are built on the same codes
 with the same substring count. Each query is timed on both back to back, one query per call, the order
 alternating; both answers must be equal. Prints median / p99 / max latency per radius (and k=10), also in thread
 CPU time (less disturbed by other work on a shared machine), the result counts, and writes JSON with ``--json``.
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from semhash_spark import mih  # noqa: E402
+from semhash_spark.index import mih  # noqa: E402
 
 
 def skewed_codes(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semhash_spark import store  # noqa: E402
-from semhash_spark.embedded import LocalS3Server  # noqa: E402
+from semhash_spark.io import store  # noqa: E402
+from semhash_spark.io.embedded import LocalS3Server  # noqa: E402
 
 
 def _load() -> str:

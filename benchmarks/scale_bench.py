@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scale_bench.py --data /tmp/gen/docs804k [--epochs 1] [--sample-batches 1500]
 
-1. Data loading vs training: the Petastorm reader alone (``data.iter_batches``, the trainer's reader settings)
+1. Data loading vs training: the Petastorm reader alone (``loader.iter_batches``, the trainer's reader settings)
    delivers ``--sample-batches`` mini-batches; then each consumer runs on those same batches held in memory:
    ``pretrain_step`` of each RBM layer (with the forward pass through the layers below, as in training) and
    ``finetune_step`` of the unrolled autoencoder. The ratio reader docs/s / consumer docs/s is the headroom.
@@ -35,13 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semhash_spark import data as data_mod  # noqa: E402
-from semhash_spark import dataset as ds  # noqa: E402
+from semhash_spark.data import loader as data_mod  # noqa: E402
+from semhash_spark.data import dataset as ds  # noqa: E402
 from semhash_spark.config import load_config  # noqa: E402
-from semhash_spark.distributed import Dist, current  # noqa: E402
+from semhash_spark.training.distributed import Dist, current  # noqa: E402
 from semhash_spark.models.autoencoder import DeepAutoencoder, deterministic_noise, id_keys  # noqa: E402
 from semhash_spark.models.rbm import BinaryRBM, ConstrainedPoissonRBM, MomentumSGD  # noqa: E402
-from semhash_spark.train import _finetune_optimizer, densify, finetune_step, is_validation_id, pretrain_step  # noqa: E402
+from semhash_spark.training.train import _finetune_optimizer, densify, finetune_step, is_validation_id, pretrain_step  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- FLOPs and matmuls

@@ -12,7 +12,7 @@ keep-alive clients (single-query requests), the service's queries/s with batched
 bare FastAPI endpoint's requests/s (the HTTP stack's floor), each with p50/p99; and the ratios.
 
 The service runs as its own process (``python -m semhash_spark.service``, what ``semhash serve`` runs) against a
-real SeaweedFS S3 server (:class:`semhash_spark.embedded.LocalS3Server`) on 127.0.0.1. The schedule is open-loop
+real SeaweedFS S3 server (:class:`semhash_spark.io.embedded.LocalS3Server`) on 127.0.0.1. The schedule is open-loop
 (request i is due at ``i / rate``); latency counts from the due time, so a stall shows up. Prints one JSON report.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from load_util import ServiceProcess, passed, scenario  # noqa: E402  (shared with tests/test_service_load.py)
 from semhash_spark.client import SemhashClient, ServiceError  # noqa: E402
-from semhash_spark.embedded import LocalS3Server  # noqa: E402
+from semhash_spark.io.embedded import LocalS3Server  # noqa: E402
 from semhash_spark.service.app import free_port  # noqa: E402
 from service_util import build_index  # noqa: E402
 
@@ -99,7 +99,7 @@ def closed_loop(url: str, send, clients: int, seconds: float) -> dict:
 
 def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int = 1000, seed: int = 0) -> dict:
     from semhash_spark import codes as C
-    from semhash_spark import query as Q
+    from semhash_spark.index import query as Q
     from semhash_spark.service.settings import Settings
     from semhash_spark.service.runtime import Service
 

@@ -27,7 +27,7 @@ def child(index_uri: str, queries: int, seed: int) -> dict:
     import numpy as np
 
     from semhash_spark import codes as C
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from semhash_spark.service.runtime import Service
     from semhash_spark.service.searcher import Query
     from semhash_spark.service.settings import Settings

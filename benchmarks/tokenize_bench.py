@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from semhash_spark import corpora  # noqa: E402
+from semhash_spark.data import corpora  # noqa: E402
 from semhash_spark.config import PrepareConfig  # noqa: E402
 
 
@@ -48,8 +48,8 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from semhash_spark.prepare import ml_tokenize
-    from semhash_spark.spark import get_spark
+    from semhash_spark.data.prepare import ml_tokenize
+    from semhash_spark.io.spark import get_spark
 
     spark = get_spark("tokenize-bench", master="local[2]")
     cfg = PrepareConfig()

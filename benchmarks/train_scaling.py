@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--order", default="1,N", help="which run first: 1,N or N,1")
     args = p.parse_args(argv)
 
-    from semhash_spark.assess import evaluate_model
+    from semhash_spark.evaluation.assess import evaluate_model
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

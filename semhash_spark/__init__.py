@@ -10,7 +10,7 @@ except _metadata.PackageNotFoundError:      # a checkout on PYTHONPATH, not inst
 def __getattr__(name: str):
     """``semhash_spark.read_documents``, imported on first use (it needs pyspark; the lookup service does not)."""
     if name == "read_documents":
-        from .documents import read_documents
+        from semhash_spark.data.documents import read_documents
 
         return read_documents
     raise AttributeError(f"module 'semhash_spark' has no attribute {name!r}")

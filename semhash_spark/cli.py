@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-from .service.settings import parse_size  # noqa: F401 - the one size parser (semhash serve's flags use it)
+from semhash_spark.service.settings import parse_size  # noqa: F401 - the one size parser (semhash serve's flags use it)
 
 log = logging.getLogger("semhash")
 SPARK_COMMANDS = ("prepare", "encode", "dedup", "reindex")
@@ -29,18 +29,18 @@ def _default_conf(args) -> str | None:
     data = getattr(args, "data", None)
     if getattr(args, "config", None) or not data or getattr(args, "fn", None) is not cmd_train:
         return getattr(args, "config", None)
-    from . import store
+    from semhash_spark.io import store
 
     meta_uri = store.join(data, "dataset.json")
     if store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images":
-        from .resources import conf_file
+        from semhash_spark.resources import conf_file
 
         return str(conf_file(IMAGE_CONF))
     return None
 
 
 def _config(args) -> Any:
-    from .config import load_config
+    from semhash_spark.config import load_config
 
     cfg = load_config(_default_conf(args), getattr(args, "set", None) or ())
     if getattr(args, "bits", None) is not None:
@@ -95,10 +95,10 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 # --------------------------------------------------------------------------------------------------- commands
 def cmd_prepare(args) -> dict:
-    from .images import prepare_images
-    from .image_sources import DATASETS as IMAGE_DATASETS
-    from .prepare import prepare_dataset
-    from .spark import get_spark
+    from semhash_spark.data.images import prepare_images
+    from semhash_spark.data.image_sources import DATASETS as IMAGE_DATASETS
+    from semhash_spark.data.prepare import prepare_dataset
+    from semhash_spark.io.spark import get_spark
 
     cfg = _config(args)
     spark = get_spark("semhash-prepare", master=args.master, conf=_spark_conf(args))
@@ -113,11 +113,11 @@ def cmd_prepare(args) -> dict:
 
 
 def cmd_train(args) -> dict | None:
-    from .fit import train_model
+    from semhash_spark.training.fit import train_model
 
     cfg = _config(args)
     if args.launcher in ("spark", "torch"):   # horovod.spark.run and TorchDistributor need a SparkSession
-        from .spark import get_spark
+        from semhash_spark.io.spark import get_spark
 
         master = args.master
         if master is None and not os.environ.get("SEMHASH_UNDER_SUBMIT"):
@@ -130,8 +130,8 @@ def cmd_train(args) -> dict | None:
 
 
 def cmd_encode(args) -> dict:
-    from .encode import encode_to_index
-    from .spark import get_spark
+    from semhash_spark.index.encode import encode_to_index
+    from semhash_spark.io.spark import get_spark
 
     cfg = _config(args)
     spark = get_spark("semhash-encode", master=args.master, conf=_spark_conf(args))
@@ -140,7 +140,7 @@ def cmd_encode(args) -> dict:
 
 
 def _is_image_data(data_uri: str) -> bool:
-    from . import store
+    from semhash_spark.io import store
 
     meta_uri = store.join(data_uri, "dataset.json")
     return store.exists(meta_uri) and json.loads(store.read_bytes(meta_uri)).get("kind") == "images"
@@ -150,11 +150,11 @@ def cmd_query(args) -> dict:
     k = args.k if args.k is not None else (None if args.radius is not None or args.address_radius is not None else 10)
     details = bool(args.details) or _human(args)      # the table shows labels and snippets; JSON only with --details
     if args.server:
-        from .client import Client  # the HTTP client of `semhash serve`
+        from semhash_spark.client import Client  # the HTTP client of `semhash serve`
 
         client = Client(args.server, token=os.environ.get("SEMHASH_TOKEN"))
         if getattr(args, "ids_file", None):
-            from .client import stream_ids_file
+            from semhash_spark.client import stream_ids_file
 
             out = _RESULT_STREAM[-1] if _RESULT_STREAM else sys.stdout     # one JSON line per query
             stream_ids_file(client, args.ids_file, out, batch_size=args.batch_size, radius=args.radius, k=k,
@@ -162,7 +162,7 @@ def cmd_query(args) -> dict:
             return None
         from pathlib import Path
 
-        from .client import ServiceError
+        from semhash_spark.client import ServiceError
 
         search = functools.partial(client.search, texts=[args.text] if args.text else None,
                                    codes=[args.code] if args.code else None, ids=[args.id] if args.id else None,
@@ -183,7 +183,7 @@ def cmd_query(args) -> dict:
     if args.image:
         from pathlib import Path
 
-        from .image_lookup import ImageSearcher
+        from semhash_spark.index.image_lookup import ImageSearcher
 
         searcher = ImageSearcher.open(args.index)
         pixels = searcher.load_images([Path(args.image).read_bytes()])
@@ -192,8 +192,8 @@ def cmd_query(args) -> dict:
         return _show_results(args, results[0], searcher.index.version)
     if not (args.text or args.code):
         raise ValueError("give --text, --image or --code (or --server URL with --id)")
-    from .codes import from_hex
-    from .lookup import Searcher
+    from semhash_spark.codes import from_hex
+    from semhash_spark.index.lookup import Searcher
 
     searcher = Searcher.open(args.index)
     if args.text:
@@ -257,14 +257,14 @@ def _show_evaluation(args, result: dict) -> None:
 
 
 def cmd_evaluate(args) -> dict:
-    from .assess import evaluate_model
+    from semhash_spark.evaluation.assess import evaluate_model
 
     plot = args.plot
     if plot is None:
         plot = "semhash-pr.png"
     if _is_image_data(args.data):
-        from .image_assess import evaluate_image_model
-        from .image_eval import IMAGE_BASELINES
+        from semhash_spark.evaluation.image_assess import evaluate_image_model
+        from semhash_spark.evaluation.image_eval import IMAGE_BASELINES
 
         grid = args.grid if args.grid is not None else "semhash-grid.png"
         bits = tuple(int(b) for b in (args.baseline_bits or "").split(",") if b.strip())
@@ -274,7 +274,7 @@ def cmd_evaluate(args) -> dict:
                                       baselines=_baselines(args, IMAGE_BASELINES), baseline_bits=bits,
                                       address_model_uri=args.address_model)
     else:
-        from .evaluate import BASELINES
+        from semhash_spark.evaluation.evaluate import BASELINES
 
         result = evaluate_model(args.model, args.data, plot_path=plot or None, max_queries=args.max_queries,
                                 baselines=_baselines(args, BASELINES), address_model_uri=args.address_model)
@@ -283,8 +283,8 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_dedup(args) -> dict:
-    from .dedup import dedup_job
-    from .spark import get_spark
+    from semhash_spark.index.dedup import dedup_job
+    from semhash_spark.io.spark import get_spark
 
     # the shard files are listed by the manifest: listed on the driver, not by a Spark job of one task per file
     conf = {"spark.sql.sources.parallelPartitionDiscovery.threshold": "1024", **_spark_conf(args)}
@@ -296,8 +296,8 @@ def cmd_dedup(args) -> dict:
 
 
 def cmd_reindex(args) -> dict:
-    from .reindex import reindex
-    from .spark import get_spark
+    from semhash_spark.index.reindex import reindex
+    from semhash_spark.io.spark import get_spark
 
     cfg = _config(args)
     spark = get_spark("semhash-reindex", master=args.master, conf=_spark_conf(args))
@@ -305,14 +305,14 @@ def cmd_reindex(args) -> dict:
     if args.retention_days is not None:
         kwargs["retention_days"] = args.retention_days
     if args.dataset:                  # a raw corpus: prepared first with the model's vocabulary
-        from .reindex import reindex_corpus
+        from semhash_spark.index.reindex import reindex_corpus
 
         return reindex_corpus(spark, args.dataset, args.data, args.model, args.index, cfg, **kwargs)
     return reindex(spark, args.data, args.model, args.index, cfg, **kwargs)
 
 
 def cmd_rollback(args) -> dict:
-    from . import index as ix
+    from semhash_spark.index import published as ix
 
     current = ix.current_version(args.index)             # None: CURRENT was deleted; --version restores it
     versions = ix.list_versions(args.index)
@@ -369,10 +369,10 @@ def cmd_generate(args) -> dict:
     import tempfile
     from pathlib import Path
 
-    from . import store
-    from .demo import default_data_dir
-    from .generate import DEFAULT_DOCUMENTS, DEFAULT_IMAGES, generate_documents, generate_images
-    from .spark import get_spark
+    from semhash_spark.io import store
+    from semhash_spark.demo import default_data_dir
+    from semhash_spark.data.generate import DEFAULT_DOCUMENTS, DEFAULT_IMAGES, generate_documents, generate_images
+    from semhash_spark.io.spark import get_spark
 
     cfg = _config(args)
     docs = args.kind == "documents"
@@ -392,7 +392,7 @@ def cmd_generate(args) -> dict:
             if store.exists(store.join(source, "dataset.json")):    # already a prepared dataset
                 src_dir = store.local_copy(source)
             else:                                                    # a raw corpus: prepare it first
-                from .prepare import prepare_dataset
+                from semhash_spark.data.prepare import prepare_dataset
 
                 src_dir = str(Path(tmp) / "source")
                 prepare_dataset(spark, dataset, source, src_dir, cfg.prepare)
@@ -409,13 +409,13 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
-    from .demo import run_demo
+    from semhash_spark.demo import run_demo
 
     return run_demo(data_dir=args.data_dir, workdir=args.workdir, bits=args.bits, quick=args.quick)
 
 
 def cmd_serve(args) -> dict:
-    from .service.main import serve_main  # the HTTP lookup service
+    from semhash_spark.service.main import serve_main  # the HTTP lookup service
 
     serve_main(args)
     return {"served": args.index}
@@ -451,7 +451,7 @@ class _ConfAction(argparse.Action):
 
 
 def _version() -> str:
-    from . import __version__
+    from semhash_spark import __version__
 
     return __version__
 
@@ -626,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="few epochs, for smoke tests")
 
     sp = add("serve", cmd_serve, "HTTP lookup service over the current version of an index")
-    from .service.settings import add_serve_arguments   # the one set of flags (python -m semhash_spark.service too)
+    from semhash_spark.service.settings import add_serve_arguments   # the one set of flags (python -m semhash_spark.service too)
 
     add_serve_arguments(sp)
     for sp in sub.choices.values():     # options without help still show their default
@@ -662,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         progress = contextlib.nullcontext()
         if args.command in SPARK_COMMANDS:      # running Spark stages, logged every SEMHASH_PROGRESS_SECONDS
-            from .spark import spark_progress
+            from semhash_spark.io.spark import spark_progress
 
             progress = spark_progress(float(os.environ.get("SEMHASH_PROGRESS_SECONDS", "10")))
         with _stdout_to_stderr(), progress:

@@ -169,7 +169,7 @@ def popcount64(x: np.ndarray) -> np.ndarray:
 
 def popcount_inplace(x: np.ndarray) -> np.ndarray:
     """Bit counts of ``uint64[n]`` (each) or ``uint64[n, w]`` (summed over words) -> ``int32[n]``; ``x`` is
-    clobbered. The one SWAR popcount of the code base (the compiled loops count bits in :mod:`._mih_kernels`)."""
+    clobbered. The one SWAR popcount of the code base (the compiled loops count bits in :mod:`semhash_spark.index._mih_kernels`)."""
     y = x >> _S1
     y &= _M1
     x -= y

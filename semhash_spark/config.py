@@ -96,7 +96,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class VaeConfig:
-    """``model.kind: documents_vae`` (semhash_spark.vae_fit); validation uses finetune.val_fraction/val_queries."""
+    """``model.kind: documents_vae`` (semhash_spark.training.vae_fit); validation uses finetune.val_fraction/val_queries."""
     epochs: int = 30
     batch_size: int = 100
     lr: float = 1e-3               # Adam
@@ -150,7 +150,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """``semhash generate``: synthetic corpora shaped like a real one (see semhash_spark.generate)."""
+    """``semhash generate``: synthetic corpora shaped like a real one (see semhash_spark.data.generate)."""
     topics: int = 40                # LDA topics fitted to the source corpus, shared by all classes
     lda_iterations: int = 10        # batch variational EM passes of the topic-model fit
     docs_per_task: int = 10_000     # documents per Spark task (one Parquet file per split each)

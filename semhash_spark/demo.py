@@ -56,15 +56,15 @@ def _step(n: int, total: int, what: str) -> float:
 
 def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: int = 64,
              quick: bool = False) -> dict[str, Any]:
-    from .assess import evaluate_model
-    from .config import load_config
-    from .embedded import LocalS3Server
-    from .encode import encode_to_index
-    from .fit import train_model
-    from .lookup import Searcher
-    from .prepare import prepare_dataset
-    from .spark import get_spark
-    from . import store
+    from semhash_spark.evaluation.assess import evaluate_model
+    from semhash_spark.config import load_config
+    from semhash_spark.io.embedded import LocalS3Server
+    from semhash_spark.index.encode import encode_to_index
+    from semhash_spark.training.fit import train_model
+    from semhash_spark.index.lookup import Searcher
+    from semhash_spark.data.prepare import prepare_dataset
+    from semhash_spark.io.spark import get_spark
+    from semhash_spark.io import store
 
     work = Path(workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)

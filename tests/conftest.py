@@ -48,7 +48,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    from semhash_spark.spark import get_spark
+    from semhash_spark.io.spark import get_spark
 
     session = get_spark("semhash-tests", master="local[2]")
     yield session
@@ -58,7 +58,7 @@ def spark():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server on loopback; yields it with its env (endpoint, keys) applied to os.environ."""
-    from semhash_spark.embedded import LocalS3Server
+    from semhash_spark.io.embedded import LocalS3Server
 
     server = LocalS3Server(tmp_path_factory.mktemp("s3data"))
     server.start()
@@ -108,7 +108,7 @@ def small_corpus(shared_data, tmp_path_factory):
 def small_dataset(spark, small_corpus, tmp_path_factory):
     """The small corpus prepared (500-word vocabulary) into a local dataset folder."""
     from semhash_spark.config import PrepareConfig
-    from semhash_spark.prepare import prepare_dataset
+    from semhash_spark.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("small-dataset")
     prepare_dataset(spark, "jsonl", str(small_corpus), str(out), PrepareConfig(vocab_size=500, files_per_split=4))

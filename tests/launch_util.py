@@ -94,8 +94,8 @@ def wait_for_state(out: Path, proc: subprocess.Popen, pred, timeout: float = 120
 
 
 def train_ids_outside_validation(data_dir: Path, val_fraction: float = 0.1) -> int:
-    from semhash_spark import dataset as ds
-    from semhash_spark.train import is_validation_id
+    from semhash_spark.data import dataset as ds
+    from semhash_spark.training.train import is_validation_id
 
     ids = ds.read_split(str(data_dir), "train", columns=(ds.ID,)).ids
     return int((~is_validation_id(ids, val_fraction)).sum())
@@ -103,7 +103,7 @@ def train_ids_outside_validation(data_dir: Path, val_fraction: float = 0.1) -> i
 
 def check_trained(out: Path, data_dir: Path, world_size: int = 2) -> dict:
     """The model is there, rank shards were disjoint and covered the train split, the state is cleaned up."""
-    from semhash_spark.checkpoint import load_model
+    from semhash_spark.models.checkpoint import load_model
 
     hasher = load_model(str(out))
     m = hasher.meta["metrics"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from semhash_spark.client import SemhashClient, ServiceError
-from semhash_spark.embedded import LocalS3Server
+from semhash_spark.io.embedded import LocalS3Server
 from semhash_spark.service.app import free_port
 from service_util import build_index
 

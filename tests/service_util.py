@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from semhash_spark import checkpoint
+from semhash_spark.models import checkpoint
 from semhash_spark import codes as C
-from semhash_spark import index as X
-from semhash_spark import store
+from semhash_spark.index import published as X
+from semhash_spark.io import store
 from semhash_spark.config import load_config
-from semhash_spark.dataset import vocab_fingerprint
+from semhash_spark.data.dataset import vocab_fingerprint
 from semhash_spark.models.autoencoder import DeepAutoencoder
 
 

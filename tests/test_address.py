@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semhash_spark import address
+from semhash_spark.index import address
 from semhash_spark import codes as C
-from semhash_spark.address import AddressTable, ball_size
+from semhash_spark.index.address import AddressTable, ball_size
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "numpy"])

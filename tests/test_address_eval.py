@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from semhash_spark import codes as C
-from semhash_spark import dataset as ds
-from semhash_spark.address_eval import address_lookup_metrics, addresses_of
-from semhash_spark.evaluate import (evaluate_methods, hamming_method, label_matrices, lsh_codes, relevance,
+from semhash_spark.data import dataset as ds
+from semhash_spark.evaluation.address_eval import address_lookup_metrics, addresses_of
+from semhash_spark.evaluation.evaluate import (evaluate_methods, hamming_method, label_matrices, lsh_codes, relevance,
                                     tfidf_method, tie_permutation)
 
 
@@ -121,7 +121,7 @@ def test_evaluate_with_an_address_model_reports_the_lookup(small_dataset, tmp_pa
 
 def test_binary_lsa_thresholds_each_component_at_its_median(small):
     """Binary LSA: every bit splits the train documents in half, and the codes rank better than chance."""
-    from semhash_spark.evaluate import binary_lsa_codes, binary_lsa_method, evaluate_methods
+    from semhash_spark.evaluation.evaluate import binary_lsa_codes, binary_lsa_method, evaluate_methods
 
     train, test, idf = small
     tr, te = binary_lsa_codes(train.counts, test.counts, idf, 16, seed=0)

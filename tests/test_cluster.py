@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from semhash_spark import dataset as ds
-from semhash_spark import index as ix
-from semhash_spark import store
+from semhash_spark.data import dataset as ds
+from semhash_spark.index import published as ix
+from semhash_spark.io import store
 from semhash_spark.cli import main
 from test_prepare import tiny_cifar  # noqa: F401 - the fixture: real CIFAR-10 images in class folders
 
@@ -161,7 +161,7 @@ def _random_model(out: Path, data_dir: Path) -> str:
     """A 16-bit model with random weights over the dataset's vocabulary (encoding needs no training)."""
     import torch
 
-    from semhash_spark.checkpoint import save_model
+    from semhash_spark.models.checkpoint import save_model
     from semhash_spark.config import load_config
     from semhash_spark.models.autoencoder import DeepAutoencoder
 

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from semhash_spark import corpora
+from semhash_spark.data import corpora
 
 # per class, classes in name order (PROVENANCE.md, equal to scikit-learn's)
 NG_TRAIN_PER_CLASS = [480, 584, 591, 590, 578, 593, 585, 594, 598, 597,
@@ -215,7 +215,7 @@ def test_input_units_errors(tmp_path):
 
 
 def test_token_patterns():
-    from semhash_spark.corpora import tokenize
+    from semhash_spark.data.corpora import tokenize
 
     text = "Upgrading my 486 to X11R5 and Win3.1: the_best 3D card"
     assert tokenize(text) == ["upgrading", "win", "best", "card"]
@@ -226,7 +226,7 @@ def test_token_patterns():
 
 def test_the_model_config_takes_the_datasets_tokenisation():
     from semhash_spark.config import load_config
-    from semhash_spark.fit import with_dataset_prepare
+    from semhash_spark.training.fit import with_dataset_prepare
 
     cfg = load_config(None)
     assert with_dataset_prepare(cfg, {"prepare": {"tokens": "alnum", "min_token_len": 3}}).prepare.tokens == "alnum"

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from semhash_spark import corpora, data
-from semhash_spark import dataset as ds
+from semhash_spark.data import corpora, loader as data
+from semhash_spark.data import dataset as ds
 from semhash_spark.config import PrepareConfig
 
 N_DOCS = 900

@@ -14,10 +14,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from semhash_spark import codes as C
-from semhash_spark import dataset as ds
-from semhash_spark import dedup
-from semhash_spark import index as ix
-from semhash_spark import store
+from semhash_spark.data import dataset as ds
+from semhash_spark.index import dedup
+from semhash_spark.index import published as ix
+from semhash_spark.io import store
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -216,7 +216,7 @@ def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
 def test_jaccard_with_a_threshold_is_exact_above_it_and_bounded_below():
     """pair_similarity with min_sim: the same value as without for every pair at or above the threshold, and a
     value below it for every other pair (the size and merge bounds never drop a pair that reaches it)."""
-    from semhash_spark import _dedup_kernels as K
+    from semhash_spark.index import _dedup_kernels as K
 
     rng = np.random.default_rng(3)
     sets = []
@@ -241,8 +241,8 @@ def test_jaccard_with_a_threshold_is_exact_above_it_and_bounded_below():
 def test_minhash_estimates_jaccard_and_lsh_finds_the_close_pairs():
     """The calibration's MinHash: the share of equal values estimates the Jaccard of the word-hash sets, and the
     LSH bands (25 of 5) make nearly every pair of Jaccard >= 0.7 a candidate."""
-    from semhash_spark import _dedup_kernels as K
-    from semhash_spark import wordsets
+    from semhash_spark.index import _dedup_kernels as K
+    from semhash_spark.data import wordsets
 
     rng = np.random.default_rng(5)
     vocab = rng.integers(-(1 << 63), 1 << 63, 5000, dtype=np.int64)
@@ -457,7 +457,7 @@ def _publish(index: str, ids: list[str], codes: np.ndarray, bits: int = 64) -> s
 
 def _write_docs(data: Path, ids: list[str], tokens: list[list[str]], vocab: list[str]) -> None:
     """A prepared dataset of these documents: vocabulary counts and, as prepare writes them, word-set hashes."""
-    from semhash_spark import wordsets
+    from semhash_spark.data import wordsets
 
     index = {w: i for i, w in enumerate(vocab)}
     rows = []
@@ -533,9 +533,9 @@ def _truth(t: dict, threshold: float) -> dict[tuple[str, str], int]:
 def test_prepare_keeps_the_hashes_of_every_token_of_a_document(spark, tmp_path):
     """The real prepare job on a JSONL corpus: word_hashes cover the words outside the vocabulary too, and their
     Jaccard is the word sets' own."""
-    from semhash_spark import corpora, wordsets
+    from semhash_spark.data import corpora, wordsets
     from semhash_spark.config import PrepareConfig
-    from semhash_spark.prepare import prepare_dataset
+    from semhash_spark.data.prepare import prepare_dataset
 
     rng = np.random.default_rng(3)
     words = [f"word{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}{chr(97 + i // 676)}" for i in range(2000)]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from launch_util import check_trained
-from semhash_spark.checkpoint import load_model
+from semhash_spark.models.checkpoint import load_model
 from semhash_spark.config import load_config
-from semhash_spark.fit import train_model
+from semhash_spark.training.fit import train_model
 
 TINY = ["model.hidden=[32]", "pretrain.epochs=2", "finetune.epochs=2", "finetune.val_queries=50"]
 
@@ -18,7 +18,7 @@ TINY = ["model.hidden=[32]", "pretrain.epochs=2", "finetune.epochs=2", "finetune
 def _train_killed_in_finetuning(dataset, out, cfg, when) -> None:
     """Trains into ``out`` until the first fine-tuning step at which ``when()`` holds, which raises KeyboardInterrupt
     as a kill would."""
-    import semhash_spark.train as T
+    import semhash_spark.training.train as T
 
     real = T.finetune_step_async
 
@@ -97,7 +97,7 @@ def test_horovod_background_loop_settings_before_init(monkeypatch):
     """horovod.run 0.28.1 exports HOROVOD_CYCLE_TIME / HOROVOD_CACHE_CAPACITY as "(None,)" (read as 0 by the C++
     side: a negotiation loop that never sleeps, no response cache); a rank drops those and, on CPU, negotiates
     every CPU_CYCLE_TIME_MS unless the user chose a cycle time."""
-    from semhash_spark import distributed as D
+    from semhash_spark.training import distributed as D
 
     monkeypatch.setattr(D.torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("HOROVOD_CYCLE_TIME", "(None,)")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import semhash_spark
-from semhash_spark import dataset as ds
+from semhash_spark.data import dataset as ds
 
 
 def test_read_documents_gives_mllib_sparse_vectors(spark, small_dataset):

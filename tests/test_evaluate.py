@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
 
 from semhash_spark import codes as C
-from semhash_spark.evaluate import (
+from semhash_spark.evaluation.evaluate import (
     RECALL_LEVELS,
     RankingMethod,
     cosine_method,

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import missing_data
 
-from semhash_spark import data
-from semhash_spark import dataset as ds
-from semhash_spark import evaluate as ev
+from semhash_spark.data import loader as data
+from semhash_spark.data import dataset as ds
+from semhash_spark.evaluation import evaluate as ev
 from semhash_spark.config import GenerateConfig
-from semhash_spark.generate import _DOC_STREAM, BLOCK_DOCS, fit_topic_model, generate_block, generate_documents, \
+from semhash_spark.data.generate import _DOC_STREAM, BLOCK_DOCS, fit_topic_model, generate_block, generate_documents, \
     generate_images, is_test, sample_counts, source_order
 
 CFG = GenerateConfig(topics=8, lda_iterations=5, docs_per_task=400)
@@ -194,8 +194,8 @@ def _all_images(d):
 
 def test_images_are_transformed_copies_with_labels_kept(spark, image_folder, tmp_path):
     from semhash_spark.config import ImagesConfig
-    from semhash_spark.image_sources import read_source
-    from semhash_spark.images import decode_image
+    from semhash_spark.data.image_sources import read_source
+    from semhash_spark.data.images import decode_image
 
     icfg = ImagesConfig(files_per_split=2)
     src = [(r["label"], r["split"], decode_image(r["data"], r["shape"], icfg)) for r in

@@ -39,8 +39,8 @@ def _plant(split_dir, marker) -> None:
 
 
 def test_planted_pickle_in_a_document_dataset_never_runs(small_dataset, tmp_path):
-    from semhash_spark import data
-    from semhash_spark import dataset as ds
+    from semhash_spark.data import loader as data
+    from semhash_spark.data import dataset as ds
 
     d = tmp_path / "docs"
     shutil.copytree(small_dataset, d)
@@ -56,7 +56,7 @@ def test_planted_pickle_in_a_document_dataset_never_runs(small_dataset, tmp_path
 def test_planted_pickle_in_an_image_dataset_never_runs(spark, tmp_path):
     from petastorm import make_reader
 
-    from semhash_spark import data, images
+    from semhash_spark.data import loader as data, images
     from semhash_spark.config import ImagesConfig
 
     rng = np.random.default_rng(0)
@@ -82,8 +82,8 @@ def test_planted_pickle_in_an_image_dataset_never_runs(spark, tmp_path):
 # ------------------------------------------------------------------------------------- one writer per index
 def _copy_version_writer(index_uri: str, src_version: str, gate=None):
     """A ``publish_version`` write step: copies ``src_version``'s shards (as a re-index carries partitions)."""
-    from semhash_spark import index as X
-    from semhash_spark import store
+    from semhash_spark.index import published as X
+    from semhash_spark.io import store
 
     manifest = X.read_manifest(index_uri, src_version)
 
@@ -105,11 +105,11 @@ def _model_blobs():
     import torch
     from safetensors.torch import save as st_save
 
-    from semhash_spark.checkpoint import META, WEIGHTS
+    from semhash_spark.models.checkpoint import META, WEIGHTS
     from service_util import make_model
 
     model = make_model(300, 32, 7)
-    from semhash_spark import checkpoint
+    from semhash_spark.models import checkpoint
     from semhash_spark.config import load_config
 
     tensors = {f"ae.{k}": v.contiguous() for k, v in model.state_dict().items()}
@@ -124,7 +124,7 @@ def _model_blobs():
 def _concurrent_publishers(index_uri: str) -> None:
     import threading
 
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from test_index import publish_codes, random_codes
 
     v1 = publish_codes(index_uri, random_codes(32, 200, np.random.default_rng(1)), 32, 3, 12)
@@ -160,7 +160,7 @@ def test_two_concurrent_publishers_on_s3(s3_server):
 
 
 def test_publish_fails_when_current_moved_since_the_job_started(tmp_path):
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from test_index import publish_codes, random_codes
 
     uri = str(tmp_path / "index")
@@ -177,7 +177,7 @@ def test_publish_fails_when_current_moved_since_the_job_started(tmp_path):
 
 # --------------------------------------------------------------------------------- checksummed model files
 def _published_with_model(uri: str) -> tuple[str, str]:
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from test_index import publish_codes, random_codes
 
     v1 = publish_codes(uri, random_codes(32, 120, np.random.default_rng(4)), 32, 3, 12)
@@ -186,8 +186,8 @@ def _published_with_model(uri: str) -> tuple[str, str]:
 
 
 def _swap_two_words(uri: str, version: str) -> None:
-    from semhash_spark import index as X
-    from semhash_spark import store
+    from semhash_spark.index import published as X
+    from semhash_spark.io import store
 
     meta_uri = store.join(X.version_prefix(uri, version), "model", "model.json")
     meta = json.loads(store.read_bytes(meta_uri))
@@ -197,8 +197,8 @@ def _swap_two_words(uri: str, version: str) -> None:
 
 
 def test_model_files_are_listed_with_sha256_and_an_edit_is_refused(tmp_path):
-    from semhash_spark import index as X
-    from semhash_spark.lookup import Searcher
+    from semhash_spark.index import published as X
+    from semhash_spark.index.lookup import Searcher
 
     uri = str(tmp_path / "index")
     _, v2 = _published_with_model(uri)
@@ -213,7 +213,7 @@ def test_model_files_are_listed_with_sha256_and_an_edit_is_refused(tmp_path):
 
 
 def test_the_service_refuses_a_version_whose_model_does_not_verify(s3_server):
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from semhash_spark.service import Settings, build_app, running_server
     from test_service import wait_for
 
@@ -230,8 +230,8 @@ def test_the_service_refuses_a_version_whose_model_does_not_verify(s3_server):
 
 
 def test_manifest_paths_leaving_the_version_folder_are_refused(tmp_path):
-    from semhash_spark import index as X
-    from semhash_spark import store
+    from semhash_spark.index import published as X
+    from semhash_spark.io import store
     from test_index import publish_codes, random_codes
 
     uri = str(tmp_path / "index")
@@ -247,7 +247,7 @@ def test_manifest_paths_leaving_the_version_folder_are_refused(tmp_path):
 
 
 def test_rollback_restores_a_deleted_current(tmp_path, capsys):
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from semhash_spark.cli import main
     from test_index import publish_codes, random_codes
 
@@ -262,7 +262,7 @@ def test_rollback_restores_a_deleted_current(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------- smaller guards
 def test_crafted_sizes_in_model_json_are_refused_before_allocating(tmp_path):
-    from semhash_spark import checkpoint
+    from semhash_spark.models import checkpoint
 
     blobs = _model_blobs()
     d = tmp_path / "model"
@@ -322,9 +322,9 @@ def test_token_file_keeps_the_token_off_the_command_line(tmp_path):
 
 # --------------------------------------------------------------------------------- bad records quarantined
 def test_a_deeply_nested_or_unencodable_line_is_quarantined_not_fatal(spark, small_corpus, tmp_path):
-    from semhash_spark import dataset as ds
+    from semhash_spark.data import dataset as ds
     from semhash_spark.config import PrepareConfig
-    from semhash_spark.prepare import prepare_dataset
+    from semhash_spark.data.prepare import prepare_dataset
 
     corpus = tmp_path / "nightly.jsonl"
     lines = small_corpus.read_text().splitlines()
@@ -479,11 +479,11 @@ def test_the_api_page_loads_nothing_from_outside(guarded):
 def test_two_reindex_runs_at_once_one_publishes_the_other_fails(spark, tmp_path):
     """The second `semhash reindex` to finish must not overwrite the first's CURRENT with a version built on the
     old base (issue 22: both said "published": true and one run's documents were gone)."""
-    from semhash_spark import index as X
+    from semhash_spark.index import published as X
     from semhash_spark.config import load_config
-    from semhash_spark.reindex import reindex
+    from semhash_spark.index.reindex import reindex
     from test_reindex import ADD, N_DOCS, _model, _tonight, _write_dataset
-    from semhash_spark import dataset as ds
+    from semhash_spark.data import dataset as ds
 
     _write_dataset(tmp_path / "base", N_DOCS, 100)
     tonight = str(_tonight(tmp_path / "base", tmp_path / "tonight"))

@@ -9,8 +9,8 @@ import pytest
 from conftest import missing_data
 
 from semhash_spark import codes as C
-from semhash_spark.evaluate import evaluate_methods, hamming_method
-from semhash_spark.hashing_baselines import (
+from semhash_spark.evaluation.evaluate import evaluate_methods, hamming_method
+from semhash_spark.evaluation.hashing_baselines import (
     BASELINES,
     LSH,
     PCA,

@@ -10,7 +10,7 @@ import pytest
 from conftest import missing_data
 
 from semhash_spark import codes as C
-from semhash_spark.evaluate import (
+from semhash_spark.evaluation.evaluate import (
     euclidean_method,
     evaluate_methods,
     hamming_method,
@@ -18,8 +18,8 @@ from semhash_spark.evaluate import (
     ranked_relevance_metrics,
     tie_permutation,
 )
-from semhash_spark.hashing_baselines import PCAITQ
-from semhash_spark.image_eval import evaluate_image_codes, grid_query_rows, retrieval_mosaic
+from semhash_spark.evaluation.hashing_baselines import PCAITQ
+from semhash_spark.evaluation.image_eval import evaluate_image_codes, grid_query_rows, retrieval_mosaic
 
 PER_CLASS = {"train": 50, "test": 12}
 FIGURES = {"precision_at_100", "map", "map_at_1000", "pr_curve", "num_queries", "num_database", "skipped_queries"}

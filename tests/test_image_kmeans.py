@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from semhash_spark import codes as C
-from semhash_spark import data as data_mod
-from semhash_spark import image_sources, images
+from semhash_spark.data import loader as data_mod
+from semhash_spark.data import image_sources, images
 from semhash_spark.config import ImagesConfig
-from semhash_spark.kmeans_fit import bit_statistics, kmeans
+from semhash_spark.training.kmeans_fit import bit_statistics, kmeans
 from test_images import small_cifar, small_image_data  # noqa: F401 - the tiny image dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,8 @@ def test_bit_statistics_see_a_collapsed_code():
 
 def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path, capsys):
     from semhash_spark import cli
-    from semhash_spark.checkpoint import load_model
-    from semhash_spark.image_assess import evaluate_image_model
+    from semhash_spark.models.checkpoint import load_model
+    from semhash_spark.evaluation.image_assess import evaluate_image_model
 
     model = tmp_path / "m"
     small = ["--set", "features.centroids=64", "--set", "features.patch_samples=20000", "--set", "finetune.epochs=1",
@@ -110,14 +110,15 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
 
 def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, small_cifar, small_image_data, tmp_path,
                                                                      capsys):
-    """The lookup side's numpy forward pass (semhash_spark.inference) of a k-means model against the torch one, on
+    """The lookup side's numpy forward pass (semhash_spark.models.inference) of a k-means model against the torch one, on
     600 images (the tiny set's real ones, then flipped, shifted and noised copies), and an ImageSearcher over an
     index encoded with that model answering a query image."""
-    from semhash_spark import cli, inference
-    from semhash_spark.checkpoint import load_model
+    from semhash_spark import cli
+    from semhash_spark.models import inference
+    from semhash_spark.models.checkpoint import load_model
     from semhash_spark.config import load_config
-    from semhash_spark.image_lookup import ImageSearcher
-    from semhash_spark.kmeans_fit import train_kmeans_model
+    from semhash_spark.index.image_lookup import ImageSearcher
+    from semhash_spark.training.kmeans_fit import train_kmeans_model
 
     model = tmp_path / "m"
     cfg = load_config(ROOT / "conf" / "images-best.yaml",

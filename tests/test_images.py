@@ -14,8 +14,8 @@ from conftest import missing_data
 from PIL import Image
 
 from semhash_spark import codes as C
-from semhash_spark import data as data_mod
-from semhash_spark import image_sources, images
+from semhash_spark.data import loader as data_mod
+from semhash_spark.data import image_sources, images
 from semhash_spark.config import ImagesConfig
 
 PER_CLASS_TRAIN, PER_CLASS_TEST = 30, 8
@@ -175,8 +175,8 @@ def test_write_image_dataset_contract(spark, tmp_path):
 def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsys):
     """prepare -> train (image config picked from dataset.json) -> patch model -> encode -> query -> evaluate."""
     from semhash_spark import cli
-    from semhash_spark.image_assess import evaluate_image_model
-    from semhash_spark.image_lookup import ImageSearcher
+    from semhash_spark.evaluation.image_assess import evaluate_image_model
+    from semhash_spark.index.image_lookup import ImageSearcher
 
     tiny = ["--set", "model.hidden=[64]", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
             "--set", "finetune.val_fraction=0.2", "--set", "finetune.val_queries=50", "--no-progress"]
@@ -320,7 +320,7 @@ def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: s
 def test_two_horovod_ranks_train_an_image_model(small_image_data, tmp_path):
     """Two ranks, each reading its own Petastorm shard, take the same number of steps and agree on one model."""
     from semhash_spark.config import load_config
-    from semhash_spark.fit import train_model
+    from semhash_spark.training.fit import train_model
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "images.yaml"
     cfg = load_config(conf, ["model.hidden=[32]", "pretrain.epochs=1", "finetune.epochs=1",

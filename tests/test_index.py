@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from semhash_spark import codes as C
-from semhash_spark import index as X
-from semhash_spark import store
+from semhash_spark.index import published as X
+from semhash_spark.io import store
 
 N, NQ = 1500, 12
 BITS = [20, 32, 64, 128]

@@ -1,4 +1,4 @@
-"""The numpy encoder (semhash_spark.inference) against the torch model: identical codes from real trained models,
+"""The numpy encoder (semhash_spark.models.inference) against the torch model: identical codes from real trained models,
 any layer stack a checkpoint describes, clear errors, and no torch or pyspark in a lookup process."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.numpy import save as np_save
 
-from semhash_spark import inference
-from semhash_spark.checkpoint import load_model
+from semhash_spark.models import inference
+from semhash_spark.models.checkpoint import load_model
 from semhash_spark.config import Config, load_config
-from semhash_spark.fit import train_model
+from semhash_spark.training.fit import train_model
 from test_images import small_cifar, small_image_data  # noqa: F401 - the tiny image dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def _same_codes(model_dir: Path, x: np.ndarray) -> None:
 def test_numpy_encoder_gives_the_torch_codes_of_a_document_model(small_dataset, tmp_path):
     """10,000 documents: the real ones of the small dataset, then count vectors drawn from its word frequencies
     with its document lengths."""
-    from semhash_spark import dataset as ds
+    from semhash_spark.data import dataset as ds
 
     out = tmp_path / "model"
     train_model(str(small_dataset), str(out), load_config(None, SMALL).with_bits(32), progress=False)
@@ -54,7 +54,7 @@ def test_numpy_encoder_gives_the_torch_codes_of_a_document_model(small_dataset, 
 
 def test_numpy_encoder_gives_the_torch_codes_of_an_image_model(small_image_data, tmp_path):
     """1,000 images: the tiny CIFAR set's real images, then flipped, shifted and noised copies of them."""
-    from semhash_spark import data as data_mod
+    from semhash_spark.data import loader as data_mod
 
     cfg = load_config(ROOT / "conf" / "images.yaml", ["model.hidden=[32]", "pretrain.epochs=1", "finetune.epochs=1",
                                                        "finetune.val_fraction=0.2", "finetune.val_queries=50"])
@@ -132,6 +132,6 @@ def test_weights_that_do_not_match_the_model_version_are_refused(tmp_path):
 
 
 def test_lookup_processes_import_neither_torch_nor_pyspark():
-    code = ("import sys, semhash_spark.inference, semhash_spark.lookup, semhash_spark.service.app, semhash_spark.cli; "
+    code = ("import sys, semhash_spark.models.inference, semhash_spark.index.lookup, semhash_spark.service.app, semhash_spark.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyspark')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -139,7 +139,7 @@ def test_gpu_discovery_script_prints_spark_resource_json():
 def test_semhash_rollback_lists_and_repoints_current(tmp_path, capsys):
     import numpy as np
 
-    from semhash_spark import index as ix
+    from semhash_spark.index import published as ix
     from test_index import publish_codes, random_codes
 
     uri = str(tmp_path / "index")

@@ -13,7 +13,7 @@ import pytest
 from launch_util import (TINY, check_trained, finish, kill_group, last_json, rank_processes, start, train_command,
                          wait_for_state)
 from semhash_spark.config import load_config
-from semhash_spark.fit import train_model
+from semhash_spark.training.fit import train_model
 from test_images import PER_CLASS_TRAIN, small_cifar, small_image_data  # noqa: F401 - the tiny image dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_the_torch_path_never_imports_horovod():
     import subprocess
     import sys
 
-    code = ("import sys, semhash_spark.fit, semhash_spark.torch_dist, semhash_spark.train; "
+    code = ("import sys, semhash_spark.training.fit, semhash_spark.training.torch_dist, semhash_spark.training.train; "
             "assert not any(m == 'horovod' or m.startswith('horovod.') for m in sys.modules), "
             "[m for m in sys.modules if m.startswith('horovod')]")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,10 +12,10 @@ import pytest
 
 from semhash_spark import cli
 from semhash_spark import codes as C
-from semhash_spark import index as X
-from semhash_spark import store
+from semhash_spark.index import published as X
+from semhash_spark.io import store
 from semhash_spark.client import SemhashClient
-from semhash_spark.lookup import Searcher
+from semhash_spark.index.lookup import Searcher
 from semhash_spark.service import Settings, build_app, running_server
 from service_util import brute_force, build_index, text_of
 
@@ -139,10 +139,10 @@ def test_address_model_index_needs_query_addresses(both):
 def test_encode_with_an_address_model(spark, small_dataset, tmp_path):
     """Two models built in the test through the checkpoint API (16-bit ranking, 8-bit address) on the small
     prepared corpus; the index keeps both codes, is partitioned by the address and carries both models."""
-    from semhash_spark import checkpoint
-    from semhash_spark import dataset as ds
+    from semhash_spark.models import checkpoint
+    from semhash_spark.data import dataset as ds
     from semhash_spark.config import load_config
-    from semhash_spark.encode import encode_to_index
+    from semhash_spark.index.encode import encode_to_index
     from service_util import make_model
 
     words, doc_freq, n = ds.read_vocab(str(small_dataset))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from semhash_spark import codes as C
-from semhash_spark import mih
-from semhash_spark.mih import MultiIndexHash
+from semhash_spark.index import mih
+from semhash_spark.index.mih import MultiIndexHash
 
 
 def clustered(bits, n, rng, clusters=8, flip=0.06):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from semhash_spark import codes as C
-from semhash_spark import msh
+from semhash_spark.models import msh
 from semhash_spark.config import ImagesConfig
 
 
@@ -82,7 +82,7 @@ def test_fold_normalisation_makes_the_image_model_take_raw_pixels():
     """image_fit folds the per-pixel mean/std into the first and last layers: same codes and reconstructions."""
     import torch
 
-    from semhash_spark.image_fit import fold_normalisation
+    from semhash_spark.training.image_fit import fold_normalisation
     from semhash_spark.models.autoencoder import DeepAutoencoder
 
     torch.manual_seed(0)

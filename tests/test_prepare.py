@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import missing_data
 
-from semhash_spark import corpora
-from semhash_spark import dataset as ds
+from semhash_spark.data import corpora
+from semhash_spark.data import dataset as ds
 from semhash_spark.config import PrepareConfig
-from semhash_spark.prepare import prepare_dataset
+from semhash_spark.data.prepare import prepare_dataset
 
 CFG = PrepareConfig(vocab_size=300, min_doc_words=3, test_fraction=0.25, files_per_split=3)
 
@@ -180,7 +180,7 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
     assert np.array_equal(lengths, np.asarray(train.counts.sum(axis=1)).ravel().astype(np.int32))
     assert lengths.min() >= CFG.min_doc_words
     # Spark's output feeds the Petastorm loader: two shards deliver every train row once
-    from semhash_spark import data
+    from semhash_spark.data import loader as data
     shards = [[i for b in data.iter_batches(out, "train", 32, cur_shard=s, shard_count=2) for i in b.ids]
               for s in range(2)]
     assert [len(x) for x in shards] == [data.count_rows(out, "train", s, 2) for s in range(2)]
@@ -214,7 +214,7 @@ def test_spark_ml_tokenizer_gives_the_tokens_and_counts_of_the_python_tokenizer(
     ligatures) both give the same tokens, and CountVectorizer over the vocabulary the same counts."""
     from pyspark.ml.feature import CountVectorizerModel
 
-    from semhash_spark.prepare import ml_tokenize
+    from semhash_spark.data.prepare import ml_tokenize
 
     texts = [d["text"] for d in _real_docs(shared_data, n_per_group=40)] + UNICODE_TEXTS
     df = spark.createDataFrame(list(enumerate(texts)), "i long, text string")
@@ -323,7 +323,7 @@ def test_reuters_modapte(spark, shared_data, tmp_path):
 
 
 def test_empty_test_split_is_written_and_readable(spark, tmp_path):
-    from semhash_spark import data
+    from semhash_spark.data import loader as data
 
     src = tmp_path / "train_only.jsonl"
     words = ["orbit", "launch", "rocket", "engine", "brake", "wheel"]
@@ -346,7 +346,7 @@ S3 = "s3://semhash/prepare-test"
 
 def _s3_parquet(uri: str) -> tuple[list[dict], list[str]]:
     """Rows of every Parquet object under uri (sorted by id, then source) and the object keys."""
-    from semhash_spark import store
+    from semhash_spark.io import store
 
     keys = [k for k, _ in store.list_prefix(uri) if k.endswith(".parquet")]
     rows = [r for k in keys for r in pq.read_table(io.BytesIO(store.read_bytes(store.join(uri, k)))).to_pylist()]
@@ -360,7 +360,7 @@ def _local_parquet(path) -> list[dict]:
 
 def _assert_same_dataset(s3_out: str, local_out) -> None:
     """The s3:// dataset holds what the local one holds: metadata, vocabulary, every split's rows, quarantine."""
-    from semhash_spark import store
+    from semhash_spark.io import store
 
     meta, local_meta = store.read_json(f"{s3_out}/dataset.json"), ds.read_metadata(local_out)
     for key in ("format", "name", "vocab_size", "counts", "vocab_fingerprint", "quarantine_reasons", "skipped",
@@ -378,7 +378,7 @@ def _assert_same_dataset(s3_out: str, local_out) -> None:
 
 @pytest.fixture(scope="module")
 def s3_bucket(s3_server):
-    from semhash_spark import store
+    from semhash_spark.io import store
 
     store.ensure_bucket("semhash")
     return S3
@@ -386,7 +386,7 @@ def s3_bucket(s3_server):
 
 def test_s3_jsonl_files_to_s3_dataset_equal_local(spark, s3_bucket, jsonl_corpus, prepared_jsonl):
     """Three JSONL objects (one a truncated gzip) read by the executors; the dataset written by them to S3."""
-    from semhash_spark import store
+    from semhash_spark.io import store
 
     root, _, _ = jsonl_corpus
     local_out, local_report = prepared_jsonl
@@ -423,7 +423,7 @@ def small_20ng_tar(shared_data, tmp_path_factory):
 def test_s3_20ng_archive_and_extracted_prefix_equal_local(spark, s3_bucket, small_20ng_tar, tmp_path):
     """One archive object is read by one task and its records spread for tokenising; the extracted layout
     (one unit per newsgroup prefix) gives the same documents."""
-    from semhash_spark import store
+    from semhash_spark.io import store
 
     cfg = dataclasses.replace(CFG, files_per_split=2, strip_headers=True)
     local_out = tmp_path / "local"
@@ -446,7 +446,7 @@ def test_s3_20ng_archive_and_extracted_prefix_equal_local(spark, s3_bucket, smal
 
 
 def test_s3_bad_sources_are_one_line_errors_naming_them(spark, s3_bucket, small_20ng_tar, capsys):
-    from semhash_spark import store
+    from semhash_spark.io import store
     from semhash_spark.cli import main
 
     with pytest.raises(ValueError, match=f"source '{S3}/no-such-key' does not exist"):
@@ -468,7 +468,7 @@ def test_s3_bad_sources_are_one_line_errors_naming_them(spark, s3_bucket, small_
 @pytest.fixture(scope="module")
 def tiny_cifar(shared_data, tmp_path_factory):
     """10 train / 3 test real CIFAR-10 JPEGs per class (class-folder layout), plus an empty and a corrupt file."""
-    from semhash_spark import image_sources
+    from semhash_spark.data import image_sources
 
     archive = shared_data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
@@ -489,7 +489,7 @@ def tiny_cifar(shared_data, tmp_path_factory):
 
 
 def _image_rows(data_dir) -> dict[str, list[tuple]]:
-    from semhash_spark import data
+    from semhash_spark.data import loader as data
 
     out = {}
     for split in ds.SPLITS:
@@ -503,7 +503,8 @@ def test_s3_image_folder_to_s3_dataset_equal_local_and_encoded_from_s3(spark, s3
     """Class-folder images on S3 (one task per <split>/<label>/ prefix) -> a Petastorm dataset written to S3 by
     the executors: the same images, labels and quarantine as from the local folder; Petastorm reads it in two
     shards; encode reads the s3:// dataset and gives the same codes as from the local one."""
-    from semhash_spark import data, images, store
+    from semhash_spark.data import loader as data, images
+    from semhash_spark.io import store
     from semhash_spark.cli import main
     from semhash_spark.config import ImagesConfig
 
@@ -549,7 +550,7 @@ def _random_image_model(out) -> str:
     """A 16-bit image model with random weights over 32x32x3 inputs (encoding needs no training)."""
     import torch
 
-    from semhash_spark.checkpoint import save_model
+    from semhash_spark.models.checkpoint import save_model
     from semhash_spark.config import load_config
     from semhash_spark.models.autoencoder import DeepAutoencoder
 
@@ -566,7 +567,7 @@ def _random_image_model(out) -> str:
 
 
 def _index_codes(index_uri: str) -> dict[str, bytes]:
-    from semhash_spark import index as ix
+    from semhash_spark.index import published as ix
 
     version = ix.read_current(index_uri)["version"]
     root = ix.version_prefix(index_uri, version)
@@ -577,7 +578,8 @@ def _index_codes(index_uri: str) -> dict[str, bytes]:
 def test_s3_units_read_what_the_local_readers_read(s3_bucket, shared_data, tiny_cifar, tmp_path):
     """Each s3:// layout, read unit by unit as the tasks read it, yields the local reader's records: Reuters SGML
     files in an archive, MNIST's idx files, an image archive, class folders (sources aside)."""
-    from semhash_spark import image_sources, store
+    from semhash_spark.data import image_sources
+    from semhash_spark.io import store
 
     reuters = shared_data / "reuters21578" / "reuters21578.tar.gz"
     store.upload_file(reuters, f"{S3}/units/reuters/reuters21578.tar.gz")

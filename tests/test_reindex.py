@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semhash_spark import dataset as ds
-from semhash_spark import index as ix
-from semhash_spark import leases, store
-from semhash_spark.reindex import apply_retention, reindex, remap_words
+from semhash_spark.data import dataset as ds
+from semhash_spark.index import published as ix
+from semhash_spark.index import leases
+from semhash_spark.io import store
+from semhash_spark.index.reindex import apply_retention, reindex, remap_words
 
 N_DOCS = 120
 DELETE = ["doc000", "doc001", "doc002", "doc003", "doc004"]
@@ -58,7 +59,7 @@ def _write_dataset(out: Path, n_docs: int, vocab_size: int, seed: int = 0) -> Pa
 def _model(out: Path, words, doc_freq, n_train, seed: int, cfg, bits: int = 16) -> str:
     import torch
 
-    from semhash_spark.checkpoint import save_model
+    from semhash_spark.models.checkpoint import save_model
     from semhash_spark.models.autoencoder import DeepAutoencoder
 
     torch.manual_seed(seed)
@@ -138,7 +139,7 @@ def _shard_rows(index_uri: str, version: str | None = None) -> dict[str, dict]:
 
 
 def _expected_codes(data_dir: str, model_uri: str) -> dict[str, bytes]:
-    from semhash_spark.checkpoint import load_model
+    from semhash_spark.models.checkpoint import load_model
 
     hasher = load_model(model_uri)
     out = {}
@@ -324,9 +325,9 @@ def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp
     """A raw corpus is prepared with the model's vocabulary; its bad lines are kept in the index's quarantine; a
     rerun on the same file publishes nothing; one edited line re-encodes exactly one document. The model's weights
     are read once per run."""
-    from semhash_spark.checkpoint import WEIGHTS
+    from semhash_spark.models.checkpoint import WEIGHTS
     from semhash_spark.config import load_config
-    from semhash_spark.reindex import reindex_corpus
+    from semhash_spark.index.reindex import reindex_corpus
 
     cfg = load_config(None, ["model.hidden=[32]", "index.address_bits=8", "index.partition_bits=3"]).with_bits(16)
     words, doc_freq, n_train = ds.read_vocab(small_dataset)
@@ -372,7 +373,7 @@ def _s3_rows(index_uri: str, version: str) -> dict[str, dict]:
 
 def _expected_addresses(data_dir: str, model_uri: str, bits: int) -> dict[str, int]:
     from semhash_spark import codes as C
-    from semhash_spark.checkpoint import load_model
+    from semhash_spark.models.checkpoint import load_model
 
     hasher = load_model(model_uri)
     out = {}
@@ -386,7 +387,7 @@ def test_reindex_keeps_the_address_model_on_s3(spark, env, s3_server, tmp_path):
     """An index encoded with an 8-bit address model: the nightly run re-encodes the changed documents with the
     version's own two models, keeps the carried rows' addresses, partitions by the address code, copies the
     address model into the new version; a new address model rebuilds everything."""
-    from semhash_spark.encode import encode_to_index
+    from semhash_spark.index.encode import encode_to_index
 
     words, doc_freq, n_train = ds.read_vocab(env["base"])
     addr_a = _model(tmp_path / "addr_a", words, doc_freq, n_train, 3, env["cfg"], bits=8)

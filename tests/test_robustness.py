@@ -15,12 +15,12 @@ import torch
 
 from launch_util import (LONGER, check_trained, finish, kill_group, last_json, rank_processes, start, state,
                          train_command, wait_for_state)
-from semhash_spark import dataset as ds
-from semhash_spark import store
-from semhash_spark.checkpoint import load_model
+from semhash_spark.data import dataset as ds
+from semhash_spark.io import store
+from semhash_spark.models.checkpoint import load_model
 from semhash_spark.config import load_config
-from semhash_spark.distributed import Dist
-from semhash_spark.train import Progress, StateError, TrainingDiverged, _load_state, _save_state, lr_scale, train_stack
+from semhash_spark.training.distributed import Dist
+from semhash_spark.training.train import Progress, StateError, TrainingDiverged, _load_state, _save_state, lr_scale, train_stack
 
 KILL_AT = lambda s: s["progress"]["stage"] == "pretrain" and s["progress"]["epoch"] >= 2   # noqa: E731
 
@@ -224,8 +224,8 @@ def test_nan_stops_training_naming_the_layer_and_epoch(small_dataset, tmp_path, 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_training_moves_to_cuda_with_batches_densified_on_the_device(small_dataset, tmp_path):
-    from semhash_spark.distributed import device_for
-    from semhash_spark.train import densify
+    from semhash_spark.training.distributed import device_for
+    from semhash_spark.training.train import densify
 
     device = device_for(Dist(), "auto")
     assert device.type == "cuda"

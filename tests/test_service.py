@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from semhash_spark import codes as C
-from semhash_spark import index as X
-from semhash_spark import store
+from semhash_spark.index import published as X
+from semhash_spark.io import store
 from semhash_spark.client import SemhashClient, ServiceError, query_server
 from semhash_spark.service import Settings, build_app, running_server
 from service_util import brute_force, build_index, text_of
@@ -442,7 +442,7 @@ def test_never_serves_a_version_that_does_not_verify(s3_server):
 def test_a_refused_version_is_left_alone_until_its_manifest_changes(s3_server):
     """A version that fails verification is neither leased nor verified again at later polls; a corrected manifest
     is verified and served."""
-    from semhash_spark import leases
+    from semhash_spark.index import leases
     from semhash_spark.service.runtime import Service
 
     uri = s3_server.uri("svc-refused")
@@ -545,8 +545,8 @@ def test_service_leases_the_version_it_serves_and_retention_keeps_it(s3_server):
     version's lease is released after the switch, and then retention may delete it."""
     from datetime import datetime, timedelta, timezone
 
-    from semhash_spark import leases
-    from semhash_spark.reindex import apply_retention
+    from semhash_spark.index import leases
+    from semhash_spark.index.reindex import apply_retention
     from semhash_spark.service.runtime import Service
 
     uri = s3_server.uri("svc-leases")

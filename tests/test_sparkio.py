@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from semhash_spark import codes as C
-from semhash_spark import index as ix
-from semhash_spark import sparkio, store
+from semhash_spark.index import published as ix
+from semhash_spark.io import sparkio, store
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,8 @@ def test_write_objects_and_the_executors_path_in_local_mode(spark, s3_server):
 
 def test_spark_jobs_are_named_after_the_project_stage(spark, tmp_path):
     """Stage names read 'semhash ...: write Parquet <uri>', not 'parquet at NativeMethodAccessorImpl.java:0'."""
-    from semhash_spark import sparkio
-    from semhash_spark.spark import stage
+    from semhash_spark.io import sparkio
+    from semhash_spark.io.spark import stage
 
     sc = spark.sparkContext
     tracker = sc.statusTracker()

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from semhash_spark import store
-from semhash_spark.embedded import _free_ports
+from semhash_spark.io import store
+from semhash_spark.io.embedded import _free_ports
 
 
 # ---------------------------------------------------------------------------------------------------- local

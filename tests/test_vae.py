@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semhash_spark import bitstats, codes
-from semhash_spark import dataset as ds
-from semhash_spark.checkpoint import load_model
+from semhash_spark.evaluation import bitstats
+from semhash_spark import codes
+from semhash_spark.data import dataset as ds
+from semhash_spark.models.checkpoint import load_model
 from semhash_spark.cli import main
-from semhash_spark.evaluate import evaluate_codes
+from semhash_spark.evaluation.evaluate import evaluate_codes
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "model.hidden=[128]", "--set", "vae.epochs=25", "--set", "vae.neighbours=5",
@@ -73,7 +74,7 @@ def test_vae_checkpoint_is_a_plain_layer_stack(vae_model, small_dataset):
 
 def test_vae_collapse_is_reported_and_defended(small_dataset, tmp_path, caplog):
     out = tmp_path / "m"
-    with caplog.at_level(logging.WARNING, logger="semhash_spark.vae_fit"):
+    with caplog.at_level(logging.WARNING, logger="semhash_spark.training.vae_fit"):
         assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
                      "--bits", "16", "--out", str(out), *SMALL, "--set", "vae.epochs=2",
                      "--set", "vae.collapse_bucket_share=0.0"]) == 0

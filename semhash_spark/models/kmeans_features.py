@@ -7,7 +7,7 @@ activations are summed over the quadrants of the image (``pool x pool`` cells), 
 then compressed by a square root (``sqrt`` keeps a few large sums from dominating distances) and standardised.
 
 Code layer: ``bits`` linear units on the standardised features; bit = [unit > 0]. :meth:`encode` returns
-``sigmoid(unit)``, so :class:`semhash_spark.checkpoint.Hasher`'s threshold 0.5 is the sign of the unit, as for the
+``sigmoid(unit)``, so :class:`semhash_spark.models.checkpoint.Hasher`'s threshold 0.5 is the sign of the unit, as for the
 autoencoders. The model takes *raw* pixels ``float[n, H * W * C]`` (HWC order, 0-255): encode and query need
 nothing but the checkpoint.
 """

@@ -2,6 +2,9 @@
 
 Names are imported on first use, so that ``semhash``'s parser can read the serve flags (``settings``) without
 loading the web stack.
+
+It may import ``index``, ``models``, ``data``, ``io`` and the top-level modules ``config``, ``codes``,
+``resources``, ``progress`` (checked by tests/test_layout.py).
 """
 from .settings import Settings, SettingsError, add_serve_arguments
 

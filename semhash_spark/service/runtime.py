@@ -8,7 +8,7 @@ once; the follower then leaves that version alone (no lease, no verification) un
 A warm-up that the store interrupts is tried again at the next poll; a shard that is corrupt does not hold the
 switch back (queries that need it answer ``partial``).
 
-Reader leases (:mod:`semhash_spark.leases`): the service takes a lease on a version *before* reading its manifest,
+Reader leases (:mod:`semhash_spark.index.leases`): the service takes a lease on a version *before* reading its manifest,
 renews the lease on the version it serves at every poll, and releases a version once it no longer serves it, so a
 re-index's retention never deletes the files under it.
 """
@@ -22,9 +22,9 @@ import time
 import uuid
 from concurrent.futures import wait
 
-from semhash_spark import index as X
-from semhash_spark import leases
-from semhash_spark import store
+from semhash_spark.index import published as X
+from semhash_spark.index import leases
+from semhash_spark.io import store
 
 from .cache import PartitionCache
 from .metrics import Metrics
@@ -89,7 +89,7 @@ class Service:
 
     # ------------------------------------------------------------------ following CURRENT
     def _follow(self) -> None:
-        from semhash_spark.mih import warm_up
+        from semhash_spark.index.mih import warm_up
 
         warm_up()                                # compile the lookup loops before the first version is served
         while not self._stop.is_set():

@@ -3,8 +3,8 @@
 Queries come as ids, texts, word counts, hex codes or images and become ranking codes and, where the query needs
 the address ball, address codes (texts through the version's own models and vocabulary; ids from the stored
 rows). The partitions the batch needs are read through the cache (each one verified by
-:func:`semhash_spark.query.read_partition`), and the whole batch runs once over the version's one search structure
-(:meth:`~.version.LoadedVersion.loaded`) with :func:`semhash_spark.query.answer`: the same meaning of ``k``,
+:func:`semhash_spark.index.query.read_partition`), and the whole batch runs once over the version's one search structure
+(:meth:`~.version.LoadedVersion.loaded`) with :func:`semhash_spark.index.query.answer`: the same meaning of ``k``,
 ``radius`` (ranking code), ``address_radius`` (address code) and ``rerank`` as the library's. A radius-only query
 keeps its nearest ``max_results`` (``truncated``).
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from semhash_spark import codes as C
-from semhash_spark import query as Q
+from semhash_spark.index import query as Q
 
 from .cache import PartitionCache
 from .settings import Settings
@@ -152,7 +152,7 @@ class Searcher:
                        missing_partitions=sorted(req.missing), truncated=truncated)
 
     def _run_msh(self, v: LoadedVersion, q: Query) -> Outcome:
-        """Multiple semantic hashing (:func:`semhash_spark.query.msh_hits`, the library's): at most ``k``, else
+        """Multiple semantic hashing (:func:`semhash_spark.index.query.msh_hits`, the library's): at most ``k``, else
         ``max_results``."""
         pixels = self._image_pixels(v, q.values)
         codes = v.hasher.codes(pixels)
@@ -248,7 +248,7 @@ class Searcher:
         import binascii
 
         from semhash_spark.config import ImagesConfig
-        from semhash_spark.images import decode_image
+        from semhash_spark.data.images import decode_image
 
         if v.hasher is None or v.hasher.meta.get("kind") != "images":
             raise QueryError(v.model_error or f"version {v.version} is not an image index; query it by texts, "
@@ -271,7 +271,7 @@ class Searcher:
 
     @staticmethod
     def _bag(v: LoadedVersion, kind: str, i: int, x) -> tuple[np.ndarray, np.ndarray]:
-        from semhash_spark.dataset import vectorize
+        from semhash_spark.data.dataset import vectorize
 
         if kind == "texts":
             if not isinstance(x, str) or not x.strip():

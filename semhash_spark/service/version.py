@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from semhash_spark import codes as C
-from semhash_spark import index as X
-from semhash_spark import store
-from semhash_spark import query as Q
+from semhash_spark.index import published as X
+from semhash_spark.io import store
+from semhash_spark.index import query as Q
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ MODEL_DIR = "model"
 ADDRESS_MODEL_DIR = "address_model"
 
 
-Partition = Q.PartData       # one partition as read and verified (the reader is :func:`semhash_spark.query.read_partition`)
+Partition = Q.PartData       # one partition as read and verified (the reader is :func:`semhash_spark.index.query.read_partition`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +85,7 @@ class LoadedVersion:
     def open(cls, index_uri: str, version: str | None = None) -> "LoadedVersion":
         """Resolves ``CURRENT`` (unless ``version``), reads and checks the manifest and lists every file it names.
 
-        Raises :class:`~semhash_spark.index.IndexStoreError` (or ``store.StoreError``) when the version does not
+        Raises :class:`~semhash_spark.index.published.IndexStoreError` (or ``store.StoreError``) when the version does not
         verify; the model's absence or failure only disables text queries (``model_error``).
         """
         if version is None:
@@ -95,7 +95,7 @@ class LoadedVersion:
         hasher, model_error = cls._load_model(index_uri, version, manifest)
         address_hasher = None
         if Q.address_from_model(manifest):
-            from semhash_spark import inference
+            from semhash_spark.models import inference
 
             uri = store.join(X.version_prefix(index_uri, version),
                              manifest["address_model"].get("path") or ADDRESS_MODEL_DIR)
@@ -112,7 +112,7 @@ class LoadedVersion:
 
     @staticmethod
     def _load_model(index_uri: str, version: str, manifest: dict):
-        from semhash_spark import inference
+        from semhash_spark.models import inference
 
         uri = store.join(X.version_prefix(index_uri, version), MODEL_DIR)
         try:
