@@ -23,6 +23,7 @@ large/small ratio the median of the rounds' p50 ratios. ``--budget`` caps the se
 least 20 queries). Recall is by distance against the exact top ``k`` (faiss ``IndexBinaryFlat``): results no
 farther than the true k-th. Prints Markdown tables in microseconds, and writes JSON with ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ class Lookup:
     """The papers' lookup over one code set: an address table holding the 128-bit codes its shortlist is ranked by."""
 
     def __init__(self, words: np.ndarray, address_bits: int):
-        self.table = AddressTable(faiss_address(words.view(np.uint8), address_bits), address_bits,
-                                  codes=words.view(np.uint8))
+        self.table = AddressTable(
+            faiss_address(words.view(np.uint8), address_bits), address_bits, codes=words.view(np.uint8)
+        )
 
     def probe(self, qa: np.ndarray, r: int):
         """The ball's rows (addresses visited, rows gathered; not sorted within a distance, not ranked)."""
@@ -125,13 +127,17 @@ def main(argv=None) -> int:
     small, large = (int(s) for s in args.sizes.split(","))
     radii = [int(r) for r in args.radii.split(",")]
     k, nq = args.k, args.queries
-    print(f"python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}; "
-          f"{args.centres} centres, flip {args.flip}, {nq} queries, k={k}, {args.rounds} rounds; "
-          f"loadavg {Path('/proc/loadavg').read_text().strip()}", flush=True)
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}; "
+        f"{args.centres} centres, flip {args.flip}, {nq} queries, k={k}, {args.rounds} rounds; "
+        f"loadavg {Path('/proc/loadavg').read_text().strip()}",
+        flush=True,
+    )
 
     rng = np.random.default_rng(0)
-    centres = rng.integers(0, 2 ** 63, size=(args.centres, BITS // 64), dtype=np.int64).view(np.uint64) * \
-        np.uint64(2) + rng.integers(0, 2, size=(args.centres, BITS // 64)).astype(np.uint64)
+    centres = rng.integers(0, 2**63, size=(args.centres, BITS // 64), dtype=np.int64).view(np.uint64) * np.uint64(
+        2
+    ) + rng.integers(0, 2, size=(args.centres, BITS // 64)).astype(np.uint64)
     t = time.perf_counter()
     db = clustered_codes(large, rng, centres, args.flip)
     q = clustered_codes(nq, rng, centres, args.flip)
@@ -149,8 +155,11 @@ def main(argv=None) -> int:
         tb = time.perf_counter() - t
         occ = np.diff(ours[name].table.offsets_)
         occ = occ[occ > 0]
-        print(f"{name}: {ab}-bit address table built in {tb:.1f}s; {occ.size:,} occupied addresses of {1 << ab:,}, "
-              f"items per occupied address mean {occ.mean():.1f}, max {occ.max()}", flush=True)
+        print(
+            f"{name}: {ab}-bit address table built in {tb:.1f}s; {occ.size:,} occupied addresses of {1 << ab:,}, "
+            f"items per occupied address mean {occ.mean():.1f}, max {occ.max()}",
+            flush=True,
+        )
         if name == W:
             continue
         flat = faiss.IndexBinaryFlat(BITS)
@@ -166,13 +175,16 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             fm[name] = faiss.IndexBinaryMultiHash(BITS, BITS // ADDRESS_BITS, ADDRESS_BITS)
             fm[name].add(w.view(np.uint8))
-            print(f"  faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) built in "
-                  f"{time.perf_counter() - t:.1f}s", flush=True)
+            print(
+                f"  faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) built in "
+                f"{time.perf_counter() - t:.1f}s",
+                flush=True,
+            )
         gc.collect()
     if args.wide_bits:
         exact_kth[W] = exact_kth[L]
     qa = {name: faiss_address(q8, ab) for name, (_, ab) in sets.items()}
-    for name, lk in ours.items():       # compile (or load from numba's cache) before timing
+    for name, lk in ours.items():  # compile (or load from numba's cache) before timing
         lk.lookup(qa[name][:1], q8[:1], 1, k)
         lk.table.gather(lk.table.visit(qa[name][:1], 1), ordered=False)
 
@@ -185,62 +197,99 @@ def main(argv=None) -> int:
                 lats[n].append(lat[n])
             if S in names and L in names:
                 ratios.append(float(np.median(lat[L]) / np.median(lat[S])))
-        row = {"method": method, "radius": r, "round_ratios": ratios,
-               "ratio_p50": float(np.median(ratios)) if ratios else None}
+        row = {
+            "method": method,
+            "radius": r,
+            "round_ratios": ratios,
+            "ratio_p50": float(np.median(ratios)) if ratios else None,
+        }
         for n in names:
-            row[n] = {"p50_us": float(np.median([np.median(v) for v in lats[n]])),
-                      "p99_us": float(np.percentile(np.concatenate(lats[n]), 99)),
-                      "queries": int(lats[n][-1].size)}
+            row[n] = {
+                "p50_us": float(np.median([np.median(v) for v in lats[n]])),
+                "p99_us": float(np.percentile(np.concatenate(lats[n]), 99)),
+                "queries": int(lats[n][-1].size),
+            }
             if dists_of is not None:
                 m = len(outs[n])
                 row[n]["recall"] = recall_by_distance([dists_of(o) for o in outs[n]], exact_kth[n][:m], k)
             if shortlist is not None:
                 row[n]["shortlist_mean"] = float(np.mean([shortlist(o) for o in outs[n]]))
         rows.append(row)
-        cells = " | ".join(f"{row[n]['p50_us']:.0f} / {row[n]['p99_us']:.0f}" if n in names else ""
-                           for n in sets)
-        ratio = (f"{row['ratio_p50']:.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "")
+        cells = " | ".join(f"{row[n]['p50_us']:.0f} / {row[n]['p99_us']:.0f}" if n in names else "" for n in sets)
+        ratio = f"{row['ratio_p50']:.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""
         rec = " / ".join(f"{row[n]['recall']:.3f}" for n in names) if dists_of is not None else ""
         sl = " / ".join(f"{row[n]['shortlist_mean']:.0f}" for n in names) if shortlist else ""
         print(f"| {method} | {r} | {cells} | {ratio} | {rec} | {sl} |", flush=True)
         return outs
 
     head = " | ".join(f"{n}: p50 / p99 us" for n in sets)
-    print(f"\n| stage | r | {head} | {L}/{S} p50 (rounds) | recall@{k} | shortlist / runs |\n"
-          f"|---|---|{'---|' * len(sets)}---|---|---|", flush=True)
+    print(
+        f"\n| stage | r | {head} | {L}/{S} p50 (rounds) | recall@{k} | shortlist / runs |\n"
+        f"|---|---|{'---|' * len(sets)}---|---|---|",
+        flush=True,
+    )
     ours_names = list(sets)
     for r in radii:
-        runs = {n: [ours[n].table.visit(qa[n][i:i + 1], r) for i in range(nq)] for n in ours_names}
-        timed("visit", r, {n: (lambda i, n=n: ours[n].table.visit(qa[n][i:i + 1], r)) for n in ours_names},
-              ours_names, shortlist=lambda o: o[1].size)
-        timed("gather", r, {n: (lambda i, n=n: ours[n].table.gather(runs[n][i], ordered=False))
-                            for n in ours_names}, ours_names, shortlist=lambda o: o[1].size)
-        timed(f"rerank (128-bit top-{k})", r, {n: (lambda i, n=n: ours[n].table.rerank(runs[n][i], q8[i:i + 1], k))
-                                               for n in ours_names}, ours_names)
-        ours_d = timed("lookup (visit + rerank)", r, {n: (lambda i, n=n: ours[n].lookup(qa[n][i:i + 1], q8[i:i + 1],
-                                                                                        r, k)) for n in ours_names},
-                       ours_names, dists_of=lambda o: o[0])
+        runs = {n: [ours[n].table.visit(qa[n][i : i + 1], r) for i in range(nq)] for n in ours_names}
+        timed(
+            "visit",
+            r,
+            {n: (lambda i, n=n: ours[n].table.visit(qa[n][i : i + 1], r)) for n in ours_names},
+            ours_names,
+            shortlist=lambda o: o[1].size,
+        )
+        timed(
+            "gather",
+            r,
+            {n: (lambda i, n=n: ours[n].table.gather(runs[n][i], ordered=False)) for n in ours_names},
+            ours_names,
+            shortlist=lambda o: o[1].size,
+        )
+        timed(
+            f"rerank (128-bit top-{k})",
+            r,
+            {n: (lambda i, n=n: ours[n].table.rerank(runs[n][i], q8[i : i + 1], k)) for n in ours_names},
+            ours_names,
+        )
+        ours_d = timed(
+            "lookup (visit + rerank)",
+            r,
+            {n: (lambda i, n=n: ours[n].lookup(qa[n][i : i + 1], q8[i : i + 1], r, k)) for n in ours_names},
+            ours_names,
+            dists_of=lambda o: o[0],
+        )
         for n in fh:
             fh[n].nflip = r
-        outs = timed(f"faiss IndexBinaryHash(b={ADDRESS_BITS}) nflip={r}", r,
-                     {n: (lambda i, n=n: fh[n].search(q8[i:i + 1], k)) for n in fh}, list(fh),
-                     dists_of=lambda o: o[0][0][o[1][0] >= 0])
+        outs = timed(
+            f"faiss IndexBinaryHash(b={ADDRESS_BITS}) nflip={r}",
+            r,
+            {n: (lambda i, n=n: fh[n].search(q8[i : i + 1], k)) for n in fh},
+            list(fh),
+            dists_of=lambda o: o[0][0][o[1][0] >= 0],
+        )
         for n in fh:  # the same ball: the same top-k distances
             for i, (mine, theirs) in enumerate(zip(ours_d[n], outs[n])):
                 fd = theirs[0][0][theirs[1][0] >= 0]
                 if not np.array_equal(np.sort(mine[0]), np.sort(fd)):
-                    raise SystemExit(f"r={r}, {n} codes, query {i}: lookup distances {mine[0].tolist()} differ "
-                                     f"from IndexBinaryHash's {fd.tolist()}")
+                    raise SystemExit(
+                        f"r={r}, {n} codes, query {i}: lookup distances {mine[0].tolist()} differ "
+                        f"from IndexBinaryHash's {fd.tolist()}"
+                    )
     for nflip in (0, 1) if fm else ():
         for n in fm:
             fm[n].nflip = nflip
-        timed(f"faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) nflip={nflip}", nflip,
-              {n: (lambda i, n=n: fm[n].search(q8[i:i + 1], k)) for n in fm}, list(fm),
-              dists_of=lambda o: o[0][0][o[1][0] >= 0])
+        timed(
+            f"faiss IndexBinaryMultiHash(nhash={BITS // ADDRESS_BITS}, b={ADDRESS_BITS}) nflip={nflip}",
+            nflip,
+            {n: (lambda i, n=n: fm[n].search(q8[i : i + 1], k)) for n in fm},
+            list(fm),
+            dists_of=lambda o: o[0][0][o[1][0] >= 0],
+        )
     print(f"loadavg {Path('/proc/loadavg').read_text().strip()}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "faiss": faiss.__version__, "rows": rows},
-                                              indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "faiss": faiss.__version__, "rows": rows}, indent=1, default=str)
+        )
     return 0
 
 

@@ -29,6 +29,7 @@ Three parts, all in one run (``--skip-text`` / ``--skip-reindex`` / ``--skip-sca
    ``--reindex-fraction`` of the documents were deleted, changed and added, the same input again (publishes
    nothing) and ``--full`` on it, with the reports' counts, partitions rewritten and seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,8 @@ def exact_jaccard_pairs(counts: sp.csr_matrix, ids: list[str], threshold: float,
     bt = b.T.tocsc()
     out = set()
     for s in range(0, b.shape[0], chunk):
-        inter = (b[s:s + chunk] @ bt).toarray()
-        jac = inter / np.maximum(nnz[s:s + chunk, None] + nnz[None, :] - inter, 1)
+        inter = (b[s : s + chunk] @ bt).toarray()
+        jac = inter / np.maximum(nnz[s : s + chunk, None] + nnz[None, :] - inter, 1)
         i, j = np.nonzero(jac >= threshold - 1e-9)
         keep = j > i + s
         for a, c in zip(i[keep] + s, j[keep]):
@@ -71,14 +72,20 @@ def exact_jaccard_pairs(counts: sp.csr_matrix, ids: list[str], threshold: float,
 
 def scores(found: set, truth: set, injected: list) -> dict:
     hit = len(found & truth)
-    out = {"pairs": len(found), "recall": round(hit / max(len(truth), 1), 4),
-           "precision": round(hit / max(len(found), 1), 4)}
+    out = {
+        "pairs": len(found),
+        "recall": round(hit / max(len(truth), 1), 4),
+        "precision": round(hit / max(len(found), 1), 4),
+    }
     per_rate = {}
     for rate in sorted({r for _, _, r in injected}):
         pairs = {(min(a, b), max(a, b)) for a, b, r in injected if r == rate}
         in_truth = pairs & truth
-        per_rate[f"{rate:g}"] = {"injected": len(pairs), "in_truth": len(in_truth),
-                                 "recall_in_truth": round(len(found & in_truth) / max(len(in_truth), 1), 4)}
+        per_rate[f"{rate:g}"] = {
+            "injected": len(pairs),
+            "in_truth": len(in_truth),
+            "recall_in_truth": round(len(found & in_truth) / max(len(in_truth), 1), 4),
+        }
     out["injected"] = per_rate
     return out
 
@@ -205,11 +212,16 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     ids = [d for d, _ in docs]
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": i, "text": t, "split": "train"}) + "\n" for i, t in docs))
-    res: dict = {"corpus": name, "docs": len(docs), "injected": len(copies), "edit_rates": rates,
-                 "jaccard": args.jaccard}
+    res: dict = {
+        "corpus": name,
+        "docs": len(docs),
+        "injected": len(copies),
+        "edit_rates": rates,
+        "jaccard": args.jaccard,
+    }
     data, model, index = work / "data", work / "model", work / "index"
     t = time.time()
-    if not (data / ds.DATASET_FILE).exists():                   # a --workdir of an earlier run keeps it
+    if not (data / ds.DATASET_FILE).exists():  # a --workdir of an earlier run keeps it
         _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus), "--out", str(data), cwd=work)
     res["prepare_seconds"] = round(time.time() - t, 1)
     own_model = not args.model or (model / "model.json").exists()
@@ -223,15 +235,35 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
         model = Path(args.model)
     elif not (model / "model.json").exists():
         t = time.time()
-        _semhash("train", "--data", str(data), "--bits", "64", "--out", str(model), "--no-progress",
-                 *sum((["--set", s] for s in args.train_set), []), cwd=work)
+        _semhash(
+            "train",
+            "--data",
+            str(data),
+            "--bits",
+            "64",
+            "--out",
+            str(model),
+            "--no-progress",
+            *sum((["--set", s] for s in args.train_set), []),
+            cwd=work,
+        )
         res["train_seconds"] = round(time.time() - t, 1)
     t = time.time()
     if args.codes == "pcaitq":
         t -= res["encode_seconds"]
-    elif not own_model:    # another corpus's model: the corpus prepared with the model's words, as a nightly reindex does
-        _semhash("reindex", "--dataset", "jsonl", "--data", str(corpus), "--model", str(model), "--index",
-                 str(index), cwd=work)
+    elif not own_model:  # another corpus's model: the corpus prepared with the model's words, as a nightly reindex does
+        _semhash(
+            "reindex",
+            "--dataset",
+            "jsonl",
+            "--data",
+            str(corpus),
+            "--model",
+            str(model),
+            "--index",
+            str(index),
+            cwd=work,
+        )
         res["model"] = f"{args.model} (trained on another corpus); index built by reindex --dataset jsonl"
     else:
         _semhash("encode", "--model", str(model), "--data", str(data), "--index", str(index), cwd=work)
@@ -248,19 +280,40 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     for rep in range(args.repeats):
         t = time.time()
         found = datasketch_pairs(sets, ids, args.jaccard)
-        row = {"method": "datasketch MinHashLSH(0.7, 128) + exact check", "run": rep,
-               "seconds": round(time.time() - t, 2), **scores(found, truth, injected)}
+        row = {
+            "method": "datasketch MinHashLSH(0.7, 128) + exact check",
+            "run": rep,
+            "seconds": round(time.time() - t, 2),
+            **scores(found, truth, injected),
+        }
         rows.append(row)
         print(f"{name}: {json.dumps(row)}", flush=True)
         out = work / f"dedup-{rep}"
-        summary, secs = _semhash("dedup", "--index", str(index), "--data", str(data), "--verify",
-                                 f"jaccard:{args.jaccard}", "--target-recall", str(args.target_recall), "--out",
-                                 str(out), cwd=work)
+        summary, secs = _semhash(
+            "dedup",
+            "--index",
+            str(index),
+            "--data",
+            str(data),
+            "--verify",
+            f"jaccard:{args.jaccard}",
+            "--target-recall",
+            str(args.target_recall),
+            "--out",
+            str(out),
+            cwd=work,
+        )
         found = _read_pairs(out)
-        row = {"method": "semhash dedup --verify jaccard (automatic radius)", "run": rep, "seconds": round(secs, 2),
-               "radius": summary["radius"], "calibration": summary.get("calibration"),
-               "candidates": summary["candidates"], "job_seconds": summary["seconds"],
-               **scores(found, truth, injected)}
+        row = {
+            "method": "semhash dedup --verify jaccard (automatic radius)",
+            "run": rep,
+            "seconds": round(secs, 2),
+            "radius": summary["radius"],
+            "calibration": summary.get("calibration"),
+            "candidates": summary["candidates"],
+            "job_seconds": summary["seconds"],
+            **scores(found, truth, injected),
+        }
         rows.append(row)
         print(f"{name}: {json.dumps(row)}", flush=True)
     res["runs"] = rows
@@ -271,34 +324,72 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     rng = np.random.default_rng(7)
     changed = set(rng.choice(len(docs), max(1, int(args.nightly_fraction * len(docs))), replace=False).tolist())
     pool = [w for _, t in docs[:2000] for w in t.split()]
-    night = [(i, " ".join(w if rng.random() > 0.3 else pool[int(rng.integers(0, len(pool)))] for w in t.split()))
-             if k in changed else (i, t) for k, (i, t) in enumerate(docs)]
+    night = [
+        (i, " ".join(w if rng.random() > 0.3 else pool[int(rng.integers(0, len(pool)))] for w in t.split()))
+        if k in changed
+        else (i, t)
+        for k, (i, t) in enumerate(docs)
+    ]
     corpus2 = work / "nightly.jsonl"
     corpus2.write_text("".join(json.dumps({"id": i, "text": t, "split": "train"}) + "\n" for i, t in night))
     v1 = json.loads((index / "CURRENT").read_text())["version"]
-    rep2, secs = _semhash("reindex", "--dataset", "jsonl", "--data", str(corpus2), "--model", str(model),
-                          "--index", str(index), cwd=work)
+    rep2, secs = _semhash(
+        "reindex", "--dataset", "jsonl", "--data", str(corpus2), "--model", str(model), "--index", str(index), cwd=work
+    )
     night_data = work / "nightly-data"
     _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus2), "--out", str(night_data), cwd=work)
     radius = str(rows[-1]["radius"])
-    inc, inc_secs = _semhash("dedup", "--index", str(index), "--data", str(night_data), "--verify",
-                             f"jaccard:{args.jaccard}", "--radius", radius, "--since", v1, "--previous",
-                             str(work / f"dedup-{args.repeats - 1}"), "--out", str(work / "inc"), cwd=work)
-    full, full_secs = _semhash("dedup", "--index", str(index), "--data", str(night_data), "--verify",
-                               f"jaccard:{args.jaccard}", "--radius", radius, "--out", str(work / "full"), cwd=work)
+    inc, inc_secs = _semhash(
+        "dedup",
+        "--index",
+        str(index),
+        "--data",
+        str(night_data),
+        "--verify",
+        f"jaccard:{args.jaccard}",
+        "--radius",
+        radius,
+        "--since",
+        v1,
+        "--previous",
+        str(work / f"dedup-{args.repeats - 1}"),
+        "--out",
+        str(work / "inc"),
+        cwd=work,
+    )
+    full, full_secs = _semhash(
+        "dedup",
+        "--index",
+        str(index),
+        "--data",
+        str(night_data),
+        "--verify",
+        f"jaccard:{args.jaccard}",
+        "--radius",
+        radius,
+        "--out",
+        str(work / "full"),
+        cwd=work,
+    )
     same = _read_pairs(work / "inc") == _read_pairs(work / "full")
-    res["nightly"] = {"changed_docs": len(changed), "reindex": {k: rep2.get(k) for k in ("added", "changed",
-                                                                                           "deleted", "seconds")},
-                      "incremental": {"seconds": round(inc_secs, 2), "fresh_docs": inc.get("fresh_docs"),
-                                      "candidates": inc["candidates"], "pairs": inc["pairs"]},
-                      "full": {"seconds": round(full_secs, 2), "candidates": full["candidates"],
-                               "pairs": full["pairs"]},
-                      "same_pairs": same}
+    res["nightly"] = {
+        "changed_docs": len(changed),
+        "reindex": {k: rep2.get(k) for k in ("added", "changed", "deleted", "seconds")},
+        "incremental": {
+            "seconds": round(inc_secs, 2),
+            "fresh_docs": inc.get("fresh_docs"),
+            "candidates": inc["candidates"],
+            "pairs": inc["pairs"],
+        },
+        "full": {"seconds": round(full_secs, 2), "candidates": full["candidates"], "pairs": full["pairs"]},
+        "same_pairs": same,
+    }
     print(f"{name}: nightly {json.dumps(res['nightly'])}", flush=True)
     return res
 
 
 # --------------------------------------------------------------------------------------------------- scale part
+
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
     x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
@@ -315,8 +406,8 @@ def synthetic_codes(start: int, stop: int) -> np.ndarray:
         base = np.where(i % np.uint64(100) == 1, i - np.uint64(1), i)
         code = _splitmix(base)
         flips = ((i // np.uint64(100)) % np.uint64(4)).astype(np.int64)
-        planted = (i % np.uint64(100) == 1)
-        for k in range(3):                     # flip up to three distinct bits, positions from another hash
+        planted = i % np.uint64(100) == 1
+        for k in range(3):  # flip up to three distinct bits, positions from another hash
             pos = (_splitmix(i * np.uint64(3) + np.uint64(k + 7)) % np.uint64(21)).astype(np.uint64) + np.uint64(21 * k)
             mask = np.where(planted & (flips > k), np.uint64(1) << pos, np.uint64(0))
             code ^= mask
@@ -333,7 +424,9 @@ def _gen_frames(frames):
         lo, hi = int(ids.min()), int(ids.max()) + 1
         codes = synthetic_codes(lo, hi)[ids - lo]
         raw = codes.astype(">u8").tobytes()
-        yield pd.DataFrame({"id": [f"{x:010d}" for x in ids], "code": [raw[8 * k: 8 * k + 8] for k in range(len(ids))]})
+        yield pd.DataFrame(
+            {"id": [f"{x:010d}" for x in ids], "code": [raw[8 * k : 8 * k + 8] for k in range(len(ids))]}
+        )
 
 
 def brute_count(words: np.ndarray, radius: int) -> int:
@@ -387,23 +480,35 @@ def run_scale(spark, args, work: Path) -> dict:
         n, radius = int(n), int(r) if r else args.scale_radius
         path = work / f"codes-{n}"
         n_files = max(2, n // 500_000)
-        spark.range(0, n, numPartitions=n_files).select("id").mapInPandas(_gen_frames, "id string, code binary") \
-            .write.mode("overwrite").parquet(str(path))
+        spark.range(0, n, numPartitions=n_files).select("id").mapInPandas(
+            _gen_frames, "id string, code binary"
+        ).write.mode("overwrite").parquet(str(path))
         codes_df = spark.read.parquet(str(path))
-        if not out["rows"]:                      # the session warm (Python workers, kernels loaded): not timed
+        if not out["rows"]:  # the session warm (Python workers, kernels loaded): not timed
             dedup.near_duplicate_pairs(codes_df.limit(10000), 64, radius, block_size=args.block_size)
         t = time.time()
         _, counts = dedup.near_duplicate_pairs(codes_df, 64, radius, block_size=args.block_size)
         spark_s = time.time() - t
         pairs = counts["pairs"]
-        row = {"codes": n, "radius": radius, "spark_seconds": round(spark_s, 1), "pairs": pairs,
-               "hot_buckets": counts["hot_buckets"]}
+        row = {
+            "codes": n,
+            "radius": radius,
+            "spark_seconds": round(spark_s, 1),
+            "pairs": pairs,
+            "hot_buckets": counts["hot_buckets"],
+        }
         if n <= args.brute_max:
             words = synthetic_codes(0, n)
             t = time.time()
             brute = brute_count(words, radius)
-            row.update({"brute_seconds": round(time.time() - t, 1), "brute_pairs": brute, "agree": brute == pairs,
-                        "brute_measured": True})
+            row.update(
+                {
+                    "brute_seconds": round(time.time() - t, 1),
+                    "brute_pairs": brute,
+                    "agree": brute == pairs,
+                    "brute_measured": True,
+                }
+            )
         else:
             row.update({"brute_seconds": round(n * (n - 1) / 2 / rate, 1), "brute_measured": False})
         row["speedup"] = round(row["brute_seconds"] / spark_s, 1)
@@ -414,6 +519,7 @@ def run_scale(spark, args, work: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- reindex part
+
 
 def replicate(data_dir: str, out: Path, n_docs: int, files: int = 16) -> None:
     """The prepared corpus repeated to ``n_docs`` documents (ids and content hashes suffixed with the copy number)."""
@@ -426,8 +532,9 @@ def replicate(data_dir: str, out: Path, n_docs: int, files: int = 16) -> None:
     for rep in range(-(-n_docs // src.num_rows)):
         t = src.slice(0, min(src.num_rows, n_docs - rep * src.num_rows))
         for col in (ds.ID, ds.CONTENT_HASH):
-            t = t.set_column(t.schema.get_field_index(col), col,
-                             pa.array([f"{x}#{rep}" for x in t.column(col).to_pylist()]))
+            t = t.set_column(
+                t.schema.get_field_index(col), col, pa.array([f"{x}#{rep}" for x in t.column(col).to_pylist()])
+            )
         tables.append(t)
     table = pa.concat_tables(tables)
     per = -(-table.num_rows // files)
@@ -446,8 +553,8 @@ def edit_dataset(src: Path, out: Path, fraction: float, seed: int = 0) -> dict:
     everyone = [r["id"] for t in tables for r in t]
     picked = rng.choice(len(everyone), 3 * k, replace=False)
     delete = {everyone[i] for i in picked[:k]}
-    change = {everyone[i] for i in picked[k:2 * k]}
-    add_from = {everyone[i] for i in picked[2 * k:]}
+    change = {everyone[i] for i in picked[k : 2 * k]}
+    add_from = {everyone[i] for i in picked[2 * k :]}
     added = []
     for f, t in zip(files, tables):
         keep = []
@@ -457,8 +564,11 @@ def edit_dataset(src: Path, out: Path, fraction: float, seed: int = 0) -> dict:
             if r["id"] in delete:
                 continue
             if r["id"] in change:
-                r = {**r, "word_counts": (np.frombuffer(r["word_counts"], "<f4") * 2).astype("<f4").tobytes(),
-                     "content_hash": "edited-" + r["content_hash"]}
+                r = {
+                    **r,
+                    "word_counts": (np.frombuffer(r["word_counts"], "<f4") * 2).astype("<f4").tobytes(),
+                    "content_hash": "edited-" + r["content_hash"],
+                }
             keep.append(r)
         pq.write_table(pa.Table.from_pylist(keep, schema=ds.DOC_SCHEMA), f)
     pq.write_table(pa.Table.from_pylist(added, schema=ds.DOC_SCHEMA), files[0].parent / "part-added.parquet")
@@ -477,12 +587,28 @@ def run_reindex(spark, args, work: Path) -> dict:
     edits = edit_dataset(base, work / "tonight", args.reindex_fraction)
     cfg = load_config(None, [])
     index = str(work / "index")
-    keys = ("published", "full", "reason", "added", "changed", "deleted", "unchanged", "partitions",
-            "partitions_rewritten", "partitions_carried", "files_copied", "seconds")
+    keys = (
+        "published",
+        "full",
+        "reason",
+        "added",
+        "changed",
+        "deleted",
+        "unchanged",
+        "partitions",
+        "partitions_rewritten",
+        "partitions_carried",
+        "files_copied",
+        "seconds",
+    )
     out = {"edits": edits, "address_bits": cfg.index.address_bits, "partition_bits": cfg.index.partition_bits}
     tonight = work / "tonight"
-    runs = (("first run (full build)", base, False), ("nightly run", tonight, False),
-            ("same input again", tonight, False), ("--full on the same input", tonight, True))
+    runs = (
+        ("first run (full build)", base, False),
+        ("nightly run", tonight, False),
+        ("same input again", tonight, False),
+        ("--full on the same input", tonight, True),
+    )
     for name, data, full in runs:
         rep = reindex(spark, str(data), str(model), index, cfg, full=full)
         out[name] = {k: rep.get(k) for k in keys}
@@ -492,17 +618,24 @@ def run_reindex(spark, args, work: Path) -> dict:
 
 # --------------------------------------------------------------------------------------------------- main
 
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="prepared 20 Newsgroups dataset (semhash prepare --dataset 20ng): re-index part")
-    p.add_argument("--model", help="a 64-bit document model: the re-index part's, and the text part's instead of "
-                                   "one trained on each corpus")
+    p.add_argument(
+        "--model",
+        help="a 64-bit document model: the re-index part's, and the text part's instead of one trained on each corpus",
+    )
     p.add_argument("--corpora", default="20ng,reuters21578", help="text part: raw corpora under SEMHASH_DATA_DIR")
     p.add_argument("--train-set", action="append", default=[], help="text part: a train --set override")
     p.add_argument("--repeats", type=int, default=1, help="text part: timed runs of each method")
     p.add_argument("--target-recall", type=float, default=0.9, help="text part: semhash dedup --target-recall")
-    p.add_argument("--codes", choices=["model", "pcaitq"], default="model",
-                   help="text part: index codes from a trained model, or PCA-ITQ of TF-IDF (no training)")
+    p.add_argument(
+        "--codes",
+        choices=["model", "pcaitq"],
+        default="model",
+        help="text part: index codes from a trained model, or PCA-ITQ of TF-IDF (no training)",
+    )
     p.add_argument("--nightly-fraction", type=float, default=0.01, help="text part: documents changed overnight")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--json", help="write the results here")
@@ -510,15 +643,23 @@ def main() -> None:
     p.add_argument("--edit-rates", default="0.02,0.05,0.1,0.2")
     p.add_argument("--jaccard", type=float, default=0.7, help="near-duplicate: Jaccard of word sets >= this")
     p.add_argument("--block-size", type=int, default=2048)
-    p.add_argument("--scale", default="100000,1000000,10000000:1,10000000:2",
-                   help="code counts for the scale part, each N or N:RADIUS")
+    p.add_argument(
+        "--scale",
+        default="100000,1000000,10000000:1,10000000:2",
+        help="code counts for the scale part, each N or N:RADIUS",
+    )
     p.add_argument("--scale-radius", type=int, default=3, help="radius where --scale gives none")
     p.add_argument("--brute-max", type=int, default=200000, help="run the brute-force scan in full up to this size")
     p.add_argument("--brute-rate-sample", type=int, default=100000, help="codes used to measure the scan's rate")
-    p.add_argument("--reindex-docs", type=int, default=200000,
-                   help="re-index part: the corpus repeated to this many documents")
-    p.add_argument("--reindex-fraction", type=float, default=0.0003,
-                   help="re-index part: fraction of documents deleted, changed and added (a third each)")
+    p.add_argument(
+        "--reindex-docs", type=int, default=200000, help="re-index part: the corpus repeated to this many documents"
+    )
+    p.add_argument(
+        "--reindex-fraction",
+        type=float,
+        default=0.0003,
+        help="re-index part: fraction of documents deleted, changed and added (a third each)",
+    )
     p.add_argument("--skip-text", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
     p.add_argument("--skip-reindex", action="store_true")
@@ -529,18 +670,22 @@ def main() -> None:
     os.environ.setdefault("SEMHASH_DRIVER_MEMORY", "6g")
     from semhash_spark.io.spark import get_spark
 
-    spark = None                 # the text part runs every semhash command in its own process
+    spark = None  # the text part runs every semhash command in its own process
     if not (args.skip_scale and args.skip_reindex):
         spark = get_spark("dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": "8"})
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dedup-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"cpus": os.cpu_count(), "spark_master": "local[2]"},
-               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "spark_master": "local[2]"},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
         if not args.skip_text:
             root = Path(os.environ.get("SEMHASH_DATA_DIR", "/work/shared/data"))
-            sources = {"20ng": root / "20newsgroups" / "20news-bydate.tar.gz",
-                       "reuters21578": root / "reuters21578" / "reuters21578.tar.gz"}
+            sources = {
+                "20ng": root / "20newsgroups" / "20news-bydate.tar.gz",
+                "reuters21578": root / "reuters21578" / "reuters21578.tar.gz",
+            }
             for name in args.corpora.split(","):
                 results[name] = run_text(args, name, name, str(sources[name]), work / name)
         if not args.skip_reindex:

@@ -7,6 +7,7 @@ whole job (read, encode, shuffle by partition, write shards, publish) on ``local
 the same Parquet files and encodes them in one process with 2 threads. Peak driver memory (Python driver and
 JVM) is sampled for each corpus size to show it does not grow with the corpus.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,11 +125,15 @@ def main() -> None:
             report = encode_to_index(spark, args.model, str(data), str(index), cfg)
         n_torch, s_torch = torch_baseline(data, args.model, threads=2)
         row = {
-            "docs": n_docs, "spark_seconds": report["seconds"], "spark_docs_per_s": report["docs_per_second"],
-            "torch_docs": n_torch, "torch_seconds": round(s_torch, 2),
+            "docs": n_docs,
+            "spark_seconds": report["seconds"],
+            "spark_docs_per_s": report["docs_per_second"],
+            "torch_docs": n_torch,
+            "torch_seconds": round(s_torch, 2),
             "torch_docs_per_s": round(n_torch / s_torch, 1),
             "ratio_spark_over_torch": round(report["docs_per_second"] / (n_torch / s_torch), 3),
-            "peak_driver_python_mib": round(mem.peak_py / 2**20), "peak_driver_jvm_mib": round(mem.peak_jvm / 2**20),
+            "peak_driver_python_mib": round(mem.peak_py / 2**20),
+            "peak_driver_jvm_mib": round(mem.peak_jvm / 2**20),
             "partitions": report["partitions"],
         }
         rows.append(row)

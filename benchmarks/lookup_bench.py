@@ -18,6 +18,7 @@ hash chooses its substring count from the codes (``mih.choose_substrings``; the 
 printed); ``--extra-m 3,5`` also times it with fixed counts. Prints Markdown tables, the largest size's median
 over the smallest's for each of our indexes, and writes JSON with ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,20 +42,21 @@ BITS = 64
 
 # ----------------------------------------------------------------------------------------------- data
 
+
 def random_codes(n: int, rng) -> np.ndarray:
     return rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
 
 
 def clustered_codes(n: int, rng, centres: np.ndarray, flip: float = 0.06) -> np.ndarray:
     words = centres[rng.integers(0, len(centres), size=n)].copy()
-    for b in range(BITS):          # one bit at a time keeps memory at O(n)
+    for b in range(BITS):  # one bit at a time keeps memory at O(n)
         words ^= (rng.random(n) < flip).astype(np.uint64) << np.uint64(b)
     return words.view(np.uint8).reshape(n, 8)
 
 
 # model-produced codes: documents drawn from the topic model ``semhash generate`` fits, encoded by a trained model
 
-MODEL_BATCH = 8192          # documents per random stream; the stream of batch j is default_rng([seed, stream, j])
+MODEL_BATCH = 8192  # documents per random stream; the stream of batch j is default_rng([seed, stream, j])
 
 
 def load_topic_model(source: str, cache: Path, seed: int = 0):
@@ -71,16 +73,18 @@ def load_topic_model(source: str, cache: Path, seed: int = 0):
         train = ds.read_split(source, "train", columns=(ds.LABELS, "counts"))
         tm = fit_topic_model(train.counts, train.labels, meta["counts"].get("test", 0), GenerateConfig(), seed)
         cache.mkdir(parents=True, exist_ok=True)
-        arrays = {k: getattr(tm, k) for k in ("class_prior", "alpha", "topics", "topic_cdf", "lengths",
-                                              "length_offsets")}
-        np.savez(path, classes=np.array(json.dumps(tm.classes)), test_num=tm.test_num, total_num=tm.total_num,
-                 **arrays)
+        arrays = {
+            k: getattr(tm, k) for k in ("class_prior", "alpha", "topics", "topic_cdf", "lengths", "length_offsets")
+        }
+        np.savez(path, classes=np.array(json.dumps(tm.classes)), test_num=tm.test_num, total_num=tm.total_num, **arrays)
         print(f"  topic model of {source} fitted in {time.perf_counter() - t:.0f}s: {tm.summary()}", flush=True)
     z = np.load(path, allow_pickle=False)
-    return TopicModel(classes=tuple(tuple(c) for c in json.loads(str(z["classes"]))),
-                      **{k: z[k] for k in ("class_prior", "alpha", "topics", "topic_cdf", "lengths",
-                                           "length_offsets")},
-                      test_num=int(z["test_num"]), total_num=int(z["total_num"]))
+    return TopicModel(
+        classes=tuple(tuple(c) for c in json.loads(str(z["classes"]))),
+        **{k: z[k] for k in ("class_prior", "alpha", "topics", "topic_cdf", "lengths", "length_offsets")},
+        test_num=int(z["test_num"]),
+        total_num=int(z["total_num"]),
+    )
 
 
 _WORKER: dict = {}
@@ -91,7 +95,7 @@ def _init_worker(source: str, model_dir: str, cache: Path, seed: int) -> None:
 
     from semhash_spark.models.checkpoint import load_model
 
-    torch.set_num_threads(1)        # one process per core instead
+    torch.set_num_threads(1)  # one process per core instead
     _WORKER.update(hasher=load_model(model_dir), topics=load_topic_model(source, cache, seed), seed=seed)
 
 
@@ -105,8 +109,9 @@ def _encode_batch(task: tuple[int, int, int]) -> tuple[int, np.ndarray]:
     return j, _WORKER["hasher"].codes(counts[:size].toarray())
 
 
-def model_codes(n: int, stream: int, source: str, model_dir: str, cache: Path, workers: int = 2,
-                seed: int = 0) -> np.ndarray:
+def model_codes(
+    n: int, stream: int, source: str, model_dir: str, cache: Path, workers: int = 2, seed: int = 0
+) -> np.ndarray:
     """The first ``n`` codes of ``stream`` (0: database, 1: queries, so queries are documents not in the index):
     batches of MODEL_BATCH documents sampled from the topic model and encoded by the model at ``model_dir``,
     cached in ``cache`` (a shorter request reads the prefix of a longer cached one)."""
@@ -121,20 +126,26 @@ def model_codes(n: int, stream: int, source: str, model_dir: str, cache: Path, w
             return np.load(f, mmap_mode="r")[:n].copy()
     if meta["bits"] != BITS or meta["vocab"]["words"] != ds.read_vocab(source)[0]:
         raise SystemExit(f"--model {model_dir} must be a {BITS}-bit model on the vocabulary of --source {source}")
-    load_topic_model(source, cache, seed)            # fitted once here, read by the workers
+    load_topic_model(source, cache, seed)  # fitted once here, read by the workers
     out, t, done = np.empty((n, BITS // 8), np.uint8), time.perf_counter(), 0
     tasks = [(stream, j, min(MODEL_BATCH, n - i)) for j, i in enumerate(range(0, n, MODEL_BATCH))]
     with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (source, model_dir, cache, seed)) as pool:
         for j, codes in pool.imap_unordered(_encode_batch, tasks):
-            out[j * MODEL_BATCH:j * MODEL_BATCH + len(codes)] = codes
+            out[j * MODEL_BATCH : j * MODEL_BATCH + len(codes)] = codes
             done += 1
             if done % 100 == 0:
-                print(f"  stream {stream}: {done * MODEL_BATCH:,} of {n:,} documents encoded "
-                      f"({time.perf_counter() - t:.0f}s)", flush=True)
+                print(
+                    f"  stream {stream}: {done * MODEL_BATCH:,} of {n:,} documents encoded "
+                    f"({time.perf_counter() - t:.0f}s)",
+                    flush=True,
+                )
     cache.mkdir(parents=True, exist_ok=True)
     np.save(cache / f"{stem}{n}.npy", out)
-    print(f"  {n:,} model codes (stream {stream}) sampled and encoded in {time.perf_counter() - t:.0f}s "
-          f"({workers} processes)", flush=True)
+    print(
+        f"  {n:,} model codes (stream {stream}) sampled and encoded in {time.perf_counter() - t:.0f}s "
+        f"({workers} processes)",
+        flush=True,
+    )
     return out
 
 
@@ -144,12 +155,14 @@ def make(kind: str, n: int, nq: int, seed: int = 0, model_args: dict | None = No
     rng = np.random.default_rng(seed)
     if kind == "random":
         return random_codes(n, rng), random_codes(nq, rng)
-    centres = rng.integers(0, 2 ** 63, size=10_000, dtype=np.int64).view(np.uint64) * np.uint64(2) + \
-        rng.integers(0, 2, size=10_000).astype(np.uint64)
+    centres = rng.integers(0, 2**63, size=10_000, dtype=np.int64).view(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, size=10_000
+    ).astype(np.uint64)
     return clustered_codes(n, rng, centres), clustered_codes(nq, rng, centres)
 
 
 # ----------------------------------------------------------------------------------------------- timing
+
 
 def rss() -> int:
     """Bytes in use on the C heap (glibc ``mallinfo2``: small blocks + mmapped blocks), which numpy and faiss
@@ -157,8 +170,22 @@ def rss() -> int:
     import ctypes
 
     class _MallInfo2(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (f, ctypes.c_size_t)
+            for f in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = _MallInfo2
@@ -175,7 +202,7 @@ def timed(fn, q: np.ndarray, budget: float):
     lat, out, t_end = [], [], time.perf_counter() + budget
     for i in range(q.shape[0]):
         t = time.perf_counter()
-        out.append(fn(q[i:i + 1]))
+        out.append(fn(q[i : i + 1]))
         lat.append(time.perf_counter() - t)
         if time.perf_counter() > t_end and i >= 4:
             break
@@ -205,18 +232,31 @@ def knn_recall(got_d: list, exact_kth: np.ndarray, k: int) -> float:
 
 # ----------------------------------------------------------------------------------------------- methods
 
+
 def code_stats(db: np.ndarray) -> dict:
     """How far codes are from uniform: distinct codes, bit balance, and the largest 21-bit bucket (the size of the
     multi-index hash's substrings at 64 bits)."""
     w = db.view(">u8").ravel()
     ones = np.unpackbits(db[:1_000_000], axis=1).mean(axis=0)
     top = np.bincount((w >> np.uint64(43)).astype(np.int64), minlength=1 << 21)
-    return {"distinct": int(np.unique(w).size), "bit_mean_min": float(ones.min()), "bit_mean_max": float(ones.max()),
-            "largest_21bit_bucket": int(top.max())}
+    return {
+        "distinct": int(np.unique(w).size),
+        "bit_mean_min": float(ones.min()),
+        "bit_mean_max": float(ones.max()),
+        "largest_21bit_bucket": int(top.max()),
+    }
 
 
-def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_bits: int,
-             model_args: dict | None = None, extra_m: tuple[int, ...] = ()):
+def run_size(
+    kind: str,
+    n: int,
+    nq: int,
+    budget: float,
+    rows: list,
+    faiss_hash_bits: int,
+    model_args: dict | None = None,
+    extra_m: tuple[int, ...] = (),
+):
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -230,7 +270,7 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
     exact = {}
     for r in (2, 4):
         lims, D, I = flat.range_search(q, r + 1)
-        exact[r] = [I[lims[i]:lims[i + 1]].tolist() for i in range(nq)]
+        exact[r] = [I[lims[i] : lims[i + 1]].tolist() for i in range(nq)]
     Dk, _ = flat.search(q, 10)
     exact_kth = Dk[:, 9]
     ball_sizes = {r: float(np.mean([len(e) for e in exact[r]])) for r in (2, 4)}
@@ -246,16 +286,28 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
         return ix, build_s, mem
 
     methods = []
-    ours, b_s, mem = build("ours", lambda: MultiIndexHash(db, BITS))   # m chosen from the codes
-    print(f"  semhash substring count: m={ours.m} (default {default_substrings(n, BITS)}); estimated costs "
-          f"{json.dumps({m: {t: round(v) for t, v in c.items()} for m, c in ours.substring_costs.items()})}",
-          flush=True)
+    ours, b_s, mem = build("ours", lambda: MultiIndexHash(db, BITS))  # m chosen from the codes
+    print(
+        f"  semhash substring count: m={ours.m} (default {default_substrings(n, BITS)}); estimated costs "
+        f"{json.dumps({m: {t: round(v) for t, v in c.items()} for m, c in ours.substring_costs.items()})}",
+        flush=True,
+    )
+
     def add_ours(label, ix, b_s, mem):
-        methods.append((f"semhash MultiIndexHash ({label})", ix, b_s, max(mem, ix.nbytes),
-                        lambda ix, x, r: ix.range_search(x, r), lambda ix, x: ix.search(x, 10), ix.nbytes))
+        methods.append(
+            (
+                f"semhash MultiIndexHash ({label})",
+                ix,
+                b_s,
+                max(mem, ix.nbytes),
+                lambda ix, x, r: ix.range_search(x, r),
+                lambda ix, x: ix.search(x, 10),
+                ix.nbytes,
+            )
+        )
 
     add_ours(f"m={ours.m}", ours, b_s, mem)
-    for m in extra_m:        # fixed substring counts, for comparison with the chosen one
+    for m in extra_m:  # fixed substring counts, for comparison with the chosen one
         add_ours(f"m={m} fixed", *build("ours", lambda m=m: MultiIndexHash(db, BITS, m=m)))
 
     def faiss_flat():
@@ -273,9 +325,11 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
         ix.add(db)
         return ix
 
-    for name, maker in (("faiss IndexBinaryFlat", faiss_flat), (f"faiss IndexBinaryHash(b={faiss_hash_bits})",
-                                                                 faiss_hash),
-                        ("faiss IndexBinaryMultiHash(nhash=3, b=21)", faiss_multi)):
+    for name, maker in (
+        ("faiss IndexBinaryFlat", faiss_flat),
+        (f"faiss IndexBinaryHash(b={faiss_hash_bits})", faiss_hash),
+        ("faiss IndexBinaryMultiHash(nhash=3, b=21)", faiss_multi),
+    ):
         ix, b_s, mem = build(name, maker)
         methods.append((name, ix, b_s, mem, None, None, None))
 
@@ -284,49 +338,70 @@ def run_size(kind: str, n: int, nq: int, budget: float, rows: list, faiss_hash_b
         for task in ("radius 2", "radius 4", "k=10"):
             settings = [None]
             if is_faiss and "Hash" in name:  # nflip: bits flipped in each hash key; exact range needs enough
-                settings = ({"radius 2": [0, 2], "radius 4": [1, 4], "k=10": [1, 3]}[task]
-                            if "Multi" in name else {"radius 2": [2], "radius 4": [4], "k=10": [2, 4]}[task])
+                settings = (
+                    {"radius 2": [0, 2], "radius 4": [1, 4], "k=10": [1, 3]}[task]
+                    if "Multi" in name
+                    else {"radius 2": [2], "radius 4": [4], "k=10": [2, 4]}[task]
+                )
             for nflip in settings:
                 if nflip is not None:
                     ix.nflip = nflip
                 if task.startswith("radius"):
                     r = int(task.split()[1])
                     if is_faiss:
-                        f = (lambda x, r=r, ix=ix: ix.range_search(x, r + 1))
+                        f = lambda x, r=r, ix=ix: ix.range_search(x, r + 1)
                         ids_of = lambda res: res[2].tolist()  # noqa: E731
                     else:
-                        f = (lambda x, r=r, ix=ix, rfn=rfn: rfn(ix, x, r))
+                        f = lambda x, r=r, ix=ix, rfn=rfn: rfn(ix, x, r)
                         ids_of = lambda res: res[2].tolist()  # noqa: E731
                     stats, outs = timed(f, q, budget)
-                    rec = range_recall([ids_of(o) for o in outs], exact[r][:len(outs)])
+                    rec = range_recall([ids_of(o) for o in outs], exact[r][: len(outs)])
                 else:
                     f = (lambda x, ix=ix: ix.search(x, 10)) if is_faiss else (lambda x, ix=ix, kfn=kfn: kfn(ix, x))
                     stats, outs = timed(f, q, budget)
-                    rec = knn_recall([o[0][0] for o in outs], exact_kth[:len(outs)], 10)
+                    rec = knn_recall([o[0][0] for o in outs], exact_kth[: len(outs)], 10)
                 bt = batch_time(f, q, budget) if stats["median_us"] * nq < 1e6 * budget * 2 else None
                 method = name + (f" nflip={nflip}" if nflip is not None else "")
-                row = {"data": kind, "n": n, "method": method,
-                       "index": "semhash (chosen m)" if ix is ours else method,
-                       "task": task, **stats, "batch_us_per_query": bt, "recall": rec, "build_s": b_s,
-                       "mem_bytes": mem, "mem_mb_per_million": mem / n * 1e6 / 2 ** 20,
-                       "ball": ball_sizes.get(int(task.split()[1])) if task.startswith("radius") else None,
-                       "codes": cstats}
+                row = {
+                    "data": kind,
+                    "n": n,
+                    "method": method,
+                    "index": "semhash (chosen m)" if ix is ours else method,
+                    "task": task,
+                    **stats,
+                    "batch_us_per_query": bt,
+                    "recall": rec,
+                    "build_s": b_s,
+                    "mem_bytes": mem,
+                    "mem_mb_per_million": mem / n * 1e6 / 2**20,
+                    "ball": ball_sizes.get(int(task.split()[1])) if task.startswith("radius") else None,
+                    "codes": cstats,
+                }
                 rows.append(row)
-                print(f"| {row['method']} | {task} | {stats['median_us']:.0f} | {stats['p99_us']:.0f} | "
-                      f"{'' if bt is None else f'{bt:.1f}'} | {'n/a' if rec is None else f'{rec:.3f}'} | "
-                      f"{stats['queries']} |", flush=True)
-        print(f"  {name}: build {b_s:.2f}s, memory {mem / 2 ** 20:.1f} MiB "
-              f"({mem / n * 1e6 / 2 ** 20:.1f} MiB per million codes)", flush=True)
+                print(
+                    f"| {row['method']} | {task} | {stats['median_us']:.0f} | {stats['p99_us']:.0f} | "
+                    f"{'' if bt is None else f'{bt:.1f}'} | {'n/a' if rec is None else f'{rec:.3f}'} | "
+                    f"{stats['queries']} |",
+                    flush=True,
+                )
+        print(
+            f"  {name}: build {b_s:.2f}s, memory {mem / 2**20:.1f} MiB "
+            f"({mem / n * 1e6 / 2**20:.1f} MiB per million codes)",
+            flush=True,
+        )
         del ix
         gc.collect()
     methods.clear()
-    print(f"  mean exact ball size: r=2 {ball_sizes[2]:.2f}, r=4 {ball_sizes[4]:.2f}; "
-          f"mean 10th-NN distance {exact_kth.mean():.2f}", flush=True)
+    print(
+        f"  mean exact ball size: r=2 {ball_sizes[2]:.2f}, r=4 {ball_sizes[4]:.2f}; "
+        f"mean 10th-NN distance {exact_kth.mean():.2f}",
+        flush=True,
+    )
 
 
 def scan_throughput(n: int = 10_000_000, reps: int = 5) -> float:
     rng = np.random.default_rng(0)
-    words = rng.integers(0, 2 ** 63, size=n, dtype=np.int64).view(np.uint64)
+    words = rng.integers(0, 2**63, size=n, dtype=np.int64).view(np.uint64)
     out = np.empty(n, dtype=np.int32)
     scan_distances(words, words[0], out=out)
     t = time.perf_counter()
@@ -336,6 +411,7 @@ def scan_throughput(n: int = 10_000_000, reps: int = 5) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- service
+
 
 def service_bench(n: int, duration: float, threads: int) -> dict:
     """End-to-end HTTP: one client (latency) then ``threads`` clients (throughput), closed loop, k=10 codes."""
@@ -380,10 +456,18 @@ def service_bench(n: int, duration: float, threads: int) -> dict:
                     t.join()
                 el = time.monotonic() - t0
                 a = np.array(lat) * 1000
-                out[f"clients={nthreads}"] = {"requests": len(a), "errors": errors[0], "qps": len(a) / el,
-                                              "p50_ms": float(np.median(a)), "p99_ms": float(np.percentile(a, 99))}
-                print(f"  service, {n:,} codes, {nthreads} client(s): {len(a) / el:.0f} req/s, "
-                      f"p50 {np.median(a):.2f} ms, p99 {np.percentile(a, 99):.2f} ms, errors {errors[0]}", flush=True)
+                out[f"clients={nthreads}"] = {
+                    "requests": len(a),
+                    "errors": errors[0],
+                    "qps": len(a) / el,
+                    "p50_ms": float(np.median(a)),
+                    "p99_ms": float(np.percentile(a, 99)),
+                }
+                print(
+                    f"  service, {n:,} codes, {nthreads} client(s): {len(a) / el:.0f} req/s, "
+                    f"p50 {np.median(a):.2f} ms, p99 {np.percentile(a, 99):.2f} ms, errors {errors[0]}",
+                    flush=True,
+                )
         finally:
             svc.stop()
     return out
@@ -422,28 +506,45 @@ def main(argv=None) -> int:
     if "model" in args.kinds.split(","):
         if not (args.source and args.model):
             p.error("--kinds model needs --source (a prepared corpus) and --model (a 64-bit model on its vocabulary)")
-        model_args = {"source": args.source, "model_dir": args.model, "cache": Path(args.cache),
-                      "workers": args.workers}
+        model_args = {
+            "source": args.source,
+            "model_dir": args.model,
+            "cache": Path(args.cache),
+            "workers": args.workers,
+        }
     import faiss
 
-    info = {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
     print("# lookup benchmark", json.dumps(info), flush=True)
     print("| method | task | median us | p99 us | batch us/query | recall | queries timed |", flush=True)
     rows: list[dict] = []
     t = time.perf_counter()
     rate = scan_throughput()
-    print(f"linear popcount scan (one core): {rate / 1e6:.0f} M codes/s "
-          f"({time.perf_counter() - t:.1f}s)", flush=True)
+    print(f"linear popcount scan (one core): {rate / 1e6:.0f} M codes/s ({time.perf_counter() - t:.1f}s)", flush=True)
     for n in [int(s) for s in args.sizes.split(",") if s]:
         for kind in args.kinds.split(","):
-            run_size(kind, n, args.queries, args.budget, rows, args.hash_bits, model_args,
-                     tuple(int(m) for m in args.extra_m.split(",") if m))
+            run_size(
+                kind,
+                n,
+                args.queries,
+                args.budget,
+                rows,
+                args.hash_bits,
+                model_args,
+                tuple(int(m) for m in args.extra_m.split(",") if m),
+            )
     print_ratios(rows)
     service = None if args.no_service else service_bench(args.service_codes, args.service_seconds, threads=8)
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "scan_codes_per_s": rate, "rows": rows,
-                                               "service": service}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"info": info, "scan_codes_per_s": rate, "rows": rows, "service": service}, indent=1)
+        )
     return 0
 
 

@@ -15,6 +15,7 @@ rounds, and writes JSON with ``--json``.
 recall at each size against the exact answer: by row (the exact rows found) and by distance (results no farther
 than the true 10th neighbour: among codes tied at that distance any is a right answer).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ from lookup_bench import BITS, make  # noqa: E402
 
 from semhash_spark.index.mih import MultiIndexHash  # noqa: E402
 
-TASKS = (("radius 2", lambda ix, x: ix.range_search(x, 2)), ("radius 4", lambda ix, x: ix.range_search(x, 4)),
-         ("k=10", lambda ix, x: ix.search(x, 10)))
+TASKS = (
+    ("radius 2", lambda ix, x: ix.range_search(x, 2)),
+    ("radius 4", lambda ix, x: ix.range_search(x, 4)),
+    ("k=10", lambda ix, x: ix.search(x, 10)),
+)
 
 
 def medians_us(ixs: dict, fn, q: np.ndarray, flip: bool) -> dict:
@@ -41,9 +45,9 @@ def medians_us(ixs: dict, fn, q: np.ndarray, flip: bool) -> dict:
     sizes = list(ixs)
     lat = {n: np.empty(q.shape[0]) for n in sizes}
     for i in range(q.shape[0]):
-        for n in (sizes if (i % 2 == 0) != flip else sizes[::-1]):
+        for n in sizes if (i % 2 == 0) != flip else sizes[::-1]:
             t = time.perf_counter()
-            fn(ixs[n], q[i:i + 1])
+            fn(ixs[n], q[i : i + 1])
             lat[n][i] = time.perf_counter() - t
     return {n: float(np.median(v) * 1e6) for n, v in lat.items()}
 
@@ -77,8 +81,11 @@ def main(argv=None) -> int:
         p.error("--eps values must be > 0")
     tasks = TASKS + tuple((f"k=10 eps={e:g}", lambda ix, x, e=e: ix.search(x, 10, eps=e)) for e in eps)
     small, large = (int(s) for s in args.sizes.split(","))
-    model_args = ({"source": args.source, "model_dir": args.model, "cache": Path(args.cache),
-                   "workers": args.workers} if "model" in args.kinds.split(",") else None)
+    model_args = (
+        {"source": args.source, "model_dir": args.model, "cache": Path(args.cache), "workers": args.workers}
+        if "model" in args.kinds.split(",")
+        else None
+    )
     if model_args and not (args.source and args.model):
         p.error("--kinds model needs --source and --model")
     out = []
@@ -100,17 +107,32 @@ def main(argv=None) -> int:
                 per[task]["small"].append(med[small])
                 per[task]["large"].append(med[large])
                 per[task]["ratio"].append(med[large] / med[small])
-            print(f"  round {r + 1}: " + "; ".join(
-                f"{t} {per[t]['small'][-1]:.0f} / {per[t]['large'][-1]:.0f} us = {per[t]['ratio'][-1]:.2f}"
-                for t, _ in tasks), flush=True)
+            print(
+                f"  round {r + 1}: "
+                + "; ".join(
+                    f"{t} {per[t]['small'][-1]:.0f} / {per[t]['large'][-1]:.0f} us = {per[t]['ratio'][-1]:.2f}"
+                    for t, _ in tasks
+                ),
+                flush=True,
+            )
         for task, _ in tasks:
             ratios = per[task]["ratio"]
             rec = per[task].get("recall")
-            recall = (" | recall by row {:.3f} / {:.3f}, by distance {:.3f} / {:.3f}".format(
-                rec["small"]["by_row"], rec["large"]["by_row"], rec["small"]["by_distance"],
-                rec["large"]["by_distance"]) if rec else "")
-            print(f"| {kind} | {task} | {np.median(per[task]['small']):.0f} | {np.median(per[task]['large']):.0f} | "
-                  f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}){recall} |", flush=True)
+            recall = (
+                " | recall by row {:.3f} / {:.3f}, by distance {:.3f} / {:.3f}".format(
+                    rec["small"]["by_row"],
+                    rec["large"]["by_row"],
+                    rec["small"]["by_distance"],
+                    rec["large"]["by_distance"],
+                )
+                if rec
+                else ""
+            )
+            print(
+                f"| {kind} | {task} | {np.median(per[task]['small']):.0f} | {np.median(per[task]['large']):.0f} | "
+                f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}){recall} |",
+                flush=True,
+            )
             out.append({"data": kind, "task": task, "m_small": ixs[small].m, "m_large": ixs[large].m, **per[task]})
         del ixs, db
         gc.collect()

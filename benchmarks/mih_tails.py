@@ -14,6 +14,7 @@ with the same substring count. Each query is timed on both back to back, one que
 alternating; both answers must be equal. Prints median / p99 / max latency per radius (and k=10), also in thread
 CPU time (less disturbed by other work on a shared machine), the result counts, and writes JSON with ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,19 @@ def skewed_codes(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
         for b in range(64):
             words ^= (rng.random(k) < 0.05).astype(np.uint64) << np.uint64(b)
         return words.view(np.uint8).reshape(k, 8)
+
     return draw(n), draw(nq)
 
 
 def baseline_module(rev: str, tmp: Path):
     """``mih`` as of git revision ``rev``, with its own compiled kernels, importable beside this tree's."""
     for name in ("mih", "_mih_kernels"):
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:semhash_spark/{name}.py"], check=True,
-                             capture_output=True, text=True).stdout
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:semhash_spark/{name}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         src = src.replace("from semhash_spark import _mih_kernels as _K", "import _mih_kernels_base as _K")
         (tmp / f"{name}_base.py").write_text(src)
     sys.path.insert(0, str(tmp))
@@ -77,22 +83,33 @@ def run(db: np.ndarray, q: np.ndarray, base_mod, label: str) -> dict:
     t = time.perf_counter()
     old = base_mod.MultiIndexHash(db, 64, m=new.m)
     t_old = time.perf_counter() - t
-    out = {"codes": label, "n": int(db.shape[0]), "queries": int(q.shape[0]), "m": new.m,
-           "largest_buckets": bucket_stats(new), "build_s": {"this": round(t_new, 1), "baseline": round(t_old, 1)},
-           "tasks": {}}
-    print(f"{label}, {db.shape[0]:,} codes: m={new.m}, largest bucket per table {out['largest_buckets']}, "
-          f"build {t_new:.1f} s (baseline {t_old:.1f} s)", flush=True)
+    out = {
+        "codes": label,
+        "n": int(db.shape[0]),
+        "queries": int(q.shape[0]),
+        "m": new.m,
+        "largest_buckets": bucket_stats(new),
+        "build_s": {"this": round(t_new, 1), "baseline": round(t_old, 1)},
+        "tasks": {},
+    }
+    print(
+        f"{label}, {db.shape[0]:,} codes: m={new.m}, largest bucket per table {out['largest_buckets']}, "
+        f"build {t_new:.1f} s (baseline {t_old:.1f} s)",
+        flush=True,
+    )
     tasks = [("radius", 2), ("radius", 4), ("knn", 10)]
     for kind, val in tasks:
+
         def call(ix, qq):
             return ix.range_search(qq, val) if kind == "radius" else ix.search(qq, val)
+
         call(new, q[:4])
         call(old, q[:4])
         lat = {"this": [], "baseline": []}
         cpu = {"this": [], "baseline": []}
         nres = []
         for i in range(q.shape[0]):
-            qq = q[i:i + 1]
+            qq = q[i : i + 1]
             order = [("this", new), ("baseline", old)][:: 1 if i % 2 == 0 else -1]
             res = {}
             for name, ix in order:
@@ -106,20 +123,30 @@ def run(db: np.ndarray, q: np.ndarray, base_mod, label: str) -> dict:
         row = {}
         for name, v in lat.items():
             v, c = np.array(v) * 1e6, np.array(cpu[name]) * 1e6
-            row[name] = {"p50_us": round(float(np.median(v)), 1), "p99_us": round(float(np.percentile(v, 99)), 1),
-                         "max_us": round(float(v.max()), 1), "cpu_p50_us": round(float(np.median(c)), 1),
-                         "cpu_p99_us": round(float(np.percentile(c, 99)), 1)}
-        row["results"] = {"mean": round(float(np.mean(nres)), 1), "p99": float(np.percentile(nres, 99)),
-                          "max": int(max(nres))}
+            row[name] = {
+                "p50_us": round(float(np.median(v)), 1),
+                "p99_us": round(float(np.percentile(v, 99)), 1),
+                "max_us": round(float(v.max()), 1),
+                "cpu_p50_us": round(float(np.median(c)), 1),
+                "cpu_p99_us": round(float(np.percentile(c, 99)), 1),
+            }
+        row["results"] = {
+            "mean": round(float(np.mean(nres)), 1),
+            "p99": float(np.percentile(nres, 99)),
+            "max": int(max(nres)),
+        }
         out["tasks"][f"{kind}{val}"] = row
-        print(f"  {kind} {val}: this {row['this']['p50_us']:.0f} / {row['this']['p99_us']:.0f} / "
-              f"{row['this']['max_us']:.0f} us (p50 / p99 / max), baseline {row['baseline']['p50_us']:.0f} / "
-              f"{row['baseline']['p99_us']:.0f} / {row['baseline']['max_us']:.0f} us; p99 ratio "
-              f"{row['baseline']['p99_us'] / row['this']['p99_us']:.2f}x; thread CPU p50 / p99 this "
-              f"{row['this']['cpu_p50_us']:.0f} / {row['this']['cpu_p99_us']:.0f}, baseline "
-              f"{row['baseline']['cpu_p50_us']:.0f} / {row['baseline']['cpu_p99_us']:.0f} us (p99 ratio "
-              f"{row['baseline']['cpu_p99_us'] / row['this']['cpu_p99_us']:.2f}x); results mean {row['results']['mean']:,.0f}"
-              f", p99 {row['results']['p99']:,.0f}, max {row['results']['max']:,}", flush=True)
+        print(
+            f"  {kind} {val}: this {row['this']['p50_us']:.0f} / {row['this']['p99_us']:.0f} / "
+            f"{row['this']['max_us']:.0f} us (p50 / p99 / max), baseline {row['baseline']['p50_us']:.0f} / "
+            f"{row['baseline']['p99_us']:.0f} / {row['baseline']['max_us']:.0f} us; p99 ratio "
+            f"{row['baseline']['p99_us'] / row['this']['p99_us']:.2f}x; thread CPU p50 / p99 this "
+            f"{row['this']['cpu_p50_us']:.0f} / {row['this']['cpu_p99_us']:.0f}, baseline "
+            f"{row['baseline']['cpu_p50_us']:.0f} / {row['baseline']['cpu_p99_us']:.0f} us (p99 ratio "
+            f"{row['baseline']['cpu_p99_us'] / row['this']['cpu_p99_us']:.2f}x); results mean {row['results']['mean']:,.0f}"
+            f", p99 {row['results']['p99']:,.0f}, max {row['results']['max']:,}",
+            flush=True,
+        )
     return out
 
 
@@ -138,7 +165,7 @@ def main() -> None:
         runs = []
         if a.codes:
             db = np.ascontiguousarray(np.load(a.codes, mmap_mode="r"))
-            q = np.ascontiguousarray(np.load(a.queries)[:a.queries_n])
+            q = np.ascontiguousarray(np.load(a.queries)[: a.queries_n])
             runs.append(run(db, q, base_mod, os.path.basename(a.codes)))
         else:
             for n in (int(s) for s in a.sizes.split(",")):

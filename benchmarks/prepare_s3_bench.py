@@ -8,6 +8,7 @@ run has a task read the object and the executors write the dataset's objects. Pr
 the wall time, the 1-minute load average before and after, and the job's summary (whose vocabulary fingerprint
 must be the same).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,17 +46,41 @@ def main() -> None:
         store.ensure_bucket("semhash")
         name = os.path.basename(args.archive)
         store.upload_file(args.archive, f"s3://semhash/raw/{name}")
-        runs = [("local", args.archive, os.path.join(tmp, "local")),
-                ("s3", f"s3://semhash/raw/{name}", "s3://semhash/data/bench")]
+        runs = [
+            ("local", args.archive, os.path.join(tmp, "local")),
+            ("s3", f"s3://semhash/raw/{name}", "s3://semhash/data/bench"),
+        ]
         for run, source, out in runs:
             before, t0 = _load(), time.time()
-            p = subprocess.run([str(ROOT / ".venv" / "bin" / "semhash"), "prepare", "--dataset", args.dataset,
-                                "--source", source, "--out", out], capture_output=True, text=True)
+            p = subprocess.run(
+                [
+                    str(ROOT / ".venv" / "bin" / "semhash"),
+                    "prepare",
+                    "--dataset",
+                    args.dataset,
+                    "--source",
+                    source,
+                    "--out",
+                    out,
+                ],
+                capture_output=True,
+                text=True,
+            )
             seconds = round(time.time() - t0, 1)
             last = (p.stdout.strip().splitlines() or [""])[-1] if p.returncode == 0 else p.stderr[-500:]
-            print(json.dumps({"run": run, "seconds": seconds, "load1_before": before, "load1_after": _load(),
-                              "rc": p.returncode, "summary": json.loads(last) if p.returncode == 0 else last}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "run": run,
+                        "seconds": seconds,
+                        "load1_before": before,
+                        "load1_after": _load(),
+                        "rc": p.returncode,
+                        "summary": json.loads(last) if p.returncode == 0 else last,
+                    }
+                ),
+                flush=True,
+            )
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

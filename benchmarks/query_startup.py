@@ -9,6 +9,7 @@ URL --text T --json`` from launch to exit, and counts the modules whose top pack
 that each command imported (``python -X importtime``). The checkouts alternate run by run, so load on the machine
 falls on both alike. Prints one JSON report with medians and ratios (before / after).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,19 @@ def _heavy_modules(importtime_stderr: str) -> dict[str, int]:
 
 def service_ready_s(tree: Path, index: str, log: Path) -> tuple[float, dict, subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-X", "importtime", "-m", "semhash_spark.service", "--index", index, "--port", str(port),
-           "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "semhash_spark.service",
+        "--index",
+        index,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     f = open(log, "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=_env(tree), cwd=str(tree), stdout=f, stderr=subprocess.STDOUT)
@@ -61,8 +73,21 @@ def service_ready_s(tree: Path, index: str, log: Path) -> tuple[float, dict, sub
 
 
 def query_s(tree: Path, url: str, text: str) -> tuple[float, dict[str, int]]:
-    cmd = [sys.executable, "-X", "importtime", "-m", "semhash_spark.cli", "query", "--server", url, "--text", text,
-           "--k", "5", "--json"]
+    cmd = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "semhash_spark.cli",
+        "query",
+        "--server",
+        url,
+        "--text",
+        text,
+        "--k",
+        "5",
+        "--json",
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=_env(tree), cwd=str(tree), capture_output=True, text=True, timeout=120)
     dt = time.monotonic() - t0
@@ -100,12 +125,18 @@ def main() -> None:
             heavy[f"query_{name}"] = mods
             heavy[f"service_{name}"] = _heavy_modules(log.read_text(errors="replace"))
     med = lambda xs: round(statistics.median(xs), 3)  # noqa: E731
-    report = {"repeats": args.repeats, "index": args.index,
-              "service_ready_s": {k: med(v) for k, v in ready.items()},
-              "query_server_s": {k: med(v) for k, v in queries.items()},
-              "ratio_before_over_after": {"service_ready": round(med(ready["before"]) / med(ready["after"]), 2),
-                                          "query_server": round(med(queries["before"]) / med(queries["after"]), 2)},
-              "heavy_modules_imported": heavy, "all_s": {"ready": ready, "query": queries}}
+    report = {
+        "repeats": args.repeats,
+        "index": args.index,
+        "service_ready_s": {k: med(v) for k, v in ready.items()},
+        "query_server_s": {k: med(v) for k, v in queries.items()},
+        "ratio_before_over_after": {
+            "service_ready": round(med(ready["before"]) / med(ready["after"]), 2),
+            "query_server": round(med(queries["before"]) / med(queries["after"]), 2),
+        },
+        "heavy_modules_imported": heavy,
+        "all_s": {"ready": ready, "query": queries},
+    }
     print(json.dumps(report))
 
 

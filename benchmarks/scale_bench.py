@@ -14,6 +14,7 @@
 
 Prints one JSON object (last line) with every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ from semhash_spark.training.train import _finetune_optimizer, densify, finetune_
 # --------------------------------------------------------------------------------------------- FLOPs and matmuls
 def cd_shapes(b: int, sizes: list[int], layer: int) -> list[tuple[int, int, int]]:
     """(m, k, n) of every matrix product of one CD-1 step of ``layer`` on a batch of b (lower layers forward)."""
-    shapes = [(b, sizes[i], sizes[i + 1]) for i in range(layer)]               # mean_hidden of the layers below
+    shapes = [(b, sizes[i], sizes[i + 1]) for i in range(layer)]  # mean_hidden of the layers below
     nv, nh = sizes[layer], sizes[layer + 1]
     shapes += [(b, nv, nh), (b, nh, nv), (b, nv, nh), (nv, b, nh), (nv, b, nh)]  # h0, v1, h1, v0'h0, v1'h1
     return shapes
@@ -70,7 +71,7 @@ def matmul_rate(shapes: list[tuple[int, int, int]], seconds: float = 3.0) -> flo
     """FLOP/s of torch.mm running exactly these products in a loop (float32, this process's threads)."""
     g = torch.Generator().manual_seed(0)
     mats = [(torch.rand(m, k, generator=g), torch.rand(k, n, generator=g)) for m, k, n in shapes]
-    for a, b in mats:                                      # warm-up
+    for a, b in mats:  # warm-up
         torch.mm(a, b)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -90,15 +91,22 @@ def reader_rate(data_dir: str, batch_size: int, n_batches: int, seed: int, pool:
         if len(batches) >= n_batches:
             break
     dt = time.perf_counter() - t0
-    return batches, {"batches": len(batches), "docs": rows, "seconds": round(dt, 2),
-                     "batches_per_s": round(len(batches) / dt, 1), "docs_per_s": round(rows / dt, 1)}
+    return batches, {
+        "batches": len(batches),
+        "docs": rows,
+        "seconds": round(dt, 2),
+        "batches_per_s": round(len(batches) / dt, 1),
+        "docs_per_s": round(rows / dt, 1),
+    }
 
 
 def consumer_rates(batches: list, sizes: list[int], cfg, n_batches: int) -> dict:
     dist: Dist = current(1)
     g = torch.Generator().manual_seed(0)
-    rbms = [(ConstrainedPoissonRBM if i == 0 else BinaryRBM)(a, b, init_std=0.01, generator=g)
-            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    rbms = [
+        (ConstrainedPoissonRBM if i == 0 else BinaryRBM)(a, b, init_std=0.01, generator=g)
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    ]
     use = batches[:n_batches]
     out = {}
     for i, rbm in enumerate(rbms):
@@ -112,10 +120,14 @@ def consumer_rates(batches: list, sizes: list[int], cfg, n_batches: int) -> dict
                 pretrain_step(rbm, opt, v, 0.01, 0.5, dist, g)
             rows += v.shape[0]
         dt = time.perf_counter() - t0
-        out[f"pretrain_layer{i + 1}"] = {"shape": f"{rbm.n_visible}x{rbm.n_hidden}", "docs": rows,
-                                         "seconds": round(dt, 2), "docs_per_s": round(rows / dt, 1)}
+        out[f"pretrain_layer{i + 1}"] = {
+            "shape": f"{rbm.n_visible}x{rbm.n_hidden}",
+            "docs": rows,
+            "seconds": round(dt, 2),
+            "docs_per_s": round(rows / dt, 1),
+        }
     model = DeepAutoencoder.from_rbms(rbms, output="softmax", code_mode="noise")
-    optimizer = _finetune_optimizer(model, cfg, 1.0, 1)     # as training builds it (fused Adam)
+    optimizer = _finetune_optimizer(model, cfg, 1.0, 1)  # as training builds it (fused Adam)
     rows, t0 = 0, time.perf_counter()
     for ids, counts in use:
         x = densify(counts, torch.device("cpu"))
@@ -156,15 +168,33 @@ class PeakRSS:
         return {k: round(v / 2**20) for k, v in sorted(self.peaks.items(), key=lambda kv: -kv[1])}
 
 
-_EPOCH_LOG = re.compile(r"layer (\d+)/\d+ epoch (\d+)/\d+ recon .*\(([\d.]+)s\)|fine-tune epoch (\d+)/\d+ .*\(([\d.]+)s\)")
+_EPOCH_LOG = re.compile(
+    r"layer (\d+)/\d+ epoch (\d+)/\d+ recon .*\(([\d.]+)s\)|fine-tune epoch (\d+)/\d+ .*\(([\d.]+)s\)"
+)
 
 
-def full_training(data_dir: str, out: str, epochs: int, bits: int, time_limit: float,
-                  overrides: list[str] = ()) -> dict:
+def full_training(
+    data_dir: str, out: str, epochs: int, bits: int, time_limit: float, overrides: list[str] = ()
+) -> dict:
     """Runs ``semhash train`` in a subprocess; per-epoch times from its log (so a run stopped at ``time_limit``
     still reports the epochs it finished) and from model.json when it finishes."""
-    cmd = [sys.executable, "-m", "semhash_spark.cli", "train", "--data", data_dir, "--bits", str(bits), "--out", out,
-           "--no-progress", "--set", f"pretrain.epochs={epochs}", "--set", f"finetune.epochs={epochs}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "semhash_spark.cli",
+        "train",
+        "--data",
+        data_dir,
+        "--bits",
+        str(bits),
+        "--out",
+        out,
+        "--no-progress",
+        "--set",
+        f"pretrain.epochs={epochs}",
+        "--set",
+        f"finetune.epochs={epochs}",
+    ]
     for kv in overrides:
         cmd += ["--set", kv]
     t0 = time.time()
@@ -182,22 +212,42 @@ def full_training(data_dir: str, out: str, epochs: int, bits: int, time_limit: f
     epochs_done = []
     for m in _EPOCH_LOG.finditer(log):
         if m.group(1):
-            epochs_done.append({"stage": f"pretrain_layer{m.group(1)}", "epoch": int(m.group(2)),
-                                "seconds": float(m.group(3))})
+            epochs_done.append(
+                {"stage": f"pretrain_layer{m.group(1)}", "epoch": int(m.group(2)), "seconds": float(m.group(3))}
+            )
         else:
             epochs_done.append({"stage": "finetune", "epoch": int(m.group(4)), "seconds": float(m.group(5))})
     finished = proc.returncode == 0
-    result = {"command": "semhash " + " ".join(cmd[3:]), "wall_seconds": round(time.time() - t0, 1),
-              "finished": finished, "returncode": proc.returncode, "peak_rss_mib": peaks, "epochs": epochs_done,
-              "log": str(log_path)}
+    result = {
+        "command": "semhash " + " ".join(cmd[3:]),
+        "wall_seconds": round(time.time() - t0, 1),
+        "finished": finished,
+        "returncode": proc.returncode,
+        "peak_rss_mib": peaks,
+        "epochs": epochs_done,
+        "log": str(log_path),
+    }
     if finished:
         meta = json.loads(Path(out, "model.json").read_text())
-        result["epochs"] = [{"stage": f"pretrain_layer{r['layer']}", "epoch": r["epoch"],
-                             "seconds": round(r["seconds"], 1), "docs": r["rows_per_rank"]}
-                            for r in meta["metrics"]["pretrain"]]
-        result["epochs"] += [{"stage": "finetune", "epoch": r["epoch"], "seconds": round(r["seconds"], 1),
-                              "docs": r["rows_per_rank"], "val_precision": r.get("val_precision")}
-                             for r in meta["metrics"]["finetune"]]
+        result["epochs"] = [
+            {
+                "stage": f"pretrain_layer{r['layer']}",
+                "epoch": r["epoch"],
+                "seconds": round(r["seconds"], 1),
+                "docs": r["rows_per_rank"],
+            }
+            for r in meta["metrics"]["pretrain"]
+        ]
+        result["epochs"] += [
+            {
+                "stage": "finetune",
+                "epoch": r["epoch"],
+                "seconds": round(r["seconds"], 1),
+                "docs": r["rows_per_rank"],
+                "val_precision": r.get("val_precision"),
+            }
+            for r in meta["metrics"]["finetune"]
+        ]
         result["summary"] = log.strip().splitlines()[-1]
     return result
 
@@ -213,19 +263,31 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=4 * 3600, help="stop the full run after this many seconds")
     ap.add_argument("--skip-sample", action="store_true", help="only the matmul benchmark and the full run")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="more configuration overrides for the full run, e.g. finetune.binarize_epochs=1")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more configuration overrides for the full run, e.g. finetune.binarize_epochs=1",
+    )
     args = ap.parse_args()
     cfg = load_config(None)
     sizes = [ds.read_metadata(args.data)["vocab_size"], *cfg.model.hidden, args.bits]
     b = cfg.pretrain.batch_size
-    result = {"data": args.data, "counts": ds.read_metadata(args.data)["counts"], "sizes": sizes, "batch_size": b,
-              "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result = {
+        "data": args.data,
+        "counts": ds.read_metadata(args.data)["counts"],
+        "sizes": sizes,
+        "batch_size": b,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
     if not args.skip_sample:
-        batches, result["reader"] = reader_rate(args.data, b, args.sample_batches, cfg.train.seed,
-                                                cfg.train.reader_pool)
+        batches, result["reader"] = reader_rate(
+            args.data, b, args.sample_batches, cfg.train.seed, cfg.train.reader_pool
+        )
         print(json.dumps({"reader": result["reader"]}), flush=True)
         result["consumers"] = consumer_rates(batches, sizes, cfg, args.consume_batches)
         del batches
@@ -235,8 +297,9 @@ def main() -> None:
 
     shapes = {f"pretrain_layer{i + 1}": cd_shapes(b, sizes, i) for i in range(len(sizes) - 1)}
     shapes["finetune"] = finetune_shapes(b, sizes)
-    result["matmul"] = {k: {"flop_per_doc": flops(s) / b, "matmul_gflops": round(matmul_rate(s) / 1e9, 2)}
-                        for k, s in shapes.items()}
+    result["matmul"] = {
+        k: {"flop_per_doc": flops(s) / b, "matmul_gflops": round(matmul_rate(s) / 1e9, 2)} for k, s in shapes.items()
+    }
     for k, c in result.get("consumers", {}).items():
         achieved = c["docs_per_s"] * result["matmul"][k]["flop_per_doc"]
         c["gflops"] = round(achieved / 1e9, 2)
@@ -247,9 +310,13 @@ def main() -> None:
         work = Path(args.workdir or tempfile.mkdtemp(prefix="semhash-scale-bench-"))
         work.mkdir(parents=True, exist_ok=True)
         full = full_training(args.data, str(work / "model"), args.epochs, args.bits, args.time_limit, args.set)
-        ids = np.concatenate([pq.read_table(f, columns=[ds.ID]).column(0).to_numpy(zero_copy_only=False)
-                              for f in ds.split_files(args.data, "train")])
-        n_used = int((~is_validation_id(ids, cfg.finetune.val_fraction)).sum())   # the rows an epoch trains on
+        ids = np.concatenate(
+            [
+                pq.read_table(f, columns=[ds.ID]).column(0).to_numpy(zero_copy_only=False)
+                for f in ds.split_files(args.data, "train")
+            ]
+        )
+        n_used = int((~is_validation_id(ids, cfg.finetune.val_fraction)).sum())  # the rows an epoch trains on
         result["train_docs_per_epoch"] = n_used
         for e in full["epochs"]:
             docs = e.get("docs", n_used)

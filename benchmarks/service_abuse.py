@@ -9,6 +9,7 @@ The service runs as its own process (``python -m semhash_spark.service``, what `
 over a published index on a local path. Passes when no well-formed request fails and every abusive one is refused
 with 401/403/413/422.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from service_load import ServiceProcess  # noqa: E402
 from service_util import build_index, text_of  # noqa: E402
 
 TOKEN = "bench-token"
-BIG = 105 << 20                     # the issue's 105 MB body: announced in full, at most 1 MiB ever sent
+BIG = 105 << 20  # the issue's 105 MB body: announced in full, at most 1 MiB ever sent
 
 
 def _png_bomb(side: int) -> bytes:
@@ -43,20 +44,21 @@ def _png_bomb(side: int) -> bytes:
     Image.new("L", (8, 8)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
     i = data.index(b"IHDR")
-    data[i + 4:i + 12] = struct.pack(">II", side, side)
-    data[i + 17:i + 21] = struct.pack(">I", zlib.crc32(bytes(data[i:i + 17])) & 0xFFFFFFFF)
+    data[i + 4 : i + 12] = struct.pack(">II", side, side)
+    data[i + 17 : i + 21] = struct.pack(">I", zlib.crc32(bytes(data[i : i + 17])) & 0xFFFFFFFF)
     return bytes(data)
 
 
-def _request(port: int, body: bytes | None, headers: dict, announce: int | None = None, stream: int = 0,
-             timeout: float = 60.0) -> int:
+def _request(
+    port: int, body: bytes | None, headers: dict, announce: int | None = None, stream: int = 0, timeout: float = 60.0
+) -> int:
     """One POST /search; ``announce`` sends a larger Content-Length than the bytes sent, ``stream`` sends that
     many bytes chunked. Returns the status (0 when the connection failed)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         try:
             _send(conn, body, headers, announce, stream)
-        except OSError:        # the service answered and closed before the whole body went out: read its answer
+        except OSError:  # the service answered and closed before the whole body went out: read its answer
             pass
         r = conn.getresponse()
         r.read()
@@ -70,10 +72,12 @@ def _request(port: int, body: bytes | None, headers: dict, announce: int | None 
 def _send(conn, body: bytes | None, headers: dict, announce: int | None, stream: int) -> None:
     headers = {**headers, "Content-Type": "application/json"}
     if stream:
+
         def chunks():
             yield b'{"texts": ["'
             for _ in range(stream >> 16):
                 yield b"a" * (1 << 16)
+
         conn.request("POST", "/search", body=chunks(), headers=headers, encode_chunked=True)
     elif announce is not None:
         conn.putrequest("POST", "/search")
@@ -97,17 +101,22 @@ def scenario(workdir: Path, clients: int = 8, requests: int = 250) -> dict:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         codes = [bytes(c).hex() for c in info["codes"][:10_000]]
         bomb = base64.b64encode(_png_bomb(13_000)).decode()
-        good = [("codes k=10", json.dumps({"codes": codes[:50], "k": 10}).encode()),
-                ("texts k=10 tfidf", json.dumps({"texts": [text_of(b) for b in info["bags"][:8]], "k": 10,
-                                                 "rerank": "tfidf"}).encode()),
-                ("ids k=5", json.dumps({"ids": info["ids"][:20], "k": 5}).encode())]
+        good = [
+            ("codes k=10", json.dumps({"codes": codes[:50], "k": 10}).encode()),
+            (
+                "texts k=10 tfidf",
+                json.dumps({"texts": [text_of(b) for b in info["bags"][:8]], "k": 10, "rerank": "tfidf"}).encode(),
+            ),
+            ("ids k=5", json.dumps({"ids": info["ids"][:20], "k": 5}).encode()),
+        ]
         bulk = ("10,000 codes k=10", json.dumps({"codes": codes, "k": 10}).encode())
-        bad = [("105 MB announced, no token", dict(body=b"{" + b" " * (1 << 20), headers={}, announce=BIG)),
-               ("105 MB announced, token", dict(body=b"{" + b" " * (1 << 20), headers=auth, announce=BIG)),
-               ("16 MB streamed, token", dict(body=None, headers=auth, stream=16 << 20)),
-               ("13000x13000 PNG", dict(body=json.dumps({"images": [bomb], "k": 1}).encode(), headers=auth)),
-               ("1,000 codes k=1000", dict(body=json.dumps({"codes": codes[:1000], "k": 1000}).encode(),
-                                           headers=auth))]
+        bad = [
+            ("105 MB announced, no token", dict(body=b"{" + b" " * (1 << 20), headers={}, announce=BIG)),
+            ("105 MB announced, token", dict(body=b"{" + b" " * (1 << 20), headers=auth, announce=BIG)),
+            ("16 MB streamed, token", dict(body=None, headers=auth, stream=16 << 20)),
+            ("13000x13000 PNG", dict(body=json.dumps({"images": [bomb], "k": 1}).encode(), headers=auth)),
+            ("1,000 codes k=1000", dict(body=json.dumps({"codes": codes[:1000], "k": 1000}).encode(), headers=auth)),
+        ]
         statuses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         lock, peak, stop = threading.Lock(), [proc.memory_info().rss], threading.Event()
         baseline = peak[0]
@@ -124,7 +133,7 @@ def scenario(workdir: Path, clients: int = 8, requests: int = 250) -> dict:
             for i in range(requests):
                 if i % 2 == 0:
                     name, body = bulk if (i + c) % 50 == 0 else good[(i // 2 + c) % len(good)]
-                    st = _request(svc.port, body, auth, timeout=300)    # a shared 2-core machine
+                    st = _request(svc.port, body, auth, timeout=300)  # a shared 2-core machine
                     name = "good: " + name
                 else:
                     name, kw = bad[(i // 2 + c) % len(bad)]
@@ -147,12 +156,24 @@ def scenario(workdir: Path, clients: int = 8, requests: int = 250) -> dict:
     finally:
         svc.stop()
     good_failed = sum(n for k, ctr in statuses.items() if k.startswith("good") for s, n in ctr.items() if s != 200)
-    abuse_admitted = sum(n for k, ctr in statuses.items() if k.startswith("abuse")
-                         for s, n in ctr.items() if s not in (401, 403, 413, 422))
-    return {"clients": clients, "requests_per_client": requests, "seconds": round(seconds, 1),
-            "rss_start_mb": round(baseline / 2**20, 1), "rss_peak_mb": round(peak[0] / 2**20, 1),
-            "good_failed": good_failed, "abuse_not_refused": abuse_admitted,
-            "statuses": {k: dict(v) for k, v in sorted(statuses.items())}, "index_codes": len(info["ids"])}
+    abuse_admitted = sum(
+        n
+        for k, ctr in statuses.items()
+        if k.startswith("abuse")
+        for s, n in ctr.items()
+        if s not in (401, 403, 413, 422)
+    )
+    return {
+        "clients": clients,
+        "requests_per_client": requests,
+        "seconds": round(seconds, 1),
+        "rss_start_mb": round(baseline / 2**20, 1),
+        "rss_peak_mb": round(peak[0] / 2**20, 1),
+        "good_failed": good_failed,
+        "abuse_not_refused": abuse_admitted,
+        "statuses": {k: dict(v) for k, v in sorted(statuses.items())},
+        "index_codes": len(info["ids"]),
+    }
 
 
 def main(argv=None) -> int:

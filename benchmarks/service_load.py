@@ -15,6 +15,7 @@ The service runs as its own process (``python -m semhash_spark.service``, what `
 real SeaweedFS S3 server (:class:`semhash_spark.io.embedded.LocalS3Server`) on 127.0.0.1. The schedule is open-loop
 (request i is due at ``i / rate``); latency counts from the due time, so a stall shows up. Prints one JSON report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,8 @@ from semhash_spark.service.app import free_port  # noqa: E402
 from service_util import build_index  # noqa: E402
 
 
-
 # ---------------------------------------------------------------------------------------------- throughput
+
 
 def bare_app():
     """The floor: one async FastAPI route that reads its body and answers a small orjson document."""
@@ -92,9 +93,15 @@ def closed_loop(url: str, send, clients: int, seconds: float) -> dict:
         t.join()
     wall = time.monotonic() - t0
     a = np.array(lat) * 1000 if lat else np.zeros(1)
-    return {"clients": clients, "requests": len(lat), "per_s": round(len(lat) / wall, 1), "errors": len(errors),
-            "p50_ms": round(float(np.median(a)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
-            "first_errors": errors[:3]}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "per_s": round(len(lat) / wall, 1),
+        "errors": len(errors),
+        "p50_ms": round(float(np.median(a)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "first_errors": errors[:3],
+    }
 
 
 def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int = 1000, seed: int = 0) -> dict:
@@ -108,7 +115,7 @@ def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int 
     db = info["codes"]
     rng = np.random.default_rng(seed)
     bits01 = C.unpack_bits(db[rng.choice(n, 20000)], 64)
-    q = C.pack_bits(bits01 ^ (rng.random(bits01.shape) < 0.03))     # indexed codes with about 2 bits flipped
+    q = C.pack_bits(bits01 ^ (rng.random(bits01.shape) < 0.03))  # indexed codes with about 2 bits flipped
     hexes = C.to_hex(q)
     report: dict = {"codes": n, "seconds_per_case": seconds, "batch": batch, "k": 10}
 
@@ -124,15 +131,18 @@ def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int 
     i = 0
     while time.monotonic() < stop:
         t = time.perf_counter()
-        Q.answer(loaded, q[i % len(q):i % len(q) + 1], k=10)
+        Q.answer(loaded, q[i % len(q) : i % len(q) + 1], k=10)
         lat.append(time.perf_counter() - t)
         i += 1
     a = np.array(lat) * 1000
-    report["library_single"] = {"per_s": round(len(a) / (a.sum() / 1000), 1), "p50_ms": round(float(np.median(a)), 3),
-                                "p99_ms": round(float(np.percentile(a, 99)), 3)}
+    report["library_single"] = {
+        "per_s": round(len(a) / (a.sum() / 1000), 1),
+        "p50_ms": round(float(np.median(a)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
     t = time.perf_counter()
     for j in range(0, len(q), batch):
-        Q.answer(loaded, q[j:j + batch], k=10)
+        Q.answer(loaded, q[j : j + batch], k=10)
     report["library_batched_qps"] = round(len(q) / (time.perf_counter() - t), 1)
     svc.stop()
     H = C.hamming(q[:20], db)
@@ -142,13 +152,13 @@ def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int 
 
     def many(c, i):
         j = (i * batch) % (len(q) - batch)
-        return c.search_codes(q[j:j + batch], k=10)
+        return c.search_codes(q[j : j + batch], k=10)
 
     proc = ServiceProcess(uri, {}, workdir / "service.log")
     try:
         proc.wait_ready()
         c = SemhashClient(proc.url)
-        for j in range(20):                          # answers are exact before anything is timed
+        for j in range(20):  # answers are exact before anything is timed
             assert [h["distance"] for h in one(c, j)["results"][0]] == sorted(H[j])[:10], "service answer differs"
         report["service_1_client"] = closed_loop(proc.url, one, 1, seconds)
         report["service_8_clients"] = closed_loop(proc.url, one, 8, seconds)
@@ -158,9 +168,13 @@ def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int 
     finally:
         proc.stop()
     port = free_port()
-    bare = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bare = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     burl = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -177,12 +191,13 @@ def throughput(workdir: Path, n: int = 18846, seconds: float = 10.0, batch: int 
     finally:
         bare.terminate()
         bare.wait(timeout=15)
-    report["ratio_service_over_bare_8_clients"] = round(report["service_8_clients"]["per_s"]
-                                                        / max(report["bare_8_clients"]["per_s"], 1e-9), 3)
-    report["ratio_service_8_over_library_single"] = round(report["service_8_clients"]["per_s"]
-                                                          / report["library_single"]["per_s"], 3)
+    report["ratio_service_over_bare_8_clients"] = round(
+        report["service_8_clients"]["per_s"] / max(report["bare_8_clients"]["per_s"], 1e-9), 3
+    )
+    report["ratio_service_8_over_library_single"] = round(
+        report["service_8_clients"]["per_s"] / report["library_single"]["per_s"], 3
+    )
     return report
-
 
 
 def main(argv=None) -> int:
@@ -210,8 +225,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="semhash-load-") as d:
         with LocalS3Server(Path(d) / "s3") as s3:
             os.environ.update(s3.env)
-            report = scenario(s3, Path(d), duration=args.duration, rate=args.rate, n=args.codes,
-                              threads=args.threads)
+            report = scenario(s3, Path(d), duration=args.duration, rate=args.rate, n=args.codes, threads=args.threads)
     print(json.dumps(report, indent=1))
     return 0 if passed(report) else 1
 

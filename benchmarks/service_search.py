@@ -9,6 +9,7 @@ warms the version) and times single-query ``Service.search`` calls (k = 10 by he
 that have it ``address_radius`` 2), then batches of 1,000 codes. Each child checks its answers against brute force.
 Prints one JSON report with each tree's figures and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,12 @@ def child(index_uri: str, queries: int, seed: int) -> dict:
     db = lib.codes_of(np.arange(lib.ntotal))
     rng = np.random.default_rng(seed)
     bits01 = C.unpack_bits(db[rng.choice(len(db), queries)], lib.bits)
-    q = C.pack_bits(bits01 ^ (rng.random(bits01.shape) < 0.03))     # indexed codes with about 2 bits flipped
+    q = C.pack_bits(bits01 ^ (rng.random(bits01.shape) < 0.03))  # indexed codes with about 2 bits flipped
     hexes = C.to_hex(q)
     out = {"load_seconds": round(load_s, 3), "partitions": lib.npartitions, "codes": lib.ntotal}
 
     def timed(make, name, check=None):
-        svc.search(make(hexes[0]))                      # first call: compile / build outside the timing
+        svc.search(make(hexes[0]))  # first call: compile / build outside the timing
         lat = []
         for j, h in enumerate(hexes):
             t = time.perf_counter()
@@ -54,8 +55,11 @@ def child(index_uri: str, queries: int, seed: int) -> dict:
             if check is not None and j < 50:
                 check(j, res)
         lat = np.array(lat)
-        out[name] = {"qps": round(len(lat) / lat.sum(), 1), "p50_ms": round(1000 * float(np.median(lat)), 3),
-                     "p99_ms": round(1000 * float(np.quantile(lat, 0.99)), 3)}
+        out[name] = {
+            "qps": round(len(lat) / lat.sum(), 1),
+            "p50_ms": round(1000 * float(np.median(lat)), 3),
+            "p99_ms": round(1000 * float(np.quantile(lat, 0.99)), 3),
+        }
 
     H = C.hamming(q[:50], db)
 
@@ -73,7 +77,7 @@ def child(index_uri: str, queries: int, seed: int) -> dict:
         Query(kind="codes", values=[hexes[0]], address_radius=2)
         timed(lambda h: Query(kind="codes", values=[h], address_radius=2), "address_radius2")
     except TypeError:
-        pass                                            # a tree without address_radius
+        pass  # a tree without address_radius
     batch = hexes[:1000]
     svc.search(Query(kind="codes", values=batch[:10], k=10))
     t = time.perf_counter()
@@ -105,15 +109,31 @@ def main() -> int:
         report = {"n": a.n, "queries": a.queries, "trees": {}}
         for name, tree in (("this", ROOT), ("base", Path(a.base).resolve())):
             env = {**os.environ, "PYTHONPATH": str(tree), "SEMHASH_LOG_LEVEL": "warning"}
-            r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--base", str(a.base), "--child", uri,
-                                "--queries", str(a.queries), "--seed", str(a.seed)],
-                               env=env, capture_output=True, text=True, timeout=1800)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--base",
+                    str(a.base),
+                    "--child",
+                    uri,
+                    "--queries",
+                    str(a.queries),
+                    "--seed",
+                    str(a.seed),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if r.returncode:
                 raise SystemExit(f"{name} tree failed:\n{r.stderr[-3000:]}")
             report["trees"][name] = json.loads(r.stdout.strip().splitlines()[-1])
         this, base = report["trees"]["this"], report["trees"]["base"]
-        report["ratio_this_over_base"] = {k: round(this[k]["qps"] / base[k]["qps"], 2)
-                                          for k in ("k10", "radius2") if k in this and k in base}
+        report["ratio_this_over_base"] = {
+            k: round(this[k]["qps"] / base[k]["qps"], 2) for k in ("k10", "radius2") if k in this and k in base
+        }
         batch = round(this["batch1000_k10_qps"] / base["batch1000_k10_qps"], 2)
         report["ratio_this_over_base"]["batch1000_k10"] = batch
     print(json.dumps(report, indent=1))

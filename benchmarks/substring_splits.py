@@ -9,13 +9,14 @@ pigeonhole cover reaches that distance (``sum(radius_j + 1) >= distance + 1``, a
 costs them as probes times ``probe_cost`` plus the codes in the probed buckets (``n * ball(bits, r) / 2**bits``
 per table: uniform codes). Prints the best splits at each size and the ones ``MultiIndexHash`` chooses.
 """
+
 from __future__ import annotations
 
 from itertools import combinations_with_replacement
 from math import comb
 
 SIZES = ((1_000_000, (14, 15, 16)), (10_000_000, (13, 14, 15)))
-CHOSEN = {1_000_000: (12, 13, 13, 13, 13), 10_000_000: (16, 16, 16, 16)}   # MultiIndexHash picks m=5, m=4
+CHOSEN = {1_000_000: (12, 13, 13, 13, 13), 10_000_000: (16, 16, 16, 16)}  # MultiIndexHash picks m=5, m=4
 
 
 def ball(bits: int, r: int) -> int:
@@ -31,7 +32,7 @@ def cheapest(lens: tuple[int, ...], dist: int, n: int, probe_cost: float) -> tup
         for c, (cost, probes, codes) in best.items():
             for r in range(-1, min(b, 8) + 1):
                 p = ball(b, r)
-                cand = (cost + probe_cost * p + n * p / 2 ** b, probes + p, codes + n * p / 2 ** b)
+                cand = (cost + probe_cost * p + n * p / 2**b, probes + p, codes + n * p / 2**b)
                 c2 = min(need, c + r + 1)
                 if c2 not in nxt or cand[0] < nxt[c2][0]:
                     nxt[c2] = cand
@@ -51,8 +52,10 @@ def main() -> int:
                         rows.append((sum(x[0] for x in r) / len(r), lens, r))
             rows.sort()
             per_size[n] = rows[0][0]
-            print(f"{n:,} codes, a probe = {probe_cost:g} codes read (cost: mean over 10th-neighbour distances "
-                  f"{dists}; per distance: probes, codes read)")
+            print(
+                f"{n:,} codes, a probe = {probe_cost:g} codes read (cost: mean over 10th-neighbour distances "
+                f"{dists}; per distance: probes, codes read)"
+            )
             shown = rows[:3] + [x for x in rows[3:] if x[1] == CHOSEN[n]]
             for cost, lens, r in shown:
                 tag = "  chosen" if lens == CHOSEN[n] else ""

@@ -6,6 +6,7 @@ Reads the corpus's records once into a cached DataFrame, then, alternating, toke
 sums the token counts (the two sums must be equal). Prints one JSON line per run (seconds, 1-minute load
 average before and after) and a summary line with the median seconds of each and their ratio (ML / Python).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ def _load() -> str:
 def _python_tokens(batches: Iterator[pd.DataFrame], cfg: PrepareConfig) -> Iterator[pd.DataFrame]:
     """The tokenising half of prepare's classify stage before Spark ML (corpora.tokenize per record)."""
     for pdf in batches:
-        yield pd.DataFrame({"tokens": [corpora.tokenize(t, cfg.min_token_len, cfg.max_token_len, tokens=cfg.tokens)
-                                       for t in pdf["text"]]})
+        yield pd.DataFrame(
+            {
+                "tokens": [
+                    corpora.tokenize(t, cfg.min_token_len, cfg.max_token_len, tokens=cfg.tokens) for t in pdf["text"]
+                ]
+            }
+        )
 
 
 def main() -> None:
@@ -69,13 +75,33 @@ def main() -> None:
             totals[name] = build().select(F.sum(F.size("tokens"))).first()[0]
             s = time.perf_counter() - t0
             seconds[name].append(s)
-            print(json.dumps({"run": name, "repeat": rep, "docs": len(texts), "tokens": totals[name],
-                              "seconds": round(s, 2), "load1_before": before, "load1_after": _load()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "run": name,
+                        "repeat": rep,
+                        "docs": len(texts),
+                        "tokens": totals[name],
+                        "seconds": round(s, 2),
+                        "load1_before": before,
+                        "load1_after": _load(),
+                    }
+                ),
+                flush=True,
+            )
     if totals["python"] != totals["spark_ml"]:
         raise SystemExit(f"token counts differ: {totals}")
     med = {k: statistics.median(v) for k, v in seconds.items()}
-    print(json.dumps({"docs": len(texts), "median_seconds": {k: round(v, 2) for k, v in med.items()},
-                      "ratio_spark_ml_over_python": round(med["spark_ml"] / med["python"], 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "docs": len(texts),
+                "median_seconds": {k: round(v, 2) for k, v in med.items()},
+                "ratio_spark_ml_over_python": round(med["spark_ml"] / med["python"], 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ epochs' wall time (validation passes, which only rank 0 runs, are left out; the 
 checkpoint records). Quality is ``semhash evaluate``'s precision@100 of the codes (test documents against train,
 no baselines). The machine's load average is sampled during each run so that contention by other processes shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,23 @@ def throughput(metrics: dict) -> dict:
 
 
 def train_once(data: str, out: str, bits: int, np_: int, launcher: str, sets: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "semhash_spark.cli", "train", "--data", data, "--out", out, "--bits", str(bits),
-           "--np", str(np_), "--launcher", launcher, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "semhash_spark.cli",
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--bits",
+        str(bits),
+        "--np",
+        str(np_),
+        "--launcher",
+        launcher,
+        "--no-progress",
+    ]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()
@@ -74,12 +90,17 @@ def train_once(data: str, out: str, bits: int, np_: int, launcher: str, sets: li
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     meta = json.loads((Path(out) / "model.json").read_text())
-    return {"np": np_, "launcher": launcher, "wall_seconds": round(time.time() - t0, 1), "summary": summary,
-            "best_epoch": meta["metrics"].get("best_epoch"),
-            "best_val_precision": meta["metrics"].get("best_val_precision"),
-            **throughput(meta["metrics"]),
-            "load_avg_mean": round(sum(load.samples) / len(load.samples), 2) if load.samples else None,
-            "load_avg_max": max(load.samples) if load.samples else None}
+    return {
+        "np": np_,
+        "launcher": launcher,
+        "wall_seconds": round(time.time() - t0, 1),
+        "summary": summary,
+        "best_epoch": meta["metrics"].get("best_epoch"),
+        "best_val_precision": meta["metrics"].get("best_val_precision"),
+        **throughput(meta["metrics"]),
+        "load_avg_mean": round(sum(load.samples) / len(load.samples), 2) if load.samples else None,
+        "load_avg_max": max(load.samples) if load.samples else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -109,8 +130,12 @@ def main(argv=None) -> int:
         print(json.dumps(r), file=sys.stderr, flush=True)
     one, many = runs[1], runs[args.np]
     result = {
-        "date": time.strftime("%Y-%m-%d", time.gmtime()), "bits": args.bits, "np": args.np, "sets": args.set,
-        "cpus": os.cpu_count(), "runs": [runs[n] for n in order],
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "bits": args.bits,
+        "np": args.np,
+        "sets": args.set,
+        "cpus": os.cpu_count(),
+        "runs": [runs[n] for n in order],
         "speedup": round(many["docs_per_s"] / one["docs_per_s"], 3),
         "efficiency": round(many["docs_per_s"] / (args.np * one["docs_per_s"]), 3),
         "precision_at_100_gap": round(abs(many["precision_at_100"] - one["precision_at_100"]), 4),

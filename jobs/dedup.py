@@ -2,6 +2,7 @@
 
 Thin by design: argument parsing, config and the work live in semhash_spark (the same functions back the CLI).
 """
+
 import os
 import sys
 

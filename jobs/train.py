@@ -4,6 +4,7 @@ The ranks run in Spark tasks on the executors (`--launcher spark`: horovod.spark
 ARGS name another launcher, e.g. `--launcher torch` (TorchDistributor) where Horovod is not installed.
 Thin by design: argument parsing, config and the work live in semhash_spark (the same functions back the CLI).
 """
+
 import os
 import sys
 

@@ -1,9 +1,10 @@
 """semhash_spark: semantic hashing on Spark."""
+
 from importlib import metadata as _metadata
 
 try:
     __version__ = _metadata.version("semhash_spark")
-except _metadata.PackageNotFoundError:      # a checkout on PYTHONPATH, not installed
+except _metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
     __version__ = "0+unknown"
 
 

@@ -11,6 +11,7 @@ Bulk use: :meth:`SemhashClient.search_many` streams any number of queries in bat
 :meth:`SemhashClient.search_codes` sends packed codes as one binary body; :func:`spark_search` returns the
 function for ``DataFrame.mapInPandas`` (one client per Python worker, reused across its tasks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ class ServiceError(RuntimeError):
 
 
 class SemhashClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retries: int = 4,
-                 backoff_s: float = 0.2):
+    def __init__(
+        self, url: str, token: str | None = None, timeout: float = 30.0, retries: int = 4, backoff_s: float = 0.2
+    ):
         parts = urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not a service URL: {url!r} (expected http://host:port)")
@@ -46,11 +48,22 @@ class SemhashClient:
         self._conn: http.client.HTTPConnection | None = None
 
     # ------------------------------------------------------------------ API
-    def search(self, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
-               codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
-               radius: int | None = None, k: int | None = None, rerank: str | None = None,
-               eps: float | None = None, address_radius: int | None = None,
-               images: Sequence[bytes] | None = None, msh: bool | None = None, details: bool = False) -> dict:
+    def search(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        texts: Sequence[str] | None = None,
+        codes: Sequence[str] | None = None,
+        word_counts: Sequence[dict] | None = None,
+        radius: int | None = None,
+        k: int | None = None,
+        rerank: str | None = None,
+        eps: float | None = None,
+        address_radius: int | None = None,
+        images: Sequence[bytes] | None = None,
+        msh: bool | None = None,
+        details: bool = False,
+    ) -> dict:
         """POST /search with exactly one of ids / texts / codes / word_counts / images (image file bytes; ``msh``:
         multiple semantic hashing) (``eps > 0``: k nearest stops early, each result within ``1 + eps`` of the
         true distance of its rank; ``details``: hits carry their stored labels and snippet)."""
@@ -59,27 +72,48 @@ class SemhashClient:
         body: dict[str, Any] = {}
         if images is not None:
             images = [base64.b64encode(b).decode("ascii") for b in images]
-        for name, value in (("ids", ids), ("texts", texts), ("codes", codes), ("word_counts", word_counts),
-                            ("images", images)):
+        for name, value in (
+            ("ids", ids),
+            ("texts", texts),
+            ("codes", codes),
+            ("word_counts", word_counts),
+            ("images", images),
+        ):
             if value is not None:
                 body[name] = list(value)
-        for name, value in (("radius", radius), ("address_radius", address_radius), ("k", k), ("rerank", rerank),
-                            ("eps", eps), ("msh", msh)):
+        for name, value in (
+            ("radius", radius),
+            ("address_radius", address_radius),
+            ("k", k),
+            ("rerank", rerank),
+            ("eps", eps),
+            ("msh", msh),
+        ):
             if value is not None:
                 body[name] = value
-        if details:                     # sent only when asked: older services reject unknown fields
+        if details:  # sent only when asked: older services reject unknown fields
             body["details"] = True
         return self.request("POST", "/search", body)
 
-    def search_codes(self, codes, *, k: int | None = None, radius: int | None = None,
-                     address_radius: int | None = None, eps: float | None = None) -> dict:
+    def search_codes(
+        self,
+        codes,
+        *,
+        k: int | None = None,
+        radius: int | None = None,
+        address_radius: int | None = None,
+        eps: float | None = None,
+    ) -> dict:
         """POST /search with ``uint8[n, code_bytes]`` packed codes as one ``application/octet-stream`` body."""
         import numpy as np
 
         from urllib.parse import urlencode
 
-        params = {n: v for n, v in (("k", k), ("radius", radius), ("address_radius", address_radius),
-                                    ("eps", eps)) if v is not None}
+        params = {
+            n: v
+            for n, v in (("k", k), ("radius", radius), ("address_radius", address_radius), ("eps", eps))
+            if v is not None
+        }
         data = np.ascontiguousarray(codes, dtype=np.uint8).tobytes()
         return self.request("POST", "/search?" + urlencode(params), data, content_type="application/octet-stream")
 
@@ -115,8 +149,14 @@ class SemhashClient:
         return self.request("GET", "/metrics", raw=True)
 
     # ------------------------------------------------------------------ transport
-    def request(self, method: str, path: str, body: dict | bytes | None = None, raw: bool = False,
-                content_type: str = "application/json"):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict | bytes | None = None,
+        raw: bool = False,
+        content_type: str = "application/json",
+    ):
         """One request; a 503 or a connection error is retried ``retries`` times with exponential backoff."""
         data = body if body is None or isinstance(body, bytes) else _dumps(body)
         headers = {"Accept": "application/json"}
@@ -133,7 +173,7 @@ class SemhashClient:
             else:
                 if status != 503 or attempt == self.retries:
                     break
-            time.sleep(self.backoff_s * (2 ** attempt))
+            time.sleep(self.backoff_s * (2**attempt))
         if status >= 400:
             raise ServiceError(status, _message(payload))
         return payload.decode() if raw else _loads(payload)
@@ -150,7 +190,7 @@ class SemhashClient:
                 if attempt:
                     raise
             except (OSError, http.client.HTTPException):
-                self.close()                    # never reuse a connection left mid-request
+                self.close()  # never reuse a connection left mid-request
                 raise
         raise AssertionError("unreachable")
 
@@ -172,13 +212,13 @@ class SemhashClient:
         self.close()
 
 
-Client = SemhashClient   # the name semhash_spark.cli uses
+Client = SemhashClient  # the name semhash_spark.cli uses
 
 try:
     import orjson
 
     _dumps, _loads = orjson.dumps, orjson.loads
-except ImportError:     # the client alone needs only the standard library
+except ImportError:  # the client alone needs only the standard library
     _dumps, _loads = (lambda o: json.dumps(o).encode()), json.loads
 
 
@@ -215,8 +255,17 @@ def worker_client(url: str, token: str | None = None, **kw) -> SemhashClient:
     return clients[key]
 
 
-def spark_search(url: str, column: str, kind: str = "codes", *, k: int | None = 10, radius: int | None = None,
-                 address_radius: int | None = None, batch_size: int = 1000, token: str | None = None):
+def spark_search(
+    url: str,
+    column: str,
+    kind: str = "codes",
+    *,
+    k: int | None = 10,
+    radius: int | None = None,
+    address_radius: int | None = None,
+    batch_size: int = 1000,
+    token: str | None = None,
+):
     """For ``df.mapInPandas(spark_search(url, "code"), SPARK_SCHEMA)``: each row's ``column`` (ids, texts or hex
     codes, as ``kind`` says) is searched in batches of ``batch_size``; one output row per hit, ranked from 0."""
 
@@ -224,14 +273,14 @@ def spark_search(url: str, column: str, kind: str = "codes", *, k: int | None = 
         import pandas as pd
 
         c = worker_client(url, token)
-        params = {n: v for n, v in (("k", k), ("radius", radius), ("address_radius", address_radius))
-                  if v is not None}
+        params = {n: v for n, v in (("k", k), ("radius", radius), ("address_radius", address_radius)) if v is not None}
         for pdf in frames:
             rows = []
             for r in c.search_many(kind, pdf[column].tolist(), batch_size=batch_size, **params):
                 rows.extend((r["query"], r["version"], i, h["id"], h["distance"]) for i, h in enumerate(r["results"]))
             yield pd.DataFrame(rows, columns=["query", "version", "rank", "id", "distance"]).astype(
-                {"rank": "int32", "distance": "int32"})
+                {"rank": "int32", "distance": "int32"}
+            )
 
     return run
 
@@ -248,15 +297,35 @@ def _message(payload: bytes) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def query_server(server: str, *, ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
-                 codes: Sequence[str] | None = None, word_counts: Sequence[dict] | None = None,
-                 radius: int | None = None, k: int | None = None, rerank: str | None = None,
-                 eps: float | None = None, token: str | None = None, timeout: float = 30.0,
-                 address_radius: int | None = None) -> dict:
+
+def query_server(
+    server: str,
+    *,
+    ids: Sequence[str] | None = None,
+    texts: Sequence[str] | None = None,
+    codes: Sequence[str] | None = None,
+    word_counts: Sequence[dict] | None = None,
+    radius: int | None = None,
+    k: int | None = None,
+    rerank: str | None = None,
+    eps: float | None = None,
+    token: str | None = None,
+    timeout: float = 30.0,
+    address_radius: int | None = None,
+) -> dict:
     """One search against a running service; the response as a dict (raises :class:`ServiceError`)."""
     with SemhashClient(server, token=token, timeout=timeout) as c:
-        return c.search(ids=ids, texts=texts, codes=codes, word_counts=word_counts, radius=radius, k=k,
-                        rerank=rerank, eps=eps, address_radius=address_radius)
+        return c.search(
+            ids=ids,
+            texts=texts,
+            codes=codes,
+            word_counts=word_counts,
+            radius=radius,
+            k=k,
+            rerank=rerank,
+            eps=eps,
+            address_radius=address_radius,
+        )
 
 
 def add_query_server_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -280,11 +349,21 @@ def query_server_main(args: argparse.Namespace | Sequence[str] | None = None) ->
 
     if args is None or not isinstance(args, argparse.Namespace):
         args = add_query_server_arguments(argparse.ArgumentParser(prog="semhash query")).parse_args(
-            None if args is None else list(args))
+            None if args is None else list(args)
+        )
     try:
-        out = query_server(args.server, ids=args.ids, texts=args.texts, codes=args.codes, radius=args.radius,
-                           address_radius=args.address_radius, k=args.k, rerank=args.rerank, eps=args.eps,
-                           token=args.token or os.environ.get("SEMHASH_TOKEN"))
+        out = query_server(
+            args.server,
+            ids=args.ids,
+            texts=args.texts,
+            codes=args.codes,
+            radius=args.radius,
+            address_radius=args.address_radius,
+            k=args.k,
+            rerank=args.rerank,
+            eps=args.eps,
+            token=args.token or os.environ.get("SEMHASH_TOKEN"),
+        )
     except (ServiceError, OSError) as e:
         print(f"semhash query: {e}", file=sys.stderr)
         return 1

@@ -4,13 +4,13 @@ Format (see docs/architecture.md): packed bits ``uint8[n, ceil(bits / 8)]``, mos
 (``numpy.packbits(bitorder="big")``); bit 0 of a code is the high bit of byte 0, and the trailing bits of the last
 byte are zero when ``bits`` is not a multiple of 8 (the papers' 20- and 28-bit codes).
 """
+
 from __future__ import annotations
 
 import itertools
 from math import comb
 
 import numpy as np
-
 
 
 def code_bytes(bits: int) -> int:
@@ -40,9 +40,7 @@ def as_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.ndim == 1:
         codes = codes.reshape(1, -1)
     if codes.ndim != 2 or codes.shape[1] != code_bytes(bits):
-        raise ValueError(
-            f"codes of {bits} bits must have shape (n, {code_bytes(bits)}), got {codes.shape}"
-        )
+        raise ValueError(f"codes of {bits} bits must have shape (n, {code_bytes(bits)}), got {codes.shape}")
     return codes
 
 
@@ -52,9 +50,7 @@ def from_hex(text: str, bits: int) -> np.ndarray:
     if t.startswith("0x"):
         t = t[2:]
     if len(t) != 2 * code_bytes(bits):
-        raise ValueError(
-            f"a {bits}-bit code is {2 * code_bytes(bits)} hex digits, got {len(t)} ({text!r})"
-        )
+        raise ValueError(f"a {bits}-bit code is {2 * code_bytes(bits)} hex digits, got {len(t)} ({text!r})")
     try:
         raw = bytes.fromhex(t)
     except ValueError:

@@ -2,6 +2,7 @@
 
 prepare 20 Newsgroups -> train -> encode + publish to S3 -> a few queries -> evaluate against the baselines.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,11 @@ DEMO_QUERIES = (
 
 
 def default_data_dir() -> Path | None:
-    candidates = [os.environ.get("SEMHASH_DATA_DIR"), Path(__file__).resolve().parents[2] / "shared" / "data",
-                  Path.cwd().parent / "shared" / "data"]
+    candidates = [
+        os.environ.get("SEMHASH_DATA_DIR"),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+    ]
     for c in candidates:
         if c and (Path(c) / "20newsgroups").is_dir():
             return Path(c)
@@ -44,8 +48,17 @@ def _20ng_source(data_dir: str | None, workdir: Path) -> tuple[str, str]:
         for split in ("train", "test"):
             b = fetch_20newsgroups(subset=split, data_home=home)
             for i, (text, y) in enumerate(zip(b.data, b.target)):
-                f.write(json.dumps({"id": f"{b.target_names[y]}/{split}-{i}", "text": text,
-                                    "labels": [b.target_names[y]], "split": split}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": f"{b.target_names[y]}/{split}-{i}",
+                            "text": text,
+                            "labels": [b.target_names[y]],
+                            "split": split,
+                        }
+                    )
+                    + "\n"
+                )
     return "jsonl", str(out)
 
 
@@ -54,8 +67,9 @@ def _step(n: int, total: int, what: str) -> float:
     return time.time()
 
 
-def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: int = 64,
-             quick: bool = False) -> dict[str, Any]:
+def run_demo(
+    data_dir: str | None = None, workdir: str = "semhash-demo", bits: int = 64, quick: bool = False
+) -> dict[str, Any]:
     from semhash_spark.evaluation.assess import evaluate_model
     from semhash_spark.config import load_config
     from semhash_spark.io.embedded import LocalS3Server
@@ -72,8 +86,14 @@ def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: i
     cfg = load_config(None, overrides).with_bits(bits)
     total = 6
     summary: dict[str, Any] = {"workdir": str(work), "schedule": "quick" if quick else "full"}
-    smoke = (" -- SMOKE RUN (--quick: 2 pretraining and 2 fine-tuning epochs, not the real model; run without "
-             "--quick for the model's real precision)") if quick else ""
+    smoke = (
+        (
+            " -- SMOKE RUN (--quick: 2 pretraining and 2 fine-tuning epochs, not the real model; run without "
+            "--quick for the model's real precision)"
+        )
+        if quick
+        else ""
+    )
     if quick:
         summary["note"] = "smoke run: a 2+2-epoch schedule checks the pipeline; its precision is not the model's"
     t_all = time.time()
@@ -94,21 +114,34 @@ def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: i
         report = prepare_dataset(spark, dataset, source, str(local_data), cfg.prepare)
         store.upload_dir(str(local_data), data_uri)
         kept, bad = report["kept"], sum(report["quarantined"].values())
-        print(f"    kept {kept['train']} train and {kept['test']} test documents, quarantined {bad} -> {data_uri} "
-              f"({time.time() - t:.0f}s)", flush=True)
+        print(
+            f"    kept {kept['train']} train and {kept['test']} test documents, quarantined {bad} -> {data_uri} "
+            f"({time.time() - t:.0f}s)",
+            flush=True,
+        )
         summary["prepare"] = {k: report[k] for k in ("kept", "quarantined", "vocab_size")}
 
-        t = _step(2, total, f"train: 2000-{'-'.join(map(str, cfg.model.hidden))}-{bits} RBM stack, CD-1 "
-                            "pretraining, then fine-tuning with code noise")
+        t = _step(
+            2,
+            total,
+            f"train: 2000-{'-'.join(map(str, cfg.model.hidden))}-{bits} RBM stack, CD-1 "
+            "pretraining, then fine-tuning with code noise",
+        )
         trained = train_model(data_uri, model_uri, cfg, np=1, progress=True)
-        print(f"    model {trained['model_version']} -> {model_uri}; validation precision@100 "
-              f"{trained['best_val_precision']:.3f} ({time.time() - t:.0f}s)", flush=True)
+        print(
+            f"    model {trained['model_version']} -> {model_uri}; validation precision@100 "
+            f"{trained['best_val_precision']:.3f} ({time.time() - t:.0f}s)",
+            flush=True,
+        )
         summary["train"] = trained
 
         t = _step(3, total, "encode: Spark job writes address-partitioned shards, then publishes the version")
         enc = encode_to_index(spark, model_uri, data_uri, index_uri, cfg)
-        print(f"    version {enc['version']}: {enc['count']} codes in {enc['partitions']} partitions "
-              f"({enc['docs_per_second']:.0f} docs/s, {time.time() - t:.0f}s)", flush=True)
+        print(
+            f"    version {enc['version']}: {enc['count']} codes in {enc['partitions']} partitions "
+            f"({enc['docs_per_second']:.0f} docs/s, {time.time() - t:.0f}s)",
+            flush=True,
+        )
         summary["encode"] = enc
 
         t = _step(4, total, "query: nearest documents of a few texts (address ball, then TF-IDF re-ranking)")
@@ -123,20 +156,29 @@ def run_demo(data_dir: str | None = None, workdir: str = "semhash-demo", bits: i
             queries.append({"text": text, "hamming": hits, "reranked": reranked})
         address_bits = searcher.index.address_bits
         ball = searcher.search_texts([DEMO_QUERIES[0]], address_radius=4, k=None)[0]
-        print(f"    Hamming ball of radius 4 around the {address_bits}-bit address of {DEMO_QUERIES[0]!r}: "
-              f"{len(ball)} documents, partitions read so far: {searcher.index.partitions_read}", flush=True)
+        print(
+            f"    Hamming ball of radius 4 around the {address_bits}-bit address of {DEMO_QUERIES[0]!r}: "
+            f"{len(ball)} documents, partitions read so far: {searcher.index.partitions_read}",
+            flush=True,
+        )
         summary["queries"] = len(queries)
 
         t = _step(5, total, "evaluate: test documents as queries, train as database, against TF-IDF, LSA, LSH")
         plot = work / f"pr-{bits}bit.png"
         ev = evaluate_model(model_uri, data_uri, plot_path=str(plot))
-        rows = [("semantic hashing" + (" (smoke)" if quick else ""), ev)] + [(f"{n}", ev["baselines"][n]) for n in ("tfidf", "lsa", "lsh")]
+        rows = [("semantic hashing" + (" (smoke)" if quick else ""), ev)] + [
+            (f"{n}", ev["baselines"][n]) for n in ("tfidf", "lsa", "lsh")
+        ]
         for name, r in rows:
             print(f"    {name:18s} P@100 {r['precision_at_100']:.3f}   mAP {r['map']:.3f}")
         print(f"    precision-recall plot: {plot} ({time.time() - t:.0f}s)", flush=True)
-        summary["evaluate"] = {"bits": bits, "precision_at_100": ev["precision_at_100"], "map": ev["map"],
-                               "baselines": {n: {"precision_at_100": ev["baselines"][n]["precision_at_100"]}
-                                             for n in ev["baselines"]}, "plot": str(plot)}
+        summary["evaluate"] = {
+            "bits": bits,
+            "precision_at_100": ev["precision_at_100"],
+            "map": ev["map"],
+            "baselines": {n: {"precision_at_100": ev["baselines"][n]["precision_at_100"]} for n in ev["baselines"]},
+            "plot": str(plot),
+        }
         if quick:
             print(f"    {smoke.strip(' -')}", flush=True)
         _step(6, total, f"done in {time.time() - t_all:.0f}s{smoke}")

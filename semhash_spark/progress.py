@@ -1,5 +1,6 @@
 """Progress bars for long loops: tqdm on stderr, moved per batch, and only where someone watches (stderr is a
 terminal); in logs and pipes the loops' own log lines (one per epoch) say how far they are."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ def bars_wanted(enabled: bool = True) -> bool:
     """Whether to draw bars: asked for, and stderr is a terminal."""
     try:
         return enabled and sys.stderr.isatty()
-    except (AttributeError, ValueError):        # a closed or replaced stderr
+    except (AttributeError, ValueError):  # a closed or replaced stderr
         return False
 
 
@@ -19,8 +20,16 @@ def bar(desc: str, *, total: float | None = None, unit: str = "row", enabled: bo
     """A tqdm bar on stderr (disabled unless :func:`bars_wanted`); ``update(n)`` it once per batch."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
-                dynamic_ncols=True, disable=not bars_wanted(enabled))
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not bars_wanted(enabled),
+    )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ configuration given to Spark.
 An installed wheel holds them inside the package (``semhash_spark/conf``, ``semhash_spark/jobs``: pyproject maps the
 checkout's top-level ``conf/`` and ``jobs/`` there); a checkout on ``PYTHONPATH`` has them beside the package.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -19,8 +20,10 @@ def _find(folder: str, name: str) -> Path:
     checkout = _CHECKOUT / folder / name
     if checkout.is_file():
         return checkout
-    raise FileNotFoundError(f"{folder}/{name} is neither in the installed package ({packaged}) nor in a checkout "
-                            f"({checkout}): reinstall semhash_spark, or pass the file explicitly")
+    raise FileNotFoundError(
+        f"{folder}/{name} is neither in the installed package ({packaged}) nor in a checkout "
+        f"({checkout}): reinstall semhash_spark, or pass the file explicitly"
+    )
 
 
 def conf_file(name: str) -> Path:

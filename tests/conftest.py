@@ -1,4 +1,5 @@
 """Shared fixtures: a session-scoped local Spark, the real data directory, a real S3 server on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ SLOW_FIXTURES = frozenset({"spark", "s3_server", "cluster"})
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(item, "module", None)
-        launches = module is not None and any(getattr(v, "__module__", None) == "launch_util"
-                                              for v in vars(module).values())
+        launches = module is not None and any(
+            getattr(v, "__module__", None) == "launch_util" for v in vars(module).values()
+        )
         if launches or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
@@ -97,8 +99,10 @@ def small_corpus(shared_data, tmp_path_factory):
                 continue
             want[key] -= 1
             text = tar.extractfile(m).read().decode("latin-1")
-            f.write(json.dumps({"id": f"{parts[1]}/{parts[2]}", "text": text, "labels": [parts[1]], "split": split}) + "\n")
-        f.write('{"id": "broken", "text": \n')                     # invalid JSON
+            f.write(
+                json.dumps({"id": f"{parts[1]}/{parts[2]}", "text": text, "labels": [parts[1]], "split": split}) + "\n"
+            )
+        f.write('{"id": "broken", "text": \n')  # invalid JSON
         f.write(json.dumps({"id": "nothing", "text": "the of and", "labels": ["x"], "split": "train"}) + "\n")
         f.write(json.dumps({"text": "no id here", "labels": []}) + "\n")
     return out

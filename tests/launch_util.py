@@ -1,4 +1,5 @@
 """Helpers for the launcher and robustness tests: run `semhash train` as a real command, find and kill ranks."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,30 @@ import psutil
 
 # A tiny document model: seconds per epoch on the small dataset, several epochs so a run can be cut mid-way.
 TINY = ["model.hidden=[32]", "pretrain.epochs=2", "finetune.epochs=2", "finetune.val_queries=50"]
-LONGER = ["model.hidden=[32]", "pretrain.epochs=8", "finetune.epochs=3", "finetune.val_queries=50",
-          "finetune.patience=10"]
+LONGER = [
+    "model.hidden=[32]",
+    "pretrain.epochs=8",
+    "finetune.epochs=3",
+    "finetune.val_queries=50",
+    "finetune.patience=10",
+]
 
 
 def train_command(data, out, *extra: str, sets=TINY, bits: int = 16) -> list[str]:
-    cmd = [sys.executable, "-m", "semhash_spark.cli", "train", "--data", str(data), "--out", str(out),
-           "--bits", str(bits), "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "semhash_spark.cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--bits",
+        str(bits),
+        "--no-progress",
+        *extra,
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -66,7 +84,7 @@ def rank_processes(root_pid: int, rank_var: str = "HOROVOD_RANK") -> dict[int, p
     for p in procs:
         try:
             env = p.environ()
-            if rank_var in env and "python" in os.path.basename(p.exe()):   # not the `sh -c env ...` wrappers
+            if rank_var in env and "python" in os.path.basename(p.exe()):  # not the `sh -c env ...` wrappers
                 out.setdefault(int(env[rank_var]), p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
             continue

@@ -1,5 +1,6 @@
 """The service load scenario (tests/test_service_load.py and benchmarks/service_load.py): a fixed request rate on
 loopback against ``python -m semhash_spark.service`` while a new version is published and the S3 server restarted."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ from service_util import build_index
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_load(url: str, bodies: list[dict], rate: float, duration: float, events=(), threads: int = 8,
-             timeout: float = 10.0) -> dict:
+def run_load(
+    url: str, bodies: list[dict], rate: float, duration: float, events=(), threads: int = 8, timeout: float = 10.0
+) -> dict:
     """Sends ``bodies`` round-robin at ``rate`` per second for ``duration`` seconds; runs each ``(at_s, name, fn)``
     of ``events`` in its own thread at its time. Returns counts, latencies, versions seen and errors."""
     total = int(rate * duration)
@@ -30,7 +32,7 @@ def run_load(url: str, bodies: list[dict], rate: float, duration: float, events=
     records: list[tuple[float, float, int, str | None, bool, str | None]] = []
 
     def worker():
-        c = SemhashClient(url, timeout=timeout, retries=0)   # every error counts
+        c = SemhashClient(url, timeout=timeout, retries=0)  # every error counts
         while True:
             with lock:
                 i = nxt[0]
@@ -61,8 +63,9 @@ def run_load(url: str, bodies: list[dict], rate: float, duration: float, events=
         s = time.monotonic()
         try:
             detail = fn()
-            fired.append({"event": name, "at_s": round(s - t0, 2), "took_s": round(time.monotonic() - s, 2),
-                          "detail": detail})
+            fired.append(
+                {"event": name, "at_s": round(s - t0, 2), "took_s": round(time.monotonic() - s, 2), "detail": detail}
+            )
         except Exception as e:  # noqa: BLE001
             fired.append({"event": name, "at_s": round(s - t0, 2), "error": repr(e)})
 
@@ -82,11 +85,22 @@ def run_load(url: str, bodies: list[dict], rate: float, duration: float, events=
         if r[3] and (not versions or versions[-1] != r[3]):
             versions.append(r[3])
     span = (records[-1][0] + records[-1][1]) if records else 0.0
-    return {"planned": total, "completed": len(records), "errors": len(errors), "partial": sum(r[4] for r in records),
-            "rate_target": rate, "rate_achieved": round(len(records) / max(span, 1e-9), 1),
-            "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 2),
-                           "p99": round(float(np.percentile(lat, 99)), 2), "max": round(float(lat.max()), 2)},
-            "versions_in_order": versions, "events": fired, "first_errors": [r[5] for r in errors[:5]]}
+    return {
+        "planned": total,
+        "completed": len(records),
+        "errors": len(errors),
+        "partial": sum(r[4] for r in records),
+        "rate_target": rate,
+        "rate_achieved": round(len(records) / max(span, 1e-9), 1),
+        "latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 2),
+            "p99": round(float(np.percentile(lat, 99)), 2),
+            "max": round(float(lat.max()), 2),
+        },
+        "versions_in_order": versions,
+        "events": fired,
+        "first_errors": [r[5] for r in errors[:5]],
+    }
 
 
 class ServiceProcess:
@@ -95,11 +109,29 @@ class ServiceProcess:
     def __init__(self, index_uri: str, env: dict, log_path: Path, poll_seconds: float = 0.5):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "semhash_spark.service", "--index", index_uri, "--port", str(self.port),
-               "--poll-seconds", str(poll_seconds), "--fetch-timeout", "2", "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "semhash_spark.service",
+            "--index",
+            index_uri,
+            "--port",
+            str(self.port),
+            "--poll-seconds",
+            str(poll_seconds),
+            "--fetch-timeout",
+            "2",
+            "--log-level",
+            "warning",
+        ]
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            cwd=str(ROOT),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 90.0) -> dict:
         c = SemhashClient(self.url, timeout=2)
@@ -124,8 +156,15 @@ class ServiceProcess:
         self.log.close()
 
 
-def scenario(s3: LocalS3Server, workdir: Path, duration: float = 60.0, rate: float = 50.0, n: int = 20000,
-             bits: int = 64, threads: int = 8) -> dict:
+def scenario(
+    s3: LocalS3Server,
+    workdir: Path,
+    duration: float = 60.0,
+    rate: float = 50.0,
+    n: int = 20000,
+    bits: int = 64,
+    threads: int = 8,
+) -> dict:
     """The whole run on a started S3 server whose settings are in ``os.environ``: index v1 published, the service
     up, then the load with a new version published at 1/3 of the run and the S3 server restarted at 2/3."""
     uri = s3.uri(f"load-index-{int(time.time() * 1000)}")
@@ -138,9 +177,14 @@ def scenario(s3: LocalS3Server, workdir: Path, duration: float = 60.0, rate: flo
         rng = np.random.default_rng(0)
         bodies = [{"codes": [bytes(v1["codes"][i]).hex()], "k": 10} for i in rng.choice(n, 64, replace=False)]
         bodies += [{"codes": [bytes(v1["codes"][i]).hex()], "radius": 3} for i in rng.choice(n, 32)]
-        events = [(duration / 3, "publish v2", lambda: build_index(uri, n=n, bits=bits, address_bits=20,
-                                                                   partition_bits=6, seed=2)["version"]),
-                  (2 * duration / 3, "restart S3", lambda: s3.restart() and "restarted")]
+        events = [
+            (
+                duration / 3,
+                "publish v2",
+                lambda: build_index(uri, n=n, bits=bits, address_bits=20, partition_bits=6, seed=2)["version"],
+            ),
+            (2 * duration / 3, "restart S3", lambda: s3.restart() and "restarted"),
+        ]
         report = run_load(svc.url, bodies, rate, duration, events=events, threads=threads)
     finally:
         svc.stop()
@@ -150,5 +194,4 @@ def scenario(s3: LocalS3Server, workdir: Path, duration: float = 60.0, rate: flo
 
 def passed(report: dict) -> bool:
     """Zero errors, every planned request done, and both versions answered."""
-    return (report["errors"] == 0 and report["completed"] == report["planned"]
-            and len(report["versions_in_order"]) == 2)
+    return report["errors"] == 0 and report["completed"] == report["planned"] and len(report["versions_in_order"]) == 2

@@ -1,6 +1,7 @@
 """Builds a small published document index with its model copy, as the encode job lays it out (for service tests
 and the service benchmarks). Nothing is trained: the autoencoder has fixed random weights, which is enough to
 turn texts into codes the same way on both sides."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,9 +53,21 @@ def text_of(bag) -> str:
     return " ".join(" ".join([word(int(i))] * int(c)) for i, c in zip(ids, counts))
 
 
-def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: int = 32, address_bits: int = 16,
-                partition_bits: int = 4, seed: int = 0, tasks: int = 3, with_model: bool = True,
-                model_seed: int = 7, address_model_bits: int | None = None, with_text: bool = False) -> dict:
+def build_index(
+    index_uri: str,
+    *,
+    n: int = 2000,
+    vocab_size: int = 300,
+    bits: int = 32,
+    address_bits: int = 16,
+    partition_bits: int = 4,
+    seed: int = 0,
+    tasks: int = 3,
+    with_model: bool = True,
+    model_seed: int = 7,
+    address_model_bits: int | None = None,
+    with_text: bool = False,
+) -> dict:
     """Writes shards, the model copy and the manifest of a new version, then publishes it; returns what a test
     needs to check answers: version, ids, codes, bags, hasher. ``address_model_bits``: the addresses come from
     an address model of that many bits of its own (copied into ``address_model/``), not the codes' prefix.
@@ -70,8 +83,12 @@ def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: i
     doc_freq = np.zeros(vocab_size, dtype=np.int64)
     for ids, _ in bags:
         doc_freq[ids] += 1
-    vocab = {"words": words, "doc_freq": doc_freq.tolist(), "num_train_docs": n,
-             "fingerprint": vocab_fingerprint(words)}
+    vocab = {
+        "words": words,
+        "doc_freq": doc_freq.tolist(),
+        "num_train_docs": n,
+        "fingerprint": vocab_fingerprint(words),
+    }
     checkpoint.save_model(model_uri, model, cfg, extra={"vocab": vocab})
     hasher = checkpoint.load_model(model_uri)
     dense = np.zeros((n, vocab_size), dtype=np.float32)
@@ -81,36 +98,74 @@ def build_index(index_uri: str, *, n: int = 2000, vocab_size: int = 300, bits: i
     address_hasher, extra = None, {}
     if address_model_bits is not None:
         address_bits = address_model_bits
-        checkpoint.save_model(store.join(vp, "address_model"), make_model(vocab_size, address_bits, model_seed + 1),
-                              cfg, extra={"vocab": vocab})
+        checkpoint.save_model(
+            store.join(vp, "address_model"),
+            make_model(vocab_size, address_bits, model_seed + 1),
+            cfg,
+            extra={"vocab": vocab},
+        )
         address_hasher = checkpoint.load_model(store.join(vp, "address_model"))
         addresses = C.prefix(address_hasher.codes(dense), address_bits)
-        extra = {"address_model": {"uri": "test", "version": address_hasher.version, "path": "address_model",
-                                   "bits": address_bits}}
+        extra = {
+            "address_model": {
+                "uri": "test",
+                "version": address_hasher.version,
+                "path": "address_model",
+                "bits": address_bits,
+            }
+        }
     else:
         addresses = C.prefix(codes, address_bits)
     ids = [f"doc-{seed}-{i}" for i in range(n)]
-    pdf = pd.DataFrame({"id": ids, "code": [bytes(r) for r in codes], "address": addresses,
-                        "word_ids": [b[0].astype("<i4").tobytes() for b in bags],
-                        "word_counts": [b[1].astype("<f4").tobytes() for b in bags]})
+    pdf = pd.DataFrame(
+        {
+            "id": ids,
+            "code": [bytes(r) for r in codes],
+            "address": addresses,
+            "word_ids": [b[0].astype("<i4").tobytes() for b in bags],
+            "word_counts": [b[1].astype("<f4").tobytes() for b in bags],
+        }
+    )
     labels = [[f"class-{i % 5}"] + ([f"extra-{i % 3}"] if i % 2 else []) for i in range(n)]
     snippets = [None if i % 7 == 0 else " ".join(words[int(w)] for w in bags[i][0][:6]) for i in range(n)]
     if with_text:
         pdf["labels"], pdf["snippet"] = labels, snippets
     metas = []
     for chunk in np.array_split(np.arange(n), tasks):
-        metas += X.write_shard(vp, partition_bits, C.code_bytes(bits), pdf.iloc[chunk],
-                               address_bits=address_bits if address_model_bits is not None else None)
+        metas += X.write_shard(
+            vp,
+            partition_bits,
+            C.code_bytes(bits),
+            pdf.iloc[chunk],
+            address_bits=address_bits if address_model_bits is not None else None,
+        )
     if not with_model:
         store.delete_prefix(model_uri)
-    manifest = X.build_manifest(version, bits, address_bits, partition_bits, metas,
-                                model={"uri": model_uri, "version": hasher.version}, data={"fingerprint": "test"},
-                                **extra)
+    manifest = X.build_manifest(
+        version,
+        bits,
+        address_bits,
+        partition_bits,
+        metas,
+        model={"uri": model_uri, "version": hasher.version},
+        data={"fingerprint": "test"},
+        **extra,
+    )
     X.publish(index_uri, version, manifest)
-    return {"version": version, "ids": ids, "codes": codes, "bags": bags, "hasher": hasher, "bits": bits,
-            "manifest": manifest, "address_bits": address_bits, "partition_bits": partition_bits,
-            "addresses": addresses, "address_hasher": address_hasher,
-            **({"labels": labels, "snippets": snippets} if with_text else {})}
+    return {
+        "version": version,
+        "ids": ids,
+        "codes": codes,
+        "bags": bags,
+        "hasher": hasher,
+        "bits": bits,
+        "manifest": manifest,
+        "address_bits": address_bits,
+        "partition_bits": partition_bits,
+        "addresses": addresses,
+        "address_hasher": address_hasher,
+        **({"labels": labels, "snippets": snippets} if with_text else {}),
+    }
 
 
 def brute_force(db: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
 """address: the Hamming-ball address lookup checked against brute force, on the compiled and the numpy paths."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,13 +26,24 @@ def clustered_addresses(bits, n, rng, clusters=6, flip=0.08):
 
 def brute(q, db, bits):
     """Address Hamming distances ``int[nq, n]`` by unpacked bits."""
+
     def unpack(a):
         return ((a[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).astype(np.int8)
+
     return (unpack(q)[:, None, :] != unpack(db)[None, :, :]).sum(-1)
 
 
-@pytest.mark.parametrize("bits, n, kind", [(12, 3000, "random"), (20, 4000, "clustered"), (20, 50, "random"),
-                                           (28, 4000, "clustered"), (40, 2000, "clustered"), (64, 1500, "clustered")])
+@pytest.mark.parametrize(
+    "bits, n, kind",
+    [
+        (12, 3000, "random"),
+        (20, 4000, "clustered"),
+        (20, 50, "random"),
+        (28, 4000, "clustered"),
+        (40, 2000, "clustered"),
+        (64, 1500, "clustered"),
+    ],
+)
 def test_ball_equals_brute_force(path, bits, n, kind):
     rng = np.random.default_rng(bits * 1000 + n)
     if kind == "random":
@@ -39,7 +51,7 @@ def test_ball_equals_brute_force(path, bits, n, kind):
     else:
         both = clustered_addresses(bits, n + 12, rng)
     db, q = both[:n], both[n:]
-    q[0] = db[3]                                                 # a query at an occupied address
+    q[0] = db[3]  # a query at an occupied address
     table = AddressTable(db, bits)
     assert len(table) == n
     H = brute(q, db, bits)
@@ -49,14 +61,14 @@ def test_ball_equals_brute_force(path, bits, n, kind):
         assert lims.dtype == np.int64 and ids.dtype == np.int64 and d.dtype == np.int32
         assert lims.shape == (len(q) + 1,) and lims[0] == 0 and lims[-1] == len(ids) == len(d)
         for i in range(len(q)):
-            got, gd = ids[lims[i]:lims[i + 1]], d[lims[i]:lims[i + 1]]
+            got, gd = ids[lims[i] : lims[i + 1]], d[lims[i] : lims[i + 1]]
             want = np.flatnonzero(H[i] <= r)
             want = want[np.lexsort((want, H[i][want]))]
-            assert len(np.unique(got)) == len(got)               # no duplicates
-            assert np.all(H[i][got] <= r)                         # a subset of the exact ball
+            assert len(np.unique(got)) == len(got)  # no duplicates
+            assert np.all(H[i][got] <= r)  # a subset of the exact ball
             assert np.array_equal(got, want) and np.array_equal(gd, H[i][want])
         counts = np.diff(lims)
-        assert prev is None or np.all(counts >= prev)             # the shortlist never shrinks as the radius grows
+        assert prev is None or np.all(counts >= prev)  # the shortlist never shrinks as the radius grows
         prev = counts
     assert np.any(prev > 0)
 
@@ -67,7 +79,7 @@ def test_full_radius_returns_every_item(path):
     table = AddressTable(db, 10)
     lims, ids, d = table.ball(np.array([0, 1023], np.uint64), 10)
     for i in range(2):
-        assert np.array_equal(np.sort(ids[lims[i]:lims[i + 1]]), np.arange(700))
+        assert np.array_equal(np.sort(ids[lims[i] : lims[i + 1]]), np.arange(700))
 
 
 def test_compiled_and_numpy_agree(monkeypatch):
@@ -99,17 +111,20 @@ def test_ball_size():
     assert ball_size(28, 0) == 1
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: AddressTable(np.array([1, 2], np.uint64), 0), "address bits"),
-    (lambda: AddressTable(np.array([1, 2], np.uint64), 65), "address bits"),
-    (lambda: AddressTable(np.array([1, 1 << 20], np.uint64), 20), "below 2\\*\\*20"),
-    (lambda: AddressTable(np.array([1, -2]), 20), "non-negative"),
-    (lambda: AddressTable(np.array([[1, 2]], np.uint64), 20), "1-d"),
-    (lambda: AddressTable(np.array([1.5]), 20), "integers"),
-    (lambda: AddressTable(np.array([1, 2], np.uint64), 20).ball(np.array([1], np.uint64), -1), "radius"),
-    (lambda: AddressTable(np.array([1, 2], np.uint64), 20).ball(np.array([1], np.uint64), 21), "radius"),
-    (lambda: AddressTable(np.array([1, 2], np.uint64), 20).ball(np.array([1 << 21], np.uint64), 1), "below"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: AddressTable(np.array([1, 2], np.uint64), 0), "address bits"),
+        (lambda: AddressTable(np.array([1, 2], np.uint64), 65), "address bits"),
+        (lambda: AddressTable(np.array([1, 1 << 20], np.uint64), 20), "below 2\\*\\*20"),
+        (lambda: AddressTable(np.array([1, -2]), 20), "non-negative"),
+        (lambda: AddressTable(np.array([[1, 2]], np.uint64), 20), "1-d"),
+        (lambda: AddressTable(np.array([1.5]), 20), "integers"),
+        (lambda: AddressTable(np.array([1, 2], np.uint64), 20).ball(np.array([1], np.uint64), -1), "radius"),
+        (lambda: AddressTable(np.array([1, 2], np.uint64), 20).ball(np.array([1], np.uint64), 21), "radius"),
+        (lambda: AddressTable(np.array([1, 2], np.uint64), 20).ball(np.array([1 << 21], np.uint64), 1), "below"),
+    ],
+)
 def test_bad_input_is_named(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
@@ -131,8 +146,8 @@ def test_search_is_the_ball_ranked_by_the_ranking_code(path, abits, cbits):
         for i in range(10):
             ball = np.flatnonzero(Ha[i] <= r)
             want = ball[np.lexsort((ball, Hc[i][ball]))][:7]
-            assert np.array_equal(I[i, :want.size], want) and np.array_equal(D[i, :want.size], Hc[i][want])
-            assert np.all(I[i, want.size:] == -1) and np.all(D[i, want.size:] == -1)
+            assert np.array_equal(I[i, : want.size], want) and np.array_equal(D[i, : want.size], Hc[i][want])
+            assert np.all(I[i, want.size :] == -1) and np.all(D[i, want.size :] == -1)
 
 
 def test_unordered_ball_holds_the_same_rows_by_distance(path):
@@ -185,14 +200,14 @@ def test_visit_returns_one_run_per_occupied_address_of_the_ball(path, bits):
         for i in range(len(q)):
             s = slice(lims[i], lims[i + 1])
             assert lims[i + 1] - lims[i] <= ball_size(bits, r)
-            assert np.all(np.diff(dist[s]) >= 0)                   # by address distance
+            assert np.all(np.diff(dist[s]) >= 0)  # by address distance
             seen = set()
             for a, b, w in zip(starts[s], ends[s], dist[s]):
                 addrs = db[table.ids_[a:b]]
                 assert np.all(addrs == addrs[0]) and addrs[0] not in seen
                 seen.add(addrs[0])
                 assert bin(int(addrs[0]) ^ int(q[i])).count("1") == w
-                assert b - a == np.sum(db == addrs[0])             # the whole bucket
+                assert b - a == np.sum(db == addrs[0])  # the whole bucket
             want = {int(a) for a in np.unique(db) if bin(int(a) ^ int(q[i])).count("1") <= r}
             assert {int(a) for a in seen} == want
         g = table.gather((lims, starts, ends, dist))

@@ -1,4 +1,5 @@
 """address_eval: the papers' address-ball lookup in evaluate, checked against brute force and whole-database ranking."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,15 @@ import pytest
 from semhash_spark import codes as C
 from semhash_spark.data import dataset as ds
 from semhash_spark.evaluation.address_eval import address_lookup_metrics, addresses_of
-from semhash_spark.evaluation.evaluate import (evaluate_methods, hamming_method, label_matrices, lsh_codes, relevance,
-                                    tfidf_method, tie_permutation)
+from semhash_spark.evaluation.evaluate import (
+    evaluate_methods,
+    hamming_method,
+    label_matrices,
+    lsh_codes,
+    relevance,
+    tfidf_method,
+    tie_permutation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +56,20 @@ def test_each_radius_matches_brute_force(small):
     tf = tfidf_method(train.counts, test.counts, idf)
     rankers = {"code": hamming_method(rank_tr, rank_te, 16), "tfidf": tf}
     addr_tr, addr_te = lsh_codes(train.counts, idf, abits, seed=5), lsh_codes(test.counts, idf, abits, seed=5)
-    out = address_lookup_metrics(addresses_of(addr_tr, abits), addresses_of(addr_te, abits), abits, rankers,
-                                 train.labels, test.labels, radii=range(5))
+    out = address_lookup_metrics(
+        addresses_of(addr_tr, abits),
+        addresses_of(addr_te, abits),
+        abits,
+        rankers,
+        train.labels,
+        test.labels,
+        radii=range(5),
+    )
 
     ldb, lq = label_matrices(train.labels, test.labels)
     rel = relevance(lq, ldb)
     keep = rel.any(axis=1)
-    H_addr = C.hamming(addr_te, addr_tr)                                   # [Q, N]
+    H_addr = C.hamming(addr_te, addr_tr)  # [Q, N]
     H_code = C.hamming(rank_te, rank_tr)
     cos = tf.scores(np.arange(len(test.labels)))
     tie = np.empty(len(train.labels), np.int64)
@@ -77,7 +92,7 @@ def test_each_radius_matches_brute_force(small):
         assert got["precision"] == pytest.approx(np.mean(want["precision"]))
         assert got["rerank_code_precision_at_100"] == pytest.approx(np.mean(want["code"]))
         assert got["rerank_tfidf_precision_at_100"] == pytest.approx(np.mean(want["tfidf"]))
-        assert prev is None or got["recall"] >= prev                        # the ball only grows with r
+        assert prev is None or got["recall"] >= prev  # the ball only grows with r
         prev = got["recall"]
     assert out["by_radius"]["0"]["shortlist_mean"] < out["by_radius"]["4"]["shortlist_mean"]
 
@@ -86,8 +101,9 @@ def test_mismatched_sizes_are_named(small):
     train, test, idf = small
     tf = tfidf_method(train.counts, test.counts, idf)
     with pytest.raises(ValueError, match="query addresses"):
-        address_lookup_metrics(np.zeros(len(train.labels), np.uint64), np.zeros(3, np.uint64), 8, {"tfidf": tf},
-                               train.labels, test.labels)
+        address_lookup_metrics(
+            np.zeros(len(train.labels), np.uint64), np.zeros(3, np.uint64), 8, {"tfidf": tf}, train.labels, test.labels
+        )
 
 
 @pytest.mark.slow
@@ -99,13 +115,39 @@ def test_evaluate_with_an_address_model_reports_the_lookup(small_dataset, tmp_pa
         assert main(argv) == 0, capsys.readouterr().err[-2000:]
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
-    small = ["--no-progress", "--set", "model.hidden=[64]", "--set", "pretrain.epochs=10",
-             "--set", "pretrain.batch_size=20", "--set", "finetune.epochs=4", "--set", "finetune.batch_size=20",
-             "--set", "finetune.lr=1e-3", "--set", "finetune.val_queries=100"]
+    small = [
+        "--no-progress",
+        "--set",
+        "model.hidden=[64]",
+        "--set",
+        "pretrain.epochs=10",
+        "--set",
+        "pretrain.batch_size=20",
+        "--set",
+        "finetune.epochs=4",
+        "--set",
+        "finetune.batch_size=20",
+        "--set",
+        "finetune.lr=1e-3",
+        "--set",
+        "finetune.val_queries=100",
+    ]
     for bits in (8, 24):
         run(["train", "--data", str(small_dataset), "--bits", str(bits), "--out", str(tmp_path / f"m{bits}"), *small])
-    ev = run(["evaluate", "--model", str(tmp_path / "m24"), "--address-model", str(tmp_path / "m8"),
-              "--data", str(small_dataset), "--json", "--plot", ""])
+    ev = run(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "m24"),
+            "--address-model",
+            str(tmp_path / "m8"),
+            "--data",
+            str(small_dataset),
+            "--json",
+            "--plot",
+            "",
+        ]
+    )
     assert ev["baselines"]["binary_lsa"]["bits"] == 24
     al = ev["address_lookup"]
     assert al["bits"] == 8 and sorted(al["by_radius"]) == ["0", "1", "2", "3", "4"]
@@ -127,8 +169,9 @@ def test_binary_lsa_thresholds_each_component_at_its_median(small):
     tr, te = binary_lsa_codes(train.counts, test.counts, idf, 16, seed=0)
     assert tr.shape == (len(train.labels), 2) and te.shape == (len(test.labels), 2)
     ones = C.unpack_bits(tr, 16).mean(axis=0)
-    assert np.all(np.abs(ones - 0.5) <= 1.0 / len(train.labels))     # above the median: half of them, per bit
-    res = evaluate_methods({"b": binary_lsa_method(train.counts, test.counts, idf, 16, seed=0)},
-                           train.labels, test.labels)["b"]
+    assert np.all(np.abs(ones - 0.5) <= 1.0 / len(train.labels))  # above the median: half of them, per bit
+    res = evaluate_methods(
+        {"b": binary_lsa_method(train.counts, test.counts, idf, 16, seed=0)}, train.labels, test.labels
+    )["b"]
     assert res["bits"] == 16
-    assert res["precision_at_100"] > 0.35                 # four balanced groups: chance is 0.25
+    assert res["precision_at_100"] > 0.35  # four balanced groups: chance is 0.25

@@ -4,6 +4,7 @@ output equals the local-mode output of the same commands, and a failing job exit
 
 The workers share nothing with the driver but S3: prepare reads its source from S3 and the executors write the
 dataset there; encode reads an s3:// dataset (documents and images) through the executors."""
+
 from __future__ import annotations
 
 import io
@@ -57,36 +58,69 @@ def cluster(tmp_path_factory):
     """A standalone master and two 1-core / 1 GiB workers; every process is killed (its group) at the end."""
     home = _spark_home()
     work = tmp_path_factory.mktemp("standalone")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}   # executors get S3 from the job
-    env.update(SPARK_HOME=home, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
-               SPARK_LOCAL_DIRS=str(work / "local"), SPARK_LOG_DIR=str(work / "logs"),
-               SPARK_NO_DAEMONIZE="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # executors get S3 from the job
+    env.update(
+        SPARK_HOME=home,
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_LOCAL_DIRS=str(work / "local"),
+        SPARK_LOG_DIR=str(work / "logs"),
+        SPARK_NO_DAEMONIZE="1",
+    )
     port, ui = _free_port(), _free_port()
     url = f"spark://127.0.0.1:{port}"
     procs: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> None:
         log = open(work / f"{name}.log", "wb")
-        procs.append(subprocess.Popen([f"{home}/bin/spark-class", *args], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [f"{home}/bin/spark-class", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
 
     try:
-        start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-              "--webui-port", str(ui))
+        start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+        )
         for i in (1, 2):
             (work / f"worker{i}").mkdir()
-            start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
-                  "--webui-port", str(_free_port()), "--cores", "1", "--memory", "1g",
-                  "--work-dir", str(work / f"worker{i}"))
+            start(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                url,
+                "--host",
+                "127.0.0.1",
+                "--webui-port",
+                str(_free_port()),
+                "--cores",
+                "1",
+                "--memory",
+                "1g",
+                "--work-dir",
+                str(work / f"worker{i}"),
+            )
         deadline = time.time() + 180
         while True:
             dead = [p.args[1] for p in procs if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"{dead} exited; see {work}/*.log")
             try:
-                if len(_master_state(ui).get("workers", [])) >= 2 and \
-                        all(w["state"] == "ALIVE" for w in _master_state(ui)["workers"]):
+                if len(_master_state(ui).get("workers", [])) >= 2 and all(
+                    w["state"] == "ALIVE" for w in _master_state(ui)["workers"]
+                ):
                     break
             except OSError:
                 pass
@@ -110,15 +144,25 @@ def cluster(tmp_path_factory):
 
 def _submit(cluster, job: str, *args: str) -> subprocess.CompletedProcess:
     """``infra/submit/submit.sh standalone JOB ARGS`` with small executors and the S3 server's settings."""
-    env = dict(os.environ)                                   # AWS_* of the S3 server, set by the s3_server fixture
-    env.update(SPARK_HOME=_spark_home(), SPARK_MASTER_URL=cluster["url"], SPARK_LOCAL_IP="127.0.0.1",
-               SEMHASH_PYTHON=sys.executable, SEMHASH_DRIVER_MEMORY="1g", SEMHASH_EXECUTOR_MEMORY="512m",
-               SEMHASH_EXECUTOR_CORES="1", SEMHASH_EXECUTOR_OVERHEAD="256m", SEMHASH_MAX_CORES="2",
-               SEMHASH_SHUFFLE_PARTITIONS="4", SEMHASH_PROGRESS_SECONDS="1")
+    env = dict(os.environ)  # AWS_* of the S3 server, set by the s3_server fixture
+    env.update(
+        SPARK_HOME=_spark_home(),
+        SPARK_MASTER_URL=cluster["url"],
+        SPARK_LOCAL_IP="127.0.0.1",
+        SEMHASH_PYTHON=sys.executable,
+        SEMHASH_DRIVER_MEMORY="1g",
+        SEMHASH_EXECUTOR_MEMORY="512m",
+        SEMHASH_EXECUTOR_CORES="1",
+        SEMHASH_EXECUTOR_OVERHEAD="256m",
+        SEMHASH_MAX_CORES="2",
+        SEMHASH_SHUFFLE_PARTITIONS="4",
+        SEMHASH_PROGRESS_SECONDS="1",
+    )
     env.pop("SEMHASH_UNDER_SUBMIT", None)
-    env.pop("PYSPARK_PYTHON", None)                          # the profile's spark.pyspark.python decides
-    return subprocess.run(["bash", str(SUBMIT), "standalone", job, *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    env.pop("PYSPARK_PYTHON", None)  # the profile's spark.pyspark.python decides
+    return subprocess.run(
+        ["bash", str(SUBMIT), "standalone", job, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def _summary(proc: subprocess.CompletedProcess) -> dict:
@@ -142,7 +186,9 @@ def _shards(index_uri: str) -> tuple[dict, dict[str, tuple[bytes, str]]]:
     rows = {}
     for p in manifest["partitions"]:
         for f in p["files"]:
-            t = pq.read_table(io.BytesIO(store.read_bytes(store.join(ix.version_prefix(index_uri, version), f["path"]))))
+            t = pq.read_table(
+                io.BytesIO(store.read_bytes(store.join(ix.version_prefix(index_uri, version), f["path"])))
+            )
             for i, c in zip(t.column("id").to_pylist(), t.column("code").to_pylist()):
                 assert i not in rows
                 rows[i] = (c, p["partition"])
@@ -169,49 +215,62 @@ def _random_model(out: Path, data_dir: Path) -> str:
     cfg = load_config(None, ["model.hidden=[32]"]).with_bits(16)
     torch.manual_seed(7)
     ae = DeepAutoencoder([len(words), 32, 16])
-    with torch.no_grad():                                    # large weights: codes spread over the partitions
+    with torch.no_grad():  # large weights: codes spread over the partitions
         for layer in ae.encoder:
             torch.nn.init.normal_(layer.weight, std=1.0)
             torch.nn.init.zeros_(layer.bias)
-    save_model(str(out), ae, cfg, {"vocab": {"words": words, "doc_freq": [int(x) for x in doc_freq],
-                                             "num_train_docs": n_train, "fingerprint": ds.vocab_fingerprint(words)}})
+    save_model(
+        str(out),
+        ae,
+        cfg,
+        {
+            "vocab": {
+                "words": words,
+                "doc_freq": [int(x) for x in doc_freq],
+                "num_train_docs": n_train,
+                "fingerprint": ds.vocab_fingerprint(words),
+            }
+        },
+    )
     return str(out)
 
 
 @pytest.mark.slow
-def test_encode_and_dedup_on_a_standalone_cluster_equal_local_mode(spark, s3_server, small_dataset, cluster,
-                                                                  tmp_path, capsys):
+def test_encode_and_dedup_on_a_standalone_cluster_equal_local_mode(
+    spark, s3_server, small_dataset, cluster, tmp_path, capsys
+):
     store.ensure_bucket(BUCKET)
     data, model = f"{PREFIX}/data", f"{PREFIX}/model"
     store.upload_dir(small_dataset, data)
     store.upload_dir(_random_model(tmp_path / "model", Path(small_dataset)), model)
 
     # encode: local mode in this process, then the same command submitted to the cluster
-    local = _local(capsys, "encode", "--model", model, "--data", data, "--index", f"{PREFIX}/index-local",
-                   *ENCODE_SETS)
-    proc = _submit(cluster, "encode", "--model", model, "--data", data, "--index", f"{PREFIX}/index-cluster",
-                   *ENCODE_SETS)
+    local = _local(capsys, "encode", "--model", model, "--data", data, "--index", f"{PREFIX}/index-local", *ENCODE_SETS)
+    proc = _submit(
+        cluster, "encode", "--model", model, "--data", data, "--index", f"{PREFIX}/index-cluster", *ENCODE_SETS
+    )
     remote = _summary(proc)
     assert remote["command"] == "encode" and remote["count"] == local["count"] == 560
-    assert re.search(r"stage \d+ \(.*\): \d+/\d+ tasks", proc.stdout), proc.stdout[-3000:]   # progress lines
+    assert re.search(r"stage \d+ \(.*\): \d+/\d+ tasks", proc.stdout), proc.stdout[-3000:]  # progress lines
     assert re.search(r"wrote \d+ shard files: \d+ partitions", proc.stdout)
     m_local, rows_local = _shards(f"{PREFIX}/index-local")
     m_remote, rows_remote = _shards(f"{PREFIX}/index-cluster")
-    assert rows_remote == rows_local                          # same code and partition for every id
-    assert [(p["partition"], p["rows"]) for p in m_remote["partitions"]] == \
-        [(p["partition"], p["rows"]) for p in m_local["partitions"]]
+    assert rows_remote == rows_local  # same code and partition for every id
+    assert [(p["partition"], p["rows"]) for p in m_remote["partitions"]] == [
+        (p["partition"], p["rows"]) for p in m_local["partitions"]
+    ]
     assert len(m_local["partitions"]) > 1
     for key in ("count", "bits", "address_bits", "partition_bits", "columns"):
         assert m_remote[key] == m_local[key], key
 
     # dedup of each index: pairs (with their similarity), clusters and counts agree
-    d_local = _local(capsys, "dedup", "--index", f"{PREFIX}/index-local", "--out", f"{PREFIX}/dedup-local",
-                     *DEDUP_ARGS)
-    d_remote = _summary(_submit(cluster, "dedup", "--index", f"{PREFIX}/index-cluster", "--out",
-                                f"{PREFIX}/dedup-cluster", *DEDUP_ARGS))
+    d_local = _local(capsys, "dedup", "--index", f"{PREFIX}/index-local", "--out", f"{PREFIX}/dedup-local", *DEDUP_ARGS)
+    d_remote = _summary(
+        _submit(cluster, "dedup", "--index", f"{PREFIX}/index-cluster", "--out", f"{PREFIX}/dedup-cluster", *DEDUP_ARGS)
+    )
     for key in ("pairs_within_radius", "pairs", "clusters", "clustered_docs", "largest_cluster", "codes"):
         assert d_remote[key] == d_local[key], key
-    assert 0 < d_local["pairs"] < d_local["pairs_within_radius"]      # verification kept some, dropped some
+    assert 0 < d_local["pairs"] < d_local["pairs_within_radius"]  # verification kept some, dropped some
 
     def pairs(uri):
         return sorted((r["id_a"], r["id_b"], r["distance"], round(r["similarity"], 6)) for r in _parquet_rows(uri))
@@ -230,8 +289,7 @@ def test_encode_and_dedup_on_a_standalone_cluster_equal_local_mode(spark, s3_ser
 
 
 @pytest.mark.slow
-def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus, cluster, tmp_path, capsys,
-                                                         tiny_cifar):  # noqa: F811 - the fixture from test_prepare
+def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus, cluster, tmp_path, capsys, tiny_cifar):  # noqa: F811 - the fixture from test_prepare
     """Documents (one JSONL object) and images (class folders, one prefix per label) prepared on the cluster from
     S3 to S3 equal local mode's; the image dataset the cluster wrote is encoded by the cluster from S3 into the
     codes local mode gives."""
@@ -242,8 +300,9 @@ def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus,
     store.upload_file(small_corpus, src)
     sets = ["--set", "prepare.vocab_size=500", "--set", "prepare.files_per_split=4"]
     local = _local(capsys, "prepare", "--dataset", "jsonl", "--source", src, "--out", f"{PREFIX}/prep-local", *sets)
-    remote = _summary(_submit(cluster, "prepare", "--dataset", "jsonl", "--source", src,
-                              "--out", f"{PREFIX}/prep-cluster", *sets))
+    remote = _summary(
+        _submit(cluster, "prepare", "--dataset", "jsonl", "--source", src, "--out", f"{PREFIX}/prep-cluster", *sets)
+    )
     for key in ("records_read", "kept", "quarantined", "skipped", "vocab_size", "vocab_fingerprint"):
         assert remote[key] == local[key], key
     assert local["kept"]["train"] > 300
@@ -251,44 +310,106 @@ def test_prepare_and_image_encode_with_everything_on_s3(s3_server, small_corpus,
     for part in ("docs/split=train", "docs/split=test", "quarantine"):
         assert _s3_parquet(f"{PREFIX}/prep-cluster/{part}")[0] == _s3_parquet(f"{PREFIX}/prep-local/{part}")[0], part
     keys = [k for k, _ in store.list_prefix(f"{PREFIX}/prep-cluster")]
-    assert "dataset.json" in keys and not [k for k in keys if k.startswith("_")]     # staging removed
+    assert "dataset.json" in keys and not [k for k in keys if k.startswith("_")]  # staging removed
     # a source on the driver's disk (client mode): the driver stages its records on S3 for the executors
-    from_driver = _summary(_submit(cluster, "prepare", "--dataset", "jsonl", "--source", str(small_corpus),
-                                   "--out", f"{PREFIX}/prep-cluster-2", *sets))
+    from_driver = _summary(
+        _submit(
+            cluster,
+            "prepare",
+            "--dataset",
+            "jsonl",
+            "--source",
+            str(small_corpus),
+            "--out",
+            f"{PREFIX}/prep-cluster-2",
+            *sets,
+        )
+    )
     assert from_driver["kept"] == local["kept"] and from_driver["vocab_fingerprint"] == local["vocab_fingerprint"]
-    assert _s3_parquet(f"{PREFIX}/prep-cluster-2/docs/split=test")[0] == \
-        _s3_parquet(f"{PREFIX}/prep-local/docs/split=test")[0]
+    assert (
+        _s3_parquet(f"{PREFIX}/prep-cluster-2/docs/split=test")[0]
+        == _s3_parquet(f"{PREFIX}/prep-local/docs/split=test")[0]
+    )
 
     store.upload_dir(tiny_cifar, f"{PREFIX}/raw/images")
     img_sets = ["--config", str(ROOT / "conf" / "images.yaml"), "--set", "images.files_per_split=2"]
-    i_local = _local(capsys, "prepare", "--dataset", "imagefolder", "--source", f"{PREFIX}/raw/images",
-                     "--out", f"{PREFIX}/img-local", *img_sets)
-    i_remote = _summary(_submit(cluster, "prepare", "--dataset", "imagefolder", "--source", f"{PREFIX}/raw/images",
-                                "--out", f"{PREFIX}/img-cluster", *img_sets))
+    i_local = _local(
+        capsys,
+        "prepare",
+        "--dataset",
+        "imagefolder",
+        "--source",
+        f"{PREFIX}/raw/images",
+        "--out",
+        f"{PREFIX}/img-local",
+        *img_sets,
+    )
+    i_remote = _summary(
+        _submit(
+            cluster,
+            "prepare",
+            "--dataset",
+            "imagefolder",
+            "--source",
+            f"{PREFIX}/raw/images",
+            "--out",
+            f"{PREFIX}/img-cluster",
+            *img_sets,
+        )
+    )
     assert i_remote["kept"] == i_local["kept"] and i_remote["quarantined"] == i_local["quarantined"]
-    assert _image_rows(store.local_copy(f"{PREFIX}/img-cluster")) == \
-        _image_rows(store.local_copy(f"{PREFIX}/img-local"))
+    assert _image_rows(store.local_copy(f"{PREFIX}/img-cluster")) == _image_rows(
+        store.local_copy(f"{PREFIX}/img-local")
+    )
 
     model = f"{PREFIX}/img-model"
     store.upload_dir(_random_image_model(tmp_path / "img-model"), model)
-    e_local = _local(capsys, "encode", "--model", model, "--data", f"{PREFIX}/img-local",
-                     "--index", f"{PREFIX}/img-index-local", *ENCODE_SETS)
-    proc = _submit(cluster, "encode", "--model", model, "--data", f"{PREFIX}/img-cluster",
-                   "--index", f"{PREFIX}/img-index-cluster", *ENCODE_SETS)
+    e_local = _local(
+        capsys,
+        "encode",
+        "--model",
+        model,
+        "--data",
+        f"{PREFIX}/img-local",
+        "--index",
+        f"{PREFIX}/img-index-local",
+        *ENCODE_SETS,
+    )
+    proc = _submit(
+        cluster,
+        "encode",
+        "--model",
+        model,
+        "--data",
+        f"{PREFIX}/img-cluster",
+        "--index",
+        f"{PREFIX}/img-index-cluster",
+        *ENCODE_SETS,
+    )
     e_remote = _summary(proc)
-    assert e_remote["kind"] == "images" and e_remote["count"] == e_local["count"] == i_local["kept"]["train"] + \
-        i_local["kept"]["test"]
-    assert "with the executors' S3 client" in proc.stdout                 # the executors read the s3:// dataset
+    assert (
+        e_remote["kind"] == "images"
+        and e_remote["count"] == e_local["count"] == i_local["kept"]["train"] + i_local["kept"]["test"]
+    )
+    assert "with the executors' S3 client" in proc.stdout  # the executors read the s3:// dataset
     assert _index_codes(f"{PREFIX}/img-index-cluster") == _index_codes(f"{PREFIX}/img-index-local")
 
 
 @pytest.mark.slow
 def test_a_failing_job_exits_non_zero_with_its_reason(s3_server, cluster):
     store.ensure_bucket(BUCKET)
-    proc = _submit(cluster, "encode", "--model", f"{PREFIX}/no-such-model", "--data", f"{PREFIX}/data",
-                   "--index", f"{PREFIX}/index-never")
+    proc = _submit(
+        cluster,
+        "encode",
+        "--model",
+        f"{PREFIX}/no-such-model",
+        "--data",
+        f"{PREFIX}/data",
+        "--index",
+        f"{PREFIX}/index-never",
+    )
     assert proc.returncode != 0
-    lines = proc.stdout.strip().splitlines()              # the Python driver's stderr, merged by spark-submit
+    lines = proc.stdout.strip().splitlines()  # the Python driver's stderr, merged by spark-submit
     assert lines and lines[-1].startswith("semhash encode: error:"), (proc.stdout + proc.stderr)[-3000:]
     assert "no model at" in lines[-1] and "no-such-model" in lines[-1]
     assert not store.exists(f"{PREFIX}/index-never/CURRENT")

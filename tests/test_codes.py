@@ -1,4 +1,5 @@
 """The code format: MSB-first packing, hex, prefixes (addresses, partitions), Hamming balls, fast kernels."""
+
 from __future__ import annotations
 
 from math import comb
@@ -19,9 +20,9 @@ def test_pack_is_msb_first_literal():
 
 def test_twenty_bit_codes_pad_trailing_bits_with_zeros():
     bits = np.zeros((1, 20), dtype=np.uint8)
-    bits[0, 0] = bits[0, 19] = 1                      # first and last of the 20 bits
+    bits[0, 0] = bits[0, 19] = 1  # first and last of the 20 bits
     packed = C.pack_bits(bits)
-    assert packed.tolist() == [[0x80, 0x00, 0x10]]    # 1000 0000 0000 0000 0001 (0000)
+    assert packed.tolist() == [[0x80, 0x00, 0x10]]  # 1000 0000 0000 0000 0001 (0000)
     assert C.prefix(packed, 20).tolist() == [(1 << 19) | 1]
 
 
@@ -49,7 +50,7 @@ def test_hex_errors_name_the_problem():
     with pytest.raises(ValueError, match="not a hex code"):
         C.from_hex("zzzzzz", 20)
     with pytest.raises(ValueError, match="beyond its 20 bits"):
-        C.from_hex("000001", 20)                       # a bit in the 4 padding bits
+        C.from_hex("000001", 20)  # a bit in the 4 padding bits
 
 
 def test_prefix_is_the_leading_bits():
@@ -70,7 +71,7 @@ def test_hamming_ball_size_is_sum_of_binomials(nbits, radius):
     assert len(ball) == sum(comb(nbits, d) for d in range(radius + 1)) == C.ball_size(nbits, radius)
     assert len(np.unique(ball)) == len(ball)
     d = C.int_hamming(ball, center)
-    assert d.max() <= radius and np.all(np.diff(d) >= 0)   # ordered by distance
+    assert d.max() <= radius and np.all(np.diff(d) >= 0)  # ordered by distance
 
 
 @pytest.mark.parametrize("nbytes", [1, 3, 4, 8, 9, 16])

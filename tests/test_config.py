@@ -15,18 +15,23 @@ def test_documents_yaml_is_the_builtin_default():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["pretrain.epochs=5", "finetune.lr=3e-4", "model.hidden=[100, 50]", "index.store_counts=false"])
+    cfg = load_config(
+        None, ["pretrain.epochs=5", "finetune.lr=3e-4", "model.hidden=[100, 50]", "index.store_counts=false"]
+    )
     assert cfg.pretrain.epochs == 5 and cfg.finetune.lr == 3e-4
     assert cfg.model.hidden == (100, 50) and cfg.index.store_counts is False
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("pretrain.epoch=5", "pretrain.epoch"),
-    ("pretrain.epochs=five", "pretrain.epochs"),
-    ("nosection.x=1", "nosection"),
-    ("epochs=3", "section.key"),
-    ("finetune.noise_std=abc", "finetune.noise_std"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("pretrain.epoch=5", "pretrain.epoch"),
+        ("pretrain.epochs=five", "pretrain.epochs"),
+        ("nosection.x=1", "nosection"),
+        ("epochs=3", "section.key"),
+        ("finetune.noise_std=abc", "finetune.noise_std"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(None, [override])

@@ -1,4 +1,5 @@
 """Readers and tokeniser on the real corpora, and bad JSON Lines input written to a temporary folder."""
+
 from __future__ import annotations
 
 import collections
@@ -11,10 +12,29 @@ import pytest
 from semhash_spark.data import corpora
 
 # per class, classes in name order (PROVENANCE.md, equal to scikit-learn's)
-NG_TRAIN_PER_CLASS = [480, 584, 591, 590, 578, 593, 585, 594, 598, 597,
-                      600, 595, 591, 594, 593, 599, 546, 564, 465, 377]
-NG_TEST_PER_CLASS = [319, 389, 394, 392, 385, 395, 390, 396, 398, 397,
-                     399, 396, 393, 396, 394, 398, 364, 376, 310, 251]
+NG_TRAIN_PER_CLASS = [
+    480,
+    584,
+    591,
+    590,
+    578,
+    593,
+    585,
+    594,
+    598,
+    597,
+    600,
+    595,
+    591,
+    594,
+    593,
+    599,
+    546,
+    564,
+    465,
+    377,
+]
+NG_TEST_PER_CLASS = [319, 389, 394, 392, 385, 395, 390, 396, 398, 397, 399, 396, 393, 396, 394, 398, 364, 376, 310, 251]
 
 
 def _ng_archive(shared_data):
@@ -82,14 +102,19 @@ def test_20ng_extracted_folder_reads_like_the_archive(shared_data, tmp_path):
         tar.extractall(tmp_path, members=members, filter="data")
     units = corpora.input_units("20ng", tmp_path)
     assert [u.split("/")[-2:] for u in units] == [
-        ["20news-bydate-test", "rec.autos"], ["20news-bydate-test", "sci.space"],
-        ["20news-bydate-train", "rec.autos"], ["20news-bydate-train", "sci.space"]]
+        ["20news-bydate-test", "rec.autos"],
+        ["20news-bydate-test", "sci.space"],
+        ["20news-bydate-train", "rec.autos"],
+        ["20news-bydate-train", "sci.space"],
+    ]
     from_folder = {r["id"]: r for r in corpora.read_records("20ng", tmp_path)}
-    from_archive = {r["id"]: r for r in corpora.read_records("20ng", _ng_archive(shared_data))
-                    if r["labels"][0] in wanted}
+    from_archive = {
+        r["id"]: r for r in corpora.read_records("20ng", _ng_archive(shared_data)) if r["labels"][0] in wanted
+    }
     assert len(from_folder) == 594 + 593 + 396 + 394
-    assert {k: (r["text"], r["split"], r["labels"]) for k, r in from_folder.items()} == \
-        {k: (r["text"], r["split"], r["labels"]) for k, r in from_archive.items()}
+    assert {k: (r["text"], r["split"], r["labels"]) for k, r in from_folder.items()} == {
+        k: (r["text"], r["split"], r["labels"]) for k, r in from_archive.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- Reuters-21578
@@ -109,7 +134,7 @@ def test_reuters_modapte_counts_and_labels(shared_data):
             topics.update(r["labels"])
     assert counts == {"train": 9603, "test": 3299, None: 21578 - 9603 - 3299}
     assert ids == {str(i) for i in range(1, 21579)}
-    assert labelled == {"train": 7775, "test": 3019}      # PROVENANCE.md: with >= 1 topic
+    assert labelled == {"train": 7775, "test": 3019}  # PROVENANCE.md: with >= 1 topic
     assert len(topics) <= 120 and {"earn", "acq", "crude", "interest"} <= topics
 
 
@@ -122,8 +147,8 @@ def test_reuters_text_title_body_entities_and_unprocessed_stories(shared_data):
             break
     assert docs["1"]["text"].startswith("BAHIA COCOA REVIEW\nShowers continued") and docs["1"]["labels"] == ["cocoa"]
     assert docs["5"]["labels"] == ["grain", "wheat", "corn", "barley", "oat", "sorghum"]
-    assert docs["8"]["text"].startswith("USX <X> DEBT")           # &lt;X&gt; resolved
-    assert docs["99"]["text"].startswith("FEDERAL RESERVE WEEKLY REPORT")   # TYPE="UNPROC": no TITLE/BODY
+    assert docs["8"]["text"].startswith("USX <X> DEBT")  # &lt;X&gt; resolved
+    assert docs["99"]["text"].startswith("FEDERAL RESERVE WEEKLY REPORT")  # TYPE="UNPROC": no TITLE/BODY
     assert all("&#" not in d["text"] and "&lt;" not in d["text"] for d in docs.values())
     assert docs["8"]["source"].endswith("reut2-000.sgm#NEWID=8")
 
@@ -133,11 +158,13 @@ def test_reuters_sgm_folder_and_malformed_blocks(shared_data, tmp_path):
         tar.extractall(tmp_path, members=[tar.getmember("reuters21578/reut2-021.sgm")], filter="data")
     recs = list(corpora.read_records("reuters21578", tmp_path))
     assert len(recs) == 578 and recs[0]["id"] == "21001" and recs[-1]["id"] == "21578"
-    sgml = ('<REUTERS TOPICS="YES" LEWISSPLIT="TRAIN" NEWID="7"><TOPICS><D>acq</D></TOPICS>'
-            '<TEXT><TITLE>A &amp; B</TITLE><BODY>merger \xe9</BODY></TEXT></REUTERS>'
-            '<REUTERS TOPICS="YES" LEWISSPLIT="TEST"><TEXT><BODY>no id</BODY></TEXT></REUTERS>'
-            '<REUTERS TOPICS="YES" LEWISSPLIT="TEST" NEWID="9"><TEXT>&#3;</TEXT></REUTERS>'
-            '<REUTERS TOPICS="NO" LEWISSPLIT="TRAIN" NEWID="10"><TEXT><BODY>x</BODY></TEXT></REUTERS>')
+    sgml = (
+        '<REUTERS TOPICS="YES" LEWISSPLIT="TRAIN" NEWID="7"><TOPICS><D>acq</D></TOPICS>'
+        "<TEXT><TITLE>A &amp; B</TITLE><BODY>merger \xe9</BODY></TEXT></REUTERS>"
+        '<REUTERS TOPICS="YES" LEWISSPLIT="TEST"><TEXT><BODY>no id</BODY></TEXT></REUTERS>'
+        '<REUTERS TOPICS="YES" LEWISSPLIT="TEST" NEWID="9"><TEXT>&#3;</TEXT></REUTERS>'
+        '<REUTERS TOPICS="NO" LEWISSPLIT="TRAIN" NEWID="10"><TEXT><BODY>x</BODY></TEXT></REUTERS>'
+    )
     r = list(corpora.parse_reuters_sgml(sgml, "t.sgm"))
     assert r[0]["text"] == "A & B\nmerger \xe9" and r[0]["split"] == "train" and r[0]["labels"] == ["acq"]
     assert r[1]["error"].startswith("missing id:") and r[1]["id"] is None
@@ -153,25 +180,36 @@ def _write_lines(path, lines: list[bytes]) -> None:
 def test_jsonl_good_and_bad_lines_never_raise(tmp_path):
     good = {"id": "a", "text": "Rockets reach orbit", "labels": ["space"], "split": "test"}
     lines = [
-        json.dumps(good).encode(),                                            # 1 good
-        b"",                                                                  # 2 blank: not a record
-        b"{not json",                                                         # 3
-        '{"id": "b", "text": "caf\xe9"}'.encode("latin-1"),                 # 4 undecodable utf-8
-        json.dumps({"text": "no id"}).encode(),                               # 5
-        json.dumps({"id": 5, "text": "int id"}).encode(),                     # 6
-        json.dumps({"id": "c"}).encode(),                                     # 7
-        json.dumps({"id": "d", "text": ["x"]}).encode(),                      # 8
-        json.dumps({"id": "e", "text": "t", "labels": "space"}).encode(),     # 9
-        json.dumps({"id": "f", "text": "t", "split": "dev"}).encode(),        # 10
-        b"[1, 2]",                                                            # 11
-        json.dumps({"id": "g", "text": "no split, no labels"}).encode(),      # 12 good
+        json.dumps(good).encode(),  # 1 good
+        b"",  # 2 blank: not a record
+        b"{not json",  # 3
+        '{"id": "b", "text": "caf\xe9"}'.encode("latin-1"),  # 4 undecodable utf-8
+        json.dumps({"text": "no id"}).encode(),  # 5
+        json.dumps({"id": 5, "text": "int id"}).encode(),  # 6
+        json.dumps({"id": "c"}).encode(),  # 7
+        json.dumps({"id": "d", "text": ["x"]}).encode(),  # 8
+        json.dumps({"id": "e", "text": "t", "labels": "space"}).encode(),  # 9
+        json.dumps({"id": "f", "text": "t", "split": "dev"}).encode(),  # 10
+        b"[1, 2]",  # 11
+        json.dumps({"id": "g", "text": "no split, no labels"}).encode(),  # 12 good
     ]
     _write_lines(tmp_path / "c.jsonl", lines)
     recs = list(corpora.read_records("jsonl", tmp_path / "c.jsonl", test_fraction=0.5))
     assert len(recs) == 11
     kinds = [corpora.error_kind(r["error"]) if r["error"] else None for r in recs]
-    assert kinds == [None, "invalid json", "undecodable utf-8", "missing id", "bad id", "missing text", "bad text",
-                     "bad labels", "bad split", "invalid json", None]
+    assert kinds == [
+        None,
+        "invalid json",
+        "undecodable utf-8",
+        "missing id",
+        "bad id",
+        "missing text",
+        "bad text",
+        "bad labels",
+        "bad split",
+        "invalid json",
+        None,
+    ]
     assert set(kinds) - {None} <= set(corpora.ERROR_KINDS)
     assert recs[0] == {**good, "source": "c.jsonl:1", "error": None}
     assert "c.jsonl:3" in recs[1]["error"] and recs[1]["text"] == "{not json"
@@ -187,7 +225,7 @@ def test_jsonl_folder_with_gzip_and_truncated_gzip(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored")
     good = (tmp_path / "b.jsonl.gz").read_bytes()
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "c.jsonl.gz").write_bytes(good[: len(good) // 2])   # truncated
+    (tmp_path / "sub" / "c.jsonl.gz").write_bytes(good[: len(good) // 2])  # truncated
     units = corpora.input_units("jsonl", tmp_path)
     assert [u.rsplit("/", 1)[1] for u in units] == ["a.jsonl", "b.jsonl.gz", "c.jsonl.gz"]
     recs = list(corpora.read_records("jsonl", tmp_path))
@@ -231,5 +269,5 @@ def test_the_model_config_takes_the_datasets_tokenisation():
     cfg = load_config(None)
     assert with_dataset_prepare(cfg, {"prepare": {"tokens": "alnum", "min_token_len": 3}}).prepare.tokens == "alnum"
     legacy = with_dataset_prepare(load_config(None, ["prepare.tokens=alnum"]), {"prepare": {"min_token_len": 2}})
-    assert legacy.prepare.tokens == "letters"      # written before the option existed: letters-only
+    assert legacy.prepare.tokens == "letters"  # written before the option existed: letters-only
     assert with_dataset_prepare(cfg, {}) is cfg

@@ -1,5 +1,6 @@
 """The Petastorm loader on a small prepared split of real 20 Newsgroups posts, written directly in the
 ``semhash-docs/1`` format with row groups of unequal sizes (so shard row counts differ)."""
+
 from __future__ import annotations
 
 import collections
@@ -18,15 +19,26 @@ from semhash_spark.config import PrepareConfig
 N_DOCS = 900
 VOCAB = 500
 ROW_GROUPS = [(0, 97), (97, 350), (350, 400), (400, 612), (612, 700), (700, 733), (733, 900)]  # rows [a, b)
-FILES = [[0, 1], [2], [3, 4, 5], [6]]        # row groups per file -> 4 files, 7 row groups
+FILES = [[0, 1], [2], [3, 4, 5], [6]]  # row groups per file -> 4 files, 7 row groups
 
 
 @pytest.fixture(scope="module")
 def data_dir(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("docs")
-    recs = list(itertools.islice((r for r in corpora.read_records(
-        "20ng", shared_data / "20newsgroups" / "20news-bydate.tar.gz", strip_headers=True) if r["split"] == "train"),
-        0, None, 12))[:N_DOCS]
+    recs = list(
+        itertools.islice(
+            (
+                r
+                for r in corpora.read_records(
+                    "20ng", shared_data / "20newsgroups" / "20news-bydate.tar.gz", strip_headers=True
+                )
+                if r["split"] == "train"
+            ),
+            0,
+            None,
+            12,
+        )
+    )[:N_DOCS]
     cfg = PrepareConfig()
     totals = collections.Counter(w for r in recs for w in corpora.tokenize(r["text"]))
     words = [w for w, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:VOCAB]]
@@ -34,8 +46,16 @@ def data_dir(shared_data, tmp_path_factory):
     rows = []
     for r in recs:
         b_ids, b_counts = ds.encode_sparse(*ds.vectorize(r["text"], index, cfg))
-        rows.append({"id": r["id"], "labels": r["labels"], "word_ids": b_ids, "word_counts": b_counts,
-                     "length": len(b_ids) // 4, "content_hash": ""})
+        rows.append(
+            {
+                "id": r["id"],
+                "labels": r["labels"],
+                "word_ids": b_ids,
+                "word_counts": b_counts,
+                "length": len(b_ids) // 4,
+                "content_hash": "",
+            }
+        )
     train = ds.split_dir(out, "train")
     train.mkdir(parents=True)
     for k, groups in enumerate(FILES):
@@ -46,9 +66,14 @@ def data_dir(shared_data, tmp_path_factory):
     ds.split_dir(out, "test").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([], schema=ds.DOC_SCHEMA), ds.split_dir(out, "test") / "part-00000.parquet")
     ds.write_vocab(out, words, np.zeros(len(words), dtype=np.int64), N_DOCS)
-    ds.write_metadata(out, name="test-20ng", vocab_size=len(words),
-                      counts={"train": N_DOCS, "test": 0, "quarantined": 0},
-                      vocab_fingerprint=ds.vocab_fingerprint(words), source="20ng subset")
+    ds.write_metadata(
+        out,
+        name="test-20ng",
+        vocab_size=len(words),
+        counts={"train": N_DOCS, "test": 0, "quarantined": 0},
+        vocab_fingerprint=ds.vocab_fingerprint(words),
+        source="20ng subset",
+    )
     return out
 
 
@@ -60,11 +85,14 @@ def test_written_layout(data_dir):
 @pytest.mark.parametrize("shuffle,seed", [(True, 0), (True, 7), (False, 3)])
 def test_two_shards_deliver_every_row_exactly_once(data_dir, shuffle, seed):
     expected = [data.count_rows(data_dir, "train", s, 2, seed=seed) for s in range(2)]
-    assert sum(expected) == N_DOCS and expected[0] != expected[1]   # unequal row groups: the count is per shard
+    assert sum(expected) == N_DOCS and expected[0] != expected[1]  # unequal row groups: the count is per shard
     seen = []
     for s in range(2):
-        ids = [i for b in data.iter_batches(data_dir, "train", 64, cur_shard=s, shard_count=2, shuffle=shuffle,
-                                            seed=seed) for i in b.ids]
+        ids = [
+            i
+            for b in data.iter_batches(data_dir, "train", 64, cur_shard=s, shard_count=2, shuffle=shuffle, seed=seed)
+            for i in b.ids
+        ]
         assert len(ids) == expected[s]
         seen.extend(ids)
     assert len(seen) == len(set(seen)) == N_DOCS
@@ -78,7 +106,7 @@ def test_count_rows_matches_for_many_seeds_and_shard_counts(data_dir):
             counts = [data.count_rows(data_dir, "train", s, shard_count, seed=seed) for s in range(shard_count)]
             assert sum(counts) == N_DOCS
             if shard_count == 7:
-                assert sorted(counts) == sorted(rg_rows)       # one row group each
+                assert sorted(counts) == sorted(rg_rows)  # one row group each
     got = sum(len(b) for b in data.iter_batches(data_dir, "train", 50, cur_shard=2, shard_count=3, seed=11))
     assert got == data.count_rows(data_dir, "train", 2, 3, seed=11)
 
@@ -145,13 +173,16 @@ def test_errors_and_empty_split(data_dir, monkeypatch):
         data.count_rows(data_dir, "train", 2, 2)
     assert data.count_rows(data_dir, "test") == 0 and list(data.iter_batches(data_dir, "test", 10)) == []
     real = data.count_rows
-    monkeypatch.setattr(data, "count_rows", lambda *a, **k: real(*a, **k) + 1)   # as if the pool lost a row
+    monkeypatch.setattr(data, "count_rows", lambda *a, **k: real(*a, **k) + 1)  # as if the pool lost a row
     with pytest.raises(RuntimeError, match="delivered 900 rows, expected 901"):
         list(data.iter_batches(data_dir, "train", 100))
 
 
 @pytest.mark.slow  # a process pool: tens of seconds
 def test_process_pool_delivers_all_rows(data_dir):
-    ids = [i for b in data.iter_batches(data_dir, "train", 100, reader_pool="process", workers_count=2, seed=0)
-           for i in b.ids]
+    ids = [
+        i
+        for b in data.iter_batches(data_dir, "train", 100, reader_pool="process", workers_count=2, seed=0)
+        for i in b.ids
+    ]
     assert len(ids) == len(set(ids)) == N_DOCS

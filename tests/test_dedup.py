@@ -1,4 +1,5 @@
 """Near-duplicates: the Spark pigeonhole join against brute-force all pairs, hot buckets, verification, clusters."""
+
 from __future__ import annotations
 
 import functools
@@ -21,6 +22,7 @@ from semhash_spark.io import store
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+
 
 def _planted(rng, n: int, bits: int, dups: int, max_flips: int = 4) -> np.ndarray:
     """``n`` random codes, then ``dups`` copies of earlier ones (some copies of copies), 0..max_flips bits flipped."""
@@ -62,12 +64,13 @@ def _union_find(pairs) -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def _few_shuffle_partitions(spark):
     old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "2")          # tiny data: one task per core
+    spark.conf.set("spark.sql.shuffle.partitions", "2")  # tiny data: one task per core
     yield
     spark.conf.set("spark.sql.shuffle.partitions", old)
 
 
 # --------------------------------------------------------------------------------------------------- pure parts
+
 
 @pytest.mark.parametrize("bits", [20, 32, 64, 128])
 def test_segments_masks_and_keys_agree_with_the_bits(bits):
@@ -87,10 +90,10 @@ def test_segments_masks_and_keys_agree_with_the_bits(bits):
             same_words = np.ones_like(same_bits)
             for w, m in enumerate(masks[i]):
                 same_words &= ((words[:, None, w] ^ words[None, :, w]) & np.int64(m)) == 0
-            assert np.array_equal(same_words, same_bits)                       # masks select segment i
+            assert np.array_equal(same_words, same_bits)  # masks select segment i
             if e - s <= 64:
                 assert np.array_equal(keys[:, None, i] == keys[None, :, i], same_bits)
-            else:                                                              # folded: equal bits -> equal keys
+            else:  # folded: equal bits -> equal keys
                 assert (keys[:, None, i] == keys[None, :, i])[same_bits].all()
 
 
@@ -131,6 +134,7 @@ def test_verify_parse():
 
 # --------------------------------------------------------------------------------------------------- exact pairs
 
+
 def test_pairs_equal_brute_force_for_radius_0_to_4(spark):
     rng = np.random.default_rng(7)
     frames, expected = [], {}
@@ -142,10 +146,10 @@ def test_pairs_equal_brute_force_for_radius_0_to_4(spark):
             expected[(bits, radius)] = _brute_pairs(codes, ids, radius)
             got = dedup.hamming_pairs(df, bits, radius, block_size=64)
             frames.append(got.selectExpr(f"{bits} as bits", f"{radius} as radius", "*"))
-    rows = functools.reduce(lambda a, b: a.unionByName(b), frames).collect()      # one job for the ten cases
+    rows = functools.reduce(lambda a, b: a.unionByName(b), frames).collect()  # one job for the ten cases
     for (bits, radius), want in expected.items():
         got = [(r.id_a, r.id_b, r.distance) for r in rows if r.bits == bits and r.radius == radius]
-        assert len(got) == len(set(got)), (bits, radius)                          # each pair once
+        assert len(got) == len(set(got)), (bits, radius)  # each pair once
         assert all(a < b for a, b, _ in got)
         assert set(got) == want, (bits, radius)
     assert all(len(expected[(b, r)]) < len(expected[(b, r + 1)]) for b in (32, 64) for r in range(4))
@@ -155,8 +159,8 @@ def test_hot_bucket_is_split_into_blocks_and_stays_exact(spark):
     rng = np.random.default_rng(3)
     bits, radius, block = 32, 2, 16
     hot = np.tile(rng.integers(0, 2, (1, bits)), (180, 1))
-    hot[60:, -1] ^= 1                                       # 60 identical, 120 at distance 1 from them
-    hot[150:, 0] ^= 1                                       # 30 at distance 2 (differ in the first segment)
+    hot[60:, -1] ^= 1  # 60 identical, 120 at distance 1 from them
+    hot[150:, 0] ^= 1  # 30 at distance 2 (differ in the first segment)
     codes = np.concatenate([C.pack_bits(hot), _planted(rng, 100, bits, 20)])
     ids = [f"h{i:04d}" for i in range(len(codes))]
     df = _frame(spark, codes, ids)
@@ -167,10 +171,10 @@ def test_hot_bucket_is_split_into_blocks_and_stays_exact(spark):
     keys = dedup.segment_keys(codes, bits, segs)
     sizes = {(s, int(k)): int(n) for s in range(len(segs)) for k, n in zip(*np.unique(keys[:, s], return_counts=True))}
     want = {b: n for b, n in sizes.items() if n > block}
-    assert {(r.seg, r.key): r.n for r in hot.collect()} == want and len(want) >= 2       # counted, exactly
+    assert {(r.seg, r.key): r.n for r in hot.collect()} == want and len(want) >= 2  # counted, exactly
     tiles = dedup.tile_hot(dedup.bucket_rows(df, bits, segs), hot, block)
     largest = tiles.groupBy(*dedup.TILE_KEYS).count().agg({"count": "max"}).first()[0]
-    assert largest <= 4 * block < 180 // 2                  # no tile near the whole bucket (180 rows)
+    assert largest <= 4 * block < 180 // 2  # no tile near the whole bucket (180 rows)
 
 
 def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
@@ -179,17 +183,26 @@ def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
     rng = np.random.default_rng(9)
     bits, radius, limit = 32, 2, 12
     hot = np.tile(rng.integers(0, 2, (1, bits)), (40, 1))
-    hot[20:, -1] ^= 1                                               # a hot bucket in the first segment
+    hot[20:, -1] ^= 1  # a hot bucket in the first segment
     codes = np.concatenate([C.pack_bits(hot), _planted(rng, 150, bits, 60, max_flips=2)])
     ids = [f"t{i:04d}" for i in range(len(codes))]
     segs = dedup.segments(bits, radius)
     keys, words = dedup.segment_keys(codes, bits, segs), dedup.code_words(codes)
     seg = np.repeat(np.arange(len(segs)), len(codes))
     key, row = keys.T.ravel(), np.tile(np.arange(len(codes)), len(segs))
-    order = np.lexsort((seg, key))                                  # as the job sorts: key, then seg
+    order = np.lexsort((seg, key))  # as the job sorts: key, then seg
     zeros = np.zeros(len(order), np.int32)
-    table = pa.table({"seg": seg[order].astype(np.int32), "key": key[order], "lo": zeros, "hi": zeros,
-                      "blk": zeros, "id": [ids[i] for i in row[order]], "w0": words[row[order], 0]})
+    table = pa.table(
+        {
+            "seg": seg[order].astype(np.int32),
+            "key": key[order],
+            "lo": zeros,
+            "hi": zeros,
+            "blk": zeros,
+            "id": [ids[i] for i in row[order]],
+            "w0": words[row[order], 0],
+        }
+    )
     sizes = {(s, int(k)): int(n) for s in range(len(segs)) for k, n in zip(*np.unique(keys[:, s], return_counts=True))}
     within = _brute_pairs(codes, ids, radius)
     pos = {x: i for i, x in enumerate(ids)}
@@ -197,20 +210,23 @@ def test_kernel_task_streams_batches_and_counts_hot_buckets_it_skips():
     def first_bucket(a, b):
         s = next(s for s in range(len(segs)) if keys[pos[a], s] == keys[pos[b], s])
         return s, int(keys[pos[a], s])
+
     want_pairs = {p for p in within if sizes[first_bucket(p[0], p[1])] <= limit}
     want_hot = {b: n for b, n in sizes.items() if n > limit}
-    assert want_hot and want_pairs != within                        # some pairs are left to the hot pass
+    assert want_hot and want_pairs != within  # some pairs are left to the hot pass
     segmask = np.array(dedup.segment_masks(segs, 1), dtype=np.int64).view(np.uint64)
     for size in (len(order), 97, 7, 3):
-        out = pa.Table.from_batches(list(dedup._tile_batches(
-            table.to_batches(max_chunksize=size), radius, segmask, 1, limit, None, None)))
+        out = pa.Table.from_batches(
+            list(dedup._tile_batches(table.to_batches(max_chunksize=size), radius, segmask, 1, limit, None, None))
+        )
         rows = out.to_pylist()
         got = [(r["id_a"], r["id_b"], r["distance"]) for r in rows if r["id_a"] is not None]
         assert len(got) == len(set(got)) and set(got) == want_pairs, size
-        hot_rows = sorted(((r["hot_seg"], r["hot_key"]), r["hot_n"]) for r in rows
-                          if r["id_a"] is None and r["hot_seg"] >= 0)
-        assert hot_rows == sorted(want_hot.items()), size                  # each once, with its full size
-        assert sum(r["hot_n"] for r in rows if r["hot_seg"] == -1) == len(want_pairs), size   # the count rows
+        hot_rows = sorted(
+            ((r["hot_seg"], r["hot_key"]), r["hot_n"]) for r in rows if r["id_a"] is None and r["hot_seg"] >= 0
+        )
+        assert hot_rows == sorted(want_hot.items()), size  # each once, with its full size
+        assert sum(r["hot_n"] for r in rows if r["hot_seg"] == -1) == len(want_pairs), size  # the count rows
 
 
 def test_jaccard_with_a_threshold_is_exact_above_it_and_bounded_below():
@@ -223,7 +239,7 @@ def test_jaccard_with_a_threshold_is_exact_above_it_and_bounded_below():
     for _ in range(300):
         base = rng.choice(400, rng.integers(5, 120), replace=False)
         sets.append(np.unique(base))
-        keep = base[rng.random(base.size) > rng.uniform(0, 0.5)]       # a near copy: some words dropped, some new
+        keep = base[rng.random(base.size) > rng.uniform(0, 0.5)]  # a near copy: some words dropped, some new
         sets.append(np.unique(np.concatenate([keep, rng.integers(400, 800, rng.integers(0, 10))])))
     indptr = np.r_[0, np.cumsum([x.size for x in sets])].astype(np.int64)
     ids = np.concatenate(sets).astype(np.int64)
@@ -265,7 +281,7 @@ def test_minhash_estimates_jaccard_and_lsh_finds_the_close_pairs():
 
 
 def test_connected_components_match_union_find(spark):
-    chain = [(f"c{i:03d}", f"c{i + 1:03d}") for i in range(60)]           # a long path: 61 vertices
+    chain = [(f"c{i:03d}", f"c{i + 1:03d}") for i in range(60)]  # a long path: 61 vertices
     star = [("s000", f"s{i:03d}") for i in range(1, 20)]
     loose = [("x1", "x2"), ("y2", "y1"), ("z", "a-z"), ("a-z", "m"), ("m", "c030")]
     pairs = [(min(a, b), max(a, b)) for a, b in chain + star + loose]
@@ -273,10 +289,11 @@ def test_connected_components_match_union_find(spark):
     labels, rounds = dedup.connected_components(df)
     got = {r.id: r.cluster for r in labels.collect()}
     assert got == _union_find(pairs)
-    assert rounds < 20                                      # pointer jumping: far fewer rounds than the path's 61
+    assert rounds < 20  # pointer jumping: far fewer rounds than the path's 61
 
 
 # --------------------------------------------------------------------------------------------------- on an index
+
 
 @pytest.fixture(scope="module")
 def dup_index(tmp_path_factory):
@@ -290,11 +307,11 @@ def dup_index(tmp_path_factory):
         src = int(rng.integers(0, len(codes)))
         c = codes[src].copy()
         c[rng.choice(bits, rng.integers(0, 4), replace=False)] ^= 1
-        if k < 60:                                           # a real near-duplicate: two words swapped
+        if k < 60:  # a real near-duplicate: two words swapped
             w = words[src].copy()
             w[rng.choice(w.size, 2, replace=False)] = rng.choice(vocab, 2)
             w = np.unique(w)
-        else:                                                # same neighbourhood in Hamming space, other text
+        else:  # same neighbourhood in Hamming space, other text
             w = np.unique(rng.choice(vocab, 25))
         codes.append(c)
         words.append(w)
@@ -306,11 +323,19 @@ def dup_index(tmp_path_factory):
     index = str(tmp_path_factory.mktemp("dedup") / "index")
     version = ix.new_version_id()
     vp = ix.version_prefix(index, version)
-    pdf = pd.DataFrame({"id": ids, "code": [c.tobytes() for c in packed], "address": C.prefix(packed, 16),
-                        "word_ids": [e[0] for e in enc], "word_counts": [e[1] for e in enc]})
+    pdf = pd.DataFrame(
+        {
+            "id": ids,
+            "code": [c.tobytes() for c in packed],
+            "address": C.prefix(packed, 16),
+            "word_ids": [e[0] for e in enc],
+            "word_counts": [e[1] for e in enc],
+        }
+    )
     files = ix.write_shard(vp, 2, 8, pdf.iloc[::2]) + ix.write_shard(vp, 2, 8, pdf.iloc[1::2])
-    store.write_json(store.join(vp, "model", "model.json"),
-                     {"vocab": {"doc_freq": doc_freq.tolist(), "num_train_docs": len(ids)}})
+    store.write_json(
+        store.join(vp, "model", "model.json"), {"vocab": {"doc_freq": doc_freq.tolist(), "num_train_docs": len(ids)}}
+    )
     ix.publish(index, version, ix.build_manifest(version, bits, 16, 2, files))
     idf = ds.idf(doc_freq, len(ids)).astype(np.float64)
     dense = np.zeros((len(ids), vocab))
@@ -330,19 +355,29 @@ def dup_index(tmp_path_factory):
     ix.publish(bare, bare_version, ix.build_manifest(bare_version, bits, 16, 2, files))
     data = tmp_path_factory.mktemp("dedup-data")
     (data / ds.DOCS_DIR / "split=train").mkdir(parents=True)
-    rows = [{"id": i, "labels": [], "word_ids": e[0], "word_counts": e[1], "length": 1, "content_hash": i}
-            for i, e in zip(ids, enc)]
-    old_schema = pa.schema([f for f in ds.DOC_SCHEMA if f.name != ds.WORD_HASHES])    # prepared before hashes
+    rows = [
+        {"id": i, "labels": [], "word_ids": e[0], "word_counts": e[1], "length": 1, "content_hash": i}
+        for i, e in zip(ids, enc)
+    ]
+    old_schema = pa.schema([f for f in ds.DOC_SCHEMA if f.name != ds.WORD_HASHES])  # prepared before hashes
     pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), data / ds.DOCS_DIR / "split=train" / "p.parquet")
     ds.write_vocab(data, [f"w{i}" for i in range(vocab)], doc_freq, len(ids))
-    return {"index": index, "version": version, "codes": packed, "ids": ids, "cosine": tfidf @ tfidf.T,
-            "jaccard": jaccard, "bare_index": bare, "data": str(data)}
+    return {
+        "index": index,
+        "version": version,
+        "codes": packed,
+        "ids": ids,
+        "cosine": tfidf @ tfidf.T,
+        "jaccard": jaccard,
+        "bare_index": bare,
+        "data": str(data),
+    }
 
 
 def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, tmp_path):
     radius, out = 3, tmp_path / "out"
     summary = dedup.dedup_job(spark, dup_index["index"], radius, str(out), "cosine:0.8", block_size=3)
-    assert summary["hot_buckets"] > 0                       # verification also runs in split (hot) buckets
+    assert summary["hot_buckets"] > 0  # verification also runs in split (hot) buckets
     ids, pos = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}
     within = _brute_pairs(dup_index["codes"], ids, radius)
     cos = dup_index["cosine"]
@@ -350,8 +385,8 @@ def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, 
     pairs = pq.read_table(out / "pairs")
     assert pairs.column_names == ["id_a", "id_b", "distance", "similarity"]
     got = {(a, b, d): sim for a, b, d, sim in zip(*(pairs.column(c).to_pylist() for c in pairs.column_names))}
-    assert len(got) == pairs.num_rows and all(a < b for a, b, _ in got)       # each pair once, ordered
-    assert set(got) == want and 0 < len(want) < len(within)                    # the look-alikes are filtered out
+    assert len(got) == pairs.num_rows and all(a < b for a, b, _ in got)  # each pair once, ordered
+    assert set(got) == want and 0 < len(want) < len(within)  # the look-alikes are filtered out
     assert all(abs(s - cos[pos[a], pos[b]]) < 1e-5 for (a, b, _), s in got.items())
 
     clusters = pq.read_table(out / "clusters").to_pandas()
@@ -370,8 +405,10 @@ def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, 
     # Jaccard of word sets: joined onto given pairs (verify_pairs) and fused into the pair kernel agree
     docs, _ = dedup.read_shards(spark, dup_index["index"], columns=("id", "code", "word_ids", "word_counts"))
     cand = spark.createDataFrame(sorted(within), "id_a string, id_b string, distance int")
-    jac = {(r.id_a, r.id_b): r.similarity
-           for r in dedup.verify_pairs(cand, docs, dedup.Verify("jaccard", 0.7), None, 300).collect()}
+    jac = {
+        (r.id_a, r.id_b): r.similarity
+        for r in dedup.verify_pairs(cand, docs, dedup.Verify("jaccard", 0.7), None, 300).collect()
+    }
     jw = dup_index["jaccard"]
     assert set(jac) == {(a, b) for a, b, _ in within if jw[pos[a], pos[b]] >= 0.7}
     assert all(abs(s - jw[pos[a], pos[b]]) < 1e-9 for (a, b), s in jac.items())
@@ -395,23 +432,31 @@ def test_nothing_but_counts_reaches_the_driver(spark, dup_index, monkeypatch):
             rows = out if isinstance(out, list) else list(out) if name != "toPandas" else out.to_dict("records")
             seen.append((name, getattr(self, "columns", None), len(rows)))
             return rows if name != "toPandas" else out
+
         monkeypatch.setattr(cls, name, wrapper)
 
-    for cls, name in ((DataFrame, "collect"), (DataFrame, "toPandas"), (DataFrame, "toLocalIterator"),
-                      (RDD, "collect"), (RDD, "toLocalIterator")):
+    for cls, name in (
+        (DataFrame, "collect"),
+        (DataFrame, "toPandas"),
+        (DataFrame, "toLocalIterator"),
+        (RDD, "collect"),
+        (RDD, "toLocalIterator"),
+    ):
         spy(cls, name)
-    pairs, clusters, summary = dedup.find_near_duplicates(spark, dup_index["index"], 3, verify="cosine:0.8",
-                                                          block_size=3, local_cc_max=0)
+    pairs, clusters, summary = dedup.find_near_duplicates(
+        spark, dup_index["index"], 3, verify="cosine:0.8", block_size=3, local_cc_max=0
+    )
     assert summary["hot_buckets"] > 0 and summary["pairs"] > 0
-    assert seen and all(n <= 1 for _, _, n in seen), seen              # aggregates only (the cluster sizes)
+    assert seen and all(n <= 1 for _, _, n in seen), seen  # aggregates only (the cluster sizes)
     assert not any(cols and {"id", "code", "id_a", "w0", "word_ids"} & set(cols) for _, cols, _ in seen), seen
 
 
 def test_verification_on_a_codes_only_index_reads_the_words_from_the_dataset(spark, dup_index, tmp_path):
     with pytest.raises(dedup.DedupError, match="stores no word counts; pass data_uri"):
         dedup.find_near_duplicates(spark, dup_index["bare_index"], 3, verify="jaccard:0.7")
-    summary = dedup.dedup_job(spark, dup_index["bare_index"], 3, str(tmp_path / "out"), "jaccard:0.7",
-                              data_uri=dup_index["data"])
+    summary = dedup.dedup_job(
+        spark, dup_index["bare_index"], 3, str(tmp_path / "out"), "jaccard:0.7", data_uri=dup_index["data"]
+    )
     ids, pos, jw = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}, dup_index["jaccard"]
     want = {p for p in _brute_pairs(dup_index["codes"], ids, 3) if jw[pos[p[0]], pos[p[1]]] >= 0.7}
     got = pq.read_table(tmp_path / "out" / "pairs").to_pylist()
@@ -444,13 +489,15 @@ def test_dedup_job_reads_and_writes_s3(spark, dup_index, s3_server):
 
 # --------------------------------------------------------------------------------------------------- word sets
 
+
 def _publish(index: str, ids: list[str], codes: np.ndarray, bits: int = 64) -> str:
     """Publishes ``(id, code)`` rows as a new version of ``index``; returns the version."""
     version = ix.new_version_id()
     vp = ix.version_prefix(index, version)
     pdf = pd.DataFrame({"id": ids, "code": [c.tobytes() for c in codes], "address": C.prefix(codes, 16)})
-    files = ix.write_shard(vp, 2, C.code_bytes(bits), pdf.iloc[::2]) + \
-        ix.write_shard(vp, 2, C.code_bytes(bits), pdf.iloc[1::2])
+    files = ix.write_shard(vp, 2, C.code_bytes(bits), pdf.iloc[::2]) + ix.write_shard(
+        vp, 2, C.code_bytes(bits), pdf.iloc[1::2]
+    )
     ix.publish(index, version, ix.build_manifest(version, bits, 16, 2, files))
     return version
 
@@ -464,8 +511,17 @@ def _write_docs(data: Path, ids: list[str], tokens: list[list[str]], vocab: list
     for i, toks in zip(ids, tokens):
         wi, wc = ds.count_vector(toks, index)
         b_ids, b_counts = ds.encode_sparse(wi, wc)
-        rows.append({"id": i, "labels": [], "word_ids": b_ids, "word_counts": b_counts, "length": int(wc.sum()),
-                     "content_hash": str(hash(tuple(toks))), "word_hashes": wordsets.word_set_hashes(toks)})
+        rows.append(
+            {
+                "id": i,
+                "labels": [],
+                "word_ids": b_ids,
+                "word_counts": b_counts,
+                "length": int(wc.sum()),
+                "content_hash": str(hash(tuple(toks))),
+                "word_hashes": wordsets.word_set_hashes(toks),
+            }
+        )
     d = data / ds.DOCS_DIR / "split=train"
     d.mkdir(parents=True, exist_ok=True)
     for f in d.glob("*.parquet"):
@@ -480,8 +536,10 @@ def _text_corpus(rng, n: int = 300, copies: int = 140, lookalikes: int = 30, pre
     word-set Jaccard about 0.2), codes 0-2 bits away."""
     universe = [f"w{i:04d}" for i in range(3000)]
     vocab = universe[:300]
-    docs = [list(rng.choice(vocab, 15, replace=False)) + list(rng.choice(universe[300:], 25, replace=False))
-            for _ in range(n)]
+    docs = [
+        list(rng.choice(vocab, 15, replace=False)) + list(rng.choice(universe[300:], 25, replace=False))
+        for _ in range(n)
+    ]
     codes = list(rng.integers(0, 2, (n, 64)))
     for k in range(copies + lookalikes):
         src = int(rng.integers(0, len(docs)))
@@ -514,8 +572,15 @@ def text_index(tmp_path_factory):
     version = _publish(index, ids, codes)
     data = tmp_path_factory.mktemp("dedup-text-data")
     _write_docs(data, ids, docs, vocab)
-    return {"index": index, "version": version, "data": str(data), "ids": ids, "docs": docs, "codes": codes,
-            "vocab": vocab}
+    return {
+        "index": index,
+        "version": version,
+        "data": str(data),
+        "ids": ids,
+        "docs": docs,
+        "codes": codes,
+        "vocab": vocab,
+    }
 
 
 def _truth(t: dict, threshold: float) -> dict[tuple[str, str], int]:
@@ -542,8 +607,13 @@ def test_prepare_keeps_the_hashes_of_every_token_of_a_document(spark, tmp_path):
     texts = [" ".join(rng.choice(words, 60)) for _ in range(40)]
     src = tmp_path / "c.jsonl"
     src.write_text("".join(json.dumps({"id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
-    prepare_dataset(spark, "jsonl", str(src), str(tmp_path / "data"),
-                    PrepareConfig(vocab_size=50, min_doc_words=1, files_per_split=1, test_fraction=0.0))
+    prepare_dataset(
+        spark,
+        "jsonl",
+        str(src),
+        str(tmp_path / "data"),
+        PrepareConfig(vocab_size=50, min_doc_words=1, files_per_split=1, test_fraction=0.0),
+    )
     t = pq.read_table(tmp_path / "data" / ds.DOCS_DIR).to_pylist()
     assert len(t) == 40
     tokens = {f"j{i}": corpora.tokenize(x) for i, x in enumerate(texts)}
@@ -569,11 +639,13 @@ def test_jaccard_is_checked_on_the_documents_whole_word_sets(spark, text_index, 
     assert {(r["id_a"], r["id_b"]) for r in got} == want and summary["pairs"] == len(want) > 50
     assert summary["verified_on"] == "word set"
     pos = {x: i for i, x in enumerate(t["ids"])}
-    assert all(abs(r["similarity"] - _set_jaccard(t["docs"][pos[r["id_a"]]], t["docs"][pos[r["id_b"]]])) < 1e-9
-               for r in got)
+    assert all(
+        abs(r["similarity"] - _set_jaccard(t["docs"][pos[r["id_a"]]], t["docs"][pos[r["id_b"]]])) < 1e-9 for r in got
+    )
     # the same pairs checked on vocabulary words only: the look-alikes pass there (what the word sets fix)
-    vocab_only = dedup.find_near_duplicates(spark, t["index"], radius, verify="jaccard:0.7",
-                                            data_uri=str(_vocab_only_copy(t, tmp_path)))[2]
+    vocab_only = dedup.find_near_duplicates(
+        spark, t["index"], radius, verify="jaccard:0.7", data_uri=str(_vocab_only_copy(t, tmp_path))
+    )[2]
     assert vocab_only["verified_on"] == "vocabulary words" and vocab_only["pairs"] > summary["pairs"]
 
 
@@ -594,22 +666,31 @@ def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_
     dist = np.sort(list(truth.values()))
     for target in (0.5, 0.9):
         want = int(dist[int(np.ceil(target * dist.size)) - 1])
-        summary = dedup.dedup_job(spark, t["index"], None, str(tmp_path / f"out{target}"), "jaccard:0.7",
-                                  data_uri=t["data"], target_recall=target)
+        summary = dedup.dedup_job(
+            spark,
+            t["index"],
+            None,
+            str(tmp_path / f"out{target}"),
+            "jaccard:0.7",
+            data_uri=t["data"],
+            target_recall=target,
+        )
         cal = summary["calibration"]
         assert summary["radius"] == want and cal["radius"] == want, (target, cal)
         assert cal["pairs_above"] == len(truth) and cal["sample_docs"] == len(t["ids"])
         got = {(r["id_a"], r["id_b"]) for r in pq.read_table(tmp_path / f"out{target}" / "pairs").to_pylist()}
         assert got <= set(truth) and len(got) / len(truth) >= target
     # a sample smaller than the index still finds a radius near the whole index's
-    part = dedup.find_near_duplicates(spark, t["index"], None, verify="jaccard:0.7", data_uri=t["data"],
-                                      calibration_sample=300)[2]
+    part = dedup.find_near_duplicates(
+        spark, t["index"], None, verify="jaccard:0.7", data_uri=t["data"], calibration_sample=300
+    )[2]
     assert part["calibration"]["sample_docs"] < len(t["ids"]) and abs(part["radius"] - want) <= 2
     with pytest.raises(dedup.DedupError, match="only for --verify jaccard"):
         dedup.find_near_duplicates(spark, t["index"], None, verify="cosine:0.9", data_uri=t["data"])
     with pytest.raises(dedup.DedupError, match="only for --verify jaccard"):
-        dedup.find_near_duplicates(spark, t["index"], None, verify="jaccard:0.7",
-                                   data_uri=str(_vocab_only_copy(t, tmp_path)))
+        dedup.find_near_duplicates(
+            spark, t["index"], None, verify="jaccard:0.7", data_uri=str(_vocab_only_copy(t, tmp_path))
+        )
 
 
 def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, tmp_path, capsys):
@@ -630,12 +711,13 @@ def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, t
     assert "Hottest buckets: segment" in msg and "codes" in msg, msg
     counted = int(msg.split("would compare ")[1].split()[0])
     n = np.bincount(np.unique(raw, axis=0, return_inverse=True)[1].ravel())
-    assert counted >= (n.max() * (n.max() - 1)) // 2 > 1_000_000            # at least the largest code's pairs
-    assert not (tmp_path / "out").exists()                                  # nothing written
+    assert counted >= (n.max() * (n.max() - 1)) // 2 > 1_000_000  # at least the largest code's pairs
+    assert not (tmp_path / "out").exists()  # nothing written
     from semhash_spark.cli import main
 
-    assert main(["dedup", "--index", index, "--radius", "1", "--out", str(tmp_path / "cli"), "--max-pairs",
-                 "1000"]) != 0
+    assert (
+        main(["dedup", "--index", index, "--radius", "1", "--out", str(tmp_path / "cli"), "--max-pairs", "1000"]) != 0
+    )
     assert "radius 1 would compare" in capsys.readouterr().err
 
 
@@ -650,18 +732,21 @@ def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_in
     old_clusters = pq.read_table(tmp_path / "v1" / "clusters").to_pandas()
     old_of = dict(zip(old_clusters["id"], old_clusters["cluster"]))
     # a cluster that stays one without its smallest member (the cluster's name): a pair of two other members
-    big = next(old_of[r["id_a"]] for r in pq.read_table(tmp_path / "v1" / "pairs").to_pylist()
-               if old_of[r["id_a"]] not in (r["id_a"], r["id_b"]))
+    big = next(
+        old_of[r["id_a"]]
+        for r in pq.read_table(tmp_path / "v1" / "pairs").to_pylist()
+        if old_of[r["id_a"]] not in (r["id_a"], r["id_b"])
+    )
     rng = np.random.default_rng(8)
     ids, docs, codes = list(t["ids"]), [list(d) for d in t["docs"]], t["codes"].copy()
     gone = {big} | set(rng.choice([i for i in ids if old_of.get(i) != big], 9, replace=False).tolist())
-    changed = rng.choice([k for k, i in enumerate(ids) if i not in gone and old_of.get(i) != big], 20,
-                         replace=False)
+    changed = rng.choice([k for k, i in enumerate(ids) if i not in gone and old_of.get(i) != big], 20, replace=False)
     for k in changed:
         docs[k] = docs[k][:20] + [f"new{k}-{j}" for j in range(20)]
         codes[k] = np.flip(codes[k])
-    extra_ids, extra_docs, extra_codes, _ = _text_corpus(np.random.default_rng(9), n=20, copies=20, lookalikes=0,
-                                                         prefix="u")
+    extra_ids, extra_docs, extra_codes, _ = _text_corpus(
+        np.random.default_rng(9), n=20, copies=20, lookalikes=0, prefix="u"
+    )
     keep = [k for k, i in enumerate(ids) if i not in gone]
     ids2 = [ids[k] for k in keep] + extra_ids
     docs2 = [docs[k] for k in keep] + extra_docs
@@ -670,11 +755,21 @@ def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_in
     data2 = tmp_path / "data2"
     _write_docs(data2, ids2, docs2, t["vocab"])
     full = dedup.dedup_job(spark, index, radius, str(tmp_path / "full"), "jaccard:0.7", data_uri=str(data2))
-    inc = dedup.dedup_job(spark, index, radius, str(tmp_path / "inc"), "jaccard:0.7", data_uri=str(data2),
-                          since=v1, previous_uri=str(tmp_path / "v1"))
+    inc = dedup.dedup_job(
+        spark,
+        index,
+        radius,
+        str(tmp_path / "inc"),
+        "jaccard:0.7",
+        data_uri=str(data2),
+        since=v1,
+        previous_uri=str(tmp_path / "v1"),
+    )
     assert inc["fresh_docs"] == 20 + len(extra_ids) and inc["since"] == v1 and full["version"] == inc["version"] == v2
-    pairs = {name: {(r["id_a"], r["id_b"]) for r in pq.read_table(tmp_path / name / "pairs").to_pylist()}
-             for name in ("full", "inc")}
+    pairs = {
+        name: {(r["id_a"], r["id_b"]) for r in pq.read_table(tmp_path / name / "pairs").to_pylist()}
+        for name in ("full", "inc")
+    }
     assert pairs["inc"] == pairs["full"] and inc["pairs"] == full["pairs"] == len(pairs["full"])
     assert inc["candidates"] < full["candidates"]
     cl = {name: pq.read_table(tmp_path / name / "clusters").to_pandas() for name in ("full", "inc")}

@@ -1,4 +1,5 @@
 """Real Horovod processes (gloo): two ranks train on their own shards and agree on one model."""
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,8 @@ def test_two_horovod_processes_train_one_model(small_dataset, tmp_path):
     # Each rank read its own shard: per-rank rows average to about half of the non-validation training rows.
     rows = metrics["pretrain"][0]["rows_per_rank"]
     assert 100 < rows < 300, rows
-    assert not (out / "_train_state").exists()     # rank 0 removed its resumable state after the final save
-    check_trained(out, small_dataset)              # the two shards were disjoint and covered the train split
+    assert not (out / "_train_state").exists()  # rank 0 removed its resumable state after the final save
+    check_trained(out, small_dataset)  # the two shards were disjoint and covered the train split
 
 
 @pytest.mark.slow
@@ -78,14 +79,16 @@ def test_single_process_resumes_mid_finetuning_with_adam_state(small_dataset, tm
     train_model(str(small_dataset), str(full), cfg, progress=False)
     part = tmp_path / "part"
     state_file = part / "_train_state" / "state.json"
+
     def after_first_epoch() -> bool:
         progress = json.loads(state_file.read_text())["progress"] if state_file.exists() else {}
         return progress.get("stage") == "finetune" and progress.get("epoch", 0) >= 1
 
     _train_killed_in_finetuning(small_dataset, part, cfg, after_first_epoch)
     from safetensors.torch import load_file
+
     saved = load_file(str(part / "_train_state" / json.loads(state_file.read_text())["weights"]))
-    assert any(k.startswith("adam.") and k.endswith(".exp_avg") for k in saved)   # the resume has moments to restore
+    assert any(k.startswith("adam.") and k.endswith(".exp_avg") for k in saved)  # the resume has moments to restore
     train_model(str(small_dataset), str(part), cfg, progress=False)
     a, b = load_model(str(full)), load_model(str(part))
     assert b.meta["metrics"]["resumed_from"]["stage"] == "finetune"
@@ -111,4 +114,4 @@ def test_horovod_background_loop_settings_before_init(monkeypatch):
     monkeypatch.delenv("HOROVOD_CYCLE_TIME")
     monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)
     D._tune_background_loop()
-    assert "HOROVOD_CYCLE_TIME" not in os.environ     # GPUs keep Horovod's own default (1 ms)
+    assert "HOROVOD_CYCLE_TIME" not in os.environ  # GPUs keep Horovod's own default (1 ms)

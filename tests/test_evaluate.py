@@ -1,4 +1,5 @@
 """Retrieval metrics against hand-worked examples and brute force; baselines on real 20 Newsgroups."""
+
 from __future__ import annotations
 
 import json
@@ -166,7 +167,10 @@ def test_without_ties_metrics_do_not_depend_on_database_order_or_tie_seed():
     base = rank_metrics_from_scores(fixed_scores(scores, True), db_labels, q_labels, tie_seed=0, precision_at=(10,))
     shuffle = rng.permutation(200)
     moved = rank_metrics_from_scores(
-        fixed_scores(scores[:, shuffle], True), [db_labels[j] for j in shuffle], q_labels, tie_seed=5,
+        fixed_scores(scores[:, shuffle], True),
+        [db_labels[j] for j in shuffle],
+        q_labels,
+        tie_seed=5,
         precision_at=(10,),
     )
     assert moved == base
@@ -305,8 +309,9 @@ def test_evaluate_codes_reports_codes_and_baselines(tmp_path):
     sub = evaluate_codes(code(y_train), code(y_test), bits, train, test, idf, max_queries=30, baselines=("tfidf",))
     assert set(sub["baselines"]) == {"tfidf"}
     assert sub["num_queries"] + sub["skipped_queries"] == 30
-    assert sub == evaluate_codes(code(y_train), code(y_test), bits, train, test, idf, max_queries=30,
-                                 baselines=("tfidf",))
+    assert sub == evaluate_codes(
+        code(y_train), code(y_test), bits, train, test, idf, max_queries=30, baselines=("tfidf",)
+    )
     with pytest.raises(ValueError, match="unknown baselines"):
         evaluate_codes(code(y_train), code(y_test), bits, train, test, idf, baselines=("bm25",))
     with pytest.raises(ValueError, match="must agree"):

@@ -1,6 +1,7 @@
 """Issue 22's holes, each probed the way an attacker or a careless operator would (docs/operations.md,
 "What is guarded"): no code from data, one writer per index, checksummed model files, bad records quarantined,
 config ranges, bounded requests."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,8 @@ def _plant(split_dir, marker) -> None:
     files = sorted(split_dir.glob("*.parquet"))
     schema = pq.read_schema(common if common.exists() else files[0])
     md = dict(schema.metadata or {})
-    if ROW_GROUPS_PER_FILE_KEY not in md:       # what materialize_dataset records beside the Unischema
-        md[ROW_GROUPS_PER_FILE_KEY] = json.dumps(
-            {f.name: pq.ParquetFile(f).num_row_groups for f in files}).encode()
+    if ROW_GROUPS_PER_FILE_KEY not in md:  # what materialize_dataset records beside the Unischema
+        md[ROW_GROUPS_PER_FILE_KEY] = json.dumps({f.name: pq.ParquetFile(f).num_row_groups for f in files}).encode()
     md[UNISCHEMA_KEY] = pickle.dumps(_Payload(marker))
     pq.write_metadata(schema.with_metadata(md), common)
 
@@ -60,15 +60,23 @@ def test_planted_pickle_in_an_image_dataset_never_runs(spark, tmp_path):
     from semhash_spark.config import ImagesConfig
 
     rng = np.random.default_rng(0)
-    rows = [(f"img{i}", "a" if i % 2 else "b", "train" if i < 6 else "test",
-             bytearray(rng.integers(0, 256, 48, dtype=np.uint8).tobytes())) for i in range(8)]
+    rows = [
+        (
+            f"img{i}",
+            "a" if i % 2 else "b",
+            "train" if i < 6 else "test",
+            bytearray(rng.integers(0, 256, 48, dtype=np.uint8).tobytes()),
+        )
+        for i in range(8)
+    ]
     df = spark.createDataFrame(rows, "id string, label string, split string, pixels binary")
-    images.write_image_dataset(spark, df, str(tmp_path / "img"), ImagesConfig(height=4, width=4, channels=3,
-                                                                              files_per_split=1), name="planted")
+    images.write_image_dataset(
+        spark, df, str(tmp_path / "img"), ImagesConfig(height=4, width=4, channels=3, files_per_split=1), name="planted"
+    )
     marker = tmp_path / "marker"
     _plant(tmp_path / "img" / "images" / "split=train", marker)
     try:
-        shard = data.read_image_shard(tmp_path / "img", "train")      # the schema comes from dataset.json
+        shard = data.read_image_shard(tmp_path / "img", "train")  # the schema comes from dataset.json
     finally:
         assert not marker.exists(), "the dataset's pickle ran"
     assert shard.pixels.shape == (6, 4, 4, 3)
@@ -91,13 +99,20 @@ def _copy_version_writer(index_uri: str, src_version: str, gate=None):
         files = []
         for p in manifest["partitions"]:
             for f in p["files"]:
-                store.copy_object(store.join(X.version_prefix(index_uri, src_version), f["path"]),
-                                  store.join(vuri, f["path"]))
+                store.copy_object(
+                    store.join(X.version_prefix(index_uri, src_version), f["path"]), store.join(vuri, f["path"])
+                )
                 files.append({"partition": p["partition"], **f, "columns": manifest["columns"]})
         if gate is not None:
             gate()
-        return dict(bits=manifest["bits"], address_bits=manifest["address_bits"],
-                    partition_bits=manifest["partition_bits"], files=files, model={"version": "test"})
+        return dict(
+            bits=manifest["bits"],
+            address_bits=manifest["address_bits"],
+            partition_bits=manifest["partition_bits"],
+            files=files,
+            model={"version": "test"},
+        )
+
     return write
 
 
@@ -113,10 +128,18 @@ def _model_blobs():
     from semhash_spark.config import load_config
 
     tensors = {f"ae.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": checkpoint.FORMAT, "kind": "documents", "sizes": model.sizes, "output": model.output,
-            "code_mode": model.code_mode, "bits": model.bits, "threshold": 0.5, "config": load_config(None).to_dict(),
-            "model_version": checkpoint.weights_version(tensors),
-            "vocab": {"words": [f"w{i}" for i in range(300)], "doc_freq": [1] * 300, "num_train_docs": 10}}
+    meta = {
+        "format": checkpoint.FORMAT,
+        "kind": "documents",
+        "sizes": model.sizes,
+        "output": model.output,
+        "code_mode": model.code_mode,
+        "bits": model.bits,
+        "threshold": 0.5,
+        "config": load_config(None).to_dict(),
+        "model_version": checkpoint.weights_version(tensors),
+        "vocab": {"words": [f"w{i}" for i in range(300)], "doc_freq": [1] * 300, "num_train_docs": 10},
+    }
     del torch
     return {WEIGHTS: st_save(tensors), META: json.dumps(meta).encode()}
 
@@ -145,10 +168,10 @@ def _concurrent_publishers(index_uri: str) -> None:
         t.join(90)
     won = [v for v in outcome.values() if isinstance(v, str)]
     lost = [e for e in outcome.values() if isinstance(e, X.ConcurrentPublish)]
-    assert len(won) == 1 and len(lost) == 1, outcome          # never two "published" with one update lost
+    assert len(won) == 1 and len(lost) == 1, outcome  # never two "published" with one update lost
     assert X.read_current(index_uri)["version"] == won[0]
     assert "another writer" in str(lost[0]) and "run the job again" in str(lost[0])
-    assert sorted(X.list_versions(index_uri)) == sorted([v1, won[0]])     # the loser removed its folder
+    assert sorted(X.list_versions(index_uri)) == sorted([v1, won[0]])  # the loser removed its folder
 
 
 def test_two_concurrent_publishers_on_a_local_index(tmp_path):
@@ -167,7 +190,7 @@ def test_publish_fails_when_current_moved_since_the_job_started(tmp_path):
     v1 = publish_codes(uri, random_codes(32, 100, np.random.default_rng(2)), 32, 3, 12)
     other = {}
 
-    def meanwhile():                       # another run publishes while this one writes its shards
+    def meanwhile():  # another run publishes while this one writes its shards
         other["v"] = publish_codes(uri, random_codes(32, 50, np.random.default_rng(3)), 32, 3, 12)
 
     with pytest.raises(X.ConcurrentPublish, match=f"moved from {v1} to"):
@@ -222,8 +245,10 @@ def test_the_service_refuses_a_version_whose_model_does_not_verify(s3_server):
     _swap_two_words(uri, v2)
     app = build_app(Settings(index_uri=uri, poll_seconds=0.2, log_requests=False))
     with running_server(app) as url:
-        wait_for(lambda: "model/model.json" in (_http(url, "GET", "/readyz")[1].get("refused") or ""),
-                 what="the refusal in /readyz")
+        wait_for(
+            lambda: "model/model.json" in (_http(url, "GET", "/readyz")[1].get("refused") or ""),
+            what="the refusal in /readyz",
+        )
         status, ready = _http(url, "GET", "/readyz")
         assert status == 503 and ready["version"] is None and "sha256" in ready["refused"]
         assert X.read_current(uri)["version"] == v2
@@ -269,7 +294,7 @@ def test_crafted_sizes_in_model_json_are_refused_before_allocating(tmp_path):
     d.mkdir()
     (d / "model.safetensors").write_bytes(blobs["model.safetensors"])
     meta = json.loads(blobs["model.json"])
-    meta["sizes"] = [2_000_000_000, 1_000_000, 32]        # ~8 PB of float32 if allocated
+    meta["sizes"] = [2_000_000_000, 1_000_000, 32]  # ~8 PB of float32 if allocated
     (d / "model.json").write_text(json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointError, match="sizes"):
         checkpoint.load_model(str(d))
@@ -279,11 +304,17 @@ def test_crafted_sizes_in_model_json_are_refused_before_allocating(tmp_path):
         checkpoint.load_model(str(d))
 
 
-@pytest.mark.parametrize("override,key", [("model.bits=0", "model.bits"), ("model.bits=-3", "model.bits"),
-                                          ("pretrain.epochs=-1", "pretrain.epochs"),
-                                          ("model.hidden=[0]", "model.hidden"),
-                                          ("finetune.val_fraction=1.5", "finetune.val_fraction"),
-                                          ("index.partition_bits=30", "index.partition_bits")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.bits=0", "model.bits"),
+        ("model.bits=-3", "model.bits"),
+        ("pretrain.epochs=-1", "pretrain.epochs"),
+        ("model.hidden=[0]", "model.hidden"),
+        ("finetune.val_fraction=1.5", "finetune.val_fraction"),
+        ("index.partition_bits=30", "index.partition_bits"),
+    ],
+)
 def test_config_values_are_range_checked_at_load(override, key):
     from semhash_spark.config import ConfigError, load_config
 
@@ -332,12 +363,14 @@ def test_a_deeply_nested_or_unencodable_line_is_quarantined_not_fatal(spark, sma
     lines.append('{"id": "deep", "text": "x", "labels": ' + "[" * 100_000 + "]" * 100_000 + "}")
     lines.append('{"id": "surrogate", "text": "broken \\ud800 text", "labels": ["x"]}')
     corpus.write_text("\n".join(lines) + "\n")
-    report = prepare_dataset(spark, "jsonl", str(corpus), str(tmp_path / "out"),
-                             PrepareConfig(vocab_size=500, files_per_split=2))
+    report = prepare_dataset(
+        spark, "jsonl", str(corpus), str(tmp_path / "out"), PrepareConfig(vocab_size=500, files_per_split=2)
+    )
     assert report["records_read"] == good + 2
     assert report["quarantined"]["unreadable record"] == 2
-    q = [r for r in pq.read_table(tmp_path / "out" / ds.QUARANTINE_DIR).to_pylist()
-         if r["reason"] == "unreadable record"]
+    q = [
+        r for r in pq.read_table(tmp_path / "out" / ds.QUARANTINE_DIR).to_pylist() if r["reason"] == "unreadable record"
+    ]
     assert sorted(r["source"] for r in q) == [f"nightly.jsonl:{good + 1}", f"nightly.jsonl:{good + 2}"]
 
 
@@ -352,10 +385,11 @@ def guarded(tmp_path_factory):
 
     uri = str(tmp_path_factory.mktemp("guarded") / "index")
     info = build_index(uri, n=2000, bits=32, address_bits=16, partition_bits=4)
-    app = build_app(Settings(index_uri=uri, token="s3cret", max_body_bytes=256 << 10, poll_seconds=0.5,
-                             log_requests=False))
+    app = build_app(
+        Settings(index_uri=uri, token="s3cret", max_body_bytes=256 << 10, poll_seconds=0.5, log_requests=False)
+    )
     with running_server(app) as url:
-        c = SemhashClient(url, token="s3cret", timeout=300)   # 10,000 queries on a shared 2-core machine
+        c = SemhashClient(url, token="s3cret", timeout=300)  # 10,000 queries on a shared 2-core machine
         # the first version took over 20 s to load in `make test-fast` while other work shared the 2 cores
         wait_for(lambda: c.ready()["status"] == "ok", timeout=180, what="first version")
         info.update(url=url, client=c)
@@ -403,12 +437,16 @@ def _http(url: str, method: str, path: str, body=None, headers: dict | None = No
 
 
 def test_an_unauthenticated_large_body_is_refused_before_it_is_read(guarded):
-    big = 200 << 20                                        # announced, never sent: answered after 64 KiB
-    status, body = _raw_post(guarded["url"], {"Content-Type": "application/json", "Content-Length": str(big)},
-                             b"{" + b" " * (64 << 10))
+    big = 200 << 20  # announced, never sent: answered after 64 KiB
+    status, body = _raw_post(
+        guarded["url"], {"Content-Type": "application/json", "Content-Length": str(big)}, b"{" + b" " * (64 << 10)
+    )
     assert status == 401 and "bearer" in body["detail"]
-    status, _ = _raw_post(guarded["url"], {"Content-Type": "application/json", "Content-Length": str(big),
-                                           "Authorization": "Bearer wrong"}, b"{" + b" " * (64 << 10))
+    status, _ = _raw_post(
+        guarded["url"],
+        {"Content-Type": "application/json", "Content-Length": str(big), "Authorization": "Bearer wrong"},
+        b"{" + b" " * (64 << 10),
+    )
     assert status == 403
 
 
@@ -417,7 +455,7 @@ def test_a_body_over_the_limit_is_refused_while_it_arrives(guarded):
     status, body = _raw_post(guarded["url"], {**auth, "Content-Length": str(300 << 10)}, b"{")
     assert status == 413 and "max_body_bytes=262144" in body["detail"]
 
-    def chunks():                                           # no Content-Length: counted as it arrives
+    def chunks():  # no Content-Length: counted as it arrives
         yield b'{"texts": ["'
         for _ in range(64):
             yield b"a" * (16 << 10)
@@ -425,7 +463,7 @@ def test_a_body_over_the_limit_is_refused_while_it_arrives(guarded):
 
     status, body = _http(guarded["url"], "POST", "/search", chunks(), {**auth, "Transfer-Encoding": "chunked"})
     assert status == 413 and "max_body_bytes" in body["detail"], body
-    assert guarded["client"].search(codes=["00000000"], k=1)["version"] == guarded["version"]   # still serving
+    assert guarded["client"].search(codes=["00000000"], k=1)["version"] == guarded["version"]  # still serving
 
 
 def _png_header_bomb(width: int, height: int) -> bytes:
@@ -440,9 +478,9 @@ def _png_header_bomb(width: int, height: int) -> bytes:
     Image.new("L", (8, 8)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17])) & 0xFFFFFFFF
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
 
 
@@ -450,14 +488,15 @@ def test_an_image_of_too_many_pixels_is_refused_before_decoding(guarded):
     import base64
 
     bomb = base64.b64encode(_png_header_bomb(12_000, 12_000)).decode()
-    status, body = _http(guarded["url"], "POST", "/search", {"images": [bomb], "k": 1},
-                         {"Authorization": "Bearer s3cret"})
+    status, body = _http(
+        guarded["url"], "POST", "/search", {"images": [bomb], "k": 1}, {"Authorization": "Bearer s3cret"}
+    )
     assert status == 413 and "max_image_pixels" in body["detail"]
 
 
 def test_work_per_request_is_bounded_and_ordinary_bulk_use_admitted(guarded):
     codes = [f"{i * 2654435761 % (1 << 32):08x}" for i in range(10_000)]
-    out = guarded["client"].search(codes=codes, k=10)                 # 10,000 codes at k = 10: legitimate
+    out = guarded["client"].search(codes=codes, k=10)  # 10,000 codes at k = 10: legitimate
     assert len(out["results"]) == 10_000 and all(len(r) == 10 for r in out["results"])
     auth = {"Authorization": "Bearer s3cret"}
     status, body = _http(guarded["url"], "POST", "/search", {"codes": codes[:1000], "k": 1000}, auth)

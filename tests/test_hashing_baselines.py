@@ -1,5 +1,6 @@
 """Pixel hashing baselines (LSH, SH, PCAH, PCA-ITQ) on real MNIST digits: shapes, seeds, ITQ's loss, SH's modes,
 and retrieval quality against random codes and LSH."""
+
 from __future__ import annotations
 
 import gzip
@@ -186,8 +187,10 @@ def test_pca_baselines_beat_random_codes_and_lsh_on_mnist(mnist):
     rng = np.random.default_rng(0)
     results = {}
     for bits in (16, 32):
-        methods = {name: hamming_method(m.fit(x_train).encode(x_train), m.encode(x_test), bits)
-                   for name, m in ((n, make_baseline(n, bits, seed=0)) for n in BASELINES)}
+        methods = {
+            name: hamming_method(m.fit(x_train).encode(x_train), m.encode(x_test), bits)
+            for name, m in ((n, make_baseline(n, bits, seed=0)) for n in BASELINES)
+        }
         randoms = [rng.integers(0, 256, (n, bits // 8), dtype=np.uint8) for n in (3000, 500)]
         methods["random"] = hamming_method(*randoms, bits)
         res = evaluate_methods(methods, [[str(c)] for c in y_train], [[str(c)] for c in y_test])

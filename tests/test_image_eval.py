@@ -1,4 +1,5 @@
 """Image evaluation on a few hundred real CIFAR-10 JPEGs: result keys, Euclidean against brute force, the grid."""
+
 from __future__ import annotations
 
 import io
@@ -67,8 +68,17 @@ def test_evaluate_image_codes_reports_deep_codes_baselines_and_extras(cifar, tmp
     itq_codes = (itq.encode(x_train.reshape(500, -1)), itq.encode(x_test.reshape(120, -1)))
     grid, plot = tmp_path / "grid.png", tmp_path / "pr.png"
     out = evaluate_image_codes(
-        x_train, y_train, x_test, y_test, deep, 16, baseline_bits=[8, 32], extra_methods={"itq32": itq_codes},
-        grid_path=grid, images_for_grid=(x_train, x_test), plot_path=plot,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        deep,
+        16,
+        baseline_bits=[8, 32],
+        extra_methods={"itq32": itq_codes},
+        grid_path=grid,
+        images_for_grid=(x_train, x_test),
+        plot_path=plot,
     )
     assert json.loads(json.dumps(out)) == out
     assert FIGURES | {"bits", "baselines", "baselines_by_bits", "extra_methods", "grid", "plot"} <= set(out)
@@ -99,12 +109,14 @@ def test_evaluate_image_codes_reports_deep_codes_baselines_and_extras(cifar, tmp
     assert height > 5 * 7 * 30 and width > 11 * 30  # 5 queries x 7 methods rows of 11 images, upscaled
 
     # A fixed query subsample: deterministic, and the deep row stays perfect.
-    sub = evaluate_image_codes(x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean", "pcah"),
-                               max_queries=30)
+    sub = evaluate_image_codes(
+        x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean", "pcah"), max_queries=30
+    )
     assert sub["num_queries"] == 30 and set(sub["baselines"]) == {"euclidean", "pcah"}
     assert sub["baselines_by_bits"] == {"16": {"pcah": sub["baselines"]["pcah"]}}
-    again = evaluate_image_codes(x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean", "pcah"),
-                                 max_queries=30)
+    again = evaluate_image_codes(
+        x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean", "pcah"), max_queries=30
+    )
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in sub.items() if k != "seconds"}
 
 
@@ -143,11 +155,13 @@ def test_retrieval_mosaic_frames_mark_same_label_retrievals(cifar):
     rows = grid_query_rows(np.arange(120), 3, seed=0)
     assert np.array_equal(rows, grid_query_rows(np.arange(120), 3, seed=0)) and rows.size == 3
     perm = tie_permutation(500, 0)
-    euclid = rank_database(euclidean_method(x_train.reshape(500, -1), x_test.reshape(120, -1)).scores(rows), perm,
-                           descending=False)[:, :10]
+    euclid = rank_database(
+        euclidean_method(x_train.reshape(500, -1), x_test.reshape(120, -1)).scores(rows), perm, descending=False
+    )[:, :10]
     same_class = np.stack([[j for j in range(500) if y_train[j] == y_test[q]][:10] for q in rows])
-    canvas, titles, centres = retrieval_mosaic((x_train, x_test), rows, {"oracle": same_class, "euclid": euclid},
-                                               db_labels, q_labels)
+    canvas, titles, centres = retrieval_mosaic(
+        (x_train, x_test), rows, {"oracle": same_class, "euclid": euclid}, db_labels, q_labels
+    )
     cell = 32 + 4
     assert canvas.shape == (3 * 2 * cell, 11 * cell + 2, 3) and len(titles) == 6 and len(centres) == 11
     for r in range(6):
@@ -159,9 +173,9 @@ def test_retrieval_mosaic_frames_mark_same_label_retrievals(cifar):
             x0 = c * cell + 2
             corner = canvas[r * cell, x0]  # the frame's top-left pixel
             same = y_train[j] == y_test[q]
-            assert tuple(corner) == ((0, 114, 178) if same else (213, 94, 0))   # blue / vermillion
-            edge = canvas[r * cell, x0 : x0 + cell]                               # the frame's top edge
-            assert (edge == 255).all(axis=1).any() != same                        # dashed only for another label
+            assert tuple(corner) == ((0, 114, 178) if same else (213, 94, 0))  # blue / vermillion
+            edge = canvas[r * cell, x0 : x0 + cell]  # the frame's top edge
+            assert (edge == 255).all(axis=1).any() != same  # dashed only for another label
             assert np.array_equal(canvas[r * cell + 2 : r * cell + 34, x0 + 2 : x0 + 34], x_train[j])
     assert titles[0].startswith("oracle (10/10)")
 
@@ -179,8 +193,18 @@ def test_bad_inputs_are_clear_errors(cifar, tmp_path):
     with pytest.raises(ValueError, match=r"96 bits must have shape \(n, 12\)"):
         evaluate_image_codes(x_train, y_train, x_test, y_test, deep, 12 * 8)
     with pytest.raises(ValueError, match="images_for_grid"):
-        evaluate_image_codes(x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean",),
-                             grid_path=tmp_path / "g.png")
+        evaluate_image_codes(
+            x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean",), grid_path=tmp_path / "g.png"
+        )
     with pytest.raises(ValueError, match="uint8"):
-        evaluate_image_codes(x_train, y_train, x_test, y_test, deep, 16, baselines=("euclidean",),
-                             grid_path=tmp_path / "g.png", images_for_grid=(x_train / 255.0, x_test))
+        evaluate_image_codes(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            deep,
+            16,
+            baselines=("euclidean",),
+            grid_path=tmp_path / "g.png",
+            images_for_grid=(x_train / 255.0, x_test),
+        )

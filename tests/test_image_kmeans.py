@@ -1,5 +1,6 @@
 """``model.kind: image_kmeans`` (conf/images-best.yaml): k-means patch features + a binary code layer, trained on
 real CIFAR-10 images and used through the same commands as the papers' image model."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,7 @@ def cifar_data(spark, shared_data, tmp_path_factory) -> Path:
             out = root / "src" / split / label / name
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(tar.extractfile(m).read())
-    images.prepare_images(spark, "imagefolder", str(root / "src"), str(root / "data"),
-                          ImagesConfig(files_per_split=2))
+    images.prepare_images(spark, "imagefolder", str(root / "src"), str(root / "data"), ImagesConfig(files_per_split=2))
     return root / "data"
 
 
@@ -71,10 +71,35 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     from semhash_spark.evaluation.image_assess import evaluate_image_model
 
     model = tmp_path / "m"
-    small = ["--set", "features.centroids=64", "--set", "features.patch_samples=20000", "--set", "finetune.epochs=1",
-             "--set", "finetune.val_fraction=0.2", "--set", "finetune.val_queries=60"]
-    assert cli.main(["train", "--config", str(ROOT / "conf" / "images-best.yaml"), "--data", str(cifar_data),
-                     "--bits", "16", "--out", str(model), *small]) == 0
+    small = [
+        "--set",
+        "features.centroids=64",
+        "--set",
+        "features.patch_samples=20000",
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "finetune.val_fraction=0.2",
+        "--set",
+        "finetune.val_queries=60",
+    ]
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                str(ROOT / "conf" / "images-best.yaml"),
+                "--data",
+                str(cifar_data),
+                "--bits",
+                "16",
+                "--out",
+                str(model),
+                *small,
+            ]
+        )
+        == 0
+    )
     meta = json.loads((model / "model.json").read_text())
     # training picks the pooling grid from the configuration's candidates by validation precision
     cands = [int(g) for g in meta["config"]["features"]["pool_candidates"]]
@@ -90,7 +115,7 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     codes = hasher.codes(train.pixels.reshape(len(train), -1))
     assert codes.shape == (len(train), 2)
     bits = C.unpack_bits(codes, 16).mean(0)
-    assert bits.min() > 0.15 and bits.max() < 0.85, bits            # balanced bits on the training images
+    assert bits.min() > 0.15 and bits.max() < 0.85, bits  # balanced bits on the training images
 
     res = evaluate_image_model(str(model), str(cifar_data), baseline_bits=(16,))
     # 10 balanced classes: random codes have mAP@1000 near the 0.1 chance level on 400 database images
@@ -104,12 +129,12 @@ def test_image_kmeans_trains_encodes_and_beats_random_codes(cifar_data, tmp_path
     query_file = sorted((cifar_data.parent / "src" / "train" / "ship").iterdir())[3]
     assert cli.main(["query", "--index", str(index), "--image", str(query_file), "--k", "5", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
-    assert hits[0]["distance"] == 0 and f"train/ship/{query_file.name}" in [h["id"] for h in hits
-                                                                             if h["distance"] == 0]
+    assert hits[0]["distance"] == 0 and f"train/ship/{query_file.name}" in [h["id"] for h in hits if h["distance"] == 0]
 
 
-def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, small_cifar, small_image_data, tmp_path,
-                                                                     capsys):
+def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(
+    spark, small_cifar, small_image_data, tmp_path, capsys
+):
     """The lookup side's numpy forward pass (semhash_spark.models.inference) of a k-means model against the torch one, on
     600 images (the tiny set's real ones, then flipped, shifted and noised copies), and an ImageSearcher over an
     index encoded with that model answering a query image."""
@@ -121,10 +146,17 @@ def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, sma
     from semhash_spark.training.kmeans_fit import train_kmeans_model
 
     model = tmp_path / "m"
-    cfg = load_config(ROOT / "conf" / "images-best.yaml",
-                      ["features.centroids=32", "features.patch_samples=5000", "finetune.epochs=1",
-                       "features.pool_candidates=[4]",               # overlapping adaptive bins on the 9 x 9 grid
-                       "finetune.val_fraction=0.2", "finetune.val_queries=50"]).with_bits(16)
+    cfg = load_config(
+        ROOT / "conf" / "images-best.yaml",
+        [
+            "features.centroids=32",
+            "features.patch_samples=5000",
+            "finetune.epochs=1",
+            "features.pool_candidates=[4]",  # overlapping adaptive bins on the 9 x 9 grid
+            "finetune.val_fraction=0.2",
+            "finetune.val_queries=50",
+        ],
+    ).with_bits(16)
     train_kmeans_model(str(small_image_data), str(model), cfg)
     enc = inference.load_encoder(str(model))
     assert enc.features is not None and enc.bits == 16 and enc.n_input == 3072 and enc.features.pool == 4
@@ -135,8 +167,9 @@ def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, sma
     extra = np.clip(extra + rng.integers(-12, 13, size=extra.shape), 0, 255).astype(np.uint8)
     x = np.concatenate([pixels, extra]).reshape(600, -1).astype(np.float32)
     hasher = load_model(str(model))
-    np.testing.assert_allclose(enc.code_probabilities(x, batch_size=250), hasher.code_probabilities(x),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        enc.code_probabilities(x, batch_size=250), hasher.code_probabilities(x), rtol=1e-4, atol=1e-5
+    )
     numpy_codes, torch_codes = enc.codes(x), hasher.codes(x)
     assert numpy_codes.shape == torch_codes.shape == (600, 2) and numpy_codes.dtype == np.uint8
     assert np.array_equal(numpy_codes, torch_codes), int((numpy_codes != torch_codes).any(axis=1).sum())
@@ -148,7 +181,7 @@ def test_numpy_encoder_gives_the_torch_codes_of_an_image_kmeans_model(spark, sma
     assert cli.main(["encode", "--model", str(model), "--data", str(small_image_data), "--index", str(index)]) == 0
     capsys.readouterr()
     searcher = ImageSearcher.open(str(index))
-    assert searcher.hasher.features is not None                     # the numpy k-means path, no torch model
+    assert searcher.hasher.features is not None  # the numpy k-means path, no torch model
     query_file = sorted((small_cifar / "train" / "ship").iterdir())[3]
     query_id = f"train/ship/{query_file.name}"
     hits = searcher.search_images(searcher.load_images([query_file.read_bytes()]), k=5)[0]

@@ -1,4 +1,5 @@
 """Image datasets: readers, quarantine, the writer contract, and prepare -> train -> encode -> query -> evaluate."""
+
 from __future__ import annotations
 
 import io
@@ -65,12 +66,12 @@ def test_mnist_idx_records_and_grey_to_rgb(shared_data):
     if not (folder / "train-images-idx3-ubyte.gz").is_file():
         missing_data("no MNIST files")
     recs = list(itertools.islice(image_sources.read_mnist(str(folder)), 3))
-    assert [r["label"] for r in recs] == ["5", "0", "4"]          # MNIST's first three training digits
+    assert [r["label"] for r in recs] == ["5", "0", "4"]  # MNIST's first three training digits
     assert recs[0]["shape"] == "28,28,1" and len(recs[0]["data"]) == 784 and recs[0]["split"] == "train"
     rgb = images.decode_image(recs[0]["data"], recs[0]["shape"], ImagesConfig())
     assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
     assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
-    assert rgb.max() > 200                                          # a digit survived the resize
+    assert rgb.max() > 200  # a digit survived the resize
     grey = images.decode_image(recs[0]["data"], recs[0]["shape"], ImagesConfig(height=28, width=28, channels=1))
     assert np.array_equal(grey[..., 0], np.frombuffer(recs[0]["data"], np.uint8).reshape(28, 28))
 
@@ -87,7 +88,11 @@ def test_cifar_python_batches_are_read_in_hwc_order(tmp_path):
 
     rng = np.random.default_rng(0)
     chw = rng.integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
-    batch = {b"data": chw.reshape(4, -1), b"labels": [0, 1, 1, 0], b"filenames": [f"f{i}.png".encode() for i in range(4)]}
+    batch = {
+        b"data": chw.reshape(4, -1),
+        b"labels": [0, 1, 1, 0],
+        b"filenames": [f"f{i}.png".encode() for i in range(4)],
+    }
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch))
     (tmp_path / "test_batch").write_bytes(pickle.dumps(batch))
     (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"cat", b"dog"]}))
@@ -142,8 +147,13 @@ def test_prepare_imagefolder_converts_modes_and_quarantines_bad_files(spark, sma
     import pyarrow.parquet as pq
 
     q = pq.read_table(out / "quarantine").to_pandas()
-    assert sorted(q["id"]) == ["test/odd/empty.png", "train/odd/deep16.png", "train/odd/empty.jpg",
-                               "train/odd/notes.png", "train/odd/truncated.jpg"]
+    assert sorted(q["id"]) == [
+        "test/odd/empty.png",
+        "train/odd/deep16.png",
+        "train/odd/empty.jpg",
+        "train/odd/notes.png",
+        "train/odd/truncated.jpg",
+    ]
     assert q["source"].notna().all() and q["reason"].notna().all()
 
 
@@ -151,11 +161,20 @@ def test_write_image_dataset_contract(spark, tmp_path):
     """The writer others call: id, label, split, pixels (raw HWC bytes); bad rows are quarantined, not fatal."""
     cfg = ImagesConfig(height=4, width=4, channels=3, files_per_split=1)
     rng = np.random.default_rng(0)
-    rows = [(f"img{i}", "a" if i % 2 else "b", "train" if i < 6 else "test",
-             bytearray(rng.integers(0, 256, 48, dtype=np.uint8).tobytes())) for i in range(8)]
-    rows += [("img0", "a", "train", bytearray(48)),          # duplicate id
-             ("short", "a", "train", bytearray(47)),         # wrong pixel count
-             ("nosplit", "a", "valid", bytearray(48))]       # unknown split
+    rows = [
+        (
+            f"img{i}",
+            "a" if i % 2 else "b",
+            "train" if i < 6 else "test",
+            bytearray(rng.integers(0, 256, 48, dtype=np.uint8).tobytes()),
+        )
+        for i in range(8)
+    ]
+    rows += [
+        ("img0", "a", "train", bytearray(48)),  # duplicate id
+        ("short", "a", "train", bytearray(47)),  # wrong pixel count
+        ("nosplit", "a", "valid", bytearray(48)),
+    ]  # unknown split
     df = spark.createDataFrame(rows, "id string, label string, split string, pixels binary")
     report = images.write_image_dataset(spark, df, str(tmp_path / "gen"), cfg, name="generated")
     assert report["kept"] == {"train": 6, "test": 2, "quarantined": 3}
@@ -178,22 +197,64 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     from semhash_spark.evaluation.image_assess import evaluate_image_model
     from semhash_spark.index.image_lookup import ImageSearcher
 
-    tiny = ["--set", "model.hidden=[64]", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
-            "--set", "finetune.val_fraction=0.2", "--set", "finetune.val_queries=50", "--no-progress"]
+    tiny = [
+        "--set",
+        "model.hidden=[64]",
+        "--set",
+        "pretrain.epochs=2",
+        "--set",
+        "finetune.epochs=2",
+        "--set",
+        "finetune.val_fraction=0.2",
+        "--set",
+        "finetune.val_queries=50",
+        "--no-progress",
+    ]
     model, patch_model, short_model = tmp_path / "m32", tmp_path / "patches", tmp_path / "m28"
     assert cli.main(["train", "--data", str(small_image_data), "--bits", "32", "--out", str(model), *tiny]) == 0
     meta = json.loads((model / "model.json").read_text())
     assert meta["kind"] == "images" and meta["sizes"] == [3072, 64, 32] and meta["code_mode"] == "round"
     assert meta["output"] == "linear" and meta["input_normalisation"]["folded"]
     assert cli.main(["train", "--data", str(small_image_data), "--bits", "28", "--out", str(short_model), *tiny]) == 0
-    assert cli.main(["train", "--data", str(small_image_data), "--bits", "28", "--out", str(patch_model), *tiny,
-                     "--set", "model.kind=image_patches", "--set", "model.hidden=[32]"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(small_image_data),
+                "--bits",
+                "28",
+                "--out",
+                str(patch_model),
+                *tiny,
+                "--set",
+                "model.kind=image_patches",
+                "--set",
+                "model.hidden=[32]",
+            ]
+        )
+        == 0
+    )
     assert json.loads((patch_model / "model.json").read_text())["sizes"] == [768, 32, 28]
     capsys.readouterr()
 
     index = tmp_path / "index"
-    assert cli.main(["encode", "--model", str(model), "--data", str(small_image_data), "--index", str(index),
-                     "--patch-model", str(patch_model)]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--model",
+                str(model),
+                "--data",
+                str(small_image_data),
+                "--index",
+                str(index),
+                "--patch-model",
+                str(patch_model),
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["count"] == 380 and report["patch_codes"] and report["kind"] == "images"
 
@@ -218,7 +279,7 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     with running_server(build_app(Settings(index_uri=str(index), poll_seconds=0.2, log_requests=False))) as url:
         client = SemhashClient(url)
         deadline = time.monotonic() + 120
-        while True:                                          # 503 until the first version is loaded
+        while True:  # 503 until the first version is loaded
             try:
                 if client.ready()["status"] == "ok":
                     break
@@ -241,8 +302,22 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
 
     # The papers' two codes: the 28-bit model's code as the address, the 32-bit code ranks (library and service).
     index2 = tmp_path / "index2"
-    assert cli.main(["encode", "--model", str(model), "--address-model", str(short_model), "--data",
-                     str(small_image_data), "--index", str(index2)]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--model",
+                str(model),
+                "--address-model",
+                str(short_model),
+                "--data",
+                str(small_image_data),
+                "--index",
+                str(index2),
+            ]
+        )
+        == 0
+    )
     rep2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep2["bits"] == 32 and rep2["address_bits"] == 28 and rep2["address_model_version"]
     s2 = ImageSearcher.open(str(index2))
@@ -253,27 +328,35 @@ def test_images_end_to_end(spark, small_image_data, small_cifar, tmp_path, capsy
     I = np.arange(s2.index.ntotal)
     same = {i for i, a in zip(s2.index.ids_of(I), s2.index.addresses_of(I)) if int(a) == qa}
     assert {h["id"] for h in own} == same
-    _check_service_image_queries(str(index2), query_file.read_bytes(), query_id,
-                                 address_ball=sorted(same))
+    _check_service_image_queries(str(index2), query_file.read_bytes(), query_id, address_ball=sorted(same))
 
-    res = evaluate_image_model(str(model), str(small_image_data), max_queries=40, baseline_bits=(32,),
-                               patch_model_uri=str(patch_model), short_model_uri=str(short_model), msh_queries=20,
-                               grid_path=str(tmp_path / "grid.png"), address_model_uri=str(short_model))
+    res = evaluate_image_model(
+        str(model),
+        str(small_image_data),
+        max_queries=40,
+        baseline_bits=(32,),
+        patch_model_uri=str(patch_model),
+        short_model_uri=str(short_model),
+        msh_queries=20,
+        grid_path=str(tmp_path / "grid.png"),
+        address_model_uri=str(short_model),
+    )
     assert set(res["baselines"]) == {"euclidean", "lsh", "sh", "pcah", "pca_itq"}
     for key in ("precision_at_100", "map", "map_at_1000", "pr_curve"):
         assert key in res and all(key in b for b in res["baselines"].values())
     assert res["num_queries"] == 40 and (tmp_path / "grid.png").stat().st_size > 0
     assert set(res["msh"]) >= {"msh", "single_28", "deep"} and res["msh"]["num_queries"] == 20
     assert 0 < res["msh"]["msh"]["map_at_1000"] <= 1
-    al = res["address_lookup"]      # the 28-bit ball at r = 0..5 ranked by the 32-bit codes, beside the codes alone
+    al = res["address_lookup"]  # the 28-bit ball at r = 0..5 ranked by the 32-bit codes, beside the codes alone
     assert al["bits"] == 28 and sorted(al["by_radius"]) == [str(r) for r in range(6)]
     sizes = [al["by_radius"][str(r)]["shortlist_mean"] for r in range(6)]
     assert sizes == sorted(sizes) and sizes[-1] <= 380 and al["code_alone_map_at_1000"] == res["map_at_1000"]
     assert all(0 <= v["rerank_code_map_at_1000"] <= 1 for v in al["by_radius"].values())
 
 
-def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: str,
-                                 address_ball: list | None = None) -> None:
+def _check_service_image_queries(
+    index_uri: str, image_bytes: bytes, query_id: str, address_ball: list | None = None
+) -> None:
     """POST /search with base64 images through the real HTTP server; non-image bytes are a 422."""
     import base64
     import time
@@ -284,8 +367,9 @@ def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: s
     from semhash_spark.service.settings import Settings
 
     def post(url, body):
-        req = urllib.request.Request(url + "/search", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/search", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())
@@ -306,9 +390,10 @@ def _check_service_image_queries(index_uri: str, image_bytes: bytes, query_id: s
             time.sleep(0.2)
         status, body = post(url, {"images": [base64.b64encode(image_bytes).decode()], "k": 1000})
         assert status == 200, body
-        assert body["results"][0][0]["distance"] == 0 and query_id in [h["id"] for h in body["results"][0]
-                                                                       if h["distance"] == 0]
-        if address_ball is not None:          # the image's address by the address model, as the library
+        assert body["results"][0][0]["distance"] == 0 and query_id in [
+            h["id"] for h in body["results"][0] if h["distance"] == 0
+        ]
+        if address_ball is not None:  # the image's address by the address model, as the library
             status, body = post(url, {"images": [base64.b64encode(image_bytes).decode()], "address_radius": 0})
             assert status == 200 and sorted(h["id"] for h in body["results"][0]) == address_ball, body
         status, body = post(url, {"images": [base64.b64encode(b"GIF89a not really").decode()], "k": 3})
@@ -323,8 +408,16 @@ def test_two_horovod_ranks_train_an_image_model(small_image_data, tmp_path):
     from semhash_spark.training.fit import train_model
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "images.yaml"
-    cfg = load_config(conf, ["model.hidden=[32]", "pretrain.epochs=1", "finetune.epochs=1",
-                             "finetune.val_fraction=0.2", "finetune.val_queries=50"]).with_bits(16)
+    cfg = load_config(
+        conf,
+        [
+            "model.hidden=[32]",
+            "pretrain.epochs=1",
+            "finetune.epochs=1",
+            "finetune.val_fraction=0.2",
+            "finetune.val_queries=50",
+        ],
+    ).with_bits(16)
     result = train_model(str(small_image_data), str(tmp_path / "m"), cfg, np=2, progress=False)
     assert result["world_size"] == 2 and result["bits"] == 16
     meta = json.loads((tmp_path / "m" / "model.json").read_text())

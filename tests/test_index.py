@@ -1,4 +1,5 @@
 """index: shards, manifest, atomic publish, and HammingIndex checked against brute force."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,11 +34,13 @@ def make_data(bits, kind, seed=0):
 
 def frame(codes, bits, address_bits, ids=None, words=False):
     n = len(codes)
-    pdf = pd.DataFrame({
-        "id": ids if ids is not None else [f"d{i}" for i in range(n)],
-        "code": [bytes(r) for r in codes],
-        "address": C.prefix(codes, address_bits),
-    })
+    pdf = pd.DataFrame(
+        {
+            "id": ids if ids is not None else [f"d{i}" for i in range(n)],
+            "code": [bytes(r) for r in codes],
+            "address": C.prefix(codes, address_bits),
+        }
+    )
     if words:
         pdf["word_ids"] = [np.array([i % 7, 100 + i], dtype="<i4").tobytes() for i in range(n)]
         pdf["word_counts"] = [np.array([1.0, float(i)], dtype="<f4").tobytes() for i in range(n)]
@@ -58,7 +61,7 @@ def publish_codes(index_uri, codes, bits, partition_bits, address_bits, tasks=3,
 
 
 def brute_force(q, db):
-    return C.hamming(q, db)                                  # int32[nq, n]
+    return C.hamming(q, db)  # int32[nq, n]
 
 
 def rows_of(index, I):
@@ -67,8 +70,9 @@ def rows_of(index, I):
     return np.array([int(s[1:]) for s in index.ids_of(I).ravel()], dtype=np.int64).reshape(I.shape)
 
 
-@pytest.fixture(scope="module", params=[(b, k) for b in BITS for k in ("random", "clustered")],
-                ids=lambda p: f"{p[0]}bit-{p[1]}")
+@pytest.fixture(
+    scope="module", params=[(b, k) for b in BITS for k in ("random", "clustered")], ids=lambda p: f"{p[0]}bit-{p[1]}"
+)
 def case(request, tmp_path_factory):
     bits, kind = request.param
     db, q = make_data(bits, kind)
@@ -86,16 +90,16 @@ def test_range_search_equals_brute_force(case):
         lims, D, I = index.range_search(case["q"], radius)
         assert lims.shape == (NQ + 1,) and D.dtype == np.int32 and I.dtype == np.int64
         for i in range(NQ):
-            d, ids = D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]
+            d, ids = D[lims[i] : lims[i + 1]], I[lims[i] : lims[i + 1]]
             rows = rows_of(index, ids)
             expected = set(np.flatnonzero(H[i] <= radius))
-            assert len(set(ids)) == len(ids)                              # no duplicates
-            assert set(rows) == expected                                  # exactly the ball
-            np.testing.assert_array_equal(d, H[i, rows])                  # distances are true
-            assert np.all(np.lexsort((ids, d)) == np.arange(len(d)))      # sorted by (distance, ordinal)
-            assert previous[i] <= expected                                # recall never falls
+            assert len(set(ids)) == len(ids)  # no duplicates
+            assert set(rows) == expected  # exactly the ball
+            np.testing.assert_array_equal(d, H[i, rows])  # distances are true
+            assert np.all(np.lexsort((ids, d)) == np.arange(len(d)))  # sorted by (distance, ordinal)
+            assert previous[i] <= expected  # recall never falls
             previous[i] = expected
-    assert all(len(p) == N for p in previous)                             # full radius: everything
+    assert all(len(p) == N for p in previous)  # full radius: everything
 
 
 def test_search_equals_brute_force_knn(case):
@@ -122,7 +126,7 @@ def test_in_memory_index_matches_brute_force_exactly(case):
         lims, D2, I2 = index.range_search(case["q"], bits // 4)
         for i in range(NQ):
             want = order[i][H[i, order[i]] <= bits // 4]
-            np.testing.assert_array_equal(I2[lims[i]:lims[i + 1]], want)
+            np.testing.assert_array_equal(I2[lims[i] : lims[i + 1]], want)
         np.testing.assert_array_equal(index.codes_of(I[:, 0]), case["db"][I[:, 0]])
 
 
@@ -133,10 +137,10 @@ def test_address_lookup_is_the_address_ball(case):
     for radius in (0, 2, 4):
         lims, D, I = index.address_lookup(case["q"], radius)
         for i in range(NQ):
-            rows = rows_of(index, I[lims[i]:lims[i + 1]])
+            rows = rows_of(index, I[lims[i] : lims[i + 1]])
             assert set(rows) == set(np.flatnonzero(C.int_hamming(db_addr, int(q_addr[i])) <= radius))
-            np.testing.assert_array_equal(D[lims[i]:lims[i + 1]], case["H"][i, rows])
-    if ab == case["bits"]:                             # 20-bit codes: the paper's lookup is the range search
+            np.testing.assert_array_equal(D[lims[i] : lims[i + 1]], case["H"][i, rows])
+    if ab == case["bits"]:  # 20-bit codes: the paper's lookup is the range search
         for a, b in zip(index.address_lookup(case["q"], 4), index.range_search(case["q"], 4)):
             np.testing.assert_array_equal(a, b)
 
@@ -147,7 +151,7 @@ def test_small_radius_reads_few_partitions(case):
     index.range_search(case["q"][:1], 1)
     assert 0 < index.partitions_read < index.npartitions
     D, _ = index.search(case["q"][:1], 1)
-    if D[0, 0] <= 1:                                   # a close neighbour stops the rings early
+    if D[0, 0] <= 1:  # a close neighbour stops the rings early
         assert index.partitions_read < index.npartitions
 
 
@@ -164,6 +168,7 @@ def test_search_pads_with_minus_one(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- publish
+
 
 def small_published(tmp_path, seed=0, bits=32):
     db = random_codes(bits, 200, np.random.default_rng(seed))
@@ -183,8 +188,9 @@ def test_layout_and_manifest(tmp_path):
     assert shard_files == {f["path"] for p in m["partitions"] for f in p["files"]}
     assert all(p.startswith("part=") for p in shard_files)
     from datetime import datetime, timezone
+
     early, late = (X.new_version_id(datetime(2026, 1, d, tzinfo=timezone.utc)) for d in (2, 10))
-    assert early < late and early.startswith("20260102T")                 # sortable UTC timestamps
+    assert early < late and early.startswith("20260102T")  # sortable UTC timestamps
 
 
 def test_failure_before_current_leaves_old_version(tmp_path, monkeypatch):
@@ -209,7 +215,7 @@ def test_failure_before_current_leaves_old_version(tmp_path, monkeypatch):
     assert X.read_current(uri)["version"] == v1
     assert X.HammingIndex.open(uri).ntotal == 200
 
-    store.delete(store.join(vp, metas[0]["path"]))                   # a shard vanished before publish
+    store.delete(store.join(vp, metas[0]["path"]))  # a shard vanished before publish
     with pytest.raises(X.IndexFormatError, match=metas[0]["path"]):
         X.publish(uri, v2, manifest)
     assert X.read_current(uri)["version"] == v1
@@ -232,9 +238,9 @@ def test_checksum_corruption_is_detected_on_load(tmp_path):
     victim = m["partitions"][0]["files"][0]["path"]
     path = store.join(X.version_prefix(uri, v), victim)
     data = bytearray(store.read_bytes(path))
-    data[len(data) // 2] ^= 0xFF                                    # same size, one byte flipped
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
     store.write_bytes(path, bytes(data))
-    index = X.HammingIndex.open(uri)                                 # the manifest alone is fine
+    index = X.HammingIndex.open(uri)  # the manifest alone is fine
     with pytest.raises(X.ChecksumMismatch, match=victim):
         index.range_search(db[:1], 32)
     with pytest.raises(X.ChecksumMismatch, match=victim):
@@ -261,6 +267,7 @@ def test_ordinals_are_stable(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- real S3
+
 
 def test_write_publish_open_search_on_s3(s3_server):
     bits, pb, ab = 64, 5, 20

@@ -1,5 +1,6 @@
 """The numpy encoder (semhash_spark.models.inference) against the torch model: identical codes from real trained models,
 any layer stack a checkpoint describes, clear errors, and no torch or pyspark in a lookup process."""
+
 from __future__ import annotations
 
 import json
@@ -20,19 +21,28 @@ from test_images import small_cifar, small_image_data  # noqa: F401 - the tiny i
 
 ROOT = Path(__file__).resolve().parents[1]
 # small batches and a faster fine-tuning rate: 400 training documents then make codes that vary (TINY's do not)
-SMALL = ["model.hidden=[32]", "pretrain.epochs=4", "pretrain.batch_size=10", "finetune.epochs=2",
-         "finetune.batch_size=10", "finetune.lr=0.001", "finetune.binarize_epochs=1", "finetune.val_queries=50"]
+SMALL = [
+    "model.hidden=[32]",
+    "pretrain.epochs=4",
+    "pretrain.batch_size=10",
+    "finetune.epochs=2",
+    "finetune.batch_size=10",
+    "finetune.lr=0.001",
+    "finetune.binarize_epochs=1",
+    "finetune.val_queries=50",
+]
 
 
 def _same_codes(model_dir: Path, x: np.ndarray) -> None:
     torch_codes = load_model(str(model_dir)).codes(x)
     enc = inference.load_encoder(str(model_dir))
-    np.testing.assert_allclose(enc.code_probabilities(x), load_model(str(model_dir)).code_probabilities(x),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        enc.code_probabilities(x), load_model(str(model_dir)).code_probabilities(x), rtol=1e-5, atol=1e-6
+    )
     numpy_codes = enc.codes(x)
     assert numpy_codes.shape == torch_codes.shape and numpy_codes.dtype == np.uint8
     assert np.array_equal(numpy_codes, torch_codes), int((numpy_codes != torch_codes).any(axis=1).sum())
-    assert len(np.unique(numpy_codes, axis=0)) > 10         # a model whose codes say something
+    assert len(np.unique(numpy_codes, axis=0)) > 10  # a model whose codes say something
 
 
 def test_numpy_encoder_gives_the_torch_codes_of_a_document_model(small_dataset, tmp_path):
@@ -47,8 +57,9 @@ def test_numpy_encoder_gives_the_torch_codes_of_a_document_model(small_dataset, 
     rng = np.random.default_rng(0)
     freq = x.sum(0) / x.sum()
     lengths = rng.choice(x.sum(1).astype(np.int64), size=10_000 - len(x))
-    synthetic = np.stack([np.bincount(rng.choice(len(freq), size=max(n, 1), p=freq), minlength=len(freq))
-                          for n in lengths]).astype(np.float32)
+    synthetic = np.stack(
+        [np.bincount(rng.choice(len(freq), size=max(n, 1), p=freq), minlength=len(freq)) for n in lengths]
+    ).astype(np.float32)
     _same_codes(out, np.concatenate([x, synthetic]))
 
 
@@ -56,8 +67,16 @@ def test_numpy_encoder_gives_the_torch_codes_of_an_image_model(small_image_data,
     """1,000 images: the tiny CIFAR set's real images, then flipped, shifted and noised copies of them."""
     from semhash_spark.data import loader as data_mod
 
-    cfg = load_config(ROOT / "conf" / "images.yaml", ["model.hidden=[32]", "pretrain.epochs=1", "finetune.epochs=1",
-                                                       "finetune.val_fraction=0.2", "finetune.val_queries=50"])
+    cfg = load_config(
+        ROOT / "conf" / "images.yaml",
+        [
+            "model.hidden=[32]",
+            "pretrain.epochs=1",
+            "finetune.epochs=1",
+            "finetune.val_fraction=0.2",
+            "finetune.val_queries=50",
+        ],
+    )
     out = tmp_path / "model"
     train_model(str(small_image_data), str(out), cfg.with_bits(32), progress=False)
     pixels = np.concatenate([data_mod.read_image_shard(str(small_image_data), s).pixels for s in ("train", "test")])
@@ -72,8 +91,13 @@ def test_numpy_encoder_gives_the_torch_codes_of_an_image_model(small_image_data,
 def _write_checkpoint(folder: Path, tensors: dict[str, np.ndarray], spec: dict | None) -> None:
     folder.mkdir()
     (folder / inference.WEIGHTS).write_bytes(np_save(tensors))
-    meta = {"format": inference.FORMAT, "kind": "documents", "bits": 8, "config": Config().to_dict(),
-            "model_version": inference.weights_version(tensors)}
+    meta = {
+        "format": inference.FORMAT,
+        "kind": "documents",
+        "bits": 8,
+        "config": Config().to_dict(),
+        "model_version": inference.weights_version(tensors),
+    }
     if spec is not None:
         meta["encoder"] = spec
     (folder / inference.META).write_text(json.dumps(meta))
@@ -82,12 +106,22 @@ def _write_checkpoint(folder: Path, tensors: dict[str, np.ndarray], spec: dict |
 def test_any_described_layer_stack_is_served(tmp_path):
     """A checkpoint's own ``encoder`` stack (names, activations, threshold) against the same stack in torch."""
     rng = np.random.default_rng(1)
-    t = {"l0.w": rng.normal(size=(16, 40)).astype(np.float32), "l0.b": rng.normal(size=16).astype(np.float32),
-         "l1.w": rng.normal(size=(12, 16)).astype(np.float32), "l1.b": rng.normal(size=12).astype(np.float32),
-         "out.w": rng.normal(size=(8, 12)).astype(np.float32), "out.b": rng.normal(size=8).astype(np.float32)}
-    spec = {"layers": [{"weight": "l0.w", "bias": "l0.b", "activation": "relu"},
-                       {"weight": "l1.w", "bias": "l1.b", "activation": "tanh"},
-                       {"weight": "out.w", "bias": "out.b", "activation": "linear"}], "threshold": 0.0}
+    t = {
+        "l0.w": rng.normal(size=(16, 40)).astype(np.float32),
+        "l0.b": rng.normal(size=16).astype(np.float32),
+        "l1.w": rng.normal(size=(12, 16)).astype(np.float32),
+        "l1.b": rng.normal(size=12).astype(np.float32),
+        "out.w": rng.normal(size=(8, 12)).astype(np.float32),
+        "out.b": rng.normal(size=8).astype(np.float32),
+    }
+    spec = {
+        "layers": [
+            {"weight": "l0.w", "bias": "l0.b", "activation": "relu"},
+            {"weight": "l1.w", "bias": "l1.b", "activation": "tanh"},
+            {"weight": "out.w", "bias": "out.b", "activation": "linear"},
+        ],
+        "threshold": 0.0,
+    }
     _write_checkpoint(tmp_path / "m", t, spec)
     enc = inference.load_encoder(str(tmp_path / "m"))
     x = rng.normal(size=(500, 40)).astype(np.float32)
@@ -102,17 +136,28 @@ def test_any_described_layer_stack_is_served(tmp_path):
         enc.codes(x[:, :39])
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s, t: s["layers"][1].update(activation="softsign"), "unknown activation 'softsign'"),
-    (lambda s, t: s["layers"][1].update(weight="nope"), "names tensors not in"),
-    (lambda s, t: t.update({"l1.w": np.zeros((8, 5), np.float32)}), "do not chain"),
-    (lambda s, t: s.update(layers=[]), "no layers"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s, t: s["layers"][1].update(activation="softsign"), "unknown activation 'softsign'"),
+        (lambda s, t: s["layers"][1].update(weight="nope"), "names tensors not in"),
+        (lambda s, t: t.update({"l1.w": np.zeros((8, 5), np.float32)}), "do not chain"),
+        (lambda s, t: s.update(layers=[]), "no layers"),
+    ],
+)
 def test_a_bad_encoder_description_is_named(tmp_path, change, message):
-    t = {"l0.w": np.ones((6, 4), np.float32), "l0.b": np.zeros(6, np.float32),
-         "l1.w": np.ones((8, 6), np.float32), "l1.b": np.zeros(8, np.float32)}
-    spec = {"layers": [{"weight": "l0.w", "bias": "l0.b", "activation": "sigmoid"},
-                       {"weight": "l1.w", "bias": "l1.b", "activation": "sigmoid"}]}
+    t = {
+        "l0.w": np.ones((6, 4), np.float32),
+        "l0.b": np.zeros(6, np.float32),
+        "l1.w": np.ones((8, 6), np.float32),
+        "l1.b": np.zeros(8, np.float32),
+    }
+    spec = {
+        "layers": [
+            {"weight": "l0.w", "bias": "l0.b", "activation": "sigmoid"},
+            {"weight": "l1.w", "bias": "l1.b", "activation": "sigmoid"},
+        ]
+    }
     change(spec, t)
     _write_checkpoint(tmp_path / "m", t, spec)
     with pytest.raises(inference.CheckpointError, match=message):
@@ -128,10 +173,12 @@ def test_weights_that_do_not_match_the_model_version_are_refused(tmp_path):
     with pytest.raises(inference.CheckpointError, match="do not match model_version"):
         inference.load_encoder(str(tmp_path / "m"))
     (tmp_path / "m" / inference.META).write_text(json.dumps(meta))
-    assert inference.load_encoder(str(tmp_path / "m")).bits == 8     # the autoencoder's stack from ``sizes``
+    assert inference.load_encoder(str(tmp_path / "m")).bits == 8  # the autoencoder's stack from ``sizes``
 
 
 def test_lookup_processes_import_neither_torch_nor_pyspark():
-    code = ("import sys, semhash_spark.models.inference, semhash_spark.index.lookup, semhash_spark.service.app, semhash_spark.cli; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyspark')]; assert not bad, bad")
+    code = (
+        "import sys, semhash_spark.models.inference, semhash_spark.index.lookup, semhash_spark.service.app, semhash_spark.cli; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyspark')]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,6 +1,7 @@
 """Cluster deployment files (infra/): the submit wrapper builds spark-submit commands for every profile from the
 conf/ files and refers to jobs that exist; no secret is in a file; the image's files exist; the GPU discovery
 script speaks Spark's format. And `semhash rollback`, the operation docs/operations.md tells operators to use."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,20 @@ SUBMIT = INFRA / "submit" / "submit.sh"
 PROFILES = ("local", "standalone", "k8s", "yarn")
 JOBS = ("prepare", "train", "encode", "evaluate", "dedup", "reindex")
 # what each profile needs from the environment (and nothing secret)
-PROFILE_ENV = {"standalone": {"SPARK_MASTER_URL": "spark://10.0.0.5:7077"},
-               "k8s": {"SEMHASH_IMAGE": "registry.example/semhash-spark:1"}, "yarn": {}, "local": {}}
+PROFILE_ENV = {
+    "standalone": {"SPARK_MASTER_URL": "spark://10.0.0.5:7077"},
+    "k8s": {"SEMHASH_IMAGE": "registry.example/semhash-spark:1"},
+    "yarn": {},
+    "local": {},
+}
 
 
 def _dry_run(profile: str, job: str, *args: str, **env: str) -> list[str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SEMHASH_", "SPARK_"))}
     e.update(PROFILE_ENV[profile], SEMHASH_DRY_RUN="1", **env)
-    out = subprocess.run(["bash", str(SUBMIT), profile, job, *args], env=e, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["bash", str(SUBMIT), profile, job, *args], env=e, capture_output=True, text=True, check=True
+    ).stdout
     return shlex.split(out)
 
 
@@ -56,14 +62,22 @@ def test_every_profile_submits_every_job_that_exists(profile):
     for job in JOBS:
         cmd = _dry_run(profile, job, "--help-not-parsed")
         script = next(t for t in cmd if t.endswith(f"/{job}.py"))
-        local = ROOT / "jobs" / f"{job}.py"                # k8s: the same file, at /opt/semhash/jobs in the image
+        local = ROOT / "jobs" / f"{job}.py"  # k8s: the same file, at /opt/semhash/jobs in the image
         assert local.is_file() and f'main(["{job}"' in local.read_text()
-        assert parser.parse_args([job] + {"prepare": ["--dataset", "jsonl", "--source", "s", "--out", "o"],
-                                          "train": ["--data", "d", "--bits", "16", "--out", "o"],
-                                          "encode": ["--model", "m", "--data", "d", "--index", "i"],
-                                          "evaluate": ["--model", "m", "--data", "d"],
-                                          "dedup": ["--index", "i", "--radius", "2", "--out", "o"],
-                                          "reindex": ["--data", "d", "--model", "m", "--index", "i"]}[job]).command == job
+        assert (
+            parser.parse_args(
+                [job]
+                + {
+                    "prepare": ["--dataset", "jsonl", "--source", "s", "--out", "o"],
+                    "train": ["--data", "d", "--bits", "16", "--out", "o"],
+                    "encode": ["--model", "m", "--data", "d", "--index", "i"],
+                    "evaluate": ["--model", "m", "--data", "d"],
+                    "dedup": ["--index", "i", "--radius", "2", "--out", "o"],
+                    "reindex": ["--data", "d", "--model", "m", "--index", "i"],
+                }[job]
+            ).command
+            == job
+        )
         assert cmd[-1] == "--help-not-parsed" and cmd[0].endswith("spark-submit")
         if profile == "k8s":
             assert script == f"local:///opt/semhash/jobs/{job}.py"
@@ -71,8 +85,12 @@ def test_every_profile_submits_every_job_that_exists(profile):
             assert Path(script) == local
     confs = _confs(cmd)
     master = cmd[cmd.index("--master") + 1]
-    assert {"local": "local[2]", "standalone": "spark://10.0.0.5:7077", "yarn": "yarn",
-            "k8s": "k8s://https://kubernetes.default.svc"}[profile] == master
+    assert {
+        "local": "local[2]",
+        "standalone": "spark://10.0.0.5:7077",
+        "yarn": "yarn",
+        "k8s": "k8s://https://kubernetes.default.svc",
+    }[profile] == master
     assert confs["spark.pyspark.python"] and confs["spark.executor.memory"]
     assert not any(k.startswith("semhash.") for k in confs)  # the wrapper's own keys stay out of Spark
     if profile == "k8s":
@@ -81,25 +99,35 @@ def test_every_profile_submits_every_job_that_exists(profile):
 
 
 def test_environment_fills_in_settings_and_gpu_adds_resources():
-    cmd = _dry_run("k8s", "encode", SEMHASH_GPU="1", SEMHASH_EXECUTOR_MEMORY="20g",
-                   AWS_ENDPOINT_URL="https://s3.eu-west-1.amazonaws.com", AWS_DEFAULT_REGION="eu-west-1",
-                   SEMHASH_SPARK_CONF="spark.executor.instances=3 spark.foo.bar=1")
+    cmd = _dry_run(
+        "k8s",
+        "encode",
+        SEMHASH_GPU="1",
+        SEMHASH_EXECUTOR_MEMORY="20g",
+        AWS_ENDPOINT_URL="https://s3.eu-west-1.amazonaws.com",
+        AWS_DEFAULT_REGION="eu-west-1",
+        SEMHASH_SPARK_CONF="spark.executor.instances=3 spark.foo.bar=1",
+    )
     c = _confs(cmd)
     assert c["spark.executor.memory"] == "20g" and c["spark.executor.instances"] == "3" and c["spark.foo.bar"] == "1"
     assert c["spark.executorEnv.AWS_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com"
     assert c["spark.kubernetes.driverEnv.AWS_DEFAULT_REGION"] == "eu-west-1"
     assert float(c["spark.executor.resource.gpu.amount"]) >= 1 and 0 < float(c["spark.task.resource.gpu.amount"]) <= 1
     script = c["spark.executor.resource.gpu.discoveryScript"]
-    assert script.startswith("/opt/semhash/") and (ROOT / script[len("/opt/semhash/"):]).is_file()
+    assert script.startswith("/opt/semhash/") and (ROOT / script[len("/opt/semhash/") :]).is_file()
     plain = _confs(_dry_run("k8s", "encode"))
     assert not any("resource.gpu" in k and "amount" in k for k in plain)
-    assert not any(k.startswith("spark.executorEnv.AWS_ENDPOINT") for k in plain)     # unset: left out
+    assert not any(k.startswith("spark.executorEnv.AWS_ENDPOINT") for k in plain)  # unset: left out
 
 
 def test_missing_required_setting_and_unknown_profile_or_job_fail_with_the_reason():
     e = {k: v for k, v in os.environ.items() if not k.startswith(("SEMHASH_", "SPARK_"))} | {"SEMHASH_DRY_RUN": "1"}
-    for argv, want in [(["k8s", "encode"], "SEMHASH_IMAGE"), (["standalone", "encode"], "SPARK_MASTER_URL"),
-                       (["mesos", "encode"], "no profile 'mesos'"), (["local", "nosuchjob"], "no job 'nosuchjob'")]:
+    for argv, want in [
+        (["k8s", "encode"], "SEMHASH_IMAGE"),
+        (["standalone", "encode"], "SPARK_MASTER_URL"),
+        (["mesos", "encode"], "no profile 'mesos'"),
+        (["local", "nosuchjob"], "no job 'nosuchjob'"),
+    ]:
         p = subprocess.run(["bash", str(SUBMIT), *argv], env=e, capture_output=True, text=True)
         assert p.returncode != 0 and want in p.stderr, (argv, p.stderr)
 
@@ -111,7 +139,9 @@ def test_no_secret_in_any_infra_file():
             text = path.read_text()
             assert not secret.search(text), f"{path.relative_to(ROOT)} holds what looks like a secret"
             # credentials are never set by these files, nor handed to Spark as properties (the UI shows those)
-            assert not re.search(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)(\s*[=:]\s*[^\s$]|\s+\$)", text), path
+            assert not re.search(
+                r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)(\s*[=:]\s*[^\s$]|\s+\$)", text
+            ), path
 
 
 def test_image_files_exist_and_scripts_parse():
@@ -126,15 +156,17 @@ def test_image_files_exist_and_scripts_parse():
 
 
 def test_gpu_discovery_script_prints_spark_resource_json():
-    env = dict(os.environ, PATH="/usr/bin:/bin")                 # no nvidia-smi here: no GPU, an empty list
-    out = subprocess.run([str(INFRA / "gpu" / "discover-gpus.sh")], env=env, capture_output=True, text=True,
-                         check=True).stdout
+    env = dict(os.environ, PATH="/usr/bin:/bin")  # no nvidia-smi here: no GPU, an empty list
+    out = subprocess.run(
+        [str(INFRA / "gpu" / "discover-gpus.sh")], env=env, capture_output=True, text=True, check=True
+    ).stdout
     doc = json.loads(out)
     assert doc["name"] == "gpu" and isinstance(doc["addresses"], list)
     assert all(re.fullmatch(r"\d+", a) for a in doc["addresses"])
 
 
 # --------------------------------------------------------------------------------------------------- rollback
+
 
 def test_semhash_rollback_lists_and_repoints_current(tmp_path, capsys):
     import numpy as np
@@ -156,7 +188,7 @@ def test_semhash_rollback_lists_and_repoints_current(tmp_path, capsys):
     assert code == 0 and out["current"] == v2 and out["versions"] == [v1, v2]
     assert [(d["version"], d["count"], d["current"]) for d in out["details"]] == [(v1, 50, False), (v2, 70, True)]
     assert main(["rollback", "--index", uri, "--list"]) == 0
-    table = capsys.readouterr().err.splitlines()               # for people: a table on stderr, CURRENT starred
+    table = capsys.readouterr().err.splitlines()  # for people: a table on stderr, CURRENT starred
     assert "CREATED (UTC)" in table[0] and "CODES" in table[0]
     row1, row2 = (next(line for line in table if v in line) for v in (v1, v2))
     assert row2.startswith("* ") and not row1.startswith("*") and " 70 " in row2 and " 50 " in row1
@@ -164,9 +196,9 @@ def test_semhash_rollback_lists_and_repoints_current(tmp_path, capsys):
     code, out = run("--previous", "--verify-checksums")
     assert code == 0 and (out["version"], out["previous"], out["count"]) == (v1, v2, 50)
     assert ix.read_current(uri)["version"] == v1
-    code, out = run("--previous")                              # nothing older than v1
+    code, out = run("--previous")  # nothing older than v1
     assert code == 1 and out.startswith("semhash rollback: error:") and v1 in out
     code, out = run("--version", "20000101T000000000000Z-000000")
     assert code == 1 and "no version" in out and ix.read_current(uri)["version"] == v1
-    code, out = run("--version", v2)                           # and forward again
+    code, out = run("--version", v2)  # and forward again
     assert code == 0 and out["version"] == v2 and ix.read_current(uri)["version"] == v2

@@ -1,5 +1,6 @@
 """Installing the package: the wheel ships conf/ and jobs/, and ``semhash_spark[service]`` alone (a fresh virtual
 environment: no pyspark, torch or Horovod) serves a published index over HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def _interpreter(version: str) -> str:
 
     if sys.version.startswith(version + "."):
         return sys.executable
-    candidates = [shutil.which(PYTHONS[version]),                    # on PATH, else a pyenv-installed one
-                  *sorted(map(str, Path.home().glob(f".pyenv/versions/{version}.*/bin/{PYTHONS[version]}")))]
+    candidates = [
+        shutil.which(PYTHONS[version]),  # on PATH, else a pyenv-installed one
+        *sorted(map(str, Path.home().glob(f".pyenv/versions/{version}.*/bin/{PYTHONS[version]}"))),
+    ]
     for found in filter(None, candidates):
         if subprocess.run([found, "-c", "import venv"], capture_output=True).returncode == 0:
             return found
@@ -39,8 +42,11 @@ def test_pyproject_lists_every_package_folder():
     listed too, or the wheel silently lacks it."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(tool["packages"])
-    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "semhash_spark").rglob("*.py")
-               if "__pycache__" not in p.parts}
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "semhash_spark").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert folders <= listed, f"not in [tool.setuptools] packages: {sorted(folders - listed)}"
     for name, folder in tool["package-dir"].items():
         assert (ROOT / folder).is_dir() and name in listed
@@ -71,14 +77,27 @@ def test_service_extra_installs_alone_and_serves_an_index(s3_server, tmp_path, p
     import shutil
 
     src, dist = tmp_path / "src", tmp_path / "dist"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
-                                                            "__pycache__", "tests", "benchmarks", "infra"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
-                    str(src)], check=True, cwd=tmp_path, env=_clean_env())
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "tests", "benchmarks", "infra"
+        ),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
+        check=True,
+        cwd=tmp_path,
+        env=_clean_env(),
+    )
     (wheel,) = dist.glob("semhash_spark-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ["semhash_spark/conf/images.yaml", "semhash_spark/conf/documents.yaml", "semhash_spark/jobs/encode.py",
-              "semhash_spark/log4j2.properties"]:
+    for f in [
+        "semhash_spark/conf/images.yaml",
+        "semhash_spark/conf/documents.yaml",
+        "semhash_spark/jobs/encode.py",
+        "semhash_spark/log4j2.properties",
+    ]:
         assert f in names, f"{f} is not in {wheel.name}"
 
     # a fresh environment with the [service] extra only, from pip's own configuration
@@ -86,19 +105,35 @@ def test_service_extra_installs_alone_and_serves_an_index(s3_server, tmp_path, p
     subprocess.run([_interpreter(python), "-m", "venv", str(venv)], check=True, env=_clean_env())
     py = venv / "bin" / "python"
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}[service]"], cwd=tmp_path,
-                         env=_clean_env(), capture_output=True, text=True)
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", f"{wheel}[service]"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+    )
     assert pip.returncode == 0, pip.stderr[-3000:]
-    listed = subprocess.run([str(py), "-m", "pip", "list", "--format", "json"], check=True, capture_output=True,
-                            text=True, env=_clean_env()).stdout
+    listed = subprocess.run(
+        [str(py), "-m", "pip", "list", "--format", "json"], check=True, capture_output=True, text=True, env=_clean_env()
+    ).stdout
     installed = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed)}
     assert not [h for h in HEAVY if h in installed], f"[service] pulled in {[h for h in HEAVY if h in installed]}"
     assert "fastapi" in installed and "semhash-spark" in installed
 
     # the installed package reads its configuration through importlib.resources, not from a checkout
-    where = subprocess.run([str(py), "-c", "from semhash_spark.resources import conf_file, job_file; "
-                            "print(conf_file('images.yaml')); print(job_file('train.py'))"],
-                           cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, check=True).stdout.split()
+    where = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "from semhash_spark.resources import conf_file, job_file; "
+            "print(conf_file('images.yaml')); print(job_file('train.py'))",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert all(p.startswith(str(venv)) and Path(p).is_file() for p in where), where
 
     # an index on the S3 server, built with this project's environment
@@ -106,12 +141,16 @@ def test_service_extra_installs_alone_and_serves_an_index(s3_server, tmp_path, p
     built = build_index(index_uri, n=600, bits=32, address_bits=12, partition_bits=3, seed=3)
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(venv / "bin" / "semhash"), "serve", "--index", index_uri, "--port", str(port),
-                             "--cache-bytes", "64M"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env=_clean_env(**s3_server.env))
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "semhash"), "serve", "--index", index_uri, "--port", str(port), "--cache-bytes", "64M"],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_clean_env(**s3_server.env),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 400       # the first load compiles the numba kernels: minutes on a busy host
+        deadline = time.monotonic() + 400  # the first load compiles the numba kernels: minutes on a busy host
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:

@@ -1,5 +1,6 @@
 """Each launcher runs two real ranks on the small dataset: they train one model, each reads its own shard (the
 shards are disjoint and cover the train split) and rank 0 alone writes checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -10,22 +11,36 @@ from pathlib import Path
 
 import pytest
 
-from launch_util import (TINY, check_trained, finish, kill_group, last_json, rank_processes, start, train_command,
-                         wait_for_state)
+from launch_util import (
+    TINY,
+    check_trained,
+    finish,
+    kill_group,
+    last_json,
+    rank_processes,
+    start,
+    train_command,
+    wait_for_state,
+)
 from semhash_spark.config import load_config
 from semhash_spark.training.fit import train_model
 from test_images import PER_CLASS_TRAIN, small_cifar, small_image_data  # noqa: F401 - the tiny image dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_IMAGES = ["model.hidden=[32]", "pretrain.epochs=1", "finetune.epochs=1", "finetune.val_fraction=0.2",
-               "finetune.val_queries=50"]
+TINY_IMAGES = [
+    "model.hidden=[32]",
+    "pretrain.epochs=1",
+    "finetune.epochs=1",
+    "finetune.val_fraction=0.2",
+    "finetune.val_queries=50",
+]
 
 
 def _check_image_model(out: Path, world_size: int) -> dict:
     """An image model trained by ``world_size`` ranks on their own shards, the resumable state cleaned up."""
     meta = json.loads((out / "model.json").read_text())
     assert meta["kind"] == "images" and meta["bits"] == 16 and meta["metrics"]["world_size"] == world_size
-    rows = meta["metrics"]["pretrain"][0]["rows_per_rank"]      # each rank's rows, averaged over the ranks
+    rows = meta["metrics"]["pretrain"][0]["rows_per_rank"]  # each rank's rows, averaged over the ranks
     assert 0 < world_size * rows <= 10 * PER_CLASS_TRAIN, rows
     assert not (out / "_train_state").exists()
     return meta
@@ -35,20 +50,22 @@ def _check_image_model(out: Path, world_size: int) -> dict:
 def test_horovodrun_launcher_reruns_the_command_under_horovodrun(small_dataset, tmp_path):
     """`semhash train --launcher horovodrun --np 2` execs horovodrun, whose two copies of the command are ranks."""
     out = tmp_path / "model"
-    proc = start(train_command(small_dataset, out, "--launcher", "horovodrun", "--np", "2",
-                               sets=[*TINY, "pretrain.epochs=4"]), tmp_path / "log")
+    proc = start(
+        train_command(small_dataset, out, "--launcher", "horovodrun", "--np", "2", sets=[*TINY, "pretrain.epochs=4"]),
+        tmp_path / "log",
+    )
     try:
         seen = {}
         s = wait_for_state(out, proc, lambda s: s["progress"]["epoch"] >= 1)
         seen = rank_processes(proc.pid)
-        assert sorted(seen) == [0, 1], seen          # two ranks, started by horovodrun
+        assert sorted(seen) == [0, 1], seen  # two ranks, started by horovodrun
         rc = finish(proc, 240)
     finally:
         if proc.poll() is None:
             kill_group(proc)
     log = (tmp_path / "log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
-    assert s["saved_by_rank"] == 0 and s["pid"] == seen[0].pid     # the checkpoint came from rank 0's process
+    assert s["saved_by_rank"] == 0 and s["pid"] == seen[0].pid  # the checkpoint came from rank 0's process
     summary = last_json(tmp_path / "log")
     assert summary["world_size"] == 2 and summary["model"] == str(out)
     check_trained(out, small_dataset)
@@ -78,9 +95,11 @@ def test_the_torch_path_never_imports_horovod():
     import subprocess
     import sys
 
-    code = ("import sys, semhash_spark.training.fit, semhash_spark.training.torch_dist, semhash_spark.training.train; "
-            "assert not any(m == 'horovod' or m.startswith('horovod.') for m in sys.modules), "
-            "[m for m in sys.modules if m.startswith('horovod')]")
+    code = (
+        "import sys, semhash_spark.training.fit, semhash_spark.training.torch_dist, semhash_spark.training.train; "
+        "assert not any(m == 'horovod' or m.startswith('horovod.') for m in sys.modules), "
+        "[m for m in sys.modules if m.startswith('horovod')]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -96,12 +115,31 @@ def test_spark_submit_train_job_on_an_image_dataset(small_image_data, tmp_path):
     model with conf/images.yaml, two ranks in Spark tasks."""
     out = tmp_path / "model"
     submit = Path(sys.executable).parent / "spark-submit"
-    cmd = [str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(ROOT / "jobs" / "train.py"),
-           "--data", str(small_image_data), "--out", str(out), "--bits", "16", "--np", "2", "--no-progress"]
+    cmd = [
+        str(submit),
+        "--master",
+        "local[2]",
+        "--conf",
+        "spark.ui.enabled=false",
+        str(ROOT / "jobs" / "train.py"),
+        "--data",
+        str(small_image_data),
+        "--out",
+        str(out),
+        "--bits",
+        "16",
+        "--np",
+        "2",
+        "--no-progress",
+    ]
     for s in TINY_IMAGES:
         cmd += ["--set", s]
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
 """The package layout: each subpackage imports only the subpackages below it (docs/architecture.md)."""
+
 from __future__ import annotations
 
 import ast
@@ -25,13 +26,13 @@ MAX_TOP_LEVEL = 10
 
 def imported(path: Path, root: Path) -> set[str]:
     """Absolute names of the semhash_spark modules (or attributes) ``path`` imports, lazily or not."""
-    package = list(path.relative_to(root.parent).with_suffix("").parts)[:-1]   # what relative imports resolve in
+    package = list(path.relative_to(root.parent).with_suffix("").parts)[:-1]  # what relative imports resolve in
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             found.update(f"{module}.{a.name}" for a in node.names)
     return {n for n in found if n.split(".")[0] == root.name}
@@ -46,7 +47,7 @@ def unit(name: str, root: Path) -> str:
         return parts[1]
     if (root / f"{parts[1]}.py").is_file():
         return parts[1]
-    return root.name                     # an attribute of semhash_spark/__init__.py
+    return root.name  # an attribute of semhash_spark/__init__.py
 
 
 def violations(root: Path) -> list[str]:
@@ -67,8 +68,9 @@ def violations(root: Path) -> list[str]:
             if src in FOUNDATION:
                 found.append(f"{rel}: imports {name}; foundation modules import only each other")
             elif src in ALLOWED and dst not in ALLOWED[src]:
-                found.append(f"{rel}: imports {name}; {src}/ may import only {sorted(ALLOWED[src])} and "
-                             f"{list(FOUNDATION)}")
+                found.append(
+                    f"{rel}: imports {name}; {src}/ may import only {sorted(ALLOWED[src])} and {list(FOUNDATION)}"
+                )
     return found
 
 
@@ -89,11 +91,14 @@ def test_each_subpackage_says_what_it_owns_and_may_import():
         assert says and len(doc) > 80, f"{init} has no docstring saying what it owns and may import"
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from semhash_spark.training import fit\n", "index/bad.py: imports semhash_spark.training.fit"),
-    ("def f():\n    from ..training.fit import x\n", "index/bad.py: imports semhash_spark.training.fit.x"),
-    ("from semhash_spark import cli\n", "index/bad.py: imports semhash_spark.cli"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from semhash_spark.training import fit\n", "index/bad.py: imports semhash_spark.training.fit"),
+        ("def f():\n    from ..training.fit import x\n", "index/bad.py: imports semhash_spark.training.fit.x"),
+        ("from semhash_spark import cli\n", "index/bad.py: imports semhash_spark.cli"),
+    ],
+)
 def test_the_check_sees_a_wrong_import(tmp_path, source, expected):
     root = tmp_path / "semhash_spark"
     for name in list(ALLOWED) + ["models"]:

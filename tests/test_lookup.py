@@ -2,6 +2,7 @@
 service over the same index on a real S3 server give identical results (ids and distances) for ``k``, ``radius``
 (ranking code) and ``address_radius`` (address code); an index written without an address model still opens and
 answers; encode with an address model writes and publishes both codes."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from semhash_spark.service import Settings, build_app, running_server
 from service_util import brute_force, build_index, text_of
 
 FAST = dict(poll_seconds=0.2, fetch_timeout_s=5.0, failure_backoff_s=0.5, log_requests=False)
-QUERIES = ({"k": 1}, {"k": 10}, {"radius": 0}, {"radius": 3}, {"radius": 6}, {"address_radius": 0},
-           {"address_radius": 2}, {"address_radius": 3, "k": 5}, {"radius": 6, "k": 4})
+QUERIES = (
+    {"k": 1},
+    {"k": 10},
+    {"radius": 0},
+    {"radius": 3},
+    {"radius": 6},
+    {"address_radius": 0},
+    {"address_radius": 2},
+    {"address_radius": 3, "k": 5},
+    {"radius": 6, "k": 4},
+)
 
 
 def _pairs(hits):
@@ -47,9 +57,16 @@ def both(request, s3_server):
     """The same index served and opened by the library: addresses as the code's prefix (the layout written before
     address models) or from a 12-bit address model of their own."""
     uri = s3_server.uri(f"lookup-{request.param}")
-    info = build_index(uri, n=1500, bits=32, address_bits=12, partition_bits=4, seed=3,
-                       address_model_bits=12 if request.param == "model" else None,
-                       with_text=request.param == "model")     # the prefix layout: written before text columns
+    info = build_index(
+        uri,
+        n=1500,
+        bits=32,
+        address_bits=12,
+        partition_bits=4,
+        seed=3,
+        address_model_bits=12 if request.param == "model" else None,
+        with_text=request.param == "model",
+    )  # the prefix layout: written before text columns
     with running_server(build_app(Settings(index_uri=uri, **FAST))) as url:
         client = SemhashClient(url)
         _wait_ready(client)
@@ -66,11 +83,12 @@ def test_library_and_service_agree_on_k_radius_and_address_radius(both, capsys):
         lib = both["lib"].search_texts(texts, **{"k": None, **params})
         svc = both["client"].search(texts=texts, **params)
         assert svc["version"] == both["version"] and not svc["partial"]
-        cap = 1000 if "k" not in params else None          # the service keeps a ball's nearest max_results
+        cap = 1000 if "k" not in params else None  # the service keeps a ball's nearest max_results
         assert svc["truncated"] == any(cap is not None and len(r) > cap for r in lib)
         assert [_pairs(r) for r in svc["results"]] == [_pairs(r)[:cap] for r in lib], params
-        assert both["lib"].search_texts(texts, max_results=1000, **{"k": None, **params}) == \
-            [[dict(h) for h in r] for r in svc["results"]]
+        assert both["lib"].search_texts(texts, max_results=1000, **{"k": None, **params}) == [
+            [dict(h) for h in r] for r in svc["results"]
+        ]
         nonempty += sum(len(r) > 0 for r in lib)
     assert nonempty > 20
     # the ball on the address code is the brute-force ball, ordered by the ranking code
@@ -81,7 +99,7 @@ def test_library_and_service_agree_on_k_radius_and_address_radius(both, capsys):
     got = both["lib"].search_texts(texts, k=None, address_radius=2)
     for j in range(len(texts)):
         near = np.flatnonzero(C.int_hamming(both["addresses"], int(q_addr[j])) <= 2)
-        d = brute_force(both["codes"], codes[j:j + 1])[0]
+        d = brute_force(both["codes"], codes[j : j + 1])[0]
         assert sorted(_pairs(got[j])) == sorted((both["ids"][t], int(d[t])) for t in near)
         assert [h["distance"] for h in got[j]] == sorted(int(d[t]) for t in near)
     # the CLI prints the same {"version", "results"} through the library and through the service
@@ -99,22 +117,23 @@ def test_tfidf_rerank_agrees(both):
     for params in ({"k": 10}, {"address_radius": 2}, {"address_radius": 3, "k": 20}, {"radius": 5, "k": 8}):
         lib = both["lib"].search_texts(texts, rerank="tfidf", max_results=1000, **{"k": None, **params})
         svc = both["client"].search(texts=texts, rerank="tfidf", **params)["results"]
-        assert [[(h["id"], h["distance"], h["score"]) for h in r] for r in svc] == \
-               [[(h["id"], h["distance"], h["score"]) for h in r] for r in lib], params
+        assert [[(h["id"], h["distance"], h["score"]) for h in r] for r in svc] == [
+            [(h["id"], h["distance"], h["score"]) for h in r] for r in lib
+        ], params
 
 
 def test_an_index_written_without_an_address_model_opens_and_answers(both):
     if both["layout"] != "prefix":
         pytest.skip("the old layout only")
     m = X.read_manifest(both["uri"], both["version"])
-    assert "address_model" not in m                       # the manifest as written before address models
+    assert "address_model" not in m  # the manifest as written before address models
     index = X.HammingIndex.open(both["uri"])
     q = both["codes"][[0, 9]]
-    lims, D, I = index.address_lookup(q, 1)               # addresses from the codes' prefix
+    lims, D, I = index.address_lookup(q, 1)  # addresses from the codes' prefix
     A = C.prefix(both["codes"], both["address_bits"])
     for j in range(2):
         near = set(np.flatnonzero(C.int_hamming(A, int(A[[0, 9][j]])) <= 1))
-        assert set(index.ids_of(I[lims[j]:lims[j + 1]])) == {both["ids"][t] for t in near}
+        assert set(index.ids_of(I[lims[j] : lims[j + 1]])) == {both["ids"][t] for t in near}
     D, I = index.search(q, 3)
     assert list(D[:, 0]) == [0, 0]
 
@@ -130,7 +149,7 @@ def test_address_model_index_needs_query_addresses(both):
     with pytest.raises(ServiceError) as e:
         both["client"].search(codes=[bytes(both["codes"][0]).hex()], address_radius=1)
     assert e.value.status == 422 and "address model" in e.value.message
-    by_id = both["client"].search(ids=[both["ids"][0]], address_radius=0)["results"][0]     # stored address
+    by_id = both["client"].search(ids=[both["ids"][0]], address_radius=0)["results"][0]  # stored address
     want = np.flatnonzero(both["addresses"] == both["addresses"][0])
     assert {h["id"] for h in by_id} == {both["ids"][t] for t in want}
 
@@ -146,8 +165,12 @@ def test_encode_with_an_address_model(spark, small_dataset, tmp_path):
     from service_util import make_model
 
     words, doc_freq, n = ds.read_vocab(str(small_dataset))
-    vocab = {"words": words, "doc_freq": doc_freq.tolist(), "num_train_docs": n,
-             "fingerprint": ds.read_metadata(str(small_dataset)).get("vocab_fingerprint")}
+    vocab = {
+        "words": words,
+        "doc_freq": doc_freq.tolist(),
+        "num_train_docs": n,
+        "fingerprint": ds.read_metadata(str(small_dataset)).get("vocab_fingerprint"),
+    }
     cfg = load_config(None, ["index.partition_bits=3"])
     ranking, address = str(tmp_path / "m16"), str(tmp_path / "m8")
     checkpoint.save_model(ranking, make_model(len(words), 16, 1), cfg, extra={"vocab": vocab})
@@ -181,8 +204,9 @@ def test_encode_with_an_address_model(spark, small_dataset, tmp_path):
         assert np.all(addrs[a:b] >> np.uint64(5) == int(m["partitions"][p]["partition"], 16))
     # a query finds its own document at ranking distance 0 inside its own address ball
     bags = index.word_counts_of(I[:3])
-    hits = s.search_codes(codes[:3], k=None, address_radius=0,
-                          addresses=C.prefix(s.address_hasher.codes(s._dense(list(bags))), 8))
+    hits = s.search_codes(
+        codes[:3], k=None, address_radius=0, addresses=C.prefix(s.address_hasher.codes(s._dense(list(bags))), 8)
+    )
     ids = index.ids_of(I[:3])
     for j in range(3):
         assert (ids[j], 0) in _pairs(hits[j])
@@ -212,10 +236,14 @@ def test_semhash_serve_and_python_m_service_take_one_set_of_flags():
     assert via_cli.cache_bytes == 2 << 30 and not via_cli.preload and via_cli.poll_seconds == 3
     defaults = settings_from_args(cli.build_parser().parse_args(["serve", "--index", "x"]))
     assert defaults.poll_seconds == 10 and defaults.preload
-    helps = [subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.split("options:")[1]
-             for cmd in ([sys.executable, "-m", "semhash_spark.cli", "serve", "--help"],
-                         [sys.executable, "-m", "semhash_spark.service", "--help"])]
-    common = {"--json", "--quiet", "--verbose", "--help"}      # every semhash subcommand takes these
+    helps = [
+        subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.split("options:")[1]
+        for cmd in (
+            [sys.executable, "-m", "semhash_spark.cli", "serve", "--help"],
+            [sys.executable, "-m", "semhash_spark.service", "--help"],
+        )
+    ]
+    common = {"--json", "--quiet", "--verbose", "--help"}  # every semhash subcommand takes these
     flags = [sorted(set(w.rstrip(",") for w in h.split() if w.startswith("--")) - common) for h in helps]
     assert flags[0] == flags[1] and "--no-preload" in flags[0]
 
@@ -234,14 +262,15 @@ def test_details_and_address_distance_agree_between_library_and_service(both, ca
         svc = both["client"].search(texts=texts, details=True, **params)["results"]
         assert svc == lib, params
         plain = both["client"].search(texts=texts, **params)["results"]
-        assert [[(h["id"], h["distance"]) for h in r] for r in plain] == \
-            [[(h["id"], h["distance"]) for h in r] for r in lib]
-        assert all("snippet" not in h for r in plain for h in r)        # only when asked
+        assert [[(h["id"], h["distance"]) for h in r] for r in plain] == [
+            [(h["id"], h["distance"]) for h in r] for r in lib
+        ]
+        assert all("snippet" not in h for r in plain for h in r)  # only when asked
         for j, hits in enumerate(lib):
             for h in hits:
                 t = row[h["id"]]
                 if "address_radius" in params:
-                    assert h["address_distance"] == int(C.int_hamming(both["addresses"][t:t + 1], int(lib_q[j]))[0])
+                    assert h["address_distance"] == int(C.int_hamming(both["addresses"][t : t + 1], int(lib_q[j]))[0])
                     assert h["address_distance"] <= params["address_radius"]
                 else:
                     assert "address_distance" not in h

@@ -1,4 +1,5 @@
 """mih: multi-index hashing checked against brute force, on the compiled and the numpy paths."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,9 +30,18 @@ def path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("bits, kind, start_bit, n", [
-    (20, "random", 0, 3000), (32, "clustered", 0, 3000), (64, "random", 0, 20000), (64, "clustered", 6, 20000),
-    (128, "clustered", 0, 3000), (28, "clustered", 5, 800), (64, "clustered", 0, 300)])
+@pytest.mark.parametrize(
+    "bits, kind, start_bit, n",
+    [
+        (20, "random", 0, 3000),
+        (32, "clustered", 0, 3000),
+        (64, "random", 0, 20000),
+        (64, "clustered", 6, 20000),
+        (128, "clustered", 0, 3000),
+        (28, "clustered", 5, 800),
+        (64, "clustered", 0, 300),
+    ],
+)
 def test_equals_brute_force(path, bits, kind, start_bit, n):
     rng = np.random.default_rng(bits + n)
     both = C.pack_bits(rng.integers(0, 2, size=(n + 15, bits))) if kind == "random" else clustered(bits, n + 15, rng)
@@ -44,10 +54,10 @@ def test_equals_brute_force(path, bits, kind, start_bit, n):
         for i in range(len(q)):
             want = np.flatnonzero(H[i] <= r)
             want = want[np.lexsort((want, H[i][want]))]
-            assert np.array_equal(I[lims[i]:lims[i + 1]], want)
-            assert np.array_equal(D[lims[i]:lims[i + 1]], H[i][want])
+            assert np.array_equal(I[lims[i] : lims[i + 1]], want)
+            assert np.array_equal(D[lims[i] : lims[i + 1]], H[i][want])
         counts = np.diff(lims)
-        assert prev is None or np.all(counts >= prev)           # recall never falls as the radius grows
+        assert prev is None or np.all(counts >= prev)  # recall never falls as the radius grows
         prev = counts
     for k in (1, 10, 60):
         D, I = ix.search(q, k)
@@ -62,11 +72,11 @@ def test_approximate_knn_within_eps_of_the_true_distances(path, kind):
     rows are distinct; on uniform codes a large eps does stop early (some answer differs from the exact one).
     ``eps = 0`` is the exact answer."""
     rng = np.random.default_rng(7)
-    n = 200_000             # uniform codes: enough that k-NN probes buckets rather than falling back to a scan
+    n = 200_000  # uniform codes: enough that k-NN probes buckets rather than falling back to a scan
     both = C.pack_bits(rng.integers(0, 2, size=(n + 40, 64))) if kind == "random" else clustered(64, n + 40, rng)
     db, q = both[:n], both[n:]
     ix = MultiIndexHash(db, 64)
-    H = np.stack([ix.distances(q[i:i + 1], np.arange(n)) for i in range(len(q))])   # the scan: brute force
+    H = np.stack([ix.distances(q[i : i + 1], np.arange(n)) for i in range(len(q))])  # the scan: brute force
     assert np.array_equal(H[:3, :500], exact(q[:3], db[:500], 0, 64))
     want = np.array([np.lexsort((np.arange(n), H[i]))[:10] for i in range(len(q))])
     true_d = np.take_along_axis(H, want, axis=1)
@@ -117,8 +127,9 @@ def test_scan_distances_matches_codes_module():
 
 def test_substrings_and_shells():
     assert mih.split_bits(0, 64, 3) == [(0, 22), (22, 43), (43, 64)]
-    assert sorted(mih.shell(5, 2).tolist()) == sorted(a | b for a in (1, 2, 4, 8, 16) for b in (1, 2, 4, 8, 16)
-                                                      if a < b)
+    assert sorted(mih.shell(5, 2).tolist()) == sorted(
+        a | b for a in (1, 2, 4, 8, 16) for b in (1, 2, 4, 8, 16) if a < b
+    )
     assert len(mih.ball(20, 2)) == C.ball_size(20, 2)
     codes = np.array([[0b10110000, 0b00001111]], dtype=np.uint8)
     assert int(mih.substring_values(codes, 2, 6)[0]) == 0b1100
@@ -133,10 +144,10 @@ def test_results_ordered_by_distance_then_row(m, rowbits, dbits):
     rng = np.random.default_rng(m)
     d = rng.integers(0, 1 << dbits, size=m + 7).astype(np.int32)
     i = rng.integers(0, 1 << rowbits, size=m + 7).astype(np.int64)
-    want = np.lexsort((i[3:3 + m], d[3:3 + m]))
-    wd, wi = d[3:3 + m][want], i[3:3 + m][want]
+    want = np.lexsort((i[3 : 3 + m], d[3 : 3 + m]))
+    wd, wi = d[3 : 3 + m][want], i[3 : 3 + m][want]
     mih._K._order_results(d, i, 3, 3 + m, rowbits, dbits, np.empty(16, np.int64))
-    assert np.array_equal(d[3:3 + m], wd) and np.array_equal(i[3:3 + m], wi)
+    assert np.array_equal(d[3 : 3 + m], wd) and np.array_equal(i[3 : 3 + m], wi)
 
 
 def test_skewed_codes_with_large_buckets(path):
@@ -151,7 +162,7 @@ def test_skewed_codes_with_large_buckets(path):
         lims, D, I = ix.range_search(q, r)
         for j in range(len(q)):
             want = np.flatnonzero(H[j] <= r)
-            assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
+            assert np.array_equal(I[lims[j] : lims[j + 1]], want[np.lexsort((want, H[j][want]))])
     D, I = ix.search(q, 10)
     for j in range(len(q)):
         want = np.lexsort((np.arange(len(db)), H[j]))[:10]
@@ -179,7 +190,7 @@ def test_planted_codes_at_exactly_the_radius(path):
         lims, D, I = ix.range_search(qc, r)
         for j in range(len(qc)):
             want = np.flatnonzero(H[j] <= r)
-            assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
+            assert np.array_equal(I[lims[j] : lims[j + 1]], want[np.lexsort((want, H[j][want]))])
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
@@ -188,7 +199,7 @@ def test_neighbours_anywhere_in_a_large_bucket(path, k):
     and block edges and in its short tail are all found, by k-NN and by range search."""
     rng = np.random.default_rng(k)
     bits = rng.integers(0, 2, size=(2001, 64)).astype(bool)
-    bits[:, :16] = False                      # every code in table 0's bucket 0 (m=4: 16-bit substrings)
+    bits[:, :16] = False  # every code in table 0's bucket 0 (m=4: 16-bit substrings)
     q = bits[2000].copy()
     for row, r in zip((0, 31, 32, 255, 256, 257, 511, 1984, 1999), (3, 2, 3, 1, 2, 3, 2, 1, 3)):
         bits[row] = q
@@ -257,7 +268,7 @@ def test_grouped_hot_buckets_skip_only_what_cannot_be_a_new_result(path, hot, mo
     q = rng.integers(0, 2, size=(8, 64)).astype(bool)
     base = q[rng.integers(0, len(q), size=n)]
     flips = np.zeros((n, 64), dtype=bool)
-    for i in range(n):                  # 0-6 flips, often all in one substring (m=4: 16 bits each)
+    for i in range(n):  # 0-6 flips, often all in one substring (m=4: 16 bits each)
         span = [(0, 16), (16, 32), (32, 48), (48, 64), (0, 64)][rng.integers(0, 5)]
         flips[i, rng.choice(np.arange(*span), size=rng.integers(0, 7), replace=False)] = True
     db = C.pack_bits(base ^ flips)
@@ -269,8 +280,8 @@ def test_grouped_hot_buckets_skip_only_what_cannot_be_a_new_result(path, hot, mo
         lims, D, I = ix.range_search(qc, r)
         for j in range(len(qc)):
             want = np.flatnonzero(H[j] <= r)
-            assert np.array_equal(I[lims[j]:lims[j + 1]], want[np.lexsort((want, H[j][want]))])
-            assert np.array_equal(D[lims[j]:lims[j + 1]], H[j][want[np.lexsort((want, H[j][want]))]])
+            assert np.array_equal(I[lims[j] : lims[j + 1]], want[np.lexsort((want, H[j][want]))])
+            assert np.array_equal(D[lims[j] : lims[j + 1]], H[j][want[np.lexsort((want, H[j][want]))]])
     for k in (1, 10, 200):
         D, I = ix.search(qc, k)
         for j in range(len(qc)):

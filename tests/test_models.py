@@ -1,4 +1,5 @@
 """The papers' math on real data: RBM free energy, CD-1, autoencoder gradients, code noise and binarisation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,11 @@ def _train_rbm(rbm, data, epochs, lr, seed=0):
         tot = 0.0
         for s in range(0, len(data), 100):
             dW, dbv, dbh, st = rbm.cd_gradients(data[perm[s : s + 100]], g)
-            opt.step({"W": dW, "b_v": dbv, "b_h": dbh}, lr=lr,
-                     momentum=pc.momentum_start if epoch < pc.momentum_switch_epoch else pc.momentum_final)
+            opt.step(
+                {"W": dW, "b_v": dbv, "b_h": dbh},
+                lr=lr,
+                momentum=pc.momentum_start if epoch < pc.momentum_switch_epoch else pc.momentum_final,
+            )
             tot += st.recon_error
         errs.append(tot)
     return errs
@@ -144,9 +148,9 @@ def test_deterministic_noise_is_fixed_per_example_and_gaussian():
     keys = id_keys([f"doc{i}" for i in range(4000)])
     n1 = deterministic_noise(keys, 64, 4.0)
     n2 = deterministic_noise(keys[::-1].copy(), 64, 4.0).flip(0)
-    torch.testing.assert_close(n1, n2)                     # depends on the id, not the batch or its order
+    torch.testing.assert_close(n1, n2)  # depends on the id, not the batch or its order
     assert abs(float(n1.mean())) < 0.05
-    assert abs(float(n1.std()) - 4.0) < 0.05                # variance 16
+    assert abs(float(n1.std()) - 4.0) < 0.05  # variance 16
     assert not torch.equal(deterministic_noise(keys, 64, 4.0, seed=1), n1)
     # Units of one example are uncorrelated
     c = np.corrcoef(n1[:, 0].numpy(), n1[:, 1].numpy())[0, 1]
@@ -158,7 +162,7 @@ def test_binarize_and_pack_agree_with_code_format():
     bits = DeepAutoencoder.binarize(p).numpy()
     assert bits.tolist() == [[1, 0, 1, 0, 1, 0, 1, 0, 1]]
     packed = codes.pack_bits(bits)
-    assert packed.tolist() == [[0b10101010, 0b10000000]]     # MSB first, trailing bits zero
+    assert packed.tolist() == [[0b10101010, 0b10000000]]  # MSB first, trailing bits zero
     np.testing.assert_array_equal(codes.unpack_bits(packed, 9), bits)
 
 

@@ -1,4 +1,5 @@
 """Multiple semantic hashing: glimpse geometry and scoring against brute force."""
+
 from __future__ import annotations
 
 import numpy as np

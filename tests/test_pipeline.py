@@ -1,10 +1,12 @@
 """One end-to-end run of the small pipeline through the `semhash` command, against a real local S3 server."""
+
 from __future__ import annotations
 
 import json
 import pytest
 
 from semhash_spark.cli import main
+
 
 def _run(capsys, argv) -> dict:
     code = main(argv)
@@ -18,30 +20,84 @@ def test_prepare_train_encode_query_evaluate(spark, s3_server, small_corpus, tmp
     data = "s3://semhash/e2e/data"
     model = "s3://semhash/e2e/model"
     index = "s3://semhash/e2e/index"
-    prep = _run(capsys, ["prepare", "--dataset", "jsonl", "--source", str(small_corpus), "--out", data,
-                         "--set", "prepare.vocab_size=500", "--set", "prepare.files_per_split=2"])
+    prep = _run(
+        capsys,
+        [
+            "prepare",
+            "--dataset",
+            "jsonl",
+            "--source",
+            str(small_corpus),
+            "--out",
+            data,
+            "--set",
+            "prepare.vocab_size=500",
+            "--set",
+            "prepare.files_per_split=2",
+        ],
+    )
     assert prep["kept"] == {"train": 400, "test": 160}
     assert sum(prep["quarantined"].values()) == 3
 
-    train = _run(capsys, ["train", "--data", data, "--bits", "16", "--out", model, "--no-progress",
-                          "--set", "model.hidden=[64]", "--set", "pretrain.epochs=30", "--set", "pretrain.batch_size=20",
-                          "--set", "finetune.epochs=6", "--set", "finetune.batch_size=20", "--set", "finetune.lr=1e-3",
-                          "--set", "finetune.val_queries=100"])
+    train = _run(
+        capsys,
+        [
+            "train",
+            "--data",
+            data,
+            "--bits",
+            "16",
+            "--out",
+            model,
+            "--no-progress",
+            "--set",
+            "model.hidden=[64]",
+            "--set",
+            "pretrain.epochs=30",
+            "--set",
+            "pretrain.batch_size=20",
+            "--set",
+            "finetune.epochs=6",
+            "--set",
+            "finetune.batch_size=20",
+            "--set",
+            "finetune.lr=1e-3",
+            "--set",
+            "finetune.val_queries=100",
+        ],
+    )
     assert train["bits"] == 16 and train["world_size"] == 1
 
-    enc = _run(capsys, ["encode", "--model", model, "--data", data, "--index", index,
-                        "--set", "index.address_bits=12", "--set", "index.partition_bits=4"])
+    enc = _run(
+        capsys,
+        [
+            "encode",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--index",
+            index,
+            "--set",
+            "index.address_bits=12",
+            "--set",
+            "index.partition_bits=4",
+        ],
+    )
     assert enc["count"] == 560 and 1 <= enc["partitions"] <= 16
 
-    res = _run(capsys, ["query", "--index", index, "--text", "the goalie stopped the puck in the playoff game",
-                        "--k", "5", "--json"])
+    res = _run(
+        capsys,
+        ["query", "--index", index, "--text", "the goalie stopped the puck in the playoff game", "--k", "5", "--json"],
+    )
     assert res["version"] == enc["version"] and len(res["results"][0]) == 5
     # The radius search on the ranking code, with radius = the 5th-nearest distance, holds the 5 nearest.
     near = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "5", "--json"])
     assert len(near["results"][0]) == 5
     radius = max(h["distance"] for h in near["results"][0])
-    ball = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--radius", str(radius),
-                         "--json"])
+    ball = _run(
+        capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--radius", str(radius), "--json"]
+    )
     ball_ids = [h["id"] for h in ball["results"][0]]
     assert {h["id"] for h in near["results"][0]} <= set(ball_ids), (near["results"][0], ball["results"][0])
     assert len(ball_ids) == len(set(ball_ids))
@@ -49,11 +105,15 @@ def test_prepare_train_encode_query_evaluate(spark, s3_server, small_corpus, tmp
     assert distances == sorted(distances)
     # Without an address model the address is the code's first bits: its ball of radius r holds every code
     # within r of the query's code, so it holds the radius search's results.
-    addr = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--address-radius",
-                         str(radius), "--json"])
+    addr = _run(
+        capsys,
+        ["query", "--index", index, "--text", "orbit of the space shuttle", "--address-radius", str(radius), "--json"],
+    )
     assert set(ball_ids) <= {h["id"] for h in addr["results"][0]}
-    rr = _run(capsys, ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "3",
-                       "--rerank", "tfidf", "--json"])
+    rr = _run(
+        capsys,
+        ["query", "--index", index, "--text", "orbit of the space shuttle", "--k", "3", "--rerank", "tfidf", "--json"],
+    )
     assert len(rr["results"][0]) == 3 and all("score" in h for h in rr["results"][0])
 
     plot = tmp_path / "pr.png"

@@ -1,5 +1,6 @@
 """The Spark prepare job: quarantine on a JSON Lines corpus with every kind of bad record (checked against a
 plain-Python reference), and the real 20 Newsgroups and Reuters-21578 (ModApte) corpora."""
+
 from __future__ import annotations
 
 import collections
@@ -107,7 +108,7 @@ def jsonl_corpus(shared_data, tmp_path_factory):
     with gzip.open(root / "part-b.jsonl.gz", "wb") as f:
         f.write(b"\n".join(second) + b"\n")
     whole = gzip.compress(b"\n".join(lines[:20]) + b"\n")
-    (root / "part-c.jsonl.gz").write_bytes(whole[:40])   # cut before the end of its first line
+    (root / "part-c.jsonl.gz").write_bytes(whole[:40])  # cut before the end of its first line
     return root, docs, bad
 
 
@@ -137,7 +138,7 @@ def test_jsonl_quarantine_matches_reference(jsonl_corpus, prepared_jsonl):
     q = pq.read_table(out / ds.QUARANTINE_DIR).to_pylist()
     assert collections.Counter(r["reason"] for r in q) == quarantined
     dup = [r for r in q if r["reason"] == "duplicate id"]
-    n_b = len(docs) - len(docs) // 2          # good lines at the head of part-b; the two copies follow 5 bad ones
+    n_b = len(docs) - len(docs) // 2  # good lines at the head of part-b; the two copies follow 5 bad ones
     assert {r["id"] for r in dup} == {docs[0]["id"]}
     assert sorted(r["source"] for r in dup) == [f"part-b.jsonl.gz:{n_b + 5}", f"part-b.jsonl.gz:{n_b + 6}"]
     bad_split = next(r for r in q if r["reason"] == "bad split")
@@ -147,7 +148,7 @@ def test_jsonl_quarantine_matches_reference(jsonl_corpus, prepared_jsonl):
     train = ds.read_split(out, "train")
     test = ds.read_split(out, "test")
     assert sorted(train.ids) == sorted(kept["train"]) and sorted(test.ids) == sorted(kept["test"])
-    assert docs[0]["id"] in set(train.ids) | set(test.ids)           # the first copy of a duplicate stays
+    assert docs[0]["id"] in set(train.ids) | set(test.ids)  # the first copy of a duplicate stays
     w, df, n = ds.read_vocab(out)
     assert w == words and df.tolist() == doc_freq and n == len(kept["train"])
 
@@ -167,27 +168,38 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
         assert len(files) == CFG.files_per_split
         t = pq.read_table(files[0])
         assert t.schema.names == list(ds.DOC_COLUMNS)
-        assert [str(f.type) for f in t.schema] == ["string", "list<element: string>", "binary", "binary", "int32",
-                                                   "string", "binary", "string"]
+        assert [str(f.type) for f in t.schema] == [
+            "string",
+            "list<element: string>",
+            "binary",
+            "binary",
+            "int32",
+            "string",
+            "binary",
+            "string",
+        ]
     train = ds.read_split(out, "train")
     assert train.counts.shape == (n_train, len(words)) and train.counts.dtype == np.float32
     assert np.array_equal(np.asarray((train.counts > 0).sum(axis=0)).ravel(), doc_freq)
     by_id = {d["id"]: d for d in docs}
-    explicit_split = {d["id"] for i, d in enumerate(docs) if i % 2}   # the fixture drops "split" from even lines
+    explicit_split = {d["id"] for i, d in enumerate(docs) if i % 2}  # the fixture drops "split" from even lines
     vocab_index = {w: i for i, w in enumerate(words)}
-    lengths = np.concatenate([pq.read_table(f, columns=["length"]).column(0).to_numpy()
-                              for f in ds.split_files(out, "train")])
+    lengths = np.concatenate(
+        [pq.read_table(f, columns=["length"]).column(0).to_numpy() for f in ds.split_files(out, "train")]
+    )
     assert np.array_equal(lengths, np.asarray(train.counts.sum(axis=1)).ravel().astype(np.int32))
     assert lengths.min() >= CFG.min_doc_words
     # Spark's output feeds the Petastorm loader: two shards deliver every train row once
     from semhash_spark.data import loader as data
-    shards = [[i for b in data.iter_batches(out, "train", 32, cur_shard=s, shard_count=2) for i in b.ids]
-              for s in range(2)]
+
+    shards = [
+        [i for b in data.iter_batches(out, "train", 32, cur_shard=s, shard_count=2) for i in b.ids] for s in range(2)
+    ]
     assert [len(x) for x in shards] == [data.count_rows(out, "train", s, 2) for s in range(2)]
     assert sorted(shards[0] + shards[1]) == sorted(train.ids)
     for row, doc_id in itertools.islice(enumerate(train.ids), 0, None, 17):
         d = by_id[doc_id]
-        ids, counts = ds.vectorize(d["text"], vocab_index, CFG)       # query-time encoding == prepare's
+        ids, counts = ds.vectorize(d["text"], vocab_index, CFG)  # query-time encoding == prepare's
         assert np.array_equal(train.counts[row].indices, ids) and np.array_equal(train.counts[row].data, counts)
         assert train.labels[row] == d["labels"]
         assert train.content_hash[row] == hashlib.sha1(d["text"].encode()).hexdigest()
@@ -198,13 +210,16 @@ def test_jsonl_prepared_format(jsonl_corpus, prepared_jsonl):
     # each document keeps its first words for people reading query results
     rows = [r for f in ds.split_files(out, "train") for r in pq.read_table(f, columns=[ds.ID, ds.SNIPPET]).to_pylist()]
     assert len(rows) == n_train and all(
-        r[ds.SNIPPET] == corpora.snippet(by_id[r[ds.ID]]["text"], CFG.snippet_words, CFG.snippet_chars) for r in rows)
+        r[ds.SNIPPET] == corpora.snippet(by_id[r[ds.ID]]["text"], CFG.snippet_words, CFG.snippet_chars) for r in rows
+    )
     assert 0 < max(len(r[ds.SNIPPET]) for r in rows) <= CFG.snippet_chars
 
 
 UNICODE_TEXTS = [
     "Café naïve résumé: e\u0301te\u0301 ΟΔΟΣ straße İstanbul x² 𝐀𝐁𝐂 hello_world don't Ⅻ ǅemal ﬁne Ⅷ½",
-    "हिन्दी भाषा ਪੰਜਾਬੀ 日本語のテキスト 一二三 ١٢٣ abc١٢٣ x11 486 3d KELVIN\u212a İI ı ΣΑΣ", "", "a I the of 42",
+    "हिन्दी भाषा ਪੰਜਾਬੀ 日本語のテキスト 一二三 ١٢٣ abc١٢٣ x11 486 3d KELVIN\u212a İI ı ΣΑΣ",
+    "",
+    "a I the of 42",
 ]
 
 
@@ -222,7 +237,7 @@ def test_spark_ml_tokenizer_gives_the_tokens_and_counts_of_the_python_tokenizer(
         rows = {r["i"]: r["tokens"] for r in ml_tokenize(df, "text", "tokens", cfg).collect()}
         want = [corpora.tokenize(t, cfg.min_token_len, cfg.max_token_len, tokens=cfg.tokens) for t in texts]
         assert [rows[i] for i in range(len(texts))] == want, cfg
-        assert sum(len(w) for w in want[-len(UNICODE_TEXTS):]) > 10
+        assert sum(len(w) for w in want[-len(UNICODE_TEXTS) :]) > 10
     vocab = sorted({w for t in want for w in t})[::3]
     index = {w: i for i, w in enumerate(vocab)}
     cv = CountVectorizerModel.from_vocabulary(vocab, inputCol="tokens", outputCol="counts")
@@ -268,11 +283,18 @@ def test_prepare_errors(spark, shared_data, tmp_path):
     with pytest.raises(ValueError, match="holds no jsonl records"):
         prepare_dataset(spark, "jsonl", str(tmp_path / "blank.jsonl"), str(tmp_path / "o"), CFG)
     with pytest.raises(ValueError, match="prepare.files_per_split"):
-        prepare_dataset(spark, "jsonl", str(tmp_path / "blank.jsonl"), str(tmp_path / "o"),
-                        dataclasses.replace(CFG, files_per_split=0))
+        prepare_dataset(
+            spark,
+            "jsonl",
+            str(tmp_path / "blank.jsonl"),
+            str(tmp_path / "o"),
+            dataclasses.replace(CFG, files_per_split=0),
+        )
     only_test = tmp_path / "only_test.jsonl"
-    only_test.write_text("".join(json.dumps({"id": f"t{i}", "text": "orbit launch rocket", "split": "test"}) + "\n"
-                                 for i in range(5)) + "{broken\n")
+    only_test.write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": "orbit launch rocket", "split": "test"}) + "\n" for i in range(5))
+        + "{broken\n"
+    )
     with pytest.raises(ValueError, match="train split .* is empty"):
         prepare_dataset(spark, "jsonl", str(only_test), str(tmp_path / "o"), CFG)
     assert not (tmp_path / "o" / ds.DATASET_FILE).exists() and not (tmp_path / "o" / "_staging").exists()
@@ -281,13 +303,14 @@ def test_prepare_errors(spark, shared_data, tmp_path):
 @pytest.mark.slow
 def test_20ng_full(spark, shared_data, tmp_path):
     out = tmp_path / "20ng"
-    report = prepare_dataset(spark, "20ng", str(shared_data / "20newsgroups" / "20news-bydate.tar.gz"), str(out),
-                             PrepareConfig())
+    report = prepare_dataset(
+        spark, "20ng", str(shared_data / "20newsgroups" / "20news-bydate.tar.gz"), str(out), PrepareConfig()
+    )
     q = sum(report["quarantined"].values())
     assert report["records_read"] == 18846 and report["skipped"] == {}
     assert report["kept"]["train"] + report["kept"]["test"] + q == 18846
     assert report["kept"]["train"] >= 11314 - q and report["kept"]["test"] >= 7532 - q
-    assert q <= 10      # with headers kept, no post is empty
+    assert q <= 10  # with headers kept, no post is empty
     assert report["vocab_size"] == 2000
     words, doc_freq, n_train = ds.read_vocab(out)
     assert len(words) == len(set(words)) == 2000 and n_train == report["kept"]["train"]
@@ -307,8 +330,9 @@ def test_20ng_full(spark, shared_data, tmp_path):
 @pytest.mark.slow
 def test_reuters_modapte(spark, shared_data, tmp_path):
     out = tmp_path / "reuters"
-    report = prepare_dataset(spark, "reuters21578", str(shared_data / "reuters21578" / "reuters21578.tar.gz"),
-                             str(out), PrepareConfig())
+    report = prepare_dataset(
+        spark, "reuters21578", str(shared_data / "reuters21578" / "reuters21578.tar.gz"), str(out), PrepareConfig()
+    )
     q = sum(report["quarantined"].values())
     assert report["records_read"] == 21578
     assert report["skipped"] == {"not in split": 21578 - 9603 - 3299}
@@ -316,7 +340,7 @@ def test_reuters_modapte(spark, shared_data, tmp_path):
     assert report["kept"]["train"] >= 9603 - q and report["kept"]["test"] >= 3299 - q and q <= 10
     test = ds.read_split(out, "test", columns=("id", "labels"))
     labels = dict(zip(test.ids, test.labels))
-    assert sum(1 for v in labels.values() if v) == 3019                # label-less documents are kept too
+    assert sum(1 for v in labels.values() if v) == 3019  # label-less documents are kept too
     train = ds.read_split(out, "train", columns=("id", "labels"))
     by_id = dict(zip(train.ids, train.labels))
     assert by_id["5"] == ["grain", "wheat", "corn", "barley", "oat", "sorghum"] and by_id["8"] == []
@@ -327,15 +351,21 @@ def test_empty_test_split_is_written_and_readable(spark, tmp_path):
 
     src = tmp_path / "train_only.jsonl"
     words = ["orbit", "launch", "rocket", "engine", "brake", "wheel"]
-    src.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(words[i % 3 + k] for k in range(3)),
-                                       "split": "train"}) + "\n" for i in range(40)))
-    report = prepare_dataset(spark, "jsonl", str(src), str(tmp_path / "out"),
-                             dataclasses.replace(CFG, files_per_split=4))
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "text": " ".join(words[i % 3 + k] for k in range(3)), "split": "train"}) + "\n"
+            for i in range(40)
+        )
+    )
+    report = prepare_dataset(
+        spark, "jsonl", str(src), str(tmp_path / "out"), dataclasses.replace(CFG, files_per_split=4)
+    )
     assert report["kept"] == {"train": 40, "test": 0} and report["quarantined"] == {}
     assert len(ds.read_split(tmp_path / "out", "test")) == 0
     assert data.count_rows(tmp_path / "out", "test") == 0 and list(data.iter_batches(tmp_path / "out", "test", 8)) == []
-    assert sum(len(b) for b in data.iter_batches(tmp_path / "out", "train", 8, cur_shard=1, shard_count=4)) == \
-        data.count_rows(tmp_path / "out", "train", 1, 4)
+    assert sum(
+        len(b) for b in data.iter_batches(tmp_path / "out", "train", 8, cur_shard=1, shard_count=4)
+    ) == data.count_rows(tmp_path / "out", "train", 1, 4)
 
 
 # -------------------------------------------------------------------------------------------------- s3:// in, s3:// out
@@ -363,17 +393,26 @@ def _assert_same_dataset(s3_out: str, local_out) -> None:
     from semhash_spark.io import store
 
     meta, local_meta = store.read_json(f"{s3_out}/dataset.json"), ds.read_metadata(local_out)
-    for key in ("format", "name", "vocab_size", "counts", "vocab_fingerprint", "quarantine_reasons", "skipped",
-                "records_read", "prepare"):
+    for key in (
+        "format",
+        "name",
+        "vocab_size",
+        "counts",
+        "vocab_fingerprint",
+        "quarantine_reasons",
+        "skipped",
+        "records_read",
+        "prepare",
+    ):
         assert meta[key] == local_meta[key], key
     assert store.read_json(f"{s3_out}/vocab.json") == json.loads((local_out / ds.VOCAB_FILE).read_text())
-    assert ds.read_vocab(s3_out)[0] == ds.read_vocab(local_out)[0]          # the readers take s3:// too
+    assert ds.read_vocab(s3_out)[0] == ds.read_vocab(local_out)[0]  # the readers take s3:// too
     for split in ds.SPLITS:
         rows, keys = _s3_parquet(ds.split_uri(s3_out, split))
         assert rows == _local_parquet(ds.split_dir(local_out, split)), split
-        assert len(keys) == len(ds.split_files(local_out, split))            # files_per_split objects
+        assert len(keys) == len(ds.split_files(local_out, split))  # files_per_split objects
     assert _s3_parquet(f"{s3_out}/{ds.QUARANTINE_DIR}")[0] == _local_parquet(local_out / ds.QUARANTINE_DIR)
-    assert not [k for k, _ in store.list_prefix(s3_out) if k.startswith("_")]   # no staging left behind
+    assert not [k for k, _ in store.list_prefix(s3_out) if k.startswith("_")]  # no staging left behind
 
 
 @pytest.fixture(scope="module")
@@ -392,13 +431,16 @@ def test_s3_jsonl_files_to_s3_dataset_equal_local(spark, s3_bucket, jsonl_corpus
     local_out, local_report = prepared_jsonl
     store.upload_dir(root, f"{S3}/jsonl-src")
     report = prepare_dataset(spark, "jsonl", f"{S3}/jsonl-src", f"{S3}/jsonl-data", CFG)
-    assert {k: report[k] for k in ("records_read", "kept", "quarantined", "skipped", "vocab_fingerprint")} == \
-        {k: local_report[k] for k in ("records_read", "kept", "quarantined", "skipped", "vocab_fingerprint")}
+    assert {k: report[k] for k in ("records_read", "kept", "quarantined", "skipped", "vocab_fingerprint")} == {
+        k: local_report[k] for k in ("records_read", "kept", "quarantined", "skipped", "vocab_fingerprint")
+    }
     _assert_same_dataset(f"{S3}/jsonl-data", local_out)
 
     # A failed re-run into the same prefix leaves no dataset.json behind: a half-written dataset is never valid.
-    store.write_bytes(f"{S3}/bad-src/only-test.jsonl",
-                      json.dumps({"id": "t", "text": "orbit launch rocket", "split": "test"}).encode())
+    store.write_bytes(
+        f"{S3}/bad-src/only-test.jsonl",
+        json.dumps({"id": "t", "text": "orbit launch rocket", "split": "test"}).encode(),
+    )
     with pytest.raises(ValueError, match="train split .* is empty"):
         prepare_dataset(spark, "jsonl", f"{S3}/bad-src", f"{S3}/jsonl-data", CFG)
     assert not store.exists(f"{S3}/jsonl-data/dataset.json")
@@ -408,8 +450,11 @@ def test_s3_jsonl_files_to_s3_dataset_equal_local(spark, s3_bucket, jsonl_corpus
 @pytest.fixture(scope="module")
 def small_20ng_tar(shared_data, tmp_path_factory):
     """A 20news-bydate.tar.gz of the first 25 train and 10 test posts of four groups of the real archive."""
-    want = {(s, g): n for g in ("comp.graphics", "rec.autos", "sci.space", "talk.politics.guns")
-            for s, n in (("20news-bydate-train", 25), ("20news-bydate-test", 10))}
+    want = {
+        (s, g): n
+        for g in ("comp.graphics", "rec.autos", "sci.space", "talk.politics.guns")
+        for s, n in (("20news-bydate-train", 25), ("20news-bydate-test", 10))
+    }
     out = tmp_path_factory.mktemp("ng") / "20news-bydate.tar.gz"
     with tarfile.open(shared_data / "20newsgroups" / "20news-bydate.tar.gz") as src, tarfile.open(out, "w:gz") as dst:
         for m in src:
@@ -436,13 +481,12 @@ def test_s3_20ng_archive_and_extracted_prefix_equal_local(spark, s3_bucket, smal
     with tarfile.open(small_20ng_tar) as tar:
         tar.extractall(tmp_path / "extracted")
     store.upload_dir(tmp_path / "extracted", f"{S3}/ng-extracted")
-    assert len(corpora.input_units("20ng", f"{S3}/ng-extracted")) == 8          # 2 splits x 4 groups
+    assert len(corpora.input_units("20ng", f"{S3}/ng-extracted")) == 8  # 2 splits x 4 groups
     prepare_dataset(spark, "20ng", f"{S3}/ng-extracted", f"{S3}/ng-data-2", cfg)
     meta = store.read_json(f"{S3}/ng-data-2/dataset.json")
     assert meta["counts"] == ds.read_metadata(local_out)["counts"]
     for split in ds.SPLITS:
-        assert _s3_parquet(ds.split_uri(f"{S3}/ng-data-2", split))[0] == \
-            _local_parquet(ds.split_dir(local_out, split))
+        assert _s3_parquet(ds.split_uri(f"{S3}/ng-data-2", split))[0] == _local_parquet(ds.split_dir(local_out, split))
 
 
 def test_s3_bad_sources_are_one_line_errors_naming_them(spark, s3_bucket, small_20ng_tar, capsys):
@@ -456,8 +500,9 @@ def test_s3_bad_sources_are_one_line_errors_naming_them(spark, s3_bucket, small_
         prepare_dataset(spark, "20ng", f"{S3}/wrong/corpus.jsonl", f"{S3}/never", CFG)
     # named like an archive, but JSON inside: the executor's reader fails, the driver reports it in one line
     store.write_bytes(f"{S3}/wrong/20news-bydate.tar.gz", b'{"id": "a", "text": "space"}\n')
-    code = main(["prepare", "--dataset", "20ng", "--source", f"{S3}/wrong/20news-bydate.tar.gz",
-                 "--out", f"{S3}/never"])
+    code = main(
+        ["prepare", "--dataset", "20ng", "--source", f"{S3}/wrong/20news-bydate.tar.gz", "--out", f"{S3}/never"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("semhash prepare: error: ValueError:"), err[-3:]
     assert f"'{S3}/wrong/20news-bydate.tar.gz' is not a tar or tar.gz archive" in err[-1]
@@ -498,8 +543,7 @@ def _image_rows(data_dir) -> dict[str, list[tuple]]:
     return out
 
 
-def test_s3_image_folder_to_s3_dataset_equal_local_and_encoded_from_s3(spark, s3_bucket, tiny_cifar, tmp_path,
-                                                                      capsys):
+def test_s3_image_folder_to_s3_dataset_equal_local_and_encoded_from_s3(spark, s3_bucket, tiny_cifar, tmp_path, capsys):
     """Class-folder images on S3 (one task per <split>/<label>/ prefix) -> a Petastorm dataset written to S3 by
     the executors: the same images, labels and quarantine as from the local folder; Petastorm reads it in two
     shards; encode reads the s3:// dataset and gives the same codes as from the local one."""
@@ -525,16 +569,19 @@ def test_s3_image_folder_to_s3_dataset_equal_local_and_encoded_from_s3(spark, s3
     assert "images/split=train/_common_metadata" in keys and not [k for k in keys if k.startswith("_")]
     assert sum(k.startswith("images/split=train/part-") for k in keys) == 2
 
-    staged = store.local_copy(f"{S3}/img-data")          # what training does with an s3:// image dataset
+    staged = store.local_copy(f"{S3}/img-data")  # what training does with an s3:// image dataset
     assert _image_rows(staged) == _image_rows(local_out)
     shards = [data.read_image_shard(staged, "train", cur_shard=s, shard_count=2).ids for s in range(2)]
-    assert len(shards[0]) and len(shards[1]) and sorted([*shards[0], *shards[1]]) == \
-        sorted(i for i, _, _ in _image_rows(local_out)["train"])
+    assert (
+        len(shards[0])
+        and len(shards[1])
+        and sorted([*shards[0], *shards[1]]) == sorted(i for i, _, _ in _image_rows(local_out)["train"])
+    )
     q, _ = _s3_parquet(f"{S3}/img-data/quarantine")
-    assert [(r["id"], r["reason"].split(":")[0]) for r in q] == \
-        [(r["id"], r["reason"].split(":")[0]) for r in _local_parquet(local_out / "quarantine")]
-    assert {r["source"] for r in q} == {f"{S3}/img-src/train/cat/zz-empty.png",
-                                        f"{S3}/img-src/test/dog/zz-corrupt.jpg"}
+    assert [(r["id"], r["reason"].split(":")[0]) for r in q] == [
+        (r["id"], r["reason"].split(":")[0]) for r in _local_parquet(local_out / "quarantine")
+    ]
+    assert {r["source"] for r in q} == {f"{S3}/img-src/train/cat/zz-empty.png", f"{S3}/img-src/test/dog/zz-corrupt.jpg"}
 
     model = _random_image_model(tmp_path / "model")
     codes = {}
@@ -610,8 +657,11 @@ def test_s3_units_read_what_the_local_readers_read(s3_bucket, shared_data, tiny_
     import pickle
 
     chw = np.random.default_rng(0).integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
-    batch = {b"data": chw.reshape(4, -1), b"labels": [0, 1, 1, 0],
-             b"filenames": [f"f{i}.png".encode() for i in range(4)]}
+    batch = {
+        b"data": chw.reshape(4, -1),
+        b"labels": [0, 1, 1, 0],
+        b"filenames": [f"f{i}.png".encode() for i in range(4)],
+    }
     batches = tmp_path / "cifar" / "cifar-10-batches-py"
     batches.mkdir(parents=True)
     meta = {b"label_names": [b"a", b"b"]}

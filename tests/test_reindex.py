@@ -1,5 +1,6 @@
 """Nightly re-index: diff by id and content hash, only affected partitions rewritten, idempotent, crash-safe,
 retention."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ from semhash_spark.index.reindex import apply_retention, reindex, remap_words
 N_DOCS = 120
 DELETE = ["doc000", "doc001", "doc002", "doc003", "doc004"]
 CHANGE = ["doc010", "doc011", "doc012", "doc013"]
-ADD = {"new000": "doc050", "new001": "doc051", "new002": "doc052", "new003": "doc090", "new004": "doc091",
-       "new005": "doc117"}                                   # new id -> the document whose words it gets
+ADD = {
+    "new000": "doc050",
+    "new001": "doc051",
+    "new002": "doc052",
+    "new003": "doc090",
+    "new004": "doc091",
+    "new005": "doc117",
+}  # new id -> the document whose words it gets
 COLUMNS = ["id", "code", "address", "word_ids", "word_counts", "content_hash", "labels", "snippet"]
 
 
@@ -39,8 +46,15 @@ def _write_dataset(out: Path, n_docs: int, vocab_size: int, seed: int = 0) -> Pa
         counts = rng.integers(1, 5, ids.size).astype(np.float32)
         wi, wc = ds.encode_sparse(ids, counts)
         rows["test" if d % 5 == 4 else "train"].append(
-            {"id": f"doc{d:03d}", "labels": [f"t{d % 4}"], "word_ids": wi, "word_counts": wc,
-             "length": int(counts.sum()), "content_hash": hashlib.sha1(wi + wc).hexdigest()})
+            {
+                "id": f"doc{d:03d}",
+                "labels": [f"t{d % 4}"],
+                "word_ids": wi,
+                "word_counts": wc,
+                "length": int(counts.sum()),
+                "content_hash": hashlib.sha1(wi + wc).hexdigest(),
+            }
+        )
     for split, split_rows in rows.items():
         d = ds.split_dir(out, split)
         d.mkdir(parents=True)
@@ -50,9 +64,14 @@ def _write_dataset(out: Path, n_docs: int, vocab_size: int, seed: int = 0) -> Pa
     for r in rows["train"]:
         doc_freq[np.frombuffer(r["word_ids"], dtype="<i4")] += 1
     fp = ds.write_vocab(out, words, doc_freq, len(rows["train"]))
-    ds.write_metadata(out, name="synthetic", vocab_size=vocab_size,
-                      counts={"train": len(rows["train"]), "test": len(rows["test"]), "quarantined": 0},
-                      vocab_fingerprint=fp, source="test_reindex")
+    ds.write_metadata(
+        out,
+        name="synthetic",
+        vocab_size=vocab_size,
+        counts={"train": len(rows["train"]), "test": len(rows["test"]), "quarantined": 0},
+        vocab_fingerprint=fp,
+        source="test_reindex",
+    )
     return out
 
 
@@ -64,12 +83,23 @@ def _model(out: Path, words, doc_freq, n_train, seed: int, cfg, bits: int = 16) 
 
     torch.manual_seed(seed)
     ae = DeepAutoencoder([len(words), 32, bits])
-    with torch.no_grad():                      # large random weights: codes spread over the partitions
+    with torch.no_grad():  # large random weights: codes spread over the partitions
         for layer in ae.encoder:
             torch.nn.init.normal_(layer.weight, std=1.0)
             torch.nn.init.zeros_(layer.bias)
-    save_model(str(out), ae, cfg, {"vocab": {"words": words, "doc_freq": [int(x) for x in doc_freq],
-                                             "num_train_docs": n_train, "fingerprint": ds.vocab_fingerprint(words)}})
+    save_model(
+        str(out),
+        ae,
+        cfg,
+        {
+            "vocab": {
+                "words": words,
+                "doc_freq": [int(x) for x in doc_freq],
+                "num_train_docs": n_train,
+                "fingerprint": ds.vocab_fingerprint(words),
+            }
+        },
+    )
     return str(out)
 
 
@@ -98,7 +128,7 @@ def _tonight(base: Path, out: Path) -> Path:
 @pytest.fixture(scope="module", autouse=True)
 def _few_shuffle_partitions(spark):
     old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "2")          # tiny data: one task per core
+    spark.conf.set("spark.sql.shuffle.partitions", "2")  # tiny data: one task per core
     yield
     spark.conf.set("spark.sql.shuffle.partitions", old)
 
@@ -112,10 +142,15 @@ def env(spark, tmp_path_factory):
     _write_dataset(root / "base", N_DOCS, 100)
     cfg = load_config(None, ["model.hidden=[32]", "index.address_bits=8", "index.partition_bits=3"]).with_bits(16)
     words, doc_freq, n_train = ds.read_vocab(root / "base")
-    out = {"base": str(root / "base"), "tonight": str(_tonight(root / "base", root / "tonight")), "cfg": cfg,
-           "model_a": _model(root / "model_a", words, doc_freq, n_train, 1, cfg),
-           "model_b": _model(root / "model_b", words, doc_freq, n_train, 2, cfg), "index": str(root / "index")}
-    out["first"] = reindex(spark, out["base"], out["model_a"], out["index"], cfg)    # the base index, built once
+    out = {
+        "base": str(root / "base"),
+        "tonight": str(_tonight(root / "base", root / "tonight")),
+        "cfg": cfg,
+        "model_a": _model(root / "model_a", words, doc_freq, n_train, 1, cfg),
+        "model_b": _model(root / "model_b", words, doc_freq, n_train, 2, cfg),
+        "index": str(root / "index"),
+    }
+    out["first"] = reindex(spark, out["base"], out["model_a"], out["index"], cfg)  # the base index, built once
     return out
 
 
@@ -161,7 +196,7 @@ def test_first_run_builds_everything_and_a_rerun_publishes_nothing(spark, env, t
     assert manifest["columns"] == COLUMNS and manifest["count"] == N_DOCS and len(manifest["partitions"]) >= 4
     rows = _shard_rows(index)
     assert {k: v["code"] for k, v in rows.items()} == _expected_codes(env["base"], env["model_a"])
-    assert ix.HammingIndex.open(index).load_all().ntotal == N_DOCS         # every file checks out
+    assert ix.HammingIndex.open(index).load_all().ntotal == N_DOCS  # every file checks out
 
     again = reindex(spark, env["base"], env["model_a"], index, env["cfg"])
     assert not again["published"] and again["version"] == first["version"]
@@ -174,8 +209,12 @@ def test_incremental_run_rewrites_only_the_affected_partitions(spark, env, tmp_p
     before = _shard_rows(index)
     run = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])
     assert run["published"] and not run["full"] and run["previous_version"] == base["version"]
-    assert (run["added"], run["changed"], run["deleted"], run["unchanged"]) == \
-        (len(ADD), len(CHANGE), len(DELETE), N_DOCS - len(CHANGE) - len(DELETE))
+    assert (run["added"], run["changed"], run["deleted"], run["unchanged"]) == (
+        len(ADD),
+        len(CHANGE),
+        len(DELETE),
+        N_DOCS - len(CHANGE) - len(DELETE),
+    )
     after = _shard_rows(index)
     assert {k: v["code"] for k, v in after.items()} == _expected_codes(env["tonight"], env["model_a"])
     assert all(after[i]["hash"].startswith("edited-") for i in CHANGE)
@@ -187,9 +226,9 @@ def test_incremental_run_rewrites_only_the_affected_partitions(spark, env, tmp_p
     new_files = _files(ix.read_manifest(index, run["version"]))
     for part, files in new_files.items():
         if part in affected:
-            assert not set(files) & set(old_files.get(part, [])), part       # rewritten
+            assert not set(files) & set(old_files.get(part, [])), part  # rewritten
         else:
-            assert files == old_files[part], part                            # carried over, same bytes
+            assert files == old_files[part], part  # carried over, same bytes
     assert run["partitions_rewritten"] == len(affected) < len(old_files)
     assert run["partitions_carried"] == len(set(old_files) - affected) > 0
     # the old version is intact (copy-on-write) and both verify their checksums
@@ -211,17 +250,18 @@ def test_crash_leaves_current_intact_and_the_next_run_completes(spark, env, tmp_
     with pytest.raises(RuntimeError, match="killed"):
         reindex(spark, env["tonight"], env["model_a"], index, env["cfg"], hook=crash)
     assert ix.read_current(index)["version"] == base["version"]
-    assert store.list_dir(store.join(index, "versions")) == [base["version"]]   # the partial version is gone
+    assert store.list_dir(store.join(index, "versions")) == [base["version"]]  # the partial version is gone
     # a kill -9 cannot clean up: leave a half-written version behind, as one would
     stale = ix.new_version_id(datetime.now(timezone.utc) - timedelta(days=1))
     src = next(iter(_files(ix.read_manifest(index, base["version"])).values()))[0][0]
-    store.copy_object(store.join(ix.version_prefix(index, base["version"]), src),
-                      store.join(ix.version_prefix(index, stale), src))
+    store.copy_object(
+        store.join(ix.version_prefix(index, base["version"]), src), store.join(ix.version_prefix(index, stale), src)
+    )
     assert ix.HammingIndex.open(index).load_all().ntotal == N_DOCS
 
     run = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])
     assert run["published"] and ix.read_current(index)["version"] == run["version"]
-    assert run["retention"]["deleted"] == [stale]                # unpublished leftover, older than orphan_hours
+    assert run["retention"]["deleted"] == [stale]  # unpublished leftover, older than orphan_hours
     assert ix.HammingIndex.open(index).load_all().ntotal == N_DOCS - len(DELETE) + len(ADD)
 
 
@@ -241,13 +281,15 @@ def test_model_change_forces_a_full_rebuild(spark, env, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- retention
 
+
 def _publish_version(index: str, born: datetime) -> str:
     version = ix.new_version_id(born)
     import pandas as pd
 
     codes = np.arange(4, dtype=np.uint8).reshape(4, 1) * 64
-    pdf = pd.DataFrame({"id": list("abcd"), "code": [c.tobytes() for c in codes],
-                        "address": codes[:, 0].astype(np.uint64)})
+    pdf = pd.DataFrame(
+        {"id": list("abcd"), "code": [c.tobytes() for c in codes], "address": codes[:, 0].astype(np.uint64)}
+    )
     files = ix.write_shard(ix.version_prefix(index, version), 2, 1, pdf)
     ix.publish(index, version, ix.build_manifest(version, 8, 8, 2, files))
     return version
@@ -257,11 +299,12 @@ def test_retention_never_deletes_current_or_a_leased_version(tmp_path, monkeypat
     index = str(tmp_path / "index")
     now = datetime.now(timezone.utc)
     old, leased, expired, racing, recent, current = (
-        _publish_version(index, now - timedelta(days=d)) for d in (30, 29, 28, 27, 1, 20))
-    assert ix.read_current(index)["version"] == current             # older than the limit, but CURRENT
+        _publish_version(index, now - timedelta(days=d)) for d in (30, 29, 28, 27, 1, 20)
+    )
+    assert ix.read_current(index)["version"] == current  # older than the limit, but CURRENT
     leases.acquire(index, leased, "service-1", ttl_seconds=3600, now=now)
     leases.acquire(index, expired, "crashed-job", ttl_seconds=60, now=now - timedelta(hours=2))
-    orphan_old = ix.new_version_id(now - timedelta(hours=12))       # killed runs: shards, no manifest
+    orphan_old = ix.new_version_id(now - timedelta(hours=12))  # killed runs: shards, no manifest
     orphan_new = ix.new_version_id(now - timedelta(minutes=10))
     for v in (orphan_old, orphan_new):
         store.write_bytes(store.join(ix.version_prefix(index, v), "part=0/x.parquet"), b"partial")
@@ -270,7 +313,7 @@ def test_retention_never_deletes_current_or_a_leased_version(tmp_path, monkeypat
     calls = {"n": 0}
 
     def live(index_uri, version, now=None):
-        if version == racing:         # a reader leases between retention's two checks
+        if version == racing:  # a reader leases between retention's two checks
             calls["n"] += 1
             return [] if calls["n"] == 1 else [{"reader": "late"}]
         return real_live(index_uri, version, now)
@@ -281,7 +324,7 @@ def test_retention_never_deletes_current_or_a_leased_version(tmp_path, monkeypat
     assert sorted(out["leased"]) == sorted([leased, racing]) and not out["errors"]
     left = store.list_dir(store.join(index, "versions"))
     assert sorted(left) == sorted([leased, racing, recent, current, orphan_new])
-    assert ix.read_manifest(index, racing)["version"] == racing    # its manifest was put back
+    assert ix.read_manifest(index, racing)["version"] == racing  # its manifest was put back
     ix.HammingIndex.open(index).load_all()
 
     leases.release(index, leased, "service-1")
@@ -292,7 +335,7 @@ def test_retention_never_deletes_current_or_a_leased_version(tmp_path, monkeypat
 def test_remap_words_maps_the_datasets_vocabulary_onto_the_models():
     import pandas as pd
 
-    remap = np.array([-1, 1, -1, 0], dtype=np.int32)       # dataset [a, b, c, d] -> model [d, b, x]
+    remap = np.array([-1, 1, -1, 0], dtype=np.int32)  # dataset [a, b, c, d] -> model [d, b, x]
     ids, counts = ds.encode_sparse(np.array([0, 1, 3]), np.array([1.0, 2.0, 3.0]))
     out = next(remap_words(iter([pd.DataFrame({"word_ids": [ids], "word_counts": [counts]})]), remap))
     got_ids, got_counts = ds.decode_sparse(out["word_ids"][0], out["word_counts"][0])
@@ -302,7 +345,7 @@ def test_remap_words_maps_the_datasets_vocabulary_onto_the_models():
 def test_reindex_on_s3_copies_untouched_partitions_server_side(spark, env, s3_server):
     index = "s3://semhash/reindex-test/index"
     store.ensure_bucket("semhash")
-    store.upload_dir(env["index"], index)                    # the base index, as the first run published it
+    store.upload_dir(env["index"], index)  # the base index, as the first run published it
     base = env["first"]
     run = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])
     assert run["published"] and run["files_copied"] > 0 and run["previous_version"] == base["version"]
@@ -313,8 +356,21 @@ def test_semhash_reindex_command_prints_the_report(spark, env, tmp_path, capsys)
     from semhash_spark.cli import main
 
     index, base = _base_index(env, tmp_path)
-    argv = ["reindex", "--data", env["tonight"], "--model", env["model_a"], "--index", index, "--retention-days", "3",
-            "--set", "index.address_bits=8", "--set", "index.partition_bits=3"]
+    argv = [
+        "reindex",
+        "--data",
+        env["tonight"],
+        "--model",
+        env["model_a"],
+        "--index",
+        index,
+        "--retention-days",
+        "3",
+        "--set",
+        "index.address_bits=8",
+        "--set",
+        "index.partition_bits=3",
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["added"], report["changed"], report["deleted"]) == (len(ADD), len(CHANGE), len(DELETE))
@@ -335,7 +391,7 @@ def test_reindex_from_a_raw_jsonl_corpus(spark, small_corpus, small_dataset, tmp
     index = str(tmp_path / "index")
     reads, read_bytes = [], store.read_bytes
 
-    def counted(uri):                                  # the real read, counted
+    def counted(uri):  # the real read, counted
         reads.append(uri)
         return read_bytes(uri)
 
@@ -366,8 +422,12 @@ def _s3_rows(index_uri: str, version: str) -> dict[str, dict]:
         for f in p["files"]:
             blob = store.read_bytes(store.join(ix.version_prefix(index_uri, version), f["path"]))
             for r in pq.read_table(pa.BufferReader(blob)).to_pylist():
-                out[r["id"]] = {"code": r["code"], "address": r["address"], "hash": r["content_hash"],
-                                "part": p["partition"]}
+                out[r["id"]] = {
+                    "code": r["code"],
+                    "address": r["address"],
+                    "hash": r["content_hash"],
+                    "part": p["partition"],
+                }
     return out
 
 
@@ -410,7 +470,7 @@ def test_reindex_keeps_the_address_model_on_s3(spark, env, s3_server, tmp_path):
     assert {k: v["code"] for k, v in after.items()} == _expected_codes(env["tonight"], env["model_a"])
     want = _expected_addresses(env["tonight"], addr_a, 8)
     assert {k: v["address"] for k, v in after.items()} == want
-    assert all(v["part"] == f"{v['address'] >> 5:x}" for v in after.values())     # partitioned by the address
+    assert all(v["part"] == f"{v['address'] >> 5:x}" for v in after.values())  # partitioned by the address
     assert all(after[i]["address"] == before[i]["address"] for i in after if i in before and i not in CHANGE)
     assert run["partitions_rewritten"] < len(m["partitions"]) and run["files_copied"] > 0
     opened = ix.HammingIndex.open(index)
@@ -419,5 +479,6 @@ def test_reindex_keeps_the_address_model_on_s3(spark, env, s3_server, tmp_path):
     assert not reindex(spark, env["tonight"], env["model_a"], index, env["cfg"])["published"]
     new = reindex(spark, env["tonight"], env["model_a"], index, env["cfg"], address_model_uri=addr_b)
     assert new["published"] and new["full"] and new["reason"].startswith("address model changed")
-    assert {k: v["address"] for k, v in _s3_rows(index, new["version"]).items()} == \
-        _expected_addresses(env["tonight"], addr_b, 8)
+    assert {k: v["address"] for k, v in _s3_rows(index, new["version"]).items()} == _expected_addresses(
+        env["tonight"], addr_b, 8
+    )

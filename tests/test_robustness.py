@@ -1,6 +1,7 @@
 """Training survives kills and bad data: a dead rank fails the job clearly, a restart resumes from the last
 checkpoint and ends with the model an uninterrupted run makes; checkpoints are written atomically; empty
 documents and a last batch of one row train; NaN stops the run naming the layer and epoch."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,34 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from launch_util import (LONGER, check_trained, finish, kill_group, last_json, rank_processes, start, state,
-                         train_command, wait_for_state)
+from launch_util import (
+    LONGER,
+    check_trained,
+    finish,
+    kill_group,
+    last_json,
+    rank_processes,
+    start,
+    state,
+    train_command,
+    wait_for_state,
+)
 from semhash_spark.data import dataset as ds
 from semhash_spark.io import store
 from semhash_spark.models.checkpoint import load_model
 from semhash_spark.config import load_config
 from semhash_spark.training.distributed import Dist
-from semhash_spark.training.train import Progress, StateError, TrainingDiverged, _load_state, _save_state, lr_scale, train_stack
+from semhash_spark.training.train import (
+    Progress,
+    StateError,
+    TrainingDiverged,
+    _load_state,
+    _save_state,
+    lr_scale,
+    train_stack,
+)
 
-KILL_AT = lambda s: s["progress"]["stage"] == "pretrain" and s["progress"]["epoch"] >= 2   # noqa: E731
+KILL_AT = lambda s: s["progress"]["stage"] == "pretrain" and s["progress"]["epoch"] >= 2  # noqa: E731
 
 
 def _same_weights(a_uri, b_uri):
@@ -52,7 +71,7 @@ def test_a_killed_rank_fails_the_job_and_the_restart_resumes_to_the_same_model(s
         ranks = rank_processes(proc.pid)
         assert sorted(ranks) == [0, 1], ranks
         ranks[1].send_signal(signal.SIGKILL)
-        rc = finish(proc, 150)           # fails, within the bound: no hang
+        rc = finish(proc, 150)  # fails, within the bound: no hang
     finally:
         if proc.poll() is None:
             kill_group(proc)
@@ -80,7 +99,7 @@ def test_a_killed_driver_takes_its_ranks_down_and_the_restart_resumes(small_data
         wait_for_state(out, proc, KILL_AT)
         ranks = rank_processes(proc.pid)
         assert sorted(ranks) == [0, 1], ranks
-        os.kill(proc.pid, signal.SIGKILL)          # the driver alone
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone
         proc.wait(timeout=30)
         gone, alive = psutil.wait_procs(list(ranks.values()), timeout=60)
         assert not alive, f"ranks outlived their driver: {alive}"
@@ -90,8 +109,11 @@ def test_a_killed_driver_takes_its_ranks_down_and_the_restart_resumes(small_data
     proc = start(cmd, tmp_path / "log2")
     assert finish(proc, 300) == 0, (tmp_path / "log2").read_text(errors="replace")[-3000:]
     p = before["progress"]
-    assert last_json(tmp_path / "log2")["resumed_from"] == {"stage": p["stage"], "layer": p["layer"],
-                                                          "epoch": p["epoch"]}
+    assert last_json(tmp_path / "log2")["resumed_from"] == {
+        "stage": p["stage"],
+        "layer": p["layer"],
+        "epoch": p["epoch"],
+    }
     _same_weights(reference, out)
 
 
@@ -116,8 +138,11 @@ def test_a_killed_torch_rank_fails_the_job_and_the_restart_resumes(small_dataset
     proc = start(cmd, tmp_path / "log2")
     assert finish(proc, 300) == 0, (tmp_path / "log2").read_text(errors="replace")[-3000:]
     p = before["progress"]
-    assert last_json(tmp_path / "log2")["resumed_from"] == {"stage": p["stage"], "layer": p["layer"],
-                                                          "epoch": p["epoch"]}
+    assert last_json(tmp_path / "log2")["resumed_from"] == {
+        "stage": p["stage"],
+        "layer": p["layer"],
+        "epoch": p["epoch"],
+    }
     check_trained(out, small_dataset)
 
 
@@ -170,14 +195,23 @@ def _train_rows(small_dataset):
 
 
 def _tiny_cfg(*extra):
-    return load_config(None, ["model.hidden=[24]", "pretrain.epochs=2", "finetune.epochs=2",
-                              "pretrain.batch_size=50", "finetune.batch_size=50", *extra]).with_bits(8)
+    return load_config(
+        None,
+        [
+            "model.hidden=[24]",
+            "pretrain.epochs=2",
+            "finetune.epochs=2",
+            "pretrain.batch_size=50",
+            "finetune.batch_size=50",
+            *extra,
+        ],
+    ).with_bits(8)
 
 
 def test_empty_documents_and_a_last_batch_of_one_row_train(small_dataset, tmp_path):
     ids, counts = _train_rows(small_dataset)
     meta = json.loads((small_dataset / "dataset.json").read_text())
-    assert meta["counts"]["quarantined"] > 0      # the corpus had bad records; prepare set them aside
+    assert meta["counts"]["quarantined"] > 0  # the corpus had bad records; prepare set them aside
     # 3 documents with no in-vocabulary word, and a row count that leaves one row for the last batch
     n = (len(ids) // 50) * 50 - 50 + 1 - 3
     ids = np.concatenate([ids[:n], np.array(["empty-1", "empty-2", "empty-3"], dtype=object)])
@@ -191,9 +225,18 @@ def test_empty_documents_and_a_last_batch_of_one_row_train(small_dataset, tmp_pa
             yield ids[s : s + batch_size], counts[s : s + batch_size]
 
     cfg = _tiny_cfg()
-    model, metrics = train_stack(source, cfg, sizes=[counts.shape[1], 24, 8], first_kind="constrained_poisson",
-                                 output="softmax", code_mode="noise", dist=Dist(), out_uri=str(tmp_path / "m"),
-                                 fingerprint="x", progress_bar=False)
+    model, metrics = train_stack(
+        source,
+        cfg,
+        sizes=[counts.shape[1], 24, 8],
+        first_kind="constrained_poisson",
+        output="softmax",
+        code_mode="noise",
+        dist=Dist(),
+        out_uri=str(tmp_path / "m"),
+        fingerprint="x",
+        progress_bar=False,
+    )
     assert 1 in sizes_seen
     assert all(np.isfinite(r["recon_error"]) for r in metrics["pretrain"])
     assert all(np.isfinite(r["loss"]) for r in metrics["finetune"])
@@ -202,10 +245,13 @@ def test_empty_documents_and_a_last_batch_of_one_row_train(small_dataset, tmp_pa
     assert torch.isfinite(probs).all()
 
 
-@pytest.mark.parametrize("bad_epoch, message", [
-    (1, r"pretraining layer 1 \(\d+x24\), epoch 2: reconstruction error is nan"),
-    (10_001, r"fine-tuning, epoch 2: reconstruction error is nan"),
-])
+@pytest.mark.parametrize(
+    "bad_epoch, message",
+    [
+        (1, r"pretraining layer 1 \(\d+x24\), epoch 2: reconstruction error is nan"),
+        (10_001, r"fine-tuning, epoch 2: reconstruction error is nan"),
+    ],
+)
 def test_nan_stops_training_naming_the_layer_and_epoch(small_dataset, tmp_path, bad_epoch, message):
     ids, counts = _train_rows(small_dataset)
 
@@ -213,13 +259,22 @@ def test_nan_stops_training_naming_the_layer_and_epoch(small_dataset, tmp_path, 
         for s in range(0, len(ids), batch_size):
             c = counts[s : s + batch_size].copy()
             if epoch == bad_epoch:
-                c.data[:] = np.nan            # a corrupt batch (or a diverging layer) gives NaN
+                c.data[:] = np.nan  # a corrupt batch (or a diverging layer) gives NaN
             yield ids[s : s + batch_size], c
 
     with pytest.raises(TrainingDiverged, match=message):
-        train_stack(source, _tiny_cfg(), sizes=[counts.shape[1], 24, 8], first_kind="constrained_poisson",
-                    output="softmax", code_mode="noise", dist=Dist(), out_uri=str(tmp_path / "m"),
-                    fingerprint="x", progress_bar=False)
+        train_stack(
+            source,
+            _tiny_cfg(),
+            sizes=[counts.shape[1], 24, 8],
+            first_kind="constrained_poisson",
+            output="softmax",
+            code_mode="noise",
+            dist=Dist(),
+            out_uri=str(tmp_path / "m"),
+            fingerprint="x",
+            progress_bar=False,
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -237,10 +292,19 @@ def test_training_moves_to_cuda_with_batches_densified_on_the_device(small_datas
         for s in range(0, len(ids), batch_size):
             yield ids[s : s + batch_size], counts[s : s + batch_size]
 
-    model, metrics = train_stack(source, _tiny_cfg(), sizes=[counts.shape[1], 24, 8],
-                                 first_kind="constrained_poisson", output="softmax", code_mode="noise",
-                                 dist=Dist(), out_uri=str(tmp_path / "m"), fingerprint="x", device=device,
-                                 progress_bar=False)
+    model, metrics = train_stack(
+        source,
+        _tiny_cfg(),
+        sizes=[counts.shape[1], 24, 8],
+        first_kind="constrained_poisson",
+        output="softmax",
+        code_mode="noise",
+        dist=Dist(),
+        out_uri=str(tmp_path / "m"),
+        fingerprint="x",
+        device=device,
+        progress_bar=False,
+    )
     assert all(np.isfinite(r["loss"]) for r in metrics["finetune"])
 
 

@@ -1,4 +1,5 @@
 """The nightly schedules in infra/schedule parse, and the commands they run exist (job file and CLI subcommand)."""
+
 from __future__ import annotations
 
 import ast
@@ -11,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = ROOT / "infra" / "schedule"
-CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]          # minute hour day month weekday
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]  # minute hour day month weekday
 _ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _STOP = {">", ">>", "2>&1", "|", "&&", ";", "||"}
 
@@ -35,14 +36,14 @@ def _schedule_ok(expr: str) -> bool:
 
 def _check_job(script: str, args: list[str]) -> str:
     """``script`` is a jobs/*.py file of this repository that runs the CLI subcommand of its name with ``args``."""
-    rel = script[script.index("jobs/"):]
+    rel = script[script.index("jobs/") :]
     path = ROOT / rel
     assert path.is_file(), f"{script}: no {rel} in the repository"
     command = path.stem
     assert f'main(["{command}"' in path.read_text(), f"{rel} does not run `semhash {command}`"
     from semhash_spark.cli import build_parser
 
-    ns = build_parser().parse_args([command, *args])          # exits (fails the test) on an unknown command/flag
+    ns = build_parser().parse_args([command, *args])  # exits (fails the test) on an unknown command/flag
     assert ns.command == command and ns.fn.__name__ == f"cmd_{command}"
     return command
 
@@ -50,7 +51,7 @@ def _check_job(script: str, args: list[str]) -> str:
 def _job_in_tokens(tokens: list[str]) -> tuple[str, list[str]]:
     at = next(i for i, t in enumerate(tokens) if re.search(r"(^|/)jobs/\w+\.py$", t))
     args = []
-    for t in tokens[at + 1:]:
+    for t in tokens[at + 1 :]:
         if t in _STOP:
             break
         args.append(t)
@@ -96,8 +97,13 @@ def _literal(node: ast.AST, consts: dict):
 
 def test_airflow_dag_parses_and_submits_the_reindex_job():
     tree = ast.parse((SCHEDULE / "reindex_dag.py").read_text())
-    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
-              for t in n.targets if isinstance(t, ast.Name)}
+    consts = {
+        t.id: n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
     (dag,) = [c for c in calls if c.func.id == "DAG"]
     kw = {k.arg: k.value for k in dag.keywords}

@@ -3,6 +3,7 @@
 Answers are checked against the library's exact :class:`HammingIndex` on the same published version (same
 ordinals, so ties come out in the same order) and against brute force.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,10 +88,12 @@ def pairs(result):
 
 # --------------------------------------------------------------------------------------------- answers
 
+
 def test_search_by_code_equals_exact_index(main):
     rng = np.random.default_rng(1)
-    q = np.concatenate([main["codes"][rng.choice(len(main["codes"]), 4)],
-                        C.pack_bits(rng.integers(0, 2, size=(4, 32)))])
+    q = np.concatenate(
+        [main["codes"][rng.choice(len(main["codes"]), 4)], C.pack_bits(rng.integers(0, 2, size=(4, 32)))]
+    )
     for k in (1, 10, 50):
         out = main["client"].search(codes=hexes(q), k=k)
         assert out["version"] == main["version"] and not out["partial"]
@@ -100,7 +103,7 @@ def test_search_by_code_equals_exact_index(main):
         assert [pairs(x) for x in out["results"]] == lib_range(main, q, r)
         H = brute_force(main["codes"], q)
         assert [len(x) for x in out["results"]] == [int((H[j] <= r).sum()) for j in range(len(q))]
-    out = main["client"].search(codes=hexes(q), k=5, radius=3)   # k nearest within the radius
+    out = main["client"].search(codes=hexes(q), k=5, radius=3)  # k nearest within the radius
     assert [pairs(x) for x in out["results"]] == [[p for p in row if p[1] <= 3][:5] for row in lib_knn(main, q, 5)]
 
 
@@ -155,11 +158,11 @@ def test_early_stopping_reads_the_next_ring_when_it_may_hold_a_closer_code(main)
 
 def test_search_by_id_text_and_word_counts(main):
     c, i = main["client"], 11
-    by_code = c.search(codes=hexes(main["codes"][i:i + 1]), k=8)
+    by_code = c.search(codes=hexes(main["codes"][i : i + 1]), k=8)
     by_id = c.search(ids=[main["ids"][i]], k=8)
-    assert by_id["results"] == by_code["results"] and by_id["codes"] == hexes(main["codes"][i:i + 1])
+    assert by_id["results"] == by_code["results"] and by_id["codes"] == hexes(main["codes"][i : i + 1])
     assert (main["ids"][i], 0) in pairs(by_id["results"][0])
-    by_text = c.search(texts=[text_of(main["bags"][i])], k=8)           # tokenised + encoded by the index's model
+    by_text = c.search(texts=[text_of(main["bags"][i])], k=8)  # tokenised + encoded by the index's model
     assert by_text["codes"] == by_code["codes"] and by_text["results"] == by_code["results"]
     ids, counts = main["bags"][i]
     bag = {main["hasher"].vocab[int(w)]: float(n) for w, n in zip(ids, counts)}
@@ -171,7 +174,7 @@ def test_batch_equals_single_queries(main):
     batch = main["client"].search(codes=hexes(q), k=6)
     assert len(batch["results"]) == 3
     for j in range(3):
-        assert batch["results"][j] == main["client"].search(codes=hexes(q[j:j + 1]), k=6)["results"][0]
+        assert batch["results"][j] == main["client"].search(codes=hexes(q[j : j + 1]), k=6)["results"][0]
 
 
 def test_rerank_tfidf(main):
@@ -181,7 +184,7 @@ def test_rerank_tfidf(main):
     assert out[0]["id"] == main["ids"][i] and scores[0] == pytest.approx(1.0)
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 + 1e-6 for s in scores)
     shortlist = {h["id"] for h in main["client"].search(ids=[main["ids"][i]], k=100)["results"][0]}
-    assert {h["id"] for h in out} <= shortlist                   # re-ranks the 100-code shortlist
+    assert {h["id"] for h in out} <= shortlist  # re-ranks the 100-code shortlist
     ball = main["client"].search(texts=[text_of(main["bags"][i])], radius=2, rerank="tfidf")["results"][0]
     assert all(h["distance"] <= 2 for h in ball) and any(h["id"] == main["ids"][i] for h in ball)
 
@@ -193,40 +196,44 @@ def test_address_radius_is_the_address_ball(main):
     A = C.prefix(main["codes"], ab)
     for j in range(2):
         got = pairs(out["results"][j])
-        near = np.flatnonzero(C.int_hamming(A, int(C.prefix(q[j:j + 1], ab)[0])) <= 1)
-        d = brute_force(main["codes"], q[j:j + 1])[0]
+        near = np.flatnonzero(C.int_hamming(A, int(C.prefix(q[j : j + 1], ab)[0])) <= 1)
+        d = brute_force(main["codes"], q[j : j + 1])[0]
         assert sorted(h for h, _ in got) == sorted(main["ids"][t] for t in near)
-        assert [x for _, x in got] == sorted(int(d[t]) for t in near)           # by the ranking code's distance
+        assert [x for _, x in got] == sorted(int(d[t]) for t in near)  # by the ranking code's distance
 
 
 # --------------------------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("body, status, needle", [
-    ({"codes": ["zz" * 4], "k": 3}, 422, "not a hex code"),
-    ({"codes": ["abcd"], "k": 3}, 422, "32-bit code is 8 hex digits"),
-    ({"ids": ["no-such-doc"], "k": 3}, 404, "unknown id"),
-    ({"texts": ["   "], "k": 3}, 422, "texts[0] is empty"),
-    ({"texts": ["the of and"], "k": 3}, 422, "no word of the index"),
-    ({"codes": ["00000000"] * 10001, "k": 3}, 413, "at most 10000"),
-    ({"codes": ["00000000", 7], "k": 3}, 422, "codes[1] must be a hex string"),
-    ({"codes": "00000000", "k": 3}, 422, "codes must be a list"),
-    ({"codes": ["00000000"], "k": "3"}, 422, "k='3'"),
-    ({"codes": ["00000000"]}, 422, "give k"),
-    ({"codes": ["00000000"], "k": 100000}, 422, "out of range"),
-    ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
-    ({"codes": ["00000000"], "ids": ["x"], "k": 1}, 422, "exactly one of"),
-    ({"codes": ["00000000"], "k": 1, "rerank": "tfidf"}, 422, "needs words"),
-    ({"codes": ["00000000"], "k": 1, "rerank": "code"}, 422, "rerank"),
-    ({"codes": ["00000000"], "address_radius": 17}, 422, "address_radius=17"),
-    ({"codes": ["00000000"], "k": 1, "rerank": "bm25"}, 422, "rerank"),
-    ({"word_counts": [{"zqaaa": -1}], "k": 1}, 422, "positive"),
-    ({"codes": ["00000000"], "k": 1, "colour": "red"}, 422, "colour"),
-    ({"codes": ["00000000"], "k": 1, "eps": -0.5}, 422, "eps=-0.5"),
-    ({"codes": ["00000000"], "radius": 2, "eps": 0.5}, 422, "eps applies to k nearest"),
-    ({"codes": ["00000000"], "k": 1, "msh": True}, 422, "msh is a query by images"),
-    ({"images": ["aGk="], "k": 1, "msh": "yes"}, 422, "msh='yes'"),
-    ({"images": ["aGk="], "k": 1, "msh": True}, 422, "not an image index"),
-])
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"codes": ["zz" * 4], "k": 3}, 422, "not a hex code"),
+        ({"codes": ["abcd"], "k": 3}, 422, "32-bit code is 8 hex digits"),
+        ({"ids": ["no-such-doc"], "k": 3}, 404, "unknown id"),
+        ({"texts": ["   "], "k": 3}, 422, "texts[0] is empty"),
+        ({"texts": ["the of and"], "k": 3}, 422, "no word of the index"),
+        ({"codes": ["00000000"] * 10001, "k": 3}, 413, "at most 10000"),
+        ({"codes": ["00000000", 7], "k": 3}, 422, "codes[1] must be a hex string"),
+        ({"codes": "00000000", "k": 3}, 422, "codes must be a list"),
+        ({"codes": ["00000000"], "k": "3"}, 422, "k='3'"),
+        ({"codes": ["00000000"]}, 422, "give k"),
+        ({"codes": ["00000000"], "k": 100000}, 422, "out of range"),
+        ({"codes": ["00000000"], "radius": -1}, 422, "out of range"),
+        ({"codes": ["00000000"], "ids": ["x"], "k": 1}, 422, "exactly one of"),
+        ({"codes": ["00000000"], "k": 1, "rerank": "tfidf"}, 422, "needs words"),
+        ({"codes": ["00000000"], "k": 1, "rerank": "code"}, 422, "rerank"),
+        ({"codes": ["00000000"], "address_radius": 17}, 422, "address_radius=17"),
+        ({"codes": ["00000000"], "k": 1, "rerank": "bm25"}, 422, "rerank"),
+        ({"word_counts": [{"zqaaa": -1}], "k": 1}, 422, "positive"),
+        ({"codes": ["00000000"], "k": 1, "colour": "red"}, 422, "colour"),
+        ({"codes": ["00000000"], "k": 1, "eps": -0.5}, 422, "eps=-0.5"),
+        ({"codes": ["00000000"], "radius": 2, "eps": 0.5}, 422, "eps applies to k nearest"),
+        ({"codes": ["00000000"], "k": 1, "msh": True}, 422, "msh is a query by images"),
+        ({"images": ["aGk="], "k": 1, "msh": "yes"}, 422, "msh='yes'"),
+        ({"images": ["aGk="], "k": 1, "msh": True}, 422, "not an image index"),
+    ],
+)
 def test_malformed_queries_get_4xx_with_a_message(main, body, status, needle):
     with pytest.raises(ServiceError) as e:
         main["client"].request("POST", "/search", body)
@@ -255,8 +262,9 @@ def test_batch_of_10000_codes_is_one_request_and_exact(main):
 
 def test_binary_body_answers_as_hex(main):
     rng = np.random.default_rng(6)
-    q = np.concatenate([main["codes"][rng.choice(len(main["codes"]), 5)],
-                        C.pack_bits(rng.integers(0, 2, size=(3, 32)))])
+    q = np.concatenate(
+        [main["codes"][rng.choice(len(main["codes"]), 5)], C.pack_bits(rng.integers(0, 2, size=(3, 32)))]
+    )
     for kw in ({"k": 7}, {"radius": 3}):
         assert main["client"].search_codes(q, **kw)["results"] == main["client"].search(codes=hexes(q), **kw)["results"]
     with pytest.raises(ServiceError) as e:
@@ -288,9 +296,15 @@ def test_openapi_and_health(main):
 def test_metrics(main):
     main["client"].search(codes=hexes(main["codes"][:1]), k=3)
     text = main["client"].metrics()
-    for needle in ("semhash_request_seconds_bucket", 'route="/search"', "semhash_cache_hits_total",
-                   "semhash_partitions_read_total", f'semhash_index_version_info{{version="{main["version"]}"}} 1.0',
-                   "semhash_cache_bytes", "semhash_queries_total"):
+    for needle in (
+        "semhash_request_seconds_bucket",
+        'route="/search"',
+        "semhash_cache_hits_total",
+        "semhash_partitions_read_total",
+        f'semhash_index_version_info{{version="{main["version"]}"}} 1.0',
+        "semhash_cache_bytes",
+        "semhash_queries_total",
+    ):
         assert needle in text, needle
 
 
@@ -298,15 +312,31 @@ def test_query_server_function(main, capsys):
     out = query_server(main["url"], codes=hexes(main["codes"][:1]), k=2)
     assert out["version"] == main["version"] and len(out["results"][0]) == 2
     assert query_server(main["url"], codes=hexes(main["codes"][:1]), k=2, eps=0.5)["results"][0][0]["distance"] == 0
-    from semhash_spark.cli import main as cli_main   # semhash query --server URL --code HEX --k 3 --eps 0.5
-    assert cli_main(["query", "--server", main["url"], "--code", hexes(main["codes"][:1])[0], "--k", "3",
-                     "--eps", "0.5", "--json"]) == 0
+    from semhash_spark.cli import main as cli_main  # semhash query --server URL --code HEX --k 3 --eps 0.5
+
+    assert (
+        cli_main(
+            [
+                "query",
+                "--server",
+                main["url"],
+                "--code",
+                hexes(main["codes"][:1])[0],
+                "--k",
+                "3",
+                "--eps",
+                "0.5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["version"] == main["version"] and got["results"][0][0]["distance"] == 0
 
 
 def test_cli_streams_an_ids_file(main, tmp_path, capsys):
-    from semhash_spark.cli import main as cli_main   # semhash query --server URL --ids-file F --batch-size 4 --k 2
+    from semhash_spark.cli import main as cli_main  # semhash query --server URL --ids-file F --batch-size 4 --k 2
 
     ids = [main["ids"][i] for i in range(0, 2000, 97)]
     f = tmp_path / "ids.txt"
@@ -356,7 +386,7 @@ def test_client_retries_503_then_answers(s3_server, main):
     try:
         c = SemhashClient(f"http://127.0.0.1:{srv.server_port}", retries=3, backoff_s=0.05)
         assert c.health() == {"status": "ok"} and len(calls) == 3
-        assert calls[2] - calls[1] >= 0.09          # backoff doubles
+        assert calls[2] - calls[1] >= 0.09  # backoff doubles
         calls.clear()
         with pytest.raises(ServiceError) as e:
             SemhashClient(f"http://127.0.0.1:{srv.server_port}", retries=1, backoff_s=0.01).health()
@@ -367,11 +397,12 @@ def test_client_retries_503_then_answers(s3_server, main):
 
 # --------------------------------------------------------------------------------------------- token
 
+
 def test_bearer_token_guards_search(s3_server, main):
     ctx, _ = serve(main["uri"], token="s3cret")
     with ctx as url:
         open_client, good, bad = SemhashClient(url), SemhashClient(url, token="s3cret"), SemhashClient(url, token="x")
-        wait_for(lambda: open_client.health()["status"] == "ok")       # health stays open
+        wait_for(lambda: open_client.health()["status"] == "ok")  # health stays open
         with pytest.raises(ServiceError) as e:
             open_client.search(codes=["00000000"], k=1)
         assert e.value.status == 401
@@ -382,6 +413,7 @@ def test_bearer_token_guards_search(s3_server, main):
 
 
 # --------------------------------------------------------------------------------------------- versions
+
 
 def test_version_switch_while_querying(s3_server):
     uri = s3_server.uri("svc-switch")
@@ -406,7 +438,7 @@ def test_version_switch_while_querying(s3_server):
         for t in threads:
             t.start()
         time.sleep(0.5)
-        v2 = build_index(uri, n=1500, seed=2)                    # ids doc-2-*, a new model seed is not needed
+        v2 = build_index(uri, n=1500, seed=2)  # ids doc-2-*, a new model seed is not needed
         wait_for(lambda: c0.health()["version"] == v2["version"], what="the switch")
         time.sleep(0.5)
         stop.set()
@@ -416,12 +448,14 @@ def test_version_switch_while_querying(s3_server):
         versions = [v for v, _ in seen]
         assert set(versions) == {v1["version"], v2["version"]}
         first_v2 = versions.index(v2["version"])
-        assert all(v == v2["version"] for v in versions[first_v2 + 50:])   # no flapping back after the switch
+        assert all(v == v2["version"] for v in versions[first_v2 + 50 :])  # no flapping back after the switch
         tag = {v1["version"]: "1", v2["version"]: "2"}
-        assert all(tags == {tag[v]} for v, tags in seen)                    # no request mixes versions
+        assert all(tags == {tag[v]} for v, tags in seen)  # no request mixes versions
         assert "semhash_version_switches_total 1.0" in c0.metrics()
-        wait_for(lambda: svc.cache.keys() and all(k[0] == v2["version"] for k in svc.cache.keys()),
-                 what="the old version's partitions to leave the cache")
+        wait_for(
+            lambda: svc.cache.keys() and all(k[0] == v2["version"] for k in svc.cache.keys()),
+            what="the old version's partitions to leave the cache",
+        )
 
 
 def test_never_serves_a_version_that_does_not_verify(s3_server):
@@ -432,7 +466,7 @@ def test_never_serves_a_version_that_does_not_verify(s3_server):
         c = SemhashClient(url)
         wait_for(lambda: c.health()["version"] == v1["version"])
         bad = X.new_version_id()
-        manifest = dict(v1["manifest"], version=bad, count=v1["manifest"]["count"] + 1)    # counts disagree
+        manifest = dict(v1["manifest"], version=bad, count=v1["manifest"]["count"] + 1)  # counts disagree
         store.write_json(X.manifest_uri(uri, bad), manifest)
         store.write_json(store.join(uri, X.CURRENT), {"version": bad, "manifest": f"versions/{bad}/manifest.json"})
         wait_for(lambda: "semhash_version_load_failures_total 1.0" in c.metrics(), what="a refused version")
@@ -452,11 +486,11 @@ def test_a_refused_version_is_left_alone_until_its_manifest_changes(s3_server):
         assert svc.poll() and svc.current.version == v1["version"]
         bad = X.new_version_id()
         src, dest = X.version_prefix(uri, v1["version"]), X.version_prefix(uri, bad)
-        for key, _ in store.list_prefix(src):                      # the same shards and model under a new version
+        for key, _ in store.list_prefix(src):  # the same shards and model under a new version
             if not key.endswith(X.MANIFEST):
                 store.copy_object(store.join(src, key), store.join(dest, key))
         good = dict(v1["manifest"], version=bad)
-        store.write_json(X.manifest_uri(uri, bad), dict(good, count=good["count"] + 1))      # counts disagree
+        store.write_json(X.manifest_uri(uri, bad), dict(good, count=good["count"] + 1))  # counts disagree
         store.write_json(store.join(uri, X.CURRENT), {"version": bad, "manifest": f"versions/{bad}/manifest.json"})
 
         def failures():
@@ -465,9 +499,9 @@ def test_a_refused_version_is_left_alone_until_its_manifest_changes(s3_server):
 
         for _ in range(4):
             assert not svc.poll() and svc.current.version == v1["version"]
-        assert failures() == 1                                      # verified once, not at every poll
+        assert failures() == 1  # verified once, not at every poll
         assert not leases.live(uri, bad)
-        store.write_json(X.manifest_uri(uri, bad), good)            # corrected: verified again, and served
+        store.write_json(X.manifest_uri(uri, bad), good)  # corrected: verified again, and served
         assert svc.poll() and svc.current.version == bad and failures() == 1
         assert [l["reader"] for l in leases.live(uri, bad)] == [svc.reader_id]
     finally:
@@ -490,26 +524,30 @@ def test_not_ready_until_published(s3_server):
 
 # --------------------------------------------------------------------------------------------- faults
 
+
 def test_corrupt_shard_gives_partial_answers(s3_server):
     uri = s3_server.uri("svc-corrupt")
     v = build_index(uri, n=1500, seed=5, partition_bits=4)
     victim = v["manifest"]["partitions"][0]
     f = victim["files"][0]
     shard = store.join(X.version_prefix(uri, v["version"]), f["path"])
-    store.write_bytes(shard, bytes(int(f["bytes"])))             # same size, wrong bytes: only sha256 tells
+    store.write_bytes(shard, bytes(int(f["bytes"])))  # same size, wrong bytes: only sha256 tells
     ctx, svc = serve(uri, max_radius=32, max_results=5000)
     with ctx as url:
         c = SemhashClient(url)
         wait_for(lambda: c.ready()["status"] == "ok")
-        inside = next(i for i in range(len(v["codes"])) if C.partition_name(
-            int(C.prefix(v["codes"][i:i + 1], 4)[0]), 4) == victim["partition"])
-        out = c.search(codes=hexes(v["codes"][inside:inside + 1]), radius=32)   # every partition
+        inside = next(
+            i
+            for i in range(len(v["codes"]))
+            if C.partition_name(int(C.prefix(v["codes"][i : i + 1], 4)[0]), 4) == victim["partition"]
+        )
+        out = c.search(codes=hexes(v["codes"][inside : inside + 1]), radius=32)  # every partition
         assert out["partial"] and out["missing_partitions"] == [victim["partition"]]
         assert len(out["results"][0]) == len(v["codes"]) - victim["rows"]
-        with pytest.raises(ServiceError) as e:                     # it needs only the corrupt partition
-            c.search(codes=hexes(v["codes"][inside:inside + 1]), radius=0)
+        with pytest.raises(ServiceError) as e:  # it needs only the corrupt partition
+            c.search(codes=hexes(v["codes"][inside : inside + 1]), radius=0)
         assert e.value.status == 503
-        outside = c.search(codes=hexes(v["codes"][inside:inside + 1]), k=3)       # other rings still answer
+        outside = c.search(codes=hexes(v["codes"][inside : inside + 1]), k=3)  # other rings still answer
         assert outside["partial"] and len(outside["results"][0]) == 3
         assert 'semhash_partitions_read_total{outcome="error"}' in c.metrics()
 
@@ -518,8 +556,8 @@ def test_store_down_answers_from_cache_or_503(s3_server):
     """Runs last in this module: stops and restarts the session's S3 server."""
     uri = s3_server.uri("svc-down")
     v = build_index(uri, n=800, seed=6)
-    warm_ctx, _ = serve(uri)                                     # preloads every partition
-    cold_ctx, _ = serve(uri, preload=False)                      # reads partitions only on demand
+    warm_ctx, _ = serve(uri)  # preloads every partition
+    cold_ctx, _ = serve(uri, preload=False)  # reads partitions only on demand
     with warm_ctx as warm_url, cold_ctx as cold_url:
         warm, cold = SemhashClient(warm_url), SemhashClient(cold_url)
         wait_for(lambda: warm.ready()["status"] == "ok" and cold.ready()["status"] == "ok")
@@ -555,8 +593,8 @@ def test_service_leases_the_version_it_serves_and_retention_keeps_it(s3_server):
     try:
         assert svc.poll() and svc.current.version == v1
         assert [l["reader"] for l in leases.live(uri, v1)] == [svc.reader_id]
-        v2 = build_index(uri, n=300, seed=2)["version"]                     # published: CURRENT is v2
-        later = datetime.now(timezone.utc) + timedelta(seconds=60)         # both versions "old enough"
+        v2 = build_index(uri, n=300, seed=2)["version"]  # published: CURRENT is v2
+        later = datetime.now(timezone.utc) + timedelta(seconds=60)  # both versions "old enough"
         assert svc.poll() and svc.current.version == v2
         # v1 was served until just now: its lease stays one more poll, then it is released
         assert leases.live(uri, v1, later)
@@ -567,4 +605,4 @@ def test_service_leases_the_version_it_serves_and_retention_keeps_it(s3_server):
         assert out["deleted"] == [v1] and not out["errors"]
     finally:
         svc.stop()
-    assert not leases.live(uri, v2)                       # released on stop
+    assert not leases.live(uri, v2)  # released on stop

@@ -1,6 +1,7 @@
 """A short (10 s) run of the service load scenario (tests/load_util.py, shared with benchmarks/service_load.py):
 a fixed request rate with zero errors while a new version is published and the S3 server is restarted (the 60 s
 run is the benchmark: see docs/benchmarks.md)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,4 +14,4 @@ def test_fixed_rate_through_publish_and_s3_restart(s3_server, tmp_path):
     assert report["errors"] == 0, report
     assert report["completed"] == report["planned"] == 300
     assert [e.get("error") for e in report["events"]] == [None, None], report["events"]
-    assert len(report["versions_in_order"]) == 2, report["versions_in_order"]     # switched once, no flapping
+    assert len(report["versions_in_order"]) == 2, report["versions_in_order"]  # switched once, no flapping

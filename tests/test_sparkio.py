@@ -1,6 +1,7 @@
 """sparkio: the executors' own S3 reader and writer (what a cluster uses for s3://) give the rows Spark's Parquet
 reader gives, with the index's fixed-size binary and uint64 columns in Spark types; an empty result still writes a
 readable file. Run in local mode against the real S3 server: the same task code a cluster runs."""
+
 from __future__ import annotations
 
 import io
@@ -36,12 +37,12 @@ def test_store_reader_equals_spark_reader(spark, s3_index):
     got = sparkio._read_with_store(spark, root, files[1:], cols, path_column=True).collect()
     want = sparkio.read_parquet(spark, ix.version_prefix(local, version), files[1:], cols, path_column=True).collect()
     assert len(got) == sum(f["rows"] for p in manifest["partitions"] for f in p["files"] if f["path"] != files[0])
-    key = lambda r: r["id"]                                       # noqa: E731
+    key = lambda r: r["id"]  # noqa: E731
     assert [r.asDict() for r in sorted(got, key=key)] == [r.asDict() for r in sorted(want, key=key)]
     assert {r[sparkio.PATH_COLUMN] for r in got} == set(files[1:])
     assert all(isinstance(r["code"], (bytes, bytearray)) and len(r["code"]) == 4 for r in got)
     codes = np.frombuffer(b"".join(bytes(r["code"]) for r in got), np.uint8).reshape(-1, 4)
-    assert [r["address"] & ((1 << 64) - 1) for r in got] == C.prefix(codes, 16).tolist()   # uint64 bits kept
+    assert [r["address"] & ((1 << 64) - 1) for r in got] == C.prefix(codes, 16).tolist()  # uint64 bits kept
 
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
         sparkio._read_with_store(spark, root, ["part=zz"], cols, False)
@@ -75,8 +76,11 @@ def test_write_objects_and_the_executors_path_in_local_mode(spark, s3_server):
 
     store.ensure_bucket("semhash")
     out = "s3://semhash/sparkio-test/objects"
-    df = spark.createDataFrame([(f"d{i:02d}", i) for i in range(20)], "id string, n long") \
-        .withColumn("tag", F.lit("x")).withColumn("even", F.when(F.col("n") % 2 == 0, F.lit("yes")))
+    df = (
+        spark.createDataFrame([(f"d{i:02d}", i) for i in range(20)], "id string, n long")
+        .withColumn("tag", F.lit("x"))
+        .withColumn("even", F.when(F.col("n") % 2 == 0, F.lit("yes")))
+    )
     assert not df.schema["tag"].nullable
     written = sparkio.write_objects(df.repartition(2), out)
     assert [w["path"] for w in written] == [k for k, _ in store.list_prefix(out)]
@@ -88,8 +92,9 @@ def test_write_objects_and_the_executors_path_in_local_mode(spark, s3_server):
 
     sparkio.write_parquet(df.where("n < 5").coalesce(1), out, executors=True)
     assert len(store.list_prefix(out)) == 1
-    assert sorted(r["id"] for r in sparkio.read_parquet(spark, out, executors=True).collect()) == \
-        [f"d{i:02d}" for i in range(5)]
+    assert sorted(r["id"] for r in sparkio.read_parquet(spark, out, executors=True).collect()) == [
+        f"d{i:02d}" for i in range(5)
+    ]
 
 
 def test_spark_jobs_are_named_after_the_project_stage(spark, tmp_path):
@@ -100,15 +105,19 @@ def test_spark_jobs_are_named_after_the_project_stage(spark, tmp_path):
     sc = spark.sparkContext
     tracker = sc.statusTracker()
     before = sc.getLocalProperty("callSite.short")
-    sc.setLocalProperty("spark.jobGroup.id", "naming-test")          # to find the jobs afterwards
+    sc.setLocalProperty("spark.jobGroup.id", "naming-test")  # to find the jobs afterwards
     try:
         with stage("semhash test"):
             sparkio.write_parquet(spark.range(50).repartition(2), str(tmp_path / "out"))
-        assert sc.getLocalProperty("callSite.short") == before         # restored after the block
+        assert sc.getLocalProperty("callSite.short") == before  # restored after the block
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
-    names = {tracker.getStageInfo(s).name for j in tracker.getJobIdsForGroup("naming-test")
-             for s in tracker.getJobInfo(j).stageIds if tracker.getStageInfo(s) is not None}
+    names = {
+        tracker.getStageInfo(s).name
+        for j in tracker.getJobIdsForGroup("naming-test")
+        for s in tracker.getJobInfo(j).stageIds
+        if tracker.getStageInfo(s) is not None
+    }
     want = f"semhash test: write Parquet {tmp_path / 'out'}"
     assert names and all(want in n and "NativeMethodAccessorImpl" not in n for n in names), names
 
@@ -131,13 +140,13 @@ def test_s3_connector_is_detected_or_configured(spark):
         spark.conf.set(sparkio.CONNECTOR_CONF, "sideways")
         with pytest.raises(ValueError, match="use one of auto, s3a, s3, none"):
             sparkio.s3_connector(spark)
-        hconf.set("fs.s3.impl", "org.apache.hadoop.fs.RawLocalFileSystem")      # as EMRFS / Databricks set it
+        hconf.set("fs.s3.impl", "org.apache.hadoop.fs.RawLocalFileSystem")  # as EMRFS / Databricks set it
         for choice, want in (("auto", "s3"), ("s3", "s3"), ("none", None)):
             spark.conf.set(sparkio.CONNECTOR_CONF, choice)
             assert sparkio.s3_connector(spark) == want, choice
         hconf.set("fs.s3.impl", "com.example.NoSuchFileSystem")
         spark.conf.set(sparkio.CONNECTOR_CONF, "auto")
-        assert sparkio.s3_connector(spark) is None                              # a name that does not load
+        assert sparkio.s3_connector(spark) is None  # a name that does not load
     finally:
         hconf.unset("fs.s3.impl")
         spark.conf.unset(sparkio.CONNECTOR_CONF)
@@ -159,17 +168,21 @@ def test_connector_branch_round_trip_through_sparks_reader(spark, s3_index, tmp_
     assert target.startswith("file:///")
     sparkio._write_with_spark(want.drop(sparkio.PATH_COLUMN).repartition(3), "copy", target)
     back = sparkio._read_with_spark(spark, "copy", target, [""], cols, path_column=True).collect()
-    key = lambda r: r["id"]                                       # noqa: E731
-    assert [{k: v for k, v in r.asDict().items() if k != sparkio.PATH_COLUMN} for r in sorted(back, key=key)] == \
-        [{k: v for k, v in r.asDict().items() if k != sparkio.PATH_COLUMN}
-         for r in sorted(want.collect(), key=key)]
+    key = lambda r: r["id"]  # noqa: E731
+    assert [{k: v for k, v in r.asDict().items() if k != sparkio.PATH_COLUMN} for r in sorted(back, key=key)] == [
+        {k: v for k, v in r.asDict().items() if k != sparkio.PATH_COLUMN} for r in sorted(want.collect(), key=key)
+    ]
     names = {r[sparkio.PATH_COLUMN] for r in back}
-    assert len(back) == manifest["count"] and len(names) == 3 and all(n.endswith(".parquet") and "/" not in n
-                                                                      for n in names)
+    assert (
+        len(back) == manifest["count"]
+        and len(names) == 3
+        and all(n.endswith(".parquet") and "/" not in n for n in names)
+    )
     # parts: only those present are read; none at all is a FileNotFoundError naming the root
     part = files[0].split("/")[0]
-    by_part = sparkio._read_with_spark(spark, root, sparkio.hadoop_uri(ix.version_prefix(_local(s3_index), version),
-                                                                       None), [part], ["id"], False).count()
+    by_part = sparkio._read_with_spark(
+        spark, root, sparkio.hadoop_uri(ix.version_prefix(_local(s3_index), version), None), [part], ["id"], False
+    ).count()
     assert by_part == sum(p["rows"] for p in manifest["partitions"] if f"part={p['partition']}" == part)
     with pytest.raises(FileNotFoundError, match="copy"):
         sparkio._read_with_spark(spark, "copy", target, [], cols, False)

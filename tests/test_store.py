@@ -1,4 +1,5 @@
 """store: the same operations on local paths and on a real S3 server (SeaweedFS on loopback)."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from semhash_spark.io.embedded import _free_ports
 
 # ---------------------------------------------------------------------------------------------------- local
 
+
 @pytest.mark.parametrize("scheme", ["", "file://"])
 def test_local_round_trip(tmp_path, scheme):
     root = scheme + str(tmp_path / "root")
@@ -22,7 +24,7 @@ def test_local_round_trip(tmp_path, scheme):
     assert store.list_prefix(root) == [("a/b/y.bin", 6), ("a/x.bin", 5)]
     assert store.list_dir(store.join(root, "a")) == ["b", "x.bin"]
     assert store.local_copy(root) == str(tmp_path / "root")
-    store.write_bytes(store.join(root, "a/x.bin"), b"replaced")           # overwrite is atomic
+    store.write_bytes(store.join(root, "a/x.bin"), b"replaced")  # overwrite is atomic
     assert store.read_bytes(store.join(root, "a/x.bin")) == b"replaced"
     assert not [p for p in (tmp_path / "root" / "a").iterdir() if p.name.startswith(".tmp-")]
     assert store.delete_prefix(store.join(root, "a")) == 2
@@ -45,6 +47,7 @@ def test_join_and_split():
 
 
 # ---------------------------------------------------------------------------------------------------- S3
+
 
 def test_s3_round_trip(s3_server):
     root = s3_server.uri("store-test/rt")
@@ -73,14 +76,14 @@ def test_s3_missing_key_and_bucket_name_the_uri(s3_server):
 def test_s3_multipart_dir_round_trip(s3_server, tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    big = os.urandom(20 << 20)                        # 20 MiB: three 8 MiB parts
+    big = os.urandom(20 << 20)  # 20 MiB: three 8 MiB parts
     (src / "sub" / "big.bin").write_bytes(big)
     (src / "small.txt").write_bytes(b"s")
     uri = s3_server.uri("store-test/dir")
     assert store.upload_dir(src, uri) == 2
     assert store.list_prefix(uri) == [("small.txt", 1), ("sub/big.bin", 20 << 20)]
     etag = store.client().head_object(Bucket=s3_server.bucket, Key="store-test/dir/sub/big.bin")["ETag"]
-    assert "-" in etag                                # a multipart upload's ETag
+    assert "-" in etag  # a multipart upload's ETag
     dest = tmp_path / "dest"
     assert store.download_prefix(uri, dest) == 2
     assert (dest / "sub" / "big.bin").read_bytes() == big
@@ -100,7 +103,7 @@ def test_s3_local_copy_is_cached_by_listing(s3_server, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(store, "download_file", no_download)
         assert store.local_copy(uri, cache_dir=cache) == first
-    store.write_bytes(store.join(uri, "m/a.bin"), b"two!")            # changed: a fresh copy
+    store.write_bytes(store.join(uri, "m/a.bin"), b"two!")  # changed: a fresh copy
     second = store.local_copy(uri, cache_dir=cache)
     assert second != first and open(os.path.join(second, "m", "a.bin"), "rb").read() == b"two!"
     single = store.local_copy(store.join(uri, "m/a.bin"), cache_dir=cache)
@@ -117,9 +120,15 @@ def test_s3_unreachable_endpoint(s3_server, monkeypatch):
 
 
 def test_s3_no_credentials(s3_server, monkeypatch, tmp_path):
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-              "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for k in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))

@@ -1,5 +1,6 @@
 """model.kind documents_vae on real posts: it beats random codes and the chance level, its bits are balanced, its
 checkpoint is a plain layer stack any runtime can rebuild, and collapse is detected; bit statistics."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,40 @@ from semhash_spark.cli import main
 from semhash_spark.evaluation.evaluate import evaluate_codes
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "model.hidden=[128]", "--set", "vae.epochs=25", "--set", "vae.neighbours=5",
-         "--set", "vae.patience=25", "--set", "finetune.val_fraction=0.15"]
+SMALL = [
+    "--set",
+    "model.hidden=[128]",
+    "--set",
+    "vae.epochs=25",
+    "--set",
+    "vae.neighbours=5",
+    "--set",
+    "vae.patience=25",
+    "--set",
+    "finetune.val_fraction=0.15",
+]
 
 
 @pytest.fixture(scope="module")
 def vae_model(small_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("vae") / "model"
-    assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
-                 "--bits", "16", "--out", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--conf",
+                str(ROOT / "conf" / "documents-best.yaml"),
+                "--data",
+                str(small_dataset),
+                "--bits",
+                "16",
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -54,8 +80,15 @@ def test_vae_codes_beat_random_codes_and_are_balanced(vae_model, small_dataset):
     tr, te = hasher.codes_from_csr(train.counts), hasher.codes_from_csr(test.counts)
     res = evaluate_codes(tr, te, 16, train, test, ds.idf(doc_freq, n), baselines=("lsh",))
     rng = np.random.default_rng(0)
-    rand = evaluate_codes(rng.integers(0, 256, tr.shape, dtype=np.uint8), rng.integers(0, 256, te.shape, dtype=np.uint8),
-                          16, train, test, ds.idf(doc_freq, n), baselines=())
+    rand = evaluate_codes(
+        rng.integers(0, 256, tr.shape, dtype=np.uint8),
+        rng.integers(0, 256, te.shape, dtype=np.uint8),
+        16,
+        train,
+        test,
+        ds.idf(doc_freq, n),
+        baselines=(),
+    )
     # four groups of equal size: chance precision is about 0.25
     assert res["precision_at_100"] > rand["precision_at_100"] + 0.2, (res["precision_at_100"], rand["precision_at_100"])
     assert res["precision_at_100"] > res["baselines"]["lsh"]["precision_at_100"]
@@ -75,9 +108,27 @@ def test_vae_checkpoint_is_a_plain_layer_stack(vae_model, small_dataset):
 def test_vae_collapse_is_reported_and_defended(small_dataset, tmp_path, caplog):
     out = tmp_path / "m"
     with caplog.at_level(logging.WARNING, logger="semhash_spark.training.vae_fit"):
-        assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
-                     "--bits", "16", "--out", str(out), *SMALL, "--set", "vae.epochs=2",
-                     "--set", "vae.collapse_bucket_share=0.0"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--conf",
+                    str(ROOT / "conf" / "documents-best.yaml"),
+                    "--data",
+                    str(small_dataset),
+                    "--bits",
+                    "16",
+                    "--out",
+                    str(out),
+                    *SMALL,
+                    "--set",
+                    "vae.epochs=2",
+                    "--set",
+                    "vae.collapse_bucket_share=0.0",
+                ]
+            )
+            == 0
+        )
     warnings = json.loads((out / "model.json").read_text())["metrics"]["collapse_warnings"]
     assert [w["epoch"] for w in warnings] == [1, 2]
     assert warnings[1]["lr"] == pytest.approx(warnings[0]["lr"] / 2)
@@ -87,24 +138,45 @@ def test_vae_collapse_is_reported_and_defended(small_dataset, tmp_path, caplog):
 def test_bit_statistics_on_known_codes():
     rng = np.random.default_rng(0)
     b = rng.integers(0, 2, (4000, 16)).astype(np.uint8)
-    b[:, 3] = 1                 # a constant bit
-    b[:, 5] = b[:, 4]           # two identical bits
+    b[:, 3] = 1  # a constant bit
+    b[:, 5] = b[:, 4]  # two identical bits
     st = bitstats.bit_statistics(codes.pack_bits(b), 16, address_bits=4)
     assert st["constant_bits"] == 1 and st["balance_max"] == 0.5 and st["balance_min"] < 0.02
     # pairs among the 15 live bits: one of 105 has |corr| 1, the rest about 0.01
     assert 1 / 105 < st["mean_abs_correlation"] < 1 / 105 + 0.03
-    assert st["largest_bucket_share"] == pytest.approx(1 / 8, abs=0.02)   # bit 3 of the 4-bit address is constant
+    assert st["largest_bucket_share"] == pytest.approx(1 / 8, abs=0.02)  # bit 3 of the 4-bit address is constant
     same = codes.pack_bits(np.ones((50, 16), np.uint8))
     s2 = bitstats.bit_statistics(same, 16)
-    assert s2["largest_bucket_share"] == 1.0 and bitstats.collapse_signs(s2, max_bucket_share=0.2,
-                                                                          max_constant_fraction=0.25, bits=16)
+    assert s2["largest_bucket_share"] == 1.0 and bitstats.collapse_signs(
+        s2, max_bucket_share=0.2, max_constant_fraction=0.25, bits=16
+    )
 
 
 def test_vae_several_positives_from_the_nearest_neighbours(small_dataset, tmp_path):
     out = tmp_path / "m"
-    assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
-                 "--bits", "16", "--out", str(out), *SMALL, "--set", "vae.epochs=3",
-                 "--set", "vae.contrast_neighbours=2", "--set", "vae.contrast_positives=2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--conf",
+                str(ROOT / "conf" / "documents-best.yaml"),
+                "--data",
+                str(small_dataset),
+                "--bits",
+                "16",
+                "--out",
+                str(out),
+                *SMALL,
+                "--set",
+                "vae.epochs=3",
+                "--set",
+                "vae.contrast_neighbours=2",
+                "--set",
+                "vae.contrast_positives=2",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "model.json").read_text())
     assert meta["config"]["vae"]["contrast_positives"] == 2 and meta["metrics"]["best_val_precision"] > 0.3
     x = ds.read_split(small_dataset, "test", columns=("counts",)).counts.toarray()
@@ -113,7 +185,24 @@ def test_vae_several_positives_from_the_nearest_neighbours(small_dataset, tmp_pa
 
 @pytest.mark.parametrize("bad", ["vae.contrast_positives=0", "vae.contrast_neighbours=-1"])
 def test_vae_rejects_bad_contrast_options(small_dataset, tmp_path, bad, capsys):
-    assert main(["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset),
-                 "--bits", "16", "--out", str(tmp_path / "m"), *SMALL, "--set", bad]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--conf",
+                str(ROOT / "conf" / "documents-best.yaml"),
+                "--data",
+                str(small_dataset),
+                "--bits",
+                "16",
+                "--out",
+                str(tmp_path / "m"),
+                *SMALL,
+                "--set",
+                bad,
+            ]
+        )
+        == 1
+    )
     assert "ValueError: vae.contrast_neighbours must be >= 0 and vae.contrast_positives >= 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

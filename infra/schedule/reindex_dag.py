@@ -4,6 +4,7 @@ Copy into the Airflow dags folder (needs apache-airflow-providers-apache-spark a
 connection). ``max_active_runs=1`` keeps one re-index per index at a time; a failed or killed run is safe to
 retry, since ``CURRENT`` only moves on a complete publish.
 """
+
 from datetime import datetime, timedelta
 
 from airflow import DAG
@@ -32,8 +33,16 @@ with DAG(
     dedup = SparkSubmitOperator(
         task_id="dedup",
         application=f"{REPO}/jobs/dedup.py",
-        application_args=["--index", INDEX, "--radius", "3", "--out", "s3://semhash/reports/dedup",
-                          "--verify", "cosine:0.9"],
+        application_args=[
+            "--index",
+            INDEX,
+            "--radius",
+            "3",
+            "--out",
+            "s3://semhash/reports/dedup",
+            "--verify",
+            "cosine:0.9",
+        ],
         conn_id="spark_default",
     )
     reindex >> dedup

@@ -23,6 +23,7 @@ A source may be an ``s3://`` object or prefix laid out like a local file or fold
 downloaded to a temporary file of the same name and read as a local one, so records (ids, ``source``) are the
 same as from a local copy.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -43,14 +44,22 @@ log = logging.getLogger(__name__)
 DATASETS = ("20ng", "reuters21578", "jsonl")
 SPLITS = ("train", "test")
 ERROR_KINDS = (
-    "unreadable file", "undecodable utf-8", "invalid json", "missing id", "bad id",
-    "missing text", "bad text", "bad labels", "bad split",
+    "unreadable file",
+    "undecodable utf-8",
+    "invalid json",
+    "missing id",
+    "bad id",
+    "missing text",
+    "bad text",
+    "bad labels",
+    "bad split",
 )
 EXCERPT_CHARS = 200
 
 # English stop words: NLTK's list (Porter/Snowball lineage) with the apostrophe forms dropped, because tokens
 # are letters only ("don't" -> "don", "t"), plus a few frequent modal and filler words; see below for the rest.
-STOP_WORDS: frozenset[str] = frozenset("""
+STOP_WORDS: frozenset[str] = frozenset(
+    """
 a about above after again against ain all also am an and any are aren as at be because been before being below
 between both but by can could couldn d did didn do does doesn doing don down during each few for from further
 had hadn has hasn have haven having he her here hers herself him himself his how i if in into is isn it its
@@ -58,7 +67,9 @@ itself just ll m ma me mightn more most mustn my myself needn no nor not now o o
 ours ourselves out over own re s same shan she should shouldn so some such t than that the their theirs them
 themselves then there these they this those through to too under until up us ve very was wasn we were weren
 what when where which while who whom why will with won would wouldn y you your yours yourself yourselves
-""".split()) | frozenset("""
+""".split()
+) | frozenset(
+    """
 across afterwards almost alone along already although always among amongst another anyhow anyone anything
 anyway anywhere around back became become becomes becoming beforehand behind beside besides beyond cannot cant
 co con couldnt de due eg eight either eleven else elsewhere enough etc even ever every everyone everything
@@ -70,19 +81,21 @@ seems several since sincere six sixty somehow someone something sometime sometim
 thence thereafter thereby therefore therein thereupon third though three throughout thru thus together toward
 towards twelve twenty two un upon via well whatever whence whenever whereafter whereas whereby wherein
 whereupon wherever whether whither whoever whole whose within without yet
-""".split())
+""".split()
+)
 # The second part is the function words of the Glasgow list (scikit-learn's ENGLISH_STOP_WORDS), without its
 # content words (bill, call, fire, interest, system, name, part, show, side, top, ...): generic words that would
 # otherwise fill a fifth of a 2000-word vocabulary and drown the topical ones.
 
 TOKEN_PATTERNS = {
-    "letters": re.compile(r"[^\W\d_]+"),   # runs of letters (any script); digits, '_' and punctuation split tokens
-    "alnum": re.compile(r"[^\W_]+"),       # runs of letters and digits ("x11", "486", "3d"); '_' and punctuation split
+    "letters": re.compile(r"[^\W\d_]+"),  # runs of letters (any script); digits, '_' and punctuation split tokens
+    "alnum": re.compile(r"[^\W_]+"),  # runs of letters and digits ("x11", "486", "3d"); '_' and punctuation split
 }
 
 
-def tokenize(text: str, min_len: int = 2, max_len: int = 30, stop_words: frozenset[str] = STOP_WORDS,
-             tokens: str = "letters") -> list[str]:
+def tokenize(
+    text: str, min_len: int = 2, max_len: int = 30, stop_words: frozenset[str] = STOP_WORDS, tokens: str = "letters"
+) -> list[str]:
     """Lower-cases ``text`` and returns its tokens (``tokens``: a :data:`TOKEN_PATTERNS` name) of length in
     [min_len, max_len], minus stop words."""
     try:
@@ -101,8 +114,9 @@ def snippet(text: str | None, words: int = 30, chars: int = 200) -> str | None:
     return out[:chars]
 
 
-def _record(id_: str | None, text: str | None, labels: list[str], split: str | None, source: str,
-            error: str | None = None) -> dict[str, Any]:
+def _record(
+    id_: str | None, text: str | None, labels: list[str], split: str | None, source: str, error: str | None = None
+) -> dict[str, Any]:
     return {"id": id_, "text": text, "labels": labels, "split": split, "source": source, "error": error}
 
 
@@ -159,15 +173,22 @@ def read_20ng_group_dir(group_dir: str | Path, strip_headers: bool = False) -> I
         raise ValueError(f"{str(group_dir)!r} is not inside a 20news-bydate-train or 20news-bydate-test folder")
     for f in sorted(group_dir.iterdir()):
         if f.is_file():
-            yield _ng_record(split_dir, group_dir.name, f.name, f.read_bytes(),
-                             f"{split_dir}/{group_dir.name}/{f.name}", strip_headers)
+            yield _ng_record(
+                split_dir,
+                group_dir.name,
+                f.name,
+                f.read_bytes(),
+                f"{split_dir}/{group_dir.name}/{f.name}",
+                strip_headers,
+            )
 
 
 def _20ng_units(source: Path) -> list[str]:
     if source.is_file():
         return [str(source)]
-    groups = [g for d in sorted(_NG_SPLIT_DIRS) if (source / d).is_dir()
-              for g in sorted((source / d).iterdir()) if g.is_dir()]
+    groups = [
+        g for d in sorted(_NG_SPLIT_DIRS) if (source / d).is_dir() for g in sorted((source / d).iterdir()) if g.is_dir()
+    ]
     if groups:
         return [str(g) for g in groups]
     if (source / _NG_ARCHIVE).is_file():
@@ -192,12 +213,14 @@ _NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
 def _unescape_sgml(s: str) -> str:
     """Resolves the SGML entities the collection uses; control-character references (``&#3;``) become spaces."""
+
     def sub(m: re.Match) -> str:
         e = m.group(1)
         if e[0] == "#":
             c = int(e[1:])
             return chr(c) if c >= 32 and c < 0x110000 else " "
         return _NAMED[e]
+
     return _ENTITY.sub(sub, s)
 
 
@@ -233,8 +256,14 @@ def parse_reuters_sgml(content: str, source: str) -> Iterator[dict]:
         text = "\n".join(pieces) if pieces else _TAG.sub(" ", text_part)
         text = _unescape_sgml(text).strip()
         if not text:
-            yield _record(doc_id, None, [x for x in labels if x], split, where,
-                          f"missing text: NEWID={doc_id} in {source} has no TITLE, BODY or TEXT")
+            yield _record(
+                doc_id,
+                None,
+                [x for x in labels if x],
+                split,
+                where,
+                f"missing text: NEWID={doc_id} in {source} has no TITLE, BODY or TEXT",
+            )
             continue
         yield _record(doc_id, text, [x for x in labels if x], split, where)
 
@@ -317,7 +346,7 @@ def _jsonl_fields(line: bytes, where: str, test_fraction: float) -> dict:
     elif split not in SPLITS:
         return bad("bad split", f"'split' must be 'train' or 'test', got {split!r}"[:EXCERPT_CHARS], doc_id)
     for v in (doc_id, obj["text"], *labels):
-        v.encode("utf-8")                        # a lone surrogate ("\\ud800") is valid JSON but no UTF-8 string
+        v.encode("utf-8")  # a lone surrogate ("\\ud800") is valid JSON but no UTF-8 string
     return _record(doc_id, obj["text"], labels, split, where)
 
 
@@ -350,21 +379,26 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 def _s3_units(dataset: str, source: str) -> list[str]:
     """:func:`input_units` of an ``s3://`` object or prefix (the same layouts as local files and folders)."""
     keys = [k for k, _ in store.list_prefix(source)]
-    if not keys:                                           # a single object, or nothing at all
+    if not keys:  # a single object, or nothing at all
         if not store.exists(source):
             raise ValueError(f"source {source!r} does not exist (no object or prefix at this URI)")
         name = source.rstrip("/").rsplit("/", 1)[-1]
-        ok = {"20ng": name.endswith(_ARCHIVE_SUFFIXES),
-              "reuters21578": bool(_SGM_NAME.search(name)) or name.endswith(_ARCHIVE_SUFFIXES),
-              "jsonl": True}[dataset]
+        ok = {
+            "20ng": name.endswith(_ARCHIVE_SUFFIXES),
+            "reuters21578": bool(_SGM_NAME.search(name)) or name.endswith(_ARCHIVE_SUFFIXES),
+            "jsonl": True,
+        }[dataset]
         if not ok:
-            want = {"20ng": "a 20news-bydate .tar.gz archive", "reuters21578": "a reut2-NNN.sgm file or a .tar.gz "
-                    "archive of them"}[dataset]
+            want = {
+                "20ng": "a 20news-bydate .tar.gz archive",
+                "reuters21578": "a reut2-NNN.sgm file or a .tar.gz archive of them",
+            }[dataset]
             raise ValueError(f"source {source!r} is not {want} (or a prefix holding the corpus's files)")
         return [source]
     if dataset == "20ng":
-        groups = sorted({tuple(k.split("/")[:2]) for k in keys
-                         if len(k.split("/")) == 3 and k.split("/")[0] in _NG_SPLIT_DIRS})
+        groups = sorted(
+            {tuple(k.split("/")[:2]) for k in keys if len(k.split("/")) == 3 and k.split("/")[0] in _NG_SPLIT_DIRS}
+        )
         if groups:
             return [store.join(source, d, g) for d, g in groups]
         return [store.join(source, _NG_ARCHIVE)] if _NG_ARCHIVE in keys else []
@@ -384,8 +418,14 @@ def _read_s3_unit(dataset: str, unit: str, **kw) -> Iterator[dict]:
         split_dir = unit.rstrip("/").rsplit("/", 2)[-2]
         for rel, _ in store.list_prefix(unit):
             if "/" not in rel:
-                yield _ng_record(split_dir, name, rel, store.read_bytes(store.join(unit, rel)),
-                                 f"{split_dir}/{name}/{rel}", kw.get("strip_headers", False))
+                yield _ng_record(
+                    split_dir,
+                    name,
+                    rel,
+                    store.read_bytes(store.join(unit, rel)),
+                    f"{split_dir}/{name}/{rel}",
+                    kw.get("strip_headers", False),
+                )
         return
     with tempfile.TemporaryDirectory(prefix="semhash-unit-") as tmp:
         local = os.path.join(tmp, name)
@@ -426,8 +466,9 @@ def read_unit(dataset: str, unit: str, *, strip_headers: bool = False, test_frac
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
 
-def read_records(dataset: str, source: str | os.PathLike, *, strip_headers: bool = False,
-                 test_fraction: float = 0.2) -> Iterator[dict]:
+def read_records(
+    dataset: str, source: str | os.PathLike, *, strip_headers: bool = False, test_fraction: float = 0.2
+) -> Iterator[dict]:
     """Streams every record of a corpus (all units in order)."""
     for unit in input_units(dataset, source):
         log.debug("reading %s unit %s", dataset, unit)

@@ -19,6 +19,7 @@ into a ``scipy.sparse.csr_matrix`` without densifying. The metadata functions ta
 URI (through :mod:`semhash_spark.io.store`); reading a split is for local directories (``store.local_copy`` stages
 one, Spark jobs read ``s3://`` through :mod:`semhash_spark.io.sparkio`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:                      # scipy is imported where sparse rows are built (not by the service)
+if TYPE_CHECKING:  # scipy is imported where sparse rows are built (not by the service)
     import scipy.sparse as sp
 
 from semhash_spark.io import store
@@ -47,15 +48,29 @@ VOCAB_FILE = "vocab.json"
 DOCS_DIR = "docs"
 QUARANTINE_DIR = "quarantine"
 
-ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH = "id", "labels", "word_ids", "word_counts", "length", \
-    "content_hash"
-WORD_HASHES = "word_hashes"     # the document's whole word set (every token, not only the vocabulary), hashed
-SNIPPET = "snippet"             # the text's first words (prepare.snippet_words; null when off): shown beside hits
+ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH = (
+    "id",
+    "labels",
+    "word_ids",
+    "word_counts",
+    "length",
+    "content_hash",
+)
+WORD_HASHES = "word_hashes"  # the document's whole word set (every token, not only the vocabulary), hashed
+SNIPPET = "snippet"  # the text's first words (prepare.snippet_words; null when off): shown beside hits
 DOC_COLUMNS = (ID, LABELS, WORD_IDS, WORD_COUNTS, LENGTH, CONTENT_HASH, WORD_HASHES, SNIPPET)
-DOC_SCHEMA = pa.schema([
-    (ID, pa.string()), (LABELS, pa.list_(pa.string())), (WORD_IDS, pa.binary()), (WORD_COUNTS, pa.binary()),
-    (LENGTH, pa.int32()), (CONTENT_HASH, pa.string()), (WORD_HASHES, pa.binary()), (SNIPPET, pa.string()),
-])
+DOC_SCHEMA = pa.schema(
+    [
+        (ID, pa.string()),
+        (LABELS, pa.list_(pa.string())),
+        (WORD_IDS, pa.binary()),
+        (WORD_COUNTS, pa.binary()),
+        (LENGTH, pa.int32()),
+        (CONTENT_HASH, pa.string()),
+        (WORD_HASHES, pa.binary()),
+        (SNIPPET, pa.string()),
+    ]
+)
 QUARANTINE_COLUMNS = ("id", "source", "reason", "excerpt")
 QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in QUARANTINE_COLUMNS])
 
@@ -84,7 +99,7 @@ def vocab_fingerprint(words: Sequence[str]) -> str:
 
 def _write_json(path: str | os.PathLike, obj: Any) -> None:
     text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
-    if store.is_s3(str(path)):                  # one PUT: atomic by itself
+    if store.is_s3(str(path)):  # one PUT: atomic by itself
         store.write_bytes(str(path), text.encode())
         return
     path = Path(path)
@@ -110,17 +125,34 @@ def write_vocab(data_dir: str | os.PathLike, words: Sequence[str], doc_freq: Seq
     """Writes vocab.json and returns the vocabulary fingerprint."""
     if len(words) != len(doc_freq):
         raise ValueError(f"{len(words)} words but {len(doc_freq)} document frequencies")
-    _write_json(store.join(str(data_dir), VOCAB_FILE), {"words": list(words), "doc_freq": [int(x) for x in doc_freq],
-                                              "num_train_docs": int(num_train_docs)})
+    _write_json(
+        store.join(str(data_dir), VOCAB_FILE),
+        {"words": list(words), "doc_freq": [int(x) for x in doc_freq], "num_train_docs": int(num_train_docs)},
+    )
     return vocab_fingerprint(words)
 
 
-def write_metadata(data_dir: str | os.PathLike, *, name: str, vocab_size: int, counts: Mapping[str, int],
-                   vocab_fingerprint: str, source: str, **extra: Any) -> dict:
+def write_metadata(
+    data_dir: str | os.PathLike,
+    *,
+    name: str,
+    vocab_size: int,
+    counts: Mapping[str, int],
+    vocab_fingerprint: str,
+    source: str,
+    **extra: Any,
+) -> dict:
     """Writes dataset.json (last, once docs/ and vocab.json are in place) and returns it."""
-    meta = {"format": FORMAT, "name": name, "vocab_size": int(vocab_size),
-            "counts": {k: int(v) for k, v in counts.items()}, "vocab_fingerprint": vocab_fingerprint,
-            "source": source, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        "vocab_size": int(vocab_size),
+        "counts": {k: int(v) for k, v in counts.items()},
+        "vocab_fingerprint": vocab_fingerprint,
+        "source": source,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
     _write_json(store.join(str(data_dir), DATASET_FILE), meta)
     return meta
 
@@ -173,7 +205,8 @@ def decode_sparse(ids_bytes: bytes, counts_bytes: bytes) -> tuple[np.ndarray, np
 
 def csr_from_binary(word_ids: Sequence[bytes], word_counts: Sequence[bytes], vocab_size: int) -> sp.csr_matrix:
     """Rows of encoded sparse vectors -> csr_matrix float32 [n, vocab_size] (one copy of the values, no densify)."""
-    import scipy.sparse as sp          # here, not at import: a [service] install (query by code) has no scipy
+    import scipy.sparse as sp  # here, not at import: a [service] install (query by code) has no scipy
+
     n = len(word_ids)
     if len(word_counts) != n:
         raise ValueError(f"{n} word_ids rows but {len(word_counts)} word_counts rows")
@@ -189,8 +222,9 @@ def csr_from_binary(word_ids: Sequence[bytes], word_counts: Sequence[bytes], voc
     return sp.csr_matrix((data, indices, indptr), shape=(n, vocab_size))
 
 
-def vectorize(text: str, vocab_index: Mapping[str, int],
-              cfg: PrepareConfig = PrepareConfig()) -> tuple[np.ndarray, np.ndarray]:
+def vectorize(
+    text: str, vocab_index: Mapping[str, int], cfg: PrepareConfig = PrepareConfig()
+) -> tuple[np.ndarray, np.ndarray]:
     """Text -> (ascending word ids int32, counts float32) over the vocabulary, tokenised as prepare does."""
     return count_vector(tokenize(text, cfg.min_token_len, cfg.max_token_len, tokens=cfg.tokens), vocab_index)
 
@@ -206,10 +240,11 @@ def count_vector(tokens: Sequence[str], vocab_index: Mapping[str, int]) -> tuple
 @dataclass
 class SplitData:
     """One split in memory: ``counts`` is csr float32 [n, V]; fields not asked for are None."""
-    ids: np.ndarray | None                 # object[n] of str
+
+    ids: np.ndarray | None  # object[n] of str
     labels: list[list[str]] | None
     counts: sp.csr_matrix | None
-    content_hash: np.ndarray | None        # object[n] of str
+    content_hash: np.ndarray | None  # object[n] of str
 
     def __len__(self) -> int:
         for x in (self.ids, self.labels, self.content_hash):
@@ -226,8 +261,9 @@ def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.name.endswith(".parquet") and not p.name.startswith((".", "_")))
 
 
-def read_split(data_dir: str | os.PathLike, split: str,
-               columns: Sequence[str] = (ID, LABELS, "counts", CONTENT_HASH)) -> SplitData:
+def read_split(
+    data_dir: str | os.PathLike, split: str, columns: Sequence[str] = (ID, LABELS, "counts", CONTENT_HASH)
+) -> SplitData:
     """Reads a whole split (files in name order). ``columns`` picks among id, labels, counts, content_hash."""
     unknown = set(columns) - {ID, LABELS, "counts", CONTENT_HASH}
     if unknown:
@@ -251,8 +287,11 @@ def read_split(data_dir: str | os.PathLike, split: str,
     if "counts" in columns:
         import scipy.sparse as sp
 
-        counts = sp.vstack(mats, format="csr", dtype=np.float32) if mats else \
-            sp.csr_matrix((0, vocab_size), dtype=np.float32)
+        counts = (
+            sp.vstack(mats, format="csr", dtype=np.float32)
+            if mats
+            else sp.csr_matrix((0, vocab_size), dtype=np.float32)
+        )
     return SplitData(
         ids=np.array(ids, dtype=object) if ID in columns else None,
         labels=labels if LABELS in columns else None,

@@ -4,6 +4,7 @@ DataFrame with an MLlib ``SparseVector`` of word counts per document.
 The files are not changed: Petastorm still reads the binary ``word_ids``/``word_counts`` columns for training
 (:mod:`semhash_spark.data.loader`); this decodes them once per row for users of ``pyspark.ml``.
 """
+
 from __future__ import annotations
 
 from functools import reduce
@@ -37,9 +38,13 @@ def read_documents(spark: SparkSession, data_uri: str, splits: Sequence[str] = d
     frames = []
     for split in splits:
         try:
-            df = sparkio.read_parquet(spark, data_uri, [f"{ds.DOCS_DIR}/split={split}"],
-                                      [ds.ID, ds.LABELS, ds.WORD_IDS, ds.WORD_COUNTS, ds.LENGTH])
-        except FileNotFoundError:                       # a split with no documents (e.g. a corpus without test)
+            df = sparkio.read_parquet(
+                spark,
+                data_uri,
+                [f"{ds.DOCS_DIR}/split={split}"],
+                [ds.ID, ds.LABELS, ds.WORD_IDS, ds.WORD_COUNTS, ds.LENGTH],
+            )
+        except FileNotFoundError:  # a split with no documents (e.g. a corpus without test)
             continue
         frames.append(df.withColumn(SPLIT, F.lit(split)))
     if not frames:

@@ -20,6 +20,7 @@ prefix of a class-folder tree (its objects read one by one), or one unit for an 
 CIFAR-10's python batches (downloaded to a temporary folder and read by the local readers above, so ids and
 sources match a local copy's, except that a class-folder image's ``source`` is its ``s3://`` URI).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -40,10 +41,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".we
 DATASETS = ("cifar10", "mnist", "imagefolder")
 
 
-def _record(id_: str, label: str, split: str, source: str, data: bytes | None, shape: str | None = None,
-            error: str | None = None) -> dict:
-    return {"id": id_, "label": label, "split": split, "source": source, "data": data, "shape": shape,
-            "error": error}
+def _record(
+    id_: str,
+    label: str,
+    split: str,
+    source: str,
+    data: bytes | None,
+    shape: str | None = None,
+    error: str | None = None,
+) -> dict:
+    return {"id": id_, "label": label, "split": split, "source": source, "data": data, "shape": shape, "error": error}
 
 
 def _is_archive(path: Path) -> bool:
@@ -99,8 +106,14 @@ def read_folder_archive(path: Path) -> Iterator[dict]:
             rid = f"{split}/{label}/{name}"
             f = tar.extractfile(m)
             data = f.read() if f is not None else None
-            yield _record(rid, label, split, f"{path.name}:{m.name}", data,
-                          error=None if data is not None else "unreadable archive member")
+            yield _record(
+                rid,
+                label,
+                split,
+                f"{path.name}:{m.name}",
+                data,
+                error=None if data is not None else "unreadable archive member",
+            )
 
 
 # ---------------------------------------------------------------------------------------------------- CIFAR-10
@@ -108,15 +121,21 @@ _CIFAR_BATCHES = {**{f"data_batch_{i}": "train" for i in range(1, 6)}, "test_bat
 
 
 def _cifar_batch_records(name: str, blob: bytes, label_names: list[str], source: str) -> Iterator[dict]:
-    d = pickle.loads(blob, encoding="bytes")           # CIFAR-10's own format; trusted input only
-    data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)   # CHW -> HWC
+    d = pickle.loads(blob, encoding="bytes")  # CIFAR-10's own format; trusted input only
+    data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW -> HWC
     split = _CIFAR_BATCHES[name]
     files = d.get(b"filenames", [None] * len(data))
     for i, (img, lab) in enumerate(zip(data, d[b"labels"])):
         fname = files[i].decode() if isinstance(files[i], bytes) else f"{i:05d}"
         label = label_names[lab]
-        yield _record(f"{split}/{label}/{name}/{fname}", label, split, f"{source}:{name}[{i}]",
-                      np.ascontiguousarray(img).tobytes(), shape="32,32,3")
+        yield _record(
+            f"{split}/{label}/{name}/{fname}",
+            label,
+            split,
+            f"{source}:{name}[{i}]",
+            np.ascontiguousarray(img).tobytes(),
+            shape="32,32,3",
+        )
 
 
 def _cifar_python(blobs: dict[str, bytes], source: str) -> Iterator[dict]:
@@ -145,8 +164,10 @@ def read_cifar10(source: str) -> Iterator[dict]:
     metas = sorted(path.rglob("batches.meta"))
     if metas:
         d = metas[0].parent
-        yield from _cifar_python({p.name: p.read_bytes() for p in d.iterdir()
-                                  if p.name in _CIFAR_BATCHES or p.name == "batches.meta"}, str(d))
+        yield from _cifar_python(
+            {p.name: p.read_bytes() for p in d.iterdir() if p.name in _CIFAR_BATCHES or p.name == "batches.meta"},
+            str(d),
+        )
         return
     yield from read_folder_tree(path)
 
@@ -164,7 +185,7 @@ def parse_idx(blob: bytes) -> np.ndarray:
     if blob[2] != 0x08:
         raise ValueError(f"idx element type 0x{blob[2]:02x} is not unsigned byte")
     ndim = blob[3]
-    dims = struct.unpack(">" + "i" * ndim, blob[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "i" * ndim, blob[4 : 4 + 4 * ndim])
     n = int(np.prod(dims))
     data = np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != n:
@@ -190,8 +211,14 @@ def read_mnist(source: str) -> Iterator[dict]:
             raise ValueError(f"{ipath.name} ({images.shape}) and {lpath.name} ({labels.shape}) do not match")
         h, w = images.shape[1:]
         for i in range(len(images)):
-            yield _record(f"{split}/{i:05d}", str(int(labels[i])), split, f"{ipath.name}[{i}]",
-                          images[i].tobytes(), shape=f"{h},{w},1")
+            yield _record(
+                f"{split}/{i:05d}",
+                str(int(labels[i])),
+                split,
+                f"{ipath.name}[{i}]",
+                images[i].tobytes(),
+                shape=f"{h},{w},1",
+            )
 
 
 def read_imagefolder(source: str) -> Iterator[dict]:
@@ -214,7 +241,7 @@ def read_source(dataset: str, source: str) -> Iterator[dict]:
 
 # ---------------------------------------------------------------------------------------------------- s3:// sources
 _MNIST_STEMS = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-LABEL_DIR, DOWNLOAD = "labeldir", "download"     # unit kinds: a <split>/<label>/ prefix; objects read locally
+LABEL_DIR, DOWNLOAD = "labeldir", "download"  # unit kinds: a <split>/<label>/ prefix; objects read locally
 
 
 def input_units(dataset: str, source: str) -> list[tuple[str, str, str]]:
@@ -280,15 +307,15 @@ def read_unit(unit: tuple[str, str, str]) -> Iterator[dict]:
             yield _record(f"{split}/{label}/{rel}", label, split, f, data)
         return
     with tempfile.TemporaryDirectory(prefix="semhash-images-") as tmp:
-        if store.exists(uri) and not store.list_prefix(uri):       # one object (an archive)
+        if store.exists(uri) and not store.list_prefix(uri):  # one object (an archive)
             local = os.path.join(tmp, uri.rsplit("/", 1)[-1])
             store.download_file(uri, local)
-        else:                                                      # a prefix: its top-level objects
+        else:  # a prefix: its top-level objects
             local = os.path.join(tmp, "source")
             for rel, _ in store.list_prefix(uri):
                 if "/" not in rel:
                     store.download_file(store.join(uri, rel), os.path.join(local, rel))
         for rec in read_source(dataset, local):
             if rec["source"].startswith(local):
-                rec["source"] = uri + rec["source"][len(local):]
+                rec["source"] = uri + rec["source"][len(local) :]
             yield rec

@@ -23,6 +23,7 @@ kept). Zero-size and undecodable files, unreadable records and duplicate ids are
 (:func:`semhash_spark.data.loader.write_image_split`, :func:`sparkio.write_parquet`), staging goes to a local temporary
 folder in local mode or ``out_dir/_staging/`` on a cluster, and the driver writes dataset.json last.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,12 +61,21 @@ DUPLICATE_ID = "duplicate id"
 BAD_SPLIT = "unknown split"
 WRONG_SIZE = "wrong pixel count"
 NO_LABEL = "no label"
-_UNFAITHFUL_MODES = ("I", "F")           # and every I;16* mode
+_UNFAITHFUL_MODES = ("I", "F")  # and every I;16* mode
 
-_STAGE_ARROW = pa.schema([("seq", pa.int64()), ("id", pa.string()), ("label", pa.string()), ("split", pa.string()),
-                          ("source", pa.string()), ("data", pa.binary()), ("shape", pa.string()),
-                          ("error", pa.string())])
-_DECODED_SCHEMA = ("seq long, id string, label string, split string, source string, pixels binary, reason string")
+_STAGE_ARROW = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("id", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("data", pa.binary()),
+        ("shape", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+_DECODED_SCHEMA = "seq long, id string, label string, split string, source string, pixels binary, reason string"
 
 
 # ---------------------------------------------------------------------------------------------------- metadata
@@ -91,8 +101,10 @@ def dataset_kind(data_dir: str | os.PathLike) -> str:
     """``images`` or ``documents``, from dataset.json."""
     meta = _dataset_json(data_dir)
     if meta is None:
-        raise ValueError(f"{store.join(str(data_dir), DATASET_FILE)!r} not found: {str(data_dir)!r} is not a "
-                         "prepared dataset (run semhash prepare)")
+        raise ValueError(
+            f"{store.join(str(data_dir), DATASET_FILE)!r} not found: {str(data_dir)!r} is not a "
+            "prepared dataset (run semhash prepare)"
+        )
     return meta.get("kind", "documents")
 
 
@@ -155,14 +167,31 @@ def _decode_batches(frames: Iterator[pd.DataFrame], cfg_dict: dict) -> Iterator[
             except ValueError as e:
                 pixels.append(None)
                 reasons.append(str(e))
-        yield pd.DataFrame({"seq": pdf["seq"], "id": pdf["id"], "label": pdf["label"], "split": pdf["split"],
-                            "source": pdf["source"], "pixels": pixels, "reason": reasons})
+        yield pd.DataFrame(
+            {
+                "seq": pdf["seq"],
+                "id": pdf["id"],
+                "label": pdf["label"],
+                "split": pdf["split"],
+                "source": pdf["source"],
+                "pixels": pixels,
+                "reason": reasons,
+            }
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- writer
-def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: Any, *,
-                        quarantine: DataFrame | None = None, name: str = "images", source: str = "",
-                        extra: dict | None = None) -> dict:
+def write_image_dataset(
+    spark: SparkSession,
+    df: DataFrame,
+    out_dir: str,
+    cfg: Any,
+    *,
+    quarantine: DataFrame | None = None,
+    name: str = "images",
+    source: str = "",
+    extra: dict | None = None,
+) -> dict:
     """Writes a ``semhash-images/1`` dataset from a DataFrame of ``id, label, split, pixels`` (raw uint8 HWC bytes,
     row-major, already ``cfg.height x cfg.width x cfg.channels``).
 
@@ -174,7 +203,7 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
     if not isinstance(cfg, ImagesConfig):
         raise TypeError(f"cfg must be an ImagesConfig or a Config, got {type(cfg).__name__}")
     out = _out_uri(out_dir)
-    store.delete(store.join(out, DATASET_FILE))          # written last: a half-written dataset has none
+    store.delete(store.join(out, DATASET_FILE))  # written last: a half-written dataset has none
     nbytes = cfg.height * cfg.width * cfg.channels
     order = F.col("seq") if "seq" in df.columns else F.monotonically_increasing_id()
     has_source = "source" in df.columns
@@ -185,9 +214,10 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
         F.when(F.col("id").isNull(), F.lit("no id"))
         .when(~F.col("split").isin(*SPLITS), F.lit(BAD_SPLIT))
         .when(F.col("label").isNull() | (F.col("label") == ""), F.lit(NO_LABEL))
-        .when(F.col("pixels").isNull() | (F.length("pixels") != nbytes),
-              F.lit(f"{WRONG_SIZE} (expected {nbytes} bytes)"))
-        .when(rank > 1, F.lit(DUPLICATE_ID))
+        .when(
+            F.col("pixels").isNull() | (F.length("pixels") != nbytes), F.lit(f"{WRONG_SIZE} (expected {nbytes} bytes)")
+        )
+        .when(rank > 1, F.lit(DUPLICATE_ID)),
     ).withColumn("source", F.col("source") if has_source else F.lit(None).cast("string"))
     with sparkio.staging(spark, out, "_staging") as staging:
         _write(checked, store.join(staging, "checked"))
@@ -196,15 +226,24 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
         counts = {r["split"]: r["count"] for r in kept.groupBy("split").count().collect()}
         labels = sorted(r["label"] for r in kept.select("label").distinct().collect())
         if counts.get("train", 0) == 0:
-            raise ValueError(f"no training image survived in {out!r}; quarantine reasons: "
-                             f"{_reasons(checked.where(F.col('reason').isNotNull()))}")
+            raise ValueError(
+                f"no training image survived in {out!r}; quarantine reasons: "
+                f"{_reasons(checked.where(F.col('reason').isNotNull()))}"
+            )
         sparkio.remove(store.join(out, IMAGES_DIR))
         for split in SPLITS:
             if counts.get(split, 0):
                 split_uri = store.join(out, IMAGES_DIR, f"split={split}")
                 url = split_uri if store.is_s3(split_uri) else "file://" + os.path.abspath(split_uri)
-                data_mod.write_image_split(spark, kept.where(F.col("split") == split), url, cfg.height, cfg.width,
-                                           cfg.channels, cfg.files_per_split)
+                data_mod.write_image_split(
+                    spark,
+                    kept.where(F.col("split") == split),
+                    url,
+                    cfg.height,
+                    cfg.width,
+                    cfg.channels,
+                    cfg.files_per_split,
+                )
         rejected = checked.where(F.col("reason").isNotNull()).select("id", "source", "reason")
         if quarantine is not None:
             rejected = rejected.unionByName(quarantine.select("id", "source", "reason"))
@@ -213,14 +252,30 @@ def write_image_dataset(spark: SparkSession, df: DataFrame, out_dir: str, cfg: A
     if not store.is_s3(out):
         sparkio.remove_crc(os.path.join(out, IMAGES_DIR))
     n_q = sum(reasons.values())
-    meta = {"format": FORMAT, "kind": KIND, "name": name, "height": cfg.height, "width": cfg.width,
-            "channels": cfg.channels, "labels": labels,
-            "counts": {"train": int(counts.get("train", 0)), "test": int(counts.get("test", 0)), "quarantined": n_q},
-            "quarantine_reasons": reasons, "source": source, "images": asdict(cfg),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
-    store.write_bytes(store.join(out, DATASET_FILE), (json.dumps(meta, indent=1) + "\n").encode())   # atomic
-    return {"name": name, "kind": KIND, "kept": meta["counts"] | {"quarantined": n_q}, "quarantined": reasons,
-            "labels": len(labels), "out_dir": out}
+    meta = {
+        "format": FORMAT,
+        "kind": KIND,
+        "name": name,
+        "height": cfg.height,
+        "width": cfg.width,
+        "channels": cfg.channels,
+        "labels": labels,
+        "counts": {"train": int(counts.get("train", 0)), "test": int(counts.get("test", 0)), "quarantined": n_q},
+        "quarantine_reasons": reasons,
+        "source": source,
+        "images": asdict(cfg),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+    store.write_bytes(store.join(out, DATASET_FILE), (json.dumps(meta, indent=1) + "\n").encode())  # atomic
+    return {
+        "name": name,
+        "kind": KIND,
+        "kept": meta["counts"] | {"quarantined": n_q},
+        "quarantined": reasons,
+        "labels": len(labels),
+        "out_dir": out,
+    }
 
 
 def _out_uri(out_dir: str | os.PathLike) -> str:
@@ -235,7 +290,7 @@ def _out_uri(out_dir: str | os.PathLike) -> str:
 
 
 def _write(df: DataFrame, uri: str) -> None:
-    sparkio.write_parquet(df, uri, executors=True)     # s3://: the tasks write the objects, in any mode
+    sparkio.write_parquet(df, uri, executors=True)  # s3://: the tasks write the objects, in any mode
 
 
 def _read(spark: SparkSession, uri: str) -> DataFrame:
@@ -256,7 +311,7 @@ def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str,
     """
     t0 = time.time()
     source = str(source)
-    if store.is_s3(source):                                  # validates dataset and source before any write
+    if store.is_s3(source):  # validates dataset and source before any write
         units, records = image_sources.input_units(dataset, source), None
     else:
         units, records = None, image_sources.read_source(dataset, source)
@@ -270,16 +325,25 @@ def prepare_images(spark: SparkSession, dataset: str, source: str, out_dir: str,
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
         raw = _read(spark, store.join(work, "raw")).select(*_STAGE_ARROW.names)
         decoded = raw.repartition(max(2, spark.sparkContext.defaultParallelism)).mapInPandas(
-            functools.partial(_decode_batches, cfg_dict=asdict(cfg)), _DECODED_SCHEMA)
+            functools.partial(_decode_batches, cfg_dict=asdict(cfg)), _DECODED_SCHEMA
+        )
         _write(decoded, store.join(work, "decoded"))
         decoded = _read(spark, store.join(work, "decoded"))
         good = decoded.where(F.col("reason").isNull())
         bad = decoded.where(F.col("reason").isNotNull()).select("id", "source", "reason")
-        name = {"cifar10": "cifar10", "mnist": "mnist"}.get(dataset, source.rstrip("/").rsplit("/", 1)[-1]
-                                                            .split(".")[0])
-        report = write_image_dataset(spark, good.select("seq", "id", "label", "split", "source", "pixels"), out,
-                                     cfg, quarantine=bad, name=name, source=source,
-                                     extra={"records_read": n_read, "dataset": dataset})
+        name = {"cifar10": "cifar10", "mnist": "mnist"}.get(
+            dataset, source.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+        )
+        report = write_image_dataset(
+            spark,
+            good.select("seq", "id", "label", "split", "source", "pixels"),
+            out,
+            cfg,
+            quarantine=bad,
+            name=name,
+            source=source,
+            extra={"records_read": n_read, "dataset": dataset},
+        )
     total = report["kept"]["train"] + report["kept"]["test"] + report["kept"]["quarantined"]
     if total != n_read:
         raise RuntimeError(f"prepare lost images: read {n_read}, kept + quarantined = {total}")

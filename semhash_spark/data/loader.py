@@ -10,6 +10,7 @@ sparse rows stay sparse: a batch is a ``scipy.sparse.csr_matrix``, never a dense
 row-group listing and shard assignment; :func:`iter_batches` checks what it delivered against it and raises if a
 row went missing (Petastorm's thread pool is known to lose rows silently, so the default pool is ``dummy``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,12 +52,17 @@ class UntrustedSchema(ValueError):
     """A dataset's ``_common_metadata`` holds a pickle that names something other than Petastorm schema classes."""
 
 
-_NO_SCHEMA = object()                    # read as plain Parquet: Petastorm infers the fields from the Arrow schema
+_NO_SCHEMA = object()  # read as plain Parquet: Petastorm infers the fields from the Arrow schema
 _schema_override: contextvars.ContextVar = contextvars.ContextVar("semhash_petastorm_schema", default=None)
 _SCHEMA_CLASSES = {
-    ("collections", "OrderedDict"), ("petastorm.unischema", "Unischema"), ("petastorm.unischema", "UnischemaField"),
-    ("petastorm.codecs", "ScalarCodec"), ("petastorm.codecs", "CompressedImageCodec"),
-    ("petastorm.codecs", "NdarrayCodec"), ("petastorm.codecs", "CompressedNdarrayCodec"), ("decimal", "Decimal"),
+    ("collections", "OrderedDict"),
+    ("petastorm.unischema", "Unischema"),
+    ("petastorm.unischema", "UnischemaField"),
+    ("petastorm.codecs", "ScalarCodec"),
+    ("petastorm.codecs", "CompressedImageCodec"),
+    ("petastorm.codecs", "NdarrayCodec"),
+    ("petastorm.codecs", "CompressedNdarrayCodec"),
+    ("decimal", "Decimal"),
 }
 
 
@@ -71,11 +77,16 @@ class _SchemaUnpickler(pickle.Unpickler):
         found = getattr(np, name, None) if module == "numpy" else None
         if isinstance(found, type) and issubclass(found, np.generic):
             return found
-        if module == "pyspark.sql.types" and isinstance(getattr(T, name, None), type) \
-                and issubclass(getattr(T, name), T.DataType):
+        if (
+            module == "pyspark.sql.types"
+            and isinstance(getattr(T, name, None), type)
+            and issubclass(getattr(T, name), T.DataType)
+        ):
             return getattr(T, name)
-        raise UntrustedSchema(f"the dataset's Petastorm metadata (_common_metadata) names {module}.{name}, which is "
-                              "not a Petastorm schema class; refusing to unpickle it (was the dataset tampered with?)")
+        raise UntrustedSchema(
+            f"the dataset's Petastorm metadata (_common_metadata) names {module}.{name}, which is "
+            "not a Petastorm schema class; refusing to unpickle it (was the dataset tampered with?)"
+        )
 
 
 def _get_schema(dataset):
@@ -106,8 +117,8 @@ def _schema(schema) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class DocBatch:
-    ids: np.ndarray            # object[B] of str
-    counts: sp.csr_matrix      # float32 [B, V]
+    ids: np.ndarray  # object[B] of str
+    counts: sp.csr_matrix  # float32 [B, V]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -129,6 +140,7 @@ def _closing(reader) -> Iterator:
             if line.strip() and line.strip() != "Cache cleanup complete.":
                 log.warning("petastorm: %s", line)
 
+
 def _split_url(data_dir: str | os.PathLike, split: str) -> str:
     d = ds.split_dir(data_dir, split)
     if not d.is_dir():
@@ -141,7 +153,7 @@ def _row_groups(data_dir: str | os.PathLike, split: str) -> list[int]:
     if not ds.split_files(data_dir, split):
         return []
     fs, path = get_filesystem_and_path_or_paths(_split_url(data_dir, split))
-    with warnings.catch_warnings():   # petastorm 0.13.1 drives pyarrow's deprecated legacy dataset API
+    with warnings.catch_warnings():  # petastorm 0.13.1 drives pyarrow's deprecated legacy dataset API
         warnings.simplefilter("ignore", FutureWarning)
         dataset = pq.ParquetDataset(path, filesystem=fs, validate_schema=False, metadata_nthreads=10)
         pieces = dataset_metadata.load_row_groups(dataset)
@@ -164,15 +176,19 @@ def _shard_indexes(n_row_groups: int, cur_shard: int, shard_count: int, seed: in
 
 def _check_shard(cur_shard: int, shard_count: int, n_row_groups: int, split: str) -> None:
     if not (isinstance(shard_count, int) and isinstance(cur_shard, int) and 0 <= cur_shard < shard_count):
-        raise ValueError(f"need integers 0 <= cur_shard < shard_count, got cur_shard={cur_shard}, "
-                         f"shard_count={shard_count}")
+        raise ValueError(
+            f"need integers 0 <= cur_shard < shard_count, got cur_shard={cur_shard}, shard_count={shard_count}"
+        )
     if 0 < n_row_groups < shard_count:
-        raise ValueError(f"the {split} split has {n_row_groups} row groups, fewer than shard_count={shard_count}; "
-                         f"re-run prepare with prepare.files_per_split >= {shard_count}")
+        raise ValueError(
+            f"the {split} split has {n_row_groups} row groups, fewer than shard_count={shard_count}; "
+            f"re-run prepare with prepare.files_per_split >= {shard_count}"
+        )
 
 
-def count_rows(data_dir: str | os.PathLike, split: str, cur_shard: int = 0, shard_count: int = 1, *,
-               seed: int | None = 0) -> int:
+def count_rows(
+    data_dir: str | os.PathLike, split: str, cur_shard: int = 0, shard_count: int = 1, *, seed: int | None = 0
+) -> int:
     """How many rows shard ``cur_shard`` of ``shard_count`` delivers per epoch (pass the seed given to iter_batches)."""
     rows = _row_groups(data_dir, split)
     _check_shard(cur_shard, shard_count, len(rows), split)
@@ -183,10 +199,21 @@ def _to_batch(ids: np.ndarray, word_ids: np.ndarray, word_counts: np.ndarray, vo
     return DocBatch(np.asarray(ids, dtype=object), ds.csr_from_binary(word_ids, word_counts, vocab_size))
 
 
-def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cur_shard: int = 0,
-                 shard_count: int = 1, num_epochs: int | None = 1, shuffle: bool = True, seed: int | None = 0,
-                 reader_pool: str = "dummy", workers_count: int = 2, shuffle_buffer: int = 10_000,
-                 vocab_size: int | None = None) -> Iterator[DocBatch]:
+def iter_batches(
+    data_dir: str | os.PathLike,
+    split: str,
+    batch_size: int,
+    *,
+    cur_shard: int = 0,
+    shard_count: int = 1,
+    num_epochs: int | None = 1,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    reader_pool: str = "dummy",
+    workers_count: int = 2,
+    shuffle_buffer: int = 10_000,
+    vocab_size: int | None = None,
+) -> Iterator[DocBatch]:
     """Yields DocBatch(ids, counts csr float32 [B, V]) for one shard; B == batch_size except for the last batch.
 
     ``seed`` fixes Petastorm's shard assignment and row-group order and the shuffle buffer; every rank must pass
@@ -219,7 +246,7 @@ def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cu
             ids, counts = ids[order], counts[order]
         start = 0
         while len(ids) - start - batch_size >= keep:
-            yield DocBatch(ids[start:start + batch_size], counts[start:start + batch_size])
+            yield DocBatch(ids[start : start + batch_size], counts[start : start + batch_size])
             start += batch_size
         if final and start < len(ids):
             yield DocBatch(ids[start:], counts[start:])
@@ -231,10 +258,22 @@ def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cu
     # Without shuffling, batches go out as soon as they are full; with it, rows wait in a buffer of
     # ``shuffle_buffer`` rows and half the buffer stays behind to mix with the next row groups.
     trigger, keep = (buffer_rows + batch_size, buffer_rows // 2) if shuffle else (batch_size, 0)
-    with _schema(_NO_SCHEMA), _closing(make_batch_reader(
-            _split_url(data_dir, split), schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
-            reader_pool_type=reader_pool, workers_count=workers_count, seed=seed, shuffle_row_groups=shuffle,
-            num_epochs=num_epochs, cur_shard=cur_shard, shard_count=shard_count)) as reader:
+    with (
+        _schema(_NO_SCHEMA),
+        _closing(
+            make_batch_reader(
+                _split_url(data_dir, split),
+                schema_fields=[ds.ID, ds.WORD_IDS, ds.WORD_COUNTS],
+                reader_pool_type=reader_pool,
+                workers_count=workers_count,
+                seed=seed,
+                shuffle_row_groups=shuffle,
+                num_epochs=num_epochs,
+                cur_shard=cur_shard,
+                shard_count=shard_count,
+            )
+        ) as reader,
+    ):
         for rg in reader:
             pending.append(_to_batch(rg.id, rg.word_ids, rg.word_counts, vocab_size))
             n_pending += len(rg.id)
@@ -243,9 +282,11 @@ def iter_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cu
     if n_pending:
         yield from drain(0, final=True)
     if num_epochs is not None and delivered != expected * num_epochs:
-        raise RuntimeError(f"shard {cur_shard}/{shard_count} of {split} delivered {delivered} rows, expected "
-                           f"{expected * num_epochs} ({num_epochs} epochs); petastorm's {reader_pool!r} pool lost "
-                           "rows (use reader_pool='dummy' or 'process')")
+        raise RuntimeError(
+            f"shard {cur_shard}/{shard_count} of {split} delivered {delivered} rows, expected "
+            f"{expected * num_epochs} ({num_epochs} epochs); petastorm's {reader_pool!r} pool lost "
+            "rows (use reader_pool='dummy' or 'process')"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,12 +308,15 @@ def image_schema(height: int, width: int, channels: int):
     if channels not in (1, 3):
         raise ValueError(f"images.channels must be 1 or 3, got {channels}")
     shape = (height, width, 3) if channels == 3 else (height, width)
-    return Unischema(IMAGE_SCHEMA_NAME, [
-        UnischemaField("id", np.str_, (), ScalarCodec(StringType()), False),
-        UnischemaField("label", np.str_, (), ScalarCodec(StringType()), False),
-        UnischemaField("split", np.str_, (), ScalarCodec(StringType()), False),
-        UnischemaField("image", np.uint8, shape, CompressedImageCodec("png"), False),
-    ])
+    return Unischema(
+        IMAGE_SCHEMA_NAME,
+        [
+            UnischemaField("id", np.str_, (), ScalarCodec(StringType()), False),
+            UnischemaField("label", np.str_, (), ScalarCodec(StringType()), False),
+            UnischemaField("split", np.str_, (), ScalarCodec(StringType()), False),
+            UnischemaField("image", np.uint8, shape, CompressedImageCodec("png"), False),
+        ],
+    )
 
 
 def _encode_image_rows(rows, height: int, width: int, channels: int):
@@ -299,16 +343,20 @@ def write_image_split(spark, df, url: str, height: int, width: int, channels: in
     from petastorm.etl.dataset_metadata import materialize_dataset
 
     schema = image_schema(height, width, channels)
-    rows = df.select("id", "label", "split", "pixels").repartition(files).rdd.mapPartitions(
-        functools.partial(_encode_image_rows, height=height, width=width, channels=channels))
+    rows = (
+        df.select("id", "label", "split", "pixels")
+        .repartition(files)
+        .rdd.mapPartitions(functools.partial(_encode_image_rows, height=height, width=width, channels=channels))
+    )
     if url.startswith("s3://"):
         _write_image_split_to_store(spark.createDataFrame(rows, schema.as_spark_schema()), url, schema)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with materialize_dataset(spark, url, schema, row_group_size_mb=1024):
-            spark.createDataFrame(rows, schema.as_spark_schema()).write.mode("overwrite") \
-                .option("compression", "none").parquet(url)
+            spark.createDataFrame(rows, schema.as_spark_schema()).write.mode("overwrite").option(
+                "compression", "none"
+            ).parquet(url)
 
 
 def _write_image_split_to_store(sdf, url: str, schema) -> None:
@@ -321,10 +369,14 @@ def _write_image_split_to_store(sdf, url: str, schema) -> None:
 
     from semhash_spark.io import sparkio, store
 
-    written = sparkio.write_objects(sdf, url, compression="none")      # one row group per file
+    written = sparkio.write_objects(sdf, url, compression="none")  # one row group per file
     arrow = to_arrow_schema(sdf.schema)
-    arrow = arrow.with_metadata({UNISCHEMA_KEY: pickle.dumps(schema),
-                                 ROW_GROUPS_PER_FILE_KEY: json.dumps({w["path"]: 1 for w in written}).encode()})
+    arrow = arrow.with_metadata(
+        {
+            UNISCHEMA_KEY: pickle.dumps(schema),
+            ROW_GROUPS_PER_FILE_KEY: json.dumps({w["path"]: 1 for w in written}).encode(),
+        }
+    )
     buf = io.BytesIO()
     pq.write_metadata(arrow, buf)
     store.write_bytes(store.join(url, "_common_metadata"), buf.getvalue())
@@ -332,9 +384,9 @@ def _write_image_split_to_store(sdf, url: str, schema) -> None:
 
 @dataclass(frozen=True)
 class ImageBatch:
-    ids: np.ndarray            # object[B] of str
-    labels: np.ndarray         # object[B] of str
-    pixels: np.ndarray         # uint8 [B, H, W, C]
+    ids: np.ndarray  # object[B] of str
+    labels: np.ndarray  # object[B] of str
+    pixels: np.ndarray  # uint8 [B, H, W, C]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -351,9 +403,17 @@ def image_split_url(data_dir: str | os.PathLike, split: str) -> str:
     return "file://" + str(d.absolute())
 
 
-def read_image_shard(data_dir: str | os.PathLike, split: str, *, cur_shard: int = 0, shard_count: int = 1,
-                     shuffle: bool = False, seed: int | None = 0, reader_pool: str = "dummy",
-                     workers_count: int = 2) -> ImageBatch:
+def read_image_shard(
+    data_dir: str | os.PathLike,
+    split: str,
+    *,
+    cur_shard: int = 0,
+    shard_count: int = 1,
+    shuffle: bool = False,
+    seed: int | None = 0,
+    reader_pool: str = "dummy",
+    workers_count: int = 2,
+) -> ImageBatch:
     """Every image of one shard of a split, decoded by Petastorm's codec: ``pixels`` uint8 [n, H, W, C].
 
     Petastorm's ``make_reader`` assigns whole row groups to shards (``cur_shard`` of ``shard_count``; every rank
@@ -367,13 +427,22 @@ def read_image_shard(data_dir: str | os.PathLike, split: str, *, cur_shard: int 
     from semhash_spark.data.images import read_metadata as read_image_metadata
 
     meta = read_image_metadata(data_dir)
-    schema = image_schema(int(meta["height"]), int(meta["width"]), int(meta["channels"]))   # never the pickle
+    schema = image_schema(int(meta["height"]), int(meta["width"]), int(meta["channels"]))  # never the pickle
     ids, labels, images = [], [], []
     with warnings.catch_warnings(), _schema(schema):
         warnings.simplefilter("ignore", FutureWarning)
-        with _closing(make_reader(url, reader_pool_type=reader_pool, workers_count=workers_count, seed=seed,
-                                  shuffle_row_groups=shuffle, num_epochs=1, cur_shard=cur_shard,
-                                  shard_count=shard_count)) as reader:
+        with _closing(
+            make_reader(
+                url,
+                reader_pool_type=reader_pool,
+                workers_count=workers_count,
+                seed=seed,
+                shuffle_row_groups=shuffle,
+                num_epochs=1,
+                cur_shard=cur_shard,
+                shard_count=shard_count,
+            )
+        ) as reader:
             for row in reader:
                 ids.append(row.id)
                 labels.append(row.label)
@@ -387,18 +456,33 @@ def read_image_shard(data_dir: str | os.PathLike, split: str, *, cur_shard: int 
     return ImageBatch(np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), pixels)
 
 
-def iter_image_batches(data_dir: str | os.PathLike, split: str, batch_size: int, *, cur_shard: int = 0,
-                       shard_count: int = 1, shuffle: bool = True, seed: int | None = 0,
-                       reader_pool: str = "dummy") -> Iterator[ImageBatch]:
+def iter_image_batches(
+    data_dir: str | os.PathLike,
+    split: str,
+    batch_size: int,
+    *,
+    cur_shard: int = 0,
+    shard_count: int = 1,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    reader_pool: str = "dummy",
+) -> Iterator[ImageBatch]:
     """One epoch of one shard in mini-batches of ``batch_size`` (the last may be smaller), shuffled within the shard.
 
     The shard is decoded whole first (its rows are the shuffle buffer): 50,000 CIFAR images are 150 MB of uint8.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    shard = read_image_shard(data_dir, split, cur_shard=cur_shard, shard_count=shard_count, shuffle=shuffle,
-                             seed=seed, reader_pool=reader_pool)
+    shard = read_image_shard(
+        data_dir,
+        split,
+        cur_shard=cur_shard,
+        shard_count=shard_count,
+        shuffle=shuffle,
+        seed=seed,
+        reader_pool=reader_pool,
+    )
     order = np.random.default_rng(seed).permutation(len(shard)) if shuffle else np.arange(len(shard))
     for s in range(0, len(order), batch_size):
-        sel = order[s:s + batch_size]
+        sel = order[s : s + batch_size]
         yield ImageBatch(shard.ids[sel], shard.labels[sel], shard.pixels[sel])

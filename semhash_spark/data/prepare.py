@@ -30,6 +30,7 @@ Where the bytes go. ``source`` and ``out_dir`` are local paths or ``s3://`` URIs
 - an ``s3://`` source is always read by the executors, one task per unit (a single archive is one task, its
   records then spread over the cluster for tokenising); a local single archive is streamed by the driver.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,33 +62,62 @@ EMPTY = "empty after tokenising"
 TOO_FEW_WORDS = "too few vocabulary words"
 NOT_IN_SPLIT = "not in split"
 
-_RECORD_ARROW = pa.schema([
-    ("seq", pa.int64()), ("id", pa.string()), ("text", pa.string()), ("labels", pa.list_(pa.string())),
-    ("split", pa.string()), ("source", pa.string()), ("error", pa.string()),
-])
-_TEXT_SPARK = T.StructType([
-    T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()),
-    T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
-    T.StructField("source", T.StringType()), T.StructField("reason", T.StringType()),
-    T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
-    T.StructField("usable_text", T.StringType()), T.StructField("snippet", T.StringType()),
-])
-_TOKENS_SPARK = T.StructType([
-    T.StructField("seq", T.LongType()), T.StructField("id", T.StringType()),
-    T.StructField("labels", T.ArrayType(T.StringType())), T.StructField("split", T.StringType()),
-    T.StructField("source", T.StringType()), T.StructField("reason", T.StringType()),
-    T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
-    T.StructField("tokens", T.ArrayType(T.StringType())), T.StructField("snippet", T.StringType()),
-])
-_FINAL_SPARK = T.StructType([
-    T.StructField("id", T.StringType()), T.StructField("labels", T.ArrayType(T.StringType())),
-    T.StructField("split", T.StringType()), T.StructField("source", T.StringType()),
-    T.StructField("status", T.StringType()), T.StructField("reason", T.StringType()),
-    T.StructField("excerpt", T.StringType()), T.StructField("content_hash", T.StringType()),
-    T.StructField("word_ids", T.BinaryType()), T.StructField("word_counts", T.BinaryType()),
-    T.StructField("length", T.IntegerType()), T.StructField("word_hashes", T.BinaryType()),
-    T.StructField("snippet", T.StringType()),
-])
+_RECORD_ARROW = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+_TEXT_SPARK = T.StructType(
+    [
+        T.StructField("seq", T.LongType()),
+        T.StructField("id", T.StringType()),
+        T.StructField("labels", T.ArrayType(T.StringType())),
+        T.StructField("split", T.StringType()),
+        T.StructField("source", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("excerpt", T.StringType()),
+        T.StructField("content_hash", T.StringType()),
+        T.StructField("usable_text", T.StringType()),
+        T.StructField("snippet", T.StringType()),
+    ]
+)
+_TOKENS_SPARK = T.StructType(
+    [
+        T.StructField("seq", T.LongType()),
+        T.StructField("id", T.StringType()),
+        T.StructField("labels", T.ArrayType(T.StringType())),
+        T.StructField("split", T.StringType()),
+        T.StructField("source", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("excerpt", T.StringType()),
+        T.StructField("content_hash", T.StringType()),
+        T.StructField("tokens", T.ArrayType(T.StringType())),
+        T.StructField("snippet", T.StringType()),
+    ]
+)
+_FINAL_SPARK = T.StructType(
+    [
+        T.StructField("id", T.StringType()),
+        T.StructField("labels", T.ArrayType(T.StringType())),
+        T.StructField("split", T.StringType()),
+        T.StructField("source", T.StringType()),
+        T.StructField("status", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("excerpt", T.StringType()),
+        T.StructField("content_hash", T.StringType()),
+        T.StructField("word_ids", T.BinaryType()),
+        T.StructField("word_counts", T.BinaryType()),
+        T.StructField("length", T.IntegerType()),
+        T.StructField("word_hashes", T.BinaryType()),
+        T.StructField("snippet", T.StringType()),
+    ]
+)
 _DOCFREQ_SPARK = T.StructType([T.StructField("doc_freq", T.BinaryType()), T.StructField("n", T.LongType())])
 
 
@@ -103,8 +133,9 @@ def _read(spark: SparkSession, uri: str) -> DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------- classify
-def _describe_batches(batches: Iterator[pd.DataFrame], snippet_words: int = 0, snippet_chars: int = 0
-                      ) -> Iterator[pd.DataFrame]:
+def _describe_batches(
+    batches: Iterator[pd.DataFrame], snippet_words: int = 0, snippet_chars: int = 0
+) -> Iterator[pd.DataFrame]:
     """Per record: reader-error kind, excerpt, sha1 of the text, the text to tokenise ("" for errors and skips)
     and its snippet (the first words, for people reading query results)."""
     for pdf in batches:
@@ -113,15 +144,24 @@ def _describe_batches(batches: Iterator[pd.DataFrame], snippet_words: int = 0, s
         for text, err, split in zip(texts, errors, splits):
             usable = err is None and split is not None and text is not None
             reason.append(corpora.error_kind(err) if err is not None else None)
-            excerpt.append(text[:corpora.EXCERPT_CHARS] if text is not None else None)
+            excerpt.append(text[: corpora.EXCERPT_CHARS] if text is not None else None)
             chash.append(hashlib.sha1(text.encode("utf-8")).hexdigest() if usable else None)
             usable_text.append(text if usable else "")
             snippets.append(corpora.snippet(text, snippet_words, snippet_chars) if usable else None)
-        yield pd.DataFrame({
-            "seq": pdf["seq"], "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"],
-            "source": pdf["source"], "reason": reason, "excerpt": excerpt, "content_hash": chash,
-            "usable_text": usable_text, "snippet": snippets,
-        })
+        yield pd.DataFrame(
+            {
+                "seq": pdf["seq"],
+                "id": pdf["id"],
+                "labels": pdf["labels"],
+                "split": pdf["split"],
+                "source": pdf["source"],
+                "reason": reason,
+                "excerpt": excerpt,
+                "content_hash": chash,
+                "usable_text": usable_text,
+                "snippet": snippets,
+            }
+        )
 
 
 # Spark ML's RegexTokenizer runs Java regular expressions: these classes are the code points Python's
@@ -137,47 +177,69 @@ def ml_tokenize(df: DataFrame, input_col: str, output_col: str, cfg: PrepareConf
     from pyspark.ml.feature import RegexTokenizer, StopWordsRemover
 
     if cfg.tokens not in ML_TOKEN_PATTERNS:
-        raise ValueError(f"prepare.tokens: unknown token pattern {cfg.tokens!r}; use one of "
-                         f"{sorted(ML_TOKEN_PATTERNS)}")
+        raise ValueError(
+            f"prepare.tokens: unknown token pattern {cfg.tokens!r}; use one of {sorted(ML_TOKEN_PATTERNS)}"
+        )
     raw, sized = f"_{output_col}_raw", f"_{output_col}_sized"
-    tokenizer = RegexTokenizer(inputCol=input_col, outputCol=raw, pattern=ML_TOKEN_PATTERNS[cfg.tokens],
-                               gaps=False, toLowercase=True, minTokenLength=1)
-    remover = StopWordsRemover(inputCol=sized, outputCol=output_col, stopWords=sorted(corpora.STOP_WORDS),
-                               caseSensitive=True)
+    tokenizer = RegexTokenizer(
+        inputCol=input_col,
+        outputCol=raw,
+        pattern=ML_TOKEN_PATTERNS[cfg.tokens],
+        gaps=False,
+        toLowercase=True,
+        minTokenLength=1,
+    )
+    remover = StopWordsRemover(
+        inputCol=sized, outputCol=output_col, stopWords=sorted(corpora.STOP_WORDS), caseSensitive=True
+    )
     lo, hi = cfg.min_token_len, cfg.max_token_len
-    out = tokenizer.transform(df).withColumn(
-        sized, F.filter(raw, lambda t: (F.length(t) >= lo) & (F.length(t) <= hi)))
+    out = tokenizer.transform(df).withColumn(sized, F.filter(raw, lambda t: (F.length(t) >= lo) & (F.length(t) <= hi)))
     return remover.transform(out).drop(raw, sized)
 
 
 def _classify(records: DataFrame, cfg: PrepareConfig) -> DataFrame:
     described = records.mapInPandas(
         functools.partial(_describe_batches, snippet_words=cfg.snippet_words, snippet_chars=cfg.snippet_chars),
-        _TEXT_SPARK)
+        _TEXT_SPARK,
+    )
     tok = ml_tokenize(described, "usable_text", "tokens", cfg).select(*_TOKENS_SPARK.fieldNames())
     candidate = F.col("reason").isNull() & F.col("split").isNotNull()
     # First copy of an id in reading order wins. Rows that are not candidates are keyed by their own seq, so
     # they form groups of one instead of one huge group.
     key = F.when(candidate, F.col("id")).otherwise(F.col("seq").cast("string"))
     rank = F.row_number().over(Window.partitionBy(candidate, key).orderBy("seq"))
-    return (tok.withColumn("_rank", rank)
-            .withColumn("status", F.when(F.col("reason").isNotNull(), QUARANTINED)
-                        .when(F.col("split").isNull(), SKIPPED)
-                        .when((F.col("_rank") > 1) | (F.size("tokens") == 0), QUARANTINED)
-                        .otherwise(CANDIDATE))
-            .withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
-                        .when(F.col("split").isNull(), NOT_IN_SPLIT)
-                        .when(F.col("_rank") > 1, DUPLICATE_ID)
-                        .when(F.size("tokens") == 0, EMPTY))
-            .drop("_rank"))
+    return (
+        tok.withColumn("_rank", rank)
+        .withColumn(
+            "status",
+            F.when(F.col("reason").isNotNull(), QUARANTINED)
+            .when(F.col("split").isNull(), SKIPPED)
+            .when((F.col("_rank") > 1) | (F.size("tokens") == 0), QUARANTINED)
+            .otherwise(CANDIDATE),
+        )
+        .withColumn(
+            "reason",
+            F.when(F.col("reason").isNotNull(), F.col("reason"))
+            .when(F.col("split").isNull(), NOT_IN_SPLIT)
+            .when(F.col("_rank") > 1, DUPLICATE_ID)
+            .when(F.size("tokens") == 0, EMPTY),
+        )
+        .drop("_rank")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- vocab
 def _build_vocab(classified: DataFrame, vocab_size: int) -> list[tuple[str, int]]:
     """The vocab_size most frequent words of the train candidates: [(word, total count)], by count desc, word."""
-    rows = (classified.where((F.col("status") == CANDIDATE) & (F.col("split") == "train"))
-            .select(F.explode("tokens").alias("word")).groupBy("word").count()
-            .orderBy(F.desc("count"), F.asc("word")).limit(vocab_size).collect())
+    rows = (
+        classified.where((F.col("status") == CANDIDATE) & (F.col("split") == "train"))
+        .select(F.explode("tokens").alias("word"))
+        .groupBy("word")
+        .count()
+        .orderBy(F.desc("count"), F.asc("word"))
+        .limit(vocab_size)
+        .collect()
+    )
     return [(r["word"], r["count"]) for r in rows]
 
 
@@ -192,7 +254,7 @@ def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words:
                 word_ids.append(None), word_counts.append(None), length.append(None), hashes.append(None)
                 continue
             hashes.append(wordsets.word_set_hashes(tokens))
-            ids, counts = ds.count_vector(tokens, index)     # the same function encodes queries
+            ids, counts = ds.count_vector(tokens, index)  # the same function encodes queries
             b_ids, b_counts = ds.encode_sparse(ids, counts)
             n_words = int(counts.sum())
             word_ids.append(b_ids), word_counts.append(b_counts), length.append(n_words)
@@ -200,12 +262,23 @@ def _vectorize_batches(batches: Iterator[pd.DataFrame], vocab_bc, min_doc_words:
                 status[j], reason[j] = QUARANTINED, TOO_FEW_WORDS
             else:
                 status[j] = KEPT
-        yield pd.DataFrame({
-            "id": pdf["id"], "labels": pdf["labels"], "split": pdf["split"], "source": pdf["source"],
-            "status": status, "reason": reason, "excerpt": pdf["excerpt"], "content_hash": pdf["content_hash"],
-            "word_ids": word_ids, "word_counts": word_counts, "length": pd.array(length, dtype="Int32"),
-            "word_hashes": hashes, "snippet": pdf["snippet"],
-        })
+        yield pd.DataFrame(
+            {
+                "id": pdf["id"],
+                "labels": pdf["labels"],
+                "split": pdf["split"],
+                "source": pdf["source"],
+                "status": status,
+                "reason": reason,
+                "excerpt": pdf["excerpt"],
+                "content_hash": pdf["content_hash"],
+                "word_ids": word_ids,
+                "word_counts": word_counts,
+                "length": pd.array(length, dtype="Int32"),
+                "word_hashes": hashes,
+                "snippet": pdf["snippet"],
+            }
+        )
 
 
 def _doc_freq_partials(batches: Iterator[pd.DataFrame], vocab_size: int) -> Iterator[pd.DataFrame]:
@@ -223,27 +296,38 @@ def _validate(dataset: str, source: str, cfg: PrepareConfig) -> list[str]:
     if cfg.vocab_size < 1:
         raise ValueError(f"prepare.vocab_size must be at least 1, got {cfg.vocab_size}")
     if cfg.tokens not in corpora.TOKEN_PATTERNS:
-        raise ValueError(f"prepare.tokens: unknown token pattern {cfg.tokens!r}; use one of "
-                         f"{sorted(corpora.TOKEN_PATTERNS)}")
+        raise ValueError(
+            f"prepare.tokens: unknown token pattern {cfg.tokens!r}; use one of {sorted(corpora.TOKEN_PATTERNS)}"
+        )
     if not 1 <= cfg.min_token_len <= cfg.max_token_len:
-        raise ValueError(f"need 1 <= prepare.min_token_len <= prepare.max_token_len, got "
-                         f"{cfg.min_token_len}, {cfg.max_token_len}")
+        raise ValueError(
+            f"need 1 <= prepare.min_token_len <= prepare.max_token_len, got {cfg.min_token_len}, {cfg.max_token_len}"
+        )
     if not 0.0 <= cfg.test_fraction < 1.0:
         raise ValueError(f"prepare.test_fraction must be in [0, 1), got {cfg.test_fraction}")
     if cfg.files_per_split < 1:
         raise ValueError(f"prepare.files_per_split must be at least 1, got {cfg.files_per_split}")
     if cfg.snippet_words < 0 or cfg.snippet_chars < 0:
-        raise ValueError(f"prepare.snippet_words and prepare.snippet_chars must be >= 0 (0: no snippet), got "
-                         f"{cfg.snippet_words}, {cfg.snippet_chars}")
+        raise ValueError(
+            f"prepare.snippet_words and prepare.snippet_chars must be >= 0 (0: no snippet), got "
+            f"{cfg.snippet_words}, {cfg.snippet_chars}"
+        )
     units = corpora.input_units(dataset, source)  # raises for an unknown dataset or a missing source
     if not units:
         raise ValueError(f"source {source!r} holds no {dataset} input files")
     return units
 
 
-def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str,
-                    cfg: PrepareConfig = PrepareConfig(), *, name: str | None = None,
-                    vocab: list[str] | None = None) -> dict:
+def prepare_dataset(
+    spark: SparkSession,
+    dataset: str,
+    source: str,
+    out_dir: str,
+    cfg: PrepareConfig = PrepareConfig(),
+    *,
+    name: str | None = None,
+    vocab: list[str] | None = None,
+) -> dict:
     """Reads corpus ``dataset`` from ``source`` and writes a prepared dataset to ``out_dir``.
 
     Both are local paths or ``s3://`` URIs (module notes: who reads and writes what). ``vocab`` fixes the
@@ -258,22 +342,32 @@ def prepare_dataset(spark: SparkSession, dataset: str, source: str, out_dir: str
     units = _validate(dataset, source, cfg)
     if store.is_s3(str(out_dir)):
         out = str(out_dir).rstrip("/")
-        store.split_s3(out)                              # names a bad URI (no bucket) before any work
-        store.delete(store.join(out, ds.DATASET_FILE))   # a failed run must not look like a finished dataset
+        store.split_s3(out)  # names a bad URI (no bucket) before any work
+        store.delete(store.join(out, ds.DATASET_FILE))  # a failed run must not look like a finished dataset
     else:
         path = Path(store.local_path(str(out_dir))).absolute()
         path.mkdir(parents=True, exist_ok=True)
         (path / ds.DATASET_FILE).unlink(missing_ok=True)
         out = str(path)
-    with sparkio.staging(spark, out) as staging:       # executors stage under out/_staging/ (removed after)
+    with sparkio.staging(spark, out) as staging:  # executors stage under out/_staging/ (removed after)
         return _run(spark, dataset, source, units, out, staging, cfg, name or dataset, vocab)
 
 
-def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: str, staging: str,
-         cfg: PrepareConfig, name: str, fixed_vocab: list[str] | None = None) -> dict:
+def _run(
+    spark: SparkSession,
+    dataset: str,
+    source: str,
+    units: list[str],
+    out: str,
+    staging: str,
+    cfg: PrepareConfig,
+    name: str,
+    fixed_vocab: list[str] | None = None,
+) -> dict:
     records_dir = store.join(staging, "records")
-    read_unit = functools.partial(corpora.read_unit, dataset, strip_headers=cfg.strip_headers,
-                                  test_fraction=cfg.test_fraction)
+    read_unit = functools.partial(
+        corpora.read_unit, dataset, strip_headers=cfg.strip_headers, test_fraction=cfg.test_fraction
+    )
     if len(units) == 1 and not store.is_s3(source):
         log.info("prepare %s: streaming %s on the driver", dataset, units[0])
         n_read = sparkio.stage_records(read_unit(units[0]), _RECORD_ARROW, records_dir)
@@ -286,24 +380,30 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
 
     records = _read(spark, records_dir).select(*_RECORD_ARROW.names)
     parallelism = spark.sparkContext.defaultParallelism
-    if len(units) < parallelism and store.is_s3(source):     # one task read a whole archive: spread its records
+    if len(units) < parallelism and store.is_s3(source):  # one task read a whole archive: spread its records
         records = records.repartition(parallelism)
     _write(_classify(records, cfg), store.join(staging, "tokens"))
     classified = _read(spark, store.join(staging, "tokens"))
     vocab = [(w, 0) for w in fixed_vocab] if fixed_vocab else _build_vocab(classified, cfg.vocab_size)
     if not vocab:
-        raise ValueError(f"the train split of {source!r} is empty: no train document survived reading, "
-                         "de-duplication and tokenising (check the source and prepare.test_fraction)")
+        raise ValueError(
+            f"the train split of {source!r} is empty: no train document survived reading, "
+            "de-duplication and tokenising (check the source and prepare.test_fraction)"
+        )
     words = [w for w, _ in vocab]
     if len(words) < cfg.vocab_size:
-        log.warning("prepare %s: only %d distinct train words, fewer than vocab_size=%d",
-                    dataset, len(words), cfg.vocab_size)
+        log.warning(
+            "prepare %s: only %d distinct train words, fewer than vocab_size=%d", dataset, len(words), cfg.vocab_size
+        )
 
     vocab_bc = spark.sparkContext.broadcast(words)
     try:
-        _write(classified.mapInPandas(functools.partial(_vectorize_batches, vocab_bc=vocab_bc,
-                                                        min_doc_words=cfg.min_doc_words), _FINAL_SPARK),
-               store.join(staging, "final"))
+        _write(
+            classified.mapInPandas(
+                functools.partial(_vectorize_batches, vocab_bc=vocab_bc, min_doc_words=cfg.min_doc_words), _FINAL_SPARK
+            ),
+            store.join(staging, "final"),
+        )
     finally:
         vocab_bc.unpersist()
     final = _read(spark, store.join(staging, "final"))
@@ -323,34 +423,73 @@ def _run(spark: SparkSession, dataset: str, source: str, units: list[str], out: 
     if total != n_read:
         raise RuntimeError(f"prepare lost records: read {n_read}, kept+quarantined+skipped = {total}")
     if kept["train"] == 0:
-        raise ValueError(f"the train split of {source!r} is empty after quarantine "
-                         f"(min_doc_words={cfg.min_doc_words}); quarantined: {quarantined}")
+        raise ValueError(
+            f"the train split of {source!r} is empty after quarantine "
+            f"(min_doc_words={cfg.min_doc_words}); quarantined: {quarantined}"
+        )
 
     for split in ds.SPLITS:
         rows = final.where((F.col("status") == KEPT) & (F.col("split") == split)).select(*ds.DOC_COLUMNS)
         if 0 < kept[split] < cfg.files_per_split:
-            log.warning("prepare %s: %s split has %d documents, fewer than files_per_split=%d",
-                        dataset, split, kept[split], cfg.files_per_split)
+            log.warning(
+                "prepare %s: %s split has %d documents, fewer than files_per_split=%d",
+                dataset,
+                split,
+                kept[split],
+                cfg.files_per_split,
+            )
         _write(rows.repartition(cfg.files_per_split), ds.split_uri(out, split))
-    _write(final.where(F.col("status") == QUARANTINED).select(*ds.QUARANTINE_COLUMNS).coalesce(1),
-           store.join(out, ds.QUARANTINE_DIR))
+    _write(
+        final.where(F.col("status") == QUARANTINED).select(*ds.QUARANTINE_COLUMNS).coalesce(1),
+        store.join(out, ds.QUARANTINE_DIR),
+    )
 
-    partials = final.where((F.col("status") == KEPT) & (F.col("split") == "train")).select("word_ids") \
-        .mapInPandas(functools.partial(_doc_freq_partials, vocab_size=len(words)), _DOCFREQ_SPARK).collect()
+    partials = (
+        final.where((F.col("status") == KEPT) & (F.col("split") == "train"))
+        .select("word_ids")
+        .mapInPandas(functools.partial(_doc_freq_partials, vocab_size=len(words)), _DOCFREQ_SPARK)
+        .collect()
+    )
     doc_freq = np.sum([np.frombuffer(p["doc_freq"], dtype="<i8") for p in partials], axis=0)
     num_train = int(sum(p["n"] for p in partials))
     assert num_train == kept["train"], (num_train, kept["train"])
 
     fingerprint = ds.write_vocab(out, words, doc_freq, num_train)
     n_quarantined = sum(quarantined.values())
-    ds.write_metadata(out, name=name, vocab_size=len(words),
-                      counts={"train": kept["train"], "test": kept["test"], "quarantined": n_quarantined},
-                      vocab_fingerprint=fingerprint, source=str(source), dataset=dataset,
-                      records_read=n_read, quarantine_reasons=quarantined, skipped=skipped, prepare=asdict(cfg))
-    report = {"name": name, "records_read": n_read, "kept": kept, "quarantined": quarantined, "skipped": skipped,
-              "vocab_size": len(words), "vocab_fingerprint": fingerprint, "out_dir": str(out)}
+    ds.write_metadata(
+        out,
+        name=name,
+        vocab_size=len(words),
+        counts={"train": kept["train"], "test": kept["test"], "quarantined": n_quarantined},
+        vocab_fingerprint=fingerprint,
+        source=str(source),
+        dataset=dataset,
+        records_read=n_read,
+        quarantine_reasons=quarantined,
+        skipped=skipped,
+        prepare=asdict(cfg),
+    )
+    report = {
+        "name": name,
+        "records_read": n_read,
+        "kept": kept,
+        "quarantined": quarantined,
+        "skipped": skipped,
+        "vocab_size": len(words),
+        "vocab_fingerprint": fingerprint,
+        "out_dir": str(out),
+    }
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(quarantined.items(), key=lambda x: -x[1])) or "none"
-    log.info("prepare %s: %d records read; kept %d train and %d test documents; quarantined %d (%s); "
-             "%d-word vocabulary -> %s", dataset, n_read, kept["train"], kept["test"], n_quarantined, reasons,
-             len(words), out)
+    log.info(
+        "prepare %s: %d records read; kept %d train and %d test documents; quarantined %d (%s); "
+        "%d-word vocabulary -> %s",
+        dataset,
+        n_read,
+        kept["train"],
+        kept["test"],
+        n_quarantined,
+        reasons,
+        len(words),
+        out,
+    )
     return report

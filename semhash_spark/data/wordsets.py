@@ -6,6 +6,7 @@ sets equals Jaccard over the word sets up to 64-bit hash collisions. :func:`minh
 find the pairs of a sample above a Jaccard threshold (dedup's radius calibration); the exact check is
 :func:`semhash_spark.index._dedup_kernels.pair_similarity` over the hash sets.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -93,7 +94,7 @@ def lsh_pairs(sig: np.ndarray, bands: int, rows: int, max_group: int = 256, seed
     out = []
     with np.errstate(over="ignore"):
         for band in range(bands):
-            keys = (sig[:, band * rows:(band + 1) * rows] * mult).sum(axis=1, dtype=np.uint64)
+            keys = (sig[:, band * rows : (band + 1) * rows] * mult).sum(axis=1, dtype=np.uint64)
             order = np.argsort(keys, kind="stable")
             sk = keys[order]
             starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
@@ -106,5 +107,5 @@ def lsh_pairs(sig: np.ndarray, bands: int, rows: int, max_group: int = 256, seed
                 i, j = np.triu_indices(members.size, 1)
                 out.append(np.stack([np.minimum(members[i], members[j]), np.maximum(members[i], members[j])], 1))
     pairs = np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
-    code = np.unique(pairs[:, 0] * np.int64(max(n, 1)) + pairs[:, 1])      # a < b < n: one int64 per pair
+    code = np.unique(pairs[:, 0] * np.int64(max(n, 1)) + pairs[:, 1])  # a < b < n: one int64 per pair
     return np.stack([code // max(n, 1), code % max(n, 1)], 1).astype(np.int64)

@@ -10,6 +10,7 @@ order) or by TF-IDF cosine, and the ranked shortlist's AP over its top 1000 (``e
 definition; the images' figure). An empty shortlist counts 0 in every precision. Queries with no relevant database
 document are skipped, as in ``evaluate``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,15 @@ import numpy as np
 
 from semhash_spark import codes as C
 from semhash_spark.index.address import AddressTable
-from semhash_spark.evaluation.evaluate import (_CHUNK_ELEMENTS, AP_CUTOFF, RankingMethod, label_matrices, relevance,
-                                    subsample_queries, tie_permutation)
+from semhash_spark.evaluation.evaluate import (
+    _CHUNK_ELEMENTS,
+    AP_CUTOFF,
+    RankingMethod,
+    label_matrices,
+    relevance,
+    subsample_queries,
+    tie_permutation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,10 @@ def address_lookup_metrics(
     """
     num_db, num_q = len(db_labels), len(query_labels)
     if len(train_addresses) != num_db or len(test_addresses) != num_q:
-        raise ValueError(f"{len(train_addresses)} database and {len(test_addresses)} query addresses for "
-                         f"{num_db} database and {num_q} query label lists")
+        raise ValueError(
+            f"{len(train_addresses)} database and {len(test_addresses)} query addresses for "
+            f"{num_db} database and {num_q} query label lists"
+        )
     for name, m in rankers.items():
         if (m.num_database, m.num_queries) != (num_db, num_q):
             raise ValueError(f"ranker {name!r} ranks {m.num_database} x {m.num_queries}, not {num_db} x {num_q}")
@@ -69,14 +79,14 @@ def address_lookup_metrics(
     rerank = {r: {name: [] for name in rankers} for r in radii}
     chunk = max(1, _CHUNK_ELEMENTS // max(1, num_db))
     for s in range(0, rows.size, chunk):
-        q = rows[s:s + chunk]
-        rel = relevance(lq[q], ldb)                                          # bool[m, N]
+        q = rows[s : s + chunk]
+        rel = relevance(lq[q], ldb)  # bool[m, N]
         nrel = rel.sum(axis=1)
         scores = {name: (m.scores(q), m.descending) for name, m in rankers.items()}
         for r in radii:
             lims, ids, _ = table.ball(test_addresses[q], r)
             for i in range(q.size):
-                short = ids[lims[i]:lims[i + 1]]
+                short = ids[lims[i] : lims[i + 1]]
                 hits = rel[i, short]
                 size[r].append(short.size)
                 recall[r].append(hits.sum() / nrel[i])
@@ -95,16 +105,26 @@ def address_lookup_metrics(
 
     by_radius = {}
     for r in radii:
-        res = {"shortlist_mean": float(np.mean(size[r])), "shortlist_median": float(np.median(size[r])),
-               "recall": float(np.mean(recall[r])), "precision": float(np.mean(prec[r]))}
+        res = {
+            "shortlist_mean": float(np.mean(size[r])),
+            "shortlist_median": float(np.median(size[r])),
+            "recall": float(np.mean(recall[r])),
+            "precision": float(np.mean(prec[r])),
+        }
         for name in rankers:
             p_at, ap = np.asarray(rerank[r][name]).reshape(-1, 2).T
             res[f"rerank_{name}_precision_at_{RERANK_TOP}"] = float(p_at.mean())
             res[f"rerank_{name}_map_at_1000"] = float(ap.mean())
         by_radius[str(r)] = res
-        log.info("address r=%d: shortlist mean %.0f median %.0f recall %.3f precision %.3f %s", r,
-                 res["shortlist_mean"], res["shortlist_median"], res["recall"], res["precision"],
-                 " ".join(f"{k}={v:.3f}" for k, v in res.items() if k.startswith("rerank_")))
+        log.info(
+            "address r=%d: shortlist mean %.0f median %.0f recall %.3f precision %.3f %s",
+            r,
+            res["shortlist_mean"],
+            res["shortlist_median"],
+            res["recall"],
+            res["precision"],
+            " ".join(f"{k}={v:.3f}" for k, v in res.items() if k.startswith("rerank_")),
+        )
     return {"bits": int(address_bits), "num_queries": int(rows.size), "by_radius": by_radius}
 
 
@@ -113,19 +133,38 @@ def addresses_of(codes: np.ndarray, bits: int) -> np.ndarray:
     return C.prefix(C.as_codes(codes, bits), bits)
 
 
-def address_model_lookup(address_hasher, train_x, test_x, rankers: dict[str, RankingMethod],
-                         db_labels: Sequence[Sequence[str]], query_labels: Sequence[Sequence[str]], *,
-                         max_radius: int, max_queries: int = 0, tie_seed: int = 0, papers_bits: int = 20,
-                         encode=None) -> dict:
+def address_model_lookup(
+    address_hasher,
+    train_x,
+    test_x,
+    rankers: dict[str, RankingMethod],
+    db_labels: Sequence[Sequence[str]],
+    query_labels: Sequence[Sequence[str]],
+    *,
+    max_radius: int,
+    max_queries: int = 0,
+    tie_seed: int = 0,
+    papers_bits: int = 20,
+    encode=None,
+) -> dict:
     """``evaluate --address-model`` for any modality: the address model's codes of the inputs (``encode``, by
     default its ``codes``) as addresses, the ball at r = 0..``max_radius`` re-ranked by ``rankers``."""
     abits = address_hasher.bits
     encode = encode or address_hasher.codes
     if abits > 32:
-        raise ValueError(f"the address model has {abits}-bit codes; an address is a short code (the papers: "
-                         f"{papers_bits} bits)")
-    out = address_lookup_metrics(addresses_of(encode(train_x), abits), addresses_of(encode(test_x), abits), abits,
-                                 rankers, db_labels, query_labels, radii=range(min(max_radius, abits) + 1),
-                                 queries=subsample_queries(len(query_labels), max_queries, tie_seed), tie_seed=tie_seed)
+        raise ValueError(
+            f"the address model has {abits}-bit codes; an address is a short code (the papers: {papers_bits} bits)"
+        )
+    out = address_lookup_metrics(
+        addresses_of(encode(train_x), abits),
+        addresses_of(encode(test_x), abits),
+        abits,
+        rankers,
+        db_labels,
+        query_labels,
+        radii=range(min(max_radius, abits) + 1),
+        queries=subsample_queries(len(query_labels), max_queries, tie_seed),
+        tie_seed=tie_seed,
+    )
     out["model_version"] = address_hasher.version
     return out

@@ -1,4 +1,5 @@
 """``semhash evaluate``: a trained model's codes against the classic baselines on the same split."""
+
 from __future__ import annotations
 
 import logging
@@ -14,9 +15,16 @@ from semhash_spark.evaluation.evaluate import evaluate_codes, hamming_method, tf
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = None, max_queries: int = 0,
-                   tie_seed: int = 0, baselines: tuple[str, ...] = ("tfidf", "lsa", "lsh", "binary_lsa"),
-                   address_model_uri: str | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model_uri: str,
+    data_uri: str,
+    *,
+    plot_path: str | None = None,
+    max_queries: int = 0,
+    tie_seed: int = 0,
+    baselines: tuple[str, ...] = ("tfidf", "lsa", "lsh", "binary_lsa"),
+    address_model_uri: str | None = None,
+) -> dict[str, Any]:
     """Test documents are the queries, train documents the database; relevant = shares a label.
 
     With ``address_model_uri`` (a short-code model, e.g. 20 bits) also the papers' lookup: ``address_lookup``."""
@@ -37,18 +45,38 @@ def evaluate_model(model_uri: str, data_uri: str, *, plot_path: str | None = Non
     train_codes = hasher.codes_from_csr(train.counts)
     test_codes = hasher.codes_from_csr(test.counts)
     title = f"{meta.get('name') or data_uri}: model {hasher.version}, {hasher.bits}-bit codes"
-    result = evaluate_codes(train_codes, test_codes, hasher.bits, train, test, ds.idf(doc_freq, n_train),
-                            max_queries=max_queries, tie_seed=tie_seed, baselines=baselines, plot_path=plot_path,
-                            plot_title=title)
+    result = evaluate_codes(
+        train_codes,
+        test_codes,
+        hasher.bits,
+        train,
+        test,
+        ds.idf(doc_freq, n_train),
+        max_queries=max_queries,
+        tie_seed=tie_seed,
+        baselines=baselines,
+        plot_path=plot_path,
+        plot_title=title,
+    )
     if address_hasher is not None:
         from semhash_spark.evaluation.address_eval import address_model_lookup
 
-        rankers = {"code": hamming_method(train_codes, test_codes, hasher.bits),
-                   "tfidf": tfidf_method(train.counts, test.counts, ds.idf(doc_freq, n_train))}
-        result["address_lookup"] = address_model_lookup(address_hasher, train.counts, test.counts, rankers,
-                                                        train.labels, test.labels, max_radius=4,
-                                                        max_queries=max_queries, tie_seed=tie_seed,
-                                                        encode=address_hasher.codes_from_csr)
+        rankers = {
+            "code": hamming_method(train_codes, test_codes, hasher.bits),
+            "tfidf": tfidf_method(train.counts, test.counts, ds.idf(doc_freq, n_train)),
+        }
+        result["address_lookup"] = address_model_lookup(
+            address_hasher,
+            train.counts,
+            test.counts,
+            rankers,
+            train.labels,
+            test.labels,
+            max_radius=4,
+            max_queries=max_queries,
+            tie_seed=tie_seed,
+            encode=address_hasher.codes_from_csr,
+        )
     result["bit_stats"] = bit_statistics(train_codes, hasher.bits, hasher.config.index.address_bits)  # of the database
     result["model_version"] = hasher.version
     result["dataset"] = meta.get("name")

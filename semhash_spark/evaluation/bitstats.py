@@ -1,4 +1,5 @@
 """Bit statistics of a set of codes: balance, pairwise correlation, address concentration (collapse signs)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,10 @@ def collapse_signs(stats: dict, *, max_bucket_share: float, max_constant_fractio
     """What in ``stats`` says the codes have collapsed (empty when nothing does)."""
     signs = []
     if stats["largest_bucket_share"] > max_bucket_share:
-        signs.append(f"the largest {stats['address_bits']}-bit address holds {stats['largest_bucket_share']:.1%} "
-                     f"of the codes (limit {max_bucket_share:.1%})")
+        signs.append(
+            f"the largest {stats['address_bits']}-bit address holds {stats['largest_bucket_share']:.1%} "
+            f"of the codes (limit {max_bucket_share:.1%})"
+        )
     if stats["constant_bits"] > max_constant_fraction * bits:
         signs.append(f"{stats['constant_bits']} of {bits} bits are nearly constant")
     return signs

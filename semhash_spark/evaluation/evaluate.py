@@ -11,6 +11,7 @@ A ranking method is a :class:`RankingMethod`: a function from a chunk of query r
 ±1 vectors, exact in float32), and rankings from a stable sort over the tie-permuted database (a radix sort for
 Hamming distances).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,22 @@ from semhash_spark.codes import as_codes
 log = logging.getLogger(__name__)
 
 RECALL_LEVELS: tuple[float, ...] = (
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
 )
 AP_CUTOFF = 1000
 BASELINES = ("tfidf", "lsa", "lsh", "binary_lsa")
@@ -286,8 +302,9 @@ def euclidean_method(train_x, test_x, *, dtype=np.float32, **info) -> RankingMet
     db = np.asarray(train_x)
     qs = np.asarray(test_x)
     if db.ndim != 2 or qs.ndim != 2 or db.shape[1] != qs.shape[1]:
-        raise ValueError(f"euclidean ranking needs [n, d] database and query arrays of one width, "
-                         f"got {db.shape} and {qs.shape}")
+        raise ValueError(
+            f"euclidean ranking needs [n, d] database and query arrays of one width, got {db.shape} and {qs.shape}"
+        )
     mean = np.zeros(db.shape[1])
     for s in range(0, db.shape[0], 4096):
         mean += db[s : s + 4096].sum(axis=0, dtype=np.float64)
@@ -436,8 +453,13 @@ def evaluate_codes(
     methods = {"codes": hamming_method(train_codes, test_codes, bits)}
     methods.update(baseline_methods(tuple(baselines), train, test, idf, bits, seed=0))  # fixed, apart from tie_seed
     queries = subsample_queries(test_codes.shape[0], max_queries, tie_seed)
-    log.info("evaluating %d-bit codes and %s on %d queries x %d database docs",
-             bits, list(baselines), queries.size, train_codes.shape[0])
+    log.info(
+        "evaluating %d-bit codes and %s on %d queries x %d database docs",
+        bits,
+        list(baselines),
+        queries.size,
+        train_codes.shape[0],
+    )
     res = evaluate_methods(methods, train.labels, test.labels, queries=queries, tie_seed=tie_seed)
 
     out = dict(res.pop("codes"))
@@ -454,12 +476,18 @@ def evaluate_codes(
 
 def pr_title(head: str, num_queries: int) -> str:
     """The PR plot's title: ``head`` (data set, model, bits) over the number of queries."""
-    return f"{head}\nprecision-recall over {num_queries} queries" if head else f"Precision-recall, {num_queries} queries"
+    return (
+        f"{head}\nprecision-recall over {num_queries} queries" if head else f"Precision-recall, {num_queries} queries"
+    )
 
 
 def _label(name: str, bits: int) -> str:
-    return {"tfidf": "TF-IDF", "lsa": f"LSA {bits} dims", "lsh": f"LSH {bits} bits",
-            "binary_lsa": f"binary LSA {bits} bits"}.get(name, name)
+    return {
+        "tfidf": "TF-IDF",
+        "lsa": f"LSA {bits} dims",
+        "lsh": f"LSH {bits} bits",
+        "binary_lsa": f"binary LSA {bits} bits",
+    }.get(name, name)
 
 
 def plot_pr_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, title: str = "") -> Path:

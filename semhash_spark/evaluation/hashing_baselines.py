@@ -17,6 +17,7 @@ a 50K x 3072 uint8 database is never held as float64. Every random choice comes 
 The PCA-based baselines can share one :class:`PCA` (fit it once with the largest bit count and pass ``pca=``), since
 PCA to ``b`` dims is the first ``b`` components of PCA to more dims.
 """
+
 from __future__ import annotations
 
 import logging
@@ -136,8 +137,10 @@ def _pca_for(x: np.ndarray, dims: int, pca: PCA | None) -> PCA:
     if pca.dim_ is None:
         raise ValueError("the pca given is not fitted")
     if pca.dims < dims or pca.dim_ != x.shape[1]:
-        raise ValueError(f"the pca given has {pca.dims} components of {pca.dim_}-d vectors; "
-                         f"need {dims} components of {x.shape[1]}-d vectors")
+        raise ValueError(
+            f"the pca given has {pca.dims} components of {pca.dim_}-d vectors; "
+            f"need {dims} components of {x.shape[1]}-d vectors"
+        )
     return pca
 
 
@@ -224,8 +227,13 @@ class PCAITQ(_Fitted):
         self.rotation_ = rotation
         self.loss_ = losses
         self.dim_ = x.shape[1]
-        log.debug("ITQ %d bits: quantisation loss %.4g -> %.4g in %d iterations", self.bits, losses[0], losses[-1],
-                  self.n_iter)
+        log.debug(
+            "ITQ %d bits: quantisation loss %.4g -> %.4g in %d iterations",
+            self.bits,
+            losses[0],
+            losses[-1],
+            self.n_iter,
+        )
         return self
 
     def encode(self, x: np.ndarray) -> np.ndarray:

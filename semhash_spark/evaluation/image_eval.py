@@ -11,6 +11,7 @@ Result keys match ``semhash evaluate`` for documents: ``bits``, ``precision_at_1
 baselines at the deep codes' bit count. ``baselines_by_bits = {"<bits>": {name: ...}}`` holds the hashing
 baselines at every bit count, and ``extra_methods`` the other codes given (multiple semantic hashing, other lengths).
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,10 @@ def _code_method(name: str, value, n_train: int, n_test: int) -> RankingMethod:
     bits = int(value[2]) if len(value) == 3 else 8 * train.shape[-1]  # padding bits are zero in both: same ranking
     method = hamming_method(as_codes(train, bits), as_codes(test, bits), bits)
     if (method.num_database, method.num_queries) != (n_train, n_test):
-        raise ValueError(f"extra method {name!r} has {method.num_database} train and {method.num_queries} test codes "
-                         f"for {n_train} train and {n_test} test images")
+        raise ValueError(
+            f"extra method {name!r} has {method.num_database} train and {method.num_queries} test codes "
+            f"for {n_train} train and {n_test} test images"
+        )
     return method
 
 
@@ -158,8 +161,15 @@ def evaluate_image_codes(
         methods["euclidean"] = euclidean_method(train_x, test_x)
 
     queries = subsample_queries(n_test, max_queries, tie_seed)
-    log.info("evaluating %d-bit deep codes, %s at %s bits and %s on %d queries x %d images",
-             bits, hashing, bit_counts, sorted(extra), queries.size, n_train)
+    log.info(
+        "evaluating %d-bit deep codes, %s at %s bits and %s on %d queries x %d images",
+        bits,
+        hashing,
+        bit_counts,
+        sorted(extra),
+        queries.size,
+        n_train,
+    )
     res = evaluate_methods(methods, db_labels, q_labels, queries=queries, tie_seed=tie_seed)
 
     out = dict(res["deep"])
@@ -171,19 +181,26 @@ def evaluate_image_codes(
         log.info("%-9s P@100 %.3f  mAP %.3f  mAP@1000 %.3f", name, r["precision_at_100"], r["map"], r["map_at_1000"])
 
     shown = ["deep", *extra, *(n if n == "euclidean" else f"{n}@{bits}" for n in baselines)]
-    labels = {"deep": f"deep {bits}-bit", **{n: n for n in extra}, "euclidean": "Euclidean",
-              **{f"{n}@{bits}": f"{_NAMES[n]} {bits}-bit" for n in hashing}}
+    labels = {
+        "deep": f"deep {bits}-bit",
+        **{n: n for n in extra},
+        "euclidean": "Euclidean",
+        **{f"{n}@{bits}": f"{_NAMES[n]} {bits}-bit" for n in hashing},
+    }
     if plot_path is not None:
-        plot_pr_curves({labels[m]: res[m]["pr_curve"] for m in shown}, plot_path,
-                       title=pr_title(plot_title, out["num_queries"]))
+        plot_pr_curves(
+            {labels[m]: res[m]["pr_curve"] for m in shown}, plot_path, title=pr_title(plot_title, out["num_queries"])
+        )
         out["plot"] = str(plot_path)
     if grid_path is not None:
         if images_for_grid is None:
             raise ValueError("grid_path needs images_for_grid = (train_images, test_images)")
         rows = grid_query_rows(queries, grid_queries, tie_seed)
         tie_perm = tie_permutation(n_train, tie_seed)
-        top = {labels[m]: rank_database(methods[m].scores(rows), tie_perm, descending=methods[m].descending)
-               [:, :GRID_TOP] for m in shown}
+        top = {
+            labels[m]: rank_database(methods[m].scores(rows), tie_perm, descending=methods[m].descending)[:, :GRID_TOP]
+            for m in shown
+        }
         write_retrieval_grid(grid_path, images_for_grid, rows, top, db_labels, q_labels)
         out["grid"] = str(grid_path)
     out["seconds"] = round(time.time() - t0, 1)
@@ -208,8 +225,9 @@ def _as_rgb(images: np.ndarray, what: str) -> np.ndarray:
     if images.ndim == 3:
         images = np.repeat(images[..., None], 3, axis=-1)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{what} must be uint8 [n, H, W] or [n, H, W, 1 or 3] images, got {images.dtype} "
-                         f"{images.shape}")
+        raise ValueError(
+            f"{what} must be uint8 [n, H, W] or [n, H, W, 1 or 3] images, got {images.dtype} {images.shape}"
+        )
     return images
 
 
@@ -229,8 +247,10 @@ def retrieval_mosaic(
     """
     train_img, test_img = _as_rgb(images[0], "train images"), _as_rgb(images[1], "test images")
     if train_img.shape[0] != len(db_labels) or test_img.shape[0] != len(q_labels):
-        raise ValueError(f"images_for_grid has {train_img.shape[0]} train and {test_img.shape[0]} test images "
-                         f"for {len(db_labels)} train and {len(q_labels)} test labels")
+        raise ValueError(
+            f"images_for_grid has {train_img.shape[0]} train and {test_img.shape[0]} test images "
+            f"for {len(db_labels)} train and {len(q_labels)} test labels"
+        )
     if train_img.shape[1:] != test_img.shape[1:]:
         raise ValueError(f"train images are {train_img.shape[1:]} and test images {test_img.shape[1:]}")
     h, w = train_img.shape[1:3]
@@ -243,7 +263,7 @@ def retrieval_mosaic(
     def put(r: int, c: int, img: np.ndarray, colour) -> None:
         y, x = r * ch, c * cw + (pad if c > 0 else 0)  # a gap between the query and its retrievals
         canvas[y : y + ch, x : x + cw] = colour
-        if colour == _BAD:                              # dashes: white where (row + column) // 3 is odd
+        if colour == _BAD:  # dashes: white where (row + column) // 3 is odd
             yy, xx = np.mgrid[0:ch, 0:cw]
             canvas[y : y + ch, x : x + cw][((yy + xx) // 3) % 2 == 1] = 255
         canvas[y + pad : y + pad + h, x + pad : x + pad + w] = img
@@ -289,8 +309,11 @@ def write_retrieval_grid(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title("Top retrievals per method: solid blue frame = same label as the query, dashed orange = another",
-                 fontsize=8, pad=14)
+    ax.set_title(
+        "Top retrievals per method: solid blue frame = same label as the query, dashed orange = another",
+        fontsize=8,
+        pad=14,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -9,6 +9,7 @@ by address; otherwise ``keys uint64[u]`` the distinct addresses ascending, ``off
 ``(lims int64[nq + 1], starts int64[m], ends int64[m], dist int32[m])``, the non-empty runs of query ``j`` at
 ``lims[j]:lims[j + 1]``, by address distance.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,7 @@ def _run(a, offsets, keys, dirs, shift, direct):
 @njit(inline="always", cache=True)
 def _new_runs(nq):
     """Empty run buffers for ``nq`` queries: ``lims`` and room for 1024 runs (:func:`_append` grows them)."""
-    return (np.zeros(nq + 1, np.int64), np.empty(1024, np.int64), np.empty(1024, np.int64),
-            np.empty(1024, np.int32))
+    return (np.zeros(nq + 1, np.int64), np.empty(1024, np.int64), np.empty(1024, np.int64), np.empty(1024, np.int32))
 
 
 @njit(inline="always", cache=True)
@@ -88,7 +88,7 @@ def visit_enum(offsets, keys, dirs, shift, direct, bits, qs, radius):
     nq = qs.shape[0]
     lims, starts, ends, dist = _new_runs(nq)
     cnt = 0
-    pos = np.empty(max(radius, 1), np.int64)      # the flipped bit positions, ascending
+    pos = np.empty(max(radius, 1), np.int64)  # the flipped bit positions, ascending
     for j in range(nq):
         q = qs[j]
         for w in range(radius + 1):

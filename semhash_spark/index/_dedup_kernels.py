@@ -6,6 +6,7 @@ that a tile's rows are contiguous, block ``lo`` first (``(key, seg, lo, hi, blk)
 the codes as big-endian 64-bit words; ``segmask uint64[m, w]`` each segment's bits. Word lists:
 ``indptr int64[n + 1]`` into ``ids int32[nnz]`` (ascending within a row) and ``weights float64[nnz]``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,7 +61,7 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh
             i = j
             continue
         diagonal = lo[i] == hi[i]
-        m = i                                    # off-diagonal: rows [i, m) in block lo, [m, j) in block hi
+        m = i  # off-diagonal: rows [i, m) in block lo, [m, j) in block hi
         while m < j and blk[m] == lo[i]:
             m += 1
         s = seg[i]
@@ -130,7 +131,7 @@ def pair_similarity(indptr, ids, weights, a, b, cosine, min_sim=0.0):
             else:
                 q += 1
         if cut:
-            inter += min(pe - p, qe - q)                    # at most this many in common: the upper bound
+            inter += min(pe - p, qe - q)  # at most this many in common: the upper bound
         if cosine:
             den = np.sqrt(na) * np.sqrt(nb)
             sim = dot / den if den > 0 else 0.0

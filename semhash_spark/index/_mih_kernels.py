@@ -7,6 +7,7 @@ a bucket's candidates are read sequentially, not gathered), ``offs int[sum(2**bi
 offsets end to end (table ``j`` starts at ``base[j]``), ``submask uint64[m, w]`` each substring's bits,
 ``qw uint64[nq, w]``, ``qsub int64[nq, m]`` the queries' substrings. Results are ordered by (distance, row).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ def _popc(x):
     x = x - ((x >> np.uint64(1)) & _K1)
     x = (x & _K2) + ((x >> np.uint64(2)) & _K2)
     x = (x + (x >> np.uint64(4))) & _K4
-    return np.int64((x * _KH) >> np.uint64(56))       # LLVM turns this into one popcnt
+    return np.int64((x * _KH) >> np.uint64(56))  # LLVM turns this into one popcnt
 
 
 @njit(inline="always", cache=True)
@@ -91,8 +92,8 @@ def _tdist(tw, j, p, q, mask):
     return d
 
 
-_BLOCK = 32     # bucket entries counted together inside a chunk that has a hit; fewer are checked one by one
-_CHUNK = 256    # bucket entries counted together first: a chunk without a hit is skipped whole
+_BLOCK = 32  # bucket entries counted together inside a chunk that has a hit; fewer are checked one by one
+_CHUNK = 256  # bucket entries counted together first: a chunk without a hit is skipped whole
 
 
 @njit(inline="always", cache=True)
@@ -111,7 +112,7 @@ def _skip_far(tw, j, p, end, q, mask, thr, lim):
                 p = e
                 continue
             lim = e
-        if _count_below1(tw[j, p:p + _BLOCK], mask[0], q[0], thr) != 0:
+        if _count_below1(tw[j, p : p + _BLOCK], mask[0], q[0], thr) != 0:
             return p, lim
         p += _BLOCK
     return p, lim
@@ -132,7 +133,7 @@ def _group_end(tw, j, p, end, sm, x):
         step *= 2
         hi = p + step
     hi = min(hi, end)
-    while hi - lo > 1:          # entry lo is in the group, entry hi is not (or is the end)
+    while hi - lo > 1:  # entry lo is in the group, entry hi is not (or is the end)
         mid = (lo + hi) // 2
         if (tw[j, mid] & sm) == x:
             lo = mid
@@ -185,7 +186,7 @@ def _order_results(out_d, out_i, start, cnt, rowbits, dbits, tmp):
     key = tmp[:m]
     for i in range(m):
         key[i] = (np.int64(out_d[start + i]) << rowbits) | out_i[start + i]
-    _radix_sort(key, tmp[m:2 * m], rowbits + dbits)
+    _radix_sort(key, tmp[m : 2 * m], rowbits + dbits)
     low = (np.int64(1) << rowbits) - 1
     for i in range(m):
         out_d[start + i] = key[i] >> rowbits
@@ -261,8 +262,25 @@ def _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad
 
 
 @njit(cache=True, nogil=True)
-def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, rowbits, ballsz, tmax, probe_cost,
-                sub, hot_tmax, hot_cost):
+def range_batch(
+    tw,
+    mask,
+    perm,
+    offs,
+    base,
+    nbits,
+    submask,
+    qw,
+    qsub,
+    radius,
+    rowbits,
+    ballsz,
+    tmax,
+    probe_cost,
+    sub,
+    hot_tmax,
+    hot_cost,
+):
     """Multi-index range search: ``(lims, D, I)``; a row is kept in the first table whose ball reaches it.
 
     ``tw uint64[m, n * w]``: each table's own copy of the codes in its bucket order, so a bucket's candidates are
@@ -292,11 +310,10 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
     for qi in range(nq):
         start = cnt
         q = qw[qi]
-        if tmax >= 0 and _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts, best,
-                                   how):
+        if tmax >= 0 and _allocate(offs, base, nbits, ballsz, qsub, qi, radius, tmax, probe_cost, rad, cnts, best, how):
             cost = best[m, radius + 1]
         else:
-            cost = 0.0 if s == 0 else np.inf   # s = 0: the even split's buckets, counted below
+            cost = 0.0 if s == 0 else np.inf  # s = 0: the even split's buckets, counted below
             for j in range(m):
                 rad[j] = s if j <= a else s - 1
                 if s == 0 and j <= a:
@@ -319,11 +336,11 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
                 while v < limit:
                     key = base[j] + (qsub[qi, j] ^ v)
                     p, end = np.int64(offs[key]), np.int64(offs[key + 1])
-                    nxt = p                    # where the next vectorised count starts
-                    lim = p                    # the end of the chunk known to hold a hit
+                    nxt = p  # where the next vectorised count starts
+                    lim = p  # the end of the chunk known to hold a hit
                     grouped = js >= 0 and end - p >= _GROUPED
                     gx = np.uint64(0)
-                    ingroup = False            # entry p is in the group gx, which was found worth reading
+                    ingroup = False  # entry p is in the group gx, which was found worth reading
                     while p < end:
                         if p >= nxt:
                             p, lim = _skip_far(tw, j, p, end, q, mask, radius + 1, lim)
@@ -360,14 +377,13 @@ def range_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, radius, ro
                     v = _next_comb(v)
         tmp = _order_results(out_d, out_i, start, cnt, rowbits, dbits, tmp)
         lims[qi + 1] = cnt
-    if acc == np.uint64(1) and cnt < 0:   # never true: keeps the loads of _touch
+    if acc == np.uint64(1) and cnt < 0:  # never true: keeps the loads of _touch
         lims[0] = 1
     return lims, out_d[:cnt].copy(), out_i[:cnt].copy()
 
 
 @njit(cache=True, nogil=True)
-def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost,
-              eps, sub):
+def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum, probe_cost, row_cost, eps, sub):
     """Multi-index k-NN: shells of growing substring distance, table by table, until the k-th distance is within
     the radius already covered. From shell 1 on, a query whose remaining probes (to cover its current k-th
     distance, ``shell_cum[j, t]`` probes for shells 0..t of table j) would cost more than reading every row (a
@@ -411,11 +427,11 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         done_j[j] += 1
                         key = base[j] + (qsub[qi, j] ^ v)
                         p, end = np.int64(offs[key]), np.int64(offs[key + 1])
-                        nxt = p                # where the next vectorised count starts (once the top k is full)
-                        lim = p                # the end of the chunk known to hold a hit
+                        nxt = p  # where the next vectorised count starts (once the top k is full)
+                        lim = p  # the end of the chunk known to hold a hit
                         grouped = js >= 0 and end - p >= _GROUPED
                         gx = np.uint64(0)
-                        ingroup = False        # entry p is in the group gx, which was found worth reading
+                        ingroup = False  # entry p is in the group gx, which was found worth reading
                         while p < end:
                             if cnt == k and p >= nxt:
                                 p, lim = _skip_far(tw, j, p, end, q, mask, bd[k - 1] + 1, lim)
@@ -428,8 +444,7 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                                 if not ingroup or x != gx:
                                     gx = x
                                     ds = _popc((x ^ q[0]) & sm)
-                                    if ((cnt == k and s + ds > bd[k - 1]) or (js < j and ds <= s)
-                                            or (js > j and ds < s)):
+                                    if (cnt == k and s + ds > bd[k - 1]) or (js < j and ds <= s) or (js > j and ds < s):
                                         p = _group_end(tw, j, p, end, sm, x)
                                         ingroup = False
                                         continue
@@ -437,7 +452,7 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                             d = _tdist(tw, j, p, q, mask)
                             p += 1
                             if cnt == k and d > bd[k - 1]:
-                                continue          # cannot enter the top k, seen before or not
+                                continue  # cannot enter the top k, seen before or not
                             row = np.int64(perm[j, p - 1])
                             new = True
                             for j2 in range(m):  # first reached in an earlier (shell, table)?
@@ -451,11 +466,11 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
                         if s == 0:
                             break
                         v = _next_comb(v)
-                if cnt == k and bd[k - 1] < (1.0 + eps) * (m * s + j + 1):   # unseen codes: m*s + j + 1 away
+                if cnt == k and bd[k - 1] < (1.0 + eps) * (m * s + j + 1):  # unseen codes: m*s + j + 1 away
                     done = True
                     break
                 if s >= 1:
-                    dk = int(bd[k - 1] / (1.0 + eps)) if cnt == k else total   # the distance to cover
+                    dk = int(bd[k - 1] / (1.0 + eps)) if cnt == k else total  # the distance to cover
                     sd, jd = dk // m, dk % m
                     need = 0.0
                     for j2 in range(m):
@@ -473,7 +488,7 @@ def knn_batch(tw, mask, perm, offs, base, nbits, submask, qw, qsub, k, shell_cum
         for t in range(cnt):
             D[qi, t] = bd[t]
             I[qi, t] = bi[t]
-    if acc == np.uint64(1) and nq < 0:   # never true: keeps the loads of _touch
+    if acc == np.uint64(1) and nq < 0:  # never true: keeps the loads of _touch
         need_scan[0] = True
     return D, I, need_scan
 
@@ -529,6 +544,7 @@ def scan_distances(words, mask, q, out):
 # ---------------------------------------------------------------------------------------------- one-word codes
 # Codes of at most 64 bits: a 1-d word array lets LLVM vectorise the scan (the generic loops above cannot).
 
+
 @njit(cache=True, nogil=True)
 def scan_distances1(words, mask, q, out):
     """The linear popcount scan over one-word codes."""
@@ -568,7 +584,7 @@ def scan_knn1(words, mask, qw, k):
                 if d < thr or cnt < k:
                     cnt = _insert(bd, bi, cnt, d, row)
                     if cnt == k:
-                        thr = bd[k - 1]       # rows come in ascending order: a tie never displaces
+                        thr = bd[k - 1]  # rows come in ascending order: a tie never displaces
         for t in range(cnt):
             D[qi, t] = bd[t]
             I[qi, t] = bi[t]

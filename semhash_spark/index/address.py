@@ -15,6 +15,7 @@ addresses of the ball shell by shell and reads each one's run of rows (a cost fi
 row)) and ``rerank`` their ranking codes (``search``: the ``k`` items of the ball closest to a query's ranking
 code, faiss-shaped ``(D, I)``), both growing with the shortlist.
 """
+
 from __future__ import annotations
 
 from math import comb
@@ -28,19 +29,21 @@ try:  # the compiled probe loop; without numba ``ball`` takes the numpy path bel
 except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
     _K = None
 
-USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
-DIRECT_MAX_BITS = 24            # direct table up to 2**24 + 1 offsets (128 MiB); wider: sorted distinct addresses
-_MASKS_MAX = 1 << 21            # balls up to this many addresses are probed from a cached table of XOR masks
+USE_COMPILED = _K is not None  # set False to force the numpy path (tests compare the two)
+DIRECT_MAX_BITS = 24  # direct table up to 2**24 + 1 offsets (128 MiB); wider: sorted distinct addresses
+_MASKS_MAX = 1 << 21  # balls up to this many addresses are probed from a cached table of XOR masks
 _MAX_BITS = 64
 
 
 def _as_addresses(a, bits: int, what: str) -> np.ndarray:
     """``a`` as ``uint64[n]``, checked to be non-negative integers below ``2**bits``."""
-    if type(a) is np.ndarray and a.dtype == np.uint64 and a.ndim == 1:     # the common case, checked cheaply
+    if type(a) is np.ndarray and a.dtype == np.uint64 and a.ndim == 1:  # the common case, checked cheaply
         top = int(a[0]) if a.size == 1 else int(a.max()) if a.size else 0
         if bits < 64 and top >= (1 << bits):
-            raise ValueError(f"{what} must be below 2**{bits} for {bits}-bit addresses, got {top}; "
-                             f"pass the address code's bits, not a longer code")
+            raise ValueError(
+                f"{what} must be below 2**{bits} for {bits}-bit addresses, got {top}; "
+                f"pass the address code's bits, not a longer code"
+            )
         return a
     a = np.asarray(a)
     if a.ndim != 1:
@@ -51,8 +54,10 @@ def _as_addresses(a, bits: int, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be non-negative, got {int(a.min())}")
     a = a.astype(np.uint64, copy=False)
     if a.size and bits < 64 and int(a.max()) >= (1 << bits):
-        raise ValueError(f"{what} must be below 2**{bits} for {bits}-bit addresses, got {int(a.max())}; "
-                         f"pass the address code's bits, not a longer code")
+        raise ValueError(
+            f"{what} must be below 2**{bits} for {bits}-bit addresses, got {int(a.max())}; "
+            f"pass the address code's bits, not a longer code"
+        )
     return a
 
 
@@ -75,7 +80,7 @@ class AddressTable:
         self.bits = int(bits)
         a = _as_addresses(addresses, self.bits, "addresses")
         self._n = a.shape[0]
-        self.ids_ = np.argsort(a, kind="stable").astype(np.int64)      # rows by (address, row)
+        self.ids_ = np.argsort(a, kind="stable").astype(np.int64)  # rows by (address, row)
         sa = a[self.ids_]
         self.direct = self.bits <= DIRECT_MAX_BITS
         if self.direct:
@@ -87,7 +92,7 @@ class AddressTable:
         else:
             first = np.ones(sa.shape[0], bool)
             first[1:] = sa[1:] != sa[:-1]
-            self.keys_ = sa[first]                                       # distinct addresses, ascending
+            self.keys_ = sa[first]  # distinct addresses, ascending
             self.offsets_ = np.append(np.flatnonzero(first), sa.shape[0]).astype(np.int64)
             dbits = int(min(DIRECT_MAX_BITS, self.bits, max(1, int(np.ceil(np.log2(max(2, self.keys_.size)))))))
             self.shift_ = self.bits - dbits
@@ -98,9 +103,11 @@ class AddressTable:
         if codes is not None:
             codes = np.asarray(codes)
             if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[0] != self._n:
-                raise ValueError(f"codes must be packed uint8[{self._n}, nbytes], one per address; got "
-                                 f"{codes.dtype}{list(codes.shape)}")
-            self.words_ = np.ascontiguousarray(C.to_words(codes)[self.ids_])     # codes in (address, row) order
+                raise ValueError(
+                    f"codes must be packed uint8[{self._n}, nbytes], one per address; got "
+                    f"{codes.dtype}{list(codes.shape)}"
+                )
+            self.words_ = np.ascontiguousarray(C.to_words(codes)[self.ids_])  # codes in (address, row) order
 
     def __len__(self) -> int:
         return self._n
@@ -111,8 +118,11 @@ class AddressTable:
         radius = int(radius)
         if not 0 <= radius <= self.bits:
             raise ValueError(f"radius must be in 0..{self.bits} (the address bits), got {radius}")
-        q = _as_addresses(np.asarray(q_addresses).reshape(-1) if np.ndim(q_addresses) == 0 else q_addresses,
-                          self.bits, "query addresses")
+        q = _as_addresses(
+            np.asarray(q_addresses).reshape(-1) if np.ndim(q_addresses) == 0 else q_addresses,
+            self.bits,
+            "query addresses",
+        )
         return np.ascontiguousarray(q), radius
 
     def _mask_table(self, radius: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -148,7 +158,7 @@ class AddressTable:
         cnt = ends - starts
         pos = _positions(starts, cnt)
         ids, d = self.ids_[pos], np.repeat(dist, cnt).astype(np.int32)
-        out_lims = np.concatenate([[0], np.cumsum(cnt)]).astype(np.int64)[lims]    # rows before each query's runs
+        out_lims = np.concatenate([[0], np.cumsum(cnt)]).astype(np.int64)[lims]  # rows before each query's runs
         if ordered:
             for j in range(lims.shape[0] - 1):
                 s = slice(out_lims[j], out_lims[j + 1])
@@ -168,8 +178,9 @@ class AddressTable:
         qw = np.asarray(q_codes)
         words = C.to_words(qw) if qw.dtype == np.uint8 and qw.ndim == 2 and qw.shape[0] == nq else None
         if words is None or words.shape[1] != self.words_.shape[1]:
-            raise ValueError(f"q_codes must be packed uint8[{nq}, nbytes] like the table's codes, got "
-                             f"{qw.dtype}{list(qw.shape)}")
+            raise ValueError(
+                f"q_codes must be packed uint8[{nq}, nbytes] like the table's codes, got {qw.dtype}{list(qw.shape)}"
+            )
         qw = np.ascontiguousarray(words)
         if USE_COMPILED and _K is not None:
             return _K.rerank(lims, starts, ends, qw, self.words_, self.ids_, int(k))
@@ -181,7 +192,7 @@ class AddressTable:
             rows = self.ids_[pos]
             d = C.popcount64(self.words_[pos] ^ qw[j]).astype(np.int32)
             o = np.lexsort((rows, d))[:k]
-            D[j, :o.size], I[j, :o.size] = d[o], rows[o]
+            D[j, : o.size], I[j, : o.size] = d[o], rows[o]
         return D, I
 
     def ball(self, q_addresses: np.ndarray, radius: int, *, ordered: bool = True):
@@ -233,7 +244,7 @@ def _positions(starts: np.ndarray, cnt: np.ndarray) -> np.ndarray:
 def _flip_masks(bits: int, radius: int):
     """Every XOR mask of at most ``radius`` of ``bits`` bits (``uint64``), by weight, and its weight (int32)."""
     masks, dist = [np.zeros(1, np.uint64)], [np.zeros(1, np.int32)]
-    cur = np.zeros(1, np.uint64)        # masks of weight w whose highest set bit is ``top[i]``
+    cur = np.zeros(1, np.uint64)  # masks of weight w whose highest set bit is ``top[i]``
     top = np.full(1, -1, np.int64)
     one = np.uint64(1)
     for w in range(1, radius + 1):

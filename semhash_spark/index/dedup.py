@@ -38,6 +38,7 @@ Reading the index: the version's shard files, listed by its manifest, are read w
 :func:`semhash_spark.io.sparkio.read_parquet`: Spark's reader on local paths, an ``s3://`` index staged locally in
 local mode and read by the executors through the store on a cluster (no hadoop-aws needed).
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,22 +59,22 @@ from semhash_spark.data import dataset as ds
 from semhash_spark.index import published as ix
 from semhash_spark.index import leases
 from semhash_spark.io import sparkio, store
-from semhash_spark.models.inference import META     # not from .checkpoint: that imports torch into every Spark worker
+from semhash_spark.models.inference import META  # not from .checkpoint: that imports torch into every Spark worker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK = 2048           # codes per block of a hot bucket: a tile holds about 2 * 2048 rows at most
+DEFAULT_BLOCK = 2048  # codes per block of a hot bucket: a tile holds about 2 * 2048 rows at most
 MAX_CC_ITERATIONS = 64
 PAIRS_DIR, CLUSTERS_DIR, SUMMARY_FILE = "pairs", "clusters", "summary.json"
 MEASURES = ("cosine", "jaccard")
 TILE_KEYS = ("seg", "key", "lo", "hi")
-HASHES = ds.WORD_HASHES       # the documents' whole word sets, hashed (prepare): Jaccard on the text itself
-FRESH = "fresh"               # int8: 1 for the documents a --since run compares against the whole index
+HASHES = ds.WORD_HASHES  # the documents' whole word sets, hashed (prepare): Jaccard on the text itself
+FRESH = "fresh"  # int8: 1 for the documents a --since run compares against the whole index
 DEFAULT_MAX_PAIRS = 200_000_000
 DEFAULT_TARGET_RECALL = 0.9
 DEFAULT_CALIBRATION_SAMPLE = 20_000
 CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
-LOCAL_CC_MAX = 2_000_000      # pairs up to this many are clustered on the driver (scipy), more in Spark
+LOCAL_CC_MAX = 2_000_000  # pairs up to this many are clustered on the driver (scipy), more in Spark
 
 
 class DedupError(ValueError):
@@ -83,6 +84,7 @@ class DedupError(ValueError):
 @dataclass(frozen=True)
 class Verify:
     """Content verification of candidate pairs: ``measure`` (cosine of TF-IDF, or Jaccard of word sets) >= threshold."""
+
     measure: str
     threshold: float
 
@@ -108,6 +110,7 @@ class Verify:
 
 
 # --------------------------------------------------------------------------------------------------- segments
+
 
 def segments(bits: int, radius: int) -> list[tuple[int, int]]:
     """The ``radius + 1`` contiguous bit ranges ``[start, end)`` of the pigeonhole split (lengths differ by <= 1)."""
@@ -164,7 +167,7 @@ def segment_keys(codes: np.ndarray, bits: int, segs: list[tuple[int, int]]) -> n
         for cs in range(s, e, 64):
             ce = min(cs + 64, e)
             chunk = np.zeros((n, 64), dtype=np.uint8)
-            chunk[:, 64 - (ce - cs):] = bits01[:, cs:ce]
+            chunk[:, 64 - (ce - cs) :] = bits01[:, cs:ce]
             key ^= np.packbits(chunk, axis=1, bitorder="big").view(">u8").ravel().astype(np.uint64)
         out[:, i] = key.view(np.int64)
     return out
@@ -172,13 +175,14 @@ def segment_keys(codes: np.ndarray, bits: int, segs: list[tuple[int, int]]) -> n
 
 # --------------------------------------------------------------------------------------------------- arrow columns
 
+
 def _binary_buffers(arr: "pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:
     """A binary Arrow column -> ``(offsets int64[n + 1], data uint8[...])``: the values without a copy per row."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     large = pa.types.is_large_binary(arr.type)
     _, offs_buf, data_buf = arr.buffers()
-    offs = np.frombuffer(offs_buf, np.int64 if large else np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    offs = np.frombuffer(offs_buf, np.int64 if large else np.int32)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     return offs.astype(np.int64), data
 
@@ -190,13 +194,13 @@ def _word_lists(ids_col, counts_col=None) -> tuple[np.ndarray, np.ndarray, np.nd
     rel = ioffs - ioffs[0]
     if np.any(rel % 4):
         raise DedupError("word_ids rows must hold 4-byte values")
-    ids = np.require(idata[ioffs[0]:ioffs[-1]].view("<i4"), np.int32, "A")
+    ids = np.require(idata[ioffs[0] : ioffs[-1]].view("<i4"), np.int32, "A")
     counts = None
     if counts_col is not None:
         coffs, cdata = _binary_buffers(counts_col)
         if not np.array_equal(rel, coffs - coffs[0]):
             raise DedupError("word_ids and word_counts rows must hold the same number of 4-byte values")
-        counts = np.require(cdata[coffs[0]:coffs[-1]].view("<f4"), np.float32, "A")
+        counts = np.require(cdata[coffs[0] : coffs[-1]].view("<f4"), np.float32, "A")
     return rel // 4, ids, counts
 
 
@@ -206,7 +210,7 @@ def _hash_lists(col) -> tuple[np.ndarray, np.ndarray]:
     rel = offs - offs[0]
     if np.any(rel % 8):
         raise DedupError("word_hashes rows must hold 8-byte values")
-    return rel // 8, np.require(data[offs[0]:offs[-1]].view("<i8"), np.int64, "A")
+    return rel // 8, np.require(data[offs[0] : offs[-1]].view("<i8"), np.int64, "A")
 
 
 def _low_bits(n: int) -> int:
@@ -218,12 +222,15 @@ def word_columns(code: "F.Column", code_bytes: int) -> list["F.Column"]:
     native, no Python). A code of another length is an error naming it."""
     nwords = max(1, (code_bytes + 7) // 8)
     length = F.coalesce(F.length(code), F.lit(-1))
-    checked = F.when(length != code_bytes, F.raise_error(F.concat(
-        F.lit("code of "), length.cast("string"), F.lit(f" bytes: the index's codes have {code_bytes}")))
+    checked = F.when(
+        length != code_bytes,
+        F.raise_error(
+            F.concat(F.lit("code of "), length.cast("string"), F.lit(f" bytes: the index's codes have {code_bytes}"))
+        ),
     ).otherwise(code)
     pad = 8 * nwords - code_bytes
     padded = F.concat(checked, F.unhex(F.lit("00" * pad))) if pad else checked
-    half = lambda start: F.conv(F.hex(F.substring(padded, start, 4)), 16, 10).cast("long")     # noqa: E731
+    half = lambda start: F.conv(F.hex(F.substring(padded, start, 4)), 16, 10).cast("long")  # noqa: E731
     return [F.shiftleft(half(8 * w + 1), 32).bitwiseOR(half(8 * w + 5)) for w in range(nwords)]
 
 
@@ -235,8 +242,9 @@ def _bit_range(words: list["F.Column"], start: int, end: int) -> "F.Column":
         v = F.shiftrightunsigned(words[wa], 64 * (wa + 1) - end)
         return v if end - start == 64 else v.bitwiseAND(F.lit(_low_bits(end - start)))
     high, low = 64 * wb - start, end - 64 * wb
-    return (F.shiftleft(words[wa].bitwiseAND(F.lit(_low_bits(high))), low)
-            .bitwiseOR(F.shiftrightunsigned(words[wb], 64 - low)))
+    return F.shiftleft(words[wa].bitwiseAND(F.lit(_low_bits(high))), low).bitwiseOR(
+        F.shiftrightunsigned(words[wb], 64 - low)
+    )
 
 
 def key_columns(words: list["F.Column"], segs: list[tuple[int, int]]) -> list["F.Column"]:
@@ -244,12 +252,16 @@ def key_columns(words: list["F.Column"], segs: list[tuple[int, int]]) -> list["F
     XOR of its 64-bit chunks when longer)."""
     out = []
     for s, e in segs:
-        out.append(functools.reduce(lambda x, y: x.bitwiseXOR(y),
-                                    [_bit_range(words, cs, min(cs + 64, e)) for cs in range(s, e, 64)]))
+        out.append(
+            functools.reduce(
+                lambda x, y: x.bitwiseXOR(y), [_bit_range(words, cs, min(cs + 64, e)) for cs in range(s, e, 64)]
+            )
+        )
     return out
 
 
 # --------------------------------------------------------------------------------------------------- pairs
+
 
 def bucket_rows(codes_df: DataFrame, bits: int, segs: list[tuple[int, int]]) -> DataFrame:
     """``codes_df(id, code, [word_ids, word_counts])`` -> ``(seg, key, id, w0.., [word_ids, word_counts])``: a
@@ -258,8 +270,7 @@ def bucket_rows(codes_df: DataFrame, bits: int, segs: list[tuple[int, int]]) -> 
     words = [f"w{w}" for w in range(nwords)]
     extra = [c for c in (*ix.WORD_COLUMNS, HASHES, FRESH) if c in codes_df.columns]
     wcols = word_columns(F.col("code"), C.code_bytes(bits))
-    coded = codes_df.select(F.col("id").cast("string").alias("id"), *(c.alias(n) for c, n in zip(wcols, words)),
-                            *extra)
+    coded = codes_df.select(F.col("id").cast("string").alias("id"), *(c.alias(n) for c, n in zip(wcols, words)), *extra)
     keys = key_columns([F.col(w) for w in words], segs)
     return coded.select(F.posexplode(F.array(*keys)).alias("seg", "key"), "id", *words, *extra)
 
@@ -269,17 +280,25 @@ def tile_hot(rows: DataFrame, hot: DataFrame, block_size: int) -> DataFrame:
     ``(seg, key, lo, hi, blk, ...)``: ``nb = ceil(n / block_size)`` blocks by a hash of the id, a row of block
     ``b`` in the tiles ``(min(b, c), max(b, c))`` for every block ``c``."""
     nb = F.ceil(F.col("n") / F.lit(block_size)).cast("int")
-    rows = (rows.join(F.broadcast(hot.select("seg", "key", nb.alias("nb"))), ["seg", "key"])
-            .withColumn("blk", F.pmod(F.xxhash64("id"), F.col("nb")).cast("int"))
-            .withColumn("c", F.explode(F.sequence(F.lit(0), F.col("nb") - 1))))
+    rows = (
+        rows.join(F.broadcast(hot.select("seg", "key", nb.alias("nb"))), ["seg", "key"])
+        .withColumn("blk", F.pmod(F.xxhash64("id"), F.col("nb")).cast("int"))
+        .withColumn("c", F.explode(F.sequence(F.lit(0), F.col("nb") - 1)))
+    )
     rest = [c for c in rows.columns if c not in ("seg", "key", "nb", "blk", "c")]
-    return rows.select("seg", "key", F.least("blk", "c").alias("lo"), F.greatest("blk", "c").alias("hi"), "blk",
-                       *rest)
+    return rows.select("seg", "key", F.least("blk", "c").alias("lo"), F.greatest("blk", "c").alias("hi"), "blk", *rest)
 
 
-def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.ndarray, nwords: int,
-                  limit: int, measure: str | None, idf: np.ndarray | None,
-                  min_sim: float = 0.0) -> Iterator[pa.RecordBatch]:
+def _tile_batches(
+    batches: Iterator[pa.RecordBatch],
+    radius: int,
+    segmask: np.ndarray,
+    nwords: int,
+    limit: int,
+    measure: str | None,
+    idf: np.ndarray | None,
+    min_sim: float = 0.0,
+) -> Iterator[pa.RecordBatch]:
     """A task's rows sorted by ``(key, seg, lo, hi, blk)`` -> its kept pairs, and (``limit > 0``) a marker row
     ``(hot_seg, hot_key, hot_n)`` for each bucket of more than ``limit`` rows, whose pairs it skips. A tile cut
     by a batch boundary is held back and finished with the next batch; a hot bucket is counted, never held.
@@ -287,15 +306,16 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
     pairs of similarity >= ``min_sim`` leave the task (a Jaccard pair that cannot reach it stops early)."""
     from semhash_spark.index import _dedup_kernels as K
 
-    def col_of(t: pa.Table, c: str) -> np.ndarray:          # one chunk: no copy; tiles of pass 1 are all (0, 0)
+    def col_of(t: pa.Table, c: str) -> np.ndarray:  # one chunk: no copy; tiles of pass 1 are all (0, 0)
         return t.column(c).to_numpy() if c in t.column_names else np.zeros(t.num_rows, np.int32)
 
     def pairs(t: pa.Table, stop: int) -> Iterator[pa.RecordBatch]:
         col = functools.partial(col_of, t)
         words = np.stack([col(f"w{w}") for w in range(nwords)], axis=1).view(np.uint64)
         fresh = t.column(FRESH).to_numpy() if FRESH in t.column_names else np.ones(t.num_rows, np.int8)
-        a, b, d, hs, hn = K.tile_pairs(col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask,
-                                       radius, stop, limit, fresh)
+        a, b, d, hs, hn = K.tile_pairs(
+            col("seg"), col("key"), col("lo"), col("hi"), col("blk"), words, segmask, radius, stop, limit, fresh
+        )
         if hs.size:
             yield markers(col("seg")[hs], col("key")[hs], hn)
         if a.size == 0:
@@ -306,8 +326,9 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
             indptr, hashes = _hash_lists(t.column(HASHES))
             sim = K.pair_similarity(indptr, hashes, np.ones(hashes.size), a, b, False, min_sim)
         elif measure is not None:
-            indptr, ids, counts = _word_lists(t.column("word_ids"),
-                                              t.column("word_counts") if measure == "cosine" else None)
+            indptr, ids, counts = _word_lists(
+                t.column("word_ids"), t.column("word_counts") if measure == "cosine" else None
+            )
             if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
                 raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
             weights = counts.astype(np.float64) * idf[ids] if counts is not None else np.ones(ids.size)
@@ -323,27 +344,39 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
         if sim is not None:
             out["similarity"] = pa.array(sim)
         out = {k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()}
-        yield pa.RecordBatch.from_pydict(out | {c: pa.nulls(a.size, typ) for c, typ in MARKER_TYPES.items()},
-                                         schema=schema)
+        yield pa.RecordBatch.from_pydict(
+            out | {c: pa.nulls(a.size, typ) for c, typ in MARKER_TYPES.items()}, schema=schema
+        )
 
     def markers(seg, key, n) -> pa.RecordBatch:
         cols = {c: pa.nulls(len(n), schema.field(c).type) for c in schema.names if c not in MARKER_TYPES}
-        return pa.RecordBatch.from_pydict(cols | {"hot_seg": pa.array(seg, pa.int32()),
-                                                  "hot_key": pa.array(key, pa.int64()),
-                                                  "hot_n": pa.array(n, pa.int64())}, schema=schema)
+        return pa.RecordBatch.from_pydict(
+            cols
+            | {
+                "hot_seg": pa.array(seg, pa.int32()),
+                "hot_key": pa.array(key, pa.int64()),
+                "hot_n": pa.array(n, pa.int64()),
+            },
+            schema=schema,
+        )
 
-    schema = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("distance", pa.int32())]
-                       + ([("similarity", pa.float64())] if measure is not None else [])
-                       + list(MARKER_TYPES.items()))
-    pending, skip = None, None                    # skip: [seg, key, rows] of a hot bucket being counted
+    schema = pa.schema(
+        [("id_a", pa.string()), ("id_b", pa.string()), ("distance", pa.int32())]
+        + ([("similarity", pa.float64())] if measure is not None else [])
+        + list(MARKER_TYPES.items())
+    )
+    pending, skip = None, None  # skip: [seg, key, rows] of a hot bucket being counted
     for batch in batches:
         t = pa.Table.from_batches([batch])
         t = (t if pending is None else pa.concat_tables([pending, t])).combine_chunks()
         pending = None
         if skip is not None and t.num_rows:
             seg, key = t.column("seg").to_numpy(), t.column("key").to_numpy()
-            head = int(np.argmin((seg == skip[0]) & (key == skip[1]))) if not (
-                (seg[-1] == skip[0]) and (key[-1] == skip[1])) else t.num_rows
+            head = (
+                int(np.argmin((seg == skip[0]) & (key == skip[1])))
+                if not ((seg[-1] == skip[0]) and (key[-1] == skip[1]))
+                else t.num_rows
+            )
             skip[2] += head
             if head == t.num_rows:
                 continue
@@ -352,7 +385,7 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
         n = t.num_rows
         if n == 0:
             continue
-        same = np.ones(n, dtype=bool)                       # rows of the last tile: a suffix, the rows are sorted
+        same = np.ones(n, dtype=bool)  # rows of the last tile: a suffix, the rows are sorted
         for c in TILE_KEYS:
             v = col_of(t, c)
             same &= v == v[-1]
@@ -372,22 +405,42 @@ def _tile_batches(batches: Iterator[pa.RecordBatch], radius: int, segmask: np.nd
 MARKER_TYPES = {"hot_seg": pa.int32(), "hot_key": pa.int64(), "hot_n": pa.int64()}
 
 
-def _kernel_pass(tiles: DataFrame, radius: int, segs: list[tuple[int, int]], nwords: int, limit: int,
-                 measure: str | None, idf: np.ndarray | None, min_sim: float = 0.0) -> DataFrame:
+def _kernel_pass(
+    tiles: DataFrame,
+    radius: int,
+    segs: list[tuple[int, int]],
+    nwords: int,
+    limit: int,
+    measure: str | None,
+    idf: np.ndarray | None,
+    min_sim: float = 0.0,
+) -> DataFrame:
     """One shuffle (by tile), a sort, and the pair kernel over each task's rows."""
     # the key first: Spark sorts on a prefix of the first column, and 4..r+1 segment numbers make a poor one
     keys = [c for c in ("key", "seg", "lo", "hi", "blk") if c in tiles.columns]
     segmask = np.array(segment_masks(segs, nwords), dtype=np.int64).view(np.uint64)
-    schema = ("id_a string, id_b string, distance int" + (", similarity double" if measure else "")
-              + ", hot_seg int, hot_key long, hot_n long")
-    fn = functools.partial(_tile_batches, radius=radius, segmask=segmask, nwords=nwords, limit=limit,
-                           measure=measure, idf=idf, min_sim=min_sim)
-    by = [c for c in keys if c != "blk"]                      # a tile's rows in one task, its blocks in order
+    schema = (
+        "id_a string, id_b string, distance int"
+        + (", similarity double" if measure else "")
+        + ", hot_seg int, hot_key long, hot_n long"
+    )
+    fn = functools.partial(
+        _tile_batches,
+        radius=radius,
+        segmask=segmask,
+        nwords=nwords,
+        limit=limit,
+        measure=measure,
+        idf=idf,
+        min_sim=min_sim,
+    )
+    by = [c for c in keys if c != "blk"]  # a tile's rows in one task, its blocks in order
     return tiles.repartition(*by).sortWithinPartitions(*keys).mapInArrow(fn, schema)
 
 
-def bucket_census(rows: DataFrame, segs: list[tuple[int, int]], block_size: int, max_pairs: int | None = None,
-                  top: int = 5) -> dict[str, Any]:
+def bucket_census(
+    rows: DataFrame, segs: list[tuple[int, int]], block_size: int, max_pairs: int | None = None, top: int = 5
+) -> dict[str, Any]:
     """Counts the candidate pairs the kernel will examine, per bucket ``(seg, key)``, before any pair is formed:
     ``candidates`` (pairs sharing a bucket, with a ``fresh`` row when the rows have that column), ``buckets``
     (of two rows or more), ``largest`` (rows of the biggest), ``hot`` (buckets of more than ``block_size`` rows)
@@ -402,33 +455,59 @@ def bucket_census(rows: DataFrame, segs: list[tuple[int, int]], block_size: int,
         per = rows.groupBy("seg", "key").agg(n.alias("n"))
         cand = F.col("n") * (F.col("n") - 1) / 2
     per = per.where(F.col("n") > 1).select("seg", "key", "n", cand.cast("long").alias("c"))
-    agg = per.agg(F.sum("c").alias("c"), F.count(F.lit(1)).alias("b"), F.max("n").alias("m"),
-                  F.count(F.when(F.col("n") > block_size, 1)).alias("h")).first()
-    out = {"candidates": int(agg["c"] or 0), "buckets": int(agg["b"] or 0), "largest": int(agg["m"] or 0),
-           "hot": int(agg["h"] or 0), "top": []}
+    agg = per.agg(
+        F.sum("c").alias("c"),
+        F.count(F.lit(1)).alias("b"),
+        F.max("n").alias("m"),
+        F.count(F.when(F.col("n") > block_size, 1)).alias("h"),
+    ).first()
+    out = {
+        "candidates": int(agg["c"] or 0),
+        "buckets": int(agg["b"] or 0),
+        "largest": int(agg["m"] or 0),
+        "hot": int(agg["h"] or 0),
+        "top": [],
+    }
     if max_pairs is not None and out["candidates"] > max_pairs:
         for r in per.orderBy(F.desc("c")).limit(top).collect():
             s, e = segs[r["seg"]]
-            out["top"].append({"segment": int(r["seg"]), "bits": f"{s}-{e - 1}",
-                               "key": f"{int(r['key']) & ((1 << 64) - 1):x}", "rows": int(r["n"]),
-                               "candidates": int(r["c"])})
+            out["top"].append(
+                {
+                    "segment": int(r["seg"]),
+                    "bits": f"{s}-{e - 1}",
+                    "key": f"{int(r['key']) & ((1 << 64) - 1):x}",
+                    "rows": int(r["n"]),
+                    "candidates": int(r["c"]),
+                }
+            )
     return out
 
 
 def _budget_error(census: dict[str, Any], radius: int, max_pairs: int) -> DedupError:
-    hot = "; ".join(f"segment {b['segment']} (bits {b['bits']}) = {b['key']}: {b['rows']} codes, "
-                    f"{b['candidates']} pairs" for b in census["top"])
+    hot = "; ".join(
+        f"segment {b['segment']} (bits {b['bits']}) = {b['key']}: {b['rows']} codes, {b['candidates']} pairs"
+        for b in census["top"]
+    )
     return DedupError(
         f"radius {radius} would compare {census['candidates']} candidate pairs, over the budget max_pairs="
         f"{max_pairs} (--max-pairs); the largest of {census['buckets']} shared buckets hold {census['largest']} "
         f"codes. Hottest buckets: {hot}. Many codes equal on a whole segment mean collapsed codes (check the "
-        "model) or a radius too large: lower --radius, or raise --max-pairs")
+        "model) or a radius too large: lower --radius, or raise --max-pairs"
+    )
 
 
-def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
-               similarity: str | None = None, idf: np.ndarray | None = None, vocab_size: int | None = None,
-               threshold: float | None = None,
-               max_pairs: int | None = DEFAULT_MAX_PAIRS) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+def find_pairs(
+    codes_df: DataFrame,
+    bits: int,
+    radius: int,
+    block_size: int = DEFAULT_BLOCK,
+    *,
+    similarity: str | None = None,
+    idf: np.ndarray | None = None,
+    vocab_size: int | None = None,
+    threshold: float | None = None,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
+) -> tuple[DataFrame, DataFrame, dict[str, int]]:
     """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``, exactly; the hot
     buckets ``(seg, key, n)``; and the counts ``pairs_within_radius``, ``pairs`` (those with ``similarity >=
     threshold`` when a threshold is given) and ``hot_buckets``. The DataFrames are materialised (checkpointed).
@@ -470,27 +549,31 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
         raise DedupError(f"threshold {threshold} needs a similarity (cosine or jaccard)")
     segs, nwords = segments(bits, radius), n_words(bits)
     rows = bucket_rows(codes_df.select(*cols), bits, segs)
-    if FRESH in rows.columns:                 # only the buckets holding a fresh row can hold a pair that counts
+    if FRESH in rows.columns:  # only the buckets holding a fresh row can hold a pair that counts
         hit = rows.where(F.col(FRESH) == 1).select("seg", "key").distinct()
         rows = rows.join(hit, ["seg", "key"], "left_semi")
     census = bucket_census(rows, segs, block_size, max_pairs)
     if max_pairs is not None and census["candidates"] > max_pairs:
         raise _budget_error(census, radius, max_pairs)
-    tiles = rows                                  # pass 1: a bucket is one tile (lo = hi = blk = 0, not shipped)
+    tiles = rows  # pass 1: a bucket is one tile (lo = hi = blk = 0, not shipped)
     is_pair, is_hot = F.col("id_a").isNotNull(), F.col("hot_seg") >= 0
     kept = is_pair & (F.col("similarity") >= F.lit(threshold)) if threshold is not None else is_pair
 
-    def counted(df: DataFrame) -> dict[str, int]:                  # one job for the three counts
-        row = df.agg(F.sum(F.when(F.col("hot_seg") == -1, F.col("hot_n"))).alias("w"),
-                     F.count(F.when(kept, 1)).alias("k"), F.count(F.when(is_hot, 1)).alias("h")).first()
+    def counted(df: DataFrame) -> dict[str, int]:  # one job for the three counts
+        row = df.agg(
+            F.sum(F.when(F.col("hot_seg") == -1, F.col("hot_n"))).alias("w"),
+            F.count(F.when(kept, 1)).alias("k"),
+            F.count(F.when(is_hot, 1)).alias("h"),
+        ).first()
         return {"pairs_within_radius": int(row["w"] or 0), "pairs": int(row["k"]), "hot_buckets": int(row["h"])}
 
-    min_sim = float(threshold) if threshold is not None else 0.0        # Jaccard below it: bounded, not computed
+    min_sim = float(threshold) if threshold is not None else 0.0  # Jaccard below it: bounded, not computed
     out = _kernel_pass(tiles, radius, segs, nwords, block_size, similarity, idf, min_sim).localCheckpoint()
     counts = counted(out) | {"candidates": census["candidates"]}
     pair_cols = [c for c in out.columns if c not in MARKER_TYPES]
-    hot = out.where(is_hot).select(F.col("hot_seg").alias("seg"), F.col("hot_key").alias("key"),
-                                     F.col("hot_n").alias("n"))
+    hot = out.where(is_hot).select(
+        F.col("hot_seg").alias("seg"), F.col("hot_key").alias("key"), F.col("hot_n").alias("n")
+    )
     pairs = out.where(is_pair).select(*pair_cols)
     if counts["hot_buckets"]:
         hot = hot.localCheckpoint()
@@ -503,21 +586,29 @@ def find_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DE
     return pairs, hot, counts
 
 
-def hamming_pairs(codes_df: DataFrame, bits: int, radius: int, block_size: int = DEFAULT_BLOCK, *,
-                  similarity: str | None = None, idf: np.ndarray | None = None,
-                  vocab_size: int | None = None) -> DataFrame:
+def hamming_pairs(
+    codes_df: DataFrame,
+    bits: int,
+    radius: int,
+    block_size: int = DEFAULT_BLOCK,
+    *,
+    similarity: str | None = None,
+    idf: np.ndarray | None = None,
+    vocab_size: int | None = None,
+) -> DataFrame:
     """Every pair of rows of ``codes_df(id string, code binary)`` within Hamming ``radius``: exact.
 
     Returns ``(id_a, id_b, distance, [similarity])`` with ``id_a < id_b``, each pair once (see :func:`find_pairs`).
     """
-    return find_pairs(codes_df, bits, radius, block_size, similarity=similarity, idf=idf,
-                      vocab_size=vocab_size)[0]
+    return find_pairs(codes_df, bits, radius, block_size, similarity=similarity, idf=idf, vocab_size=vocab_size)[0]
 
 
 # --------------------------------------------------------------------------------------------------- verify
 
-def _similarities(frames: Iterator[pd.DataFrame], measure: str, idf: np.ndarray | None,
-                  vocab_size: int) -> Iterator[pd.DataFrame]:
+
+def _similarities(
+    frames: Iterator[pd.DataFrame], measure: str, idf: np.ndarray | None, vocab_size: int
+) -> Iterator[pd.DataFrame]:
     """Pairs with both documents' sparse counts -> the pairs with their similarity (one sparse product per batch)."""
     import scipy.sparse as sp
 
@@ -540,12 +631,19 @@ def _similarities(frames: Iterator[pd.DataFrame], measure: str, idf: np.ndarray 
             inter = np.asarray(a.multiply(b).sum(axis=1)).ravel()
             union = a.getnnz(axis=1) + b.getnnz(axis=1) - inter
             sim = np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
-        yield pd.DataFrame({"id_a": pdf["id_a"], "id_b": pdf["id_b"], "distance": pdf["distance"],
-                            "similarity": np.clip(sim, 0.0, 1.0)})
+        yield pd.DataFrame(
+            {
+                "id_a": pdf["id_a"],
+                "id_b": pdf["id_b"],
+                "distance": pdf["distance"],
+                "similarity": np.clip(sim, 0.0, 1.0),
+            }
+        )
 
 
-def verify_pairs(pairs: DataFrame, docs: DataFrame, verify: Verify, idf: np.ndarray | None,
-                 vocab_size: int) -> DataFrame:
+def verify_pairs(
+    pairs: DataFrame, docs: DataFrame, verify: Verify, idf: np.ndarray | None, vocab_size: int
+) -> DataFrame:
     """Keeps the pairs whose documents (``docs(id, word_ids, word_counts)``) are similar enough; adds ``similarity``."""
     if verify.measure == "cosine" and idf is None:
         raise DedupError("cosine verification needs idf statistics (the model's vocab or the dataset's vocab.json)")
@@ -555,11 +653,13 @@ def verify_pairs(pairs: DataFrame, docs: DataFrame, verify: Verify, idf: np.ndar
     joined = pairs.join(da, "id_a").join(db, "id_b")
     fn = functools.partial(_similarities, measure=verify.measure, idf=idf, vocab_size=vocab_size)
     scored = joined.select("id_a", "id_b", "distance", "a_ids", "a_counts", "b_ids", "b_counts").mapInPandas(
-        fn, "id_a string, id_b string, distance int, similarity double")
+        fn, "id_a string, id_b string, distance int, similarity double"
+    )
     return scored.where(F.col("similarity") >= F.lit(verify.threshold))
 
 
 # --------------------------------------------------------------------------------------------------- clusters
+
 
 def local_components(spark: SparkSession, pairs: DataFrame) -> DataFrame:
     """``pairs(id_a, id_b)`` -> ``(id, cluster, size)`` as :func:`connected_components`, computed on the driver
@@ -568,13 +668,14 @@ def local_components(spark: SparkSession, pairs: DataFrame) -> DataFrame:
     from scipy.sparse.csgraph import connected_components as components
 
     pdf = pairs.select("id_a", "id_b").toPandas()
-    ids, inv = np.unique(np.concatenate([pdf["id_a"].to_numpy(object), pdf["id_b"].to_numpy(object)]),
-                         return_inverse=True)
+    ids, inv = np.unique(
+        np.concatenate([pdf["id_a"].to_numpy(object), pdf["id_b"].to_numpy(object)]), return_inverse=True
+    )
     m = len(pdf)
     graph = sps.coo_matrix((np.ones(m, np.int8), (inv[:m], inv[m:])), shape=(ids.size, ids.size))
     _, comp = components(graph, directed=False)
     first = np.full(comp.max() + 1 if comp.size else 0, ids.size, np.int64)
-    np.minimum.at(first, comp, np.arange(ids.size))             # ids are sorted: the smallest index is the min id
+    np.minimum.at(first, comp, np.arange(ids.size))  # ids are sorted: the smallest index is the min id
     size = np.bincount(comp)
     out = pd.DataFrame({"id": ids.astype(str), "cluster": ids[first[comp]].astype(str), "size": size[comp]})
     return spark.createDataFrame(out, "id string, cluster string, size long")
@@ -606,24 +707,37 @@ def connected_components(pairs: DataFrame, max_iterations: int = MAX_CC_ITERATIO
     moved = F.col("moved")
     e = pairs.select(F.col("id_a").alias("src"), F.col("id_b").alias("dst"))
     edges = _checkpoint(e.union(e.select(F.col("dst").alias("src"), F.col("src").alias("dst"))))
-    labels = _checkpoint(edges.groupBy("src").agg(F.min("dst").alias("m"))
-                         .select(F.col("src").alias("id"), F.least("src", "m").alias("label")))
+    labels = _checkpoint(
+        edges.groupBy("src")
+        .agg(F.min("dst").alias("m"))
+        .select(F.col("src").alias("id"), F.least("src", "m").alias("label"))
+    )
     for rounds in range(1, max_iterations + 1):
-        nbr = (edges.join(labels.withColumnRenamed("id", "dst"), "dst")
-               .groupBy("src").agg(F.min("label").alias("nl")).withColumnRenamed("src", "id"))
+        nbr = (
+            edges.join(labels.withColumnRenamed("id", "dst"), "dst")
+            .groupBy("src")
+            .agg(F.min("label").alias("nl"))
+            .withColumnRenamed("src", "id")
+        )
         # hooking: a vertex also offers its neighbours' minimum to its label, so a whole labelled tree moves at once
-        hooks = (labels.join(nbr, "id").groupBy("label").agg(F.min("nl").alias("hl"))
-                 .withColumnRenamed("label", "id"))
+        hooks = labels.join(nbr, "id").groupBy("label").agg(F.min("nl").alias("hl")).withColumnRenamed("label", "id")
         best = F.least("label", "nl", F.coalesce("hl", "label"))
-        step = _checkpoint(labels.join(nbr, "id").join(hooks, "id", "left").select(
-            "id", best.alias("label"), (best < F.col("label")).alias("moved")))
+        step = _checkpoint(
+            labels.join(nbr, "id")
+            .join(hooks, "id", "left")
+            .select("id", best.alias("label"), (best < F.col("label")).alias("moved"))
+        )
         changed = step.where(moved).count()
         labels = step.select("id", "label")
         for _ in range(max_iterations):
-            x, y = labels.alias("x"), labels.alias("y")              # y.id = x.label, so y.label <= x.label
-            jumped = _checkpoint(x.join(y, F.col("x.label") == F.col("y.id")).select(
-                F.col("x.id").alias("id"), F.col("y.label").alias("label"),
-                (F.col("y.label") != F.col("x.label")).alias("moved")))
+            x, y = labels.alias("x"), labels.alias("y")  # y.id = x.label, so y.label <= x.label
+            jumped = _checkpoint(
+                x.join(y, F.col("x.label") == F.col("y.id")).select(
+                    F.col("x.id").alias("id"),
+                    F.col("y.label").alias("label"),
+                    (F.col("y.label") != F.col("x.label")).alias("moved"),
+                )
+            )
             jumps = jumped.where(moved).count()
             labels = jumped.select("id", "label")
             changed += jumps
@@ -637,15 +751,22 @@ def connected_components(pairs: DataFrame, max_iterations: int = MAX_CC_ITERATIO
 
 # --------------------------------------------------------------------------------------------------- reading
 
-def read_shards(spark: SparkSession, index_uri: str, version: str | None = None,
-                columns: tuple[str, ...] = ("id", "code")) -> tuple[DataFrame, dict]:
+
+def read_shards(
+    spark: SparkSession, index_uri: str, version: str | None = None, columns: tuple[str, ...] = ("id", "code")
+) -> tuple[DataFrame, dict]:
     """The version's shard rows (``columns``) as a DataFrame, read straight from its files; and its manifest."""
     version = version or ix.read_current(index_uri)["version"]
     manifest = ix.read_manifest(index_uri, version)
     paths = [f["path"] for p in manifest["partitions"] for f in p["files"]]
     if not paths:
-        types = {"id": "string", "code": "binary", "word_ids": "binary", "word_counts": "binary",
-                 ix.HASH_COLUMN: "string"}
+        types = {
+            "id": "string",
+            "code": "binary",
+            "word_ids": "binary",
+            "word_counts": "binary",
+            ix.HASH_COLUMN: "string",
+        }
         return spark.createDataFrame([], ", ".join(f"{c} {types.get(c, 'string')}" for c in columns)), manifest
     return sparkio.read_parquet(spark, ix.version_prefix(index_uri, version), paths, columns), manifest
 
@@ -669,8 +790,9 @@ def _dataset_docs(spark: SparkSession, data_uri: str, want: list[str]) -> DataFr
     return docs.select(F.col(ds.ID).alias("id"), *[c for c in want if c in docs.columns])
 
 
-def _codes_with_words(spark: SparkSession, index_uri: str, version: str, manifest: dict, data_uri: str | None,
-                      measure: str = "cosine") -> tuple[DataFrame, str | None, str]:
+def _codes_with_words(
+    spark: SparkSession, index_uri: str, version: str, manifest: dict, data_uri: str | None, measure: str = "cosine"
+) -> tuple[DataFrame, str | None, str]:
     """``(id, code, ...)`` of the version's documents with what ``measure`` checks, read once; the dataset's
     folder (for its vocab.json); and what the check reads: ``word_hashes`` (Jaccard on the documents' whole word
     sets, from the shards or the dataset of ``data_uri``) or ``word_ids`` (the model's vocabulary words).
@@ -689,8 +811,10 @@ def _codes_with_words(spark: SparkSession, index_uri: str, version: str, manifes
     if set(ix.WORD_COLUMNS) <= have:
         return read_shards(spark, index_uri, version, ("id", "code", *ix.WORD_COLUMNS))[0], None, "word_ids"
     if data_uri is None:
-        raise DedupError(f"version {version} of {index_uri} stores no word counts; pass data_uri (--data) "
-                         "to verify pairs on the documents")
+        raise DedupError(
+            f"version {version} of {index_uri} stores no word counts; pass data_uri (--data) "
+            "to verify pairs on the documents"
+        )
     docs = _dataset_docs(spark, data_uri, [ds.WORD_IDS, ds.WORD_COUNTS])
     missing = [c for c in (ds.WORD_IDS, ds.WORD_COUNTS) if c not in docs.columns]
     if missing:
@@ -698,18 +822,18 @@ def _codes_with_words(spark: SparkSession, index_uri: str, version: str, manifes
     return read_shards(spark, index_uri, version)[0].join(docs, "id"), root, "word_ids"
 
 
-def _fresh_rows(spark: SparkSession, index_uri: str, version: str, manifest: dict, since: str,
-                codes_df: DataFrame) -> tuple[DataFrame, dict[str, Any]]:
+def _fresh_rows(
+    spark: SparkSession, index_uri: str, version: str, manifest: dict, since: str, codes_df: DataFrame
+) -> tuple[DataFrame, dict[str, Any]]:
     """``codes_df`` with ``fresh`` = 1 for the documents added or changed since version ``since`` (a new id, or
     another content hash, or another code where the shards keep no hash), 0 for the others."""
     if since == version:
         raise DedupError(f"--since {since} is the version being deduplicated: nothing changed since it")
     try:
         old_manifest = ix.read_manifest(index_uri, since)
-    except Exception as e:                        # noqa: BLE001  (a missing or unreadable manifest)
+    except Exception as e:  # noqa: BLE001  (a missing or unreadable manifest)
         raise DedupError(f"--since {since}: no readable version {since} in {index_uri} ({e})") from e
-    key = ix.HASH_COLUMN if all(ix.HASH_COLUMN in m.get("columns", ()) for m in (manifest, old_manifest)) \
-        else "code"
+    key = ix.HASH_COLUMN if all(ix.HASH_COLUMN in m.get("columns", ()) for m in (manifest, old_manifest)) else "code"
     old = read_shards(spark, index_uri, since, ("id", key))[0]
     now = read_shards(spark, index_uri, version, ("id", key))[0]
     fresh = now.join(old, ["id", key], "left_anti").select("id", F.lit(1).cast("byte").alias(FRESH))
@@ -717,9 +841,16 @@ def _fresh_rows(spark: SparkSession, index_uri: str, version: str, manifest: dic
     return marked, {"since": since, "changed_by": key}
 
 
-def calibrate_radius(codes_df: DataFrame, bits: int, threshold: float, target_recall: float = DEFAULT_TARGET_RECALL,
-                     *, sample: int = DEFAULT_CALIBRATION_SAMPLE, total: int | None = None,
-                     seed: int = 0) -> dict[str, Any]:
+def calibrate_radius(
+    codes_df: DataFrame,
+    bits: int,
+    threshold: float,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    *,
+    sample: int = DEFAULT_CALIBRATION_SAMPLE,
+    total: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The smallest Hamming radius that catches ``target_recall`` of the pairs of Jaccard >= ``threshold`` in a
     sample of ``sample`` documents of ``codes_df(code, word_hashes)`` (``total`` rows in all).
 
@@ -746,17 +877,28 @@ def calibrate_radius(codes_df: DataFrame, bits: int, threshold: float, target_re
     cand = wordsets.lsh_pairs(sig, CALIBRATION_BANDS, CALIBRATION_ROWS, seed=seed + 2)
     sim = K.pair_similarity(indptr, hashes, np.ones(hashes.size), cand[:, 0], cand[:, 1], False)
     above = cand[sim >= threshold]
-    out: dict[str, Any] = {"sample_docs": n, "candidates": int(cand.shape[0]), "pairs_above": int(above.shape[0]),
-                           "target_recall": target_recall}
+    out: dict[str, Any] = {
+        "sample_docs": n,
+        "candidates": int(cand.shape[0]),
+        "pairs_above": int(above.shape[0]),
+        "target_recall": target_recall,
+    }
     if above.shape[0] == 0:
-        raise DedupError(f"no pair of Jaccard >= {threshold:g} among {n} sampled documents: the radius cannot be "
-                         "calibrated; pass --radius (or a larger calibration sample)")
+        raise DedupError(
+            f"no pair of Jaccard >= {threshold:g} among {n} sampled documents: the radius cannot be "
+            "calibrated; pass --radius (or a larger calibration sample)"
+        )
     codes = np.frombuffer(b"".join(pdf["code"].tolist()), np.uint8).reshape(n, -1)
     dist = np.sort(np.unpackbits(codes[above[:, 0]] ^ codes[above[:, 1]], axis=1).sum(axis=1))
     k = max(int(np.ceil(target_recall * dist.size)) - 1, 0)
     radius = int(min(dist[k], bits - 1))
-    out.update({"radius": radius, "recall_in_sample": round(float(np.mean(dist <= radius)), 4),
-                "distance_quantiles": {q: int(np.quantile(dist, q / 100, method="higher")) for q in (50, 90, 99)}})
+    out.update(
+        {
+            "radius": radius,
+            "recall_in_sample": round(float(np.mean(dist <= radius)), 4),
+            "distance_quantiles": {q: int(np.quantile(dist, q / 100, method="higher")) for q in (50, 90, 99)},
+        }
+    )
     return out
 
 
@@ -765,18 +907,29 @@ def _stable_names(labels: DataFrame, previous: DataFrame) -> DataFrame:
     its members stays: each old cluster goes to the new cluster of its smallest surviving member, and a new
     cluster takes the smallest old id it was given (else its own smallest id)."""
     old = labels.join(previous.select("id", F.col("cluster").alias("old")), "id")
-    owner = old.groupBy("old").agg(F.min(F.struct("id", "cluster")).alias("m")).select(
-        "old", F.col("m.cluster").alias("cluster"))
+    owner = (
+        old.groupBy("old")
+        .agg(F.min(F.struct("id", "cluster")).alias("m"))
+        .select("old", F.col("m.cluster").alias("cluster"))
+    )
     names = owner.groupBy("cluster").agg(F.min("old").alias("name"))
     return labels.join(names, "cluster", "left").select("id", F.coalesce("name", "cluster").alias("cluster"))
 
 
 # --------------------------------------------------------------------------------------------------- entry points
 
-def near_duplicate_pairs(codes_df: DataFrame, bits: int, radius: int, verify: "str | Verify | None" = None, *,
-                         idf: np.ndarray | None = None, vocab_size: int | None = None,
-                         block_size: int = DEFAULT_BLOCK,
-                         max_pairs: int | None = DEFAULT_MAX_PAIRS) -> tuple[DataFrame, dict[str, int]]:
+
+def near_duplicate_pairs(
+    codes_df: DataFrame,
+    bits: int,
+    radius: int,
+    verify: "str | Verify | None" = None,
+    *,
+    idf: np.ndarray | None = None,
+    vocab_size: int | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
+) -> tuple[DataFrame, dict[str, int]]:
     """The pairs of ``codes_df(id, code, [word_ids, word_counts | word_hashes], [fresh])`` within ``radius``,
     verified in the same task when ``verify`` is given (``similarity >= threshold``), materialised
     (checkpointed; the verified pairs are a filter over it). Returns them and the counts ``segments``,
@@ -785,22 +938,39 @@ def near_duplicate_pairs(codes_df: DataFrame, bits: int, radius: int, verify: "s
     check = Verify.parse(verify)
     if check is None:
         codes_df = codes_df.select("id", "code", *([FRESH] if FRESH in codes_df.columns else []))
-    pairs, _, counts = find_pairs(codes_df, bits, radius, block_size, similarity=check and check.measure,
-                                  idf=idf, vocab_size=vocab_size, threshold=check and check.threshold,
-                                  max_pairs=max_pairs)
+    pairs, _, counts = find_pairs(
+        codes_df,
+        bits,
+        radius,
+        block_size,
+        similarity=check and check.measure,
+        idf=idf,
+        vocab_size=vocab_size,
+        threshold=check and check.threshold,
+        max_pairs=max_pairs,
+    )
     if check is not None:
         pairs = pairs.where(F.col("similarity") >= F.lit(check.threshold))
     return pairs, {"segments": radius + 1, **counts}
 
 
-def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None = None, *,
-                         version: str | None = None, verify: "str | Verify | None" = None,
-                         data_uri: str | None = None, block_size: int = DEFAULT_BLOCK,
-                         max_iterations: int = MAX_CC_ITERATIONS, max_pairs: int | None = DEFAULT_MAX_PAIRS,
-                         target_recall: float = DEFAULT_TARGET_RECALL,
-                         calibration_sample: int = DEFAULT_CALIBRATION_SAMPLE, since: str | None = None,
-                         previous_uri: str | None = None,
-                         local_cc_max: int = LOCAL_CC_MAX) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+def find_near_duplicates(
+    spark: SparkSession,
+    index_uri: str,
+    radius: int | None = None,
+    *,
+    version: str | None = None,
+    verify: "str | Verify | None" = None,
+    data_uri: str | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    max_iterations: int = MAX_CC_ITERATIONS,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    calibration_sample: int = DEFAULT_CALIBRATION_SAMPLE,
+    since: str | None = None,
+    previous_uri: str | None = None,
+    local_cc_max: int = LOCAL_CC_MAX,
+) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
     """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
     their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
     checkpointed (computed once), the summary holds counts only.
@@ -823,23 +993,29 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
     if check is None:
         codes_df = read_shards(spark, index_uri, version)[0]
     else:
-        codes_df, data_dir, checked_on = _codes_with_words(spark, index_uri, version, manifest, data_uri,
-                                                           check.measure)
+        codes_df, data_dir, checked_on = _codes_with_words(spark, index_uri, version, manifest, data_uri, check.measure)
         if checked_on != HASHES:
             idf, vocab_size = _idf_and_vocab(index_uri, version, data_dir)
             if vocab_size is None:
-                raise DedupError(f"no vocabulary for version {version} of {index_uri}: its model/{META} has none; "
-                                 "pass data_uri (--data)")
+                raise DedupError(
+                    f"no vocabulary for version {version} of {index_uri}: its model/{META} has none; "
+                    "pass data_uri (--data)"
+                )
             if check.measure == "jaccard":
-                log.warning("dedup: no word hashes in the index or the dataset (prepared before they were kept): "
-                            "Jaccard is checked on the model's vocabulary words only")
+                log.warning(
+                    "dedup: no word hashes in the index or the dataset (prepared before they were kept): "
+                    "Jaccard is checked on the model's vocabulary words only"
+                )
     calibration = None
     if radius is None:
         if check is None or check.measure != "jaccard" or checked_on != HASHES:
-            raise DedupError("the radius can be chosen automatically only for --verify jaccard:T on documents "
-                             "with word hashes (a dataset prepared by this version, --data); else pass --radius")
-        calibration = calibrate_radius(codes_df, bits, check.threshold, target_recall, sample=calibration_sample,
-                                       total=int(manifest["count"]))
+            raise DedupError(
+                "the radius can be chosen automatically only for --verify jaccard:T on documents "
+                "with word hashes (a dataset prepared by this version, --data); else pass --radius"
+            )
+        calibration = calibrate_radius(
+            codes_df, bits, check.threshold, target_recall, sample=calibration_sample, total=int(manifest["count"])
+        )
         radius = calibration["radius"]
         log.info("dedup: radius %d calibrated for jaccard >= %g: %s", radius, check.threshold, calibration)
     incremental = None
@@ -847,12 +1023,20 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
         codes_df, incremental = _fresh_rows(spark, index_uri, version, manifest, since, codes_df)
         codes_df = codes_df.localCheckpoint()
         incremental["fresh_docs"] = int(codes_df.where(F.col(FRESH) == 1).count())
-    pairs, counts = near_duplicate_pairs(codes_df, bits, radius, check, idf=idf, vocab_size=vocab_size,
-                                         block_size=block_size, max_pairs=max_pairs)
+    pairs, counts = near_duplicate_pairs(
+        codes_df, bits, radius, check, idf=idf, vocab_size=vocab_size, block_size=block_size, max_pairs=max_pairs
+    )
     summary: dict[str, Any] = {
-        "index": index_uri, "version": version, "bits": bits, "radius": radius, "segments": counts["segments"],
-        "codes": int(manifest["count"]), "block_size": block_size, "candidates": counts["candidates"],
-        "hot_buckets": counts["hot_buckets"], "pairs_within_radius": counts["pairs_within_radius"],
+        "index": index_uri,
+        "version": version,
+        "bits": bits,
+        "radius": radius,
+        "segments": counts["segments"],
+        "codes": int(manifest["count"]),
+        "block_size": block_size,
+        "candidates": counts["candidates"],
+        "hot_buckets": counts["hot_buckets"],
+        "pairs_within_radius": counts["pairs_within_radius"],
     }
     if calibration is not None:
         summary["calibration"] = calibration
@@ -866,9 +1050,11 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
         if previous_uri is not None:
             prev_pairs = sparkio.read_parquet(spark, previous_uri, [PAIRS_DIR])
             stay = codes_df.where(F.col(FRESH) == 0).select("id")
-            kept = (prev_pairs.join(stay.withColumnRenamed("id", "id_a"), "id_a", "left_semi")
-                    .join(stay.withColumnRenamed("id", "id_b"), "id_b", "left_semi")
-                    .select(*pairs.columns)).localCheckpoint()
+            kept = (
+                prev_pairs.join(stay.withColumnRenamed("id", "id_a"), "id_a", "left_semi")
+                .join(stay.withColumnRenamed("id", "id_b"), "id_b", "left_semi")
+                .select(*pairs.columns)
+            ).localCheckpoint()
             summary["previous_pairs_kept"] = int(kept.count())
             pairs = pairs.unionByName(kept)
             summary["pairs"] += summary["previous_pairs_kept"]
@@ -880,19 +1066,44 @@ def find_near_duplicates(spark: SparkSession, index_uri: str, radius: int | None
     if previous is not None:
         labels = _stable_names(labels.select("id", "cluster"), previous)
     clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
-    sizes = clusters.groupBy("cluster").agg(F.count(F.lit(1)).alias("n")).agg(
-        F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest")).first()
-    summary.update({"clusters": int(sizes["clusters"] or 0), "clustered_docs": int(sizes["docs"] or 0),
-                    "largest_cluster": int(sizes["largest"] or 0), "cc_rounds": rounds,
-                    "seconds": round(time.time() - t0, 2)})
-    log.info("near-duplicates of %s version %s within %d: %d pairs, %d clusters", index_uri, version, radius,
-             summary["pairs"], summary["clusters"])
+    sizes = (
+        clusters.groupBy("cluster")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .agg(F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest"))
+        .first()
+    )
+    summary.update(
+        {
+            "clusters": int(sizes["clusters"] or 0),
+            "clustered_docs": int(sizes["docs"] or 0),
+            "largest_cluster": int(sizes["largest"] or 0),
+            "cc_rounds": rounds,
+            "seconds": round(time.time() - t0, 2),
+        }
+    )
+    log.info(
+        "near-duplicates of %s version %s within %d: %d pairs, %d clusters",
+        index_uri,
+        version,
+        radius,
+        summary["pairs"],
+        summary["clusters"],
+    )
     return pairs, clusters, summary
 
 
-def dedup_job(spark: SparkSession, index_uri: str, radius: int | None, out_uri: str,
-              verify: "str | Verify | None" = None, *, version: str | None = None, data_uri: str | None = None,
-              block_size: int = DEFAULT_BLOCK, **options: Any) -> dict[str, Any]:
+def dedup_job(
+    spark: SparkSession,
+    index_uri: str,
+    radius: int | None,
+    out_uri: str,
+    verify: "str | Verify | None" = None,
+    *,
+    version: str | None = None,
+    data_uri: str | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    **options: Any,
+) -> dict[str, Any]:
     """Runs :func:`find_near_duplicates` (``options``: its ``max_pairs``, ``target_recall``,
     ``calibration_sample``, ``since``, ``previous_uri``); writes ``OUT/pairs``, ``OUT/clusters`` (Parquet),
     ``OUT/summary.json``."""
@@ -900,9 +1111,17 @@ def dedup_job(spark: SparkSession, index_uri: str, radius: int | None, out_uri: 
     if options.get("previous_uri") and str(options["previous_uri"]).rstrip("/") == str(out_uri).rstrip("/"):
         raise DedupError(f"--out {out_uri} is the previous run's output (--previous): write to another place")
     version = version or ix.read_current(index_uri)["version"]
-    with leases.reading(index_uri, version):     # retention keeps the version while the job reads its shards
-        pairs, clusters, summary = find_near_duplicates(spark, index_uri, radius, version=version, verify=verify,
-                                                        data_uri=data_uri, block_size=block_size, **options)
+    with leases.reading(index_uri, version):  # retention keeps the version while the job reads its shards
+        pairs, clusters, summary = find_near_duplicates(
+            spark,
+            index_uri,
+            radius,
+            version=version,
+            verify=verify,
+            data_uri=data_uri,
+            block_size=block_size,
+            **options,
+        )
         sparkio.write_parquet(pairs, store.join(out_uri, PAIRS_DIR))
         sparkio.write_parquet(clusters.select("id", "cluster", "size"), store.join(out_uri, CLUSTERS_DIR))
     summary.update({"out": out_uri, "seconds": round(time.time() - t0, 2)})

@@ -12,6 +12,7 @@ Plan (nothing but file metadata reaches the driver):
    writes ``CURRENT`` (``published.publish``). A job that fails before that publishes nothing and removes what it
    wrote.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,10 @@ from semhash_spark.models.checkpoint import WEIGHTS, META, Hasher
 log = logging.getLogger(__name__)
 ADDRESS_MODEL_DIR = "address_model"
 
-ENCODED_SCHEMA = ("id string, code binary, address long, part string, word_ids binary, word_counts binary, "
-                  "content_hash string, labels array<string>, snippet string")
+ENCODED_SCHEMA = (
+    "id string, code binary, address long, part string, word_ids binary, word_counts binary, "
+    "content_hash string, labels array<string>, snippet string"
+)
 FILES_SCHEMA = "partition string, path string, rows long, bytes long, sha256 string, columns array<string>"
 
 _WORKER_MODELS: dict[str, Hasher] = {}
@@ -56,7 +59,7 @@ def _hasher_from_bytes(version: str, blobs: dict[str, bytes]) -> Hasher:
         if device != "cpu":
             hasher.model.to(device)
             log.info("encoding on %s", device)
-        while len(_WORKER_MODELS) >= 2:     # a job's two models: ranking + address, or image + patch
+        while len(_WORKER_MODELS) >= 2:  # a job's two models: ranking + address, or image + patch
             _WORKER_MODELS.pop(next(iter(_WORKER_MODELS)))
         _WORKER_MODELS[f"{version}@{device}"] = hasher
     return hasher
@@ -78,8 +81,9 @@ def _task_device() -> str:
     return "cpu"
 
 
-def code_frame(ids, x: np.ndarray, hasher: Hasher, address_bits: int, partition_bits: int,
-               address_hasher: Hasher | None = None) -> pd.DataFrame:
+def code_frame(
+    ids, x: np.ndarray, hasher: Hasher, address_bits: int, partition_bits: int, address_hasher: Hasher | None = None
+) -> pd.DataFrame:
     """One batch of model inputs -> id, packed code, address (as signed int64), partition key (hex).
 
     The address is ``address_hasher``'s code (``address_bits`` = its bits) or, without one, the first
@@ -91,17 +95,25 @@ def code_frame(ids, x: np.ndarray, hasher: Hasher, address_bits: int, partition_
     packed = hasher.codes(x)
     address = C.prefix(address_hasher.codes(x) if address_hasher is not None else packed, address_bits)
     part = address >> np.uint64(address_bits - partition_bits)
-    return pd.DataFrame({
-        "id": ids.astype(str).to_numpy(),
-        "code": [row.tobytes() for row in packed],
-        "address": address.view(np.int64),
-        "part": [C.partition_name(int(p), partition_bits) for p in part],
-    })
+    return pd.DataFrame(
+        {
+            "id": ids.astype(str).to_numpy(),
+            "code": [row.tobytes() for row in packed],
+            "address": address.view(np.int64),
+            "part": [C.partition_name(int(p), partition_bits) for p in part],
+        }
+    )
 
 
-def encode_frames(frames: Iterator[pd.DataFrame], hasher: Hasher, vocab_size: int, address_bits: int,
-                  partition_bits: int, keep_words: bool, address_hasher: Hasher | None = None
-                  ) -> Iterator[pd.DataFrame]:
+def encode_frames(
+    frames: Iterator[pd.DataFrame],
+    hasher: Hasher,
+    vocab_size: int,
+    address_bits: int,
+    partition_bits: int,
+    keep_words: bool,
+    address_hasher: Hasher | None = None,
+) -> Iterator[pd.DataFrame]:
     """Arrow batches of documents -> :func:`code_frame`'s columns, the words when ``keep_words``, and the
     documents' ``content_hash`` when the batch has it (re-indexing compares it), else null."""
     for pdf in frames:
@@ -124,8 +136,8 @@ class Modality:
     kind = "documents"
     schema = ENCODED_SCHEMA
     shard_columns: list[str] = ["id", "code", "address"]
-    hashers: dict[str, tuple[str, dict[str, bytes]]] = {}    # extra models the encoder needs: name -> (version, blobs)
-    models: dict[str, dict[str, bytes]] = {}                 # extra model folders copied into the version
+    hashers: dict[str, tuple[str, dict[str, bytes]]] = {}  # extra models the encoder needs: name -> (version, blobs)
+    models: dict[str, dict[str, bytes]] = {}  # extra model folders copied into the version
 
     def read(self, spark):
         """The Spark rows to encode."""
@@ -150,14 +162,16 @@ class DocumentEncode(Modality):
     rate = "docs_per_second"
 
     def __init__(self, spark, model_uri: str, meta: dict, data_uri: str, cfg, splits: tuple[str, ...] = ds.SPLITS):
-        if store.is_s3(data_uri) and sparkio.on_cluster(spark):   # executors read it through the store
+        if store.is_s3(data_uri) and sparkio.on_cluster(spark):  # executors read it through the store
             dmeta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
         else:
             dmeta = ds.read_metadata(sparkio.readable_root(spark, data_uri))
         fp, mfp = dmeta.get("vocab_fingerprint"), meta.get("vocab", {}).get("fingerprint")
         if fp and mfp and fp != mfp:
-            raise ValueError(f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r} "
-                             f"(fingerprints {mfp[:12]} vs {fp[:12]}); re-prepare or retrain")
+            raise ValueError(
+                f"the model {model_uri!r} was trained on another vocabulary than {data_uri!r} "
+                f"(fingerprints {mfp[:12]} vs {fp[:12]}); re-prepare or retrain"
+            )
         self.data_uri, self.splits, self.fingerprint = data_uri, splits, mfp
         self.vocab_size = int(dmeta["vocab_size"])
         self.keep_words = cfg.index.store_counts and meta.get("kind", "documents") == "documents"
@@ -167,18 +181,30 @@ class DocumentEncode(Modality):
         try:
             docs = sparkio.read_parquet(spark, self.data_uri, [f"{ds.DOCS_DIR}/split={s}" for s in self.splits])
         except FileNotFoundError:
-            raise ValueError(f"{self.data_uri!r} has no documents (no docs/split=* files); run semhash prepare"
-                             ) from None
-        self.keep_hash = ds.CONTENT_HASH in docs.columns         # shards keep it so `semhash reindex` can diff
-        keep_text = ds.SNIPPET in docs.columns                   # labels + snippet for people (datasets since snippets)
+            raise ValueError(
+                f"{self.data_uri!r} has no documents (no docs/split=* files); run semhash prepare"
+            ) from None
+        self.keep_hash = ds.CONTENT_HASH in docs.columns  # shards keep it so `semhash reindex` can diff
+        keep_text = ds.SNIPPET in docs.columns  # labels + snippet for people (datasets since snippets)
         text = list(ix.TEXT_COLUMNS) if keep_text else []
-        self.shard_columns = ["id", "code", "address"] + ([ds.WORD_IDS, ds.WORD_COUNTS] if self.keep_words else []) \
-            + ([ds.CONTENT_HASH] if self.keep_hash else []) + text
+        self.shard_columns = (
+            ["id", "code", "address"]
+            + ([ds.WORD_IDS, ds.WORD_COUNTS] if self.keep_words else [])
+            + ([ds.CONTENT_HASH] if self.keep_hash else [])
+            + text
+        )
         return docs.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, *([ds.CONTENT_HASH] if self.keep_hash else []), *text)
 
     def encode(self, frames, hashers, address_bits, partition_bits):
-        return encode_frames(frames, hashers["model"], self.vocab_size, address_bits, partition_bits,
-                             self.keep_words, hashers.get("address"))
+        return encode_frames(
+            frames,
+            hashers["model"],
+            self.vocab_size,
+            address_bits,
+            partition_bits,
+            self.keep_words,
+            hashers.get("address"),
+        )
 
     def manifest(self) -> dict:
         return {"data": {"uri": self.data_uri, "vocab_fingerprint": self.fingerprint}, "has_words": self.keep_words}
@@ -193,9 +219,18 @@ def _model_blobs(uri: str, what: str = "model", hint: str = "run semhash train f
     return blobs, json.loads(blobs[META])
 
 
-def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *, version: str | None = None,
-                    splits: tuple[str, ...] = ds.SPLITS, address_model_uri: str | None = None,
-                    patch_model_uri: str | None = None) -> dict[str, Any]:
+def encode_to_index(
+    spark,
+    model_uri: str,
+    data_uri: str,
+    index_uri: str,
+    cfg,
+    *,
+    version: str | None = None,
+    splits: tuple[str, ...] = ds.SPLITS,
+    address_model_uri: str | None = None,
+    patch_model_uri: str | None = None,
+) -> dict[str, Any]:
     """Encodes every item of ``data_uri`` (documents, or images when its ``dataset.json`` says so) with the model
     and publishes a new index version.
 
@@ -221,7 +256,7 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     hashers = {"model": (meta["model_version"], blobs_raw), **modality.hashers}
     models = {"model": blobs_raw, **modality.models}
     extra_models = bool(modality.models)
-    modality.hashers = modality.models = {}      # the blobs travel in the broadcast, not in every task's closure
+    modality.hashers = modality.models = {}  # the blobs travel in the broadcast, not in every task's closure
     address_meta = None
     if address_model_uri:
         address_raw, address_meta = _address_model(address_model_uri, meta)
@@ -230,7 +265,7 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
         models[ADDRESS_MODEL_DIR] = address_raw
     partition_bits = min(cfg.index.partition_bits, address_bits)
     code_bytes = C.code_bytes(bits)
-    base = ix.current_version(index_uri)                     # CURRENT must still be here when we publish
+    base = ix.current_version(index_uri)  # CURRENT must still be here when we publish
     bc = spark.sparkContext.broadcast(hashers)
     s3_env = store.driver_s3_env()
 
@@ -243,12 +278,14 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
         for pdf in frames:
             metas = writer(version_uri, pdf)
             if metas:
-                yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
-                                    for m in metas])
+                yield pd.DataFrame(
+                    [{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")} for m in metas]
+                )
 
     def write_shards(version_uri: str, pdf):
-        return ix.write_shard(version_uri, partition_bits, code_bytes, pdf[modality.shard_columns],
-                              address_bits=address_bits)
+        return ix.write_shard(
+            version_uri, partition_bits, code_bytes, pdf[modality.shard_columns], address_bits=address_bits
+        )
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.encode.batch_size))
     rows = modality.read(spark)
@@ -262,20 +299,38 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
             encoded = encoded.cache()
             cached.append(encoded)
         # One shard task per group of address partitions; a partition lives in exactly one task, sorted inside.
-        files_df = encoded.select(*modality.shard_columns, "part").repartition(n_tasks, "part") \
-            .sortWithinPartitions("part", "address", "id") \
+        files_df = (
+            encoded.select(*modality.shard_columns, "part")
+            .repartition(n_tasks, "part")
+            .sortWithinPartitions("part", "address", "id")
             .mapInPandas(functools.partial(write_rows, version_uri=version_uri, writer=write_shards), FILES_SCHEMA)
-        files = [r.asDict() for r in files_df.collect()]     # file metadata only: O(partitions), never codes
-        log.info("wrote %d shard files: %d partitions, %d codes under %s", len(files),
-                 len({f["partition"] for f in files}), sum(int(f["rows"]) for f in files), version_uri)
+        )
+        files = [r.asDict() for r in files_df.collect()]  # file metadata only: O(partitions), never codes
+        log.info(
+            "wrote %d shard files: %d partitions, %d codes under %s",
+            len(files),
+            len({f["partition"] for f in files}),
+            sum(int(f["rows"]) for f in files),
+            version_uri,
+        )
         extra = modality.side_files(encoded, version_uri, functools.partial(write_rows, version_uri=version_uri))
         if address_meta:
-            extra["address_model"] = {"uri": address_model_uri, "version": address_meta["model_version"],
-                                      "path": ADDRESS_MODEL_DIR, "kind": address_meta.get("kind"),
-                                      "bits": address_bits}
-        return dict(bits=bits, address_bits=address_bits, partition_bits=partition_bits, files=files,
-                    model={"uri": model_uri, "version": meta["model_version"], "path": "model",
-                           "kind": meta.get("kind")}, **modality.manifest(), **extra)
+            extra["address_model"] = {
+                "uri": address_model_uri,
+                "version": address_meta["model_version"],
+                "path": ADDRESS_MODEL_DIR,
+                "kind": address_meta.get("kind"),
+                "bits": address_bits,
+            }
+        return dict(
+            bits=bits,
+            address_bits=address_bits,
+            partition_bits=partition_bits,
+            files=files,
+            model={"uri": model_uri, "version": meta["model_version"], "path": "model", "kind": meta.get("kind")},
+            **modality.manifest(),
+            **extra,
+        )
 
     try:
         # The index carries the model(s) that made its codes, so a reader can encode queries with them.
@@ -287,12 +342,20 @@ def encode_to_index(spark, model_uri: str, data_uri: str, index_uri: str, cfg, *
     seconds = time.time() - t0
     count = int(manifest["count"])
     return {
-        "version": manifest["version"], "index": index_uri, "kind": modality.kind, "bits": bits,
-        "address_bits": address_bits, "partition_bits": partition_bits, "count": count,
-        "partitions": len(manifest["partitions"]), "files": sum(len(p["files"]) for p in manifest["partitions"]),
-        "seconds": round(seconds, 2), modality.rate: round(count / max(seconds, 1e-9), 1),
+        "version": manifest["version"],
+        "index": index_uri,
+        "kind": modality.kind,
+        "bits": bits,
+        "address_bits": address_bits,
+        "partition_bits": partition_bits,
+        "count": count,
+        "partitions": len(manifest["partitions"]),
+        "files": sum(len(p["files"]) for p in manifest["partitions"]),
+        "seconds": round(seconds, 2),
+        modality.rate: round(count / max(seconds, 1e-9), 1),
         "model_version": meta["model_version"],
-        "address_model_version": address_meta["model_version"] if address_meta else None, **modality.report(),
+        "address_model_version": address_meta["model_version"] if address_meta else None,
+        **modality.report(),
     }
 
 
@@ -304,13 +367,18 @@ def _address_model(uri: str, ranking_meta: dict) -> tuple[dict[str, bytes], dict
     if not 1 <= bits <= 64:
         raise ValueError(f"the address model {uri!r} makes {bits}-bit codes; an address has at most 64 bits")
     if meta.get("kind", "documents") != ranking_meta.get("kind", "documents"):
-        raise ValueError(f"the address model {uri!r} is a {meta.get('kind')} model, the ranking model a "
-                         f"{ranking_meta.get('kind')} model")
+        raise ValueError(
+            f"the address model {uri!r} is a {meta.get('kind')} model, the ranking model a "
+            f"{ranking_meta.get('kind')} model"
+        )
     a, r = meta.get("vocab", {}).get("fingerprint"), ranking_meta.get("vocab", {}).get("fingerprint")
     if a and r and a != r:
-        raise ValueError(f"the address model {uri!r} was trained on another vocabulary than the ranking model "
-                         f"(fingerprints {a[:12]} vs {r[:12]}); train both on the same prepared data")
+        raise ValueError(
+            f"the address model {uri!r} was trained on another vocabulary than the ranking model "
+            f"(fingerprints {a[:12]} vs {r[:12]}); train both on the same prepared data"
+        )
     if meta.get("sizes") and ranking_meta.get("sizes") and meta["sizes"][0] != ranking_meta["sizes"][0]:
-        raise ValueError(f"the address model {uri!r} takes {meta['sizes'][0]} inputs, "
-                         f"the ranking model {ranking_meta['sizes'][0]}")
+        raise ValueError(
+            f"the address model {uri!r} takes {meta['sizes'][0]} inputs, the ranking model {ranking_meta['sizes'][0]}"
+        )
     return blobs, meta

@@ -7,6 +7,7 @@
   summed over glimpses; results are ordered by score, then by the full code's Hamming distance (the 256-bit
   ranking of the paper when the index holds 256-bit codes). Images no glimpse found are not returned.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -67,8 +68,15 @@ class ImageSearcher(Searcher):
         return self.hasher.codes(pixels.reshape(len(pixels), -1))
 
     # -- lookup ---------------------------------------------------------------------------------------------------
-    def search_images(self, pixels: np.ndarray, *, k: int | None = 10, radius: int | None = None,
-                      address_radius: int | None = None, msh_lookup: bool = False) -> list[list[dict[str, Any]]]:
+    def search_images(
+        self,
+        pixels: np.ndarray,
+        *,
+        k: int | None = 10,
+        radius: int | None = None,
+        address_radius: int | None = None,
+        msh_lookup: bool = False,
+    ) -> list[list[dict[str, Any]]]:
         """``k`` / ``radius`` on the ranking code, ``address_radius`` the address ball (:mod:`semhash_spark.index.query`),
         or multiple semantic hashing with ``msh_lookup``."""
         pixels = np.asarray(pixels, dtype=np.uint8)

@@ -17,6 +17,7 @@ Protocol:
 
 A crashed reader's lease simply expires. Clocks: ``expires_at`` is UTC; keep TTLs well above clock skew.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,16 +48,27 @@ def lease_uri(index_uri: str, version: str, reader_id: str) -> str:
     return store.join(ix.version_prefix(index_uri, version), READERS_DIR, f"{reader_id}.json")
 
 
-def acquire(index_uri: str, version: str, reader_id: str | None = None, ttl_seconds: float = DEFAULT_TTL_SECONDS,
-            now: datetime | None = None) -> str:
+def acquire(
+    index_uri: str,
+    version: str,
+    reader_id: str | None = None,
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    now: datetime | None = None,
+) -> str:
     """Writes (or renews) a lease on ``version`` valid for ``ttl_seconds``; returns the reader id."""
     if ttl_seconds <= 0:
         raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
     reader_id = reader_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     t = _now(now)
-    store.write_json(lease_uri(index_uri, version, reader_id), {
-        "reader": reader_id, "version": version, "acquired_at": t.isoformat(),
-        "expires_at": (t + timedelta(seconds=ttl_seconds)).isoformat()})
+    store.write_json(
+        lease_uri(index_uri, version, reader_id),
+        {
+            "reader": reader_id,
+            "version": version,
+            "acquired_at": t.isoformat(),
+            "expires_at": (t + timedelta(seconds=ttl_seconds)).isoformat(),
+        },
+    )
     return reader_id
 
 
@@ -89,11 +101,11 @@ def live(index_uri: str, version: str, now: datetime | None = None) -> list[dict
             lease = store.read_json(store.join(root, name))
             expires = datetime.fromisoformat(lease["expires_at"])
             expires = expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
-        except store.NotFound:                 # released meanwhile
+        except store.NotFound:  # released meanwhile
             continue
         except (store.StoreError, KeyError, TypeError, ValueError) as e:
             log.warning("unreadable lease %s on %s (%s): treating it as live", name, version, e)
-            out.append({"reader": name[:-len(".json")], "expires_at": None})
+            out.append({"reader": name[: -len(".json")], "expires_at": None})
             continue
         if expires > t:
             out.append(lease)

@@ -6,6 +6,7 @@ code, ``radius`` the ranking-code ball, ``address_radius`` the papers' address b
 service answers the same parameters with the same meaning and the same ``{"id", "distance"[, "score"]}`` hits
 (address lookups add ``address_distance``; ``details=True`` adds the stored ``labels`` and ``snippet``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,18 +27,19 @@ ADDRESS_MODEL_DIR = "address_model"
 @dataclass
 class Searcher:
     index: HammingIndex
-    hasher: Encoder                  # the version's model, in numpy (no torch in a lookup process)
-    address_hasher: Encoder | None = None     # the address model, when the index has one
+    hasher: Encoder  # the version's model, in numpy (no torch in a lookup process)
+    address_hasher: Encoder | None = None  # the address model, when the index has one
 
     @classmethod
     def open(cls, index_uri: str, version: str | None = None) -> "Searcher":
         version = version or read_current(index_uri)["version"]
         index = HammingIndex.open(index_uri, version=version)
-        hasher = load_version_model(index_uri, version, index.manifest)      # checked against the manifest
+        hasher = load_version_model(index_uri, version, index.manifest)  # checked against the manifest
         address_hasher = None
         if index.address_from_model:
-            address_hasher = load_version_model(index_uri, version, index.manifest,
-                                                index.manifest["address_model"].get("path") or ADDRESS_MODEL_DIR)
+            address_hasher = load_version_model(
+                index_uri, version, index.manifest, index.manifest["address_model"].get("path") or ADDRESS_MODEL_DIR
+            )
         return cls(index, hasher, address_hasher)
 
     @property
@@ -77,30 +79,82 @@ class Searcher:
             return None
         return C.prefix(self.address_hasher.codes(self._dense(vecs)), self.address_hasher.bits)
 
-    def search_texts(self, texts: list[str], *, radius: int | None = None, k: int | None = 10,
-                     address_radius: int | None = None, rerank: str | None = None,
-                     candidates: int = 100, max_results: int | None = None, details: bool = False
-                     ) -> list[list[dict[str, Any]]]:
+    def search_texts(
+        self,
+        texts: list[str],
+        *,
+        radius: int | None = None,
+        k: int | None = 10,
+        address_radius: int | None = None,
+        rerank: str | None = None,
+        candidates: int = 100,
+        max_results: int | None = None,
+        details: bool = False,
+    ) -> list[list[dict[str, Any]]]:
         vecs = self.vectorize(texts)
-        return self.search_codes(self.encode_counts(vecs), radius=radius, k=k, address_radius=address_radius,
-                                 rerank=rerank, query_vectors=vecs, candidates=candidates,
-                                 addresses=self.address_counts(vecs), max_results=max_results, details=details)
+        return self.search_codes(
+            self.encode_counts(vecs),
+            radius=radius,
+            k=k,
+            address_radius=address_radius,
+            rerank=rerank,
+            query_vectors=vecs,
+            candidates=candidates,
+            addresses=self.address_counts(vecs),
+            max_results=max_results,
+            details=details,
+        )
 
-    def search_codes(self, q: np.ndarray, *, radius: int | None = None, k: int | None = 10,
-                     address_radius: int | None = None, rerank: str | None = None, query_vectors=None,
-                     candidates: int = 100, addresses: np.ndarray | None = None, eps: float = 0.0,
-                     max_results: int | None = None, details: bool = False) -> list[list[dict[str, Any]]]:
+    def search_codes(
+        self,
+        q: np.ndarray,
+        *,
+        radius: int | None = None,
+        k: int | None = 10,
+        address_radius: int | None = None,
+        rerank: str | None = None,
+        query_vectors=None,
+        candidates: int = 100,
+        addresses: np.ndarray | None = None,
+        eps: float = 0.0,
+        max_results: int | None = None,
+        details: bool = False,
+    ) -> list[list[dict[str, Any]]]:
         """Hits ``[{"id", "distance"[, "address_distance"][, "score"]}]`` per query (the shape of ``POST /search``
         results). ``max_results``: keep a ball's nearest that many (the service's ``max_results``); None: all.
         ``details``: each hit also carries its stored ``labels`` and ``snippet`` (indexes that keep them)."""
-        return [a.hits() for a in self.answer(q, radius=radius, k=k, address_radius=address_radius, rerank=rerank,
-                                              query_vectors=query_vectors, candidates=candidates,
-                                              addresses=addresses, eps=eps, max_results=max_results,
-                                              details=details)]
+        return [
+            a.hits()
+            for a in self.answer(
+                q,
+                radius=radius,
+                k=k,
+                address_radius=address_radius,
+                rerank=rerank,
+                query_vectors=query_vectors,
+                candidates=candidates,
+                addresses=addresses,
+                eps=eps,
+                max_results=max_results,
+                details=details,
+            )
+        ]
 
-    def answer(self, q: np.ndarray, *, radius=None, k=10, address_radius=None, rerank=None, query_vectors=None,
-               candidates: int = 100, addresses=None, eps: float = 0.0, max_results: int | None = None,
-               details: bool = False) -> list[Q.Answer]:
+    def answer(
+        self,
+        q: np.ndarray,
+        *,
+        radius=None,
+        k=10,
+        address_radius=None,
+        rerank=None,
+        query_vectors=None,
+        candidates: int = 100,
+        addresses=None,
+        eps: float = 0.0,
+        max_results: int | None = None,
+        details: bool = False,
+    ) -> list[Q.Answer]:
         q = C.as_codes(q, self.index.bits)
         Q.check(k, radius, address_radius, rerank, eps, self.index.address_bits)
         if rerank and query_vectors is None:
@@ -111,11 +165,24 @@ class Searcher:
         if address_radius is not None:
             qa = self.index.query_addresses(q, addresses)
         if k is not None and radius is None and address_radius is None and not rerank:
-            loaded, _ = self.index._knn_rings(q, k)      # reads rings of partitions only as far as needed
+            loaded, _ = self.index._knn_rings(q, k)  # reads rings of partitions only as far as needed
         else:
-            need = Q.needed_partitions(self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius,
-                                       address_radius=address_radius)
+            need = Q.needed_partitions(
+                self.index.manifest, self.index._part_vals, q, qa, k=k, radius=radius, address_radius=address_radius
+            )
             loaded = self.index.loaded(need)
-        return Q.answer(loaded, q, k=k, radius=radius, address_radius=address_radius, q_address=qa, rerank=rerank,
-                        bags=query_vectors, idf=self.idf, candidates=candidates, eps=eps, max_results=max_results,
-                        details=details)
+        return Q.answer(
+            loaded,
+            q,
+            k=k,
+            radius=radius,
+            address_radius=address_radius,
+            q_address=qa,
+            rerank=rerank,
+            bags=query_vectors,
+            idf=self.idf,
+            candidates=candidates,
+            eps=eps,
+            max_results=max_results,
+            details=details,
+        )

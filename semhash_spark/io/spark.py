@@ -1,4 +1,5 @@
 """Building the SparkSession the jobs run in (local by default; any master through spark-submit)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ def get_spark(app_name: str = "semhash", master: str | None = None, conf: dict[s
     under_submit = bool(os.environ.get("SEMHASH_UNDER_SUBMIT"))
     if not under_submit:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)   # spark.pyspark.python (submit) sets it first
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # spark.pyspark.python (submit) sets it first
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -41,19 +42,21 @@ def get_spark(app_name: str = "semhash", master: str | None = None, conf: dict[s
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "4096",
         "spark.sql.shuffle.partitions": "8",
-        "spark.ui.showConsoleProgress": "false",       # progress is logged by spark_progress() instead
+        "spark.ui.showConsoleProgress": "false",  # progress is logged by spark_progress() instead
         "spark.python.worker.reuse": "true",
     }
     if under_submit:
-        SparkContext._ensure_initialized()             # joins spark-submit's JVM, which holds its settings
-        submitted = SparkConf()                        # spark-submit's --conf and properties file
+        SparkContext._ensure_initialized()  # joins spark-submit's JVM, which holds its settings
+        submitted = SparkConf()  # spark-submit's --conf and properties file
         defaults = {k: v for k, v in defaults.items() if not submitted.contains(k)}
     else:
-        defaults.update({
-            "spark.driver.memory": os.environ.get("SEMHASH_DRIVER_MEMORY", "2g"),
-            "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-            "spark.driver.bindAddress": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-        })
+        defaults.update(
+            {
+                "spark.driver.memory": os.environ.get("SEMHASH_DRIVER_MEMORY", "2g"),
+                "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+                "spark.driver.bindAddress": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            }
+        )
     settings = {**defaults, **(conf or {})}
     java_opts = settings.get("spark.driver.extraJavaOptions", "")
     if not under_submit and "log4j2.configurationFile" not in java_opts:
@@ -94,7 +97,7 @@ def stage(name: str) -> Iterator[None]:
         return
     keys = ("spark.job.description", "callSite.short", "callSite.long")
     before = {k: sc.getLocalProperty(k) for k in keys}
-    outer = before["spark.job.description"]             # the command's name: "semhash prepare: write Parquet ..."
+    outer = before["spark.job.description"]  # the command's name: "semhash prepare: write Parquet ..."
     describe_jobs(f"{outer}: {name}" if outer and not name.startswith(outer) else name)
     try:
         yield
@@ -118,8 +121,10 @@ def spark_progress(every_seconds: float = 10.0) -> Iterator[None]:
 
     def line(info) -> str:
         failed = f", {info.numFailedTasks} failed" if info.numFailedTasks else ""
-        return (f"stage {info.stageId} ({info.name}): {info.numCompletedTasks}/{info.numTasks} tasks, "
-                f"{info.numActiveTasks} running{failed}")
+        return (
+            f"stage {info.stageId} ({info.name}): {info.numCompletedTasks}/{info.numTasks} tasks, "
+            f"{info.numActiveTasks} running{failed}"
+        )
 
     def poll() -> None:
         last, seen = 0.0, {}
@@ -130,7 +135,7 @@ def spark_progress(every_seconds: float = 10.0) -> Iterator[None]:
             try:
                 tracker = sc.statusTracker()
                 active = {i: tracker.getStageInfo(i) for i in tracker.getActiveStageIds()}
-            except Exception:                           # the context is stopping
+            except Exception:  # the context is stopping
                 continue
             active = {i: info for i, info in active.items() if info is not None}
             for i in [i for i in seen if i not in active]:

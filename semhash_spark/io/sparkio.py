@@ -26,6 +26,7 @@ configuration), ``s3a`` or ``s3`` (use that scheme; an error when its file syste
 (always the store path). :func:`write_objects` (one row group per object, for Petastorm's metadata) always uses
 the store path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,9 +48,9 @@ from semhash_spark.io.spark import stage
 
 log = logging.getLogger(__name__)
 
-PATH_COLUMN = "_file"             # optional column: the file a row came from, relative to the root read
-STAGE_ROWS = 5000                 # records per staged file when the driver streams a source
-UNIT_SHIFT = 40                   # seq = unit index << 40 | record index, when executors read the units
+PATH_COLUMN = "_file"  # optional column: the file a row came from, relative to the root read
+STAGE_ROWS = 5000  # records per staged file when the driver streams a source
+UNIT_SHIFT = 40  # seq = unit index << 40 | record index, when executors read the units
 
 
 def task_error(e: Exception) -> Exception:
@@ -84,14 +85,18 @@ def s3_connector(spark: SparkSession) -> str | None:
             _fill_s3a_settings(hconf)
             return "s3a"
         if choice == "s3a":
-            raise ValueError(f"{CONNECTOR_CONF}=s3a but {S3A_CLASS} is not on the classpath: add hadoop-aws "
-                             f"(--packages org.apache.hadoop:hadoop-aws:<your Hadoop version>) or set it to auto")
+            raise ValueError(
+                f"{CONNECTOR_CONF}=s3a but {S3A_CLASS} is not on the classpath: add hadoop-aws "
+                f"(--packages org.apache.hadoop:hadoop-aws:<your Hadoop version>) or set it to auto"
+            )
         return None
     if s3_impl and _class_loadable(spark, s3_impl):
         return "s3"
     if choice == "s3":
-        raise ValueError(f"{CONNECTOR_CONF}=s3 but the Hadoop configuration's fs.s3.impl ({s3_impl}) does not "
-                         "load: set spark.hadoop.fs.s3.impl to a file system on the classpath, or use auto")
+        raise ValueError(
+            f"{CONNECTOR_CONF}=s3 but the Hadoop configuration's fs.s3.impl ({s3_impl}) does not "
+            "load: set spark.hadoop.fs.s3.impl to a file system on the classpath, or use auto"
+        )
     return None
 
 
@@ -136,8 +141,11 @@ def readable_root(spark: SparkSession, root: str) -> str:
 
 def _parquet_files(root: str, parts: Sequence[str]) -> list[tuple[str, int]]:
     """``(path relative to root, size)`` of the Parquet files at or under each of ``parts`` (one listing)."""
-    listing = [(k, s) for k, s in store.list_prefix(root)
-               if k.endswith(".parquet") and not any(seg.startswith((".", "_")) for seg in k.split("/"))]
+    listing = [
+        (k, s)
+        for k, s in store.list_prefix(root)
+        if k.endswith(".parquet") and not any(seg.startswith((".", "_")) for seg in k.split("/"))
+    ]
     wanted = [p.strip("/") for p in parts]
     if "" in wanted:
         return listing
@@ -150,8 +158,15 @@ def through_executors(spark: SparkSession, uri: str, executors: bool | None = No
     return store.is_s3(uri) and (on_cluster(spark) if executors is None else executors)
 
 
-def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), columns: Sequence[str] | None = None,
-                 *, path_column: bool = False, executors: bool | None = None) -> DataFrame:
+def read_parquet(
+    spark: SparkSession,
+    root: str,
+    parts: Sequence[str] = ("",),
+    columns: Sequence[str] | None = None,
+    *,
+    path_column: bool = False,
+    executors: bool | None = None,
+) -> DataFrame:
     """The rows of the Parquet files under ``root/part`` for each part (a folder or a file; ``""`` = all of root).
 
     Parts with no files are skipped; none at all is a ``FileNotFoundError`` naming them. ``columns`` selects
@@ -160,10 +175,13 @@ def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), c
     :func:`through_executors`).
     """
     scheme = s3_connector(spark) if store.is_s3(root) else None
-    if scheme:                                           # Spark's own reader through the session's S3 connector
-        keys = [k for k, _ in _parquet_files(root, parts)]          # one listing: which parts hold files
-        have = [p for p in parts if any(not p.strip("/") or k == p.strip("/") or k.startswith(p.strip("/") + "/")
-                                        for k in keys)]
+    if scheme:  # Spark's own reader through the session's S3 connector
+        keys = [k for k, _ in _parquet_files(root, parts)]  # one listing: which parts hold files
+        have = [
+            p
+            for p in parts
+            if any(not p.strip("/") or k == p.strip("/") or k.startswith(p.strip("/") + "/") for k in keys)
+        ]
         return _read_with_spark(spark, root, hadoop_uri(root, scheme), have, columns, path_column)
     if through_executors(spark, root, executors):
         return _read_with_store(spark, root, parts, columns, path_column)
@@ -172,24 +190,26 @@ def read_parquet(spark: SparkSession, root: str, parts: Sequence[str] = ("",), c
     return _read_with_spark(spark, root, hadoop_uri(base, None), have, columns, path_column)
 
 
-def _read_with_spark(spark: SparkSession, root: str, base: str, parts: Sequence[str], columns: Sequence[str] | None,
-                     path_column: bool) -> DataFrame:
+def _read_with_spark(
+    spark: SparkSession, root: str, base: str, parts: Sequence[str], columns: Sequence[str] | None, path_column: bool
+) -> DataFrame:
     """Spark's Parquet reader over ``base`` (a ``file:``, ``s3a:`` or ``s3:`` URI) and the ``parts`` under it that
     exist (a cluster reading local paths needs a shared file system)."""
     paths = [f"{base}/{p.strip('/')}" if p.strip("/") else base for p in parts]
     if not paths:
         raise FileNotFoundError(f"no Parquet files under {root!r}")
-    with stage(f"read Parquet {root}"):          # the stage name, not 'parquet at NativeMethodAccessorImpl.java:0'
+    with stage(f"read Parquet {root}"):  # the stage name, not 'parquet at NativeMethodAccessorImpl.java:0'
         df = spark.read.parquet(*paths)
     cols = [F.col(c) for c in (columns or df.columns)]
-    if path_column:                                      # input_file_name() is a URI: <scheme>:/<base>/<rel>
+    if path_column:  # input_file_name() is a URI: <scheme>:/<base>/<rel>
         tail = re.escape(base.split(":", 1)[1].lstrip("/"))
         cols.append(F.regexp_extract(F.input_file_name(), tail + "/(.*)$", 1).alias(PATH_COLUMN))
     return df.select(*cols)
 
 
-def _read_with_store(spark: SparkSession, root: str, parts: Sequence[str], columns: Sequence[str] | None,
-                     path_column: bool) -> DataFrame:
+def _read_with_store(
+    spark: SparkSession, root: str, parts: Sequence[str], columns: Sequence[str] | None, path_column: bool
+) -> DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -218,8 +238,12 @@ def _read_with_store(spark: SparkSession, root: str, parts: Sequence[str], colum
                 table = _cast(table, schema, rel if path_column else None)
                 yield from table.to_batches()
 
-    log.info("reading %d Parquet files (%.1f MB) under %s with the executors' S3 client", len(files),
-             sum(s for _, s in files) / 1e6, root)
+    log.info(
+        "reading %d Parquet files (%.1f MB) under %s with the executors' S3 client",
+        len(files),
+        sum(s for _, s in files) / 1e6,
+        root,
+    )
     listing = spark.sparkContext.parallelize([(rel,) for rel, _ in files], len(files)).toDF("path string")
     return listing.mapInArrow(read, from_arrow_schema(schema))
 
@@ -262,6 +286,7 @@ def _cast(table, schema, path: str | None):
 
 # --------------------------------------------------------------------------------------------------- writing
 
+
 def remove_crc(root: str) -> None:
     """Removes the ``.crc`` side files Hadoop's local file system writes beside each file."""
     for dirpath, _, names in os.walk(root):
@@ -277,7 +302,7 @@ def write_parquet(df: DataFrame, out_uri: str, *, executors: bool | None = None)
     """
     spark = df.sparkSession
     scheme = s3_connector(spark) if store.is_s3(out_uri) else None
-    if scheme:                                           # Spark's own writer through the session's S3 connector
+    if scheme:  # Spark's own writer through the session's S3 connector
         _write_with_spark(df, out_uri, hadoop_uri(out_uri, scheme))
         return
     if not store.is_s3(out_uri):
@@ -338,8 +363,9 @@ def _write_with_store(df: DataFrame, out_uri: str, compression: str = "snappy") 
         yield pa.RecordBatch.from_pydict({"path": [name], "rows": [table.num_rows]})
 
     with stage(f"write Parquet {out_uri}"):
-        written = sorted((r.asDict() for r in df.mapInArrow(write, "path string, rows long").collect()),
-                         key=lambda r: r["path"])
+        written = sorted(
+            (r.asDict() for r in df.mapInArrow(write, "path string, rows long").collect()), key=lambda r: r["path"]
+        )
     if not written:
         buf = io.BytesIO()
         pq.write_table(schema.empty_table(), buf, compression=compression)
@@ -363,8 +389,11 @@ def staging(spark: SparkSession, out: str, name: str = "_staging") -> Iterator[s
     """``with staging(spark, out) as uri``: where a job's intermediate Parquet goes, emptied before and removed
     after: ``out/name`` for a local ``out`` and for ``s3://`` on a cluster (the executors reach it), a local
     temporary folder for ``s3://`` in local mode (the driver's disk is the executors' disk)."""
-    uri = tempfile.mkdtemp(prefix="semhash-staging-") if store.is_s3(out) and not on_cluster(spark) \
+    uri = (
+        tempfile.mkdtemp(prefix="semhash-staging-")
+        if store.is_s3(out) and not on_cluster(spark)
         else store.join(out, name)
+    )
     remove(uri)
     try:
         yield uri
@@ -403,24 +432,34 @@ def stage_records(records: Iterable[dict], schema, staging: str) -> int:
     return seq
 
 
-def _read_units(indexed_units: Iterator[tuple[int, Any]], read_unit: Callable[[Any], Iterable[dict]],
-                fields: list[str], s3_env: dict) -> Iterator[tuple]:
-    store.apply_s3_env(s3_env)          # S3 units: the driver's settings where the worker has none
+def _read_units(
+    indexed_units: Iterator[tuple[int, Any]],
+    read_unit: Callable[[Any], Iterable[dict]],
+    fields: list[str],
+    s3_env: dict,
+) -> Iterator[tuple]:
+    store.apply_s3_env(s3_env)  # S3 units: the driver's settings where the worker has none
     for k, unit in indexed_units:
         for i, rec in enumerate(read_unit(unit)):
             yield ((k << UNIT_SHIFT) | i, *(rec[f] for f in fields))
 
 
-def stage_units(spark: SparkSession, units: list, read_unit: Callable[[Any], Iterable[dict]], schema,
-                staging: str) -> int:
+def stage_units(
+    spark: SparkSession, units: list, read_unit: Callable[[Any], Iterable[dict]], schema, staging: str
+) -> int:
     """Spark tasks read the ``units`` (one task each; ``read_unit(unit)`` yields records as for
     :func:`stage_records`) into Parquet under ``staging``; returns how many records were read. A reader's
     ``ValueError`` (not an archive, a bad file, ...) is raised as one line naming the unit."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     rdd = spark.sparkContext.parallelize(list(enumerate(units)), len(units)).mapPartitions(
-        functools.partial(_read_units, read_unit=read_unit, fields=[n for n in schema.names if n != "seq"],
-                          s3_env=store.driver_s3_env()))
+        functools.partial(
+            _read_units,
+            read_unit=read_unit,
+            fields=[n for n in schema.names if n != "seq"],
+            s3_env=store.driver_s3_env(),
+        )
+    )
     try:
         write_parquet(spark.createDataFrame(rdd, from_arrow_schema(schema)), staging, executors=True)
     except Exception as e:

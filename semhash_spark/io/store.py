@@ -11,6 +11,7 @@ key, no credentials, an unreachable endpoint -- never a raw botocore traceback.
 Writes are atomic: a local write goes to a temporary file in the same directory and is renamed into place; an S3
 PUT is atomic by itself. Temporary local files start with ``.tmp-`` and are never listed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,8 @@ from typing import Iterator, Mapping
 log = logging.getLogger(__name__)
 
 _TMP_PREFIX = ".tmp-"
-_MULTIPART_BYTES = 8 << 20        # uploads above this go in 8 MiB parts
-_DELETE_BATCH = 1000              # S3 DeleteObjects limit
+_MULTIPART_BYTES = 8 << 20  # uploads above this go in 8 MiB parts
+_DELETE_BATCH = 1000  # S3 DeleteObjects limit
 
 
 class StoreError(RuntimeError):
@@ -51,6 +52,7 @@ class PreconditionFailed(StoreError):
 
 # ----------------------------------------------------------------------------------------------- URIs
 
+
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
@@ -70,7 +72,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``"s3://bucket/a/b"`` -> ``("bucket", "a/b")``."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
         raise ValueError(f"s3 URI has no bucket: {uri!r} (expected s3://bucket/prefix)")
     return bucket, key
@@ -81,7 +83,7 @@ def local_path(uri: str) -> str:
     uri = str(uri)
     if is_s3(uri):
         raise ValueError(f"not a local URI: {uri!r}")
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def _dir_key(key: str) -> str:
@@ -102,6 +104,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- S3 client
+
 
 @dataclass(frozen=True)
 class S3Settings:
@@ -128,8 +131,16 @@ class S3Settings:
         )
 
 
-S3_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS")
+S3_ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_MAX_ATTEMPTS",
+)
 
 
 def driver_s3_env() -> dict[str, str]:
@@ -188,8 +199,9 @@ def _translate(exc: BaseException, uri: str, op: str) -> StoreError:
         return exc
     if isinstance(exc, bx.NoCredentialsError):
         return StoreError(uri, "no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)", op)
-    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
-                        bx.ConnectionClosedError)):
+    if isinstance(
+        exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError, bx.ConnectionClosedError)
+    ):
         return StoreError(uri, f"endpoint unreachable ({exc})", op)
     if isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
@@ -239,10 +251,14 @@ def _is_missing(exc: BaseException) -> bool:
     from botocore.exceptions import ClientError
 
     return isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in (
-        "404", "NoSuchKey", "NotFound")
+        "404",
+        "NoSuchKey",
+        "NotFound",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- objects
+
 
 def read_bytes(uri: str) -> bytes:
     with _errors(uri, "read"):
@@ -304,7 +320,7 @@ def read_tagged(uri: str) -> tuple[bytes, str] | None:
         return data, sha256_bytes(data)
 
 
-LOCK_STALE_SECONDS = 30.0          # a local conditional write's lock file older than this is a crashed writer's
+LOCK_STALE_SECONDS = 30.0  # a local conditional write's lock file older than this is a crashed writer's
 
 
 def write_bytes_if(uri: str, data: bytes, tag: str | None) -> None:
@@ -323,7 +339,11 @@ def write_bytes_if(uri: str, data: bytes, tag: str | None) -> None:
             from botocore.exceptions import ClientError
 
             if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code")) in (
-                    "PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+                "409",
+            ):
                 raise PreconditionFailed(uri, "changed by another writer since it was read", "write") from None
             raise _translate(e, uri, "write") from None
         return
@@ -352,7 +372,7 @@ def _take_lock(lock: str, uri: str, wait_s: float = 10.0) -> int:
         except FileExistsError:
             try:
                 if time.time() - os.path.getmtime(lock) > LOCK_STALE_SECONDS:
-                    os.unlink(lock)              # the writer that made it died holding it
+                    os.unlink(lock)  # the writer that made it died holding it
                     continue
             except FileNotFoundError:
                 continue
@@ -400,13 +420,14 @@ def delete(uri: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- prefixes
 
+
 def _iter_s3(uri: str) -> Iterator[dict]:
     bucket, key = split_s3(uri)
     prefix = _dir_key(key)
     pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     for page in pages:
         for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
+            rel = obj["Key"][len(prefix) :]
             if rel and not rel.endswith("/"):
                 yield {"key": rel, "size": int(obj["Size"]), "etag": obj.get("ETag", "").strip('"')}
 
@@ -440,8 +461,8 @@ def list_dir(uri: str) -> list[str]:
             names = set()
             pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
             for page in pages:
-                names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
-                names.update(o["Key"][len(prefix):] for o in page.get("Contents", []))
+                names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+                names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
             return sorted(n for n in names if n)
         path = local_path(uri)
         if not os.path.isdir(path):
@@ -458,7 +479,7 @@ def delete_prefix(uri: str) -> int:
             keys = [prefix + k for k, _ in list_prefix(uri)]
             c = client()
             for s in range(0, len(keys), _DELETE_BATCH):
-                batch = [{"Key": k} for k in keys[s: s + _DELETE_BATCH]]
+                batch = [{"Key": k} for k in keys[s : s + _DELETE_BATCH]]
                 resp = c.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
                 if resp.get("Errors"):
                     e = resp["Errors"][0]
@@ -475,8 +496,9 @@ def delete_prefix(uri: str) -> int:
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=_MULTIPART_BYTES, multipart_chunksize=_MULTIPART_BYTES,
-                          max_concurrency=4, use_threads=True)
+    return TransferConfig(
+        multipart_threshold=_MULTIPART_BYTES, multipart_chunksize=_MULTIPART_BYTES, max_concurrency=4, use_threads=True
+    )
 
 
 def upload_file(local_file: str | os.PathLike, uri: str) -> None:
@@ -550,7 +572,7 @@ def copy_object(src: str, dest: str) -> None:
         tmp = os.path.join(os.path.dirname(os.path.abspath(d)), _TMP_PREFIX + os.urandom(8).hex())
         try:
             os.link(s, tmp)
-        except OSError:                 # another file system, or links not allowed: copy the bytes
+        except OSError:  # another file system, or links not allowed: copy the bytes
             _copy_local(s, d)
             return
         try:
@@ -609,6 +631,7 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
 
 # ----------------------------------------------------------------------------------------------- buckets
 
+
 def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> None:
     """Creates ``bucket`` unless it exists (used by the embedded server and the demo)."""
     uri = f"s3://{bucket}"
@@ -633,6 +656,7 @@ def _is_no_bucket(exc: BaseException) -> bool:
 
 # ----------------------------------------------------------------------------------------------- local helpers
 
+
 def _copy_local(src: str, dest: str) -> None:
     d = os.path.dirname(os.path.abspath(dest))
     os.makedirs(d, exist_ok=True)
@@ -645,4 +669,3 @@ def _copy_local(src: str, dest: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-

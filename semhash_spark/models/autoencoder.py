@@ -7,6 +7,7 @@ fine-tuning so that they learn to be binary (Semantic Hashing, sec. 3). Images: 
 pixels, with code units rounded to 0/1 in the forward pass and the rounding ignored in the backward pass
 (straight-through; Krizhevsky & Hinton 2011).
 """
+
 from __future__ import annotations
 
 import hashlib

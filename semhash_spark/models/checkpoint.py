@@ -5,6 +5,7 @@
 fingerprint (documents), the idf statistics, training metrics and a model version (hash of the weights).
 :func:`load_model` rebuilds a :class:`Hasher` from the two files alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,7 +75,7 @@ class Hasher:
     def code_probabilities(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
         """Dense inputs ``[n, n_input]`` -> code-unit probabilities ``float32[n, bits]``."""
         self.model.eval()
-        device = next(self.model.parameters()).device        # a GPU when the encode task was given one
+        device = next(self.model.parameters()).device  # a GPU when the encode task was given one
         x = torch.as_tensor(x, dtype=torch.float32)
         out = [self.model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.bits), np.float32)
@@ -100,7 +101,7 @@ def save_model(uri: str, model: DeepAutoencoder, config: Config, extra: dict[str
         "bits": model.bits,
         "threshold": 0.5,
         "config": config.to_dict(),
-        "encoder": encoder_spec({"sizes": model.sizes, "threshold": 0.5}),   # what inference.Encoder computes
+        "encoder": encoder_spec({"sizes": model.sizes, "threshold": 0.5}),  # what inference.Encoder computes
         "model_version": weights_version(tensors),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
@@ -116,28 +117,34 @@ def load_model(uri: str) -> Hasher:
 
 def _check_sizes(sizes: Any, tensors: dict[str, torch.Tensor], uri: str) -> None:
     """``sizes`` in model.json must be positive integers that the stored weights have, layer by layer."""
-    if not (isinstance(sizes, list) and len(sizes) >= 2
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)):
-        raise CheckpointError(f"{META} in {uri!r}: 'sizes' must be a list of at least two positive integers, "
-                              f"got {sizes!r:.200}")
+    if not (
+        isinstance(sizes, list)
+        and len(sizes) >= 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
+    ):
+        raise CheckpointError(
+            f"{META} in {uri!r}: 'sizes' must be a list of at least two positive integers, got {sizes!r:.200}"
+        )
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = tensors.get(f"ae.encoder.{i}.weight")
         if w is None or tuple(w.shape) != (b, a):
-            raise CheckpointError(f"{META} in {uri!r}: sizes {sizes} say layer {i} is {a} -> {b}, the weights hold "
-                                  f"{None if w is None else tuple(w.shape)[::-1]}")
+            raise CheckpointError(
+                f"{META} in {uri!r}: sizes {sizes} say layer {i} is {a} -> {b}, the weights hold "
+                f"{None if w is None else tuple(w.shape)[::-1]}"
+            )
 
 
 def hasher_from_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], uri: str = "model") -> Hasher:
     """Rebuilds the model from its weights and ``model.json`` contents (checks format and weights version)."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{uri!r} holds format {meta.get('format')!r}, expected {FORMAT!r}")
-    if (meta.get("encoder") or {}).get("input"):     # model.kind documents_vae: an input transform, then layers
+    if (meta.get("encoder") or {}).get("input"):  # model.kind documents_vae: an input transform, then layers
         return _encoder_hasher(tensors, meta, uri)
     try:
-        if meta.get("network") == "kmeans_triangle":        # model.kind image_kmeans: semhash_spark.training.kmeans_fit
+        if meta.get("network") == "kmeans_triangle":  # model.kind image_kmeans: semhash_spark.training.kmeans_fit
             model = KMeansFeatureHasher.from_checkpoint(tensors, meta)
         else:
-            _check_sizes(meta.get("sizes"), tensors, uri)      # before the model allocates a single layer
+            _check_sizes(meta.get("sizes"), tensors, uri)  # before the model allocates a single layer
             model = DeepAutoencoder(meta["sizes"], output=meta["output"], code_mode=meta["code_mode"])
             model.load_state_dict({k[len("ae.") :]: v for k, v in tensors.items() if k.startswith("ae.")})
     except RuntimeError as e:

@@ -23,6 +23,7 @@ ZCA-whitened patches, triangle activations against the centroids, ``adaptive_avg
 standardisation); the code layer ``kf.code`` (sigmoid, threshold 0.5) follows. This module imports neither torch
 nor pyspark.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,9 @@ from semhash_spark.io import store
 from semhash_spark.config import Config, config_from_dict
 
 FORMAT = "semhash-model/1"
-KMEANS_NETWORK = "kmeans_triangle"      # kmeans_fit.NETWORK (kept here: importing kmeans_fit would load torch)
-CONTRAST_EPS = 10.0                     # models.kmeans_features.CONTRAST_EPS
-IMAGES_PER_STEP = 128                   # images whose patches are featurised at once (128 x L x K floats)
+KMEANS_NETWORK = "kmeans_triangle"  # kmeans_fit.NETWORK (kept here: importing kmeans_fit would load torch)
+CONTRAST_EPS = 10.0  # models.kmeans_features.CONTRAST_EPS
+IMAGES_PER_STEP = 128  # images whose patches are featurised at once (128 x L x K floats)
 WEIGHTS = "model.safetensors"
 META = "model.json"
 
@@ -60,13 +61,13 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda a: a,
     "identity": lambda a: a,
 }
-INPUT_TRANSFORMS = ("log1p_idf_l2",)   # documents_vae: l2_normalise(log(1 + counts) * idf); none: the raw input
+INPUT_TRANSFORMS = ("log1p_idf_l2",)  # documents_vae: l2_normalise(log(1 + counts) * idf); none: the raw input
 
 
 @dataclass(frozen=True)
 class Layer:
-    weight: np.ndarray      # float32 [out, in]
-    bias: np.ndarray        # float32 [out]
+    weight: np.ndarray  # float32 [out, in]
+    bias: np.ndarray  # float32 [out]
     activation: str
 
 
@@ -87,8 +88,10 @@ def encoder_spec(meta: dict[str, Any]) -> dict[str, Any]:
     sizes = meta.get("sizes") or []
     if len(sizes) < 2:
         raise CheckpointError("model.json describes no encoder (neither 'encoder' nor 'sizes')")
-    layers = [{"weight": f"ae.encoder.{i}.weight", "bias": f"ae.encoder.{i}.bias", "activation": "sigmoid"}
-              for i in range(len(sizes) - 1)]
+    layers = [
+        {"weight": f"ae.encoder.{i}.weight", "bias": f"ae.encoder.{i}.bias", "activation": "sigmoid"}
+        for i in range(len(sizes) - 1)
+    ]
     return {"layers": layers, "threshold": float(meta.get("threshold", 0.5))}
 
 
@@ -98,16 +101,19 @@ def encoder_layers(tensors: dict[str, np.ndarray], spec: dict[str, Any], uri: st
     for i, l in enumerate(spec.get("layers") or []):
         act = l.get("activation", "sigmoid")
         if act not in ACTIVATIONS:
-            raise CheckpointError(f"{uri!r}: encoder layer {i} has unknown activation {act!r}; "
-                                  f"expected one of {sorted(ACTIVATIONS)}")
+            raise CheckpointError(
+                f"{uri!r}: encoder layer {i} has unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}"
+            )
         missing = [l.get(k) for k in ("weight", "bias") if l.get(k) not in tensors]
         if missing:
             raise CheckpointError(f"{uri!r}: encoder layer {i} names tensors not in {WEIGHTS}: {missing}")
         w = np.ascontiguousarray(tensors[l["weight"]], dtype=np.float32)
         b = np.ascontiguousarray(tensors[l["bias"]], dtype=np.float32)
         if w.ndim != 2 or b.shape != (w.shape[0],) or (layers and layers[-1].weight.shape[0] != w.shape[1]):
-            raise CheckpointError(f"{uri!r}: encoder layer {i} has weight {w.shape} and bias {b.shape}, which do not "
-                                  "chain with the layer below")
+            raise CheckpointError(
+                f"{uri!r}: encoder layer {i} has weight {w.shape} and bias {b.shape}, which do not "
+                "chain with the layer below"
+            )
         layers.append(Layer(w, b, act))
     if not layers:
         raise CheckpointError(f"{uri!r}: the encoder has no layers")
@@ -130,11 +136,11 @@ class KMeansFeatures:
     patch: int
     stride: int
     pool: int
-    zca_mean: np.ndarray        # [d]
-    zca: np.ndarray             # [d, d]
-    centroids: np.ndarray       # [K, d]
-    feature_mean: np.ndarray    # [K * pool^2]
-    feature_std: np.ndarray     # [K * pool^2]
+    zca_mean: np.ndarray  # [d]
+    zca: np.ndarray  # [d, d]
+    centroids: np.ndarray  # [K, d]
+    feature_mean: np.ndarray  # [K * pool^2]
+    feature_std: np.ndarray  # [K * pool^2]
 
     @property
     def n_input(self) -> int:
@@ -153,7 +159,7 @@ class KMeansFeatures:
         n, rows, cols = win.shape[:3]
         pt = np.ascontiguousarray(win).reshape(n, rows * cols, c * p * p)
         mean = pt.mean(-1, keepdims=True)
-        var = pt.var(-1, keepdims=True, ddof=1)          # torch.var is unbiased
+        var = pt.var(-1, keepdims=True, ddof=1)  # torch.var is unbiased
         return (pt - mean) / np.sqrt(var + np.float32(CONTRAST_EPS))
 
     def triangle(self, wp: np.ndarray) -> np.ndarray:
@@ -174,7 +180,7 @@ class KMeansFeatures:
         for s in range(0, x.shape[0], IMAGES_PER_STEP):
             p = self.patches(x[s : s + IMAGES_PER_STEP])
             n = p.shape[0]
-            f = self.triangle((p - self.zca_mean) @ self.zca)                       # [n, L, K]
+            f = self.triangle((p - self.zca_mean) @ self.zca)  # [n, L, K]
             f = f.transpose(0, 2, 1).reshape(n, k, rows, cols)
             cells = np.empty((n, k, self.pool, self.pool), np.float32)
             for i, (r0, r1) in enumerate(rbins):
@@ -195,24 +201,38 @@ def kmeans_features(tensors: dict[str, np.ndarray], meta: dict[str, Any], uri: s
     ``meta["features"]``), its tensors checked against that shape."""
     spec = meta.get("features") or {}
     try:
-        h, w, c, p, s, k, pool = (int(spec[n]) for n in ("height", "width", "channels", "patch", "stride",
-                                                         "centroids", "pool"))
+        h, w, c, p, s, k, pool = (
+            int(spec[n]) for n in ("height", "width", "channels", "patch", "stride", "centroids", "pool")
+        )
     except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{uri!r}: {META} describes no k-means features ('features' with height, width, "
-                              f"channels, patch, stride, centroids, pool), got {spec!r:.200}") from None
+        raise CheckpointError(
+            f"{uri!r}: {META} describes no k-means features ('features' with height, width, "
+            f"channels, patch, stride, centroids, pool), got {spec!r:.200}"
+        ) from None
     if min(h, w, c, p, s, k, pool) < 1 or min(h, w) < p:
         raise CheckpointError(f"{uri!r}: k-means features {spec!r:.200} are not a valid shape")
     d, nf = c * p * p, k * pool * pool
-    want = {"kf.zca_mean": (d,), "kf.zca": (d, d), "kf.centroids": (k, d), "kf.feature_mean": (nf,),
-            "kf.feature_std": (nf,)}
-    bad = {n: (None if n not in tensors else tuple(tensors[n].shape)) for n, shape in want.items()
-           if n not in tensors or tuple(tensors[n].shape) != shape}
+    want = {
+        "kf.zca_mean": (d,),
+        "kf.zca": (d, d),
+        "kf.centroids": (k, d),
+        "kf.feature_mean": (nf,),
+        "kf.feature_std": (nf,),
+    }
+    bad = {
+        n: (None if n not in tensors else tuple(tensors[n].shape))
+        for n, shape in want.items()
+        if n not in tensors or tuple(tensors[n].shape) != shape
+    }
     if bad:
-        raise CheckpointError(f"{uri!r}: the k-means tensors do not fit the features in {META}: expected "
-                              f"{ {n: want[n] for n in bad} }, got {bad}")
+        raise CheckpointError(
+            f"{uri!r}: the k-means tensors do not fit the features in {META}: expected "
+            f"{ {n: want[n] for n in bad} }, got {bad}"
+        )
     t = {n: np.ascontiguousarray(tensors[n], dtype=np.float32) for n in want}
-    return KMeansFeatures(h, w, c, p, s, pool, t["kf.zca_mean"], t["kf.zca"], t["kf.centroids"],
-                          t["kf.feature_mean"], t["kf.feature_std"])
+    return KMeansFeatures(
+        h, w, c, p, s, pool, t["kf.zca_mean"], t["kf.zca"], t["kf.centroids"], t["kf.feature_mean"], t["kf.feature_std"]
+    )
 
 
 @dataclass
@@ -223,9 +243,9 @@ class Encoder:
     threshold: float
     meta: dict[str, Any]
     config: Config
-    input_transform: str | None = None      # one of INPUT_TRANSFORMS, applied before the first layer
-    input_scale: np.ndarray | None = None   # its per-input weights (idf), float32 [n_input]
-    features: KMeansFeatures | None = None     # raw pixels -> the code layer's input (network kmeans_triangle)
+    input_transform: str | None = None  # one of INPUT_TRANSFORMS, applied before the first layer
+    input_scale: np.ndarray | None = None  # its per-input weights (idf), float32 [n_input]
+    features: KMeansFeatures | None = None  # raw pixels -> the code layer's input (network kmeans_triangle)
 
     @property
     def bits(self) -> int:
@@ -287,29 +307,35 @@ def encoder_from_parts(weights: bytes, meta: dict[str, Any], uri: str = "model")
         raise CheckpointError(f"{uri!r}: {WEIGHTS} is unreadable: {e}") from None
     if weights_version(tensors) != meta.get("model_version"):
         raise CheckpointError(f"weights in {uri!r} do not match model_version {meta.get('model_version')}")
-    if meta.get("network") == KMEANS_NETWORK:       # model kind image_kmeans: features, then the code layer
+    if meta.get("network") == KMEANS_NETWORK:  # model kind image_kmeans: features, then the code layer
         feats = kmeans_features(tensors, meta, uri)
-        spec = {"layers": [{"weight": "kf.code.weight", "bias": "kf.code.bias", "activation": "sigmoid"}],
-                "threshold": float(meta.get("threshold", 0.5))}
+        spec = {
+            "layers": [{"weight": "kf.code.weight", "bias": "kf.code.bias", "activation": "sigmoid"}],
+            "threshold": float(meta.get("threshold", 0.5)),
+        }
         layers = encoder_layers(tensors, spec, uri)
         if layers[0].weight.shape[1] != feats.n_features:
-            raise CheckpointError(f"{uri!r}: the code layer takes {layers[0].weight.shape[1]} inputs, the k-means "
-                                  f"features are {feats.n_features}")
+            raise CheckpointError(
+                f"{uri!r}: the code layer takes {layers[0].weight.shape[1]} inputs, the k-means "
+                f"features are {feats.n_features}"
+            )
         return Encoder(layers, spec["threshold"], meta, config_from_dict(meta["config"]), features=feats)
     spec = encoder_spec(meta)
     layers = encoder_layers(tensors, spec, uri)
     transform, scale = spec.get("input"), None
     if transform is not None:
         if transform not in INPUT_TRANSFORMS:
-            raise CheckpointError(f"{uri!r}: unknown encoder input transform {transform!r}; expected one of "
-                                  f"{INPUT_TRANSFORMS}")
+            raise CheckpointError(
+                f"{uri!r}: unknown encoder input transform {transform!r}; expected one of {INPUT_TRANSFORMS}"
+            )
         scale = tensors.get(spec.get("input_scale"))
         if scale is None or scale.shape != (layers[0].weight.shape[1],):
-            raise CheckpointError(f"{uri!r}: the input transform needs its scale tensor "
-                                  f"{spec.get('input_scale')!r} of {layers[0].weight.shape[1]} values")
+            raise CheckpointError(
+                f"{uri!r}: the input transform needs its scale tensor "
+                f"{spec.get('input_scale')!r} of {layers[0].weight.shape[1]} values"
+            )
         scale = np.ascontiguousarray(scale, dtype=np.float32)
-    return Encoder(layers, float(spec.get("threshold", 0.5)), meta, config_from_dict(meta["config"]),
-                   transform, scale)
+    return Encoder(layers, float(spec.get("threshold", 0.5)), meta, config_from_dict(meta["config"]), transform, scale)
 
 
 def load_encoder(uri: str) -> Encoder:

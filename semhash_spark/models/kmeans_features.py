@@ -11,21 +11,23 @@ Code layer: ``bits`` linear units on the standardised features; bit = [unit > 0]
 autoencoders. The model takes *raw* pixels ``float[n, H * W * C]`` (HWC order, 0-255): encode and query need
 nothing but the checkpoint.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONTRAST_EPS = 10.0          # Coates et al. 2011: patch variance + 10 (0-255 pixel scale)
-IMAGES_PER_STEP = 128        # images whose patches are encoded at once: 128 x 729 x K floats
+CONTRAST_EPS = 10.0  # Coates et al. 2011: patch variance + 10 (0-255 pixel scale)
+IMAGES_PER_STEP = 128  # images whose patches are encoded at once: 128 x 729 x K floats
 
 
 class KMeansFeatureHasher(nn.Module):
     """Raw pixels -> k-means triangle features -> binary code units (see the module docstring)."""
 
-    def __init__(self, height: int, width: int, channels: int, patch: int, stride: int, centroids: int, pool: int,
-                 bits: int):
+    def __init__(
+        self, height: int, width: int, channels: int, patch: int, stride: int, centroids: int, pool: int, bits: int
+    ):
         super().__init__()
         self.shape = (int(height), int(width), int(channels))
         self.patch, self.stride, self.pool, self.bits = int(patch), int(stride), int(pool), int(bits)
@@ -33,9 +35,9 @@ class KMeansFeatureHasher(nn.Module):
         if min(height, width) < patch:
             raise ValueError(f"images of {height} x {width} are smaller than the {patch} x {patch} patches")
         d = channels * patch * patch
-        self.register_buffer("zca_mean", torch.zeros(d))              # whitening of contrast-normalised patches
-        self.register_buffer("zca", torch.eye(d))                      # [d, d], symmetric
-        self.register_buffer("centroids", torch.zeros(centroids, d))   # [K, d] in the whitened space
+        self.register_buffer("zca_mean", torch.zeros(d))  # whitening of contrast-normalised patches
+        self.register_buffer("zca", torch.eye(d))  # [d, d], symmetric
+        self.register_buffer("centroids", torch.zeros(centroids, d))  # [K, d] in the whitened space
         self.register_buffer("feature_mean", torch.zeros(self.n_features))
         self.register_buffer("feature_std", torch.ones(self.n_features))
         self.code = nn.Linear(self.n_features, bits)
@@ -44,7 +46,7 @@ class KMeansFeatureHasher(nn.Module):
     def from_checkpoint(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "KMeansFeatureHasher":
         """Rebuilds a ``network: kmeans_triangle`` checkpoint (weights ``kf.*``, shape ``meta["features"]``)."""
         model = cls(**meta["features"])
-        model.load_state_dict({k[len("kf."):]: v for k, v in tensors.items() if k.startswith("kf.")})
+        model.load_state_dict({k[len("kf.") :]: v for k, v in tensors.items() if k.startswith("kf.")})
         return model
 
     @property
@@ -54,15 +56,23 @@ class KMeansFeatureHasher(nn.Module):
     def describe(self) -> dict:
         """The constructor's arguments, for ``model.json``."""
         h, w, c = self.shape
-        return {"height": h, "width": w, "channels": c, "patch": self.patch, "stride": self.stride,
-                "centroids": self.n_centroids, "pool": self.pool, "bits": self.bits}
+        return {
+            "height": h,
+            "width": w,
+            "channels": c,
+            "patch": self.patch,
+            "stride": self.stride,
+            "centroids": self.n_centroids,
+            "pool": self.pool,
+            "bits": self.bits,
+        }
 
     # ------------------------------------------------------------------------------------------------ patches
     def patches(self, x: torch.Tensor, stride: int | None = None) -> torch.Tensor:
         """Raw pixels ``[n, H*W*C]`` -> contrast-normalised patches ``[n, L, C*patch*patch]``."""
         h, w, c = self.shape
         img = x.reshape(-1, h, w, c).permute(0, 3, 1, 2).float()
-        p = F.unfold(img, self.patch, stride=stride or self.stride).transpose(1, 2)   # [n, L, d]
+        p = F.unfold(img, self.patch, stride=stride or self.stride).transpose(1, 2)  # [n, L, d]
         return contrast_normalise(p)
 
     def whiten(self, p: torch.Tensor) -> torch.Tensor:
@@ -82,13 +92,13 @@ class KMeansFeatureHasher(nn.Module):
         """:meth:`pooled` at several pooling grids from one pass over the patches (training's candidates)."""
         out: list[list[torch.Tensor]] = [[] for _ in pools]
         for s in range(0, x.shape[0], IMAGES_PER_STEP):
-            p = self.patches(x[s:s + IMAGES_PER_STEP])
+            p = self.patches(x[s : s + IMAGES_PER_STEP])
             n, L, _ = p.shape
-            f = self.triangle(self.whiten(p))                              # [n, L, K]
+            f = self.triangle(self.whiten(p))  # [n, L, K]
             rows = (self.shape[0] - self.patch) // self.stride + 1
             f = f.transpose(1, 2).reshape(n, self.n_centroids, rows, L // rows)
             for o, g in zip(out, pools):
-                o.append(F.adaptive_avg_pool2d(f, g).reshape(n, -1))       # means, not sums: same up to scale
+                o.append(F.adaptive_avg_pool2d(f, g).reshape(n, -1))  # means, not sums: same up to scale
         return [torch.cat(o).sqrt() if o else torch.zeros(0, self.n_centroids * g * g) for o, g in zip(out, pools)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ a query glimpse's Hamming ball of radius 3 (3,683 codes for 28 bits) is looked u
 scores, per query glimpse, ``2^(3-d)`` for its nearest glimpse in the ball; scores add up over the 81 query
 glimpses. :func:`rank` orders images by score (descending), then by the long-code Hamming distance.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from semhash_spark import codes as C
 from semhash_spark.config import ImagesConfig
 
 GRID = 9
-N_PATCHES = GRID * GRID          # 81
-CENTRE = N_PATCHES // 2          # the glimpse at the image centre
+N_PATCHES = GRID * GRID  # 81
+CENTRE = N_PATCHES // 2  # the glimpse at the image centre
 RADIUS = 3
 
 
@@ -43,7 +44,7 @@ def axis_offsets(side: int, fovea: int) -> tuple[np.ndarray, np.ndarray]:
     right = centre[-1] + 1 + 2 * np.arange(ring)
     offsets = np.concatenate([left, centre, right])
     fov = np.zeros(side, dtype=bool)
-    fov[ring:ring + fovea] = True
+    fov[ring : ring + fovea] = True
     return offsets, fov
 
 
@@ -53,8 +54,15 @@ def centres(n: int) -> np.ndarray:
 
 def describe(cfg: ImagesConfig) -> dict:
     off, fov = axis_offsets(cfg.patch_side, cfg.patch_fovea)
-    return {"patches": N_PATCHES, "side": cfg.patch_side, "fovea": cfg.patch_fovea, "offsets": off.tolist(),
-            "centres_y": centres(cfg.height).tolist(), "centres_x": centres(cfg.width).tolist(), "radius": RADIUS}
+    return {
+        "patches": N_PATCHES,
+        "side": cfg.patch_side,
+        "fovea": cfg.patch_fovea,
+        "offsets": off.tolist(),
+        "centres_y": centres(cfg.height).tolist(),
+        "centres_x": centres(cfg.width).tolist(),
+        "radius": RADIUS,
+    }
 
 
 def glimpses(images: np.ndarray, cfg: ImagesConfig) -> np.ndarray:
@@ -69,11 +77,11 @@ def glimpses(images: np.ndarray, cfg: ImagesConfig) -> np.ndarray:
     blurred = 0.25 * (pad[:, :-1, :-1] + pad[:, 1:, :-1] + pad[:, :-1, 1:] + pad[:, 1:, 1:])
     off, fov = axis_offsets(cfg.patch_side, cfg.patch_fovea)
     cy, cx = centres(h), centres(w)
-    ys = np.clip(cy[:, None] + off[None, :], 0, h - 1)            # [9, side]
+    ys = np.clip(cy[:, None] + off[None, :], 0, h - 1)  # [9, side]
     xs = np.clip(cx[:, None] + off[None, :], 0, w - 1)
-    gy = np.repeat(ys, GRID, axis=0)                              # [81, side]: row-major over the 9 x 9 centres
+    gy = np.repeat(ys, GRID, axis=0)  # [81, side]: row-major over the 9 x 9 centres
     gx = np.tile(xs, (GRID, 1))
-    sharp = x[:, gy[:, :, None], gx[:, None, :]]                  # [B, 81, side, side, C]
+    sharp = x[:, gy[:, :, None], gx[:, None, :]]  # [B, 81, side, side, C]
     soft = blurred[:, gy[:, :, None], gx[:, None, :]]
     both = (fov[:, None] & fov[None, :])[None, None, :, :, None]
     out = np.where(both, sharp, soft)
@@ -84,7 +92,7 @@ def patch_codes(hasher, images: np.ndarray, cfg: ImagesConfig, batch: int = 128)
     """Images [B, H, W, C] -> packed glimpse codes uint8 [B, 81, code_bytes] with the patch model."""
     out = []
     for s in range(0, len(images), batch):
-        g = glimpses(images[s:s + batch], cfg)
+        g = glimpses(images[s : s + batch], cfg)
         n = g.shape[0]
         out.append(hasher.codes(g.reshape(n * N_PATCHES, -1)).reshape(n, N_PATCHES, -1))
     return np.concatenate(out) if out else np.zeros((0, N_PATCHES, C.code_bytes(hasher.bits)), np.uint8)
@@ -94,10 +102,10 @@ def patch_codes(hasher, images: np.ndarray, cfg: ImagesConfig, batch: int = 128)
 class PatchIndex:
     """Every database glimpse code as an integer, sorted, with the ordinal of its image."""
 
-    keys: np.ndarray        # uint64 [N * 81], ascending
-    images: np.ndarray      # int64 [N * 81]
+    keys: np.ndarray  # uint64 [N * 81], ascending
+    images: np.ndarray  # int64 [N * 81]
     bits: int
-    count: int              # number of images
+    count: int  # number of images
 
     @classmethod
     def build(cls, patch_codes_: np.ndarray, bits: int, ordinals: np.ndarray | None = None) -> "PatchIndex":
@@ -116,7 +124,7 @@ class PatchIndex:
         """
         total = np.zeros(self.count, dtype=np.float64)
         for q in C.prefix(query_patch_codes, self.bits):
-            ball = C.hamming_ball(int(q), self.bits, radius)          # ordered by distance from q
+            ball = C.hamming_ball(int(q), self.bits, radius)  # ordered by distance from q
             lo = np.searchsorted(self.keys, ball, side="left")
             hi = np.searchsorted(self.keys, ball, side="right")
             lengths = hi - lo
@@ -128,7 +136,7 @@ class PatchIndex:
             starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
             rows = starts + np.arange(lengths.sum())
             imgs, d = self.images[rows], np.repeat(d_ball, lengths)
-            order = np.lexsort((d, imgs))                              # by image, nearest first
+            order = np.lexsort((d, imgs))  # by image, nearest first
             imgs, d = imgs[order], d[order]
             first = np.concatenate([[True], imgs[1:] != imgs[:-1]])
             total[imgs[first]] += np.exp2(radius - d[first].astype(np.float64))

@@ -10,6 +10,7 @@
 
 Shapes: ``v`` is ``[B, n_visible]``, ``h`` is ``[B, n_hidden]``; ``W`` is ``[n_visible, n_hidden]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ import torch.nn.functional as F
 class CDStats:
     """Diagnostics of one CD step (plain floats, cheap to log and allreduce)."""
 
-    recon_error: float        # mean squared error of the reconstruction (per visible unit)
-    saturated: float          # fraction of hidden probabilities below 0.01 or above 0.99
-    hidden_mean: float        # mean hidden activation on the data
+    recon_error: float  # mean squared error of the reconstruction (per visible unit)
+    saturated: float  # fraction of hidden probabilities below 0.01 or above 0.99
+    hidden_mean: float  # mean hidden activation on the data
 
 
 class BinaryRBM(torch.nn.Module):
@@ -33,7 +34,9 @@ class BinaryRBM(torch.nn.Module):
     def __init__(self, n_visible: int, n_hidden: int, init_std: float = 0.01, generator: torch.Generator | None = None):
         super().__init__()
         self.n_visible, self.n_hidden = n_visible, n_hidden
-        self.W = torch.nn.Parameter(torch.randn(n_visible, n_hidden, generator=generator) * init_std, requires_grad=False)
+        self.W = torch.nn.Parameter(
+            torch.randn(n_visible, n_hidden, generator=generator) * init_std, requires_grad=False
+        )
         self.b_v = torch.nn.Parameter(torch.zeros(n_visible), requires_grad=False)
         self.b_h = torch.nn.Parameter(torch.zeros(n_hidden), requires_grad=False)
 
@@ -137,7 +140,7 @@ class MomentumSGD:
         for name, g in grads.items():
             v = self.velocity[name].mul_(momentum).add_(g, alpha=lr)
             if name == "W" and self.weight_decay:
-                v.add_(params["W"], alpha=-lr * self.weight_decay)   # in place: no temporary the size of W
+                v.add_(params["W"], alpha=-lr * self.weight_decay)  # in place: no temporary the size of W
             params[name].add_(v)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

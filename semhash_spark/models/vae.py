@@ -10,13 +10,14 @@ Query time (:class:`CodeEncoder`) is a fixed input transform (log term frequency
 by a plain stack of (weight, bias, activation) layers ending in a sigmoid, thresholded at 0.5: ``model.json``
 describes it under ``encoder`` so any runtime can rebuild it without this module.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda x: x}
-INPUT_TRANSFORM = "log1p_idf_l2"     # x -> l2_normalise(log(1 + counts) * idf)
+INPUT_TRANSFORM = "log1p_idf_l2"  # x -> l2_normalise(log(1 + counts) * idf)
 
 
 class CodeEncoder(torch.nn.Module):
@@ -34,7 +35,7 @@ class CodeEncoder(torch.nn.Module):
         self.sizes, self.activations = list(sizes), list(activations)
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.register_buffer("idf", idf.float().clone() if idf is not None else torch.ones(sizes[0]))
-        self.gain = 1.0       # training-time input gain, folded into the first layer before saving
+        self.gain = 1.0  # training-time input gain, folded into the first layer before saving
 
     @torch.no_grad()
     def fold_gain(self) -> None:
@@ -62,9 +63,15 @@ class CodeEncoder(torch.nn.Module):
 
     def description(self) -> dict:
         """The ``encoder`` entry of ``model.json``: tensor names per layer, activations, input transform."""
-        return {"input": INPUT_TRANSFORM, "input_scale": "enc.idf", "threshold": 0.5,
-                "layers": [{"weight": f"enc.layers.{i}.weight", "bias": f"enc.layers.{i}.bias", "activation": a}
-                           for i, a in enumerate(self.activations)]}
+        return {
+            "input": INPUT_TRANSFORM,
+            "input_scale": "enc.idf",
+            "threshold": 0.5,
+            "layers": [
+                {"weight": f"enc.layers.{i}.weight", "bias": f"enc.layers.{i}.bias", "activation": a}
+                for i, a in enumerate(self.activations)
+            ],
+        }
 
     @classmethod
     def from_description(cls, desc: dict, tensors: dict[str, torch.Tensor]) -> "CodeEncoder":
@@ -73,7 +80,7 @@ class CodeEncoder(torch.nn.Module):
         ws = [tensors[layer["weight"]] for layer in desc["layers"]]
         sizes = [int(ws[0].shape[1])] + [int(w.shape[0]) for w in ws]
         enc = cls(sizes, [layer["activation"] for layer in desc["layers"]], tensors[desc["input_scale"]])
-        enc.load_state_dict({k[len("enc."):]: v for k, v in tensors.items() if k.startswith("enc.")})
+        enc.load_state_dict({k[len("enc.") :]: v for k, v in tensors.items() if k.startswith("enc.")})
         return enc.eval()
 
 
@@ -126,7 +133,7 @@ def neighbour_contrast(b: torch.Tensor, b_pos: torch.Tensor, temperature: float)
     """InfoNCE over the batch: each document's bits should be nearer (in Hamming terms) to its TF-IDF neighbour's
     bits ``b_pos`` than to the other documents' neighbours (RBSH-style weak supervision, as a softmax ranking)."""
     s, t = 2 * b - 1, 2 * b_pos - 1
-    sim = s @ t.T / s.shape[1]                       # 1 - 2 * hamming / bits, in [-1, 1]
+    sim = s @ t.T / s.shape[1]  # 1 - 2 * hamming / bits, in [-1, 1]
     target = torch.arange(s.shape[0], device=s.device)
     return 0.5 * (F.cross_entropy(sim / temperature, target) + F.cross_entropy(sim.T / temperature, target))
 
@@ -151,4 +158,4 @@ def decorrelation_penalty(b: torch.Tensor) -> torch.Tensor:
     corr = cov / (d[:, None] * d[None, :])
     off = corr - torch.diag(corr.diagonal())
     n = corr.shape[0]
-    return (off ** 2).sum() / max(1, n * (n - 1))
+    return (off**2).sum() / max(1, n * (n - 1))

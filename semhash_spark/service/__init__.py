@@ -6,6 +6,7 @@ loading the web stack.
 It may import ``index``, ``models``, ``data``, ``io`` and the top-level modules ``config``, ``codes``,
 ``resources``, ``progress`` (checked by tests/test_layout.py).
 """
+
 from .settings import Settings, SettingsError, add_serve_arguments
 
 __all__ = ["Settings", "SettingsError", "add_serve_arguments", "build_app", "running_server", "serve_main"]

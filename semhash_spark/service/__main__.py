@@ -1,4 +1,5 @@
 """``python -m semhash_spark.service --index URI --port P`` (the same as ``semhash serve``)."""
+
 import sys
 
 from .app import serve_main

@@ -4,6 +4,7 @@
 CURRENT) and stops it; :func:`serve_main` is what the CLI calls; :func:`running_server` runs an app on a real
 uvicorn server in a background thread (tests, benchmarks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,15 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
         finally:
             svc.stop()
 
-    app = FastAPI(title="semhash lookup service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Semantic hashing lookup over a published index: exact Hamming k-NN and range "
-                              "search, the papers' address lookup, TF-IDF re-ranking.")
+    app = FastAPI(
+        title="semhash lookup service",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Semantic hashing lookup over a published index: exact Hamming k-NN and range "
+        "search, the papers' address lookup, TF-IDF re-ranking.",
+    )
     app.state.service = svc
     _local_docs(app)
     app.include_router(search.router)
@@ -62,10 +69,18 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
             svc.metrics.request_seconds.labels(path, str(status)).observe(dt)
             if settings.log_requests and path != "/metrics":
                 v = svc.current
-                log.info("request", extra={"method": request.method, "path": path, "status": status,
-                                           "ms": round(1000 * dt, 3), "version": v.version if v else None})
+                log.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": path,
+                        "status": status,
+                        "ms": round(1000 * dt, 3),
+                        "version": v.version if v else None,
+                    },
+                )
 
-    app.add_middleware(GuardMiddleware, settings=settings)     # outermost: before any body is read
+    app.add_middleware(GuardMiddleware, settings=settings)  # outermost: before any body is read
     return app
 
 
@@ -87,20 +102,27 @@ def _local_docs(app: FastAPI) -> None:
 
         @app.get("/docs", include_in_schema=False)
         def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
-                                       swagger_js_url="/docs/static/swagger-ui-bundle.js",
-                                       swagger_css_url="/docs/static/swagger-ui.css",
-                                       swagger_favicon_url="/docs/static/favicon-32x32.png")
+            return get_swagger_ui_html(
+                openapi_url=app.openapi_url,
+                title=f"{app.title} - API",
+                swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                swagger_css_url="/docs/static/swagger-ui.css",
+                swagger_favicon_url="/docs/static/favicon-32x32.png",
+            )
+
         return
 
     @app.get("/docs", include_in_schema=False)
     def docs_plain() -> HTMLResponse:
-        return HTMLResponse(f"<!doctype html><title>{app.title}</title><h1>{app.title}</h1><p>The interactive "
-                            "page needs the swagger-ui-bundle package; the API description is at "
-                            f"<a href='{app.openapi_url}'>{app.openapi_url}</a>.</p>")
+        return HTMLResponse(
+            f"<!doctype html><title>{app.title}</title><h1>{app.title}</h1><p>The interactive "
+            "page needs the swagger-ui-bundle package; the API description is at "
+            f"<a href='{app.openapi_url}'>{app.openapi_url}</a>.</p>"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- running
+
 
 def serve_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     """``semhash serve``: runs the service until interrupted. ``args`` from :func:`add_serve_arguments` (or argv)."""
@@ -113,22 +135,26 @@ def serve_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
 
     level = getattr(args, "log_level", "info")
     configure(level)
-    os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")   # fail fast to partial answers; the follower retries
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")  # fail fast to partial answers; the follower retries
     settings = settings_from_args(args)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None,
-                log_level=level.lower(), access_log=False)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=level.lower(),
+        access_log=False,
+    )
     return 0
 
 
 @contextlib.contextmanager
-def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, ready_timeout: float = 30.0
-                   ) -> Iterator[str]:
+def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, ready_timeout: float = 30.0) -> Iterator[str]:
     """Runs ``app`` on a real uvicorn server in a thread; yields its base URL; stops it on exit."""
     import uvicorn
 
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, name="semhash-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + ready_timeout

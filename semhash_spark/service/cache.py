@@ -6,6 +6,7 @@ shared with the request already loading the key, or a new load on the reader poo
 sized by the caller's ``sizeof``; evicting an entry only drops the cache's reference, so a request still holding a
 partition keeps it alive until it is done.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class PartitionCache:
-    def __init__(self, capacity_bytes: int, threads: int = 8, failure_backoff_s: float = 2.0,
-                 sizeof: Callable[[Any], int] = lambda v: int(v.nbytes), on_event: Callable[..., None] | None = None):
+    def __init__(
+        self,
+        capacity_bytes: int,
+        threads: int = 8,
+        failure_backoff_s: float = 2.0,
+        sizeof: Callable[[Any], int] = lambda v: int(v.nbytes),
+        on_event: Callable[..., None] | None = None,
+    ):
         self.capacity = int(capacity_bytes)
         self.failure_backoff_s = failure_backoff_s
         self._sizeof = sizeof

@@ -10,6 +10,7 @@ Two request bodies are accepted:
 Responses are written with orjson from the search's plain lists and dicts (the shape of
 :class:`~.models.SearchResponse`).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,9 +56,17 @@ def parse_json(body: bytes) -> Query:
     details = obj.get("details", False)
     if not isinstance(details, bool):
         raise QueryError(f"details={details!r}: must be true or false")
-    return Query(kind=kind, values=values, k=_int(obj, "k"), radius=_int(obj, "radius"),
-                 address_radius=_int(obj, "address_radius"), eps=_eps(obj.get("eps", 0.0)), rerank=rerank, msh=msh,
-                 details=details)
+    return Query(
+        kind=kind,
+        values=values,
+        k=_int(obj, "k"),
+        radius=_int(obj, "radius"),
+        address_radius=_int(obj, "address_radius"),
+        eps=_eps(obj.get("eps", 0.0)),
+        rerank=rerank,
+        msh=msh,
+        details=details,
+    )
 
 
 def parse_octets(body: bytes, params: Mapping[str, str]) -> Query:
@@ -88,13 +97,14 @@ def codes_array(values, bits: int) -> np.ndarray:
     nb = C.code_bytes(bits)
     if isinstance(values, np.ndarray):
         if values.size % nb:
-            raise QueryError(f"a binary body of {values.size} bytes is not a whole number of {bits}-bit codes "
-                             f"({nb} bytes each)")
+            raise QueryError(
+                f"a binary body of {values.size} bytes is not a whole number of {bits}-bit codes ({nb} bytes each)"
+            )
         out = values.reshape(-1, nb)
     else:
         width = 2 * nb
         if not all(type(h) is str and len(h) == width for h in values):
-            for i, h in enumerate(values):            # slow path: only to name the first bad code
+            for i, h in enumerate(values):  # slow path: only to name the first bad code
                 if not isinstance(h, str):
                     raise QueryError(f"codes[{i}] must be a hex string, got {type(h).__name__}")
                 try:
@@ -120,9 +130,15 @@ def codes_array(values, bits: int) -> np.ndarray:
 
 def encode(out: Outcome, took_ms: float) -> bytes:
     """The response body (the shape of :class:`~.models.SearchResponse`, ``None`` fields left out)."""
-    body: dict[str, Any] = {"version": out.version, "results": out.results, "codes": out.codes,
-                            "partial": out.partial, "missing_partitions": out.missing_partitions,
-                            "truncated": out.truncated, "took_ms": took_ms}
+    body: dict[str, Any] = {
+        "version": out.version,
+        "results": out.results,
+        "codes": out.codes,
+        "partial": out.partial,
+        "missing_partitions": out.missing_partitions,
+        "truncated": out.truncated,
+        "took_ms": took_ms,
+    }
     return orjson.dumps(body)
 
 

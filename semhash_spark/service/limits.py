@@ -5,6 +5,7 @@ counted while the body arrives, a decoded-pixel limit read from image headers, a
 ``max_body_bytes`` bytes, never buffered); :func:`check_work` and :func:`check_image_sizes` run on the parsed
 request before the search starts. Every refusal names the limit and the setting that raises it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,9 @@ class GuardMiddleware:
             auth = headers.get("authorization", "")
             scheme, _, given = auth.partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
-                await _reply(send, 401, "missing bearer token (Authorization: Bearer <token>)",
-                             {"www-authenticate": "Bearer"})
+                await _reply(
+                    send, 401, "missing bearer token (Authorization: Bearer <token>)", {"www-authenticate": "Bearer"}
+                )
                 await _drain(receive)
                 return
             if not secrets.compare_digest(given.strip().encode(), token.encode()):
@@ -74,7 +76,7 @@ class GuardMiddleware:
                         await _reply(send, 413, _too_large(seen, limit, streamed=True))
                     if message.get("more_body"):
                         await _drain(receive)
-                    return {"type": "http.disconnect"}    # the app stops reading; its own answer is dropped
+                    return {"type": "http.disconnect"}  # the app stops reading; its own answer is dropped
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -87,7 +89,7 @@ class GuardMiddleware:
         await self.app(scope, counted, guarded_send)
 
 
-DRAIN_BYTES = 16 << 20             # after a refusal, this much more of the body is read and dropped
+DRAIN_BYTES = 16 << 20  # after a refusal, this much more of the body is read and dropped
 DRAIN_SECONDS = 2.0
 
 
@@ -109,14 +111,19 @@ async def _drain(receive: Receive) -> None:
 
 def _too_large(n: int, limit: int, streamed: bool = False) -> str:
     what = f"over {limit} bytes arrived" if streamed else f"{n} bytes"
-    return (f"request body too large ({what}); the limit is max_body_bytes={limit} "
-            "(semhash serve --max-body-bytes): split the batch")
+    return (
+        f"request body too large ({what}); the limit is max_body_bytes={limit} "
+        "(semhash serve --max-body-bytes): split the batch"
+    )
 
 
 async def _reply(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-           (b"connection", b"close")]
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -136,12 +143,14 @@ def check_work(kind: str, values: list, k: int | None, rerank: str | None, setti
     if units > settings.max_work:
         raise LimitExceeded(
             f"{len(values)} queries x {units // max(1, len(values))} candidates each = {units} exceeds "
-            f"max_work={settings.max_work} (queries x k, or x max_results without k): split the batch or lower k")
+            f"max_work={settings.max_work} (queries x k, or x max_results without k): split the batch or lower k"
+        )
     if kind == "texts":
         for i, t in enumerate(values):
             if isinstance(t, str) and len(t) > settings.max_text_chars:
-                raise LimitExceeded(f"texts[{i}] has {len(t)} characters; the limit is "
-                                    f"max_text_chars={settings.max_text_chars}", 422)
+                raise LimitExceeded(
+                    f"texts[{i}] has {len(t)} characters; the limit is max_text_chars={settings.max_text_chars}", 422
+                )
     if kind == "images":
         check_image_sizes(values, settings.max_image_pixels)
 
@@ -152,21 +161,22 @@ def check_image_sizes(values: list, max_pixels: int) -> None:
 
     for i, x in enumerate(values):
         if not isinstance(x, str):
-            continue                              # the searcher names the type error
+            continue  # the searcher names the type error
         try:
             raw = base64.b64decode(x, validate=True)
         except (binascii.Error, ValueError):
-            continue                              # the searcher names the encoding error
+            continue  # the searcher names the encoding error
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(raw)) as img:   # header only: no pixel is decoded here
+                with Image.open(io.BytesIO(raw)) as img:  # header only: no pixel is decoded here
                     w, h = img.size
         except Image.DecompressionBombError:
-            raise LimitExceeded(f"images[{i}] is a decompression bomb (over Pillow's pixel limit); the limit is "
-                                f"max_image_pixels={max_pixels}") from None
+            raise LimitExceeded(
+                f"images[{i}] is a decompression bomb (over Pillow's pixel limit); the limit is "
+                f"max_image_pixels={max_pixels}"
+            ) from None
         except Exception:  # noqa: BLE001 - not an image: the searcher's decoder says why
             continue
         if w * h > max_pixels:
-            raise LimitExceeded(f"images[{i}] is {w}x{h} = {w * h} pixels; the limit is "
-                                f"max_image_pixels={max_pixels}")
+            raise LimitExceeded(f"images[{i}] is {w}x{h} = {w * h} pixels; the limit is max_image_pixels={max_pixels}")

@@ -1,4 +1,5 @@
 """Structured logs: one JSON object per line, with any ``extra={...}`` fields of the record."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,12 @@ _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         for k, v in vars(record).items():
             if k not in _STD and not k.startswith("_") and k != "color_message":
                 out[k] = v
@@ -31,6 +36,6 @@ def configure(level: str = "info") -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
-    logging.getLogger("uvicorn.access").setLevel("WARNING")   # the service logs each request itself
+    logging.getLogger("uvicorn.access").setLevel("WARNING")  # the service logs each request itself
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel("WARNING")

@@ -1,4 +1,5 @@
 """Request and response bodies of the HTTP API (pydantic); kept apart from the search engine's own types."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -12,33 +13,59 @@ class SearchRequest(BaseModel):
     """Exactly one of ``ids``, ``texts``, ``codes``, ``word_counts``, ``images``; ``k``, ``radius`` and/or
     ``address_radius``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"codes": ["a3f09c1d22e4b801"], "k": 10},
-        {"texts": ["gpu drivers crash on resume"], "address_radius": 4, "k": 20, "rerank": "tfidf"},
-        {"ids": ["doc-17"], "k": 5}, {"codes": ["a3f09c1d22e4b801"], "k": 10, "eps": 0.2}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"codes": ["a3f09c1d22e4b801"], "k": 10},
+                {"texts": ["gpu drivers crash on resume"], "address_radius": 4, "k": 20, "rerank": "tfidf"},
+                {"ids": ["doc-17"], "k": 5},
+                {"codes": ["a3f09c1d22e4b801"], "k": 10, "eps": 0.2},
+            ]
+        },
+    )
 
     ids: list[str] | None = Field(None, description="Document ids of this index: find their neighbours")
-    texts: list[str] | None = Field(None, description="Raw texts, tokenised with the index's vocabulary and "
-                                                      "encoded with its model")
+    texts: list[str] | None = Field(
+        None, description="Raw texts, tokenised with the index's vocabulary and encoded with its model"
+    )
     codes: list[str] | None = Field(None, description="Hex codes, 2*ceil(bits/8) digits, most significant bit first")
     word_counts: list[dict[str, float]] | None = Field(None, description="Bags of words: word -> count")
-    images: list[str] | None = Field(None, description="Image files (PNG, JPEG, ...) as base64, for image indexes: "
-                                                       "resized and encoded with the index's model")
-    k: int | None = Field(None, description="Nearest neighbours to return (exact, Hamming distance of the ranking "
-                                            "code)")
+    images: list[str] | None = Field(
+        None,
+        description="Image files (PNG, JPEG, ...) as base64, for image indexes: "
+        "resized and encoded with the index's model",
+    )
+    k: int | None = Field(
+        None, description="Nearest neighbours to return (exact, Hamming distance of the ranking code)"
+    )
     radius: int | None = Field(None, description="Hamming radius on the ranking code: every item within it")
-    address_radius: int | None = Field(None, description="Hamming radius on the address code: the papers' lookup, "
-                                                         "every item whose address is within it, ordered by the "
-                                                         "ranking code")
-    eps: float = Field(0.0, description="k nearest only: 0 (default) is exact; eps > 0 stops early, each result "
-                                        "within (1 + eps) times the true distance of its rank")
-    msh: bool = Field(False, description="images only: multiple semantic hashing (the 81 glimpses' patch codes "
-                                         "vote; results by score, then ranking distance); with k alone")
-    details: bool = Field(False, description="Each hit also carries its stored labels and snippet (the first words "
-                                             "of its text), when the index keeps them")
+    address_radius: int | None = Field(
+        None,
+        description="Hamming radius on the address code: the papers' lookup, "
+        "every item whose address is within it, ordered by the "
+        "ranking code",
+    )
+    eps: float = Field(
+        0.0,
+        description="k nearest only: 0 (default) is exact; eps > 0 stops early, each result "
+        "within (1 + eps) times the true distance of its rank",
+    )
+    msh: bool = Field(
+        False,
+        description="images only: multiple semantic hashing (the 81 glimpses' patch codes "
+        "vote; results by score, then ranking distance); with k alone",
+    )
+    details: bool = Field(
+        False,
+        description="Each hit also carries its stored labels and snippet (the first words "
+        "of its text), when the index keeps them",
+    )
     rerank: Literal["tfidf"] | None = Field(
-        None, description="'tfidf': order the shortlist (address ball, radius ball, else the nearest candidates) by "
-                          "TF-IDF cosine of the items' words")
+        None,
+        description="'tfidf': order the shortlist (address ball, radius ball, else the nearest candidates) by "
+        "TF-IDF cosine of the items' words",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> "SearchRequest":
@@ -56,8 +83,9 @@ class HitOut(BaseModel):
     id: str
     distance: int = Field(description="Hamming distance of the ranking code")
     score: float | None = Field(None, description="TF-IDF cosine (rerank='tfidf') or the glimpses' votes (msh)")
-    address_distance: int | None = Field(None, description="Hamming distance of the address code (address_radius "
-                                                           "lookups only)")
+    address_distance: int | None = Field(
+        None, description="Hamming distance of the address code (address_radius lookups only)"
+    )
     labels: list[str] | None = Field(None, description="The item's labels (details=true, indexes that keep them)")
     snippet: str | None = Field(None, description="The first words of the item's text (details=true)")
 
@@ -80,8 +108,11 @@ class HealthResponse(BaseModel):
     cache_bytes: int | None = None
     cache_partitions: int | None = None
     last_poll_error: str | None = None
-    refused: str | None = Field(None, description="Why the version CURRENT names is not served (it did not "
-                                                   "verify: a shard or model file differs from its manifest)")
+    refused: str | None = Field(
+        None,
+        description="Why the version CURRENT names is not served (it did not "
+        "verify: a shard or model file differs from its manifest)",
+    )
 
 
 class ErrorResponse(BaseModel):

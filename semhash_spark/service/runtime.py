@@ -12,6 +12,7 @@ Reader leases (:mod:`semhash_spark.index.leases`): the service takes a lease on 
 renews the lease on the version it serves at every poll, and releases a version once it no longer serves it, so a
 re-index's retention never deletes the files under it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,19 +43,23 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics()
-        self.cache = PartitionCache(settings.cache_bytes, threads=settings.load_threads,
-                                    failure_backoff_s=settings.failure_backoff_s, on_event=self.metrics.cache_event)
+        self.cache = PartitionCache(
+            settings.cache_bytes,
+            threads=settings.load_threads,
+            failure_backoff_s=settings.failure_backoff_s,
+            on_event=self.metrics.cache_event,
+        )
         self.searcher = Searcher(self.cache, settings)
         self.current: LoadedVersion | None = None
-        self.ready = False                      # the first version is loaded and warmed
-        self.refused: str | None = None         # why CURRENT's version is not served (it did not verify)
+        self.ready = False  # the first version is loaded and warmed
+        self.refused: str | None = None  # why CURRENT's version is not served (it did not verify)
         self.last_poll_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refused: dict[str, str | None] = {}  # version -> sha256 of the manifest it was refused with
         self.reader_id = f"service-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._leased_at = 0.0                    # monotonic time of the last lease renewal on `current`
-        self._retired: str | None = None         # the version replaced at the last switch; released a poll later
+        self._leased_at = 0.0  # monotonic time of the last lease renewal on `current`
+        self._retired: str | None = None  # the version replaced at the last switch; released a poll later
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Service":
@@ -73,11 +78,11 @@ class Service:
             self._release(version)
 
     def search(self, q: Query) -> Outcome:
-        v = self.current                         # taken once: the whole request sees this version
+        v = self.current  # taken once: the whole request sees this version
         if v is None:
             raise NotReady("no index version is loaded yet")
         try:
-            check_work(q.kind, q.values, q.k, q.rerank, self.settings)     # before any work is done
+            check_work(q.kind, q.values, q.k, q.rerank, self.settings)  # before any work is done
         except LimitExceeded as e:
             raise (BatchTooLarge(str(e)) if e.status == 413 else QueryError(str(e))) from None
         out = self.searcher.run(v, q)
@@ -91,7 +96,7 @@ class Service:
     def _follow(self) -> None:
         from semhash_spark.index.mih import warm_up
 
-        warm_up()                                # compile the lookup loops before the first version is served
+        warm_up()  # compile the lookup loops before the first version is served
         while not self._stop.is_set():
             try:
                 self.poll()
@@ -123,11 +128,12 @@ class Service:
         if version in self._refused:
             try:
                 if self._manifest_sha(version) == self._refused[version]:
-                    return False                 # refused before, manifest unchanged: not leased, not verified
-            except store.StoreError:             # cannot tell now: look again at the next poll
+                    return False  # refused before, manifest unchanged: not leased, not verified
+            except store.StoreError:  # cannot tell now: look again at the next poll
                 return False
-            log.info("the manifest of refused version %s changed: verifying it again", version,
-                     extra={"version": version})
+            log.info(
+                "the manifest of refused version %s changed: verifying it again", version, extra={"version": version}
+            )
         manifest_sha = None
         try:
             leases.acquire(uri, version, self.reader_id, ttl_seconds=self.settings.lease_ttl_s)  # before the manifest
@@ -139,8 +145,13 @@ class Service:
             if isinstance(e, store.StoreError) and not isinstance(e, store.NotFound):
                 log.warning("cannot load version %s yet: %s", version, e, extra={"version": version})
             else:
-                log.error("refusing version %s of %s until its manifest changes: %s", version, uri, e,
-                          extra={"version": version})
+                log.error(
+                    "refusing version %s of %s until its manifest changes: %s",
+                    version,
+                    uri,
+                    e,
+                    extra={"version": version},
+                )
                 self._refused[version] = manifest_sha
                 self.refused = f"version {version} refused: {e}"
             return False
@@ -167,8 +178,9 @@ class Service:
         if self.current is None or time.monotonic() - self._leased_at < self.settings.lease_ttl_s / 3:
             return
         try:
-            leases.acquire(self.settings.index_uri, self.current.version, self.reader_id,
-                           ttl_seconds=self.settings.lease_ttl_s)
+            leases.acquire(
+                self.settings.index_uri, self.current.version, self.reader_id, ttl_seconds=self.settings.lease_ttl_s
+            )
             self._leased_at = time.monotonic()
         except (store.StoreError, ValueError) as e:
             log.warning("could not renew the lease on version %s: %s", self.current.version, e)
@@ -176,7 +188,7 @@ class Service:
     def _release(self, version: str) -> None:
         try:
             leases.release(self.settings.index_uri, version, self.reader_id)
-        except store.StoreError as e:   # it expires by itself
+        except store.StoreError as e:  # it expires by itself
             log.warning("could not release the lease on version %s: %s", version, e)
 
     def _warm(self, new: LoadedVersion) -> bool:
@@ -193,7 +205,9 @@ class Service:
         t0, loaded, transient, parts = time.monotonic(), 0, False, []
         step = max(1, self.settings.load_threads)
         for s in range(0, len(wanted), step):
-            futures = [self.cache.get((new.version, p), lambda p=p: new.read_partition(p)) for p in wanted[s:s + step]]
+            futures = [
+                self.cache.get((new.version, p), lambda p=p: new.read_partition(p)) for p in wanted[s : s + step]
+            ]
             wait(futures, timeout=_WARM_TIMEOUT_S)
             for f in futures:
                 e = f.exception() if f.done() else TimeoutError("partition read timed out")
@@ -210,9 +224,14 @@ class Service:
             if loaded >= budget:
                 break
         if parts:
-            new.loaded(parts)                    # the version's one search structure, before it takes traffic
-        log.info("warmed version %s: %d bytes in %.2fs", new.version, loaded, time.monotonic() - t0,
-                 extra={"version": new.version})
+            new.loaded(parts)  # the version's one search structure, before it takes traffic
+        log.info(
+            "warmed version %s: %d bytes in %.2fs",
+            new.version,
+            loaded,
+            time.monotonic() - t0,
+            extra={"version": new.version},
+        )
         return True
 
     def _switch(self, new: LoadedVersion) -> None:
@@ -220,14 +239,20 @@ class Service:
         self._leased_at = time.monotonic()
         self.ready = True
         if old is not None and old.version != new.version:
-            self._retired = old.version          # late requests may still read it: released at the next poll
+            self._retired = old.version  # late requests may still read it: released at the next poll
         self.metrics.set_version(new.version, new.count)
         if old is not None:
             self.metrics.version_switches.inc()
             self.cache.drop(lambda key: key[0] == new.version)
         self.metrics.cache_bytes.set(self.cache.bytes)
-        log.info("serving version %s (%d codes, %d partitions)%s", new.version, new.count, new.npartitions,
-                 f", was {old.version}" if old else "", extra={"version": new.version})
+        log.info(
+            "serving version %s (%d codes, %d partitions)%s",
+            new.version,
+            new.count,
+            new.npartitions,
+            f", was {old.version}" if old else "",
+            extra={"version": new.version},
+        )
 
 
 class NotReady(RuntimeError):

@@ -11,6 +11,7 @@ keeps its nearest ``max_results`` (``truncated``).
 Partitions that cannot be read (store unreachable, shard missing or corrupt) are skipped and named in the outcome
 (``partial``); a request for which none of the partitions it needed could be read raises :class:`Unavailable`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,15 +50,15 @@ class Unavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Query:
-    kind: str                          # one of KINDS
-    values: list                       # ids, texts, hex codes, or {word: count} dicts
+    kind: str  # one of KINDS
+    values: list  # ids, texts, hex codes, or {word: count} dicts
     k: int | None = None
-    radius: int | None = None          # ball on the ranking code
+    radius: int | None = None  # ball on the ranking code
     rerank: str | None = None
-    eps: float = 0.0                   # k nearest: 0 exact; > 0 each result within (1 + eps) of the true distance
+    eps: float = 0.0  # k nearest: 0 exact; > 0 each result within (1 + eps) of the true distance
     address_radius: int | None = None  # ball on the address code (the papers' lookup)
-    msh: bool = False                  # images: multiple semantic hashing over the version's patch table
-    details: bool = False              # hits carry their stored labels and snippet
+    msh: bool = False  # images: multiple semantic hashing over the version's patch table
+    details: bool = False  # hits carry their stored labels and snippet
 
 
 @dataclass
@@ -73,9 +74,9 @@ class Hit:
 @dataclass
 class Outcome:
     version: str
-    results: list[list[dict]]          # per query: {"id", "distance"[, "address_distance"][, "score"]
-                                       # [, "labels", "snippet"]} (the shape of Hit), best first
-    codes: list[str]                   # each query's code, hex
+    results: list[list[dict]]  # per query: {"id", "distance"[, "address_distance"][, "score"]
+    # [, "labels", "snippet"]} (the shape of Hit), best first
+    codes: list[str]  # each query's code, hex
     partial: bool = False
     missing_partitions: list[str] = field(default_factory=list)
     truncated: bool = False
@@ -85,7 +86,7 @@ def _hex_rows(codes: np.ndarray) -> list[str]:
     """Each row of ``uint8[n, nb]`` as hex (one conversion for the whole batch)."""
     h = np.ascontiguousarray(codes, dtype=np.uint8).tobytes().hex()
     w = 2 * codes.shape[1]
-    return [h[i:i + w] for i in range(0, len(h), w)]
+    return [h[i : i + w] for i in range(0, len(h), w)]
 
 
 class _Request:
@@ -127,29 +128,52 @@ class Searcher:
         codes, bags, addresses = self._resolve(v, q, req)
         if len(codes) > s.max_batch:
             raise BatchTooLarge(f"{len(codes)} queries in one request; at most {s.max_batch} (split the batch)")
-        need = Q.needed_partitions(v.manifest, v.part_vals, codes, addresses, k=q.k, radius=q.radius,
-                                   address_radius=q.address_radius)
+        need = Q.needed_partitions(
+            v.manifest, v.part_vals, codes, addresses, k=q.k, radius=q.radius, address_radius=q.address_radius
+        )
         loaded = v.current_structure()
-        if not loaded.holds(need):           # read what is not in the structure yet, through the cache
+        if not loaded.holds(need):  # read what is not in the structure yet, through the cache
             parts = req.partitions(need)
             if req.missing and req.read == 0:
-                raise Unavailable(f"no partition needed could be read from version {v.version}: "
-                                  + "; ".join(f"{k}: {m}" for k, m in sorted(req.missing.items())[:5]))
+                raise Unavailable(
+                    f"no partition needed could be read from version {v.version}: "
+                    + "; ".join(f"{k}: {m}" for k, m in sorted(req.missing.items())[:5])
+                )
             cached = [x for x in (self.cache.peek((v.version, p)) for p in range(v.npartitions)) if x is not None]
             loaded = v.loaded(parts, cached)
         if q.k is not None and q.radius is None and q.address_radius is None and q.rerank is None and not q.details:
-            results, truncated = Q.knn_hits(loaded, codes, q.k, eps=q.eps), False    # the batch in one pass
+            results, truncated = Q.knn_hits(loaded, codes, q.k, eps=q.eps), False  # the batch in one pass
         else:
-            answers = Q.answer(loaded, codes, k=q.k, radius=q.radius, address_radius=q.address_radius,
-                               q_address=addresses, rerank=q.rerank, bags=bags, idf=v.idf,
-                               candidates=max(s.rerank_candidates, q.k or 0), max_results=s.max_results, eps=q.eps,
-                               details=q.details)
+            answers = Q.answer(
+                loaded,
+                codes,
+                k=q.k,
+                radius=q.radius,
+                address_radius=q.address_radius,
+                q_address=addresses,
+                rerank=q.rerank,
+                bags=bags,
+                idf=v.idf,
+                candidates=max(s.rerank_candidates, q.k or 0),
+                max_results=s.max_results,
+                eps=q.eps,
+                details=q.details,
+            )
             results, truncated = [a.hits() for a in answers], any(a.truncated for a in answers)
         if req.missing:
-            log.warning("partial answer: %d partitions missing", len(req.missing),
-                        extra={"version": v.version, "missing": sorted(req.missing)[:20]})
-        return Outcome(version=v.version, results=results, codes=_hex_rows(codes), partial=bool(req.missing),
-                       missing_partitions=sorted(req.missing), truncated=truncated)
+            log.warning(
+                "partial answer: %d partitions missing",
+                len(req.missing),
+                extra={"version": v.version, "missing": sorted(req.missing)[:20]},
+            )
+        return Outcome(
+            version=v.version,
+            results=results,
+            codes=_hex_rows(codes),
+            partial=bool(req.missing),
+            missing_partitions=sorted(req.missing),
+            truncated=truncated,
+        )
 
     def _run_msh(self, v: LoadedVersion, q: Query) -> Outcome:
         """Multiple semantic hashing (:func:`semhash_spark.index.query.msh_hits`, the library's): at most ``k``, else
@@ -162,11 +186,13 @@ class Searcher:
             raise QueryError(str(e)) from None
         d = v.hasher.meta["data"]
         limit = q.k or self.settings.max_results
-        results = Q.msh_hits(table, pixels.reshape(len(pixels), d["height"], d["width"], d["channels"]), codes,
-                             limit + (q.k is None))
+        results = Q.msh_hits(
+            table, pixels.reshape(len(pixels), d["height"], d["width"], d["channels"]), codes, limit + (q.k is None)
+        )
         truncated = q.k is None and any(len(r) > limit for r in results)
-        return Outcome(version=v.version, results=[r[:limit] for r in results], codes=_hex_rows(codes),
-                       truncated=truncated)
+        return Outcome(
+            version=v.version, results=[r[:limit] for r in results], codes=_hex_rows(codes), truncated=truncated
+        )
 
     def _check(self, q: Query) -> None:
         s = self.settings
@@ -210,8 +236,10 @@ class Searcher:
             pixels = self._image_pixels(v, q.values)
             return codes, bags, C.prefix(v.address_hasher.codes(pixels), v.address_bits)
         if q.kind in ("codes", "images") or v.address_hasher is None:
-            raise QueryError(f"address_radius needs the query's address code, which version {v.version} makes with "
-                             "an address model of its own: query by ids, texts or word_counts")
+            raise QueryError(
+                f"address_radius needs the query's address code, which version {v.version} makes with "
+                "an address model of its own: query by ids, texts or word_counts"
+            )
         dense = np.zeros((len(bags), len(v.vocab_index)), dtype=np.float32)
         for i, (ids, counts) in enumerate(bags):
             dense[i, ids] = counts
@@ -219,8 +247,10 @@ class Searcher:
 
     def _resolve_codes(self, v: LoadedVersion, q: Query, req: _Request):
         if q.rerank == "tfidf" and (not v.has_words or v.idf is None):
-            raise QueryError(f"version {v.version} cannot re-rank by TF-IDF: "
-                             + ("its shards store no word counts" if not v.has_words else "it has no vocabulary"))
+            raise QueryError(
+                f"version {v.version} cannot re-rank by TF-IDF: "
+                + ("its shards store no word counts" if not v.has_words else "it has no vocabulary")
+            )
         if q.kind == "codes":
             from .codec import codes_array
 
@@ -251,8 +281,9 @@ class Searcher:
         from semhash_spark.data.images import decode_image
 
         if v.hasher is None or v.hasher.meta.get("kind") != "images":
-            raise QueryError(v.model_error or f"version {v.version} is not an image index; query it by texts, "
-                             "codes or ids")
+            raise QueryError(
+                v.model_error or f"version {v.version} is not an image index; query it by texts, codes or ids"
+            )
         d = v.hasher.meta["data"]
         cfg = ImagesConfig(height=d["height"], width=d["width"], channels=d["channels"])
         pixels = []
@@ -304,7 +335,7 @@ class Searcher:
         seen = set(cached)
         rest = [p for p in range(v.npartitions) if p not in seen]
         step = max(1, self.settings.load_threads)
-        batches = [cached] + [rest[i:i + step] for i in range(0, len(rest), step)]
+        batches = [cached] + [rest[i : i + step] for i in range(0, len(rest), step)]
         for batch in batches:
             if not remaining:
                 break
@@ -314,8 +345,10 @@ class Searcher:
                 remaining = [x for x in remaining if x not in where]
         if remaining:
             if req.missing:
-                raise Unavailable(f"id {remaining[0]!r} is not in the partitions that could be read; "
-                                  f"{len(req.missing)} partitions are unreadable now")
+                raise Unavailable(
+                    f"id {remaining[0]!r} is not in the partitions that could be read; "
+                    f"{len(req.missing)} partitions are unreadable now"
+                )
             raise UnknownId(f"unknown id {remaining[0]!r}: version {v.version} holds no such document")
         codes = np.stack([where[x][0].codes[where[x][1]] for x in ids])
         addresses = np.array([where[x][0].address[where[x][1]] for x in ids], dtype=np.uint64)

@@ -5,6 +5,7 @@ A :class:`LoadedVersion` never changes after it is built; the service swaps whol
 one sees that version only. Partitions are read on demand (through :class:`~.cache.PartitionCache`): each shard's
 size and sha256 are checked against the manifest, its schema, row count and prefix against the format.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,9 @@ MODEL_DIR = "model"
 ADDRESS_MODEL_DIR = "address_model"
 
 
-Partition = Q.PartData       # one partition as read and verified (the reader is :func:`semhash_spark.index.query.read_partition`)
+Partition = (
+    Q.PartData
+)  # one partition as read and verified (the reader is :func:`semhash_spark.index.query.read_partition`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,9 +38,9 @@ class LoadedVersion:
     index_uri: str
     version: str
     manifest: dict
-    hasher: Any = None                 # inference.Encoder (numpy: the service does not import torch)
-    model_error: str | None = None     # why text queries cannot be served, when hasher is None
-    address_hasher: Any = None         # inference.Encoder of the address model, when the index has one
+    hasher: Any = None  # inference.Encoder (numpy: the service does not import torch)
+    model_error: str | None = None  # why text queries cannot be served, when hasher is None
+    address_hasher: Any = None  # inference.Encoder of the address model, when the index has one
 
     # derived in __post_init__
     bits: int = 0
@@ -45,15 +48,15 @@ class LoadedVersion:
     address_bits: int = 0
     partition_bits: int = 0
     part_names: tuple = ()
-    part_vals: np.ndarray = None       # type: ignore[assignment]
-    part_rows: np.ndarray = None       # type: ignore[assignment]
-    part_off: np.ndarray = None        # type: ignore[assignment]
+    part_vals: np.ndarray = None  # type: ignore[assignment]
+    part_rows: np.ndarray = None  # type: ignore[assignment]
+    part_off: np.ndarray = None  # type: ignore[assignment]
     has_words: bool = False
     vocab_index: dict | None = None
     idf: np.ndarray | None = None
-    prepare: Any = None                # config.PrepareConfig of the model
+    prepare: Any = None  # config.PrepareConfig of the model
     address_from_model: bool = False
-    _shared: dict = field(default_factory=dict, repr=False)   # the search structure, rebuilt as partitions load
+    _shared: dict = field(default_factory=dict, repr=False)  # the search structure, rebuilt as partitions load
 
     def __post_init__(self):
         m = self.manifest
@@ -90,25 +93,34 @@ class LoadedVersion:
         """
         if version is None:
             version = X.read_current(index_uri)["version"]
-        manifest = X.read_manifest(index_uri, version)            # format, counts, partition order
-        X.verify_files(index_uri, version, manifest)              # every shard exists with its size
+        manifest = X.read_manifest(index_uri, version)  # format, counts, partition order
+        X.verify_files(index_uri, version, manifest)  # every shard exists with its size
         hasher, model_error = cls._load_model(index_uri, version, manifest)
         address_hasher = None
         if Q.address_from_model(manifest):
             from semhash_spark.models import inference
 
-            uri = store.join(X.version_prefix(index_uri, version),
-                             manifest["address_model"].get("path") or ADDRESS_MODEL_DIR)
+            uri = store.join(
+                X.version_prefix(index_uri, version), manifest["address_model"].get("path") or ADDRESS_MODEL_DIR
+            )
             try:
                 address_hasher = inference.load_encoder(uri)
             except inference.CheckpointError as e:
                 model_error = model_error or f"version {version} has no usable address model ({e}); query by ids"
             else:
                 if address_hasher.bits != int(manifest["address_bits"]):
-                    raise X.IndexFormatError(f"{uri}: the address model makes {address_hasher.bits}-bit codes, "
-                                             f"the index holds {manifest['address_bits']}-bit addresses")
-        return cls(index_uri=index_uri, version=version, manifest=manifest, hasher=hasher, model_error=model_error,
-                   address_hasher=address_hasher)
+                    raise X.IndexFormatError(
+                        f"{uri}: the address model makes {address_hasher.bits}-bit codes, "
+                        f"the index holds {manifest['address_bits']}-bit addresses"
+                    )
+        return cls(
+            index_uri=index_uri,
+            version=version,
+            manifest=manifest,
+            hasher=hasher,
+            model_error=model_error,
+            address_hasher=address_hasher,
+        )
 
     @staticmethod
     def _load_model(index_uri: str, version: str, manifest: dict):
@@ -120,23 +132,27 @@ class LoadedVersion:
         except inference.CheckpointError as e:
             return None, f"version {version} has no usable model ({e}); query by codes or ids"
         if hasher.bits != int(manifest["bits"]):
-            raise X.IndexFormatError(f"{uri}: the model makes {hasher.bits}-bit codes, the index holds "
-                                     f"{manifest['bits']}-bit codes")
+            raise X.IndexFormatError(
+                f"{uri}: the model makes {hasher.bits}-bit codes, the index holds {manifest['bits']}-bit codes"
+            )
         return hasher, None
 
     def patch_table(self) -> Q.PatchTable:
         """The version's patch table and patch model (multiple semantic hashing), read and verified once."""
         if not self.manifest.get("patches"):
-            raise ValueError(f"version {self.version} has no patch codes: encode with --patch-model for multiple "
-                             "semantic hashing")
+            raise ValueError(
+                f"version {self.version} has no patch codes: encode with --patch-model for multiple semantic hashing"
+            )
         if self.hasher is None:
             raise ValueError(self.model_error or f"version {self.version} has no model")
         with self._shared["lock"]:
             if "patches" not in self._shared:
-                patch = X.load_version_model(self.index_uri, self.version, self.manifest,
-                                             self.manifest["patches"]["model"])
-                self._shared["patches"] = Q.PatchTable.read(self.index_uri, self.version, self.manifest,
-                                                            self.hasher, patch)
+                patch = X.load_version_model(
+                    self.index_uri, self.version, self.manifest, self.manifest["patches"]["model"]
+                )
+                self._shared["patches"] = Q.PatchTable.read(
+                    self.index_uri, self.version, self.manifest, self.hasher, patch
+                )
             return self._shared["patches"]
 
     # ------------------------------------------------------------------ geometry
@@ -156,8 +172,9 @@ class LoadedVersion:
     def read_partition(self, p: int) -> Partition:
         """Reads partition ``p``'s shards and checks them against the manifest (size, sha256, schema, prefix)."""
         part = Q.read_partition(self.index_uri, self.version, self.manifest, p, verify=True)
-        log.debug("read partition %s of %s: %d rows, %d bytes in memory", part.name, self.version, len(part),
-                  part.nbytes)
+        log.debug(
+            "read partition %s of %s: %d rows, %d bytes in memory", part.name, self.version, len(part), part.nbytes
+        )
         return part
 
     def current_structure(self) -> Q.Loaded:
@@ -178,6 +195,7 @@ class LoadedVersion:
             by_number.update((p.number, p) for p in parts)
             new = Q.Loaded(list(by_number.values()), self.bits, self.address_bits)
             self._shared["loaded"] = new
-            log.debug("version %s: search structure over %d partitions, %d codes", self.version,
-                      len(new.numbers), new.ntotal)
+            log.debug(
+                "version %s: search structure over %d partitions, %d codes", self.version, len(new.numbers), new.ntotal
+            )
             return new

@@ -14,6 +14,7 @@ Launchers (each runs the same rank function; see ``fit.train_model``):
 Collectives go over gloo on CPU; with CUDA tensors, over NCCL when this Horovod was built with it, else staged
 through host memory so a CPU-only Horovod build still trains on a GPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,9 @@ import torch
 log = logging.getLogger(__name__)
 
 HOROVOD_ENV = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
-POLL_SLEEP_S = 2e-4                # waiting on an asynchronous collective: poll, sleeping this long between
-CPU_CYCLE_TIME_MS = "5"            # Horovod's negotiation cycle on CPU ranks (its own default, 1 ms, suits GPUs)
-COLLECTIVE_TIMEOUT_S = "120"       # a rank that stops answering fails the others' collectives after this long
+POLL_SLEEP_S = 2e-4  # waiting on an asynchronous collective: poll, sleeping this long between
+CPU_CYCLE_TIME_MS = "5"  # Horovod's negotiation cycle on CPU ranks (its own default, 1 ms, suits GPUs)
+COLLECTIVE_TIMEOUT_S = "120"  # a rank that stops answering fails the others' collectives after this long
 
 
 class RankFailed(RuntimeError):
@@ -233,13 +234,14 @@ def run_processes(fn: Callable[..., Any], args: tuple, np: int, env: dict[str, s
         os.environ.update(saved)
 
 
-def run_horovodrun(command: Sequence[str], np: int, hosts: str | None = None,
-                   env: dict[str, str] | None = None) -> None:
+def run_horovodrun(
+    command: Sequence[str], np: int, hosts: str | None = None, env: dict[str, str] | None = None
+) -> None:
     """Runs ``horovodrun -np N -H hosts --gloo COMMAND`` and waits; every rank runs ``command``.
 
     Raises :class:`RankFailed` when horovodrun exits non-zero (it stops every rank once one fails).
     """
-    beside = os.path.join(os.path.dirname(sys.executable), "horovodrun")   # the venv's, when not on PATH
+    beside = os.path.join(os.path.dirname(sys.executable), "horovodrun")  # the venv's, when not on PATH
     exe = beside if os.path.exists(beside) else shutil.which("horovodrun")
     if not exe:
         raise RankFailed("horovodrun not found on PATH; install Horovod or use --launcher local")
@@ -265,8 +267,15 @@ def run_on_spark(fn: Callable[..., Any], args: tuple, np: int, env: dict[str, st
     log.info("starting %d Horovod ranks in Spark tasks (horovod.spark.run, gloo)", np)
     try:
         # The ranks keep their executor's environment plus these settings; the executors' Python runs them.
-        return horovod.spark.run(fn, args=args, num_proc=np, use_gloo=True, env=_job_env(env), verbose=1,
-                                 executable=os.environ.get("PYSPARK_PYTHON") or None,
-                                 start_timeout=int(os.environ.get("HOROVOD_SPARK_START_TIMEOUT", "300")))
+        return horovod.spark.run(
+            fn,
+            args=args,
+            num_proc=np,
+            use_gloo=True,
+            env=_job_env(env),
+            verbose=1,
+            executable=os.environ.get("PYSPARK_PYTHON") or None,
+            start_timeout=int(os.environ.get("HOROVOD_SPARK_START_TIMEOUT", "300")),
+        )
     except Exception as e:  # noqa: BLE001 - horovod.spark raises plain Exception and Spark's Py4J errors
         raise _failed("horovod.spark.run", e) from None

@@ -15,6 +15,7 @@ Launchers (``--launcher``):
 | ``spark`` | ``horovod.spark.run`` in Spark tasks on the executors (``spark-submit jobs/train.py``) | Horovod |
 | ``torch`` | ``pyspark.ml.torch.distributor.TorchDistributor`` (local mode: torchrun on the driver) | torch.distributed |
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,16 @@ from semhash_spark.data import dataset as ds
 from semhash_spark.io import store
 from semhash_spark.models.checkpoint import save_model
 from semhash_spark.config import Config, config_from_dict
-from semhash_spark.training.distributed import Dist, current, device_for, inside_horovod, launched_rank, run_horovodrun, run_on_spark, \
-    run_processes
+from semhash_spark.training.distributed import (
+    Dist,
+    current,
+    device_for,
+    inside_horovod,
+    launched_rank,
+    run_horovodrun,
+    run_on_spark,
+    run_processes,
+)
 from semhash_spark.models.autoencoder import id_keys
 from semhash_spark.training.train import STATE_DIR, Validator, is_validation_id, train_stack
 
@@ -43,7 +52,7 @@ log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "horovodrun", "spark", "torch")
 
 
-_RESOURCE_KEYS = ("threads", "checkpoint_every")   # how a run uses the machine, not what it computes
+_RESOURCE_KEYS = ("threads", "checkpoint_every")  # how a run uses the machine, not what it computes
 
 
 def _fingerprint(cfg: Config, vocab_fp: str, counts: dict) -> str:
@@ -68,8 +77,13 @@ def _validator(data_dir: str, cfg: Config) -> Validator | None:
     db = np.flatnonzero(~val)
     q = rng.choice(q, size=min(len(q), cfg.finetune.val_queries), replace=False) if len(q) else q
     db = rng.choice(db, size=min(len(db), 20_000), replace=False)
-    v = Validator(train.counts[q], [train.labels[i] for i in q], train.counts[db], [train.labels[i] for i in db],
-                  seed=cfg.train.seed)
+    v = Validator(
+        train.counts[q],
+        [train.labels[i] for i in q],
+        train.counts[db],
+        [train.labels[i] for i in db],
+        seed=cfg.train.seed,
+    )
     return v if v.usable else None
 
 
@@ -98,8 +112,12 @@ class ShardLog:
         every = dist.allgather_object(mine, name="shard.keys")  # distributed: one gather after training
         rows = [int(len(k)) for k in every]
         union = np.unique(np.concatenate(every)) if every else np.zeros(0, np.uint64)
-        out = {"epoch": self.epoch, "rows_per_rank": rows, "disjoint": int(len(union)) == sum(rows),
-               "covers_train": int(len(union)) == n_train}
+        out = {
+            "epoch": self.epoch,
+            "rows_per_rank": rows,
+            "disjoint": int(len(union)) == sum(rows),
+            "covers_train": int(len(union)) == n_train,
+        }
         if dist.is_chief and not (out["disjoint"] and out["covers_train"]):
             log.error("rank shards overlap or miss rows: %s (train split has %d rows)", out, n_train)
         return out
@@ -108,20 +126,27 @@ class ShardLog:
 MODALITIES = ("documents", "images")
 
 
-def rank_main(data_uri: str, out_uri: str, cfg_dict: dict, np_expected: int, progress: bool,
-              engine: str = "horovod", s3_env: dict[str, str] | None = None,
-              modality: str = "documents") -> dict[str, Any] | None:
+def rank_main(
+    data_uri: str,
+    out_uri: str,
+    cfg_dict: dict,
+    np_expected: int,
+    progress: bool,
+    engine: str = "horovod",
+    s3_env: dict[str, str] | None = None,
+    modality: str = "documents",
+) -> dict[str, Any] | None:
     """Everything one rank does, under any launcher and for either modality. Returns the run summary (every rank).
 
     ``engine`` is ``horovod`` (Horovod ranks, or one process without it) or ``torch`` (``torch.distributed``
     under TorchDistributor)."""
     if s3_env:
-        store.apply_s3_env(s3_env)         # executors without their own S3 settings use the driver's
+        store.apply_s3_env(s3_env)  # executors without their own S3 settings use the driver's
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     cfg = config_from_dict(cfg_dict)
     if engine == "torch":
-        from semhash_spark.training.torch_dist import TorchDist   # no horovod on this path
+        from semhash_spark.training.torch_dist import TorchDist  # no horovod on this path
 
         want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
         dist: Dist = TorchDist(backend="nccl" if want_cuda else "gloo")
@@ -147,8 +172,9 @@ def rank_device(dist: Dist, cfg: Config) -> torch.device:
     return device_for(dist, cfg.train.device)
 
 
-def train_documents_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, progress: bool,
-                         device: torch.device) -> dict[str, Any]:
+def train_documents_rank(
+    dist: Dist, data_dir: str, out_uri: str, cfg: Config, progress: bool, device: torch.device
+) -> dict[str, Any]:
     """One rank of document training on a staged dataset."""
     meta = ds.read_metadata(data_dir)
     words, doc_freq, n_train = ds.read_vocab(data_dir)
@@ -164,14 +190,22 @@ def train_documents_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, p
         if record:
             shards.epoch = epoch
         taken = 0
-        for batch in data_mod.iter_batches(data_dir, "train", batch_size, cur_shard=dist.rank,
-                                           shard_count=dist.size, num_epochs=1, shuffle=True,
-                                           seed=seed + epoch, reader_pool=cfg.train.reader_pool,
-                                           vocab_size=vocab_size):
+        for batch in data_mod.iter_batches(
+            data_dir,
+            "train",
+            batch_size,
+            cur_shard=dist.rank,
+            shard_count=dist.size,
+            num_epochs=1,
+            shuffle=True,
+            seed=seed + epoch,
+            reader_pool=cfg.train.reader_pool,
+            vocab_size=vocab_size,
+        ):
             if record:
                 shards.keys.append(id_keys(batch.ids))
             if steps is not None and taken >= steps:
-                continue          # read to the end (the loader checks the shard is whole) without training on it
+                continue  # read to the end (the loader checks the shard is whole) without training on it
             taken += 1
             keep = ~is_validation_id(batch.ids, val_fraction)
             # with several ranks an all-validation batch still takes its step (zero gradient), keeping step counts
@@ -182,9 +216,18 @@ def train_documents_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, p
     fingerprint = _fingerprint(cfg, meta.get("vocab_fingerprint", ""), meta.get("counts", {}))
     t0 = time.time()
     model, metrics = train_stack(
-        source, cfg, sizes=[vocab_size, *cfg.model.hidden, cfg.model.bits], first_kind="constrained_poisson",
-        output="softmax", code_mode="noise", dist=dist, out_uri=out_uri, fingerprint=fingerprint,
-        validator=validator, device=device, progress_bar=progress,
+        source,
+        cfg,
+        sizes=[vocab_size, *cfg.model.hidden, cfg.model.bits],
+        first_kind="constrained_poisson",
+        output="softmax",
+        code_mode="noise",
+        dist=dist,
+        out_uri=out_uri,
+        fingerprint=fingerprint,
+        validator=validator,
+        device=device,
+        progress_bar=progress,
     )
     metrics["train_seconds"] = round(time.time() - t0, 1)
     metrics["world_size"] = dist.size
@@ -192,8 +235,12 @@ def train_documents_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, p
     result = None
     if dist.is_chief:
         extra = {
-            "vocab": {"words": words, "doc_freq": [int(x) for x in doc_freq], "num_train_docs": int(n_train),
-                      "fingerprint": meta.get("vocab_fingerprint") or ds.vocab_fingerprint(words)},
+            "vocab": {
+                "words": words,
+                "doc_freq": [int(x) for x in doc_freq],
+                "num_train_docs": int(n_train),
+                "fingerprint": meta.get("vocab_fingerprint") or ds.vocab_fingerprint(words),
+            },
             "data": {"name": meta.get("name"), "counts": meta.get("counts")},
             "metrics": metrics,
         }
@@ -207,10 +254,16 @@ def train_documents_rank(dist: Dist, data_dir: str, out_uri: str, cfg: Config, p
 def summary(out_uri: str, model_meta: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary of a trained model, from its ``model.json``."""
     m = model_meta.get("metrics", {})
-    return {"model": out_uri, "model_version": model_meta["model_version"], "bits": model_meta.get("bits"),
-            "best_val_precision": m.get("best_val_precision"), "best_epoch": m.get("best_epoch"),
-            "train_seconds": m.get("train_seconds"), "world_size": m.get("world_size"),
-            "resumed_from": m.get("resumed_from")}
+    return {
+        "model": out_uri,
+        "model_version": model_meta["model_version"],
+        "bits": model_meta.get("bits"),
+        "best_val_precision": m.get("best_val_precision"),
+        "best_epoch": m.get("best_epoch"),
+        "train_seconds": m.get("train_seconds"),
+        "world_size": m.get("world_size"),
+        "resumed_from": m.get("resumed_from"),
+    }
 
 
 def with_dataset_prepare(cfg: Config, meta: dict[str, Any]) -> Config:
@@ -224,8 +277,16 @@ def with_dataset_prepare(cfg: Config, meta: dict[str, Any]) -> Config:
     return config_from_dict(d)
 
 
-def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launcher: str = "local",
-                progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any] | None:
+def train_model(
+    data_uri: str,
+    out_uri: str,
+    cfg: Config,
+    *,
+    np: int = 1,
+    launcher: str = "local",
+    progress: bool = True,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any] | None:
     """Trains a model on ``data_uri``'s train split (documents, or images when its ``dataset.json`` says
     ``kind: images``) and writes it to ``out_uri``.
 
@@ -241,11 +302,11 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
     if cfg.model.bits < 1:
         raise ValueError(f"--bits must be positive, got {cfg.model.bits}")
     meta = store.read_json(store.join(data_uri, ds.DATASET_FILE))
-    if meta.get("kind") == "images":            # Krizhevsky & Hinton 2011: semhash_spark.training.image_fit
+    if meta.get("kind") == "images":  # Krizhevsky & Hinton 2011: semhash_spark.training.image_fit
         from semhash_spark.training.image_fit import image_config
 
         modality, cfg = "images", image_config(data_uri, meta, cfg)
-        if cfg.model.kind == "image_kmeans":    # k-means patch features + code layer (semhash_spark.training.kmeans_fit)
+        if cfg.model.kind == "image_kmeans":  # k-means patch features + code layer (semhash_spark.training.kmeans_fit)
             from semhash_spark.training.kmeans_fit import train_kmeans_model
 
             if np != 1:
@@ -255,16 +316,20 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
         if meta.get("counts", {}).get("train", 1) == 0:
             raise ValueError(f"{data_uri!r} has no training documents")
         modality, cfg = "documents", with_dataset_prepare(cfg, meta)
-        if cfg.model.kind == "documents_vae":        # semhash_spark.training.vae_fit: one process
+        if cfg.model.kind == "documents_vae":  # semhash_spark.training.vae_fit: one process
             from semhash_spark.training.vae_fit import train_vae
 
             if np != 1 or launcher != "local":
-                raise ValueError(f"model.kind documents_vae trains in one process (--np 1 --launcher local), "
-                                 f"not --np {np} --launcher {launcher}")
+                raise ValueError(
+                    f"model.kind documents_vae trains in one process (--np 1 --launcher local), "
+                    f"not --np {np} --launcher {launcher}"
+                )
             return train_vae(data_uri, out_uri, cfg, progress=progress)
         if cfg.model.kind != "documents":
-            raise ValueError(f"model.kind {cfg.model.kind!r} cannot train on the document dataset {data_uri!r}; "
-                             "expected documents or documents_vae")
+            raise ValueError(
+                f"model.kind {cfg.model.kind!r} cannot train on the document dataset {data_uri!r}; "
+                "expected documents or documents_vae"
+            )
     s3_env = store.driver_s3_env() if store.is_s3(data_uri) or store.is_s3(out_uri) else {}
     args = (data_uri, out_uri, cfg.to_dict(), np, progress)
     t0 = time.time()
@@ -272,7 +337,7 @@ def train_model(data_uri: str, out_uri: str, cfg: Config, *, np: int = 1, launch
         result = rank_main(*args, "horovod", None, modality)
         return result if launched_rank() == 0 else None
     if launcher in ("local", "horovodrun", "torch"):
-        store.local_copy(data_uri)         # ranks on this host then find the dataset staged
+        store.local_copy(data_uri)  # ranks on this host then find the dataset staged
     if launcher == "local":
         if np == 1:
             return rank_main(*args, "horovod", None, modality)

@@ -6,6 +6,7 @@ processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set; each
 (gloo on CPU, NCCL when the device is CUDA) and runs the same rank function as the Horovod launchers. torchrun
 stops the other ranks when one dies, and every collective has a timeout, so a dead rank fails the job.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -100,8 +101,11 @@ def run_torch_distributor(fn: Callable[..., Any], args: tuple, np: int, use_gpu:
 
     if np < 1:
         raise ValueError(f"--np must be at least 1, got {np}")
-    log.info("starting %d torch.distributed processes through TorchDistributor (local mode, %s)", np,
-             "GPU" if use_gpu else "CPU")
+    log.info(
+        "starting %d torch.distributed processes through TorchDistributor (local mode, %s)",
+        np,
+        "GPU" if use_gpu else "CPU",
+    )
     try:
         return TorchDistributor(num_processes=np, local_mode=True, use_gpu=use_gpu).run(fn, *args)
     except Exception as e:  # noqa: BLE001 - TorchDistributor raises RuntimeError with torchrun's output tail

@@ -5,6 +5,7 @@ The same :func:`pretrain_step` / :func:`finetune_step` serve one process and Hor
 and a :class:`~semhash_spark.training.distributed.Dist` so they never import Horovod. Rank 0 alone writes checkpoints;
 a run resumes from the last one (stage, layer, epoch, weights and optimiser state).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,9 +32,9 @@ from semhash_spark.models.rbm import RBM_KINDS, BinaryRBM, CDStats, MomentumSGD
 
 log = logging.getLogger(__name__)
 
-BatchSource = Callable[[int, int], Iterable[tuple[np.ndarray, Any]]]   # (epoch, batch_size) -> (ids, counts)
+BatchSource = Callable[[int, int], Iterable[tuple[np.ndarray, Any]]]  # (epoch, batch_size) -> (ids, counts)
 STATE_DIR = "_train_state"
-STATE_FILE = "state.json"        # written last: names the weights file of the same epoch and its sha256
+STATE_FILE = "state.json"  # written last: names the weights file of the same epoch and its sha256
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,9 +52,12 @@ def densify(counts, device: torch.device) -> torch.Tensor:
         if device.type == "cpu":
             return torch.from_numpy(counts.toarray().astype(np.float32, copy=False))
         csr = counts.tocsr()
-        t = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
-                                    torch.from_numpy(csr.indices.astype(np.int64)),
-                                    torch.from_numpy(csr.data.astype(np.float32)), size=csr.shape)
+        t = torch.sparse_csr_tensor(
+            torch.from_numpy(csr.indptr.astype(np.int64)),
+            torch.from_numpy(csr.indices.astype(np.int64)),
+            torch.from_numpy(csr.data.astype(np.float32)),
+            size=csr.shape,
+        )
         return t.to(device).to_dense()
     return torch.as_tensor(np.asarray(counts), dtype=torch.float32, device=device)
 
@@ -61,18 +65,32 @@ def densify(counts, device: torch.device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # One update step each
 # ---------------------------------------------------------------------------------------------------------------
-def pretrain_step(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: float, momentum: float, dist: Dist,
-                  generator: torch.Generator | None = None) -> CDStats:
+def pretrain_step(
+    rbm: BinaryRBM,
+    opt: MomentumSGD,
+    v: torch.Tensor,
+    lr: float,
+    momentum: float,
+    dist: Dist,
+    generator: torch.Generator | None = None,
+) -> CDStats:
     return pretrain_step_async(rbm, opt, v, lr, momentum, dist, generator)()
 
 
-def pretrain_step_async(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: float, momentum: float, dist: Dist,
-                        generator: torch.Generator | None = None) -> Callable[[], CDStats]:
+def pretrain_step_async(
+    rbm: BinaryRBM,
+    opt: MomentumSGD,
+    v: torch.Tensor,
+    lr: float,
+    momentum: float,
+    dist: Dist,
+    generator: torch.Generator | None = None,
+) -> Callable[[], CDStats]:
     """The CD-1 gradients of one batch and the start of their average over the ranks.
 
     Returns the function that waits for the collective, applies the update and gives the batch's statistics; the
     caller prepares the next batch in between, so the collective's latency is hidden behind that work."""
-    if v.shape[0] == 0:   # a rank whose batch was all validation rows still joins the step with zero gradients
+    if v.shape[0] == 0:  # a rank whose batch was all validation rows still joins the step with zero gradients
         dW, db_v, db_h = (torch.zeros_like(t) for t in (rbm.W, rbm.b_v, rbm.b_h))
         stats = CDStats(0.0, 0.0, 0.0)
     else:
@@ -87,19 +105,21 @@ def pretrain_step_async(rbm: BinaryRBM, opt: MomentumSGD, v: torch.Tensor, lr: f
     return finish
 
 
-def finetune_step(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  noise: torch.Tensor | None, dist: Dist) -> float:
+def finetune_step(
+    model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, noise: torch.Tensor | None, dist: Dist
+) -> float:
     return finetune_step_async(model, optimizer, x, noise, dist)()
 
 
-def finetune_step_async(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                        noise: torch.Tensor | None, dist: Dist) -> Callable[[], float]:
+def finetune_step_async(
+    model: DeepAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, noise: torch.Tensor | None, dist: Dist
+) -> Callable[[], float]:
     """Forward and backward of one batch and the start of the gradients' average over the ranks (one grouped
     allreduce); returns the function that waits for it, steps the optimiser and gives the batch's loss."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     params = list(model.parameters())
-    if x.shape[0] == 0:   # an empty batch (see pretrain_step) contributes zero gradients
+    if x.shape[0] == 0:  # an empty batch (see pretrain_step) contributes zero gradients
         for p in params:
             p.grad = torch.zeros_like(p)
         loss = torch.zeros(())
@@ -146,7 +166,7 @@ def is_validation_id(ids: Iterable[Any], fraction: float) -> np.ndarray:
 class Validator:
     """Precision at ``k`` of Hamming ranking: validation queries against a database of training documents."""
 
-    query_x: Any            # CSR or dense
+    query_x: Any  # CSR or dense
     query_labels: list[list[str]]
     db_x: Any
     db_labels: list[list[str]]
@@ -193,33 +213,46 @@ class Validator:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Progress:
-    stage: str = "pretrain"      # pretrain | finetune | done
-    layer: int = 0               # the RBM being trained (pretrain)
-    epoch: int = 0               # the next epoch to run in this stage/layer
+    stage: str = "pretrain"  # pretrain | finetune | done
+    layer: int = 0  # the RBM being trained (pretrain)
+    epoch: int = 0  # the next epoch to run in this stage/layer
     best_val: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
-    phase: int = 1               # fine-tuning phase: 1 = code noise (the paper), 2 = noise + rounded codes
+    phase: int = 1  # fine-tuning phase: 1 = code noise (the paper), 2 = noise + rounded codes
     best_phase: int = 1
     history: list = field(default_factory=list)
-    first_error: float | None = None   # the stage's (layer's) first epoch error, for the explosion check
+    first_error: float | None = None  # the stage's (layer's) first epoch error, for the explosion check
 
 
 class StateError(RuntimeError):
     """The resumable training state is unreadable or does not match its checksum; the message says what to do."""
 
 
-def _save_state(out_uri: str, progress: Progress, tensors: dict[str, torch.Tensor], fingerprint: str,
-                metrics: dict[str, Any] | None = None, rank: int = 0) -> None:
+def _save_state(
+    out_uri: str,
+    progress: Progress,
+    tensors: dict[str, torch.Tensor],
+    fingerprint: str,
+    metrics: dict[str, Any] | None = None,
+    rank: int = 0,
+) -> None:
     """Writes the weights under a fresh name, then ``state.json`` pointing at them (the commit), then drops older
     weights. Each write is atomic (temp file + rename locally, one PUT on S3), so a kill at any moment leaves the
     previous state or the new one, never a mix."""
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     name = f"weights-{progress.stage}-{progress.layer}-{progress.epoch}-{time.time_ns():x}.safetensors"
     store.write_bytes(store.join(out_uri, STATE_DIR, name), blob)
-    meta = {"progress": asdict(progress), "fingerprint": fingerprint, "weights": name,
-            "sha256": store.sha256_bytes(blob), "metrics": metrics or {}, "saved_at": time.time(),
-            "saved_by_rank": rank, "pid": os.getpid()}
+    meta = {
+        "progress": asdict(progress),
+        "fingerprint": fingerprint,
+        "weights": name,
+        "sha256": store.sha256_bytes(blob),
+        "metrics": metrics or {},
+        "saved_at": time.time(),
+        "saved_by_rank": rank,
+        "pid": os.getpid(),
+    }
     store.write_bytes(store.join(out_uri, STATE_DIR, STATE_FILE), json.dumps(meta).encode())
     for old in store.list_dir(store.join(out_uri, STATE_DIR)):
         old = old.rstrip("/").rsplit("/", 1)[-1]
@@ -227,8 +260,7 @@ def _save_state(out_uri: str, progress: Progress, tensors: dict[str, torch.Tenso
             store.delete(store.join(out_uri, STATE_DIR, old))
 
 
-def _load_state(out_uri: str, fingerprint: str
-                ) -> tuple[Progress, dict[str, torch.Tensor], dict[str, Any]] | None:
+def _load_state(out_uri: str, fingerprint: str) -> tuple[Progress, dict[str, torch.Tensor], dict[str, Any]] | None:
     meta_uri = store.join(out_uri, STATE_DIR, STATE_FILE)
     if not store.exists(meta_uri):
         return None
@@ -242,8 +274,10 @@ def _load_state(out_uri: str, fingerprint: str
     weights_uri = store.join(out_uri, STATE_DIR, meta["weights"])
     blob = store.read_bytes(weights_uri)
     if store.sha256_bytes(blob) != meta["sha256"]:
-        raise StateError(f"{weights_uri} does not match the checksum in {meta_uri}; delete "
-                         f"{store.join(out_uri, STATE_DIR)} to train from the start")
+        raise StateError(
+            f"{weights_uri} does not match the checksum in {meta_uri}; delete "
+            f"{store.join(out_uri, STATE_DIR)} to train from the start"
+        )
     return Progress(**meta["progress"]), st_load(blob), meta.get("metrics") or {}
 
 
@@ -299,8 +333,9 @@ def _restore_adam(model: DeepAutoencoder, optimizer: torch.optim.Optimizer, tens
                 "exp_avg": tensors[f"adam.{i}.exp_avg"].to(p.device, copy=True),
                 "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].to(p.device, copy=True),
                 # where torch.optim.Adam keeps its step count: on the parameter's device when fused, else the CPU
-                "step": torch.tensor(float(tensors[f"adam.{i}.step"][0]), dtype=torch.float32,
-                                     device=p.device if fused else "cpu"),
+                "step": torch.tensor(
+                    float(tensors[f"adam.{i}.step"][0]), dtype=torch.float32, device=p.device if fused else "cpu"
+                ),
             }
 
 
@@ -316,8 +351,9 @@ def _finetune_optimizer(model: DeepAutoencoder, cfg: Config, scale: float, phase
         return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
     code = list(model.encoder[-1].parameters())
     rest = [p for p in model.parameters() if all(p is not c for c in code)]
-    return torch.optim.Adam([{"params": rest}, {"params": code, "lr": lr * cfg.finetune.binarize_code_lr_scale}], lr=lr,
-                            fused=fused)
+    return torch.optim.Adam(
+        [{"params": rest}, {"params": code, "lr": lr * cfg.finetune.binarize_code_lr_scale}], lr=lr, fused=fused
+    )
 
 
 LR_SCALINGS = ("linear", "sqrt", "none")
@@ -334,20 +370,54 @@ def lr_scale(mode: str, world_size: int) -> float:
     return {"linear": float(world_size), "sqrt": math.sqrt(world_size), "none": 1.0}[mode]
 
 
-def train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kind: str, output: str,
-                code_mode: str, dist: Dist, out_uri: str, fingerprint: str,
-                validator: Validator | None = None, device: torch.device = torch.device("cpu"),
-                progress_bar: bool = True) -> tuple[DeepAutoencoder, dict[str, Any]]:
+def train_stack(
+    source: BatchSource,
+    cfg: Config,
+    *,
+    sizes: list[int],
+    first_kind: str,
+    output: str,
+    code_mode: str,
+    dist: Dist,
+    out_uri: str,
+    fingerprint: str,
+    validator: Validator | None = None,
+    device: torch.device = torch.device("cpu"),
+    progress_bar: bool = True,
+) -> tuple[DeepAutoencoder, dict[str, Any]]:
     """Pretrains the RBM stack greedily, unrolls it and fine-tunes it; returns the model and its metrics."""
     with progress.logs_above_bars(progress_bar and dist.is_chief):
-        return _train_stack(source, cfg, sizes=sizes, first_kind=first_kind, output=output, code_mode=code_mode,
-                            dist=dist, out_uri=out_uri, fingerprint=fingerprint, validator=validator, device=device,
-                            progress_bar=progress_bar)
+        return _train_stack(
+            source,
+            cfg,
+            sizes=sizes,
+            first_kind=first_kind,
+            output=output,
+            code_mode=code_mode,
+            dist=dist,
+            out_uri=out_uri,
+            fingerprint=fingerprint,
+            validator=validator,
+            device=device,
+            progress_bar=progress_bar,
+        )
 
 
-def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_kind: str, output: str,
-                 code_mode: str, dist: Dist, out_uri: str, fingerprint: str, validator: Validator | None,
-                 device: torch.device, progress_bar: bool) -> tuple[DeepAutoencoder, dict[str, Any]]:
+def _train_stack(
+    source: BatchSource,
+    cfg: Config,
+    *,
+    sizes: list[int],
+    first_kind: str,
+    output: str,
+    code_mode: str,
+    dist: Dist,
+    out_uri: str,
+    fingerprint: str,
+    validator: Validator | None,
+    device: torch.device,
+    progress_bar: bool,
+) -> tuple[DeepAutoencoder, dict[str, Any]]:
     seed = cfg.train.seed
     torch.manual_seed(seed + dist.rank)
     scale = lr_scale(cfg.train.lr_scaling, dist.size)
@@ -378,15 +448,20 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
         rbm = rbms[i]
         opt = MomentumSGD(rbm, cfg.pretrain.weight_decay)
         if prog.epoch > 0 and "opt.velocity.W" in tensors:
-            opt.load_state_dict({k[len("opt."):]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")})
+            opt.load_state_dict({k[len("opt.") :]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")})
         lr = cfg.pretrain.lr * (cfg.pretrain.poisson_lr_scale if i == 0 and first_kind != "binary" else 1.0) * scale
         # rows of this rank, moved per batch; the total is known once the first epoch has been read
         bar = progress.bar(f"pretrain layer {i + 1}/{len(rbms)}", enabled=show)
         for epoch in range(prog.epoch, cfg.pretrain.epochs):
-            momentum = cfg.pretrain.momentum_start if epoch < cfg.pretrain.momentum_switch_epoch else cfg.pretrain.momentum_final
+            momentum = (
+                cfg.pretrain.momentum_start
+                if epoch < cfg.pretrain.momentum_switch_epoch
+                else cfg.pretrain.momentum_final
+            )
             t0, sums, n = time.time(), np.zeros(3), 0
             gen.manual_seed(_epoch_seed(seed, dist.rank, i, epoch))
-            def below(_ids, counts, i=i):   # the batch as layer i sees it (the layers below are frozen)
+
+            def below(_ids, counts, i=i):  # the batch as layer i sees it (the layers below are frozen)
                 with torch.no_grad():
                     v = densify(counts, device)
                     for lower in rbms[:i]:
@@ -398,7 +473,7 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
             while v is not None:
                 with torch.no_grad():
                     finish = pretrain_step_async(rbm, opt, v, lr, momentum, dist, gen)
-                    v_next = following()        # the next batch, while the gradients are averaged
+                    v_next = following()  # the next batch, while the gradients are averaged
                     st = finish()
                 sums += (st.recon_error * v.shape[0], st.saturated * v.shape[0], st.hidden_mean * v.shape[0])
                 n += v.shape[0]
@@ -408,16 +483,31 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
             what = f"pretraining layer {i + 1} ({rbm.n_visible}x{rbm.n_hidden}), epoch {epoch + 1}"
             _check_finite(err, what, prog.first_error)
             prog.first_error = prog.first_error if prog.first_error is not None else err
-            rec = {"layer": i + 1, "epoch": epoch + 1, "recon_error": err, "saturated": sat, "hidden_mean": hmean,
-                   "seconds": time.time() - t0, "rows_per_rank": rows}
+            rec = {
+                "layer": i + 1,
+                "epoch": epoch + 1,
+                "recon_error": err,
+                "saturated": sat,
+                "hidden_mean": hmean,
+                "seconds": time.time() - t0,
+                "rows_per_rank": rows,
+            }
             metrics["pretrain"].append(rec)
             if bar.total is None:
                 bar.total = n * cfg.pretrain.epochs
                 bar.n = n * (epoch + 1)
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.pretrain.epochs}", recon=f"{err:.4f}", sat=f"{sat:.2f}")
             if dist.is_chief:
-                log.info("layer %d/%d epoch %d/%d recon %.4f saturated %.3f (%.1fs)", i + 1, len(rbms), epoch + 1,
-                         cfg.pretrain.epochs, err, sat, rec["seconds"])
+                log.info(
+                    "layer %d/%d epoch %d/%d recon %.4f saturated %.3f (%.1fs)",
+                    i + 1,
+                    len(rbms),
+                    epoch + 1,
+                    cfg.pretrain.epochs,
+                    err,
+                    sat,
+                    rec["seconds"],
+                )
             prog.epoch = epoch + 1
             if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0):
                 _save_state(out_uri, prog, _rbm_tensors(rbms, opt), fingerprint, metrics, dist.rank)
@@ -456,22 +546,25 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
     has_val = dist.broadcast_object(validator is not None, name="has_val")  # distributed: only rank 0 validates
     noise_std = cfg.finetune.noise_std if code_mode == "noise" else 0.0
     phase_epochs = {1: cfg.finetune.epochs, 2: cfg.finetune.binarize_epochs}
-    bar = progress.bar("fine-tune", enabled=show)     # rows of this rank, per batch, across both phases
-    stop = prog.bad_epochs >= cfg.finetune.patience     # a run resumed after its early stop goes on from there
+    bar = progress.bar("fine-tune", enabled=show)  # rows of this rank, per batch, across both phases
+    stop = prog.bad_epochs >= cfg.finetune.patience  # a run resumed after its early stop goes on from there
     while prog.stage == "finetune":
         if stop or prog.epoch >= phase_epochs[prog.phase]:
             if prog.phase == 1 and cfg.finetune.binarize_epochs > 0 and has_val:
-                model.load_state_dict(best)             # phase 2 starts from phase 1's best epoch
+                model.load_state_dict(best)  # phase 2 starts from phase 1's best epoch
                 model.code_mode = "round"
                 optimizer = _finetune_optimizer(model, cfg, scale, 2)
                 prog.phase, prog.epoch, prog.bad_epochs, stop = 2, 0, 0, False
                 if dist.is_chief:
-                    log.info("fine-tune phase 2: rounding the codes (straight-through), code layer lr x%g",
-                             cfg.finetune.binarize_code_lr_scale)
+                    log.info(
+                        "fine-tune phase 2: rounding the codes (straight-through), code layer lr x%g",
+                        cfg.finetune.binarize_code_lr_scale,
+                    )
                 continue
             break
         epoch = prog.epoch
         t0, total, n = time.time(), 0.0, 0
+
         def inputs(ids, counts):
             x = densify(counts, device)
             noise = deterministic_noise(id_keys(ids), model.bits, noise_std, seed).to(device) if noise_std > 0 else None
@@ -482,7 +575,7 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
         while batch is not None:
             x, noise = batch
             finish = finetune_step_async(model, optimizer, x, noise, dist)
-            batch = following()                 # the next batch, while the gradients are averaged
+            batch = following()  # the next batch, while the gradients are averaged
             total += finish() * x.shape[0]
             n += x.shape[0]
             bar.update(x.shape[0])
@@ -490,7 +583,13 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
         what = f"fine-tuning{' phase 2' if prog.phase == 2 else ''}, epoch {epoch + 1}"
         _check_finite(loss, what, prog.first_error)
         prog.first_error = prog.first_error if prog.first_error is not None else loss
-        rec = {"epoch": epoch + 1, "phase": prog.phase, "loss": loss, "seconds": time.time() - t0, "rows_per_rank": rows}
+        rec = {
+            "epoch": epoch + 1,
+            "phase": prog.phase,
+            "loss": loss,
+            "seconds": time.time() - t0,
+            "rows_per_rank": rows,
+        }
         if has_val:
             if dist.is_chief:
                 score = validator.precision(val_codes)
@@ -508,11 +607,22 @@ def _train_stack(source: BatchSource, cfg: Config, *, sizes: list[int], first_ki
         metrics["finetune"].append(rec)
         if bar.total is None:
             bar.total = n * (cfg.finetune.epochs + cfg.finetune.binarize_epochs)
-        bar.set_postfix(phase=prog.phase, epoch=f"{epoch + 1}/{phase_epochs[prog.phase]}", loss=f"{loss:.4f}",
-                        val=f"{rec.get('val_precision', float('nan')):.3f}")
+        bar.set_postfix(
+            phase=prog.phase,
+            epoch=f"{epoch + 1}/{phase_epochs[prog.phase]}",
+            loss=f"{loss:.4f}",
+            val=f"{rec.get('val_precision', float('nan')):.3f}",
+        )
         if dist.is_chief:
-            log.info("fine-tune%s epoch %d/%d loss %.4f val %s (%.1fs)", " phase 2" if prog.phase == 2 else "",
-                     epoch + 1, phase_epochs[prog.phase], loss, rec.get("val_precision"), rec["seconds"])
+            log.info(
+                "fine-tune%s epoch %d/%d loss %.4f val %s (%.1fs)",
+                " phase 2" if prog.phase == 2 else "",
+                epoch + 1,
+                phase_epochs[prog.phase],
+                loss,
+                rec.get("val_precision"),
+                rec["seconds"],
+            )
         prog.epoch = epoch + 1
         if dist.is_chief and (prog.epoch % cfg.train.checkpoint_every == 0 or stop):
             _save_state(out_uri, prog, _ae_tensors(model, optimizer, best), fingerprint, metrics, dist.rank)

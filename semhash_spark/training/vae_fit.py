@@ -7,6 +7,7 @@ thresholded codes; the best epoch is kept. Every epoch also checks the validatio
 (one address holding a large share, constant bits): a warning is logged and the defences act (balance term
 doubled, learning rate halved).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,13 @@ from semhash_spark.data import dataset as ds
 from semhash_spark.io import store
 from semhash_spark.models.checkpoint import FORMAT, save_tensors, weights_version
 from semhash_spark.config import Config
-from semhash_spark.models.vae import BernoulliHasher, balance_penalty, decorrelation_penalty, kl_to_half, neighbour_contrast
+from semhash_spark.models.vae import (
+    BernoulliHasher,
+    balance_penalty,
+    decorrelation_penalty,
+    kl_to_half,
+    neighbour_contrast,
+)
 from semhash_spark.training.train import Validator, is_validation_id
 
 log = logging.getLogger(__name__)
@@ -46,13 +53,13 @@ def nearest_neighbours(x: sp.csr_matrix, k: int, pool: int, seed: int, chunk: in
     rng = np.random.default_rng(seed)
     cand = np.arange(n) if n <= pool else np.sort(rng.choice(n, size=pool, replace=False))
     k = min(k, len(cand) - 1)
-    dense_pool = torch.from_numpy(x[cand].toarray().T.copy())             # [V, pool]
+    dense_pool = torch.from_numpy(x[cand].toarray().T.copy())  # [V, pool]
     out = np.empty((n, k), dtype=np.int64)
     pos_in_pool = np.full(n, -1, dtype=np.int64)
     pos_in_pool[cand] = np.arange(len(cand))
     for s in range(0, n, chunk):
         q = torch.from_numpy(x[s : s + chunk].toarray())
-        sim = q @ dense_pool                                               # [chunk, pool]
+        sim = q @ dense_pool  # [chunk, pool]
         rows = np.arange(s, min(n, s + chunk))
         selfpos = pos_in_pool[rows]
         has = selfpos >= 0
@@ -68,8 +75,7 @@ def neighbour_targets(counts: sp.csr_matrix, nbrs: np.ndarray | None, weight: fl
     if nbrs is None or nbrs.shape[1] == 0 or weight <= 0:
         return own
     n, k = nbrs.shape
-    avg = sp.csr_matrix((np.full(n * k, 1.0 / k, np.float32), nbrs.ravel(), np.arange(0, n * k + 1, k)),
-                        shape=(n, n))
+    avg = sp.csr_matrix((np.full(n * k, 1.0 / k, np.float32), nbrs.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     return ((1.0 - weight) * own + weight * (avg @ own)).tocsr().astype(np.float32)
 
 
@@ -81,8 +87,13 @@ def _validator(train: ds.SplitData, val: np.ndarray, cfg: Config) -> Validator |
     q, db = np.flatnonzero(val), np.flatnonzero(~val)
     q = rng.choice(q, size=min(len(q), cfg.finetune.val_queries), replace=False) if len(q) else q
     db = rng.choice(db, size=min(len(db), 20_000), replace=False)
-    v = Validator(train.counts[q], [train.labels[i] for i in q], train.counts[db], [train.labels[i] for i in db],
-                  seed=cfg.train.seed)
+    v = Validator(
+        train.counts[q],
+        [train.labels[i] for i in q],
+        train.counts[db],
+        [train.labels[i] for i in db],
+        seed=cfg.train.seed,
+    )
     return v if v.usable else None
 
 
@@ -97,9 +108,15 @@ def _dropped(x: torch.Tensor, p: float) -> torch.Tensor:
 @torch.no_grad()
 def _codes(model: BernoulliHasher, counts: sp.csr_matrix, batch: int = 2048) -> np.ndarray:
     model.eval()
-    out = [model.encoder.encode(torch.from_numpy(counts[s : s + batch].toarray())).numpy() > 0.5
-           for s in range(0, counts.shape[0], batch)]
-    return codes_mod.pack_bits(np.concatenate(out)) if out else np.zeros((0, codes_mod.code_bytes(model.encoder.bits)), np.uint8)
+    out = [
+        model.encoder.encode(torch.from_numpy(counts[s : s + batch].toarray())).numpy() > 0.5
+        for s in range(0, counts.shape[0], batch)
+    ]
+    return (
+        codes_mod.pack_bits(np.concatenate(out))
+        if out
+        else np.zeros((0, codes_mod.code_bytes(model.encoder.bits)), np.uint8)
+    )
 
 
 def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -114,8 +131,10 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
     if not 0.0 <= v.neighbour_weight <= 1.0:
         raise ValueError(f"vae.neighbour_weight must lie in [0, 1], got {v.neighbour_weight}")
     if v.contrast_neighbours < 0 or v.contrast_positives < 1:
-        raise ValueError(f"vae.contrast_neighbours must be >= 0 and vae.contrast_positives >= 1, got "
-                         f"{v.contrast_neighbours} and {v.contrast_positives}")
+        raise ValueError(
+            f"vae.contrast_neighbours must be >= 0 and vae.contrast_positives >= 1, got "
+            f"{v.contrast_neighbours} and {v.contrast_positives}"
+        )
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed = cfg.train.seed
@@ -129,8 +148,10 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
     val = is_validation_id(train.ids, cfg.finetune.val_fraction)
     fit_rows = np.flatnonzero(~val)
     if len(fit_rows) < v.batch_size:
-        raise ValueError(f"{data_uri!r} has {len(fit_rows)} training documents outside validation, fewer than "
-                         f"one batch of {v.batch_size}")
+        raise ValueError(
+            f"{data_uri!r} has {len(fit_rows)} training documents outside validation, fewer than "
+            f"one batch of {v.batch_size}"
+        )
     idf = ds.idf(doc_freq, n_train)
     counts = train.counts[fit_rows]
     nbrs = None
@@ -138,8 +159,12 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
         nbrs = nearest_neighbours(tfidf_rows(counts, idf), v.neighbours, v.neighbour_pool, seed)
     targets = neighbour_targets(counts, nbrs, v.neighbour_weight)
     prep_seconds = time.time() - t0
-    log.info("%d training documents, %d neighbours each, targets ready in %.1fs", len(fit_rows),
-             0 if nbrs is None else nbrs.shape[1], prep_seconds)
+    log.info(
+        "%d training documents, %d neighbours each, targets ready in %.1fs",
+        len(fit_rows),
+        0 if nbrs is None else nbrs.shape[1],
+        prep_seconds,
+    )
     validator = _validator(train, val, cfg)
     n_pos = 0 if nbrs is None else nbrs.shape[1]
     if v.contrast_neighbours > 0:
@@ -164,14 +189,19 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
             t = torch.from_numpy(targets[idx].toarray())
             q, b, logp = model(x)
             recon = -(t * logp).sum(1).mean()
-            loss = recon + v.kl_weight * kl_to_half(q) + balance_w * balance_penalty(q) \
+            loss = (
+                recon
+                + v.kl_weight * kl_to_half(q)
+                + balance_w * balance_penalty(q)
                 + v.decorrelation_weight * decorrelation_penalty(b)
+            )
             if v.contrast_weight > 0 and nbrs is not None:
                 for _ in range(v.contrast_positives):
-                    pos = nbrs[idx, rng.integers(0, n_pos, len(idx))]     # one of each document's nearest n_pos
+                    pos = nbrs[idx, rng.integers(0, n_pos, len(idx))]  # one of each document's nearest n_pos
                     _, b_pos = model.sample_bits(_dropped(torch.from_numpy(counts[pos].toarray()), v.word_dropout))
                     loss = loss + v.contrast_weight / v.contrast_positives * neighbour_contrast(
-                        b, b_pos, v.contrast_temperature)
+                        b, b_pos, v.contrast_temperature
+                    )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,14 +214,23 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
             rec["val_precision"] = validator.precision(lambda c: _codes(model, c))
             stats = bitstats.bit_statistics(_codes(model, validator.db_x), cfg.model.bits, cfg.index.address_bits)
             rec["largest_bucket_share"] = stats["largest_bucket_share"]
-            signs = bitstats.collapse_signs(stats, max_bucket_share=v.collapse_bucket_share,
-                                            max_constant_fraction=v.collapse_constant_fraction, bits=cfg.model.bits)
+            signs = bitstats.collapse_signs(
+                stats,
+                max_bucket_share=v.collapse_bucket_share,
+                max_constant_fraction=v.collapse_constant_fraction,
+                bits=cfg.model.bits,
+            )
             if signs:
                 balance_w, lr = max(2 * balance_w, 0.1), lr / 2
                 for g in opt.param_groups:
                     g["lr"] = lr
-                log.warning("codes are collapsing at epoch %d: %s; balance weight -> %g, learning rate -> %g",
-                            epoch + 1, "; ".join(signs), balance_w, lr)
+                log.warning(
+                    "codes are collapsing at epoch %d: %s; balance weight -> %g, learning rate -> %g",
+                    epoch + 1,
+                    "; ".join(signs),
+                    balance_w,
+                    lr,
+                )
                 warnings.append({"epoch": epoch + 1, "signs": signs, "balance_weight": balance_w, "lr": lr})
             elif rec["val_precision"] > best_val:
                 best_val, best_epoch, bad = rec["val_precision"], epoch + 1, 0
@@ -201,8 +240,14 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
         else:
             best_state, best_epoch = {k: t.clone() for k, t in model.state_dict().items()}, epoch + 1
         history.append(rec)
-        log.info("documents_vae epoch %d/%d recon %.4f val %s (%.1fs)", epoch + 1, v.epochs, rec["recon"],
-                 rec.get("val_precision"), rec["seconds"])
+        log.info(
+            "documents_vae epoch %d/%d recon %.4f val %s (%.1fs)",
+            epoch + 1,
+            v.epochs,
+            rec["recon"],
+            rec.get("val_precision"),
+            rec["seconds"],
+        )
         if bad >= v.patience:
             log.info("early stop: no validation gain for %d epochs", v.patience)
             break
@@ -211,21 +256,36 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
         best_state, best_epoch = {k: t.clone() for k, t in model.state_dict().items()}, len(history)
     model.load_state_dict(best_state)
     model.eval()
-    metrics: dict[str, Any] = {"finetune": history, "best_val_precision": best_val, "best_epoch": best_epoch,
-                               "collapse_warnings": warnings, "prepare_seconds": round(prep_seconds, 1),
-                               "train_seconds": round(time.time() - t0, 1), "world_size": 1}
-    stats_rows = validator.db_x if validator is not None else counts[: 20_000]
+    metrics: dict[str, Any] = {
+        "finetune": history,
+        "best_val_precision": best_val,
+        "best_epoch": best_epoch,
+        "collapse_warnings": warnings,
+        "prepare_seconds": round(prep_seconds, 1),
+        "train_seconds": round(time.time() - t0, 1),
+        "world_size": 1,
+    }
+    stats_rows = validator.db_x if validator is not None else counts[:20_000]
     metrics["bit_stats"] = bitstats.bit_statistics(_codes(model, stats_rows), cfg.model.bits, cfg.index.address_bits)
     enc = model.encoder
     enc.fold_gain()
     tensors = {f"enc.{k}": t for k, t in enc.state_dict().items()}
     model_meta = {
-        "format": FORMAT, "kind": KIND, "sizes": enc.sizes, "bits": enc.bits, "threshold": 0.5,
-        "encoder": enc.description(), "config": cfg.to_dict(),
+        "format": FORMAT,
+        "kind": KIND,
+        "sizes": enc.sizes,
+        "bits": enc.bits,
+        "threshold": 0.5,
+        "encoder": enc.description(),
+        "config": cfg.to_dict(),
         "model_version": weights_version(tensors),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "vocab": {"words": words, "doc_freq": [int(x) for x in doc_freq], "num_train_docs": int(n_train),
-                  "fingerprint": meta.get("vocab_fingerprint") or ds.vocab_fingerprint(words)},
+        "vocab": {
+            "words": words,
+            "doc_freq": [int(x) for x in doc_freq],
+            "num_train_docs": int(n_train),
+            "fingerprint": meta.get("vocab_fingerprint") or ds.vocab_fingerprint(words),
+        },
         "data": {"name": meta.get("name"), "counts": meta.get("counts")},
         "metrics": metrics,
     }

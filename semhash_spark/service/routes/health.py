@@ -1,4 +1,5 @@
 """GET /healthz (200 once a version is loaded), GET /readyz (200 once it is loaded and warmed), GET /metrics."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response, status
@@ -14,10 +15,16 @@ def _health(svc: Service, ok: bool, response: Response) -> HealthResponse:
     v = svc.current
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthResponse(status="ok" if ok else "loading", version=v.version if v else None,
-                          codes=v.count if v else None, partitions=v.npartitions if v else None,
-                          cache_bytes=svc.cache.bytes, cache_partitions=len(svc.cache),
-                          last_poll_error=svc.last_poll_error, refused=svc.refused)
+    return HealthResponse(
+        status="ok" if ok else "loading",
+        version=v.version if v else None,
+        codes=v.count if v else None,
+        partitions=v.npartitions if v else None,
+        cache_bytes=svc.cache.bytes,
+        cache_partitions=len(svc.cache),
+        last_poll_error=svc.last_poll_error,
+        refused=svc.refused,
+    )
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="200 once an index version is loaded")

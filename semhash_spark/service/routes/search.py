@@ -4,6 +4,7 @@ The body is parsed and the response written by :mod:`..codec` (orjson; arrays ch
 item); ``application/octet-stream`` bodies carry raw packed codes with the parameters in the URL. The search
 itself runs in the thread pool: its compiled loops release the GIL, so requests overlap.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,22 +19,44 @@ from ..searcher import BatchTooLarge, QueryError, Unavailable, UnknownId
 from .deps import require_token, service
 
 router = APIRouter()
-_INLINE = 64     # hex codes (or packed bytes) up to which a request is answered on the event loop
+_INLINE = 64  # hex codes (or packed bytes) up to which a request is answered on the event loop
 
-_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-           413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-           503: {"model": ErrorResponse}}
+_ERRORS = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    415: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
 
-_BODY = {"requestBody": {"required": True, "content": {
-    codec.JSON: {"schema": SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
-    codec.OCTETS: {"schema": {"type": "string", "format": "binary",
-                              "description": "codes only: n * code_bytes raw packed codes; k, radius, "
-                                             "address_radius, eps as query parameters"}}}}}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            codec.JSON: {"schema": SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            codec.OCTETS: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "codes only: n * code_bytes raw packed codes; k, radius, "
+                    "address_radius, eps as query parameters",
+                }
+            },
+        },
+    }
+}
 
 
-@router.post("/search", response_model=SearchResponse, responses=_ERRORS, openapi_extra=_BODY,
-             dependencies=[Depends(require_token)],
-             summary="Nearest codes by Hamming distance (optionally re-ranked)")
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY,
+    dependencies=[Depends(require_token)],
+    summary="Nearest codes by Hamming distance (optionally re-ranked)",
+)
 async def search(request: Request, svc: Service = Depends(service)) -> Response:
     t0 = time.perf_counter()
     body = await request.body()
@@ -44,10 +67,12 @@ async def search(request: Request, svc: Service = Depends(service)) -> Response:
         elif ctype in (codec.JSON, "") or ctype.endswith("+json"):
             q = codec.parse_json(body)
         else:
-            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                                f"content-type {ctype!r}: send {codec.JSON} or {codec.OCTETS} (packed codes)")
+            raise HTTPException(
+                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                f"content-type {ctype!r}: send {codec.JSON} or {codec.OCTETS} (packed codes)",
+            )
         if q.kind == "codes" and len(q.values) <= _INLINE and _all_loaded(svc):
-            out = svc.search(q)          # a few codes, nothing to read: cheaper than a hop to the thread pool
+            out = svc.search(q)  # a few codes, nothing to read: cheaper than a hop to the thread pool
         else:
             out = await run_in_threadpool(svc.search, q)
     except UnknownId as e:
