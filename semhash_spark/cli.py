@@ -181,6 +181,7 @@ def cmd_query(args) -> dict:
                 k=k,
                 address_radius=args.address_radius,
                 rerank=args.rerank,
+                details=True if args.details else None,
             )
             return None
         from pathlib import Path

@@ -248,7 +248,7 @@ def test_semhash_serve_and_python_m_service_take_one_set_of_flags():
     assert flags[0] == flags[1] and "--no-preload" in flags[0]
 
 
-def test_details_and_address_distance_agree_between_library_and_service(both, capsys):
+def test_details_and_address_distance_agree_between_library_and_service(both, capsys, tmp_path):
     """Hits of address lookups carry the address distance (checked by brute force); with ``details`` they also
     carry the stored labels and snippet, identically through the library, the service and the CLI. An index
     written without the text columns answers ``details`` with the plain hits."""
@@ -295,6 +295,17 @@ def test_details_and_address_distance_agree_between_library_and_service(both, ca
         cap = capsys.readouterr()
         out = json.loads(cap.out.strip().splitlines()[-1])
         assert out["results"][0][:1000] == lib_first_ball(both, texts[0]) and cap.err.strip() == ""
+    # --ids-file streams the service's hits, with labels and snippets when --details is given
+    ids = both["ids"][:7]
+    (tmp_path / "ids.txt").write_text("\n".join(ids))
+    for extra, want in (([], {}), (["--details"], {"details": True})):
+        assert (
+            cli.main(["query", "--server", both["url"], "--ids-file", str(tmp_path / "ids.txt"), "--k", "3", *extra])
+            == 0
+        )
+        lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines() if x.startswith("{")]
+        assert [r["results"] for r in lines] == both["client"].search(ids=ids, k=3, **want)["results"]
+        assert any("snippet" in h for r in lines for h in r["results"]) == (bool(extra) and both["layout"] == "model")
 
 
 def lib_first_ball(both, text):
