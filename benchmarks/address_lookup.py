@@ -77,9 +77,9 @@ class Lookup:
         return self.table.ball(qa, r, ordered=False)
 
     def lookup(self, qa: np.ndarray, q8: np.ndarray, r: int, k: int):
-        """Top ``k`` of the ball by 128-bit distance: ``(D, I)`` of one query, without the -1 padding."""
-        D, I = self.table.search(qa, q8, r, k)
-        return D[0][I[0] >= 0], I[0][I[0] >= 0]
+        """Top ``k`` of the ball by 128-bit distance: faiss-shaped ``(D, I)`` padded with -1, as faiss returns
+        them (the padding is dropped outside the timing, for both)."""
+        return self.table.search(qa, q8, r, k)
 
 
 def time_sets(fns: dict, nq: int, budget: float, shift: int):
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
             r,
             {n: (lambda i, n=n: ours[n].lookup(qa[n][i : i + 1], q8[i : i + 1], r, k)) for n in ours_names},
             ours_names,
-            dists_of=lambda o: o[0],
+            dists_of=lambda o: o[0][0][o[1][0] >= 0],
         )
         for n in fh:
             fh[n].nflip = r
@@ -269,10 +269,10 @@ def main(argv=None) -> int:
         )
         for n in fh:  # the same ball: the same top-k distances
             for i, (mine, theirs) in enumerate(zip(ours_d[n], outs[n])):
-                fd = theirs[0][0][theirs[1][0] >= 0]
-                if not np.array_equal(np.sort(mine[0]), np.sort(fd)):
+                md, fd = (o[0][0][o[1][0] >= 0] for o in (mine, theirs))
+                if not np.array_equal(np.sort(md), np.sort(fd)):
                     raise SystemExit(
-                        f"r={r}, {n} codes, query {i}: lookup distances {mine[0].tolist()} differ "
+                        f"r={r}, {n} codes, query {i}: lookup distances {md.tolist()} differ "
                         f"from IndexBinaryHash's {fd.tolist()}"
                     )
     for nflip in (0, 1) if fm else ():

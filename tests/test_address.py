@@ -148,6 +148,8 @@ def test_search_is_the_ball_ranked_by_the_ranking_code(path, abits, cbits):
             want = ball[np.lexsort((ball, Hc[i][ball]))][:7]
             assert np.array_equal(I[i, : want.size], want) and np.array_equal(D[i, : want.size], Hc[i][want])
             assert np.all(I[i, want.size :] == -1) and np.all(D[i, want.size :] == -1)
+        R = table.rerank(table.visit(addr[n:], r), codes[n:], 7)  # the two stages give the one-pass result
+        assert np.array_equal(R[0], D) and np.array_equal(R[1], I)
 
 
 def test_unordered_ball_holds_the_same_rows_by_distance(path):

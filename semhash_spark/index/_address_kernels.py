@@ -144,6 +144,28 @@ def gather(ids, lims, starts, ends, dist, ordered):
 
 
 @njit(cache=True, nogil=True)
+def search_masks(offsets, keys, dirs, shift, direct, masks, shell_end, qs, qw, words, ids, k):
+    """:func:`visit_masks` then :func:`rerank` in one pass: each run ranked as it is found, no runs kept (a
+    lookup is one compiled call, which matters at small radii where the call is most of the cost)."""
+    nq = qs.shape[0]
+    D = np.full((nq, k), -1, np.int32)
+    I = np.full((nq, k), -1, np.int64)
+    nw = words.shape[1]
+    nmasks = shell_end[shell_end.shape[0] - 1]
+    for j in range(nq):
+        q = qs[j]
+        cnt = 0
+        for t in range(nmasks):
+            lo, hi = _run(q ^ masks[t], offsets, keys, dirs, shift, direct)
+            for p in range(lo, hi):
+                d = 0
+                for u in range(nw):
+                    d += _popc(words[p, u] ^ qw[j, u])
+                cnt = _insert(D[j], I[j], cnt, np.int32(d), ids[p])
+    return D, I
+
+
+@njit(cache=True, nogil=True)
 def rerank(lims, starts, ends, qw, words, ids, k):
     """The ``k`` items of each query's runs closest to its ranking code ``qw[j]`` (``uint64[w]``), by (distance,
     row): ``(D int32[nq, k], I int64[nq, k])`` padded with -1. ``words uint64[n, w]`` are the codes in ``ids``

@@ -33,6 +33,7 @@ USE_COMPILED = _K is not None  # set False to force the numpy path (tests compar
 DIRECT_MAX_BITS = 24  # direct table up to 2**24 + 1 offsets (128 MiB); wider: sorted distinct addresses
 _MASKS_MAX = 1 << 21  # balls up to this many addresses are probed from a cached table of XOR masks
 _MAX_BITS = 64
+_U64, _U8 = np.dtype(np.uint64), np.dtype(np.uint8)
 
 
 def _as_addresses(a, bits: int, what: str) -> np.ndarray:
@@ -113,6 +114,10 @@ class AddressTable:
         return self._n
 
     def _check(self, q_addresses, radius) -> tuple[np.ndarray, int]:
+        q = q_addresses
+        if type(radius) is int and 0 <= radius <= self.bits and type(q) is np.ndarray and q.shape == (1,):
+            if q.dtype is _U64 and (self.bits == 64 or int(q[0]) >> self.bits == 0):
+                return q, radius  # one query: checked cheaply, as its cost is most of a small ball's
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
             raise TypeError(f"radius must be an integer, got {radius!r}")
         radius = int(radius)
@@ -169,21 +174,11 @@ class AddressTable:
     def rerank(self, runs, q_codes: np.ndarray, k: int):
         """The ``k`` items of :meth:`visit`'s runs closest to each query's ranking code: faiss-shaped
         ``(D int32[nq, k], I int64[nq, k])`` by (code distance, row), padded with -1."""
-        if self.words_ is None:
-            raise ValueError("rerank needs the items' ranking codes: build the AddressTable with codes=")
         lims, starts, ends, _ = runs
         nq = lims.shape[0] - 1
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        qw = np.asarray(q_codes)
-        words = C.to_words(qw) if qw.dtype == np.uint8 and qw.ndim == 2 and qw.shape[0] == nq else None
-        if words is None or words.shape[1] != self.words_.shape[1]:
-            raise ValueError(
-                f"q_codes must be packed uint8[{nq}, nbytes] like the table's codes, got {qw.dtype}{list(qw.shape)}"
-            )
-        qw = np.ascontiguousarray(words)
+        qw, k = self._query_words(q_codes, nq), self._check_k(k)
         if USE_COMPILED and _K is not None:
-            return _K.rerank(lims, starts, ends, qw, self.words_, self.ids_, int(k))
+            return _K.rerank(lims, starts, ends, qw, self.words_, self.ids_, k)
         D = np.full((nq, k), -1, np.int32)
         I = np.full((nq, k), -1, np.int64)
         for j in range(nq):
@@ -194,6 +189,30 @@ class AddressTable:
             o = np.lexsort((rows, d))[:k]
             D[j, : o.size], I[j, : o.size] = d[o], rows[o]
         return D, I
+
+    def _query_words(self, q_codes, nq: int) -> np.ndarray:
+        """The queries' ranking codes as ``uint64[nq, words]`` like the table's, checked."""
+        if self.words_ is None:
+            raise ValueError("rerank and search need the items' ranking codes: build the AddressTable with codes=")
+        q = q_codes
+        if type(q) is np.ndarray and q.dtype is _U8 and q.shape == (nq, 8 * self.words_.shape[1]):
+            if q.flags.c_contiguous:  # the common case: a view, no copy
+                return q.view(np.uint64)
+        q = np.asarray(q_codes)
+        words = C.to_words(q) if q.dtype == np.uint8 and q.ndim == 2 and q.shape[0] == nq else None
+        if words is None or words.shape[1] != self.words_.shape[1]:
+            raise ValueError(
+                f"q_codes must be packed uint8[{nq}, nbytes] like the table's codes, got {q.dtype}{list(q.shape)}"
+            )
+        return np.ascontiguousarray(words)
+
+    @staticmethod
+    def _check_k(k) -> int:
+        if type(k) is int and k >= 1:
+            return k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return int(k)
 
     def ball(self, q_addresses: np.ndarray, radius: int, *, ordered: bool = True):
         """Every item within address distance ``radius`` of each query's address (:meth:`visit`, then
@@ -207,11 +226,28 @@ class AddressTable:
 
     def search(self, q_addresses: np.ndarray, q_codes: np.ndarray, radius: int, k: int):
         """The ``k`` items of each query's ball (address distance <= ``radius``) closest to its ranking code
-        (:meth:`visit`, then :meth:`rerank`): faiss-shaped ``(D int32[nq, k], I int64[nq, k])`` by (code
-        distance, row), padded with -1."""
-        if self.words_ is None:
-            raise ValueError("search needs the items' ranking codes: build the AddressTable with codes=")
-        return self.rerank(self.visit(q_addresses, radius), q_codes, k)
+        (:meth:`visit`, then :meth:`rerank`; compiled, one pass that ranks each run as it is found): faiss-shaped
+        ``(D int32[nq, k], I int64[nq, k])`` by (code distance, row), padded with -1."""
+        q, radius = self._check(q_addresses, radius)
+        qw, k = self._query_words(q_codes, q.shape[0]), self._check_k(k)
+        if USE_COMPILED and _K is not None:
+            mt = self._mask_table(radius)
+            if mt is not None:
+                return _K.search_masks(
+                    self.offsets_,
+                    self.keys_,
+                    self.dir_,
+                    self.shift_,
+                    self.direct,
+                    mt[0],
+                    mt[1],
+                    q,
+                    qw,
+                    self.words_,
+                    self.ids_,
+                    k,
+                )
+        return self.rerank(self.visit(q, radius), qw.view(np.uint8), k)
 
     def _visit_numpy(self, q: np.ndarray, radius: int):
         flips, dist = _flip_masks(self.bits, radius)
