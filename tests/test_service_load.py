@@ -11,7 +11,7 @@ from load_util import scenario
 @pytest.mark.slow
 def test_fixed_rate_through_publish_and_s3_restart(s3_server, tmp_path):
     report = scenario(s3_server, tmp_path, duration=10.0, rate=30.0, n=5000, bits=64, threads=6)
-    assert report["errors"] == 0, report
+    assert report["errors"] == 0, (report["first_errors"], report["events"], report["latency_ms"])
     assert report["completed"] == report["planned"] == 300
     assert [e.get("error") for e in report["events"]] == [None, None], report["events"]
     assert len(report["versions_in_order"]) == 2, report["versions_in_order"]  # switched once, no flapping
