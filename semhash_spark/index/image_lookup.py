@@ -25,7 +25,29 @@ from semhash_spark.index.lookup import Searcher
 
 
 class NotAnImage(ValueError):
-    """Query bytes that are no decodable image."""
+    """Query bytes that are no decodable image: ``.index`` is the query's position, ``.reason`` the decoder's."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"query image {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
+def query_images_config(hasher: Encoder) -> ImagesConfig:
+    """The image size an image model reads (its dataset's height, width and channels)."""
+    d = hasher.meta["data"]
+    return ImagesConfig(height=d["height"], width=d["width"], channels=d["channels"])
+
+
+def decode_query_images(blobs: list[bytes], cfg: ImagesConfig) -> np.ndarray:
+    """The image modality's query featuriser, for the library, the CLI and the service: image file bytes (any
+    format and mode prepare accepts) -> uint8 [n, H, W, C] resized as at prepare time."""
+    out = []
+    for i, b in enumerate(blobs):
+        try:
+            out.append(decode_image(b, None, cfg))
+        except ValueError as e:
+            raise NotAnImage(i, str(e)) from None
+    return np.stack(out)
 
 
 @dataclass
@@ -54,14 +76,8 @@ class ImageSearcher(Searcher):
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def load_images(self, blobs: list[bytes]) -> np.ndarray:
-        """Image file bytes (any format and mode prepare accepts) -> uint8 [n, H, W, C] at the index's size."""
-        out = []
-        for i, b in enumerate(blobs):
-            try:
-                out.append(decode_image(b, None, self.images_cfg))
-            except ValueError as e:
-                raise NotAnImage(f"query image {i}: {e}") from None
-        return np.stack(out)
+        """Image file bytes -> uint8 [n, H, W, C] at the index's size (:func:`decode_query_images`)."""
+        return decode_query_images(blobs, self.images_cfg)
 
     def codes(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.asarray(pixels)

@@ -277,28 +277,25 @@ class Searcher:
         import base64
         import binascii
 
-        from semhash_spark.config import ImagesConfig
-        from semhash_spark.data.images import decode_image
+        from semhash_spark.index.image_lookup import NotAnImage, decode_query_images, query_images_config
 
         if v.hasher is None or v.hasher.meta.get("kind") != "images":
             raise QueryError(
                 v.model_error or f"version {v.version} is not an image index; query it by texts, codes or ids"
             )
-        d = v.hasher.meta["data"]
-        cfg = ImagesConfig(height=d["height"], width=d["width"], channels=d["channels"])
-        pixels = []
+        raws = []
         for i, x in enumerate(values):
             if not isinstance(x, str):
                 raise QueryError(f"images[{i}] must be a base64 string, got {type(x).__name__}")
             try:
-                raw = base64.b64decode(x, validate=True)
+                raws.append(base64.b64decode(x, validate=True))
             except (binascii.Error, ValueError):
                 raise QueryError(f"images[{i}] is not valid base64") from None
-            try:
-                pixels.append(decode_image(raw, None, cfg))
-            except ValueError as e:
-                raise QueryError(f"images[{i}] is not an image this index can read: {e}") from None
-        return np.stack(pixels).reshape(len(pixels), -1)
+        try:
+            pixels = decode_query_images(raws, query_images_config(v.hasher))
+        except NotAnImage as e:
+            raise QueryError(f"images[{e.index}] is not an image this index can read: {e.reason}") from None
+        return pixels.reshape(len(pixels), -1)
 
     @staticmethod
     def _bag(v: LoadedVersion, kind: str, i: int, x) -> tuple[np.ndarray, np.ndarray]:
