@@ -666,6 +666,8 @@ def main() -> None:
     args = p.parse_args()
     if not args.skip_reindex and not (args.data and args.model):
         p.error("--data and --model are needed for the re-index part (or --skip-reindex)")
+    if not args.skip_text and args.codes == "pcaitq" and args.nightly_fraction > 0:
+        p.error("the nightly run re-indexes with a model: use --codes model (or --nightly-fraction 0)")
 
     os.environ.setdefault("SEMHASH_DRIVER_MEMORY", "6g")
     from semhash_spark.io.spark import get_spark
