@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Iterator, Sequence
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fastapi.responses import HTMLResponse
 
 from .limits import GuardMiddleware
@@ -54,34 +55,49 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.include_router(search.router)
     app.include_router(health.router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
+    app.add_middleware(ObserveMiddleware, service=svc, settings=settings)
+    app.add_middleware(GuardMiddleware, settings=settings)  # outermost: before any body is read
+    return app
+
+
+class ObserveMiddleware:
+    """Each request's time and status into the metrics, and the request log: a plain ASGI middleware (Starlette's
+    ``@app.middleware("http")`` runs every request through an extra task and body stream)."""
+
+    def __init__(self, app: ASGIApp, service: Service, settings: Settings):
+        self.app, self.svc, self.settings = app, service, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         t0 = time.perf_counter()
-        status = 500
+        status = 500  # unless a response starts: an exception escaped
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_observed)
         finally:
             dt = time.perf_counter() - t0
-            route = request.scope.get("route")
-            path = getattr(route, "path", "other")
-            svc.metrics.request_seconds.labels(path, str(status)).observe(dt)
-            if settings.log_requests and path != "/metrics":
-                v = svc.current
+            path = getattr(scope.get("route"), "path", "other")  # the router sets the matched route in the scope
+            self.svc.metrics.request_seconds.labels(path, str(status)).observe(dt)
+            if self.settings.log_requests and path != "/metrics":
+                v = self.svc.current
                 log.info(
                     "request",
                     extra={
-                        "method": request.method,
+                        "method": scope["method"],
                         "path": path,
                         "status": status,
                         "ms": round(1000 * dt, 3),
                         "version": v.version if v else None,
                     },
                 )
-
-    app.add_middleware(GuardMiddleware, settings=settings)  # outermost: before any body is read
-    return app
 
 
 def _local_docs(app: FastAPI) -> None:
