@@ -289,6 +289,9 @@ def test_search_many_streams_batches_in_order(main):
 def test_openapi_and_health(main):
     spec = main["client"].request("GET", "/openapi.json")
     assert "/search" in spec["paths"] and "SearchRequest" in json.dumps(spec)
+    # the token (enforced by GuardMiddleware, not a route dependency) is documented for Swagger's Authorize
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/search"]["post"]["security"] == [{"HTTPBearer": []}]
     h = main["client"].health()
     assert h["status"] == "ok" and h["version"] == main["version"] and h["codes"] == 2000
 

@@ -54,10 +54,30 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     _local_docs(app)
     app.include_router(search.router)
     app.include_router(health.router)
+    _document_bearer(app)
 
     app.add_middleware(ObserveMiddleware, service=svc, settings=settings)
     app.add_middleware(GuardMiddleware, settings=settings)  # outermost: before any body is read
     return app
+
+
+def _document_bearer(app: FastAPI) -> None:
+    """The bearer token in the OpenAPI schema (Swagger's Authorize button): enforced by GuardMiddleware, so no
+    route declares it as a dependency."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["HTTPBearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Required when the service was started with a token",
+            }
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 class ObserveMiddleware:
