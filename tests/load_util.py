@@ -29,7 +29,7 @@ def run_load(
     t0 = time.monotonic() + 0.2
     lock = threading.Lock()
     nxt = [0]
-    records: list[tuple[float, float, int, str | None, bool, str | None]] = []
+    records: list[tuple[float, float, int, str | None, bool, str | None, float, float]] = []
 
     def worker():
         c = SemhashClient(url, timeout=timeout, retries=0)  # every error counts
@@ -42,6 +42,7 @@ def run_load(
             due = t0 + i / rate
             time.sleep(max(0.0, due - time.monotonic()))
             body, err, status, version, partial = bodies[i % len(bodies)], None, 0, None, False
+            sent = time.monotonic()
             try:
                 out = c.request("POST", "/search", body)
                 status, version, partial = 200, out["version"], out["partial"]
@@ -54,7 +55,7 @@ def run_load(
                 err = f"{type(e).__name__}: {e}"[:200]
             done = time.monotonic()
             with lock:
-                records.append((due - t0, done - due, status, version, partial, err))
+                records.append((due - t0, done - due, status, version, partial, err, sent, done))
 
     fired = []
 
@@ -80,10 +81,7 @@ def run_load(
     records.sort()
     lat = np.array([r[1] for r in records]) * 1000 if records else np.zeros(1)
     errors = [r for r in records if r[5] is not None]
-    versions = []
-    for r in records:
-        if r[3] and (not versions or versions[-1] != r[3]):
-            versions.append(r[3])
+    versions, stale = _version_order(records)
     span = (records[-1][0] + records[-1][1]) if records else 0.0
     return {
         "planned": total,
@@ -98,9 +96,29 @@ def run_load(
             "max": round(float(lat.max()), 2),
         },
         "versions_in_order": versions,
+        "stale_answers": stale,
         "events": fired,
         "first_errors": [r[5] for r in errors[:5]],
     }
+
+
+def _version_order(records: list[tuple]) -> tuple[list[str], int]:
+    """The versions in the order their first answers arrived, and how many answers were stale: an older version
+    for a request sent after a newer version's answer had arrived. Only that order is causal; requests sent
+    concurrently around a switch may be answered in either version, whatever their scheduled order."""
+    answered = sorted((r[7], r[6], r[3]) for r in records if r[3])  # (done, sent, version)
+    versions: list[str] = []
+    for _, _, v in answered:
+        if v not in versions:
+            versions.append(v)
+    rank = {v: i for i, v in enumerate(versions)}
+    dones = np.array([d for d, _, _ in answered])
+    newest = np.maximum.accumulate(np.array([rank[v] for _, _, v in answered])) if answered else np.zeros(0, int)
+    stale = 0
+    for _, sent, v in answered:
+        k = int(np.searchsorted(dones, sent, side="left"))  # answers that arrived before this request was sent
+        stale += bool(k and newest[k - 1] > rank[v])
+    return versions, stale
 
 
 class ServiceProcess:
@@ -193,5 +211,10 @@ def scenario(
 
 
 def passed(report: dict) -> bool:
-    """Zero errors, every planned request done, and both versions answered."""
-    return report["errors"] == 0 and report["completed"] == report["planned"] and len(report["versions_in_order"]) == 2
+    """Zero errors, every planned request done, both versions answered and no stale answer after the switch."""
+    return (
+        report["errors"] == 0
+        and report["completed"] == report["planned"]
+        and len(report["versions_in_order"]) == 2
+        and report["stale_answers"] == 0
+    )

@@ -14,4 +14,5 @@ def test_fixed_rate_through_publish_and_s3_restart(s3_server, tmp_path):
     assert report["errors"] == 0, (report["first_errors"], report["events"], report["latency_ms"])
     assert report["completed"] == report["planned"] == 300
     assert [e.get("error") for e in report["events"]] == [None, None], report["events"]
-    assert len(report["versions_in_order"]) == 2, report["versions_in_order"]  # switched once, no flapping
+    assert len(report["versions_in_order"]) == 2, report["versions_in_order"]  # switched once
+    assert report["stale_answers"] == 0, report  # and never back: no old answer to a request sent after a new one
