@@ -82,6 +82,12 @@ class Lookup:
         return self.table.search(qa, q8, r, k)
 
 
+def _hit_distances(out) -> np.ndarray:
+    """The distances of a one-query faiss-shaped ``(D, I)``, the -1 padding dropped."""
+    D, I = out
+    return D[0][I[0] >= 0]
+
+
 def time_sets(fns: dict, nq: int, budget: float, shift: int):
     """Per-query latencies (us) of each index's ``fns[name](i)``, the indexes back to back per query (the order
     rotating from query to query, starting at ``shift``), within ``budget`` seconds (at least 20 queries); and
@@ -256,7 +262,7 @@ def main(argv=None) -> int:
             r,
             {n: (lambda i, n=n: ours[n].lookup(qa[n][i : i + 1], q8[i : i + 1], r, k)) for n in ours_names},
             ours_names,
-            dists_of=lambda o: o[0][0][o[1][0] >= 0],
+            dists_of=_hit_distances,
         )
         for n in fh:
             fh[n].nflip = r
@@ -265,11 +271,11 @@ def main(argv=None) -> int:
             r,
             {n: (lambda i, n=n: fh[n].search(q8[i : i + 1], k)) for n in fh},
             list(fh),
-            dists_of=lambda o: o[0][0][o[1][0] >= 0],
+            dists_of=_hit_distances,
         )
         for n in fh:  # the same ball: the same top-k distances
             for i, (mine, theirs) in enumerate(zip(ours_d[n], outs[n])):
-                md, fd = (o[0][0][o[1][0] >= 0] for o in (mine, theirs))
+                md, fd = _hit_distances(mine), _hit_distances(theirs)
                 if not np.array_equal(np.sort(md), np.sort(fd)):
                     raise SystemExit(
                         f"r={r}, {n} codes, query {i}: lookup distances {md.tolist()} differ "
@@ -283,7 +289,7 @@ def main(argv=None) -> int:
             nflip,
             {n: (lambda i, n=n: fm[n].search(q8[i : i + 1], k)) for n in fm},
             list(fm),
-            dists_of=lambda o: o[0][0][o[1][0] >= 0],
+            dists_of=_hit_distances,
         )
     print(f"loadavg {Path('/proc/loadavg').read_text().strip()}", flush=True)
     if args.json:

@@ -174,9 +174,13 @@ class AddressTable:
     def rerank(self, runs, q_codes: np.ndarray, k: int):
         """The ``k`` items of :meth:`visit`'s runs closest to each query's ranking code: faiss-shaped
         ``(D int32[nq, k], I int64[nq, k])`` by (code distance, row), padded with -1."""
+        nq = runs[0].shape[0] - 1
+        return self._rerank_words(runs, self._query_words(q_codes, nq), self._check_k(k))
+
+    def _rerank_words(self, runs, qw: np.ndarray, k: int):
+        """:meth:`rerank` on checked inputs: ``qw`` from :meth:`_query_words`, ``k`` from :meth:`_check_k`."""
         lims, starts, ends, _ = runs
         nq = lims.shape[0] - 1
-        qw, k = self._query_words(q_codes, nq), self._check_k(k)
         if USE_COMPILED and _K is not None:
             return _K.rerank(lims, starts, ends, qw, self.words_, self.ids_, k)
         D = np.full((nq, k), -1, np.int32)
@@ -247,7 +251,7 @@ class AddressTable:
                     self.ids_,
                     k,
                 )
-        return self.rerank(self.visit(q, radius), qw.view(np.uint8), k)
+        return self._rerank_words(self.visit(q, radius), qw, k)
 
     def _visit_numpy(self, q: np.ndarray, radius: int):
         flips, dist = _flip_masks(self.bits, radius)
