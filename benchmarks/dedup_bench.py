@@ -205,6 +205,7 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     ``semhash dedup --verify jaccard:T`` (automatic radius) timed side by side; then a nightly change of
     ``--nightly-fraction`` of the documents, re-indexed, deduplicated --since the first version and in full."""
     work.mkdir(parents=True, exist_ok=True)
+    plans = args.plans.split(",")
     docs = corpus_texts(dataset, source)
     rates = [float(x) for x in args.edit_rates.split(",")]
     copies, injected = edited_text_copies(docs, rates, args.copies // len(rates))
@@ -288,34 +289,36 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
         }
         rows.append(row)
         print(f"{name}: {json.dumps(row)}", flush=True)
-        out = work / f"dedup-{rep}"
-        summary, secs = _semhash(
-            "dedup",
-            "--index",
-            str(index),
-            "--data",
-            str(data),
-            "--verify",
-            f"jaccard:{args.jaccard}",
-            "--target-recall",
-            str(args.target_recall),
-            "--out",
-            str(out),
-            cwd=work,
-        )
-        found = _read_pairs(out)
-        row = {
-            "method": "semhash dedup --verify jaccard (automatic radius)",
-            "run": rep,
-            "seconds": round(secs, 2),
-            "radius": summary["radius"],
-            "calibration": summary.get("calibration"),
-            "candidates": summary["candidates"],
-            "job_seconds": summary["seconds"],
-            **scores(found, truth, injected),
-        }
-        rows.append(row)
-        print(f"{name}: {json.dumps(row)}", flush=True)
+        for plan in plans:
+            out = work / f"dedup-{rep}" if plan == plans[0] else work / f"dedup-{rep}-{plan}"
+            summary, secs = _semhash(
+                "dedup",
+                "--index",
+                str(index),
+                "--data",
+                str(data),
+                "--verify",
+                f"jaccard:{args.jaccard}",
+                "--target-recall",
+                str(args.target_recall),
+                *PLAN_ARGS[plan],
+                "--out",
+                str(out),
+                cwd=work,
+            )
+            found = _read_pairs(out)
+            row = {
+                "method": f"semhash dedup --verify jaccard (automatic radius, {summary['plan']} plan)",
+                "run": rep,
+                "seconds": round(secs, 2),
+                "radius": summary["radius"],
+                "calibration": summary.get("calibration"),
+                "candidates": summary["candidates"],
+                "job_seconds": summary["seconds"],
+                **scores(found, truth, injected),
+            }
+            rows.append(row)
+            print(f"{name}: {json.dumps(row)}", flush=True)
     res["runs"] = rows
 
     if args.nightly_fraction <= 0:
@@ -339,53 +342,32 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     night_data = work / "nightly-data"
     _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus2), "--out", str(night_data), cwd=work)
     radius = str(rows[-1]["radius"])
-    inc, inc_secs = _semhash(
-        "dedup",
-        "--index",
-        str(index),
-        "--data",
-        str(night_data),
-        "--verify",
-        f"jaccard:{args.jaccard}",
-        "--radius",
-        radius,
-        "--since",
-        v1,
-        "--previous",
-        str(work / f"dedup-{args.repeats - 1}"),
-        "--out",
-        str(work / "inc"),
-        cwd=work,
-    )
-    full, full_secs = _semhash(
-        "dedup",
-        "--index",
-        str(index),
-        "--data",
-        str(night_data),
-        "--verify",
-        f"jaccard:{args.jaccard}",
-        "--radius",
-        radius,
-        "--out",
-        str(work / "full"),
-        cwd=work,
-    )
-    same = _read_pairs(work / "inc") == _read_pairs(work / "full")
+    common = ["dedup", "--index", str(index), "--data", str(night_data), "--verify", f"jaccard:{args.jaccard}"]
     res["nightly"] = {
         "changed_docs": len(changed),
         "reindex": {k: rep2.get(k) for k in ("added", "changed", "deleted", "seconds")},
-        "incremental": {
-            "seconds": round(inc_secs, 2),
-            "fresh_docs": inc.get("fresh_docs"),
-            "candidates": inc["candidates"],
-            "pairs": inc["pairs"],
-        },
-        "full": {"seconds": round(full_secs, 2), "candidates": full["candidates"], "pairs": full["pairs"]},
-        "same_pairs": same,
     }
+    for plan in plans:
+        inc_out, full_out = work / f"inc-{plan}", work / f"full-{plan}"
+        since = ["--since", v1, "--previous", str(work / f"dedup-{args.repeats - 1}")]
+        inc, inc_secs = _semhash(*common, "--radius", radius, *since, *PLAN_ARGS[plan], "--out", str(inc_out), cwd=work)
+        full, full_secs = _semhash(*common, "--radius", radius, *PLAN_ARGS[plan], "--out", str(full_out), cwd=work)
+        res["nightly"][plan] = {
+            "incremental": {
+                "seconds": round(inc_secs, 2),
+                "fresh_docs": inc.get("fresh_docs"),
+                "candidates": inc["candidates"],
+                "pairs": inc["pairs"],
+            },
+            "full": {"seconds": round(full_secs, 2), "candidates": full["candidates"], "pairs": full["pairs"]},
+            "same_pairs": _read_pairs(inc_out) == _read_pairs(full_out),
+        }
     print(f"{name}: nightly {json.dumps(res['nightly'])}", flush=True)
     return res
+
+
+# ``semhash dedup`` options of each plan: the default (an index this small is paired on the driver) and Spark's
+PLAN_ARGS = {"driver": [], "spark": ["--local-max-docs", "0"]}
 
 
 # --------------------------------------------------------------------------------------------------- scale part
@@ -637,6 +619,11 @@ def main() -> None:
         help="text part: index codes from a trained model, or PCA-ITQ of TF-IDF (no training)",
     )
     p.add_argument("--nightly-fraction", type=float, default=0.01, help="text part: documents changed overnight")
+    p.add_argument(
+        "--plans",
+        default="driver,spark",
+        help="text part: the dedup plans timed (driver: the default for a small index; spark: --local-max-docs 0)",
+    )
     p.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--copies", type=int, default=2000, help="injected copies in all (the rates share them)")

@@ -346,7 +346,7 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_dedup(args) -> dict:
-    from semhash_spark.index.dedup import dedup_job
+    from semhash_spark.index.dedup import LOCAL_MAX_DOCS, dedup_job
     from semhash_spark.io.spark import get_spark
 
     # the shard files are listed by the manifest: listed on the driver, not by a Spark job of one task per file
@@ -366,6 +366,7 @@ def cmd_dedup(args) -> dict:
         calibration_sample=args.calibration_sample,
         since=args.since,
         previous_uri=args.previous,
+        local_max_docs=LOCAL_MAX_DOCS if args.local_max_docs is None else max(args.local_max_docs, 0),
     )
 
 
@@ -758,6 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--previous",
         help="with --since: the output of the run on that version (its pairs are kept and its cluster ids stay)",
+    )
+    sp.add_argument(
+        "--local-max-docs",
+        type=int,
+        help="an index of at most this many documents (default 100,000) is paired on the driver, without a "
+        "shuffle; 0: always in Spark",
     )
     sp.add_argument("--version", help="an index version other than CURRENT")
     sp.add_argument("--data", help="DATA_URI with the documents' words, when the shards carry none")

@@ -69,6 +69,17 @@ def _few_shuffle_partitions(spark):
     spark.conf.set("spark.sql.shuffle.partitions", old)
 
 
+@pytest.fixture(params=["spark", "driver"])
+def plan(request) -> int:
+    """``local_max_docs`` for each of the job's plans: 0 runs everything in Spark, the default collects a small
+    index to the driver (:func:`semhash_spark.index.dedup.local_pairs`). Both must give the same answers."""
+    return 0 if request.param == "spark" else dedup.LOCAL_MAX_DOCS
+
+
+def _plan_of(local_max_docs: int) -> str:
+    return "driver" if local_max_docs else "spark"
+
+
 # --------------------------------------------------------------------------------------------------- pure parts
 
 
@@ -374,10 +385,13 @@ def dup_index(tmp_path_factory):
     }
 
 
-def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, tmp_path):
+def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, tmp_path, plan):
     radius, out = 3, tmp_path / "out"
-    summary = dedup.dedup_job(spark, dup_index["index"], radius, str(out), "cosine:0.8", block_size=3)
+    summary = dedup.dedup_job(
+        spark, dup_index["index"], radius, str(out), "cosine:0.8", block_size=3, local_max_docs=plan
+    )
     assert summary["hot_buckets"] > 0  # verification also runs in split (hot) buckets
+    assert summary["plan"] == _plan_of(plan)
     ids, pos = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}
     within = _brute_pairs(dup_index["codes"], ids, radius)
     cos = dup_index["cosine"]
@@ -401,6 +415,8 @@ def test_dedup_job_finds_verifies_clusters_and_writes_parquet(spark, dup_index, 
     assert (written["clusters"], written["largest_cluster"]) == (len(sizes), sizes.max())
     assert written["version"] == dup_index["version"] and written["segments"] == radius + 1
     assert not list(Path(out).rglob("*.crc"))
+    if plan:
+        return  # the rest checks the Spark plan's parts
 
     # Jaccard of word sets: joined onto given pairs (verify_pairs) and fused into the pair kernel agree
     docs, _ = dedup.read_shards(spark, dup_index["index"], columns=("id", "code", "word_ids", "word_counts"))
@@ -444,18 +460,24 @@ def test_nothing_but_counts_reaches_the_driver(spark, dup_index, monkeypatch):
     ):
         spy(cls, name)
     pairs, clusters, summary = dedup.find_near_duplicates(
-        spark, dup_index["index"], 3, verify="cosine:0.8", block_size=3, local_cc_max=0
+        spark, dup_index["index"], 3, verify="cosine:0.8", block_size=3, local_cc_max=0, local_max_docs=0
     )
     assert summary["hot_buckets"] > 0 and summary["pairs"] > 0
     assert seen and all(n <= 1 for _, _, n in seen), seen  # aggregates only (the cluster sizes)
     assert not any(cols and {"id", "code", "id_a", "w0", "word_ids"} & set(cols) for _, cols, _ in seen), seen
 
 
-def test_verification_on_a_codes_only_index_reads_the_words_from_the_dataset(spark, dup_index, tmp_path):
+def test_verification_on_a_codes_only_index_reads_the_words_from_the_dataset(spark, dup_index, tmp_path, plan):
     with pytest.raises(dedup.DedupError, match="stores no word counts; pass data_uri"):
-        dedup.find_near_duplicates(spark, dup_index["bare_index"], 3, verify="jaccard:0.7")
+        dedup.find_near_duplicates(spark, dup_index["bare_index"], 3, verify="jaccard:0.7", local_max_docs=plan)
     summary = dedup.dedup_job(
-        spark, dup_index["bare_index"], 3, str(tmp_path / "out"), "jaccard:0.7", data_uri=dup_index["data"]
+        spark,
+        dup_index["bare_index"],
+        3,
+        str(tmp_path / "out"),
+        "jaccard:0.7",
+        data_uri=dup_index["data"],
+        local_max_docs=plan,
     )
     ids, pos, jw = dup_index["ids"], {x: i for i, x in enumerate(dup_index["ids"])}, dup_index["jaccard"]
     want = {p for p in _brute_pairs(dup_index["codes"], ids, 3) if jw[pos[p[0]], pos[p[1]]] >= 0.7}
@@ -628,11 +650,14 @@ def test_prepare_keeps_the_hashes_of_every_token_of_a_document(spark, tmp_path):
     assert len(ha & hb) / len(ha | hb) == pytest.approx(_set_jaccard(tokens[a], tokens[b]))
 
 
-def test_jaccard_is_checked_on_the_documents_whole_word_sets(spark, text_index, tmp_path):
+def test_jaccard_is_checked_on_the_documents_whole_word_sets(spark, text_index, tmp_path, plan):
     """Against the exact word-set Jaccard of every pair: precision 1 and every pair within the radius above the
     threshold found; the look-alikes whose vocabulary words agree (vocabulary Jaccard 1) are rejected."""
     t, radius = text_index, 6
-    summary = dedup.dedup_job(spark, t["index"], radius, str(tmp_path / "out"), "jaccard:0.7", data_uri=t["data"])
+    summary = dedup.dedup_job(
+        spark, t["index"], radius, str(tmp_path / "out"), "jaccard:0.7", data_uri=t["data"], local_max_docs=plan
+    )
+    assert summary["plan"] == _plan_of(plan)
     truth = _truth(t, 0.7)
     want = {p for p, d in truth.items() if d <= radius}
     got = pq.read_table(tmp_path / "out" / "pairs").to_pylist()
@@ -644,7 +669,12 @@ def test_jaccard_is_checked_on_the_documents_whole_word_sets(spark, text_index, 
     )
     # the same pairs checked on vocabulary words only: the look-alikes pass there (what the word sets fix)
     vocab_only = dedup.find_near_duplicates(
-        spark, t["index"], radius, verify="jaccard:0.7", data_uri=str(_vocab_only_copy(t, tmp_path))
+        spark,
+        t["index"],
+        radius,
+        verify="jaccard:0.7",
+        data_uri=str(_vocab_only_copy(t, tmp_path)),
+        local_max_docs=plan,
     )[2]
     assert vocab_only["verified_on"] == "vocabulary words" and vocab_only["pairs"] > summary["pairs"]
 
@@ -658,7 +688,7 @@ def _vocab_only_copy(t: dict, tmp_path: Path) -> Path:
     return data
 
 
-def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_path):
+def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_path, plan):
     """No --radius: the radius is the target-recall quantile of the code distances of the pairs above the
     threshold (here the sample is the whole index), reported in the summary; the recall reached follows."""
     t = text_index
@@ -674,6 +704,7 @@ def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_
             "jaccard:0.7",
             data_uri=t["data"],
             target_recall=target,
+            local_max_docs=plan,
         )
         cal = summary["calibration"]
         assert summary["radius"] == want and cal["radius"] == want, (target, cal)
@@ -682,7 +713,7 @@ def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_
         assert got <= set(truth) and len(got) / len(truth) >= target
     # a sample smaller than the index still finds a radius near the whole index's
     part = dedup.find_near_duplicates(
-        spark, t["index"], None, verify="jaccard:0.7", data_uri=t["data"], calibration_sample=300
+        spark, t["index"], None, verify="jaccard:0.7", data_uri=t["data"], calibration_sample=300, local_max_docs=plan
     )[2]
     assert part["calibration"]["sample_docs"] < len(t["ids"]) and abs(part["radius"] - want) <= 2
     with pytest.raises(dedup.DedupError, match="only for --verify jaccard"):
@@ -693,7 +724,7 @@ def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_
         )
 
 
-def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, tmp_path, capsys):
+def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, tmp_path, capsys, plan):
     """A skewed index (codes collapsed onto two points, a few bits of noise): the candidates are counted per
     bucket first and the job stops with a message naming the radius, the count and the hottest buckets."""
     rng = np.random.default_rng(2)
@@ -705,7 +736,7 @@ def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, t
     index = str(tmp_path / "index")
     _publish(index, ids, codes)
     with pytest.raises(dedup.DedupError) as err:
-        dedup.dedup_job(spark, index, 2, str(tmp_path / "out"), max_pairs=1_000_000)
+        dedup.dedup_job(spark, index, 2, str(tmp_path / "out"), max_pairs=1_000_000, local_max_docs=plan)
     msg = str(err.value)
     assert "radius 2 would compare" in msg and "max_pairs=1000000" in msg and "--max-pairs" in msg
     assert "Hottest buckets: segment" in msg and "codes" in msg, msg
@@ -715,20 +746,20 @@ def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, t
     assert not (tmp_path / "out").exists()  # nothing written
     from semhash_spark.cli import main
 
-    assert (
-        main(["dedup", "--index", index, "--radius", "1", "--out", str(tmp_path / "cli"), "--max-pairs", "1000"]) != 0
-    )
+    args = ["dedup", "--index", index, "--radius", "1", "--out", str(tmp_path / "cli"), "--max-pairs", "1000"]
+    assert main([*args, "--local-max-docs", str(plan)]) != 0
     assert "radius 1 would compare" in capsys.readouterr().err
 
 
-def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_index, tmp_path):
+def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_index, tmp_path, plan):
     """A nightly change (deletions, changed texts and codes, additions) deduplicated --since the old version with
     the old output: the same pairs and clusters as a full run, the old clusters keep their ids, even one whose
     naming (smallest) member was deleted."""
     t, radius = text_index, 6
     index = str(tmp_path / "index")
     v1 = _publish(index, t["ids"], t["codes"])
-    dedup.dedup_job(spark, index, radius, str(tmp_path / "v1"), "jaccard:0.7", data_uri=t["data"])
+    job = functools.partial(dedup.dedup_job, spark, index, radius, local_max_docs=plan)
+    job(str(tmp_path / "v1"), "jaccard:0.7", data_uri=t["data"])
     old_clusters = pq.read_table(tmp_path / "v1" / "clusters").to_pandas()
     old_of = dict(zip(old_clusters["id"], old_clusters["cluster"]))
     # a cluster that stays one without its smallest member (the cluster's name): a pair of two other members
@@ -754,17 +785,8 @@ def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_in
     v2 = _publish(index, ids2, codes2)
     data2 = tmp_path / "data2"
     _write_docs(data2, ids2, docs2, t["vocab"])
-    full = dedup.dedup_job(spark, index, radius, str(tmp_path / "full"), "jaccard:0.7", data_uri=str(data2))
-    inc = dedup.dedup_job(
-        spark,
-        index,
-        radius,
-        str(tmp_path / "inc"),
-        "jaccard:0.7",
-        data_uri=str(data2),
-        since=v1,
-        previous_uri=str(tmp_path / "v1"),
-    )
+    full = job(str(tmp_path / "full"), "jaccard:0.7", data_uri=str(data2))
+    inc = job(str(tmp_path / "inc"), "jaccard:0.7", data_uri=str(data2), since=v1, previous_uri=str(tmp_path / "v1"))
     assert inc["fresh_docs"] == 20 + len(extra_ids) and inc["since"] == v1 and full["version"] == inc["version"] == v2
     pairs = {
         name: {(r["id_a"], r["id_b"]) for r in pq.read_table(tmp_path / name / "pairs").to_pylist()}
@@ -782,4 +804,26 @@ def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_in
     members_of_big = [i for i in stayed if old_of[i] == big]
     assert members_of_big and big not in inc_of and {inc_of[i] for i in members_of_big} & {big}
     with pytest.raises(dedup.DedupError, match="is the version being deduplicated"):
-        dedup.find_near_duplicates(spark, index, radius, since=v2)
+        dedup.find_near_duplicates(spark, index, radius, since=v2, local_max_docs=plan)
+
+
+def test_driver_and_spark_plans_give_the_same_pairs_clusters_and_counts(spark, dup_index, text_index):
+    """The driver plan (a small index collected once) and the Spark plan are one algorithm: the same pairs,
+    clusters and summary counts, with hot buckets (block_size 3) and with a calibrated radius."""
+    cases = [
+        (dup_index["index"], 3, "cosine:0.8", None, 3),
+        (text_index["index"], None, "jaccard:0.7", text_index["data"], dedup.DEFAULT_BLOCK),
+    ]
+    for index, radius, verify, data, block in cases:
+        runs = {}
+        for local_max in (0, dedup.LOCAL_MAX_DOCS):
+            pairs, clusters, summary = dedup.find_near_duplicates(
+                spark, index, radius, verify=verify, data_uri=data, block_size=block, local_max_docs=local_max
+            )
+            plan = summary.pop("plan")
+            runs[plan] = (
+                sorted(tuple(r) for r in pairs.collect()),
+                sorted(tuple(r) for r in clusters.collect()),
+                {k: v for k, v in summary.items() if k != "seconds"},
+            )
+        assert runs["driver"] == runs["spark"] and runs["driver"][0], (index, runs["driver"][2], runs["spark"][2])

@@ -27,6 +27,11 @@ Pigeonhole (as in Manku et al.'s simhash tables and Norouzi et al.'s multi-index
 5. Clusters: connected components of the pairs by min-label propagation with pointer jumping, each round
    checkpointed (:func:`connected_components`); a cluster is named by its smallest id.
 
+The driver plan: an index of at most ``local_max_docs`` documents (:data:`LOCAL_MAX_DOCS`) is read by Spark,
+collected once, and calibrated, counted, paired and checked in the driver by the same kernels over the same
+sorted bucket rows (:func:`local_pairs`), every bucket whole; the answers are the Spark plan's. At that size a
+shuffle's tasks and a dozen small jobs cost more than the pairs.
+
 Output of :func:`dedup_job` (``OUT`` a local path or ``s3://``, written by
 :func:`semhash_spark.io.sparkio.write_parquet`)::
 
@@ -75,6 +80,7 @@ DEFAULT_TARGET_RECALL = 0.9
 DEFAULT_CALIBRATION_SAMPLE = 20_000
 CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
 LOCAL_CC_MAX = 2_000_000  # pairs up to this many are clustered on the driver (scipy), more in Spark
+LOCAL_MAX_DOCS = 100_000  # indexes up to this many documents are paired on the driver: one collect, no shuffle
 
 
 class DedupError(ValueError):
@@ -213,6 +219,16 @@ def _hash_lists(col) -> tuple[np.ndarray, np.ndarray]:
     return rel // 8, np.require(data[offs[0] : offs[-1]].view("<i8"), np.int64, "A")
 
 
+def _weighted_words(ids_col, counts_col, measure: str, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The word columns -> ``(indptr, ids, weights)`` for :func:`~semhash_spark.index._dedup_kernels.pair_similarity`:
+    counts times ``idf`` for cosine, ones for Jaccard (the counts are not read)."""
+    indptr, ids, counts = _word_lists(ids_col, counts_col if measure == "cosine" else None)
+    if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
+        raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
+    weights = counts.astype(np.float64) * idf[ids] if counts is not None else np.ones(ids.size)
+    return indptr, ids, weights
+
+
 def _low_bits(n: int) -> int:
     return _signed((1 << n) - 1)
 
@@ -326,12 +342,9 @@ def _tile_batches(
             indptr, hashes = _hash_lists(t.column(HASHES))
             sim = K.pair_similarity(indptr, hashes, np.ones(hashes.size), a, b, False, min_sim)
         elif measure is not None:
-            indptr, ids, counts = _word_lists(
-                t.column("word_ids"), t.column("word_counts") if measure == "cosine" else None
+            indptr, ids, weights = _weighted_words(
+                t.column("word_ids"), t.column("word_counts") if measure == "cosine" else None, measure, idf
             )
-            if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
-                raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
-            weights = counts.astype(np.float64) * idf[ids] if counts is not None else np.ones(ids.size)
             sim = K.pair_similarity(indptr, ids, weights, a, b, measure == "cosine", min_sim)
         if sim is not None and min_sim > 0:
             keep = np.flatnonzero(sim >= min_sim)
@@ -469,18 +482,22 @@ def bucket_census(
         "top": [],
     }
     if max_pairs is not None and out["candidates"] > max_pairs:
-        for r in per.orderBy(F.desc("c")).limit(top).collect():
-            s, e = segs[r["seg"]]
-            out["top"].append(
-                {
-                    "segment": int(r["seg"]),
-                    "bits": f"{s}-{e - 1}",
-                    "key": f"{int(r['key']) & ((1 << 64) - 1):x}",
-                    "rows": int(r["n"]),
-                    "candidates": int(r["c"]),
-                }
-            )
+        out["top"] = [
+            _hot_bucket(segs, r["seg"], r["key"], r["n"], r["c"]) for r in per.orderBy(F.desc("c")).limit(top).collect()
+        ]
     return out
+
+
+def _hot_bucket(segs: list[tuple[int, int]], seg: int, key: int, rows: int, candidates: int) -> dict[str, Any]:
+    """One of the census's ``top`` buckets, as the budget error names it."""
+    s, e = segs[int(seg)]
+    return {
+        "segment": int(seg),
+        "bits": f"{s}-{e - 1}",
+        "key": f"{int(key) & ((1 << 64) - 1):x}",
+        "rows": int(rows),
+        "candidates": int(candidates),
+    }
 
 
 def _budget_error(census: dict[str, Any], radius: int, max_pairs: int) -> DedupError:
@@ -658,16 +675,161 @@ def verify_pairs(
     return scored.where(F.col("similarity") >= F.lit(verify.threshold))
 
 
+# --------------------------------------------------------------------------------------------------- driver plan
+
+
+@dataclass
+class DriverRows:
+    """A small index's rows on the driver (:func:`collect_rows`): ``ids object[n]``, ``codes uint8[n, nbytes]``,
+    ``fresh int8[n]`` (None: every row counts), and the word lists a check reads as CSR parts ``indptr``,
+    ``values`` (int64 word hashes or int32 word ids) and ``weights`` (None without a check)."""
+
+    ids: np.ndarray
+    codes: np.ndarray
+    fresh: np.ndarray | None = None
+    indptr: np.ndarray | None = None
+    values: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
+def collect_rows(
+    codes_df: DataFrame, bits: int, measure: str | None = None, idf: np.ndarray | None = None
+) -> DriverRows:
+    """``codes_df(id, code, [fresh], [word_hashes | word_ids, word_counts])`` collected once (the driver plan);
+    the word lists are the ones :func:`find_pairs` checks ``measure`` on (``word_hashes`` when present)."""
+    words = []
+    if measure == "jaccard" and HASHES in codes_df.columns:
+        words = [HASHES]
+    elif measure is not None:
+        words = ["word_ids"] + (["word_counts"] if measure == "cosine" else [])
+    cols = ["id", "code"] + ([FRESH] if FRESH in codes_df.columns else []) + words
+    pdf = codes_df.select(*cols).toPandas()
+    n, nbytes = len(pdf), C.code_bytes(bits)
+    raw = pdf["code"].tolist()
+    wrong = next((b for b in raw if b is None or len(b) != nbytes), False)
+    if wrong is not False:
+        raise DedupError(f"code of {-1 if wrong is None else len(wrong)} bytes: the index's codes have {nbytes}")
+    rows = DriverRows(
+        ids=pdf["id"].astype(str).to_numpy(object),
+        codes=np.frombuffer(b"".join(raw), np.uint8).reshape(n, nbytes),
+        fresh=pdf[FRESH].to_numpy(np.int8) if FRESH in pdf.columns else None,
+    )
+    if words == [HASHES]:
+        from semhash_spark.data import wordsets
+
+        rows.indptr, rows.values = wordsets.hash_lists(pdf[HASHES].tolist())
+        rows.weights = np.ones(rows.values.size)
+    elif words:
+        if idf is None:
+            raise DedupError(f"similarity {measure!r} needs idf statistics or the vocabulary size")
+        col = lambda c: pa.array(pdf[c].tolist(), pa.binary())  # noqa: E731
+        counts = col("word_counts") if measure == "cosine" else None
+        rows.indptr, rows.values, rows.weights = _weighted_words(col("word_ids"), counts, measure, idf)
+    return rows
+
+
+def local_census(
+    keys: np.ndarray,
+    fresh: np.ndarray | None,
+    segs: list[tuple[int, int]],
+    block_size: int,
+    max_pairs: int | None = None,
+    top: int = 5,
+) -> dict[str, Any]:
+    """:func:`bucket_census` of the driver plan, from the segment keys ``int64[n, r + 1]``: the same counts (a
+    bucket counts only when it holds a fresh row, where ``fresh`` is given)."""
+    per = []
+    for s in range(keys.shape[1]):
+        uniq, inv, n = np.unique(keys[:, s], return_inverse=True, return_counts=True)
+        if fresh is None:
+            cand = n * (n - 1) // 2
+            live = n > 1
+        else:
+            f = np.bincount(inv, weights=fresh, minlength=uniq.size).astype(np.int64)
+            cand = f * (n - f) + f * (f - 1) // 2
+            live = (n > 1) & (f > 0)
+        per.append((np.full(int(live.sum()), s), uniq[live], n[live], cand[live]))
+    seg, key, n, cand = (np.concatenate(x) for x in zip(*per))
+    out = {
+        "candidates": int(cand.sum()),
+        "buckets": int(n.size),
+        "largest": int(n.max()) if n.size else 0,
+        "hot": int((n > block_size).sum()),
+        "top": [],
+    }
+    if max_pairs is not None and out["candidates"] > max_pairs:
+        out["top"] = [_hot_bucket(segs, seg[i], key[i], n[i], cand[i]) for i in np.argsort(-cand, kind="stable")[:top]]
+    return out
+
+
+def local_pairs(
+    rows: DriverRows,
+    bits: int,
+    radius: int,
+    *,
+    measure: str | None = None,
+    threshold: float | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`find_pairs` on the driver, for an index small enough to collect: the same pigeonhole buckets, census
+    and budget, the same compiled kernel over the rows sorted by bucket (every bucket whole: one process has no
+    tasks to spread a hot bucket over), the check on the collected word lists. Returns the pairs (``id_a < id_b,
+    distance, [similarity]``; only those at or above ``threshold`` when given) and the counts of
+    :func:`find_pairs`, with ``hot_buckets`` the buckets of more than ``block_size`` rows (paired whole)."""
+    from semhash_spark.index import _dedup_kernels as K
+
+    segs, nwords = segments(bits, radius), n_words(bits)
+    keys = segment_keys(rows.codes, bits, segs)
+    census = local_census(keys, rows.fresh, segs, block_size, max_pairs)
+    if max_pairs is not None and census["candidates"] > max_pairs:
+        raise _budget_error(census, radius, max_pairs)
+    n, m = keys.shape
+    doc = np.tile(np.arange(n, dtype=np.int64), m)
+    seg = np.repeat(np.arange(m, dtype=np.int32), n)
+    key = keys.T.ravel()
+    order = np.lexsort((doc, seg, key))  # a bucket's rows together, as the Spark plan's sorted task rows
+    doc, seg, key = doc[order], seg[order], key[order]
+    zeros = np.zeros(doc.size, np.int32)
+    fresh = rows.fresh[doc] if rows.fresh is not None else np.ones(doc.size, np.int8)
+    segmask = np.array(segment_masks(segs, nwords), dtype=np.int64).view(np.uint64)
+    words = code_words(rows.codes).view(np.uint64)[doc]
+    a, b, d, _, _ = K.tile_pairs(seg, key, zeros, zeros, zeros, words, segmask, radius, doc.size, 0, fresh)
+    a, b = doc[a], doc[b]
+    counts = {"candidates": census["candidates"], "pairs_within_radius": int(a.size), "hot_buckets": census["hot"]}
+    out: dict[str, Any] = {}
+    if measure is not None:
+        min_sim = float(threshold) if threshold is not None else 0.0
+        sim = K.pair_similarity(rows.indptr, rows.values, rows.weights, a, b, measure == "cosine", min_sim)
+        if threshold is not None:
+            keep = np.flatnonzero(sim >= threshold)
+            a, b, d, sim = a[keep], b[keep], d[keep], sim[keep]
+        out["similarity"] = sim.astype(np.float64)
+    ia, ib = rows.ids[a], rows.ids[b]
+    first = ia < ib
+    pairs = pd.DataFrame(
+        {"id_a": np.where(first, ia, ib), "id_b": np.where(first, ib, ia), "distance": d.astype(np.int32), **out}
+    )
+    counts["pairs"] = len(pairs)
+    return pairs, counts
+
+
 # --------------------------------------------------------------------------------------------------- clusters
 
 
 def local_components(spark: SparkSession, pairs: DataFrame) -> DataFrame:
     """``pairs(id_a, id_b)`` -> ``(id, cluster, size)`` as :func:`connected_components`, computed on the driver
     (scipy) for a pair count the caller has bounded: a few Spark jobs fewer than the label propagation."""
+    return spark.createDataFrame(
+        _components(pairs.select("id_a", "id_b").toPandas()), "id string, cluster string, size long"
+    )
+
+
+def _components(pdf: pd.DataFrame) -> pd.DataFrame:
+    """``pdf(id_a, id_b)`` -> ``(id, cluster, size)`` as :func:`local_components`, in memory."""
     import scipy.sparse as sps
     from scipy.sparse.csgraph import connected_components as components
 
-    pdf = pairs.select("id_a", "id_b").toPandas()
     ids, inv = np.unique(
         np.concatenate([pdf["id_a"].to_numpy(object), pdf["id_b"].to_numpy(object)]), return_inverse=True
     )
@@ -677,8 +839,7 @@ def local_components(spark: SparkSession, pairs: DataFrame) -> DataFrame:
     first = np.full(comp.max() + 1 if comp.size else 0, ids.size, np.int64)
     np.minimum.at(first, comp, np.arange(ids.size))  # ids are sorted: the smallest index is the min id
     size = np.bincount(comp)
-    out = pd.DataFrame({"id": ids.astype(str), "cluster": ids[first[comp]].astype(str), "size": size[comp]})
-    return spark.createDataFrame(out, "id string, cluster string, size long")
+    return pd.DataFrame({"id": ids.astype(str), "cluster": ids[first[comp]].astype(str), "size": size[comp]})
 
 
 def _checkpoint(df: DataFrame) -> DataFrame:
@@ -791,13 +952,25 @@ def _dataset_docs(spark: SparkSession, data_uri: str, want: list[str]) -> DataFr
 
 
 def _codes_with_words(
-    spark: SparkSession, index_uri: str, version: str, manifest: dict, data_uri: str | None, measure: str = "cosine"
+    spark: SparkSession,
+    index_uri: str,
+    version: str,
+    manifest: dict,
+    data_uri: str | None,
+    measure: str = "cosine",
+    small: bool = False,
 ) -> tuple[DataFrame, str | None, str]:
     """``(id, code, ...)`` of the version's documents with what ``measure`` checks, read once; the dataset's
     folder (for its vocab.json); and what the check reads: ``word_hashes`` (Jaccard on the documents' whole word
     sets, from the shards or the dataset of ``data_uri``) or ``word_ids`` (the model's vocabulary words).
+    ``small``: the index's ``(id, code)`` rows are broadcast to the dataset's (a join without a shuffle).
     """
     have = set(manifest.get("columns", ()))
+
+    def codes() -> DataFrame:
+        df = read_shards(spark, index_uri, version)[0]
+        return F.broadcast(df) if small else df
+
     if measure == "jaccard" and HASHES in have:
         return read_shards(spark, index_uri, version, ("id", "code", HASHES))[0], None, HASHES
     root = None
@@ -807,7 +980,7 @@ def _codes_with_words(
     if measure == "jaccard" and data_uri is not None:
         docs = _dataset_docs(spark, data_uri, [HASHES])
         if HASHES in docs.columns:
-            return read_shards(spark, index_uri, version)[0].join(docs, "id"), root, HASHES
+            return codes().join(docs, "id"), root, HASHES
     if set(ix.WORD_COLUMNS) <= have:
         return read_shards(spark, index_uri, version, ("id", "code", *ix.WORD_COLUMNS))[0], None, "word_ids"
     if data_uri is None:
@@ -819,14 +992,22 @@ def _codes_with_words(
     missing = [c for c in (ds.WORD_IDS, ds.WORD_COUNTS) if c not in docs.columns]
     if missing:
         raise DedupError(f"{data_uri}: its documents have no {', '.join(missing)} column")
-    return read_shards(spark, index_uri, version)[0].join(docs, "id"), root, "word_ids"
+    return codes().join(docs, "id"), root, "word_ids"
 
 
 def _fresh_rows(
-    spark: SparkSession, index_uri: str, version: str, manifest: dict, since: str, codes_df: DataFrame
+    spark: SparkSession,
+    index_uri: str,
+    version: str,
+    manifest: dict,
+    since: str,
+    codes_df: DataFrame,
+    small: bool = False,
 ) -> tuple[DataFrame, dict[str, Any]]:
     """``codes_df`` with ``fresh`` = 1 for the documents added or changed since version ``since`` (a new id, or
-    another content hash, or another code where the shards keep no hash), 0 for the others."""
+    another content hash, or another code where the shards keep no hash), 0 for the others. ``small``: both
+    joins broadcast their right side (no shuffle)."""
+    hint = F.broadcast if small else (lambda df: df)
     if since == version:
         raise DedupError(f"--since {since} is the version being deduplicated: nothing changed since it")
     try:
@@ -836,8 +1017,8 @@ def _fresh_rows(
     key = ix.HASH_COLUMN if all(ix.HASH_COLUMN in m.get("columns", ()) for m in (manifest, old_manifest)) else "code"
     old = read_shards(spark, index_uri, since, ("id", key))[0]
     now = read_shards(spark, index_uri, version, ("id", key))[0]
-    fresh = now.join(old, ["id", key], "left_anti").select("id", F.lit(1).cast("byte").alias(FRESH))
-    marked = codes_df.join(fresh, "id", "left").withColumn(FRESH, F.coalesce(F.col(FRESH), F.lit(0).cast("byte")))
+    fresh = now.join(hint(old), ["id", key], "left_anti").select("id", F.lit(1).cast("byte").alias(FRESH))
+    marked = codes_df.join(hint(fresh), "id", "left").withColumn(FRESH, F.coalesce(F.col(FRESH), F.lit(0).cast("byte")))
     return marked, {"since": since, "changed_by": key}
 
 
@@ -852,7 +1033,41 @@ def calibrate_radius(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The smallest Hamming radius that catches ``target_recall`` of the pairs of Jaccard >= ``threshold`` in a
-    sample of ``sample`` documents of ``codes_df(code, word_hashes)`` (``total`` rows in all).
+    sample of ``sample`` documents of ``codes_df(code, word_hashes)`` (``total`` rows in all), collected to the
+    driver (:func:`calibrate_sample`)."""
+    from semhash_spark.data import wordsets
+
+    _check_calibration(target_recall, sample)
+    df = codes_df.select("code", HASHES)
+    fraction = 1.0 if total is None or total <= sample else sample / total
+    if fraction < 1.0:
+        df = df.sample(fraction=fraction, seed=seed)
+    pdf = df.toPandas()
+    n = len(pdf)
+    codes = np.frombuffer(b"".join(pdf["code"].tolist()), np.uint8).reshape(n, -1)
+    indptr, hashes = wordsets.hash_lists(pdf[HASHES].tolist())
+    return calibrate_sample(codes, indptr, hashes, bits, threshold, target_recall, seed=seed)
+
+
+def _check_calibration(target_recall: float, sample: int) -> None:
+    if not 0.0 < target_recall <= 1.0:
+        raise DedupError(f"target recall {target_recall} must be in (0, 1]")
+    if sample < 2:
+        raise DedupError(f"calibration sample {sample} must be at least 2 documents")
+
+
+def calibrate_sample(
+    codes: np.ndarray,
+    indptr: np.ndarray,
+    hashes: np.ndarray,
+    bits: int,
+    threshold: float,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`calibrate_radius` on a sample in memory: packed ``codes uint8[n, nbytes]`` and the documents' word
+    hash sets (CSR ``indptr``, ``hashes``).
 
     The sample's pairs above the threshold are found by MinHash LSH (125 permutations, 25 bands of 5, so a pair at
     Jaccard 0.7 is a candidate with probability 0.99) and checked exactly on the word-hash sets; the radius is the
@@ -862,17 +1077,7 @@ def calibrate_radius(
     from semhash_spark.index import _dedup_kernels as K
     from semhash_spark.data import wordsets
 
-    if not 0.0 < target_recall <= 1.0:
-        raise DedupError(f"target recall {target_recall} must be in (0, 1]")
-    if sample < 2:
-        raise DedupError(f"calibration sample {sample} must be at least 2 documents")
-    df = codes_df.select("code", HASHES)
-    fraction = 1.0 if total is None or total <= sample else sample / total
-    if fraction < 1.0:
-        df = df.sample(fraction=fraction, seed=seed)
-    pdf = df.toPandas()
-    n = len(pdf)
-    indptr, hashes = wordsets.hash_lists(pdf[HASHES].tolist())
+    n = codes.shape[0]
     sig = wordsets.minhash(indptr, hashes, CALIBRATION_BANDS * CALIBRATION_ROWS, seed=seed + 1)
     cand = wordsets.lsh_pairs(sig, CALIBRATION_BANDS, CALIBRATION_ROWS, seed=seed + 2)
     sim = K.pair_similarity(indptr, hashes, np.ones(hashes.size), cand[:, 0], cand[:, 1], False)
@@ -888,7 +1093,6 @@ def calibrate_radius(
             f"no pair of Jaccard >= {threshold:g} among {n} sampled documents: the radius cannot be "
             "calibrated; pass --radius (or a larger calibration sample)"
         )
-    codes = np.frombuffer(b"".join(pdf["code"].tolist()), np.uint8).reshape(n, -1)
     dist = np.sort(np.unpackbits(codes[above[:, 0]] ^ codes[above[:, 1]], axis=1).sum(axis=1))
     k = max(int(np.ceil(target_recall * dist.size)) - 1, 0)
     radius = int(min(dist[k], bits - 1))
@@ -900,6 +1104,21 @@ def calibrate_radius(
         }
     )
     return out
+
+
+def _calibrate_rows(
+    rows: DriverRows, bits: int, threshold: float, target_recall: float, sample: int, seed: int = 0
+) -> dict[str, Any]:
+    """:func:`calibrate_radius` of the driver plan: a uniform sample of the collected rows (all up to ``sample``)."""
+    _check_calibration(target_recall, sample)
+    n = rows.codes.shape[0]
+    if n <= sample:
+        return calibrate_sample(rows.codes, rows.indptr, rows.values, bits, threshold, target_recall, seed=seed)
+    pick = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    indptr = np.zeros(pick.size + 1, np.int64)
+    np.cumsum(np.diff(rows.indptr)[pick], out=indptr[1:])
+    take = np.concatenate([np.arange(rows.indptr[i], rows.indptr[i + 1]) for i in pick])
+    return calibrate_sample(rows.codes[pick], indptr, rows.values[take], bits, threshold, target_recall, seed=seed)
 
 
 def _stable_names(labels: DataFrame, previous: DataFrame) -> DataFrame:
@@ -914,6 +1133,15 @@ def _stable_names(labels: DataFrame, previous: DataFrame) -> DataFrame:
     )
     names = owner.groupBy("cluster").agg(F.min("old").alias("name"))
     return labels.join(names, "cluster", "left").select("id", F.coalesce("name", "cluster").alias("cluster"))
+
+
+def _stable_names_local(members: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
+    """:func:`_stable_names` of the driver plan, on ``members(id, cluster, size)`` in memory (the sizes stay: a
+    renaming keeps every cluster's members)."""
+    old = members[["id", "cluster"]].merge(previous.rename(columns={"cluster": "old"})[["id", "old"]], on="id")
+    owner = old.sort_values("id").groupby("old", sort=False)["cluster"].first()  # its smallest surviving member's
+    names = owner.reset_index().groupby("cluster")["old"].min()
+    return members.assign(cluster=members["cluster"].map(names).fillna(members["cluster"]))
 
 
 # --------------------------------------------------------------------------------------------------- entry points
@@ -970,6 +1198,7 @@ def find_near_duplicates(
     since: str | None = None,
     previous_uri: str | None = None,
     local_cc_max: int = LOCAL_CC_MAX,
+    local_max_docs: int = LOCAL_MAX_DOCS,
 ) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
     """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
     their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
@@ -980,6 +1209,11 @@ def find_near_duplicates(
     ``previous_uri`` (the output of the run on ``V``) then adds its pairs whose documents are unchanged and
     still indexed, and the clusters keep their previous ids (:func:`_stable_names`). Up to ``local_cc_max``
     pairs are clustered on the driver (:func:`local_components`), more in Spark (:func:`connected_components`).
+
+    An index of at most ``local_max_docs`` documents (0: none) takes the driver plan: its rows are collected once
+    and calibrated, counted, paired and checked in this process by the same kernels (:func:`local_pairs`), with
+    the same results; a small job spends more on a shuffle's tasks than on its pairs. Larger ones run in Spark,
+    with nothing but counts reaching the driver.
     """
     t0 = time.time()
     check = Verify.parse(verify)
@@ -990,10 +1224,13 @@ def find_near_duplicates(
         raise DedupError("a previous run's output (--previous) is only used with --since VERSION")
     idf = vocab_size = None
     checked_on = None
+    on_driver = 0 < int(manifest["count"]) <= local_max_docs
     if check is None:
         codes_df = read_shards(spark, index_uri, version)[0]
     else:
-        codes_df, data_dir, checked_on = _codes_with_words(spark, index_uri, version, manifest, data_uri, check.measure)
+        codes_df, data_dir, checked_on = _codes_with_words(
+            spark, index_uri, version, manifest, data_uri, check.measure, small=on_driver
+        )
         if checked_on != HASHES:
             idf, vocab_size = _idf_and_vocab(index_uri, version, data_dir)
             if vocab_size is None:
@@ -1007,30 +1244,57 @@ def find_near_duplicates(
                     "Jaccard is checked on the model's vocabulary words only"
                 )
     calibration = None
-    if radius is None:
+    if radius is None:  # checked before anything is read; calibrated below
         if check is None or check.measure != "jaccard" or checked_on != HASHES:
             raise DedupError(
                 "the radius can be chosen automatically only for --verify jaccard:T on documents "
                 "with word hashes (a dataset prepared by this version, --data); else pass --radius"
             )
-        calibration = calibrate_radius(
-            codes_df, bits, check.threshold, target_recall, sample=calibration_sample, total=int(manifest["count"])
-        )
-        radius = calibration["radius"]
-        log.info("dedup: radius %d calibrated for jaccard >= %g: %s", radius, check.threshold, calibration)
     incremental = None
     if since is not None:
-        codes_df, incremental = _fresh_rows(spark, index_uri, version, manifest, since, codes_df)
-        codes_df = codes_df.localCheckpoint()
-        incremental["fresh_docs"] = int(codes_df.where(F.col(FRESH) == 1).count())
-    pairs, counts = near_duplicate_pairs(
-        codes_df, bits, radius, check, idf=idf, vocab_size=vocab_size, block_size=block_size, max_pairs=max_pairs
-    )
+        codes_df, incremental = _fresh_rows(spark, index_uri, version, manifest, since, codes_df, small=on_driver)
+        if not on_driver:
+            codes_df = codes_df.localCheckpoint()
+            incremental["fresh_docs"] = int(codes_df.where(F.col(FRESH) == 1).count())
+    rows = pairs_pdf = None
+    if on_driver:  # one collect; calibration, census, pairs and checks in this process (the driver plan)
+        if check is not None and idf is None and vocab_size is not None:
+            idf = np.ones(vocab_size, dtype=np.float64)
+        rows = collect_rows(codes_df, bits, check and check.measure, idf)
+        if incremental is not None:
+            incremental["fresh_docs"] = int(rows.fresh.sum())
+    if radius is None:
+        if rows is not None:
+            calibration = _calibrate_rows(rows, bits, check.threshold, target_recall, calibration_sample)
+        else:
+            calibration = calibrate_radius(
+                codes_df, bits, check.threshold, target_recall, sample=calibration_sample, total=int(manifest["count"])
+            )
+        radius = calibration["radius"]
+        log.info("dedup: radius %d calibrated for jaccard >= %g: %s", radius, check.threshold, calibration)
+    if rows is not None:
+        pairs_pdf, counts = local_pairs(
+            rows,
+            bits,
+            radius,
+            measure=check and check.measure,
+            threshold=check and check.threshold,
+            block_size=block_size,
+            max_pairs=max_pairs,
+        )
+        counts["segments"] = radius + 1
+        schema = "id_a string, id_b string, distance int" + (", similarity double" if check is not None else "")
+        pairs = spark.createDataFrame(pairs_pdf, schema)
+    else:
+        pairs, counts = near_duplicate_pairs(
+            codes_df, bits, radius, check, idf=idf, vocab_size=vocab_size, block_size=block_size, max_pairs=max_pairs
+        )
     summary: dict[str, Any] = {
         "index": index_uri,
         "version": version,
         "bits": bits,
         "radius": radius,
+        "plan": "driver" if rows is not None else "spark",
         "segments": counts["segments"],
         "codes": int(manifest["count"]),
         "block_size": block_size,
@@ -1044,9 +1308,28 @@ def find_near_duplicates(
         summary["verify"] = str(check)
         summary["verified_on"] = "word set" if checked_on == HASHES else "vocabulary words"
     summary["pairs"] = counts["pairs"]
-    previous = None
     if incremental is not None:
         summary.update(incremental)
+    if pairs_pdf is not None:  # the driver plan: the previous run and the clusters in memory too
+        previous = None
+        if previous_uri is not None:
+            prev_pairs = sparkio.read_parquet(spark, previous_uri, [PAIRS_DIR]).toPandas()  # one run's pairs
+            stay = rows.ids[rows.fresh == 0]
+            still = prev_pairs["id_a"].isin(stay) & prev_pairs["id_b"].isin(stay)
+            kept = prev_pairs.loc[still, list(pairs_pdf.columns)]
+            summary["previous_pairs_kept"] = len(kept)
+            summary["pairs"] += len(kept)
+            pairs_pdf = pd.concat([pairs_pdf, kept], ignore_index=True)
+            pairs = spark.createDataFrame(pairs_pdf, pairs.schema)
+            previous = sparkio.read_parquet(spark, previous_uri, [CLUSTERS_DIR]).select("id", "cluster").toPandas()
+        members = _components(pairs_pdf)
+        if previous is not None:
+            members = _stable_names_local(members, previous)
+        clusters, rounds = spark.createDataFrame(members, "id string, cluster string, size long"), 0
+        largest = int(members["size"].max()) if len(members) else 0
+        sizes = {"clusters": members["cluster"].nunique(), "docs": len(members), "largest": largest}
+    else:
+        previous = None
         if previous_uri is not None:
             prev_pairs = sparkio.read_parquet(spark, previous_uri, [PAIRS_DIR])
             stay = codes_df.where(F.col(FRESH) == 0).select("id")
@@ -1059,19 +1342,19 @@ def find_near_duplicates(
             pairs = pairs.unionByName(kept)
             summary["pairs"] += summary["previous_pairs_kept"]
             previous = sparkio.read_parquet(spark, previous_uri, [CLUSTERS_DIR]).select("id", "cluster")
-    if summary["pairs"] <= local_cc_max:
-        labels, rounds = local_components(spark, pairs).select("id", "cluster"), 0
-    else:
-        labels, rounds = connected_components(pairs, max_iterations)
-    if previous is not None:
-        labels = _stable_names(labels.select("id", "cluster"), previous)
-    clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
-    sizes = (
-        clusters.groupBy("cluster")
-        .agg(F.count(F.lit(1)).alias("n"))
-        .agg(F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest"))
-        .first()
-    )
+        if summary["pairs"] <= local_cc_max:
+            labels, rounds = local_components(spark, pairs).select("id", "cluster"), 0
+        else:
+            labels, rounds = connected_components(pairs, max_iterations)
+        if previous is not None:
+            labels = _stable_names(labels, previous)
+        clusters = labels.withColumn("size", F.count(F.lit(1)).over(Window.partitionBy("cluster"))).localCheckpoint()
+        sizes = (
+            clusters.groupBy("cluster")
+            .agg(F.count(F.lit(1)).alias("n"))
+            .agg(F.count(F.lit(1)).alias("clusters"), F.sum("n").alias("docs"), F.max("n").alias("largest"))
+            .first()
+        )
     summary.update(
         {
             "clusters": int(sizes["clusters"] or 0),
