@@ -809,21 +809,25 @@ def test_since_pairs_only_changed_documents_and_keeps_cluster_ids(spark, text_in
 
 def test_driver_and_spark_plans_give_the_same_pairs_clusters_and_counts(spark, dup_index, text_index):
     """The driver plan (a small index collected once) and the Spark plan are one algorithm: the same pairs,
-    clusters and summary counts, with hot buckets (block_size 3) and with a calibrated radius."""
+    clusters and summary counts, with hot buckets (block_size 3) and with a calibrated radius; a small index whose
+    census is over the driver's candidate budget goes to Spark after the census (and gives the same)."""
     cases = [
         (dup_index["index"], 3, "cosine:0.8", None, 3),
         (text_index["index"], None, "jaccard:0.7", text_index["data"], dedup.DEFAULT_BLOCK),
     ]
     for index, radius, verify, data, block in cases:
         runs = {}
-        for local_max in (0, dedup.LOCAL_MAX_DOCS):
+        for name, local_max, max_cand in (("spark", 0, None), ("driver", None, None), ("over budget", None, 1)):
+            options = {"local_max_docs": local_max} if local_max is not None else {}
+            if max_cand is not None:
+                options["local_max_candidates"] = max_cand
             pairs, clusters, summary = dedup.find_near_duplicates(
-                spark, index, radius, verify=verify, data_uri=data, block_size=block, local_max_docs=local_max
+                spark, index, radius, verify=verify, data_uri=data, block_size=block, **options
             )
-            plan = summary.pop("plan")
-            runs[plan] = (
+            assert summary.pop("plan") == ("spark" if name == "over budget" else name)
+            runs[name] = (
                 sorted(tuple(r) for r in pairs.collect()),
                 sorted(tuple(r) for r in clusters.collect()),
                 {k: v for k, v in summary.items() if k != "seconds"},
             )
-        assert runs["driver"] == runs["spark"] and runs["driver"][0], (index, runs["driver"][2], runs["spark"][2])
+        assert runs["driver"] == runs["spark"] == runs["over budget"] and runs["driver"][0], (index, runs)

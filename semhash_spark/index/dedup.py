@@ -81,6 +81,7 @@ DEFAULT_CALIBRATION_SAMPLE = 20_000
 CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
 LOCAL_CC_MAX = 2_000_000  # pairs up to this many are clustered on the driver (scipy), more in Spark
 LOCAL_MAX_DOCS = 100_000  # indexes up to this many documents are paired on the driver: one collect, no shuffle
+LOCAL_MAX_CANDIDATES = 50_000_000  # ... when their candidates are at most this many (more: in Spark, on every core)
 
 
 class DedupError(ValueError):
@@ -771,12 +772,16 @@ def local_pairs(
     threshold: float | None = None,
     block_size: int = DEFAULT_BLOCK,
     max_pairs: int | None = DEFAULT_MAX_PAIRS,
-) -> tuple[pd.DataFrame, dict[str, int]]:
+    max_candidates: int | None = None,
+) -> tuple[pd.DataFrame | None, dict[str, int]]:
     """:func:`find_pairs` on the driver, for an index small enough to collect: the same pigeonhole buckets, census
     and budget, the same compiled kernel over the rows sorted by bucket (every bucket whole: one process has no
     tasks to spread a hot bucket over), the check on the collected word lists. Returns the pairs (``id_a < id_b,
     distance, [similarity]``; only those at or above ``threshold`` when given) and the counts of
-    :func:`find_pairs`, with ``hot_buckets`` the buckets of more than ``block_size`` rows (paired whole)."""
+    :func:`find_pairs`, with ``hot_buckets`` the buckets of more than ``block_size`` rows (paired whole).
+
+    More than ``max_candidates`` candidates (the driver's share: one thread, and every pair within the radius
+    held before the check) returns ``(None, counts)`` without pairing: the caller pairs in Spark instead."""
     from semhash_spark.index import _dedup_kernels as K
 
     segs, nwords = segments(bits, radius), n_words(bits)
@@ -784,6 +789,8 @@ def local_pairs(
     census = local_census(keys, rows.fresh, segs, block_size, max_pairs)
     if max_pairs is not None and census["candidates"] > max_pairs:
         raise _budget_error(census, radius, max_pairs)
+    if max_candidates is not None and census["candidates"] > max_candidates:
+        return None, {"candidates": census["candidates"]}
     n, m = keys.shape
     doc = np.tile(np.arange(n, dtype=np.int64), m)
     seg = np.repeat(np.arange(m, dtype=np.int32), n)
@@ -1199,6 +1206,7 @@ def find_near_duplicates(
     previous_uri: str | None = None,
     local_cc_max: int = LOCAL_CC_MAX,
     local_max_docs: int = LOCAL_MAX_DOCS,
+    local_max_candidates: int = LOCAL_MAX_CANDIDATES,
 ) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
     """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
     their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
@@ -1212,8 +1220,9 @@ def find_near_duplicates(
 
     An index of at most ``local_max_docs`` documents (0: none) takes the driver plan: its rows are collected once
     and calibrated, counted, paired and checked in this process by the same kernels (:func:`local_pairs`), with
-    the same results; a small job spends more on a shuffle's tasks than on its pairs. Larger ones run in Spark,
-    with nothing but counts reaching the driver.
+    the same results; a small job spends more on a shuffle's tasks than on its pairs. Larger ones, and those whose
+    census counts more than ``local_max_candidates`` candidate pairs (work for every core), run in Spark, with
+    nothing but counts reaching the driver.
     """
     t0 = time.time()
     check = Verify.parse(verify)
@@ -1281,7 +1290,16 @@ def find_near_duplicates(
             threshold=check and check.threshold,
             block_size=block_size,
             max_pairs=max_pairs,
+            max_candidates=local_max_candidates,
         )
+        if pairs_pdf is None:
+            log.info(
+                "dedup: %d candidate pairs, over the driver plan's %d: pairing in Spark",
+                counts["candidates"],
+                local_max_candidates,
+            )
+            rows = None
+    if rows is not None:
         counts["segments"] = radius + 1
         schema = "id_a string, id_b string, distance int" + (", similarity double" if check is not None else "")
         pairs = spark.createDataFrame(pairs_pdf, schema)
