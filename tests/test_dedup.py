@@ -817,17 +817,20 @@ def test_driver_and_spark_plans_give_the_same_pairs_clusters_and_counts(spark, d
     ]
     for index, radius, verify, data, block in cases:
         runs = {}
-        for name, local_max, max_cand in (("spark", 0, None), ("driver", None, None), ("over budget", None, 1)):
-            options = {"local_max_docs": local_max} if local_max is not None else {}
-            if max_cand is not None:
-                options["local_max_candidates"] = max_cand
+        configs = (
+            ("spark", {"local_max_docs": 0}),
+            ("driver", {}),
+            ("over budget", {"local_max_candidates": 1}),  # goes to Spark after the driver's census
+            ("too many bytes", {"local_max_bytes": 1}),  # the files to collect are too big: Spark from the start
+        )
+        for name, options in configs:
             pairs, clusters, summary = dedup.find_near_duplicates(
                 spark, index, radius, verify=verify, data_uri=data, block_size=block, **options
             )
-            assert summary.pop("plan") == ("spark" if name == "over budget" else name)
+            assert summary.pop("plan") == ("driver" if name == "driver" else "spark")
             runs[name] = (
                 sorted(tuple(r) for r in pairs.collect()),
                 sorted(tuple(r) for r in clusters.collect()),
                 {k: v for k, v in summary.items() if k != "seconds"},
             )
-        assert runs["driver"] == runs["spark"] == runs["over budget"] and runs["driver"][0], (index, runs)
+        assert all(r == runs["spark"] for r in runs.values()) and runs["spark"][0], (index, runs)

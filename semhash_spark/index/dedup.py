@@ -82,6 +82,7 @@ CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
 LOCAL_CC_MAX = 2_000_000  # pairs up to this many are clustered on the driver (scipy), more in Spark
 LOCAL_MAX_DOCS = 100_000  # indexes up to this many documents are paired on the driver: one collect, no shuffle
 LOCAL_MAX_CANDIDATES = 50_000_000  # ... when their candidates are at most this many (more: in Spark, on every core)
+LOCAL_MAX_BYTES = 512 << 20  # ... and the files it would collect hold at most this much (Spark's maxResultSize: 1g)
 
 
 class DedupError(ValueError):
@@ -1002,6 +1003,16 @@ def _codes_with_words(
     return codes().join(docs, "id"), root, "word_ids"
 
 
+def _collect_bytes(manifest: dict, data_uri: str | None) -> int:
+    """What the driver plan would collect, bounded from above by file sizes: the version's shard files (from its
+    manifest), plus the dataset's document files when the words may come from ``data_uri`` (one listing)."""
+    total = sum(int(f["bytes"]) for p in manifest["partitions"] for f in p["files"])
+    if data_uri is not None and HASHES not in manifest.get("columns", ()):
+        docs = store.join(data_uri, ds.DOCS_DIR)
+        total += sum(size for key, size in store.list_prefix(docs) if key.endswith(".parquet"))
+    return total
+
+
 def _fresh_rows(
     spark: SparkSession,
     index_uri: str,
@@ -1207,6 +1218,7 @@ def find_near_duplicates(
     local_cc_max: int = LOCAL_CC_MAX,
     local_max_docs: int = LOCAL_MAX_DOCS,
     local_max_candidates: int = LOCAL_MAX_CANDIDATES,
+    local_max_bytes: int = LOCAL_MAX_BYTES,
 ) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
     """All pairs of documents of an index version within Hamming ``radius`` (exact), optionally verified on
     their words, and their clusters. Returns ``(pairs_df, clusters_df, summary)``; the DataFrames are
@@ -1220,9 +1232,10 @@ def find_near_duplicates(
 
     An index of at most ``local_max_docs`` documents (0: none) takes the driver plan: its rows are collected once
     and calibrated, counted, paired and checked in this process by the same kernels (:func:`local_pairs`), with
-    the same results; a small job spends more on a shuffle's tasks than on its pairs. Larger ones, and those whose
-    census counts more than ``local_max_candidates`` candidate pairs (work for every core), run in Spark, with
-    nothing but counts reaching the driver.
+    the same results; a small job spends more on a shuffle's tasks than on its pairs. Larger ones, those whose
+    files (shards, and the dataset's documents when the words come from ``data_uri``) hold more than
+    ``local_max_bytes``, and those whose census counts more than ``local_max_candidates`` candidate pairs (work
+    for every core) run in Spark, with nothing but counts reaching the driver.
     """
     t0 = time.time()
     check = Verify.parse(verify)
@@ -1233,7 +1246,10 @@ def find_near_duplicates(
         raise DedupError("a previous run's output (--previous) is only used with --since VERSION")
     idf = vocab_size = None
     checked_on = None
-    on_driver = 0 < int(manifest["count"]) <= local_max_docs
+    on_driver = (
+        0 < int(manifest["count"]) <= local_max_docs
+        and _collect_bytes(manifest, data_uri if check is not None else None) <= local_max_bytes
+    )
     if check is None:
         codes_df = read_shards(spark, index_uri, version)[0]
     else:
