@@ -769,6 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--version", help="an index version other than CURRENT")
     sp.add_argument("--data", help="DATA_URI with the documents' words, when the shards carry none")
     sp.add_argument("--master", help="Spark master (default local[2]; spark-submit sets it)")
+    sp.add_argument(
+        "--conf", action=_ConfAction, metavar="KEY=VALUE", help="a Spark property, as for spark-submit (repeatable)"
+    )
 
     sp = add("reindex", cmd_reindex, "nightly re-index: encode new/changed documents, drop deleted ones, publish")
     sp.add_argument(

@@ -68,6 +68,9 @@ def test_config_and_spark_properties(tmp_path, caplog):
     with pytest.raises(SystemExit) as e:  # neither a property nor a file
         parse("encode", "--model", "m", "--data", "d", "--index", "i", "--conf", "no-such-thing")
     assert e.value.code == 2
+    # every Spark job takes them, dedup too
+    d = parse("dedup", "--index", "i", "--out", "o", "--conf", "spark.driver.memory=6g")
+    assert cli._spark_conf(d) == {"spark.driver.memory": "6g"}
 
 
 @pytest.mark.parametrize(
