@@ -221,10 +221,22 @@ def _hash_lists(col) -> tuple[np.ndarray, np.ndarray]:
     return rel // 8, np.require(data[offs[0] : offs[-1]].view("<i8"), np.int64, "A")
 
 
+def _word_idf(measure: str, idf: np.ndarray | None, vocab_size: int | None) -> np.ndarray:
+    """The idf a check on vocabulary words weighs them by: the given one (cosine needs it), else ones over
+    ``vocab_size`` words (Jaccard)."""
+    if measure == "cosine" and idf is None:
+        raise DedupError("cosine similarity needs idf statistics (the model's vocab or the dataset's vocab.json)")
+    if idf is None:
+        if vocab_size is None:
+            raise DedupError("jaccard similarity needs vocab_size (or idf)")
+        idf = np.ones(vocab_size, dtype=np.float64)
+    return np.asarray(idf, dtype=np.float64)
+
+
 def _weighted_words(ids_col, counts_col, measure: str, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The word columns -> ``(indptr, ids, weights)`` for :func:`~semhash_spark.index._dedup_kernels.pair_similarity`:
-    counts times ``idf`` for cosine, ones for Jaccard (the counts are not read)."""
-    indptr, ids, counts = _word_lists(ids_col, counts_col if measure == "cosine" else None)
+    counts times ``idf`` for cosine, ones for Jaccard (``counts_col`` None)."""
+    indptr, ids, counts = _word_lists(ids_col, counts_col)
     if ids.size and (ids.min() < 0 or ids.max() >= idf.size):
         raise DedupError(f"word id out of range [0, {idf.size}): {ids.min()}..{ids.max()}")
     weights = counts.astype(np.float64) * idf[ids] if counts is not None else np.ones(ids.size)
@@ -557,13 +569,7 @@ def find_pairs(
         missing = [c for c in cols if c not in codes_df.columns]
         if missing:
             raise DedupError(f"similarity {similarity!r} needs the columns {', '.join(missing)} in codes_df")
-        if similarity == "cosine" and idf is None:
-            raise DedupError("cosine similarity needs idf statistics (the model's vocab or the dataset's vocab.json)")
-        if idf is None:
-            if vocab_size is None:
-                raise DedupError("jaccard similarity needs vocab_size (or idf)")
-            idf = np.ones(vocab_size, dtype=np.float64)
-        idf = np.asarray(idf, dtype=np.float64)
+        idf = _word_idf(similarity, idf, vocab_size)
     if threshold is not None and similarity is None:
         raise DedupError(f"threshold {threshold} needs a similarity (cosine or jaccard)")
     segs, nwords = segments(bits, radius), n_words(bits)
@@ -695,10 +701,15 @@ class DriverRows:
 
 
 def collect_rows(
-    codes_df: DataFrame, bits: int, measure: str | None = None, idf: np.ndarray | None = None
+    codes_df: DataFrame,
+    bits: int,
+    measure: str | None = None,
+    idf: np.ndarray | None = None,
+    vocab_size: int | None = None,
 ) -> DriverRows:
     """``codes_df(id, code, [fresh], [word_hashes | word_ids, word_counts])`` collected once (the driver plan);
-    the word lists are the ones :func:`find_pairs` checks ``measure`` on (``word_hashes`` when present)."""
+    the word lists are the ones :func:`find_pairs` checks ``measure`` on (``word_hashes`` when present), weighed
+    as there (``idf``, ``vocab_size``)."""
     words = []
     if measure == "jaccard" and HASHES in codes_df.columns:
         words = [HASHES]
@@ -722,8 +733,7 @@ def collect_rows(
         rows.indptr, rows.values = wordsets.hash_lists(pdf[HASHES].tolist())
         rows.weights = np.ones(rows.values.size)
     elif words:
-        if idf is None:
-            raise DedupError(f"similarity {measure!r} needs idf statistics or the vocabulary size")
+        idf = _word_idf(measure, idf, vocab_size)
         col = lambda c: pa.array(pdf[c].tolist(), pa.binary())  # noqa: E731
         counts = col("word_counts") if measure == "cosine" else None
         rows.indptr, rows.values, rows.weights = _weighted_words(col("word_ids"), counts, measure, idf)
@@ -1283,9 +1293,7 @@ def find_near_duplicates(
             incremental["fresh_docs"] = int(codes_df.where(F.col(FRESH) == 1).count())
     rows = pairs_pdf = None
     if on_driver:  # one collect; calibration, census, pairs and checks in this process (the driver plan)
-        if check is not None and idf is None and vocab_size is not None:
-            idf = np.ones(vocab_size, dtype=np.float64)
-        rows = collect_rows(codes_df, bits, check and check.measure, idf)
+        rows = collect_rows(codes_df, bits, check and check.measure, idf, vocab_size)
         if incremental is not None:
             incremental["fresh_docs"] = int(rows.fresh.sum())
     if radius is None:
@@ -1344,8 +1352,8 @@ def find_near_duplicates(
     summary["pairs"] = counts["pairs"]
     if incremental is not None:
         summary.update(incremental)
+    previous = None  # the previous run's clusters, with --previous
     if pairs_pdf is not None:  # the driver plan: the previous run and the clusters in memory too
-        previous = None
         if previous_uri is not None:
             prev_pairs = sparkio.read_parquet(spark, previous_uri, [PAIRS_DIR]).toPandas()  # one run's pairs
             stay = rows.ids[rows.fresh == 0]
@@ -1363,7 +1371,6 @@ def find_near_duplicates(
         largest = int(members["size"].max()) if len(members) else 0
         sizes = {"clusters": members["cluster"].nunique(), "docs": len(members), "largest": largest}
     else:
-        previous = None
         if previous_uri is not None:
             prev_pairs = sparkio.read_parquet(spark, previous_uri, [PAIRS_DIR])
             stay = codes_df.where(F.col(FRESH) == 0).select("id")
