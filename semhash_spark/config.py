@@ -116,6 +116,7 @@ class VaeConfig:
     contrast_neighbours: int = 0  # positives drawn from the nearest this many of the neighbours (0: all of them)
     contrast_positives: int = 1  # positives per document in each batch, one InfoNCE term each (averaged)
     word_dropout: float = 0.0  # training only: each word's count dropped with this probability (input noise)
+    vocab_candidates: tuple[int, ...] = ()  # input widths (most frequent N words) picked by validation TF-IDF
     patience: int = 6  # epochs without validation gain before stopping
     collapse_bucket_share: float = 0.2  # warn (and defend) when the largest address holds more of the codes
     collapse_constant_fraction: float = 0.25  # ... or more than this fraction of bits is nearly constant
@@ -211,6 +212,7 @@ RANGES: dict[str, Any] = {
     "images.patch_fovea": (1, _INF),
     "model.kind": ("documents", "documents_vae", "images", "image_patches", "image_kmeans"),
     "model.hidden": (1, _INF),
+    "vae.vocab_candidates": (1, _INF),
     "model.bits": (1, _INF),
     "pretrain.epochs": (0, _INF),
     "pretrain.batch_size": (1, _INF),

@@ -207,3 +207,43 @@ def test_vae_rejects_bad_contrast_options(small_dataset, tmp_path, bad, capsys):
     )
     assert "ValueError: vae.contrast_neighbours must be >= 0 and vae.contrast_positives >= 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def _train_small(small_dataset, out, *extra) -> dict:
+    args = ["train", "--conf", str(ROOT / "conf" / "documents-best.yaml"), "--data", str(small_dataset)]
+    assert main([*args, "--bits", "16", "--out", str(out), *SMALL, "--set", "vae.epochs=2", *extra]) == 0
+    return json.loads((out / "model.json").read_text())
+
+
+def test_vae_reads_the_vocabulary_width_validation_picks(small_dataset, tmp_path):
+    meta = _train_small(small_dataset, tmp_path / "m", "--set", "vae.vocab_candidates=[20,100,5000]")
+    m, vocab = meta["metrics"], len(meta["vocab"]["words"])
+    scores = {int(w): p for w, p in m["vocab_val_precision"].items()}
+    assert sorted(scores) == [20, 100, vocab] and len(set(scores.values())) > 1  # 5000 is capped at the vocabulary
+    assert m["vocab_width"] == max(sorted(scores), key=scores.get)
+
+
+def test_vae_narrow_model_takes_whole_count_rows_and_ignores_the_rest(small_dataset, tmp_path):
+    out = tmp_path / "m"
+    meta = _train_small(small_dataset, out, "--set", "vae.vocab_candidates=[100]")
+    vocab = len(meta["vocab"]["words"])
+    assert meta["metrics"]["vocab_width"] == 100 < vocab and meta["sizes"][0] == vocab
+    x = ds.read_split(small_dataset, "test", columns=("counts",)).counts.toarray()
+    noisy = x.copy()
+    noisy[:, 100:] += np.random.default_rng(0).integers(0, 5, noisy[:, 100:].shape)
+    hasher = load_model(str(out))
+    assert np.array_equal(hasher.codes(x), hasher.codes(noisy))
+    assert np.array_equal(_numpy_codes(out, noisy), hasher.codes(noisy))
+    noisy[:, :100] += 1  # the words it reads do move the codes
+    assert not np.array_equal(hasher.codes(x), hasher.codes(noisy))
+
+
+def test_validator_ranks_features_by_cosine():
+    from semhash_spark.training.train import Validator
+
+    labels = [[str(i % 4)] for i in range(400)]
+    onehot = np.eye(4, dtype=np.float32)[[i % 4 for i in range(400)]]
+    noise = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+    v = Validator(onehot[:40], labels[:40], onehot[40:], labels[40:], k=50)
+    assert v.precision_cosine(lambda x: x) == 1.0
+    assert v.precision_cosine(lambda x: noise[: len(x)]) < 0.5

@@ -61,6 +61,23 @@ class CodeEncoder(torch.nn.Module):
     def encode(self, counts: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.code_input(counts))
 
+    @torch.no_grad()
+    def widened(self, vocab_size: int) -> "CodeEncoder":
+        """The same codes over a vocabulary that extends this one's ``sizes[0]`` words: the extra words get idf 0
+        and zero weights, so a model trained on the most frequent words reads the dataset's full count rows."""
+        extra = vocab_size - self.sizes[0]
+        if extra < 0:
+            raise ValueError(f"cannot narrow a {self.sizes[0]}-word encoder to {vocab_size} words")
+        if extra == 0:
+            return self
+        enc = CodeEncoder([vocab_size, *self.sizes[1:]], self.activations)
+        state = self.state_dict()
+        state["idf"] = torch.nn.functional.pad(state["idf"], (0, extra))
+        state["layers.0.weight"] = torch.nn.functional.pad(state["layers.0.weight"], (0, extra))
+        enc.load_state_dict(state)
+        enc.gain = self.gain
+        return enc
+
     def description(self) -> dict:
         """The ``encoder`` entry of ``model.json``: tensor names per layer, activations, input transform."""
         return {

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -196,16 +197,32 @@ class Validator:
     def precision(self, code_fn: Callable[[Any], np.ndarray]) -> float:
         qc = code_fn(self.query_x)[self._keep]
         dbc = code_fn(self.db_x)
-        lq = self._lq[self._keep]
         n = len(self.db_labels)
+        return self._precision(lambda s, e: codes_mod.hamming(qc[s:e], dbc).astype(np.int64) * n + self._tie, len(qc))
+
+    def precision_cosine(self, feature_fn: Callable[[Any], Any]) -> float:
+        """Precision at ``k`` of ranking by the dot product of ``feature_fn``'s rows (L2-normalised: cosine), e.g.
+        TF-IDF: what a feature choice is worth before any model is trained on it."""
+        qf = feature_fn(self.query_x)[self._keep]
+        dbf = feature_fn(self.db_x)
+        dbt = dbf.T.tocsr() if sp.issparse(dbf) else dbf.T
+
+        def key(s: int, e: int) -> np.ndarray:
+            sim = qf[s:e] @ dbt
+            return -(sim.toarray() if sp.issparse(sim) else np.asarray(sim))
+
+        return self._precision(key, qf.shape[0])
+
+    def _precision(self, key_fn: Callable[[int, int], np.ndarray], nq: int) -> float:
+        """Share of relevant items among the ``k`` smallest keys of each query row (``key_fn(start, end)``)."""
+        lq = self._lq[self._keep]
         total = 0.0
-        for s in range(0, len(qc), 256):
-            d = codes_mod.hamming(qc[s : s + 256], dbc).astype(np.int64)
-            key = d * n + self._tie[None, :]
-            top = np.argpartition(key, self.k - 1, axis=1)[:, : self.k]
-            rel = (lq[s : s + 256] @ self._ldb.T) > 0
+        for s in range(0, nq, 256):
+            e = min(nq, s + 256)
+            top = np.argpartition(key_fn(s, e), self.k - 1, axis=1)[:, : self.k]
+            rel = (lq[s:e] @ self._ldb.T) > 0
             total += np.take_along_axis(rel, top, axis=1).sum()
-        return float(total / (len(qc) * self.k))
+        return float(total / (nq * self.k))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Training ``model.kind: documents_vae`` (semhash_spark.models.vae) in one process.
 
 The train split is read into memory (sparse), the validation split is carved from it by id hash as for the
-papers' model, and each remaining document's TF-IDF nearest neighbours (among at most ``vae.neighbour_pool``
+papers' model. With ``vae.vocab_candidates`` the model reads only the vocabulary's first N words, N the candidate
+whose TF-IDF ranking is most precise on validation (the saved encoder still takes full count rows). Each
+remaining document's TF-IDF nearest neighbours (among at most ``vae.neighbour_pool``
 training documents) are found once before training. Each epoch is scored by validation precision@100 of the
 thresholded codes; the best epoch is kept. Every epoch also checks the validation database's codes for collapse
 (one address holding a large share, constant bits): a warning is logged and the defences act (balance term
@@ -10,6 +12,7 @@ doubled, learning rate halved).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -97,6 +100,28 @@ def _validator(train: ds.SplitData, val: np.ndarray, cfg: Config) -> Validator |
     return v if v.usable else None
 
 
+def _input_width(train: ds.SplitData, val: np.ndarray, cfg: Config, idf: np.ndarray) -> tuple[int, dict[str, float]]:
+    """How many of the vocabulary's first (most frequent) words the model reads and reconstructs: of
+    ``vae.vocab_candidates``, the width whose TF-IDF ranking is most precise on the validation split (the smallest
+    on a tie). The neighbour targets come from that ranking, and rare words help it on some corpora and dilute it on
+    others, so the width is measured, not fixed."""
+    vocab = train.counts.shape[1]
+    widths = sorted({min(w, vocab) for w in cfg.vae.vocab_candidates}) or [vocab]
+    if len(widths) == 1:
+        return widths[0], {}
+    validator = _validator(train, val, cfg)
+    if validator is None:
+        log.warning("no validation labels to choose the vocabulary width by: the model reads all %d words", vocab)
+        return vocab, {}
+    scores = {}
+    for w in widths:
+        scores[str(w)] = validator.precision_cosine(lambda c, w=w: tfidf_rows(c[:, :w], idf[:w]))
+        log.info("vocabulary width %d: TF-IDF validation precision@100 %.4f", w, scores[str(w)])
+    best = max(widths, key=lambda w: scores[str(w)])
+    log.info("the model reads the %d most frequent of %d words", best, vocab)
+    return best, scores
+
+
 def _dropped(x: torch.Tensor, p: float) -> torch.Tensor:
     """Word dropout: each present word's count zeroed with probability ``p`` (every document keeps one word)."""
     if p <= 0:
@@ -153,6 +178,10 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
             f"one batch of {v.batch_size}"
         )
     idf = ds.idf(doc_freq, n_train)
+    width, width_val = _input_width(train, val, cfg, idf)
+    if width < len(words):
+        train = dataclasses.replace(train, counts=train.counts[:, :width].tocsr())
+        idf = idf[:width]
     counts = train.counts[fit_rows]
     nbrs = None
     if v.neighbours > 0 and v.neighbour_weight > 0:
@@ -170,7 +199,7 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
     if v.contrast_neighbours > 0:
         n_pos = min(n_pos, v.contrast_neighbours)
 
-    model = BernoulliHasher(len(words), list(cfg.model.hidden), cfg.model.bits, v.activation, torch.from_numpy(idf))
+    model = BernoulliHasher(width, list(cfg.model.hidden), cfg.model.bits, v.activation, torch.from_numpy(idf))
     lr, balance_w = v.lr, v.balance_weight
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best_state = {k: t.clone() for k, t in model.state_dict().items()}
@@ -261,6 +290,8 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
         "best_val_precision": best_val,
         "best_epoch": best_epoch,
         "collapse_warnings": warnings,
+        "vocab_width": width,
+        "vocab_val_precision": width_val,
         "prepare_seconds": round(prep_seconds, 1),
         "train_seconds": round(time.time() - t0, 1),
         "world_size": 1,
@@ -269,6 +300,7 @@ def train_vae(data_uri: str, out_uri: str, cfg: Config, progress: bool = True) -
     metrics["bit_stats"] = bitstats.bit_statistics(_codes(model, stats_rows), cfg.model.bits, cfg.index.address_bits)
     enc = model.encoder
     enc.fold_gain()
+    enc = enc.widened(len(words))  # reads the dataset's whole count rows; words past the width weigh nothing
     tensors = {f"enc.{k}": t for k, t in enc.state_dict().items()}
     model_meta = {
         "format": FORMAT,
