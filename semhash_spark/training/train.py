@@ -165,7 +165,8 @@ def is_validation_id(ids: Iterable[Any], fraction: float) -> np.ndarray:
 
 @dataclass
 class Validator:
-    """Precision at ``k`` of Hamming ranking: validation queries against a database of training documents."""
+    """Precision at ``k`` of Hamming ranking (or of a feature ranking, :meth:`precision_cosine`): validation queries
+    against a database of training documents."""
 
     query_x: Any  # CSR or dense
     query_labels: list[list[str]]
