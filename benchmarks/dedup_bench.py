@@ -14,7 +14,11 @@ Three parts, all in one run (``--skip-text`` / ``--skip-reindex`` / ``--skip-sca
    datasketch (``MinHash.bulk`` of the word sets, ``MinHashLSH`` threshold 0.7, 128 permutations, each candidate
    checked on the exact Jaccard) from the token sets in memory, and the whole ``semhash dedup --verify
    jaccard:T`` command (its own process: Spark start-up, radius calibration, pairs, clusters, Parquet out) with
-   the automatic radius. Then a nightly change of ``--nightly-fraction`` of the documents (30% of their words
+   the automatic radius (each ``--target-recall``; ``--plans`` adds Spark's plan and ``--max-pairs 0``; a run
+   stopped by its budget is a row with its message). The corpus ``generated`` is ``--generated-docs`` documents
+   mixed from ``--generated-from``'s (a million and more): all pairs cannot be checked there, so the truth is
+   pooled (:func:`pooled_truth`: every pair inside an injected family and every pair a method found, checked
+   exactly). Then a nightly change of ``--nightly-fraction`` of the documents (30% of their words
    replaced), re-indexed (``semhash reindex --dataset jsonl``), deduplicated ``--since`` the first version
    with the previous output and in full, at the same radius.
 2. **Scale.** ``N`` random 64-bit codes (1 in 100 a copy of its neighbour with 0-3 bits flipped) generated in
@@ -121,6 +125,53 @@ def edited_text_copies(docs: list[tuple[str, str]], rates: list[float], copies: 
     return out, injected
 
 
+def generated_texts(base: list[tuple[str, str]], n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` documents, each mixing the tokens of three random documents of a real corpus (half its words drawn
+    from the first, 30% from the second, 20% from the third), as long as the first (20-150 tokens): the corpus's
+    word statistics and topics at any size, and few near-duplicates by chance. (``semhash generate`` writes counts
+    over the vocabulary, no text: the word sets that Jaccard is judged on need text.)"""
+    from semhash_spark.data import corpora
+
+    toks = [corpora.tokenize(t) for _, t in base]
+    toks = [t for t in toks if t]
+    vocab, flat = {}, []
+    for t in toks:
+        flat.extend(vocab.setdefault(w, len(vocab)) for w in t)
+    words = np.array(list(vocab), dtype=object)
+    flat = np.asarray(flat, np.int64)
+    lens = np.array([len(t) for t in toks], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, len(toks), (n, 3))
+    size = np.clip(lens[src[:, 0]], 20, 150)
+    doc = np.repeat(np.arange(n), size)
+    which = np.searchsorted([0.5, 0.8], rng.random(doc.size), side="right")  # 0: first, 1: second, 2: third
+    s = src[doc, which]
+    picked = flat[starts[s] + (rng.random(doc.size) * lens[s]).astype(np.int64)]
+    bounds = np.concatenate([[0], np.cumsum(size)])
+    return [(f"gen-{i}", " ".join(words[picked[bounds[i] : bounds[i + 1]]])) for i in range(n)]
+
+
+def pooled_truth(sets: list[set], ids: list[str], injected: list, found: list[set], threshold: float) -> set:
+    """Where all pairs cannot be checked (a million documents): the pairs of Jaccard >= threshold, checked exactly,
+    among every pair inside an injected family (a source and its copies) and every pair some method found.
+    Recall against it is an upper bound: a pair no method found and nobody injected is not counted."""
+    family: dict[str, list[str]] = {}
+    for a, b, _ in injected:
+        family.setdefault(a, [a]).append(b)
+    pool = {(min(x, y), max(x, y)) for g in family.values() for i, x in enumerate(g) for y in g[i + 1 :]}
+    for f in found:
+        pool |= f
+    at = {d: k for k, d in enumerate(ids)}
+    out = set()
+    for a, b in pool:
+        x, y = sets[at[a]], sets[at[b]]
+        inter = len(x & y)
+        if inter and inter / (len(x) + len(y) - inter) >= threshold:
+            out.add((a, b))
+    return out
+
+
 def token_sets(docs: list[tuple[str, str]]) -> list[set]:
     """The word set of each document as ``prepare`` tokenises it (all tokens, not only the vocabulary)."""
     from semhash_spark.data import corpora
@@ -160,14 +211,17 @@ def datasketch_pairs(sets: list[set], ids: list[str], threshold: float, num_perm
     return out
 
 
-def _semhash(*argv: str, cwd: Path) -> tuple[dict, float]:
-    """One ``semhash`` command in its own process (Spark start-up included): its JSON summary and wall time."""
+def _semhash(*argv: str, cwd: Path, check: bool = True) -> tuple[dict, float]:
+    """One ``semhash`` command in its own process (Spark start-up included): its JSON summary and wall time; with
+    ``check=False`` a failed command gives ``{"error": its last line of stderr}`` (a dedup stopped by its budget)."""
     import subprocess
 
     exe = Path(sys.executable).with_name("semhash")
     t = time.time()
     p = subprocess.run([str(exe), *argv], capture_output=True, text=True, cwd=cwd)
     secs = time.time() - t
+    if p.returncode != 0 and not check:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}, secs
     if p.returncode != 0:
         raise RuntimeError(f"semhash {' '.join(argv)} failed ({p.returncode}): {p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1]), secs
@@ -207,6 +261,9 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     plans = args.plans.split(",")
     docs = corpus_texts(dataset, source)
+    generated = name.startswith("generated")
+    if generated:
+        docs = generated_texts(docs, args.generated_docs)
     rates = [float(x) for x in args.edit_rates.split(",")]
     copies, injected = edited_text_copies(docs, rates, args.copies // len(rates))
     docs = docs + copies
@@ -272,12 +329,14 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     print(f"{name}: {len(docs)} documents prepared, encoded ({res})", flush=True)
 
     sets = token_sets(docs)
-    t = time.time()
-    truth = exact_set_pairs(sets, ids, args.jaccard)
-    res["exact"] = {"pairs": len(truth), "seconds": round(time.time() - t, 2)}
-    print(f"{name}: exact all pairs: {len(truth)} with Jaccard >= {args.jaccard}", flush=True)
+    truth = None  # a generated corpus: pooled from the methods' answers after the runs (too many pairs to check all)
+    if not generated:
+        t = time.time()
+        truth = exact_set_pairs(sets, ids, args.jaccard)
+        res["exact"] = {"pairs": len(truth), "seconds": round(time.time() - t, 2)}
+        print(f"{name}: exact all pairs: {len(truth)} with Jaccard >= {args.jaccard}", flush=True)
 
-    rows = []
+    rows, found_sets = [], []
     for rep in range(args.repeats):
         t = time.time()
         found = datasketch_pairs(sets, ids, args.jaccard)
@@ -285,12 +344,12 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
             "method": "datasketch MinHashLSH(0.7, 128) + exact check",
             "run": rep,
             "seconds": round(time.time() - t, 2),
-            **scores(found, truth, injected),
         }
         rows.append(row)
+        found_sets.append(found)
         print(f"{name}: {json.dumps(row)}", flush=True)
-        for plan in plans:
-            out = work / f"dedup-{rep}" if plan == plans[0] else work / f"dedup-{rep}-{plan}"
+        for k, (plan, target) in enumerate((p, t) for t in args.target_recall for p in plans):
+            out = work / f"dedup-{rep}" if k == 0 else work / f"dedup-{rep}-{plan}-{target:g}"
             summary, secs = _semhash(
                 "dedup",
                 "--index",
@@ -300,25 +359,48 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
                 "--verify",
                 f"jaccard:{args.jaccard}",
                 "--target-recall",
-                str(args.target_recall),
+                str(target),
                 *PLAN_ARGS[plan],
+                *(["--calibration-sample", str(args.calibration_sample)] if args.calibration_sample else []),
                 "--out",
                 str(out),
                 cwd=work,
+                check=False,
             )
+            if "error" in summary:  # stopped (e.g. over --max-pairs): the row says why, and scores nothing
+                rows.append(
+                    {
+                        "method": f"semhash dedup ({plan}, target recall {target:g})",
+                        "run": rep,
+                        "seconds": round(secs, 2),
+                    }
+                    | summary
+                )
+                found_sets.append(None)
+                print(f"{name}: {json.dumps(rows[-1])}", flush=True)
+                continue
             found = _read_pairs(out)
             row = {
-                "method": f"semhash dedup --verify jaccard (automatic radius, {summary['plan']} plan)",
+                "method": f"semhash dedup --verify jaccard (target recall {target:g}, {summary['plan']} plan"
+                + (", --max-pairs 0)" if plan == "unbounded" else ")"),
                 "run": rep,
                 "seconds": round(secs, 2),
                 "radius": summary["radius"],
                 "calibration": summary.get("calibration"),
                 "candidates": summary["candidates"],
                 "job_seconds": summary["seconds"],
-                **scores(found, truth, injected),
             }
             rows.append(row)
+            found_sets.append(found)
             print(f"{name}: {json.dumps(row)}", flush=True)
+    if truth is None:
+        truth = pooled_truth(sets, ids, injected, [f for f in found_sets if f is not None], args.jaccard)
+        res["pooled_truth"] = {"pairs": len(truth)}
+    for row, found in zip(rows, found_sets):
+        if found is None:
+            continue
+        row.update(scores(found, truth, injected))
+        print(f"{name}: {json.dumps(row)}", flush=True)
     res["runs"] = rows
 
     if args.nightly_fraction <= 0:
@@ -341,7 +423,7 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     )
     night_data = work / "nightly-data"
     _semhash("prepare", "--dataset", "jsonl", "--source", str(corpus2), "--out", str(night_data), cwd=work)
-    radius = str(rows[-1]["radius"])
+    radius = str(next(r["radius"] for r in reversed(rows) if "radius" in r))
     common = ["dedup", "--index", str(index), "--data", str(night_data), "--verify", f"jaccard:{args.jaccard}"]
     res["nightly"] = {
         "changed_docs": len(changed),
@@ -367,7 +449,7 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
 
 
 # ``semhash dedup`` options of each plan: the default (an index this small is paired on the driver) and Spark's
-PLAN_ARGS = {"driver": [], "spark": ["--local-max-docs", "0"]}
+PLAN_ARGS = {"driver": [], "spark": ["--local-max-docs", "0"], "unbounded": ["--max-pairs", "0"]}
 
 
 # --------------------------------------------------------------------------------------------------- scale part
@@ -608,10 +690,29 @@ def main() -> None:
         "--model",
         help="a 64-bit document model: the re-index part's, and the text part's instead of one trained on each corpus",
     )
-    p.add_argument("--corpora", default="20ng,reuters21578", help="text part: raw corpora under SEMHASH_DATA_DIR")
+    p.add_argument(
+        "--corpora",
+        default="20ng,reuters21578",
+        help="text part: raw corpora under SEMHASH_DATA_DIR, or 'generated' (--generated-docs mixed from one)",
+    )
+    p.add_argument(
+        "--generated-docs",
+        type=int,
+        default=1_000_000,
+        help="text part, corpus 'generated': documents mixed from --generated-from's (before the copies)",
+    )
+    p.add_argument("--generated-from", default="20ng", help="text part: the real corpus 'generated' draws on")
+    p.add_argument(
+        "--calibration-sample", type=int, help="text part: semhash dedup --calibration-sample (default: its own)"
+    )
     p.add_argument("--train-set", action="append", default=[], help="text part: a train --set override")
     p.add_argument("--repeats", type=int, default=1, help="text part: timed runs of each method")
-    p.add_argument("--target-recall", type=float, default=0.9, help="text part: semhash dedup --target-recall")
+    p.add_argument(
+        "--target-recall",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[0.9],
+        help="text part: semhash dedup --target-recall, or several (0.8,0.9), each run with every plan",
+    )
     p.add_argument(
         "--codes",
         choices=["model", "pcaitq"],
@@ -622,14 +723,15 @@ def main() -> None:
     p.add_argument(
         "--plans",
         default="driver,spark",
-        help="text part: the dedup plans timed (driver: the default for a small index; spark: --local-max-docs 0)",
+        help="text part: the dedup runs timed (driver: the defaults, the driver plan for a small index; spark: "
+        "--local-max-docs 0; unbounded: --max-pairs 0)",
     )
     p.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--copies", type=int, default=2000, help="injected copies in all (the rates share them)")
     p.add_argument("--edit-rates", default="0.02,0.05,0.1,0.2")
     p.add_argument("--jaccard", type=float, default=0.7, help="near-duplicate: Jaccard of word sets >= this")
-    p.add_argument("--block-size", type=int, default=2048)
+    p.add_argument("--block-size", type=int, default=16384, help="scale part: near_duplicate_pairs' block_size")
     p.add_argument(
         "--scale",
         default="100000,1000000,10000000:1,10000000:2",
@@ -676,7 +778,8 @@ def main() -> None:
                 "reuters21578": root / "reuters21578" / "reuters21578.tar.gz",
             }
             for name in args.corpora.split(","):
-                results[name] = run_text(args, name, name, str(sources[name]), work / name)
+                base = args.generated_from if name == "generated" else name
+                results[name] = run_text(args, name, base, str(sources[base]), work / name)
         if not args.skip_reindex:
             results["reindex"] = run_reindex(spark, args, work / "reindex")
         if not args.skip_scale:

@@ -48,6 +48,7 @@ for cores in 1 2 1 2; do
         --data "$DATA" --verify jaccard:0.7 --radius "$RADIUS" --local-max-docs 0 --out "$W/out" "$@" \
         >"$W/run-$cores.log" 2>&1
     secs=$(printf "%.2f" "$(echo "$(date +%s.%N) - $start" | bc)")
-    echo "executors=$cores wall ${secs} s $(tail -1 "$W/run-$cores.log" | $PY -c \
+    # the summary line: Spark may log its shutdown after it
+    echo "executors=$cores wall ${secs} s $(grep '^{' "$W/run-$cores.log" | tail -1 | $PY -c \
         "import json, sys; s = json.loads(sys.stdin.read()); print({k: s[k] for k in ('plan', 'candidates', 'pairs', 'seconds')})")"
 done

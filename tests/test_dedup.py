@@ -724,6 +724,28 @@ def test_radius_is_calibrated_from_the_jaccard_threshold(spark, text_index, tmp_
         )
 
 
+@pytest.mark.parametrize("pairs", [40, 150])
+def test_calibration_on_few_pairs_warns(pairs):
+    """A sample with fewer than CALIBRATION_MIN_PAIRS pairs above the threshold still gives a radius (the quantile
+    of their distances), with a warning naming the count; with enough pairs, no warning."""
+    rng = np.random.default_rng(pairs)
+    n = 2 * pairs + 200
+    sets = [rng.choice(1 << 40, 60, replace=False) for _ in range(n)]
+    for k in range(pairs):  # document 2k + 1: a copy of 2k with 3 of its 60 words changed (Jaccard 0.9)
+        sets[2 * k + 1] = np.concatenate([sets[2 * k][:57], rng.choice(1 << 40, 3) + (1 << 41)])
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in sets])])
+    hashes = np.concatenate([np.sort(x) for x in sets]).astype(np.int64)
+    raw = rng.integers(0, 2, (n, 64))
+    raw[1 : 2 * pairs : 2] = raw[0 : 2 * pairs : 2]
+    raw[np.arange(1, 2 * pairs, 2), rng.integers(0, 64, pairs)] ^= 1  # each copy 1 bit away
+    cal = dedup.calibrate_sample(C.pack_bits(raw), indptr, hashes, 64, 0.7, 0.9)
+    assert cal["pairs_above"] == pairs and cal["radius"] == 1
+    if pairs < dedup.CALIBRATION_MIN_PAIRS:
+        assert f"only {pairs} pairs" in cal["warning"] and "--calibration-sample" in cal["warning"]
+    else:
+        assert "warning" not in cal
+
+
 def test_collapsed_codes_stop_before_pairing_with_the_hot_buckets_named(spark, tmp_path, capsys, plan):
     """A skewed index (codes collapsed onto two points, a few bits of noise): the candidates are counted per
     bucket first and the job stops with a message naming the radius, the count and the hottest buckets."""

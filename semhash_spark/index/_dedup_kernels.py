@@ -29,6 +29,16 @@ def _first_agreeing(words, a, b, segmask, s):
     return False
 
 
+@njit(inline="always", cache=True)
+def _scan(w1, x, b, stop, radius):
+    """The first row ``b' >= b`` below ``stop`` whose code ``w1[b']`` is within ``radius`` of ``x``, else ``stop``."""
+    while b < stop:
+        if _popc(x ^ w1[b]) <= radius:
+            return b
+        b += 1
+    return stop
+
+
 @njit(cache=True, nogil=True)
 def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh):
     """Every pair of rows ``a < b`` of rows ``[0, stop)`` that share a tile ``(seg, key, lo, hi)`` (both in the
@@ -45,6 +55,7 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh
     out_b = np.empty(cap, np.int64)
     out_d = np.empty(cap, np.int32)
     nw = words.shape[1]
+    w1 = np.ascontiguousarray(words[:, 0]) if nw == 1 else np.empty(0, np.uint64)
     cnt = 0
     i = 0
     while i < stop:
@@ -66,13 +77,22 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh
             m += 1
         s = seg[i]
         for a in range(i, j if diagonal else m):
-            for b in range(a + 1 if diagonal else m, j):
-                if fresh[a] == 0 and fresh[b] == 0:
-                    continue
-                d = 0
-                for w in range(nw):
-                    d += _popc(words[a, w] ^ words[b, w])
-                if d > radius or not _first_agreeing(words, a, b, segmask, s):
+            b = a + 1 if diagonal else m
+            while b < j:
+                if nw == 1:  # 64-bit codes: a tight scan to the next row within the radius (most rows are not)
+                    b = _scan(w1, w1[a], b, j, radius)
+                    if b == j:
+                        break
+                    d = _popc(w1[a] ^ w1[b])
+                else:
+                    d = 0
+                    for w in range(nw):
+                        d += _popc(words[a, w] ^ words[b, w])
+                    if d > radius:
+                        b += 1
+                        continue
+                if (fresh[a] == 0 and fresh[b] == 0) or not _first_agreeing(words, a, b, segmask, s):
+                    b += 1
                     continue
                 if cnt == cap:
                     cap *= 2
@@ -87,6 +107,7 @@ def tile_pairs(seg, key, lo, hi, blk, words, segmask, radius, stop, limit, fresh
                 out_b[cnt] = b
                 out_d[cnt] = d
                 cnt += 1
+                b += 1
         i = j
     return out_a[:cnt].copy(), out_b[:cnt].copy(), out_d[:cnt].copy(), hot_s[:nhot].copy(), hot_n[:nhot].copy()
 

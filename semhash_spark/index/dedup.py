@@ -68,7 +68,10 @@ from semhash_spark.models.inference import META  # not from .checkpoint: that im
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK = 2048  # codes per block of a hot bucket: a tile holds about 2 * 2048 rows at most
+# codes per block of a hot bucket: a tile holds about 2 * 16384 rows at most (about 256 MiB of word hashes at
+# 1,000 distinct words a document). A row goes to as many tiles as its bucket has blocks, so small blocks
+# multiply the shuffle; the candidates are the same whatever the size.
+DEFAULT_BLOCK = 16384
 MAX_CC_ITERATIONS = 64
 PAIRS_DIR, CLUSTERS_DIR, SUMMARY_FILE = "pairs", "clusters", "summary.json"
 MEASURES = ("cosine", "jaccard")
@@ -79,6 +82,7 @@ DEFAULT_MAX_PAIRS = 200_000_000
 DEFAULT_TARGET_RECALL = 0.9
 DEFAULT_CALIBRATION_SAMPLE = 20_000
 CALIBRATION_BANDS, CALIBRATION_ROWS = 25, 5
+CALIBRATION_MIN_PAIRS = 100  # fewer pairs above the threshold in the sample: the radius is a rough estimate
 LOCAL_CC_MAX = 2_000_000  # pairs up to this many are clustered on the driver (scipy), more in Spark
 LOCAL_MAX_DOCS = 100_000  # indexes up to this many documents are paired on the driver: one collect, no shuffle
 LOCAL_MAX_CANDIDATES = 50_000_000  # ... when their candidates are at most this many (more: in Spark, on every core)
@@ -1131,6 +1135,14 @@ def calibrate_sample(
             "distance_quantiles": {q: int(np.quantile(dist, q / 100, method="higher")) for q in (50, 90, 99)},
         }
     )
+    if above.shape[0] < CALIBRATION_MIN_PAIRS:
+        # a sample of a fraction f of the documents holds about f^2 of the pairs: large indexes need large samples
+        out["warning"] = (
+            f"radius {radius} calibrated on only {above.shape[0]} pairs of Jaccard >= {threshold:g} among {n} "
+            f"sampled documents: a rough estimate; a larger --calibration-sample (pairs grow as its square) or "
+            "--radius gives a firmer one"
+        )
+        log.warning("dedup: %s", out["warning"])
     return out
 
 
