@@ -163,13 +163,13 @@ def pooled_truth(sets: list[set], ids: list[str], injected: list, found: list[se
     for f in found:
         pool |= f
     at = {d: k for k, d in enumerate(ids)}
-    out = set()
-    for a, b in pool:
-        x, y = sets[at[a]], sets[at[b]]
-        inter = len(x & y)
-        if inter and inter / (len(x) + len(y) - inter) >= threshold:
-            out.add((a, b))
-    return out
+    return {(a, b) for a, b in pool if jaccard_at_least(sets[at[a]], sets[at[b]], threshold)}
+
+
+def jaccard_at_least(a: set, b: set, threshold: float) -> bool:
+    """The exact check of a pair: Jaccard of the two word sets >= threshold."""
+    inter = len(a & b)
+    return bool(inter) and inter / (len(a) + len(b) - inter) >= threshold
 
 
 def token_sets(docs: list[tuple[str, str]]) -> list[set]:
@@ -203,11 +203,8 @@ def datasketch_pairs(sets: list[set], ids: list[str], threshold: float, num_perm
     out = set()
     for i, m in enumerate(sketches):
         for j in lsh.query(m):
-            if j > i:
-                a, b = sets[i], sets[j]
-                inter = len(a & b)
-                if inter and inter / (len(a) + len(b) - inter) >= threshold:
-                    out.add((min(ids[i], ids[j]), max(ids[i], ids[j])))
+            if j > i and jaccard_at_least(sets[i], sets[j], threshold):
+                out.add((min(ids[i], ids[j]), max(ids[i], ids[j])))
     return out
 
 
@@ -261,7 +258,7 @@ def run_text(args, name: str, dataset: str, source: str, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     plans = args.plans.split(",")
     docs = corpus_texts(dataset, source)
-    generated = name.startswith("generated")
+    generated = name == "generated"
     if generated:
         docs = generated_texts(docs, args.generated_docs)
     rates = [float(x) for x in args.edit_rates.split(",")]
